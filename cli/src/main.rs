@@ -1,0 +1,82 @@
+//! `vigil`: the one binary. It parses flags, installs tracing and the rustls
+//! crypto provider, and calls into the libraries; no behaviour lives here.
+//!
+//! Layout:
+//! - `main`: flags, logging, exit codes.
+//! - [`pki`]: `vigil pki init | issue | revoke`.
+
+mod pki;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Exit status for a bad config or bad arguments (sysexits.h EX_USAGE).
+const EXIT_USAGE: u8 = 64;
+
+#[derive(Debug, Parser)]
+#[command(name = "vigil", version, about = "Sensor event bus for security posts")]
+struct Cli {
+    /// Log output format (filter with RUST_LOG, e.g. RUST_LOG=vigil=debug).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Manage the region's certificate authority.
+    #[command(subcommand)]
+    Pki(pki::PkiCommand),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.log_format);
+    vigil_pki::install_crypto_provider();
+
+    let result = match cli.command {
+        Command::Pki(cmd) => pki::run(cmd),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("vigil: {err:#}");
+            if err.is::<Usage>() {
+                ExitCode::from(EXIT_USAGE)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+/// Marks an error as the user's to fix (exit status 64).
+#[derive(Debug)]
+pub(crate) struct Usage(pub(crate) String);
+
+impl std::fmt::Display for Usage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Usage {}
+
+fn init_tracing(format: LogFormat) {
+    use tracing_subscriber::{EnvFilter, fmt};
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

@@ -1,0 +1,217 @@
+//! The `[tls]` table every daemon and client shares, and rustls configs built
+//! from it.
+//!
+//! Files are read and checked once, when the config is loaded, so a bad path
+//! or a broken key is reported before any socket is bound; the resulting
+//! rustls configs are then shared by every connection (never re-read per
+//! connection). Servers always require a client certificate from the region
+//! CA and, when `crl` is set, refuse revoked ones; clients check the server
+//! against the same CA and CRL.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use rustls::{
+    ClientConfig, RootCertStore, ServerConfig, client::WebPkiServerVerifier,
+    crypto::CryptoProvider, server::WebPkiClientVerifier,
+};
+use rustls_pki_types::{
+    CertificateDer, CertificateRevocationListDer, PrivateKeyDer, pem::PemObject,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::identity::{IdentityError, Peer};
+
+/// The `[tls]` config table (DESIGN.md: stable keys `ca`, `cert`, `key`, `crl`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The region CA certificate (PEM).
+    pub ca: PathBuf,
+    /// This party's certificate (PEM), optionally followed by intermediates.
+    pub cert: PathBuf,
+    /// This party's private key (PEM, PKCS#8 or SEC1).
+    pub key: PathBuf,
+    /// The CA's certificate revocation list (PEM). Optional.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crl: Option<PathBuf>,
+}
+
+/// Why TLS material could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("tls.{field} = {path}: {reason}")]
+    File {
+        field: &'static str,
+        path: PathBuf,
+        reason: String,
+    },
+    #[error("tls.cert = {path}: {source}")]
+    Identity {
+        path: PathBuf,
+        source: IdentityError,
+    },
+    #[error("tls: {0}")]
+    Rustls(#[from] rustls::Error),
+    #[error("tls: {0}")]
+    Verifier(String),
+}
+
+impl TlsConfig {
+    /// Makes relative paths relative to `base` (the config file's folder).
+    pub fn resolve_relative_to(&mut self, base: &Path) {
+        let paths = [&mut self.ca, &mut self.cert, &mut self.key]
+            .into_iter()
+            .chain(self.crl.as_mut());
+        for path in paths {
+            if path.is_relative() {
+                *path = base.join(&*path);
+            }
+        }
+    }
+
+    /// Reads and checks every file. The certificate must carry a valid
+    /// identity and role.
+    pub fn load(&self) -> Result<TlsMaterial, TlsError> {
+        let ca = read_certs("ca", &self.ca)?;
+        let mut roots = RootCertStore::empty();
+        for cert in ca {
+            roots.add(cert).map_err(|e| file_err("ca", &self.ca, e))?;
+        }
+        let chain = read_certs("cert", &self.cert)?;
+        let key =
+            PrivateKeyDer::from_pem_file(&self.key).map_err(|e| file_err("key", &self.key, e))?;
+        let peer = Peer::from_cert(&chain[0]).map_err(|source| TlsError::Identity {
+            path: self.cert.clone(),
+            source,
+        })?;
+        let crls = match &self.crl {
+            Some(path) => CertificateRevocationListDer::pem_file_iter(path)
+                .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| file_err("crl", path, e))?,
+            None => Vec::new(),
+        };
+        let material = TlsMaterial {
+            roots: Arc::new(roots),
+            chain,
+            key: Arc::new(key),
+            crls,
+            own: peer,
+        };
+        // Catch a key that does not belong to the certificate now, not at
+        // the first handshake.
+        let signing_key = material
+            .provider()
+            .key_provider
+            .load_private_key(material.key.clone_key())?;
+        rustls::sign::CertifiedKey::new(material.chain.clone(), signing_key).keys_match()?;
+        Ok(material)
+    }
+}
+
+/// Certificates and keys read from a [`TlsConfig`], ready to build rustls
+/// configs.
+#[derive(Debug)]
+pub struct TlsMaterial {
+    roots: Arc<RootCertStore>,
+    chain: Vec<CertificateDer<'static>>,
+    key: Arc<PrivateKeyDer<'static>>,
+    crls: Vec<CertificateRevocationListDer<'static>>,
+    own: Peer,
+}
+
+impl TlsMaterial {
+    /// Identity and role of our own certificate.
+    pub fn own_peer(&self) -> &Peer {
+        &self.own
+    }
+
+    /// Whether a CRL was configured.
+    pub fn has_crl(&self) -> bool {
+        !self.crls.is_empty()
+    }
+
+    /// A server config that requires a client certificate issued by the CA
+    /// and not revoked. Callers may set ALPN before wrapping it in an `Arc`.
+    pub fn server_config(&self) -> Result<ServerConfig, TlsError> {
+        let provider = self.provider();
+        let verifier =
+            WebPkiClientVerifier::builder_with_provider(self.roots.clone(), provider.clone())
+                .with_crls(self.crls.iter().cloned())
+                .build()
+                .map_err(|e| TlsError::Verifier(e.to_string()))?;
+        Ok(ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(self.chain.clone(), self.key.clone_key())?)
+    }
+
+    /// A client config that presents our certificate and checks the server
+    /// against the CA (and the CRL, when configured).
+    pub fn client_config(&self) -> Result<ClientConfig, TlsError> {
+        let provider = self.provider();
+        let verifier =
+            WebPkiServerVerifier::builder_with_provider(self.roots.clone(), provider.clone())
+                .with_crls(self.crls.iter().cloned())
+                .build()
+                .map_err(|e| TlsError::Verifier(e.to_string()))?;
+        Ok(ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_webpki_verifier(verifier)
+            .with_client_auth_cert(self.chain.clone(), self.key.clone_key())?)
+    }
+
+    /// The installed process-wide provider (ring, see
+    /// [`crate::install_crypto_provider`]); ring again if none was installed,
+    /// so a library user that forgot still gets the one provider we link.
+    fn provider(&self) -> Arc<CryptoProvider> {
+        CryptoProvider::get_default()
+            .cloned()
+            .unwrap_or_else(|| Arc::new(rustls::crypto::ring::default_provider()))
+    }
+}
+
+fn read_certs(field: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| file_err(field, path, e))?;
+    if certs.is_empty() {
+        return Err(file_err(field, path, "no certificate in file"));
+    }
+    Ok(certs)
+}
+
+fn file_err(field: &'static str, path: &Path, e: impl std::fmt::Display) -> TlsError {
+    TlsError::File {
+        field,
+        path: path.to_owned(),
+        reason: e.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_paths_follow_the_config_file() {
+        let mut cfg: TlsConfig = toml::from_str(
+            "ca = \"pki/ca.pem\"\ncert = \"/etc/vigil/p.pem\"\nkey = \"pki/p.key\"\ncrl = \"pki/crl.pem\"\n",
+        )
+        .unwrap();
+        cfg.resolve_relative_to(Path::new("/srv/post"));
+        assert_eq!(cfg.ca, Path::new("/srv/post/pki/ca.pem"));
+        assert_eq!(cfg.cert, Path::new("/etc/vigil/p.pem"));
+        assert_eq!(cfg.key, Path::new("/srv/post/pki/p.key"));
+        assert_eq!(cfg.crl.as_deref(), Some(Path::new("/srv/post/pki/crl.pem")));
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let err = toml::from_str::<TlsConfig>("ca = \"a\"\ncert = \"b\"\nkey = \"c\"\ncrt = \"d\"\n")
+            .unwrap_err();
+        assert!(err.to_string().contains("unknown field `crt`"), "{err}");
+    }
+}
