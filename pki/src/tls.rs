@@ -210,8 +210,9 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_rejected() {
-        let err = toml::from_str::<TlsConfig>("ca = \"a\"\ncert = \"b\"\nkey = \"c\"\ncrt = \"d\"\n")
-            .unwrap_err();
+        let err =
+            toml::from_str::<TlsConfig>("ca = \"a\"\ncert = \"b\"\nkey = \"c\"\ncrt = \"d\"\n")
+                .unwrap_err();
         assert!(err.to_string().contains("unknown field `crt`"), "{err}");
     }
 }
