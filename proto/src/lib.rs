@@ -27,5 +27,5 @@ pub mod v1 {
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/vigil_descriptor.bin"));
 
-pub use prost::Message;
+pub use prost::{self, Message};
 pub use prost_types::Timestamp;
