@@ -4,6 +4,9 @@
 //! says they are stored.
 //!
 //! Layout:
+//! - [`dc09`]: the SIA DC-09 codec (framing, AES, Contact ID, SIA codes,
+//!   taxonomy), pure code shared with the panel simulator.
 //! - [`outbox`]: the durable outbox (SQLite, group commit, gap-free seqs).
 
+pub mod dc09;
 pub mod outbox;
