@@ -1,0 +1,402 @@
+//! The gateway's config file (TOML), checked completely before anything
+//! binds: unknown keys, bad addresses, bad account numbers and keys are all
+//! reported with the key they concern.
+
+use std::{
+    collections::HashSet,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::Deserialize;
+use vigil_pki::TlsConfig;
+
+use crate::{dc09::Key, outbox::OutboxLimits};
+
+/// Why a config was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: {reason}")]
+    Read { path: PathBuf, reason: String },
+    #[error("{path}: {reason}")]
+    Parse { path: PathBuf, reason: String },
+    #[error("{key}: {reason}")]
+    Invalid { key: String, reason: String },
+}
+
+fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        reason: reason.into(),
+    }
+}
+
+/// `vigil gateway --config FILE`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// Folder for the outbox database (created if missing).
+    pub data_dir: PathBuf,
+    pub tls: TlsConfig,
+    pub mqtt: MqttConfig,
+    pub dc09: Dc09Config,
+    #[serde(default)]
+    pub outbox: OutboxConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttConfig {
+    /// Broker address, `HOST:PORT`.
+    pub server: String,
+    /// Name to check the broker's certificate against; defaults to HOST.
+    #[serde(default)]
+    pub server_name: Option<String>,
+    /// MQTT keep-alive in seconds.
+    #[serde(default = "defaults::keep_alive")]
+    pub keep_alive_secs: u64,
+    /// Most events in one published `EventBatch`.
+    #[serde(default = "defaults::batch_events")]
+    pub batch_max_events: usize,
+    /// Re-send what is not receipted when no receipt arrived for this long
+    /// while events were outstanding.
+    #[serde(default = "defaults::resend_after")]
+    pub resend_after_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Dc09Config {
+    /// TCP and UDP address panels report to.
+    #[serde(default = "defaults::dc09_listen")]
+    pub listen: SocketAddr,
+    /// Most TCP connections from panels at once.
+    #[serde(default = "defaults::max_connections")]
+    pub max_connections: usize,
+    /// A TCP connection with nothing received for this long is closed.
+    #[serde(default = "defaults::idle_timeout")]
+    pub idle_timeout_secs: u64,
+    /// Longest frame accepted (the DC-09 length field allows 4105 bytes).
+    #[serde(default = "defaults::max_frame")]
+    pub max_frame_bytes: usize,
+    #[serde(default)]
+    pub accounts: Vec<AccountConfig>,
+}
+
+/// A panel, by its DC-09 account number.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccountConfig {
+    /// Account number: 3 to 16 hex digits, as the panel sends it.
+    pub account: String,
+    /// AES key in hex (16, 24 or 32 bytes) for an encrypting panel.
+    #[serde(default)]
+    pub key: Option<String>,
+    /// How far a message's timestamp may lag the gateway clock.
+    #[serde(default = "defaults::window_behind")]
+    pub window_behind_secs: u64,
+    /// How far a message's timestamp may lead the gateway clock.
+    #[serde(default = "defaults::window_ahead")]
+    pub window_ahead_secs: u64,
+    /// Raise a supervision fault when the panel is silent (no message, NULL
+    /// included) for this long; 0 = not supervised.
+    #[serde(default)]
+    pub supervision_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboxConfig {
+    /// Most unreceipted events kept before new frames are NAKed.
+    #[serde(default = "defaults::max_events")]
+    pub max_events: u64,
+    /// Most bytes of unreceipted events kept before new frames are NAKed.
+    #[serde(default = "defaults::max_bytes")]
+    pub max_bytes: u64,
+    /// Largest the outbox database may grow (0 = no limit but the disk).
+    #[serde(default)]
+    pub max_db_bytes: u64,
+}
+
+impl Default for OutboxConfig {
+    fn default() -> Self {
+        Self {
+            max_events: defaults::max_events(),
+            max_bytes: defaults::max_bytes(),
+            max_db_bytes: 0,
+        }
+    }
+}
+
+mod defaults {
+    use std::net::SocketAddr;
+    pub(super) fn keep_alive() -> u64 {
+        15
+    }
+    pub(super) fn batch_events() -> usize {
+        256
+    }
+    pub(super) fn resend_after() -> u64 {
+        30
+    }
+    pub(super) fn dc09_listen() -> SocketAddr {
+        SocketAddr::from(([0, 0, 0, 0], 7000))
+    }
+    pub(super) fn max_connections() -> usize {
+        256
+    }
+    pub(super) fn idle_timeout() -> u64 {
+        120
+    }
+    pub(super) fn max_frame() -> usize {
+        crate::dc09::DEFAULT_MAX_FRAME
+    }
+    pub(super) fn window_behind() -> u64 {
+        40
+    }
+    pub(super) fn window_ahead() -> u64 {
+        20
+    }
+    pub(super) fn max_events() -> u64 {
+        1_000_000
+    }
+    pub(super) fn max_bytes() -> u64 {
+        1 << 30
+    }
+}
+
+/// A panel account, checked and ready for the receiver.
+#[derive(Debug, Clone)]
+pub struct Account {
+    pub account: String,
+    pub key: Option<Key>,
+    pub window_behind: Duration,
+    pub window_ahead: Duration,
+    pub supervision: Option<Duration>,
+}
+
+impl GatewayConfig {
+    /// Reads, parses and validates `path`; relative paths in it become
+    /// relative to its folder.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?;
+        let mut config: Self = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            reason: e.message().to_owned() + &location(&text, e.span()),
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        config.resolve_relative_to(base);
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn resolve_relative_to(&mut self, base: &Path) {
+        self.tls.resolve_relative_to(base);
+        if self.data_dir.is_relative() {
+            self.data_dir = base.join(&self.data_dir);
+        }
+    }
+
+    /// Checks everything that can be checked without binding.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.mqtt_address()?;
+        if self.mqtt.keep_alive_secs < 5 {
+            return Err(invalid("mqtt.keep_alive_secs", "must be at least 5"));
+        }
+        if self.mqtt.batch_max_events == 0 {
+            return Err(invalid("mqtt.batch_max_events", "must be at least 1"));
+        }
+        if self.dc09.max_connections == 0 {
+            return Err(invalid("dc09.max_connections", "must be at least 1"));
+        }
+        if self.dc09.max_frame_bytes < 64 {
+            return Err(invalid("dc09.max_frame_bytes", "must be at least 64"));
+        }
+        self.accounts()?;
+        Ok(())
+    }
+
+    /// `(host, port)` of `mqtt.server`.
+    pub fn mqtt_address(&self) -> Result<(String, u16), ConfigError> {
+        let server = &self.mqtt.server;
+        let (host, port) = server
+            .rsplit_once(':')
+            .ok_or_else(|| invalid("mqtt.server", format!("{server:?} is not HOST:PORT")))?;
+        let port = port
+            .parse::<u16>()
+            .map_err(|_| invalid("mqtt.server", format!("{server:?}: bad port")))?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() {
+            return Err(invalid("mqtt.server", format!("{server:?}: missing host")));
+        }
+        Ok((host.to_owned(), port))
+    }
+
+    /// The configured panel accounts, keys parsed.
+    pub fn accounts(&self) -> Result<Vec<Account>, ConfigError> {
+        let mut seen = HashSet::new();
+        self.dc09
+            .accounts
+            .iter()
+            .enumerate()
+            .map(|(i, a)| {
+                let key_name = |field: &str| format!("dc09.accounts[{i}].{field}");
+                let valid = (3..=16).contains(&a.account.len())
+                    && a.account.bytes().all(|b| b.is_ascii_hexdigit());
+                if !valid {
+                    return Err(invalid(
+                        key_name("account"),
+                        format!("{:?} must be 3 to 16 hex digits", a.account),
+                    ));
+                }
+                if !seen.insert(a.account.to_ascii_uppercase()) {
+                    return Err(invalid(
+                        key_name("account"),
+                        format!("{} is configured twice", a.account),
+                    ));
+                }
+                let key = a
+                    .key
+                    .as_deref()
+                    .map(Key::from_hex)
+                    .transpose()
+                    .map_err(|e| invalid(key_name("key"), e.to_string()))?;
+                Ok(Account {
+                    account: a.account.clone(),
+                    key,
+                    window_behind: Duration::from_secs(a.window_behind_secs),
+                    window_ahead: Duration::from_secs(a.window_ahead_secs),
+                    supervision: (a.supervision_secs > 0)
+                        .then(|| Duration::from_secs(a.supervision_secs)),
+                })
+            })
+            .collect()
+    }
+
+    pub fn outbox_limits(&self) -> OutboxLimits {
+        OutboxLimits {
+            max_events: self.outbox.max_events,
+            max_bytes: self.outbox.max_bytes,
+            max_db_bytes: (self.outbox.max_db_bytes > 0).then_some(self.outbox.max_db_bytes),
+            ..OutboxLimits::default()
+        }
+    }
+}
+
+/// " at line L: <that line>" for a TOML error span, so the message names
+/// the key even when the parser's own message does not.
+fn location(text: &str, span: Option<std::ops::Range<usize>>) -> String {
+    let Some(span) = span else {
+        return String::new();
+    };
+    let start = span.start.min(text.len());
+    let line_no = text[..start].matches('\n').count() + 1;
+    let line = text.lines().nth(line_no - 1).unwrap_or("").trim();
+    format!(" at line {line_no}: {line}")
+}
+
+/// The commented default config printed by `vigil config default gateway`.
+pub const DEFAULT_CONFIG: &str = r#"# Vigil gateway: one per post.
+# Relative paths are relative to this file's folder.
+
+# Where the durable outbox lives (SQLite). Back it up like any database;
+# it only holds events the operations center has not receipted yet.
+data_dir = "data"
+
+[tls]
+ca = "pki/ca.pem"
+# The post's certificate: its CN is the post id (e.g. p-017), its OU "post".
+cert = "pki/p-017.pem"
+key = "pki/p-017.key"
+# crl = "pki/crl.pem"
+
+[mqtt]
+# The regional broker.
+server = "broker.example:8883"
+# Name to check the broker certificate against (default: the host above).
+# server_name = "broker.example"
+keep_alive_secs = 15
+# Most events in one published batch.
+batch_max_events = 256
+# Re-send unreceipted events when no receipt came for this long.
+resend_after_secs = 30
+
+[dc09]
+# Panels report here, over TCP and UDP on the same port.
+listen = "0.0.0.0:7000"
+max_connections = 256
+idle_timeout_secs = 120
+max_frame_bytes = 4105
+
+# One table per panel. `key` (hex, 16/24/32 bytes) only for encrypting panels.
+[[dc09.accounts]]
+account = "1234"
+# key = "000102030405060708090a0b0c0d0e0f"
+# Accepted clock difference between panel and gateway.
+window_behind_secs = 40
+window_ahead_secs = 20
+# Raise a supervision fault after this much silence (0 = off).
+supervision_secs = 0
+
+[outbox]
+# Beyond these, new frames are NAKed (the panel keeps its alarm and retries).
+max_events = 1000000
+max_bytes = 1073741824
+# Largest the database file may grow (0 = no limit but the disk).
+max_db_bytes = 0
+"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<GatewayConfig, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gateway.toml");
+        std::fs::write(&path, text).unwrap();
+        GatewayConfig::load(&path)
+    }
+
+    #[test]
+    fn default_config_is_valid() {
+        let config = parse(DEFAULT_CONFIG).unwrap();
+        assert_eq!(config.dc09.listen.port(), 7000);
+        assert_eq!(config.accounts().unwrap()[0].account, "1234");
+        assert!(config.data_dir.ends_with("data") && config.data_dir.is_absolute());
+    }
+
+    #[test]
+    fn mistakes_name_their_key() {
+        let with = |from: &str, to: &str| DEFAULT_CONFIG.replacen(from, to, 1);
+        let cases = [
+            (
+                with("max_frame_bytes", "max_frame_byte"),
+                "unknown field `max_frame_byte`",
+            ),
+            (
+                with("account = \"1234\"", "account = \"12\""),
+                "dc09.accounts[0].account",
+            ),
+            (
+                with(
+                    "# key = \"000102030405060708090a0b0c0d0e0f\"",
+                    "key = \"0011\"",
+                ),
+                "dc09.accounts[0].key",
+            ),
+            (with("broker.example:8883", "broker.example"), "mqtt.server"),
+            (with("0.0.0.0:7000", "nowhere"), "listen"),
+        ];
+        for (text, expected) in cases {
+            let err = parse(&text).unwrap_err().to_string();
+            assert!(err.contains(expected), "{expected}: {err}");
+        }
+        let twice = DEFAULT_CONFIG.to_owned() + "\n[[dc09.accounts]]\naccount = \"1234\"\n";
+        let err = parse(&twice).unwrap_err().to_string();
+        assert!(err.contains("configured twice"), "{err}");
+    }
+}
