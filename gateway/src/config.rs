@@ -50,9 +50,6 @@ pub struct GatewayConfig {
 pub struct MqttConfig {
     /// Broker address, `HOST:PORT`.
     pub server: String,
-    /// Name to check the broker's certificate against; defaults to HOST.
-    #[serde(default)]
-    pub server_name: Option<String>,
     /// MQTT keep-alive in seconds.
     #[serde(default = "defaults::keep_alive")]
     pub keep_alive_secs: u64,
@@ -317,8 +314,7 @@ key = "pki/p-017.key"
 [mqtt]
 # The regional broker.
 server = "broker.example:8883"
-# Name to check the broker certificate against (default: the host above).
-# server_name = "broker.example"
+# The broker certificate must name this host (DNS or IP SAN).
 keep_alive_secs = 15
 # Most events in one published batch.
 batch_max_events = 256

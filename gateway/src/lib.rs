@@ -8,6 +8,7 @@
 //! - [`dc09`]: the SIA DC-09 codec (framing, AES, Contact ID, SIA codes,
 //!   taxonomy), pure code shared with the panel simulator.
 //! - [`signals`]: decoded DC-09 messages to `vigil.v1.Event`s.
+//! - [`publisher`]: outbox → MQTT, receipts → outbox, status and last will.
 //! - [`receiver`]: the DC-09 listeners (TCP and UDP on one port) and the
 //!   ACK/NAK/DUH decision for each frame.
 //! - [`supervision`]: panel silence and storage faults as health events.
@@ -16,6 +17,131 @@
 pub mod config;
 pub mod dc09;
 pub mod outbox;
+pub mod publisher;
 pub mod receiver;
 pub mod signals;
 pub mod supervision;
+
+use std::{sync::Arc, time::Duration};
+
+use tokio::net::{TcpListener, UdpSocket};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use vigil_pki::{Role, tls::TlsMaterial};
+
+pub use config::GatewayConfig;
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("tls.cert: role {0} cannot run a gateway (the certificate's OU must be \"post\")")]
+    NotAPost(Role),
+    #[error("data_dir {path}: {source}")]
+    DataDir {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error(transparent)]
+    Outbox(#[from] outbox::OutboxError),
+    #[error("tls: {0}")]
+    Tls(#[from] vigil_pki::TlsError),
+}
+
+/// The gateway's listeners, bound by the caller (tests bind `127.0.0.1:0`).
+#[derive(Debug)]
+pub struct Listeners {
+    pub dc09_tcp: TcpListener,
+    pub dc09_udp: UdpSocket,
+}
+
+impl Listeners {
+    /// Binds the DC-09 TCP and UDP listeners on `config.dc09.listen`.
+    pub async fn bind(config: &GatewayConfig) -> std::io::Result<Self> {
+        let (dc09_tcp, dc09_udp) = receiver::bind(config.dc09.listen).await?;
+        Ok(Self { dc09_tcp, dc09_udp })
+    }
+}
+
+/// Counters of every part, for tests and for metrics.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub dc09: Arc<receiver::Dc09Metrics>,
+    pub publisher: Arc<publisher::PublisherMetrics>,
+}
+
+/// Runs the gateway until `shutdown`: DC-09 receiver, supervision and
+/// publisher, over one outbox in `config.data_dir`. Returns once every part
+/// has stopped; frames being handled get their answer first.
+pub async fn run(
+    config: GatewayConfig,
+    tls: TlsMaterial,
+    listeners: Listeners,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) -> Result<(), GatewayError> {
+    let peer = tls.own_peer().clone();
+    if peer.role != Role::Post {
+        return Err(GatewayError::NotAPost(peer.role));
+    }
+    let post_id = peer.identity.as_str().to_owned();
+    let accounts = config.accounts()?;
+    let (host, port) = config.mqtt_address()?;
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| GatewayError::DataDir {
+        path: config.data_dir.clone(),
+        source,
+    })?;
+    let outbox = outbox::Outbox::open(
+        &config.data_dir.join("outbox.db"),
+        &post_id,
+        config.outbox_limits(),
+    )?;
+    let state = outbox.state();
+    tracing::info!(
+        post = %post_id,
+        last_seq = state.last_seq,
+        unreceipted = state.depth,
+        "gateway starting"
+    );
+
+    let tracker = TaskTracker::new();
+    let supervisor = supervision::Supervisor::new(&accounts, outbox.clone());
+    tracker.spawn(supervisor.clone().run(shutdown.clone()));
+    let receiver = Arc::new(receiver::Receiver::new(
+        accounts,
+        outbox.clone(),
+        supervisor,
+        metrics.dc09.clone(),
+    ));
+    let limits = receiver::ReceiverLimits {
+        max_connections: config.dc09.max_connections,
+        idle_timeout: Duration::from_secs(config.dc09.idle_timeout_secs),
+        max_frame_bytes: config.dc09.max_frame_bytes,
+    };
+    tracker.spawn(receiver::serve(
+        receiver,
+        listeners.dc09_tcp,
+        listeners.dc09_udp,
+        limits,
+        shutdown.clone(),
+    ));
+    let publisher_config = publisher::PublisherConfig {
+        host,
+        port,
+        tls: Arc::new(tls.client_config()?),
+        post_id,
+        keep_alive: Duration::from_secs(config.mqtt.keep_alive_secs),
+        batch_max_events: config.mqtt.batch_max_events,
+        resend_after: Duration::from_secs(config.mqtt.resend_after_secs),
+    };
+    tracker.spawn(publisher::run(
+        publisher_config,
+        outbox,
+        metrics.publisher.clone(),
+        shutdown.clone(),
+    ));
+    tracker.close();
+    tracker.wait().await;
+    tracing::info!("gateway stopped");
+    Ok(())
+}
