@@ -375,14 +375,15 @@ pub(crate) enum Reason {
     PacketTooLarge = 0x95,
 }
 
-/// v5 DISCONNECT sent by the server: reason code, no properties (remaining
-/// length 1 is allowed and means "no properties").
+/// v5 DISCONNECT sent by the server: reason code and an empty property
+/// list. (Remaining length 1, no property length, is also valid MQTT 5, but
+/// some clients, rumqttc among them, fail to read it.)
 ///
 /// Written by hand: rumqttd 0.20's v5 DISCONNECT writer produces a corrupt
 /// packet for a reason code without properties (length 1, two bytes
 /// written), and a bare `E0 00` for one with empty properties.
 pub(crate) fn disconnect(reason: Reason) -> Bytes {
-    Bytes::copy_from_slice(&[0xE0, 0x01, reason as u8])
+    Bytes::copy_from_slice(&[0xE0, 0x02, reason as u8, 0x00])
 }
 
 /// Client id of the front's own startup probe: it cannot collide with a
@@ -414,18 +415,86 @@ pub(crate) fn client_disconnect() -> &'static [u8] {
     &[0xE0, 0x00]
 }
 
-/// Rewrites a v5 CONNACK from the router so that clients use at most
-/// `alias_max` topic aliases (the front tracks them per connection). Other
-/// fields pass unchanged. A CONNACK the codec cannot read is passed as is.
+/// Rewrites a v5 CONNACK from the router so that the client uses at most
+/// `alias_max` topic aliases (the front remembers each alias's topic). The
+/// Topic Alias Maximum property is overwritten in place, or appended if
+/// absent; every other byte passes unchanged. Anything unexpected is passed
+/// as is.
+///
+/// Hand-written: rumqttd's v5 codec cannot read a CONNACK (it panics on
+/// one), being written for the server side.
 pub(crate) fn limit_connack_aliases(packet: Bytes, alias_max: u16) -> Bytes {
-    let mut buf = BytesMut::from(&packet[..]);
-    match V5.read_mut(&mut buf, usize::MAX) {
-        Ok(Packet::ConnAck(ack, props)) => {
-            let mut props = props.unwrap_or_default();
-            props.topic_alias_max = Some(alias_max);
-            Version::V5.write(Packet::ConnAck(ack, Some(props)))
+    const TOPIC_ALIAS_MAX: u8 = 0x22;
+    let Ok(Some(frame)) = frame(&packet, usize::MAX) else {
+        return packet;
+    };
+    if frame.kind() != kind::CONNACK || packet.len() != frame.len() {
+        return packet;
+    }
+    // flags, reason code, then the properties.
+    let body_start = frame.header_len + 2;
+    let Some(mut rest) = packet.get(body_start..) else {
+        return packet;
+    };
+    let before = rest.len();
+    let Ok(props_len) = take_varint(&mut rest) else {
+        return packet;
+    };
+    let props_start = body_start + (before - rest.len());
+    if rest.len() != props_len {
+        return packet;
+    }
+    let mut props = rest;
+    while let Some(&id) = props.first() {
+        let at = packet.len() - props.len();
+        props.advance(1);
+        let skipped = match id {
+            TOPIC_ALIAS_MAX if props.len() >= 2 => {
+                let mut out = BytesMut::from(&packet[..]);
+                out[at + 1..at + 3].copy_from_slice(&alias_max.to_be_bytes());
+                return out.freeze();
+            }
+            0x24 | 0x25 | 0x28 | 0x29 | 0x2A => skip(&mut props, 1),
+            0x21 | 0x13 => skip(&mut props, 2),
+            0x11 | 0x27 => skip(&mut props, 4),
+            0x12 | 0x1F | 0x1A | 0x1C | 0x15 | 0x16 => {
+                take_u16(&mut props).and_then(|n| skip(&mut props, n.into()))
+            }
+            0x26 => take_u16(&mut props)
+                .and_then(|n| skip(&mut props, n.into()))
+                .and_then(|()| take_u16(&mut props))
+                .and_then(|n| skip(&mut props, n.into())),
+            _ => return packet,
+        };
+        if skipped.is_err() {
+            return packet;
         }
-        _ => packet,
+    }
+    // Not present: append it, which changes both lengths.
+    let mut new_props = BytesMut::from(&packet[props_start..]);
+    new_props.extend_from_slice(&[TOPIC_ALIAS_MAX]);
+    new_props.extend_from_slice(&alias_max.to_be_bytes());
+    let mut body = BytesMut::from(&packet[frame.header_len..body_start]);
+    put_varint(&mut body, new_props.len());
+    body.extend_from_slice(&new_props);
+    let mut out = BytesMut::with_capacity(body.len() + 5);
+    out.extend_from_slice(&[packet[0]]);
+    put_varint(&mut out, body.len());
+    out.extend_from_slice(&body);
+    out.freeze()
+}
+
+fn put_varint(buf: &mut BytesMut, mut value: usize) {
+    loop {
+        let mut byte = (value & 0x7f) as u8;
+        value >>= 7;
+        if value > 0 {
+            byte |= 0x80;
+        }
+        buf.extend_from_slice(&[byte]);
+        if value == 0 {
+            return;
+        }
     }
 }
 
@@ -645,6 +714,25 @@ mod tests {
             &suback_not_authorized(7, 2)[..],
             &[0x90, 5, 0, 7, 0, 0x87, 0x87]
         );
-        assert_eq!(&disconnect(Reason::PacketTooLarge)[..], &[0xE0, 1, 0x95]);
+        assert_eq!(&disconnect(Reason::PacketTooLarge)[..], &[0xE0, 2, 0x95, 0]);
+    }
+
+    #[test]
+    fn connack_alias_maximum_is_limited() {
+        // receive max 100, topic alias max 4096, user property ("k", "v")
+        let with = [
+            0x20, 16, 0, 0, 13, 0x21, 0, 100, 0x22, 0x10, 0x00, 0x26, 0, 1, b'k', 0, 1, b'v',
+        ];
+        let out = limit_connack_aliases(Bytes::copy_from_slice(&with), 16);
+        let mut want = with;
+        want[9..11].copy_from_slice(&[0, 16]);
+        assert_eq!(&out[..], &want[..]);
+
+        let without = [0x20, 6, 0, 0, 3, 0x21, 0, 100];
+        let out = limit_connack_aliases(Bytes::copy_from_slice(&without), 16);
+        assert_eq!(&out[..], &[0x20, 9, 0, 0, 6, 0x21, 0, 100, 0x22, 0, 16][..]);
+        // No properties at all.
+        let out = limit_connack_aliases(Bytes::from_static(&[0x20, 3, 0, 0, 0]), 16);
+        assert_eq!(&out[..], &[0x20, 6, 0, 0, 3, 0x22, 0, 16][..]);
     }
 }
