@@ -145,10 +145,12 @@ pub enum ConfigError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{path}: {source}")]
+    /// One line: the TOML error's own rendering spans several.
+    #[error("{path}:{line}: {message}")]
     Parse {
         path: PathBuf,
-        source: Box<toml::de::Error>,
+        line: usize,
+        message: String,
     },
     #[error("limits.{key}: {reason}")]
     Limit { key: &'static str, reason: String },
@@ -165,9 +167,12 @@ impl BrokerConfig {
             path: path.to_owned(),
             source,
         })?;
-        let mut config: Self = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+        let mut config: Self = toml::from_str(&text).map_err(|e| ConfigError::Parse {
             path: path.to_owned(),
-            source: Box::new(source),
+            line: e
+                .span()
+                .map_or(0, |span| text[..span.start].matches('\n').count() + 1),
+            message: e.message().replace('\n', " "),
         })?;
         let base = path.parent().unwrap_or(Path::new(""));
         config.tls.resolve_relative_to(base);
@@ -308,6 +313,16 @@ mod tests {
                 other => panic!("{key}: {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn parse_errors_fit_on_one_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("broker.toml");
+        std::fs::write(&path, "listen = \"127.0.0.1:1\"\nport = 1\n").unwrap();
+        let err = BrokerConfig::load(&path).unwrap_err().to_string();
+        assert!(err.contains("broker.toml:2: unknown field `port`"), "{err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
     }
 
     #[test]
