@@ -194,15 +194,19 @@ pub(crate) async fn run<S>(
         up_w,
         inject: inject_tx,
         aliases: HashMap::new(),
+        disconnected: false,
     }
     .run(client_r, buf, shutdown);
     let outbound = outbound(up_r, client_w, inject_rx, version, ctx);
     tokio::pin!(inbound, outbound);
     tokio::select! {
-        () = &mut inbound => {
+        linger = &mut inbound => {
             // The inject sender is gone with `inbound`: the writer sends
-            // what is queued, closes TLS and returns.
+            // what is queued, closes TLS, and waits for the router to close
+            // its side. After a client DISCONNECT the router connection is
+            // kept open (`linger`) until then: see `Inbound::run`.
             let _ = tokio::time::timeout(CLOSE_GRACE, &mut outbound).await;
+            drop(linger);
         }
         () = &mut outbound => {
             // The router ended the session (takeover, keep-alive, its own
@@ -221,6 +225,8 @@ struct Inbound<'a> {
     inject: mpsc::Sender<Bytes>,
     /// v5 topic aliases the client set up, for topics the ACL allowed.
     aliases: HashMap<u16, String>,
+    /// The client sent DISCONNECT (relayed to the router).
+    disconnected: bool,
 }
 
 /// What to do with one client packet.
@@ -233,7 +239,20 @@ enum Verdict {
 }
 
 impl Inbound<'_> {
-    async fn run<R>(mut self, client_r: R, buf: BytesMut, shutdown: CancellationToken)
+    /// Relays until the client side ends. Returns the router connection's
+    /// write half when the client ended with DISCONNECT, for the caller to
+    /// hold until the router closes: if the router read end-of-stream
+    /// before it had processed the DISCONNECT, rumqttd 0.20 would report the
+    /// connection gone twice, and the second report can end whichever new
+    /// connection has meanwhile reused its slot. In every other case the
+    /// write half is dropped here, which is what makes the router publish
+    /// the client's will.
+    async fn run<R>(
+        mut self,
+        client_r: R,
+        buf: BytesMut,
+        shutdown: CancellationToken,
+    ) -> Option<OwnedWriteHalf>
     where
         R: AsyncRead + Unpin,
     {
@@ -250,6 +269,10 @@ impl Inbound<'_> {
             }
             Err(_) => {}
         }
+        let Inbound {
+            up_w, disconnected, ..
+        } = self;
+        disconnected.then_some(up_w)
     }
 
     /// Reads and relays until the client closes (`Ok`) or the connection must
@@ -283,6 +306,12 @@ impl Inbound<'_> {
                     Verdict::Forward => {
                         publishes += u64::from(frame.kind() == kind::PUBLISH);
                         run += frame.len();
+                        if frame.kind() == kind::DISCONNECT {
+                            // Nothing may follow a DISCONNECT.
+                            self.flush_run(&mut buf, run, publishes).await?;
+                            self.disconnected = true;
+                            return Ok(());
+                        }
                     }
                     Verdict::Refuse(answer) => {
                         self.flush_run(&mut buf, run, publishes).await?;
@@ -456,7 +485,8 @@ async fn outbound<W>(
     let cap = ctx.limits.frame_cap();
     let mut buf = BytesMut::with_capacity(READ_BUFFER);
     let mut connack_seen = false;
-    let result: io::Result<()> = async {
+    // Ok(true): the router closed; Ok(false): the client side ended.
+    let result: io::Result<bool> = async {
         loop {
             tokio::select! {
                 // Answers first: they are few, and a refused packet's answer
@@ -468,11 +498,11 @@ async fn outbound<W>(
                         client_w.flush().await?;
                     }
                     // The client side has ended.
-                    None => return Ok(()),
+                    None => return Ok(false),
                 },
                 read = up_r.read_buf(&mut buf) => {
                     if read? == 0 {
-                        return Ok(());
+                        return Ok(true);
                     }
                     if !connack_seen {
                         let Some(frame) = complete_frame(&buf, cap)? else { continue };
@@ -504,8 +534,27 @@ async fn outbound<W>(
         }
     }
     .await;
-    if let Err(error) = result {
+    if let Err(error) = &result {
         debug!(%error, "relay to client ended");
+    }
+    if !matches!(result, Ok(true)) {
+        // Wait for the router to close its side before closing ours. Among
+        // other things this keeps the connection open until the router has
+        // written its CONNACK: rumqttd 0.20 registers a session's will
+        // handler before that write and leaves it behind if the write
+        // fails; the next CONNECT with the same client id then panics while
+        // holding a lock shared by its whole listener, which stops serving
+        // every client of that protocol version.
+        let _ = tokio::time::timeout(CLOSE_GRACE, async {
+            loop {
+                buf.clear();
+                match up_r.read_buf(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
     }
     // TLS close_notify; the client may already be gone.
     let _ = tokio::time::timeout(CLOSE_GRACE, client_w.shutdown()).await;

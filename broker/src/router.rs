@@ -223,6 +223,15 @@ async fn probe(handle: &RouterHandle, version: Version) -> Result<(), String> {
             return Err("closed before CONNACK".into());
         }
     }
+    // Disconnect and let the router close first: closing our side before
+    // it has processed the DISCONNECT makes rumqttd report the connection
+    // gone twice (see `relay`).
     let _ = stream.write_all(mqtt::client_disconnect()).await;
+    let _ = tokio::time::timeout(STARTUP_POLL * 10, async {
+        while matches!(stream.read_buf(&mut buf).await, Ok(n) if n > 0) {
+            buf.clear();
+        }
+    })
+    .await;
     Ok(())
 }

@@ -28,6 +28,13 @@ pub struct Pki {
 impl Pki {
     pub fn new() -> Self {
         vigil_pki::install_crypto_provider();
+        // Logs only when asked for: RUST_LOG=vigil_broker=debug,rumqttd=info
+        if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_default_env() {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_test_writer()
+                .try_init();
+        }
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path();
         authority::init(path, "test CA").unwrap();
