@@ -4,8 +4,14 @@
 //! Layout:
 //! - `main`: flags, logging, exit codes.
 //! - [`pki`]: `vigil pki init | issue | revoke`.
+//! - [`broker`]: `vigil broker --config FILE`.
+//! - [`config`]: `vigil config default broker|gateway|ops`.
+//! - [`signals`]: the SIGINT/SIGTERM future daemons stop on.
 
+mod broker;
+mod config;
 mod pki;
+mod signals;
 
 use std::process::ExitCode;
 
@@ -36,6 +42,11 @@ enum Command {
     /// Manage the region's certificate authority.
     #[command(subcommand)]
     Pki(pki::PkiCommand),
+    /// Run the MQTT broker (mTLS front with topic ACL over an embedded router).
+    Broker(broker::BrokerArgs),
+    /// Print default configs.
+    #[command(subcommand)]
+    Config(config::ConfigCommand),
 }
 
 fn main() -> ExitCode {
@@ -45,6 +56,8 @@ fn main() -> ExitCode {
 
     let result = match cli.command {
         Command::Pki(cmd) => pki::run(cmd),
+        Command::Broker(args) => broker::run(&args),
+        Command::Config(cmd) => config::run(&cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

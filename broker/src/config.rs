@@ -1,0 +1,336 @@
+//! The broker's config file (TOML): `listen`, `[tls]` and `[limits]`.
+//!
+//! Loading reads the file, makes relative paths relative to the file's
+//! folder, checks every limit and loads the TLS material, so that a bad
+//! config is reported with one clear message before any socket is bound.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::{Deserialize, Serialize};
+use vigil_pki::{Role, TlsConfig, TlsError, tls::TlsMaterial};
+
+/// Default public listener (DESIGN.md).
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:8883";
+
+/// Largest remaining length MQTT can encode (256 MiB - 1).
+const MQTT_MAX_REMAINING: u64 = 268_435_455;
+
+/// The whole config file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrokerConfig {
+    /// Public mTLS MQTT listener.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    pub tls: TlsConfig,
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+/// `[limits]`: what one peer, or many, may cost the broker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Open client connections, all states included. Each one also holds a
+    /// loopback connection to the router: budget three file descriptors per
+    /// connection against the process's open-file limit.
+    pub max_connections: usize,
+    /// TLS handshakes in progress at once. A socket waiting for a slot
+    /// spends its own handshake time waiting.
+    pub max_handshakes: usize,
+    /// Time from accept to a finished TLS handshake (waiting for a slot
+    /// included), in milliseconds.
+    pub handshake_timeout_ms: u64,
+    /// Time from the finished handshake to a complete CONNECT packet, in
+    /// milliseconds.
+    pub connect_timeout_ms: u64,
+    /// Largest PUBLISH payload accepted, in bytes.
+    pub max_payload_bytes: usize,
+    /// On SIGTERM/SIGINT, how long open connections get to close, in
+    /// milliseconds.
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections: 1024,
+            max_handshakes: 256,
+            handshake_timeout_ms: 10_000,
+            connect_timeout_ms: 10_000,
+            max_payload_bytes: 256 * 1024,
+            shutdown_grace_ms: 5_000,
+        }
+    }
+}
+
+impl Limits {
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_millis(self.handshake_timeout_ms)
+    }
+
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms)
+    }
+
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_millis(self.shutdown_grace_ms)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key: &'static str, reason: String| Err(ConfigError::Limit { key, reason });
+        if self.max_connections == 0 {
+            return bad("max_connections", "must be at least 1".into());
+        }
+        if self.max_handshakes == 0 || self.max_handshakes > self.max_connections {
+            return bad(
+                "max_handshakes",
+                format!(
+                    "must be between 1 and max_connections ({})",
+                    self.max_connections
+                ),
+            );
+        }
+        for (key, ms) in [
+            ("handshake_timeout_ms", self.handshake_timeout_ms),
+            ("connect_timeout_ms", self.connect_timeout_ms),
+        ] {
+            if !(1..=600_000).contains(&ms) {
+                return bad(key, "must be between 1 and 600000 (10 minutes)".into());
+            }
+        }
+        if self.shutdown_grace_ms > 600_000 {
+            return bad(
+                "shutdown_grace_ms",
+                "must be at most 600000 (10 minutes)".into(),
+            );
+        }
+        // Leave room under the MQTT maximum for the topic and properties.
+        let max_payload = MQTT_MAX_REMAINING - FRAME_OVERHEAD as u64;
+        if self.max_payload_bytes == 0 || self.max_payload_bytes as u64 > max_payload {
+            return bad(
+                "max_payload_bytes",
+                format!("must be between 1 and {max_payload}"),
+            );
+        }
+        Ok(())
+    }
+
+    /// Largest packet the front buffers: a maximal payload plus room for the
+    /// longest topic, a packet id and properties. A packet announcing more
+    /// is refused from its fixed header alone.
+    pub(crate) fn frame_cap(&self) -> usize {
+        self.max_payload_bytes + FRAME_OVERHEAD
+    }
+}
+
+/// Room for everything in a PUBLISH but the payload: a topic of up to
+/// 65535 bytes with its length, a packet id, and up to 64 KiB of v5
+/// properties.
+const FRAME_OVERHEAD: usize = 2 + 65_535 + 2 + 65_536;
+
+fn default_listen() -> SocketAddr {
+    DEFAULT_LISTEN.parse().expect("valid default address")
+}
+
+/// Why a config was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// One line: the TOML error's own rendering spans several.
+    #[error("{path}:{line}: {message}")]
+    Parse {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
+    #[error("limits.{key}: {reason}")]
+    Limit { key: &'static str, reason: String },
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("tls.cert: the broker needs a `broker` certificate, this one is for {0}")]
+    NotBroker(String),
+}
+
+impl BrokerConfig {
+    /// Reads, resolves and validates the config file at `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut config: Self = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            line: e
+                .span()
+                .map_or(0, |span| text[..span.start].matches('\n').count() + 1),
+            message: e.message().replace('\n', " "),
+        })?;
+        let base = path.parent().unwrap_or(Path::new(""));
+        config.tls.resolve_relative_to(base);
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks the limits and loads the TLS material (files readable, key
+    /// matches certificate, certificate is a broker's).
+    pub fn validate(&self) -> Result<TlsMaterial, ConfigError> {
+        self.limits.validate()?;
+        let material = self.tls.load()?;
+        let own = material.own_peer();
+        if own.role != Role::Broker {
+            return Err(ConfigError::NotBroker(own.to_string()));
+        }
+        Ok(material)
+    }
+}
+
+/// The commented default config printed by `vigil config default broker`.
+pub const DEFAULT_CONFIG: &str = r#"# Vigil broker configuration (`vigil broker --config FILE`).
+# Relative paths are relative to this file's folder.
+
+# Public mTLS MQTT listener (MQTT 3.1.1 and 5).
+listen = "0.0.0.0:8883"
+
+[tls]
+# Region CA: every client certificate must be issued by it.
+ca = "pki/ca.pem"
+# This broker's certificate (role `broker`, with the DNS names / IP
+# addresses clients dial as SANs) and its key.
+cert = "pki/broker.pem"
+key = "pki/broker.key"
+# Revocation list; revoked client certificates are refused at the handshake.
+# Re-read only at start: restart the broker after `vigil pki revoke`.
+crl = "pki/crl.pem"
+
+[limits]
+# Open client connections. Each also holds a loopback connection to the
+# embedded router: allow about 3 open files per connection (ulimit -n).
+max_connections = 1024
+# TLS handshakes in progress at once; more wait (within their timeout).
+max_handshakes = 256
+# From accept to finished TLS handshake, slot wait included (ms).
+handshake_timeout_ms = 10000
+# From finished handshake to a complete CONNECT packet (ms).
+connect_timeout_ms = 10000
+# Largest PUBLISH payload (bytes). Larger ones close the connection
+# (MQTT 3.1.1) or get DISCONNECT 0x95 "packet too large" (MQTT 5).
+max_payload_bytes = 262144
+# On SIGTERM/SIGINT, time given to open connections to close (ms).
+shutdown_grace_ms = 5000
+"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_config_parses_to_the_defaults() {
+        let config: BrokerConfig = toml::from_str(DEFAULT_CONFIG).unwrap();
+        assert_eq!(config.listen, default_listen());
+        assert_eq!(config.limits, Limits::default());
+        assert_eq!(config.tls.crl.as_deref(), Some(Path::new("pki/crl.pem")));
+        config.limits.validate().unwrap();
+    }
+
+    #[test]
+    fn minimal_config_takes_defaults() {
+        let config: BrokerConfig =
+            toml::from_str("[tls]\nca = \"a\"\ncert = \"b\"\nkey = \"c\"\n").unwrap();
+        assert_eq!(config.listen, default_listen());
+        assert_eq!(config.limits, Limits::default());
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        for text in [
+            "lisen = \"1.2.3.4:1\"\n[tls]\nca = \"a\"\ncert = \"b\"\nkey = \"c\"\n",
+            "[tls]\nca = \"a\"\ncert = \"b\"\nkey = \"c\"\n[limits]\nmax_conections = 3\n",
+        ] {
+            let err = toml::from_str::<BrokerConfig>(text).unwrap_err();
+            assert!(err.to_string().contains("unknown field"), "{err}");
+        }
+    }
+
+    #[test]
+    fn limits_are_checked() {
+        let ok = Limits::default();
+        let cases: [(&str, Limits); 6] = [
+            (
+                "max_connections",
+                Limits {
+                    max_connections: 0,
+                    ..ok.clone()
+                },
+            ),
+            (
+                "max_handshakes",
+                Limits {
+                    max_handshakes: 0,
+                    ..ok.clone()
+                },
+            ),
+            (
+                "max_handshakes",
+                Limits {
+                    max_handshakes: ok.max_connections + 1,
+                    ..ok.clone()
+                },
+            ),
+            (
+                "handshake_timeout_ms",
+                Limits {
+                    handshake_timeout_ms: 0,
+                    ..ok.clone()
+                },
+            ),
+            (
+                "max_payload_bytes",
+                Limits {
+                    max_payload_bytes: 0,
+                    ..ok.clone()
+                },
+            ),
+            (
+                "max_payload_bytes",
+                Limits {
+                    max_payload_bytes: 300_000_000,
+                    ..ok
+                },
+            ),
+        ];
+        for (key, limits) in cases {
+            match limits.validate() {
+                Err(ConfigError::Limit { key: k, .. }) => assert_eq!(k, key),
+                other => panic!("{key}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn parse_errors_fit_on_one_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("broker.toml");
+        std::fs::write(&path, "listen = \"127.0.0.1:1\"\nport = 1\n").unwrap();
+        let err = BrokerConfig::load(&path).unwrap_err().to_string();
+        assert!(err.contains("broker.toml:2: unknown field `port`"), "{err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+    }
+
+    #[test]
+    fn missing_file_is_named() {
+        let err = BrokerConfig::load(Path::new("no/such/broker.toml")).unwrap_err();
+        assert!(
+            err.to_string().starts_with("no/such/broker.toml: "),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,164 @@
+//! Vigil's MQTT broker: an mTLS front that enforces who may say what, over
+//! an embedded rumqttd router that does the routing (sessions, QoS 1/2,
+//! retained messages, wills, shared subscriptions).
+//!
+//! ```text
+//! client ──mTLS──► front (TLS, identity, ACL, limits) ──loopback──► rumqttd
+//! ```
+//!
+//! Clients authenticate with a certificate from the region CA (checked
+//! against the CRL); the front takes identity and role from it, requires the
+//! MQTT client id to be that identity, applies the topic ACL of DESIGN.md to
+//! every CONNECT (will), PUBLISH and SUBSCRIBE, and relays the session to
+//! rumqttd on a loopback port that accepts only the front's per-process
+//! secret.
+//!
+//! Layout:
+//! - [`config`]: the TOML config (`listen`, `[tls]`, `[limits]`), validated
+//!   before anything binds.
+//! - [`acl`]: the topic ACL as pure functions.
+//! - `front`: accept loop, connection and handshake caps, TLS handshake and
+//!   identity, one task per connection.
+//! - `relay`: the per-connection MQTT pump and its checks.
+//! - `mqtt`: framing and the few packets the front reads or writes.
+//! - `router`: starting the embedded rumqttd behind its secret.
+//! - [`metrics`][]: counters.
+//!
+//! Start a broker with [`Broker::start`] on a bound listener (tests use
+//! `127.0.0.1:0`), or [`run`] it until a shutdown token fires.
+
+pub mod acl;
+pub mod config;
+mod front;
+pub mod metrics;
+mod mqtt;
+mod relay;
+mod router;
+
+use std::{net::SocketAddr, sync::Arc};
+
+use tokio::{net::TcpListener, sync::Semaphore, task::JoinHandle};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+pub use config::{BrokerConfig, ConfigError, DEFAULT_CONFIG, Limits};
+pub use metrics::{Metrics, MetricsSnapshot, Reject};
+pub use router::RouterError;
+
+/// Why the broker could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("tls: {0}")]
+    Tls(#[from] vigil_pki::TlsError),
+    #[error(transparent)]
+    Router(#[from] RouterError),
+    #[error("listener: {0}")]
+    Listener(#[source] std::io::Error),
+}
+
+/// A running broker.
+#[derive(Debug)]
+pub struct Broker {
+    local_addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl Broker {
+    /// Validates `config`, starts the embedded router, and serves MQTT on
+    /// `listener` until `shutdown` is cancelled. `config.listen` is not used:
+    /// the caller bound `listener` (from it, or `127.0.0.1:0` in tests).
+    pub async fn start(
+        config: &BrokerConfig,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+    ) -> Result<Self, BrokerError> {
+        let material = config.validate()?;
+        let tls = material.server_config()?;
+        let local_addr = listener.local_addr().map_err(BrokerError::Listener)?;
+        let limits = config.limits.clone();
+        let router = router::start(&limits).await?;
+        let metrics = Arc::new(Metrics::default());
+        let front = Arc::new(front::Front {
+            acceptor: TlsAcceptor::from(Arc::new(tls)),
+            connections: Arc::new(Semaphore::new(limits.max_connections)),
+            handshakes: Semaphore::new(limits.max_handshakes),
+            relay: relay::RelayContext {
+                limits: limits.clone(),
+                router,
+                metrics: metrics.clone(),
+            },
+        });
+        let tracker = TaskTracker::new();
+        let grace = limits.shutdown_grace();
+        let token = shutdown.clone();
+        let task_metrics = metrics.clone();
+        let task = tokio::spawn(async move {
+            front.accept_loop(listener, token, tracker.clone()).await;
+            // Stopped accepting: every connection has seen the same token
+            // (v5 clients get DISCONNECT "server shutting down"). Wait for
+            // them, within the grace period.
+            tracker.close();
+            let open = tracker.len();
+            if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+                tracing::warn!(
+                    open = tracker.len(),
+                    ?grace,
+                    "connections still open after the grace period; dropping them"
+                );
+            } else {
+                tracing::info!(closed = open, "all connections closed");
+            }
+            tracing::info!(metrics = ?task_metrics.snapshot(), "broker stopped");
+        });
+        tracing::info!(listen = %local_addr, "broker listening");
+        Ok(Self {
+            local_addr,
+            metrics,
+            shutdown,
+            task,
+        })
+    }
+
+    /// The address clients connect to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// A copy of the counters now.
+    pub fn metrics(&self) -> MetricsSnapshot {
+        self.metrics.snapshot()
+    }
+
+    /// Cancels the shutdown token given to [`Broker::start`].
+    pub fn shutdown(&self) {
+        self.shutdown.cancel();
+    }
+
+    /// Waits until the broker has stopped accepting and its connections have
+    /// closed (or the grace period has passed). The embedded router's threads
+    /// keep running until the process exits; they hold no client state
+    /// worth saving.
+    pub async fn wait(self) {
+        if let Err(error) = self.task.await {
+            tracing::error!(%error, "broker task failed");
+        }
+    }
+}
+
+/// Runs a broker on `listener` until `shutdown` is cancelled and its
+/// connections have drained.
+pub async fn run(
+    config: &BrokerConfig,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), BrokerError> {
+    Broker::start(config, listener, shutdown)
+        .await?
+        .wait()
+        .await;
+    Ok(())
+}

@@ -1,0 +1,256 @@
+//! Counters for connections, refusals by reason, and relayed messages.
+//!
+//! Plain relaxed atomics: each is a monotonic count read only for reports,
+//! so no ordering between them is needed, and an increment on the message
+//! path costs one uncontended atomic add. [`Metrics::snapshot`] copies them
+//! into a plain struct for logs and tests.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// Why a connection, a packet or a subscription was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reject {
+    /// `limits.max_connections` reached; the socket was closed at once.
+    Capacity,
+    /// TLS handshake not finished within `limits.handshake_timeout`.
+    HandshakeTimeout,
+    /// The client presented no certificate.
+    NoCertificate,
+    /// The client certificate is revoked (on the CRL).
+    Revoked,
+    /// The client certificate did not verify (unknown CA, expired, wrong use…).
+    BadCertificate,
+    /// Any other TLS failure (protocol error, reset during the handshake).
+    Tls,
+    /// The verified certificate carries no usable identity or role.
+    Identity,
+    /// No CONNECT within `limits.connect_timeout`.
+    ConnectTimeout,
+    /// Role other than `post`/`ops`, or a client id other than the identity.
+    NotAuthorized,
+    /// A will topic the identity may not publish to.
+    Will,
+    /// A PUBLISH to a topic the identity may not publish to.
+    Publish,
+    /// A SUBSCRIBE with a filter the identity may not use.
+    Subscribe,
+    /// A PUBLISH payload above `limits.max_payload_bytes`, or a packet above
+    /// the framing cap.
+    PayloadTooLarge,
+    /// Not MQTT 3.1.1 or 5, a malformed packet, or a packet a client must
+    /// not send.
+    Protocol,
+    /// The embedded router could not be reached or refused the session.
+    Router,
+}
+
+impl Reject {
+    /// Every reason, in the order of [`MetricsSnapshot::rejects`].
+    pub const ALL: [Reject; 15] = [
+        Reject::Capacity,
+        Reject::HandshakeTimeout,
+        Reject::NoCertificate,
+        Reject::Revoked,
+        Reject::BadCertificate,
+        Reject::Tls,
+        Reject::Identity,
+        Reject::ConnectTimeout,
+        Reject::NotAuthorized,
+        Reject::Will,
+        Reject::Publish,
+        Reject::Subscribe,
+        Reject::PayloadTooLarge,
+        Reject::Protocol,
+        Reject::Router,
+    ];
+
+    /// Stable name for logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reject::Capacity => "capacity",
+            Reject::HandshakeTimeout => "handshake_timeout",
+            Reject::NoCertificate => "no_certificate",
+            Reject::Revoked => "revoked",
+            Reject::BadCertificate => "bad_certificate",
+            Reject::Tls => "tls",
+            Reject::Identity => "identity",
+            Reject::ConnectTimeout => "connect_timeout",
+            Reject::NotAuthorized => "not_authorized",
+            Reject::Will => "will",
+            Reject::Publish => "publish",
+            Reject::Subscribe => "subscribe",
+            Reject::PayloadTooLarge => "payload_too_large",
+            Reject::Protocol => "protocol",
+            Reject::Router => "router",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl std::fmt::Display for Reject {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The broker's live counters.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    accepted: AtomicU64,
+    authenticated: AtomicU64,
+    active: AtomicU64,
+    handshakes_in_progress: AtomicU64,
+    accept_errors: AtomicU64,
+    publishes_in: AtomicU64,
+    publishes_out: AtomicU64,
+    bytes_in: AtomicU64,
+    bytes_out: AtomicU64,
+    rejects: [AtomicU64; Reject::ALL.len()],
+}
+
+/// A copy of the counters at one moment.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MetricsSnapshot {
+    /// TCP connections accepted.
+    pub accepted: u64,
+    /// Connections whose CONNECT was accepted and relayed to the router.
+    pub authenticated: u64,
+    /// Connections open now (accepted and not yet closed).
+    pub active: u64,
+    /// TLS handshakes running now.
+    pub handshakes_in_progress: u64,
+    /// Failed `accept` calls (e.g. EMFILE), each followed by a back-off.
+    pub accept_errors: u64,
+    /// PUBLISH packets relayed from clients to the router.
+    pub publishes_in: u64,
+    /// PUBLISH packets relayed from the router to clients.
+    pub publishes_out: u64,
+    /// Bytes relayed from clients to the router.
+    pub bytes_in: u64,
+    /// Bytes relayed from the router to clients.
+    pub bytes_out: u64,
+    /// Refusals, indexed like [`Reject::ALL`]; see [`MetricsSnapshot::rejected`].
+    pub rejects: [u64; Reject::ALL.len()],
+}
+
+impl MetricsSnapshot {
+    /// How many refusals of this kind were counted.
+    pub fn rejected(&self, reason: Reject) -> u64 {
+        self.rejects[reason.index()]
+    }
+
+    /// Refusals of every kind.
+    pub fn rejected_total(&self) -> u64 {
+        self.rejects.iter().sum()
+    }
+}
+
+impl Metrics {
+    pub fn snapshot(&self) -> MetricsSnapshot {
+        MetricsSnapshot {
+            accepted: self.accepted.load(Relaxed),
+            authenticated: self.authenticated.load(Relaxed),
+            active: self.active.load(Relaxed),
+            handshakes_in_progress: self.handshakes_in_progress.load(Relaxed),
+            accept_errors: self.accept_errors.load(Relaxed),
+            publishes_in: self.publishes_in.load(Relaxed),
+            publishes_out: self.publishes_out.load(Relaxed),
+            bytes_in: self.bytes_in.load(Relaxed),
+            bytes_out: self.bytes_out.load(Relaxed),
+            rejects: std::array::from_fn(|i| self.rejects[i].load(Relaxed)),
+        }
+    }
+
+    pub(crate) fn reject(&self, reason: Reject) {
+        self.rejects[reason.index()].fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn accepted(&self) {
+        self.accepted.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn authenticated(&self) {
+        self.authenticated.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn accept_error(&self) {
+        self.accept_errors.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn relayed_in(&self, publishes: u64, bytes: u64) {
+        if publishes > 0 {
+            self.publishes_in.fetch_add(publishes, Relaxed);
+        }
+        self.bytes_in.fetch_add(bytes, Relaxed);
+    }
+
+    pub(crate) fn relayed_out(&self, publishes: u64, bytes: u64) {
+        if publishes > 0 {
+            self.publishes_out.fetch_add(publishes, Relaxed);
+        }
+        self.bytes_out.fetch_add(bytes, Relaxed);
+    }
+
+    /// Counts an open connection until the guard drops.
+    pub(crate) fn open_connection(&self) -> Gauge<'_> {
+        Gauge::up(&self.active)
+    }
+
+    /// Counts a running handshake until the guard drops.
+    pub(crate) fn handshaking(&self) -> Gauge<'_> {
+        Gauge::up(&self.handshakes_in_progress)
+    }
+}
+
+/// Decrements a gauge when dropped, however the task ends.
+#[derive(Debug)]
+pub(crate) struct Gauge<'a>(&'a AtomicU64);
+
+impl<'a> Gauge<'a> {
+    fn up(counter: &'a AtomicU64) -> Self {
+        counter.fetch_add(1, Relaxed);
+        Self(counter)
+    }
+}
+
+impl Drop for Gauge<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_have_distinct_slots_and_names() {
+        for (i, reason) in Reject::ALL.into_iter().enumerate() {
+            assert_eq!(reason.index(), i);
+        }
+        let mut names: Vec<_> = Reject::ALL.iter().map(|r| r.as_str()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), Reject::ALL.len());
+    }
+
+    #[test]
+    fn counts_and_gauges() {
+        let m = Metrics::default();
+        m.reject(Reject::Publish);
+        m.reject(Reject::Publish);
+        m.relayed_in(3, 600);
+        {
+            let _open = m.open_connection();
+            assert_eq!(m.snapshot().active, 1);
+        }
+        let s = m.snapshot();
+        assert_eq!(s.active, 0);
+        assert_eq!(s.rejected(Reject::Publish), 2);
+        assert_eq!(s.rejected_total(), 2);
+        assert_eq!((s.publishes_in, s.bytes_in), (3, 600));
+    }
+}

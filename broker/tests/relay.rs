@@ -1,0 +1,427 @@
+//! The broker against real MQTT clients (rumqttc, 3.1.1 and 5) over mTLS:
+//! authentication, the topic ACL, limits, retained status and the last will.
+
+mod support;
+
+use std::sync::Arc;
+
+use rustls::RootCertStore;
+use rustls_pki_types::{CertificateDer, ServerName, pem::PemObject};
+use support::{BOTH, Ev, Mqtt, Pki, TestBroker, expect_publish};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+};
+use vigil_broker::{Limits, Reject};
+use vigil_proto::topics::{TopicKind, all_posts, topic};
+
+fn events(post: &str) -> String {
+    topic(post, TopicKind::Events)
+}
+
+fn status(post: &str) -> String {
+    topic(post, TopicKind::Status)
+}
+
+fn receipts(post: &str) -> String {
+    topic(post, TopicKind::Receipts)
+}
+
+/// An ops-center subscribed to every post's events.
+async fn ops_on_events(b: &TestBroker, version: Mqtt) -> support::Client {
+    let mut ops = b.client(version, "ops-1", "ops-1").connect().await;
+    ops.subscribe_ok(&all_posts(TopicKind::Events)).await;
+    ops
+}
+
+#[tokio::test]
+async fn post_events_reach_the_ops_subscriber() {
+    let b = TestBroker::start().await;
+    for (post_v, ops_v) in [
+        (Mqtt::V4, Mqtt::V4),
+        (Mqtt::V4, Mqtt::V5),
+        (Mqtt::V5, Mqtt::V4),
+        (Mqtt::V5, Mqtt::V5),
+    ] {
+        let mut ops = ops_on_events(&b, ops_v).await;
+        // A shared subscription works too (an ops-center replica group).
+        let mut replica = b.client(ops_v, "ops-2", "").connect().await;
+        replica
+            .subscribe_ok(&format!("$share/ops/{}", all_posts(TopicKind::Status)))
+            .await;
+
+        let mut post = b.client(post_v, "p-1", "p-1").connect().await;
+        let payload = format!("batch {post_v:?}->{ops_v:?}");
+        post.publish(&events("p-1"), payload.as_bytes(), false)
+            .await;
+        post.expect(Ev::PubAck {
+            reason: "Success".into(),
+        })
+        .await;
+        assert_eq!(
+            expect_publish(&mut ops, &events("p-1")).await,
+            payload.as_bytes()
+        );
+
+        post.publish(&status("p-1"), b"online", true).await;
+        assert_eq!(
+            expect_publish(&mut replica, &status("p-1")).await,
+            b"online"
+        );
+        post.kill();
+    }
+    let m = b.metrics();
+    assert!(m.publishes_in >= 8 && m.publishes_out >= 8, "{m:?}");
+    assert_eq!(m.rejected_total(), 0, "{m:?}");
+}
+
+#[tokio::test]
+async fn client_without_certificate_is_refused() {
+    let b = TestBroker::start().await;
+    let mut roots = RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_file(b.pki.path("ca.pem")).unwrap())
+        .unwrap();
+    let config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = TcpStream::connect(b.addr()).await.unwrap();
+    let name = ServerName::try_from("localhost").unwrap();
+    // With TLS 1.3 the client finishes its side before the server checks
+    // its (missing) certificate: the refusal shows on the first read.
+    let refused = match connector.connect(name, tcp).await {
+        Err(_) => true,
+        Ok(mut tls) => {
+            let _ = tls.write_all(&[0xC0, 0x00]).await;
+            let mut buf = [0u8; 16];
+            matches!(
+                tokio::time::timeout(support::WAIT, tls.read(&mut buf)).await,
+                Ok(Err(_) | Ok(0))
+            )
+        }
+    };
+    assert!(refused);
+    b.wait_metrics("no_certificate", |m| m.rejected(Reject::NoCertificate) == 1)
+        .await;
+}
+
+#[tokio::test]
+async fn certificate_from_another_ca_is_refused() {
+    let b = TestBroker::start().await;
+    let other = Pki::new();
+    // Trusts our CA, presents a certificate from another one.
+    let forged = vigil_pki::TlsConfig {
+        ca: b.pki.path("ca.pem"),
+        crl: None,
+        ..other.tls("p-1")
+    };
+    let forged = Arc::new(forged.load().unwrap().client_config().unwrap());
+    for version in BOTH {
+        let mut client =
+            support::ClientOptions::from_parts(version, b.addr(), forged.clone(), "p-1").start();
+        let ev = client
+            .expect_match("refusal", |ev| matches!(ev, Ev::Closed(_)))
+            .await;
+        assert!(matches!(ev, Ev::Closed(_)), "{ev:?}");
+    }
+    b.wait_metrics("bad_certificate", |m| {
+        m.rejected(Reject::BadCertificate) == 2
+    })
+    .await;
+    assert_eq!(b.metrics().authenticated, 0);
+}
+
+#[tokio::test]
+async fn revoked_certificate_is_refused() {
+    let b = TestBroker::start().await;
+    for version in BOTH {
+        let mut client = b.client(version, "p-9", "p-9").start();
+        client.expect_closed().await;
+    }
+    b.wait_metrics("revoked", |m| m.rejected(Reject::Revoked) == 2)
+        .await;
+    assert_eq!(b.metrics().authenticated, 0);
+}
+
+#[tokio::test]
+async fn roles_without_mqtt_rights_are_refused_at_connect() {
+    let b = TestBroker::start().await;
+    for version in BOTH {
+        let mut client = b.client(version, "alice", "alice").start();
+        client.expect(Ev::Refused("NotAuthorized".into())).await;
+    }
+    assert_eq!(b.metrics().rejected(Reject::NotAuthorized), 2);
+}
+
+#[tokio::test]
+async fn publishing_as_another_post_is_refused() {
+    let b = TestBroker::start().await;
+    let mut ops = ops_on_events(&b, Mqtt::V5).await;
+
+    // 3.1.1: no way to say no but to close the connection.
+    let mut post = b.client(Mqtt::V4, "p-1", "p-1").connect().await;
+    post.publish(&events("p-2"), b"forged", false).await;
+    let seen = post.expect_closed().await;
+    assert!(
+        !seen.iter().any(|ev| matches!(ev, Ev::PubAck { .. })),
+        "{seen:?}"
+    );
+
+    // 5: PUBACK 0x87, and the session goes on.
+    let mut post = b.client(Mqtt::V5, "p-1", "p-1").connect().await;
+    post.publish(&events("p-2"), b"forged", false).await;
+    post.expect(Ev::PubAck {
+        reason: "NotAuthorized".into(),
+    })
+    .await;
+    // Also refused: topics outside the contract, and receipts.
+    post.publish("vigil/v1/posts/p-1/events/x", b"forged", false)
+        .await;
+    post.expect(Ev::PubAck {
+        reason: "NotAuthorized".into(),
+    })
+    .await;
+    post.publish(&receipts("p-1"), b"forged", false).await;
+    post.expect(Ev::PubAck {
+        reason: "NotAuthorized".into(),
+    })
+    .await;
+    post.publish(&events("p-1"), b"genuine", false).await;
+    post.expect(Ev::PubAck {
+        reason: "Success".into(),
+    })
+    .await;
+
+    // The ops-center sees only the genuine batch.
+    let ev = ops
+        .expect_match("publish", |ev| matches!(ev, Ev::Publish { .. }))
+        .await;
+    assert_eq!(
+        ev,
+        Ev::Publish {
+            topic: events("p-1"),
+            payload: b"genuine".to_vec()
+        }
+    );
+    ops.expect_no_publish().await;
+    assert_eq!(b.metrics().rejected(Reject::Publish), 4);
+}
+
+#[tokio::test]
+async fn subscribing_beyond_own_topics_is_refused() {
+    let b = TestBroker::start().await;
+    let ops = b.client(Mqtt::V4, "ops-1", "ops-1").connect().await;
+
+    // 3.1.1: closed.
+    for filter in ["#", &receipts("p-2")] {
+        let mut post = b.client(Mqtt::V4, "p-1", "p-1").connect().await;
+        post.subscribe(filter).await;
+        let seen = post.expect_closed().await;
+        assert!(
+            !seen.iter().any(|ev| matches!(ev, Ev::SubAck { .. })),
+            "{seen:?}"
+        );
+    }
+
+    // 5: SUBACK 0x87, and nothing delivered.
+    let mut post = b.client(Mqtt::V5, "p-1", "p-1").connect().await;
+    for filter in ["#", &receipts("p-2"), &all_posts(TopicKind::Receipts)] {
+        post.subscribe(filter).await;
+        post.expect(Ev::SubAck {
+            codes: vec!["NotAuthorized".into()],
+        })
+        .await;
+    }
+    post.subscribe_ok(&receipts("p-1")).await;
+    ops.publish(&receipts("p-2"), b"for p-2", false).await;
+    ops.publish(&receipts("p-1"), b"for p-1", false).await;
+    let ev = post
+        .expect_match("publish", |ev| matches!(ev, Ev::Publish { .. }))
+        .await;
+    assert_eq!(
+        ev,
+        Ev::Publish {
+            topic: receipts("p-1"),
+            payload: b"for p-1".to_vec()
+        }
+    );
+    post.expect_no_publish().await;
+    assert_eq!(b.metrics().rejected(Reject::Subscribe), 5);
+}
+
+#[tokio::test]
+async fn another_posts_client_id_cannot_take_over_its_session() {
+    let b = TestBroker::start().await;
+    for version in BOTH {
+        let mut victim = b.client(Mqtt::V4, "p-1", "p-1").connect().await;
+        victim.subscribe_ok(&receipts("p-1")).await;
+
+        let mut thief = b.client(version, "p-2", "p-1").start();
+        thief.expect(Ev::Refused("NotAuthorized".into())).await;
+
+        // The victim's session is intact: it still gets its receipts.
+        let ops = b.client(Mqtt::V4, "ops-1", "ops-1").connect().await;
+        ops.publish(&receipts("p-1"), b"r", false).await;
+        assert_eq!(expect_publish(&mut victim, &receipts("p-1")).await, b"r");
+        victim.kill();
+        ops.kill();
+    }
+    assert_eq!(b.metrics().rejected(Reject::NotAuthorized), 2);
+}
+
+#[tokio::test]
+async fn oversize_payload_is_refused() {
+    let b = TestBroker::with_limits(Limits {
+        max_payload_bytes: 1024,
+        ..Limits::default()
+    })
+    .await;
+    let mut ops = ops_on_events(&b, Mqtt::V4).await;
+    for version in BOTH {
+        let mut post = b.client(version, "p-1", "p-1").connect().await;
+        post.publish(&events("p-1"), &[1u8; 1024], false).await;
+        assert_eq!(expect_publish(&mut ops, &events("p-1")).await.len(), 1024);
+        post.publish(&events("p-1"), &[2u8; 1025], false).await;
+        let seen = post.expect_closed().await;
+        if version == Mqtt::V5 {
+            assert!(
+                seen.contains(&Ev::Disconnect {
+                    reason: "PacketTooLarge".into()
+                }),
+                "{seen:?}"
+            );
+        }
+    }
+    ops.expect_no_publish().await;
+    assert_eq!(b.metrics().rejected(Reject::PayloadTooLarge), 2);
+}
+
+#[tokio::test]
+async fn will_on_a_foreign_topic_is_refused() {
+    let b = TestBroker::start().await;
+    for version in BOTH {
+        let mut post = b
+            .client(version, "p-1", "p-1")
+            .will(&status("p-2"), b"offline")
+            .start();
+        post.expect(Ev::Refused("NotAuthorized".into())).await;
+    }
+    assert_eq!(b.metrics().rejected(Reject::Will), 2);
+}
+
+#[tokio::test]
+async fn retained_status_and_last_will_reach_ops() {
+    let b = TestBroker::start().await;
+    for version in BOTH {
+        let post_id = if version == Mqtt::V4 { "p-1" } else { "p-2" };
+        let mut ops = b.client(Mqtt::V5, "ops-1", "ops-1").connect().await;
+        ops.subscribe_ok(&all_posts(TopicKind::Status)).await;
+
+        let post = b
+            .client(version, post_id, post_id)
+            .will(&status(post_id), b"offline")
+            .connect()
+            .await;
+        post.publish(&status(post_id), b"online", true).await;
+        assert_eq!(expect_publish(&mut ops, &status(post_id)).await, b"online");
+
+        // The post drops off the network: no DISCONNECT, the socket closes.
+        post.kill();
+        assert_eq!(expect_publish(&mut ops, &status(post_id)).await, b"offline");
+
+        // A subscriber arriving later finds the retained will.
+        let mut late = b.client(Mqtt::V4, "ops-2", "").connect().await;
+        late.subscribe(&status(post_id)).await;
+        assert_eq!(
+            expect_publish(&mut late, &status(post_id)).await,
+            b"offline"
+        );
+        ops.kill();
+        late.kill();
+    }
+}
+
+#[tokio::test]
+async fn idle_sockets_do_not_delay_a_valid_client() {
+    let b = TestBroker::start().await;
+    let mut idle = Vec::new();
+    for _ in 0..200 {
+        idle.push(TcpStream::connect(b.addr()).await.unwrap());
+    }
+    b.wait_metrics("200 pending handshakes", |m| {
+        m.handshakes_in_progress == 200
+    })
+    .await;
+    for version in BOTH {
+        let mut ops = ops_on_events(&b, version).await;
+        let post = b.client(version, "p-1", "p-1").connect().await;
+        post.publish(&events("p-1"), b"through", false).await;
+        assert_eq!(expect_publish(&mut ops, &events("p-1")).await, b"through");
+    }
+    // Served while every idle socket still held its handshake: none of them
+    // timed out, so none delayed the clients.
+    let m = b.metrics();
+    assert_eq!(m.rejected(Reject::HandshakeTimeout), 0, "{m:?}");
+    assert_eq!(m.handshakes_in_progress, 200, "{m:?}");
+    drop(idle);
+}
+
+#[tokio::test]
+async fn idle_sockets_time_out_and_connections_are_capped() {
+    let b = TestBroker::with_limits(Limits {
+        max_connections: 4,
+        max_handshakes: 2,
+        handshake_timeout_ms: 300,
+        ..Limits::default()
+    })
+    .await;
+    let mut idle = Vec::new();
+    for _ in 0..6 {
+        idle.push(TcpStream::connect(b.addr()).await.unwrap());
+    }
+    // Two over the cap are closed at once; the four others time out
+    // (two waiting for a handshake slot, two in the handshake).
+    b.wait_metrics("capacity and timeouts", |m| {
+        m.rejected(Reject::Capacity) == 2 && m.rejected(Reject::HandshakeTimeout) == 4
+    })
+    .await;
+    b.wait_metrics("slots freed", |m| m.active == 0).await;
+    // Slots are free again.
+    let mut ops = ops_on_events(&b, Mqtt::V4).await;
+    let post = b.client(Mqtt::V5, "p-1", "").connect().await;
+    post.publish(&events("p-1"), b"after", false).await;
+    assert_eq!(expect_publish(&mut ops, &events("p-1")).await, b"after");
+    drop(idle);
+}
+
+#[tokio::test]
+async fn shutdown_disconnects_clients_and_stops_accepting() {
+    let b = TestBroker::start().await;
+    let mut v5 = b.client(Mqtt::V5, "p-1", "p-1").connect().await;
+    let mut v4 = b.client(Mqtt::V4, "p-2", "p-2").connect().await;
+    let addr = b.addr();
+    b.shutdown.cancel();
+    let seen = v5.expect_closed().await;
+    assert!(
+        seen.contains(&Ev::Disconnect {
+            reason: "ServerShuttingDown".into()
+        }),
+        "{seen:?}"
+    );
+    v4.expect_closed().await;
+    tokio::time::timeout(support::WAIT, b.broker.wait())
+        .await
+        .expect("broker stops within the grace period");
+    assert!(TcpStream::connect(addr).await.is_err());
+}
+
+#[tokio::test]
+async fn empty_client_id_becomes_the_identity() {
+    let b = TestBroker::start().await;
+    // Sessions are keyed by identity: a second empty-id connection of the
+    // same post takes over the first one, as a reconnecting gateway should.
+    let mut first = b.client(Mqtt::V4, "p-1", "").connect().await;
+    let _second = b.client(Mqtt::V4, "p-1", "").connect().await;
+    first.expect_closed().await;
+}

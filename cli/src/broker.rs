@@ -1,0 +1,46 @@
+//! `vigil broker --config FILE`: run the MQTT broker until SIGTERM/SIGINT.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use vigil_broker::{Broker, BrokerConfig};
+
+use crate::Usage;
+
+#[derive(Debug, Args)]
+pub(crate) struct BrokerArgs {
+    /// Config file (TOML); `vigil config default broker` prints one.
+    #[arg(long, value_name = "FILE")]
+    config: PathBuf,
+}
+
+pub(crate) fn run(args: &BrokerArgs) -> Result<()> {
+    // Everything in the config is checked before any socket is bound.
+    let config = BrokerConfig::load(&args.config).map_err(|e| Usage(e.to_string()))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async {
+        let signal = crate::signals::shutdown_signal();
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("listen = {}", config.listen))?;
+        let shutdown = CancellationToken::new();
+        let broker = Broker::start(&config, listener, shutdown.clone()).await?;
+        tokio::spawn(async move {
+            signal.await;
+            tracing::info!("shutdown requested");
+            shutdown.cancel();
+        });
+        broker.wait().await;
+        anyhow::Ok(())
+    })?;
+    // The embedded router's threads have no shutdown; the process exit ends
+    // them. Do not wait for tasks that may still hold router sockets.
+    runtime.shutdown_background();
+    Ok(())
+}

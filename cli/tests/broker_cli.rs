@@ -1,0 +1,136 @@
+//! `vigil broker` and `vigil config default` as an operator runs them.
+
+use std::{
+    net::{SocketAddr, TcpListener, TcpStream},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+fn vigil(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args(args)
+        .output()
+        .expect("run vigil")
+}
+
+#[test]
+fn default_broker_config_is_printed() {
+    let out = vigil(&["config", "default", "broker"]);
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    for key in [
+        "listen = \"0.0.0.0:8883\"",
+        "[tls]",
+        "[limits]",
+        "max_payload_bytes",
+    ] {
+        assert!(text.contains(key), "{key} missing from:\n{text}");
+    }
+}
+
+#[test]
+fn parts_not_built_yet_are_a_usage_error() {
+    for part in ["gateway", "ops"] {
+        let out = vigil(&["config", "default", part]);
+        assert_eq!(out.status.code(), Some(64), "{out:?}");
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert!(err.contains("not available"), "{err}");
+    }
+}
+
+#[test]
+fn bad_config_exits_64_with_one_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            "unknown.toml",
+            "listen = \"127.0.0.1:0\"\nport = 1\n",
+            "unknown field",
+        ),
+        (
+            "missing.toml",
+            "[tls]\nca = \"pki/ca.pem\"\ncert = \"pki/b.pem\"\nkey = \"pki/b.key\"\n",
+            "pki/ca.pem",
+        ),
+        (
+            "limits.toml",
+            "[tls]\nca = \"a\"\ncert = \"b\"\nkey = \"c\"\n[limits]\nmax_connections = 0\n",
+            "limits.max_connections",
+        ),
+    ];
+    for (name, text, want) in cases {
+        let path = tmp.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        let out = vigil(&["broker", "--config", path.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(64), "{name}: {out:?}");
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(err.trim_end().lines().count(), 1, "{name}: {err}");
+        assert!(err.contains(want), "{name}: {err}");
+    }
+}
+
+#[test]
+fn broker_serves_and_stops_on_sigterm() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("pki");
+    let d = dir.to_str().unwrap();
+    assert!(vigil(&["pki", "init", "--dir", d]).status.success());
+    let out = vigil(&[
+        "pki",
+        "issue",
+        "--dir",
+        d,
+        "--role",
+        "broker",
+        "--id",
+        "broker-1",
+        "--san",
+        "127.0.0.1",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    // A port that was free a moment ago.
+    let addr: SocketAddr = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let config = tmp.path().join("broker.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"{addr}\"\n[tls]\nca = \"pki/ca.pem\"\ncert = \"pki/broker-1.pem\"\n\
+             key = \"pki/broker-1.key\"\ncrl = \"pki/crl.pem\"\n"
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args(["broker", "--config", config.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(addr).is_err() {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("broker exited early: {status}");
+        }
+        assert!(Instant::now() < deadline, "broker never listened on {addr}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("broker did not stop on SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status}");
+}
