@@ -4,7 +4,11 @@
 //! Layout:
 //! - `main`: flags, logging, exit codes.
 //! - [`pki`]: `vigil pki init | issue | revoke`.
+//! - [`ops`]: `vigil ops --config FILE`.
+//! - [`config`]: `vigil config default PART`.
 
+mod config;
+mod ops;
 mod pki;
 
 use std::process::ExitCode;
@@ -36,6 +40,11 @@ enum Command {
     /// Manage the region's certificate authority.
     #[command(subcommand)]
     Pki(pki::PkiCommand),
+    /// Run the operations center.
+    Ops(ops::OpsArgs),
+    /// Config files: print defaults.
+    #[command(subcommand)]
+    Config(config::ConfigCommand),
 }
 
 fn main() -> ExitCode {
@@ -45,6 +54,8 @@ fn main() -> ExitCode {
 
     let result = match cli.command {
         Command::Pki(cmd) => pki::run(cmd),
+        Command::Ops(args) => ops::run(&args),
+        Command::Config(cmd) => config::run(&cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
