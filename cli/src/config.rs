@@ -4,8 +4,6 @@
 use anyhow::Result;
 use clap::{Subcommand, ValueEnum};
 
-use crate::Usage;
-
 #[derive(Debug, Subcommand)]
 pub(crate) enum ConfigCommand {
     /// Print a commented default config (TOML) for a daemon.
@@ -17,23 +15,21 @@ pub(crate) enum ConfigCommand {
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub(crate) enum Part {
+    /// The broker (`vigil broker`).
     Broker,
+    /// A post's gateway (`vigil gateway`).
     Gateway,
+    /// The operations center (`vigil ops`).
     Ops,
 }
 
 pub(crate) fn run(cmd: &ConfigCommand) -> Result<()> {
-    match cmd {
-        ConfigCommand::Default { part: Part::Broker } => {
-            print!("{}", vigil_broker::DEFAULT_CONFIG);
-            Ok(())
-        }
-        ConfigCommand::Default { part } => Err(Usage(format!(
-            "no default config for {} yet: that part is not available in this build",
-            part.to_possible_value()
-                .map(|v| v.get_name().to_owned())
-                .unwrap_or_default()
-        ))
-        .into()),
-    }
+    let ConfigCommand::Default { part } = cmd;
+    let text = match part {
+        Part::Broker => vigil_broker::DEFAULT_CONFIG,
+        Part::Gateway => vigil_gateway::config::DEFAULT_CONFIG,
+        Part::Ops => vigil_ops::config::DEFAULT_TOML,
+    };
+    print!("{text}");
+    Ok(())
 }

@@ -5,11 +5,15 @@
 //! - `main`: flags, logging, exit codes.
 //! - [`pki`]: `vigil pki init | issue | revoke`.
 //! - [`broker`]: `vigil broker --config FILE`.
+//! - [`gateway`]: `vigil gateway --config FILE`.
+//! - [`ops`]: `vigil ops --config FILE`.
 //! - [`config`]: `vigil config default broker|gateway|ops`.
 //! - [`signals`]: the SIGINT/SIGTERM future daemons stop on.
 
 mod broker;
 mod config;
+mod gateway;
+mod ops;
 mod pki;
 mod signals;
 
@@ -44,7 +48,11 @@ enum Command {
     Pki(pki::PkiCommand),
     /// Run the MQTT broker (mTLS front with topic ACL over an embedded router).
     Broker(broker::BrokerArgs),
-    /// Print default configs.
+    /// Run a post's gateway (DC-09 receiver, durable outbox, publisher).
+    Gateway(gateway::GatewayArgs),
+    /// Run the operations center.
+    Ops(ops::OpsArgs),
+    /// Config files: print defaults.
     #[command(subcommand)]
     Config(config::ConfigCommand),
 }
@@ -57,6 +65,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Pki(cmd) => pki::run(cmd),
         Command::Broker(args) => broker::run(&args),
+        Command::Gateway(args) => gateway::run(&args),
+        Command::Ops(args) => ops::run(&args),
         Command::Config(cmd) => config::run(&cmd),
     };
     match result {

@@ -1,0 +1,66 @@
+//! `vigil ops --config FILE`: run the operations center.
+
+use std::{path::PathBuf, sync::Arc};
+
+use anyhow::{Context, Result};
+use clap::Args;
+use tokio_util::sync::CancellationToken;
+use vigil_ops::{config::OpsConfig, metrics::Metrics};
+use vigil_pki::Role;
+
+use crate::Usage;
+
+#[derive(Debug, Args)]
+pub(crate) struct OpsArgs {
+    /// The ops-center config (TOML); `vigil config default ops` prints one.
+    #[arg(long)]
+    config: PathBuf,
+}
+
+pub(crate) fn run(args: &OpsArgs) -> Result<()> {
+    // Everything that can be wrong with the config is found here, before
+    // any file is created or any connection made.
+    let cfg = OpsConfig::load(&args.config).map_err(|e| Usage(e.to_string()))?;
+    let material = cfg
+        .tls
+        .load()
+        .map_err(|e| Usage(format!("{}: {e}", args.config.display())))?;
+    let role = material.own_peer().role;
+    if role != Role::Ops {
+        return Err(Usage(format!(
+            "{}: tls.cert is a {role} certificate; the operations center needs an ops certificate",
+            args.config.display()
+        ))
+        .into());
+    }
+    let (store, engine) = vigil_ops::open(&cfg).context("opening the store")?;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(async {
+        let shutdown = CancellationToken::new();
+        // Handlers are installed before anything starts, so a signal that
+        // arrives during start-up still shuts down cleanly.
+        let signal = crate::signals::shutdown_signal();
+        tokio::spawn({
+            let shutdown = shutdown.clone();
+            async move {
+                signal.await;
+                tracing::info!("signal received: shutting down");
+                shutdown.cancel();
+            }
+        });
+        vigil_ops::run(
+            cfg,
+            Box::new(store),
+            engine,
+            &material,
+            Arc::new(Metrics::default()),
+            shutdown,
+        )
+        .await
+    })?;
+    Ok(())
+}

@@ -1,0 +1,230 @@
+//! The ops-center config file (TOML): stable keys from DESIGN.md
+//! (`data_dir`, `[mqtt] server`, `[api] listen`, `[tls]`) plus `[engine]`.
+//!
+//! Unknown keys are rejected; relative paths are relative to the config
+//! file's folder; [`OpsConfig::load`] checks everything that can be checked
+//! without binding a socket.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+use vigil_pki::TlsConfig;
+
+use crate::engine::EngineConfig;
+
+/// A commented default config, printed by `vigil config default ops`.
+pub const DEFAULT_TOML: &str = include_str!("default.toml");
+
+/// Largest `max_batch_bytes` accepted.
+pub const MAX_BATCH_BYTES_LIMIT: usize = 16 * 1024 * 1024;
+
+/// The whole file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpsConfig {
+    /// Where the store (`ops.db`) lives.
+    pub data_dir: PathBuf,
+    pub mqtt: MqttConfig,
+    #[serde(default)]
+    pub api: ApiConfig,
+    pub tls: TlsConfig,
+    #[serde(default)]
+    pub engine: EngineConfig,
+}
+
+/// The `[mqtt]` table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttConfig {
+    /// Broker address, `HOST:PORT`. HOST is also the name checked against
+    /// the broker's certificate.
+    pub server: String,
+    /// Shared-subscription group: replicas with the same group share the
+    /// posts' messages.
+    #[serde(default = "default_share_group")]
+    pub share_group: String,
+    #[serde(default = "default_keep_alive")]
+    pub keep_alive_secs: u64,
+    /// Larger event batches are dropped and counted (`oversize`).
+    #[serde(default = "default_max_batch_bytes")]
+    pub max_batch_bytes: usize,
+}
+
+/// The `[api]` table: the gRPC API (served from the next release on).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    pub listen: SocketAddr,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 50051)),
+        }
+    }
+}
+
+fn default_share_group() -> String {
+    "ops".into()
+}
+fn default_keep_alive() -> u64 {
+    30
+}
+fn default_max_batch_bytes() -> usize {
+    1024 * 1024
+}
+
+/// Why a config was refused. The message names the file and the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: {key}: {reason}")]
+    Invalid {
+        path: PathBuf,
+        key: String,
+        reason: String,
+    },
+}
+
+impl OpsConfig {
+    /// Reads, parses, resolves relative paths and validates `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut cfg: Self = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string().trim_end().replace('\n', " "),
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        cfg.resolve_relative_to(base);
+        cfg.validate()
+            .map_err(|(key, reason)| ConfigError::Invalid {
+                path: path.to_owned(),
+                key,
+                reason,
+            })?;
+        Ok(cfg)
+    }
+
+    /// Makes relative paths relative to `base` (the config file's folder).
+    pub fn resolve_relative_to(&mut self, base: &Path) {
+        if self.data_dir.is_relative() {
+            self.data_dir = base.join(&self.data_dir);
+        }
+        self.tls.resolve_relative_to(base);
+    }
+
+    /// Checks values; returns the offending key and why.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        self.mqtt
+            .host_port()
+            .map_err(|reason| ("mqtt.server".to_owned(), reason))?;
+        let g = &self.mqtt.share_group;
+        if g.is_empty() || g.contains(['/', '+', '#']) {
+            return Err((
+                "mqtt.share_group".into(),
+                "must be non-empty, without '/', '+' or '#'".into(),
+            ));
+        }
+        if !(5..=3600).contains(&self.mqtt.keep_alive_secs) {
+            return Err((
+                "mqtt.keep_alive_secs".into(),
+                "must be between 5 and 3600".into(),
+            ));
+        }
+        if !(1024..=MAX_BATCH_BYTES_LIMIT).contains(&self.mqtt.max_batch_bytes) {
+            return Err((
+                "mqtt.max_batch_bytes".into(),
+                format!("must be between 1024 and {MAX_BATCH_BYTES_LIMIT}"),
+            ));
+        }
+        self.engine
+            .validate()
+            .map_err(|e| (format!("engine.{}", e.field), e.reason))
+    }
+}
+
+impl MqttConfig {
+    /// `server` split into host and port.
+    pub fn host_port(&self) -> Result<(String, u16), String> {
+        let (host, port) = self
+            .server
+            .rsplit_once(':')
+            .ok_or_else(|| format!("{:?} is not HOST:PORT", self.server))?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() {
+            return Err(format!("{:?} has no host", self.server));
+        }
+        let port: u16 = port
+            .parse()
+            .ok()
+            .filter(|&p| p != 0)
+            .ok_or_else(|| format!("{:?} has no valid port", self.server))?;
+        Ok((host.to_owned(), port))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_config_parses_and_matches_the_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ops.toml");
+        std::fs::write(&path, DEFAULT_TOML).unwrap();
+        let cfg = OpsConfig::load(&path).unwrap();
+        assert_eq!(cfg.data_dir, dir.path().join("ops-data"));
+        assert_eq!(cfg.tls.ca, dir.path().join("pki/ca.pem"));
+        assert_eq!(cfg.mqtt.host_port().unwrap(), ("localhost".into(), 8883));
+        assert_eq!(cfg.api, ApiConfig::default());
+        let mut engine = cfg.engine.clone();
+        engine.procedures.clear();
+        engine.zone_cameras.clear();
+        assert_eq!(engine, EngineConfig::default());
+        assert!(cfg.engine.procedures.contains_key("fire"));
+    }
+
+    #[test]
+    fn bad_configs_name_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ops.toml");
+        let base = "data_dir = \"d\"\n[tls]\nca = \"a\"\ncert = \"b\"\nkey = \"c\"\n";
+        for (extra, want) in [
+            ("[mqtt]\nserver = \"nohost\"\n", "mqtt.server"),
+            ("[mqtt]\nserver = \"h:0\"\n", "mqtt.server"),
+            (
+                "[mqtt]\nserver = \"h:1\"\nshare_group = \"a/b\"\n",
+                "mqtt.share_group",
+            ),
+            (
+                "[mqtt]\nserver = \"h:1\"\nserverr = 1\n",
+                "unknown field `serverr`",
+            ),
+            (
+                "[mqtt]\nserver = \"h:1\"\n[engine]\nflood_limit = 0\n",
+                "engine.flood_limit",
+            ),
+            (
+                "[mqtt]\nserver = \"h:1\"\n[engine.procedures]\nfires = \"x\"\n",
+                "engine.procedures.fires",
+            ),
+        ] {
+            std::fs::write(&path, format!("{base}{extra}")).unwrap();
+            let err = OpsConfig::load(&path).unwrap_err().to_string();
+            assert!(err.contains(want), "{err} should mention {want}");
+        }
+    }
+}

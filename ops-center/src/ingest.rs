@@ -1,0 +1,488 @@
+//! Ingest: the MQTT side of the ops-center.
+//!
+//! One task owns the rumqttc event loop. It subscribes (QoS 1, through the
+//! shared subscription `$share/{group}/…`) to every post's `events` and
+//! `status`, checks each message (topic, size, protobuf, `post_id` against
+//! the topic, seqs), and queues valid ones for the writer. Invalid ones are
+//! counted by reason, logged, and acknowledged at once: they would never
+//! become valid, and an unacknowledged message would be sent again forever.
+//!
+//! Acknowledgments are manual. A valid message is acknowledged (PUBACK) only
+//! after the writer committed it, in the same step as its post's `Receipt` is
+//! published. The receipt is what the guarantee rests on: a gateway deletes
+//! events only when a receipt covers them, and a receipt is published only
+//! after the commit. The late PUBACK adds that a message the ops-center
+//! accepted but had not committed when it died is still the broker's: with
+//! the persistent session (clean_session = false) the broker sends it again
+//! after the restart, so recovery does not wait for the gateway's re-send.
+//! A PUBACK alone never lets a gateway drop anything.
+//!
+//! Backpressure: the writer's queue is bounded. When it is full this task
+//! stops polling the event loop (so stops reading from the socket; TCP and
+//! the broker hold the rest) until there is room, rather than dropping or
+//! buffering without bound. It keeps draining commit results meanwhile, so
+//! the writer never waits on it. Since acknowledgments wait for commits, the
+//! broker's in-flight window also bounds what it sends us.
+
+use std::{
+    collections::{BTreeMap, HashMap, VecDeque},
+    sync::{Arc, atomic::Ordering::Relaxed},
+    time::{Duration, SystemTime},
+};
+
+use prost::Message;
+use rumqttc::{
+    AsyncClient, ConnectionError, Event as MqttEvent, EventLoop, MqttOptions, Packet, Publish, QoS,
+    TlsConfiguration, Transport,
+};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use vigil_proto::{
+    topics::{self, TopicKind},
+    v1::{EventBatch, PostStatus},
+};
+
+use crate::{
+    config::MqttConfig,
+    metrics::{Metrics, Reject},
+    writer::{Committed, Job, Token},
+};
+
+/// Capacity of rumqttc's request channel (our acknowledgments, receipts and
+/// subscriptions to the event loop). When it is full, what does not fit
+/// waits in this task's own small backlog, bounded by the messages in
+/// flight, and goes out on the next turn of the loop.
+pub const REQUEST_CAPACITY: usize = 1024;
+/// Hard limit of an incoming MQTT packet; rumqttc drops the connection
+/// beyond it. Set well above `max_batch_bytes` so that an oversize batch is
+/// counted and acknowledged instead of dropping the connection again and
+/// again.
+pub const MAX_PACKET_BYTES: usize = 32 * 1024 * 1024;
+/// Longest wait between reconnection attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How long shutdown waits for queued batches to commit and be acknowledged.
+const DRAIN_GRACE: Duration = Duration::from_secs(5);
+
+/// Why ingest stopped other than by shutdown.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("mqtt.server: {0}")]
+    Server(String),
+    #[error("the writer stopped")]
+    WriterStopped,
+}
+
+/// Ingest settings taken from the config.
+#[derive(Debug, Clone)]
+pub struct IngestConfig {
+    pub mqtt: MqttConfig,
+    /// MQTT client id: the ops-center's identity.
+    pub client_id: String,
+}
+
+/// Runs ingest until `shutdown` is cancelled or the writer stops. On
+/// shutdown it stops reading, lets the writer finish what is queued (it
+/// drops its job sender), acknowledges and receipts it, and disconnects.
+pub async fn run(
+    cfg: IngestConfig,
+    tls: Arc<rustls::ClientConfig>,
+    jobs: mpsc::Sender<Job>,
+    done: mpsc::Receiver<Committed>,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) -> Result<(), IngestError> {
+    let (host, port) = cfg.mqtt.host_port().map_err(IngestError::Server)?;
+    let mut options = MqttOptions::new(cfg.client_id.clone(), host, port);
+    options
+        .set_transport(Transport::Tls(TlsConfiguration::Rustls(tls)))
+        .set_keep_alive(Duration::from_secs(cfg.mqtt.keep_alive_secs))
+        .set_manual_acks(true)
+        .set_clean_session(false)
+        .set_max_packet_size(MAX_PACKET_BYTES, 64 * 1024);
+    let (client, eventloop) = AsyncClient::new(options, REQUEST_CAPACITY);
+    let mut ingest = Ingest {
+        client,
+        cfg,
+        metrics,
+        pending: HashMap::new(),
+        next_token: 0,
+        session: 0,
+        acks: VecDeque::new(),
+        receipts: BTreeMap::new(),
+    };
+    ingest.run(eventloop, jobs, done, shutdown).await
+}
+
+struct Ingest {
+    client: AsyncClient,
+    cfg: IngestConfig,
+    metrics: Arc<Metrics>,
+    /// Messages queued for the writer, by token, with the session they came
+    /// in.
+    pending: HashMap<Token, (u64, Publish)>,
+    next_token: Token,
+    /// Incremented at every connection without a stored session: packet ids
+    /// of older sessions mean nothing any more.
+    session: u64,
+    /// Acknowledgments and receipts that did not fit the request channel.
+    acks: VecDeque<Publish>,
+    receipts: BTreeMap<String, u64>,
+}
+
+impl Ingest {
+    async fn run(
+        &mut self,
+        mut eventloop: EventLoop,
+        jobs: mpsc::Sender<Job>,
+        mut done: mpsc::Receiver<Committed>,
+        shutdown: CancellationToken,
+    ) -> Result<(), IngestError> {
+        let mut waiting: Option<Job> = None;
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            self.flush();
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break,
+                committed = done.recv() => match committed {
+                    Some(c) => self.committed(c),
+                    None => return Err(IngestError::WriterStopped),
+                },
+                permit = jobs.reserve(), if waiting.is_some() => match permit {
+                    Ok(permit) => permit.send(waiting.take().expect("guarded")),
+                    Err(_) => return Err(IngestError::WriterStopped),
+                },
+                event = eventloop.poll(), if waiting.is_none() => match event {
+                    Ok(event) => {
+                        backoff = Duration::from_millis(100);
+                        if let Some(job) = self.on_event(event) {
+                            match jobs.try_send(job) {
+                                Ok(()) => {}
+                                Err(mpsc::error::TrySendError::Full(job)) => waiting = Some(job),
+                                Err(mpsc::error::TrySendError::Closed(_)) => {
+                                    return Err(IngestError::WriterStopped);
+                                }
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        log_connection_error(&e);
+                        tokio::select! {
+                            () = shutdown.cancelled() => break,
+                            () = tokio::time::sleep(backoff) => {}
+                        }
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                    }
+                },
+            }
+        }
+
+        // Shutdown: no more reading. Let the writer commit what is queued,
+        // then acknowledge and receipt it before disconnecting.
+        drop(waiting);
+        drop(jobs);
+        let grace = tokio::time::sleep(DRAIN_GRACE);
+        tokio::pin!(grace);
+        loop {
+            self.flush();
+            tokio::select! {
+                committed = done.recv() => match committed {
+                    Some(c) => self.committed(c),
+                    None => break,
+                },
+                event = eventloop.poll() => if event.is_err() { break },
+                () = &mut grace => {
+                    tracing::warn!("shutdown: gave up waiting for the writer");
+                    break;
+                }
+            }
+        }
+        self.flush();
+        let _ = self.client.try_disconnect();
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            while eventloop.poll().await.is_ok() {}
+        })
+        .await;
+        Ok(())
+    }
+
+    /// A commit finished: acknowledge its messages and publish receipts.
+    fn committed(&mut self, c: Committed) {
+        for token in c.tokens {
+            if let Some((session, publish)) = self.pending.remove(&token)
+                && session == self.session
+            {
+                self.acks.push_back(publish);
+            }
+        }
+        for r in c.receipts {
+            // Coalesced: only the newest receipt per post is worth sending.
+            self.receipts.insert(r.post_id, r.durable_through_seq);
+        }
+    }
+
+    /// Hands queued acknowledgments and receipts to the event loop, as many
+    /// as fit.
+    fn flush(&mut self) {
+        while let Some(publish) = self.acks.front() {
+            if self.client.try_ack(publish).is_err() {
+                return;
+            }
+            self.acks.pop_front();
+        }
+        while let Some((post, &seq)) = self.receipts.first_key_value() {
+            let receipt = vigil_proto::v1::Receipt {
+                post_id: post.clone(),
+                durable_through_seq: seq,
+            };
+            let topic = topics::topic(post, TopicKind::Receipts);
+            if self
+                .client
+                .try_publish(topic, QoS::AtLeastOnce, false, receipt.encode_to_vec())
+                .is_err()
+            {
+                return;
+            }
+            self.receipts.pop_first();
+            self.metrics.receipts_published.fetch_add(1, Relaxed);
+        }
+    }
+
+    fn on_event(&mut self, event: MqttEvent) -> Option<Job> {
+        match event {
+            MqttEvent::Incoming(Packet::ConnAck(ack)) => {
+                if !ack.session_present {
+                    self.session += 1;
+                }
+                let group = &self.cfg.mqtt.share_group;
+                let filters = [TopicKind::Events, TopicKind::Status].map(|kind| {
+                    rumqttc::SubscribeFilter::new(
+                        format!("$share/{group}/{}", topics::all_posts(kind)),
+                        QoS::AtLeastOnce,
+                    )
+                });
+                if let Err(e) = self.client.try_subscribe_many(filters) {
+                    tracing::error!(error = %e, "cannot queue the subscription");
+                }
+                tracing::info!(
+                    session_present = ack.session_present,
+                    "connected to the broker"
+                );
+                None
+            }
+            MqttEvent::Incoming(Packet::SubAck(ack)) => {
+                let refused = ack
+                    .return_codes
+                    .iter()
+                    .any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure));
+                if refused {
+                    tracing::error!(
+                        "the broker refused a subscription: check the ops certificate's role"
+                    );
+                }
+                None
+            }
+            MqttEvent::Incoming(Packet::Publish(publish)) => self.on_publish(publish),
+            _ => None,
+        }
+    }
+
+    fn on_publish(&mut self, publish: Publish) -> Option<Job> {
+        let at = SystemTime::now();
+        match check(&publish, self.cfg.mqtt.max_batch_bytes) {
+            Ok(job) => {
+                self.next_token += 1;
+                let token = self.next_token;
+                let job = match job {
+                    Checked::Batch(batch) => Job::Batch {
+                        post_id: batch.post_id,
+                        events: batch.events,
+                        at,
+                        token,
+                    },
+                    Checked::Status(status) => Job::Status { status, at, token },
+                };
+                self.pending.insert(token, (self.session, publish));
+                Some(job)
+            }
+            Err((why, detail)) => {
+                self.metrics.reject(why);
+                tracing::warn!(topic = %publish.topic, reason = ?why, detail, "message dropped");
+                self.acks.push_back(publish);
+                None
+            }
+        }
+    }
+}
+
+/// A message that passed the checks.
+#[derive(Debug, PartialEq)]
+pub enum Checked {
+    Batch(EventBatch),
+    Status(PostStatus),
+}
+
+/// Checks one incoming message: topic, size, decoding, `post_id`s, seqs.
+pub fn check(publish: &Publish, max_batch_bytes: usize) -> Result<Checked, (Reject, String)> {
+    let Some((post, kind)) = topics::parse(&publish.topic) else {
+        return Err((Reject::Topic, "not a post topic".into()));
+    };
+    if vigil_pki::Identity::new(post).is_err() {
+        return Err((Reject::Topic, "post level is not an identity".into()));
+    }
+    if publish.payload.len() > max_batch_bytes {
+        return Err((
+            Reject::Oversize,
+            format!("{} bytes > {max_batch_bytes}", publish.payload.len()),
+        ));
+    }
+    match kind {
+        TopicKind::Events => {
+            let batch = EventBatch::decode(publish.payload.as_ref())
+                .map_err(|e| (Reject::Malformed, e.to_string()))?;
+            if batch.post_id != post {
+                return Err((
+                    Reject::PostMismatch,
+                    format!("batch post_id {:?}", batch.post_id),
+                ));
+            }
+            if batch.events.is_empty() {
+                return Err((Reject::Malformed, "empty batch".into()));
+            }
+            let mut last = 0;
+            for ev in &batch.events {
+                if ev.post_id != post {
+                    return Err((
+                        Reject::PostMismatch,
+                        format!("event {} post_id {:?}", ev.seq, ev.post_id),
+                    ));
+                }
+                if ev.seq <= last {
+                    return Err((
+                        Reject::Malformed,
+                        format!("seq {} after {last}: not increasing", ev.seq),
+                    ));
+                }
+                last = ev.seq;
+            }
+            Ok(Checked::Batch(batch))
+        }
+        TopicKind::Status => {
+            let status = PostStatus::decode(publish.payload.as_ref())
+                .map_err(|e| (Reject::Malformed, e.to_string()))?;
+            if status.post_id != post {
+                return Err((
+                    Reject::PostMismatch,
+                    format!("status post_id {:?}", status.post_id),
+                ));
+            }
+            Ok(Checked::Status(status))
+        }
+        TopicKind::Receipts | TopicKind::Commands => {
+            Err((Reject::Topic, format!("ops-center does not consume {kind}")))
+        }
+    }
+}
+
+fn log_connection_error(e: &ConnectionError) {
+    match e {
+        ConnectionError::ConnectionRefused(code) => {
+            tracing::error!(?code, "the broker refused the connection");
+        }
+        other => tracing::warn!(error = %other, "broker connection lost; reconnecting"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vigil_proto::v1::Event;
+
+    fn publish(topic: &str, payload: Vec<u8>) -> Publish {
+        Publish::new(topic, QoS::AtLeastOnce, payload)
+    }
+
+    fn batch(post: &str, seqs: &[u64], event_post: &str) -> Vec<u8> {
+        EventBatch {
+            post_id: post.into(),
+            events: seqs
+                .iter()
+                .map(|&seq| Event {
+                    post_id: event_post.into(),
+                    seq,
+                    ..Default::default()
+                })
+                .collect(),
+        }
+        .encode_to_vec()
+    }
+
+    fn reason(p: &Publish) -> Reject {
+        check(p, 4096).unwrap_err().0
+    }
+
+    #[test]
+    fn valid_batches_and_statuses_pass() {
+        let p = publish("vigil/v1/posts/p-1/events", batch("p-1", &[1, 2, 5], "p-1"));
+        assert!(matches!(check(&p, 4096), Ok(Checked::Batch(b)) if b.events.len() == 3));
+        let s = PostStatus {
+            post_id: "p-1".into(),
+            ..Default::default()
+        };
+        let p = publish("vigil/v1/posts/p-1/status", s.encode_to_vec());
+        assert_eq!(check(&p, 4096), Ok(Checked::Status(s)));
+    }
+
+    #[test]
+    fn every_kind_of_bad_message_is_rejected_with_its_reason() {
+        let t = "vigil/v1/posts/p-1/events";
+        assert_eq!(
+            reason(&publish(t, batch("p-2", &[1], "p-2"))),
+            Reject::PostMismatch
+        );
+        assert_eq!(
+            reason(&publish(t, batch("p-1", &[1], "p-2"))),
+            Reject::PostMismatch
+        );
+        assert_eq!(
+            reason(&publish(t, batch("p-1", &[2, 1], "p-1"))),
+            Reject::Malformed
+        );
+        assert_eq!(
+            reason(&publish(t, batch("p-1", &[0], "p-1"))),
+            Reject::Malformed
+        );
+        assert_eq!(
+            reason(&publish(t, batch("p-1", &[], "p-1"))),
+            Reject::Malformed
+        );
+        assert_eq!(
+            reason(&publish(t, vec![0xff, 0xff, 0xff])),
+            Reject::Malformed
+        );
+        assert_eq!(reason(&publish(t, vec![0; 5000])), Reject::Oversize);
+        assert_eq!(
+            reason(&publish(
+                "vigil/v1/posts/p-1/receipts",
+                batch("p-1", &[1], "p-1")
+            )),
+            Reject::Topic
+        );
+        assert_eq!(
+            reason(&publish(
+                "vigil/v1/posts/P_1/events",
+                batch("P_1", &[1], "P_1")
+            )),
+            Reject::Topic
+        );
+        assert_eq!(reason(&publish("other/topic", vec![])), Reject::Topic);
+        let s = PostStatus {
+            post_id: "p-9".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            reason(&publish("vigil/v1/posts/p-1/status", s.encode_to_vec())),
+            Reject::PostMismatch
+        );
+    }
+}

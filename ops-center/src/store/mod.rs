@@ -1,0 +1,262 @@
+//! The operations center's storage, behind one narrow interface.
+//!
+//! Everything the ops-center keeps goes through [`Store`]: events keyed by
+//! `(post_id, seq)`, incidents with their audit trail and notes, and post
+//! status. Writes happen in group commits: the writer opens one
+//! [`StoreTx`], inserts the events of every batch it has queued, applies the
+//! incident [`Changes`] the engine derived from the events that were new, and
+//! commits once. Only after `commit` returns are receipts published.
+//!
+//! The SQLite implementation is [`sqlite::SqliteStore`]. A PostgreSQL store
+//! implements the same two traits (`INSERT … ON CONFLICT DO NOTHING` for
+//! events, `UPDATE … WHERE version = $n` for incidents).
+
+pub mod sqlite;
+pub mod watermark;
+
+use std::{collections::HashMap, time::SystemTime};
+
+use vigil_proto::v1::{AuditEntry, Event, Incident, Note, PostInfo, PostStatus, StoredEvent};
+
+pub use sqlite::SqliteStore;
+
+/// Why a store operation failed. Any error inside a transaction aborts it;
+/// nothing of it is stored.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("{path}: {source}")]
+    Io {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("stored record cannot be decoded: {0}")]
+    Corrupt(String),
+    /// An incident write expected a version the store does not have: another
+    /// writer changed it. The engine is the only writer, so this is a bug or
+    /// a second ops-center on the same store.
+    #[error("incident {id}: expected version {expected}, store has {found:?}")]
+    VersionConflict {
+        id: String,
+        expected: u64,
+        found: Option<u64>,
+    },
+    #[error("database schema version {found} is newer than this program's ({supported})")]
+    SchemaTooNew { found: i64, supported: i64 },
+}
+
+/// One incident as it must be after a transaction; `prev_version` is what
+/// the store must hold before (compare-and-set), `None` for a new incident.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IncidentWrite {
+    pub incident: Incident,
+    pub prev_version: Option<u64>,
+}
+
+/// An event that joined an incident.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventLink {
+    pub incident_id: String,
+    pub post_id: String,
+    pub seq: u64,
+}
+
+/// A post's test mode changed: `until = None` ends it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TestModeWrite {
+    pub post_id: String,
+    pub until: Option<SystemTime>,
+}
+
+/// Everything besides events that one group commit writes. Built by the
+/// engine; applied by [`StoreTx::apply`].
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Changes {
+    incidents: Vec<IncidentWrite>,
+    index: HashMap<String, usize>,
+    pub audit: Vec<AuditEntry>,
+    pub notes: Vec<Note>,
+    pub links: Vec<EventLink>,
+    pub statuses: Vec<(PostStatus, SystemTime)>,
+    pub test_modes: Vec<TestModeWrite>,
+}
+
+impl Changes {
+    /// Records the new state of an incident. Several changes to one incident
+    /// within a group collapse into one write that keeps the first
+    /// `prev_version`, so a busy incident costs one row update per commit.
+    pub fn put_incident(&mut self, incident: Incident, prev_version: Option<u64>) {
+        match self.index.get(&incident.id) {
+            Some(&i) => self.incidents[i].incident = incident,
+            None => {
+                self.index.insert(incident.id.clone(), self.incidents.len());
+                self.incidents.push(IncidentWrite {
+                    incident,
+                    prev_version,
+                });
+            }
+        }
+    }
+
+    /// Incident writes, one per incident, in first-change order.
+    pub fn incidents(&self) -> &[IncidentWrite] {
+        &self.incidents
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.incidents.is_empty()
+            && self.audit.is_empty()
+            && self.notes.is_empty()
+            && self.links.is_empty()
+            && self.statuses.is_empty()
+            && self.test_modes.is_empty()
+    }
+}
+
+/// What a commit achieved.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct CommitResult {
+    /// Every post whose events were offered in the transaction (new or
+    /// duplicate) with its `durable_through_seq` after the commit, in post
+    /// order. These are the receipts to publish.
+    pub durable: Vec<(String, u64)>,
+    /// Events newly stored.
+    pub inserted: u64,
+    /// Events that were already stored (re-sent): no-ops.
+    pub duplicates: u64,
+}
+
+/// What the incident engine needs at start to resume where it stopped.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct EngineSnapshot {
+    /// Incidents not resolved, and those resolved at or after the `since`
+    /// asked for (they may still reactivate).
+    pub incidents: Vec<Incident>,
+    /// Posts in test mode and until when.
+    pub test_modes: Vec<(String, SystemTime)>,
+    /// Highest incident number ever allocated.
+    pub last_incident_number: u64,
+    /// The last status each post published.
+    pub statuses: Vec<PostStatus>,
+}
+
+/// Which incidents to list.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct IncidentFilter {
+    /// Only these states (`IncidentState` values); empty = all.
+    pub states: Vec<i32>,
+    /// Only these posts; empty = all.
+    pub post_ids: Vec<String>,
+    /// Only incidents numbered below this (pagination, newest first).
+    pub before_number: Option<u64>,
+    /// At most this many.
+    pub limit: usize,
+}
+
+/// The store: reads, and [`Store::begin`] for the one writer.
+///
+/// Implementations are used from one thread at a time (the writer thread owns
+/// its store); readers that need concurrency open their own instance.
+pub trait Store: Send {
+    /// Starts a group-commit transaction.
+    fn begin(&mut self) -> Result<Box<dyn StoreTx + '_>, StoreError>;
+
+    /// Highest seq up to which every event of `post_id` is stored (0 = none).
+    fn durable_through(&self, post_id: &str) -> Result<u64, StoreError>;
+    /// One stored event.
+    fn event(&self, post_id: &str, seq: u64) -> Result<Option<StoredEvent>, StoreError>;
+    /// Events of one post with `seq >= from_seq`, in seq order.
+    fn events(
+        &self,
+        post_id: &str,
+        from_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError>;
+    /// Number of events stored (all posts).
+    fn event_count(&self) -> Result<u64, StoreError>;
+
+    fn incident(&self, id: &str) -> Result<Option<Incident>, StoreError>;
+    /// Incidents matching `filter`, newest first.
+    fn incidents(&self, filter: &IncidentFilter) -> Result<Vec<Incident>, StoreError>;
+    /// Events that joined an incident, in (post, seq) order.
+    fn incident_events(&self, id: &str) -> Result<Vec<StoredEvent>, StoreError>;
+    /// Audit trail of an incident, oldest first.
+    fn audit(&self, incident_id: &str) -> Result<Vec<AuditEntry>, StoreError>;
+    /// Post-level audit entries (test mode), oldest first.
+    fn post_audit(&self, post_id: &str) -> Result<Vec<AuditEntry>, StoreError>;
+    /// Notes of an incident, oldest first.
+    fn notes(&self, incident_id: &str) -> Result<Vec<Note>, StoreError>;
+
+    /// Status and counters of one post.
+    fn post(&self, post_id: &str) -> Result<Option<PostInfo>, StoreError>;
+    /// Every known post, by id.
+    fn posts(&self) -> Result<Vec<PostInfo>, StoreError>;
+
+    /// State the engine resumes from; `resolved_since` bounds which resolved
+    /// incidents are still worth keeping in memory.
+    fn engine_snapshot(&self, resolved_since: SystemTime) -> Result<EngineSnapshot, StoreError>;
+}
+
+/// One group commit. Dropping it without `commit` rolls everything back.
+pub trait StoreTx {
+    /// Stores events of one post idempotently by `(post_id, seq)`. Returns,
+    /// per event, whether it was new (false = already stored: a no-op).
+    fn insert_events(
+        &mut self,
+        post_id: &str,
+        events: &[Event],
+        stored_at: SystemTime,
+    ) -> Result<Vec<bool>, StoreError>;
+    /// Writes incidents (compare-and-set on their version), audit entries,
+    /// notes, event links, post statuses and test modes.
+    fn apply(&mut self, changes: &Changes) -> Result<(), StoreError>;
+    /// Makes everything durable (fsync) and returns each touched post's
+    /// `durable_through_seq`.
+    fn commit(self: Box<Self>) -> Result<CommitResult, StoreError>;
+}
+
+/// Incident ids are `inc-` and a zero-padded number.
+pub fn incident_id(number: u64) -> String {
+    format!("inc-{number:06}")
+}
+
+/// The number in an incident id, if it is one.
+pub fn incident_number(id: &str) -> Option<u64> {
+    let digits = id.strip_prefix("inc-")?;
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn incident_ids_round_trip() {
+        assert_eq!(incident_id(123), "inc-000123");
+        assert_eq!(incident_number("inc-000123"), Some(123));
+        assert_eq!(incident_number(&incident_id(12_345_678)), Some(12_345_678));
+        for bad in ["inc-", "inc-x1", "123", "inc--1", "inc-+1"] {
+            assert_eq!(incident_number(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn changes_collapse_writes_to_one_incident() {
+        let mut c = Changes::default();
+        let mut inc = Incident {
+            id: incident_id(1),
+            version: 1,
+            ..Default::default()
+        };
+        c.put_incident(inc.clone(), None);
+        inc.version = 2;
+        c.put_incident(inc, Some(1));
+        assert_eq!(c.incidents().len(), 1);
+        assert_eq!(c.incidents()[0].prev_version, None);
+        assert_eq!(c.incidents()[0].incident.version, 2);
+    }
+}

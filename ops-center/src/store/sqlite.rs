@@ -1,0 +1,875 @@
+//! [`Store`] on SQLite: one database file `ops.db` in `data_dir`, WAL mode.
+//!
+//! `synchronous = FULL`: in WAL mode, NORMAL survives a crash of the process
+//! but not of the machine (the last commits may be lost on power failure).
+//! A receipt tells a gateway it may delete events from its outbox, so a
+//! commit must be on disk before the receipt leaves; FULL fsyncs the WAL on
+//! every commit. Group commit keeps that to one fsync per batch of batches.
+//!
+//! Events, incidents, audit entries and notes are stored as their protobuf
+//! encoding in a `body` column, next to the few columns that are queried.
+//! Times are Unix milliseconds.
+//!
+//! Per-post watermarks ([`SeqWatermark`]) live in memory, loaded at open from
+//! `posts.durable_through` and the events stored above it; every transaction
+//! works on copies of the ones it touches and swaps them in only after the
+//! commit succeeded, so a failed commit leaves them exact.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    path::{Path, PathBuf},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use prost::Message;
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use vigil_proto::v1::{
+    AuditEntry, Event, Incident, IncidentState, Note, PostInfo, PostStatus, StoredEvent,
+};
+
+use super::{
+    Changes, CommitResult, EngineSnapshot, IncidentFilter, Store, StoreError, StoreTx, incident_id,
+    incident_number, watermark::SeqWatermark,
+};
+
+/// Name of the database file inside `data_dir`.
+pub const DB_FILE: &str = "ops.db";
+/// Schema version written to `PRAGMA user_version`.
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS posts (
+    post_id         TEXT PRIMARY KEY,
+    durable_through INTEGER NOT NULL DEFAULT 0,
+    last_seq        INTEGER NOT NULL DEFAULT 0,
+    last_seen       INTEGER,
+    status          BLOB,
+    test_mode_until INTEGER
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS events (
+    post_id     TEXT NOT NULL,
+    seq         INTEGER NOT NULL,
+    received_at INTEGER,
+    stored_at   INTEGER NOT NULL,
+    body        BLOB NOT NULL,
+    PRIMARY KEY (post_id, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS incidents (
+    number      INTEGER PRIMARY KEY,
+    post_id     TEXT NOT NULL,
+    state       INTEGER NOT NULL,
+    version     INTEGER NOT NULL,
+    resolved_at INTEGER,
+    body        BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS incidents_state ON incidents (state, number);
+CREATE INDEX IF NOT EXISTS incidents_post ON incidents (post_id, state);
+CREATE TABLE IF NOT EXISTS incident_events (
+    number  INTEGER NOT NULL,
+    post_id TEXT NOT NULL,
+    seq     INTEGER NOT NULL,
+    PRIMARY KEY (number, post_id, seq)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS incident_events_event ON incident_events (post_id, seq);
+CREATE TABLE IF NOT EXISTS audit (
+    id      INTEGER PRIMARY KEY,
+    number  INTEGER,
+    post_id TEXT NOT NULL,
+    body    BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS audit_incident ON audit (number);
+CREATE INDEX IF NOT EXISTS audit_post ON audit (post_id) WHERE number IS NULL;
+CREATE TABLE IF NOT EXISTS notes (
+    id     INTEGER PRIMARY KEY,
+    number INTEGER NOT NULL,
+    body   BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS notes_incident ON notes (number);
+";
+
+/// The SQLite store. Owns one connection; see the module docs.
+#[derive(Debug)]
+pub struct SqliteStore {
+    conn: Connection,
+    path: PathBuf,
+    marks: HashMap<String, SeqWatermark>,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) `data_dir/ops.db`.
+    pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(data_dir).map_err(|source| StoreError::Io {
+            path: data_dir.to_owned(),
+            source,
+        })?;
+        let path = data_dir.join(DB_FILE);
+        let conn = Connection::open(&path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "busy_timeout", 5000)?;
+        // 64 MiB of page cache: the events index stays hot under load.
+        conn.pragma_update(None, "cache_size", -65536)?;
+        conn.set_prepared_statement_cache_capacity(64);
+        let found: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if found > SCHEMA_VERSION {
+            return Err(StoreError::SchemaTooNew {
+                found,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        conn.execute_batch(SCHEMA)?;
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        let marks = load_marks(&conn)?;
+        Ok(Self { conn, path, marks })
+    }
+
+    /// Path of the database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn post_info(&self, row: PostRow) -> Result<PostInfo, StoreError> {
+        let mark = self.marks.get(&row.post_id).cloned().unwrap_or_default();
+        let open: u32 = self
+            .conn
+            .prepare_cached("SELECT count(*) FROM incidents WHERE post_id = ?1 AND state != ?2")?
+            .query_row(params![row.post_id, IncidentState::Resolved as i32], |r| {
+                r.get(0)
+            })?;
+        let status = match row.status {
+            Some(bytes) => Some(decode::<PostStatus>(&bytes)?),
+            None => None,
+        };
+        Ok(PostInfo {
+            post_id: row.post_id,
+            status,
+            last_seen: row.last_seen.map(|ms| ts(from_millis(ms))),
+            last_seq: mark.last_seq(),
+            durable_through_seq: mark.durable_through(),
+            missing_events: mark.missing(),
+            test_mode_until: row.test_mode_until.map(|ms| ts(from_millis(ms))),
+            open_incidents: open,
+        })
+    }
+
+    fn post_rows(&self, post_id: Option<&str>) -> Result<Vec<PostRow>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT post_id, last_seen, status, test_mode_until FROM posts
+             WHERE ?1 IS NULL OR post_id = ?1 ORDER BY post_id",
+        )?;
+        let rows = stmt.query_map(params![post_id], |r| {
+            Ok(PostRow {
+                post_id: r.get(0)?,
+                last_seen: r.get(1)?,
+                status: r.get(2)?,
+                test_mode_until: r.get(3)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn stored_events(
+        &self,
+        sql: &str,
+        params: impl rusqlite::Params,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(sql)?;
+        let rows = stmt.query_map(params, |r| {
+            Ok((
+                r.get::<_, Vec<u8>>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, Option<i64>>(2)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (body, stored_at, number) = row?;
+            out.push(StoredEvent {
+                event: Some(decode::<Event>(&body)?),
+                stored_at: Some(ts(from_millis(stored_at))),
+                incident_id: number.map(|n| incident_id(n as u64)).unwrap_or_default(),
+            });
+        }
+        Ok(out)
+    }
+
+    fn bodies<M: Message + Default>(
+        &self,
+        sql: &str,
+        params: impl rusqlite::Params,
+    ) -> Result<Vec<M>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(sql)?;
+        let rows = stmt.query_map(params, |r| r.get::<_, Vec<u8>>(0))?;
+        let mut out = Vec::new();
+        for body in rows {
+            out.push(decode::<M>(&body?)?);
+        }
+        Ok(out)
+    }
+}
+
+struct PostRow {
+    post_id: String,
+    last_seen: Option<i64>,
+    status: Option<Vec<u8>>,
+    test_mode_until: Option<i64>,
+}
+
+/// Selects a stored event with the incident it joined.
+const EVENT_COLUMNS: &str = "SELECT e.body, e.stored_at,
+    (SELECT ie.number FROM incident_events ie WHERE ie.post_id = e.post_id AND ie.seq = e.seq LIMIT 1)
+    FROM events e";
+
+impl Store for SqliteStore {
+    fn begin(&mut self) -> Result<Box<dyn StoreTx + '_>, StoreError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        Ok(Box::new(SqliteTx {
+            tx,
+            marks: &mut self.marks,
+            work: BTreeMap::new(),
+            inserted: 0,
+            duplicates: 0,
+        }))
+    }
+
+    fn durable_through(&self, post_id: &str) -> Result<u64, StoreError> {
+        Ok(self
+            .marks
+            .get(post_id)
+            .map_or(0, SeqWatermark::durable_through))
+    }
+
+    fn event(&self, post_id: &str, seq: u64) -> Result<Option<StoredEvent>, StoreError> {
+        let sql = format!("{EVENT_COLUMNS} WHERE e.post_id = ?1 AND e.seq = ?2");
+        Ok(self
+            .stored_events(&sql, params![post_id, seq as i64])?
+            .pop())
+    }
+
+    fn events(
+        &self,
+        post_id: &str,
+        from_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let sql =
+            format!("{EVENT_COLUMNS} WHERE e.post_id = ?1 AND e.seq >= ?2 ORDER BY e.seq LIMIT ?3");
+        self.stored_events(&sql, params![post_id, from_seq as i64, limit as i64])
+    }
+
+    fn event_count(&self) -> Result<u64, StoreError> {
+        let n: i64 = self
+            .conn
+            .query_row("SELECT count(*) FROM events", [], |r| r.get(0))?;
+        Ok(n as u64)
+    }
+
+    fn incident(&self, id: &str) -> Result<Option<Incident>, StoreError> {
+        let Some(number) = incident_number(id) else {
+            return Ok(None);
+        };
+        Ok(self
+            .bodies::<Incident>(
+                "SELECT body FROM incidents WHERE number = ?1",
+                params![number as i64],
+            )?
+            .pop())
+    }
+
+    fn incidents(&self, filter: &IncidentFilter) -> Result<Vec<Incident>, StoreError> {
+        // Filters are few and short; the lists are bound as JSON-free
+        // comma-joined text and split with instr() so one cached statement
+        // serves every filter.
+        let states = join(filter.states.iter().map(i32::to_string));
+        let posts = join(filter.post_ids.iter().cloned());
+        self.bodies(
+            "SELECT body FROM incidents
+             WHERE (?1 = '' OR instr(?1, ',' || state || ',') > 0)
+               AND (?2 = '' OR instr(?2, ',' || post_id || ',') > 0)
+               AND (?3 IS NULL OR number < ?3)
+             ORDER BY number DESC LIMIT ?4",
+            params![
+                states,
+                posts,
+                filter.before_number.map(|n| n as i64),
+                filter.limit as i64
+            ],
+        )
+    }
+
+    fn incident_events(&self, id: &str) -> Result<Vec<StoredEvent>, StoreError> {
+        let Some(number) = incident_number(id) else {
+            return Ok(Vec::new());
+        };
+        let sql = format!(
+            "{EVENT_COLUMNS} JOIN incident_events l ON l.post_id = e.post_id AND l.seq = e.seq
+             WHERE l.number = ?1 ORDER BY e.post_id, e.seq"
+        );
+        self.stored_events(&sql, params![number as i64])
+    }
+
+    fn audit(&self, incident_id: &str) -> Result<Vec<AuditEntry>, StoreError> {
+        let Some(number) = incident_number(incident_id) else {
+            return Ok(Vec::new());
+        };
+        self.bodies(
+            "SELECT body FROM audit WHERE number = ?1 ORDER BY id",
+            params![number as i64],
+        )
+    }
+
+    fn post_audit(&self, post_id: &str) -> Result<Vec<AuditEntry>, StoreError> {
+        self.bodies(
+            "SELECT body FROM audit WHERE post_id = ?1 AND number IS NULL ORDER BY id",
+            params![post_id],
+        )
+    }
+
+    fn notes(&self, incident_id: &str) -> Result<Vec<Note>, StoreError> {
+        let Some(number) = incident_number(incident_id) else {
+            return Ok(Vec::new());
+        };
+        self.bodies(
+            "SELECT body FROM notes WHERE number = ?1 ORDER BY id",
+            params![number as i64],
+        )
+    }
+
+    fn post(&self, post_id: &str) -> Result<Option<PostInfo>, StoreError> {
+        match self.post_rows(Some(post_id))?.pop() {
+            Some(row) => Ok(Some(self.post_info(row)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn posts(&self) -> Result<Vec<PostInfo>, StoreError> {
+        self.post_rows(None)?
+            .into_iter()
+            .map(|row| self.post_info(row))
+            .collect()
+    }
+
+    fn engine_snapshot(&self, resolved_since: SystemTime) -> Result<EngineSnapshot, StoreError> {
+        let incidents = self.bodies(
+            "SELECT body FROM incidents WHERE state != ?1 OR resolved_at >= ?2 ORDER BY number",
+            params![IncidentState::Resolved as i32, millis(resolved_since)],
+        )?;
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT post_id, test_mode_until FROM posts WHERE test_mode_until IS NOT NULL",
+        )?;
+        let test_modes = stmt
+            .query_map([], |r| {
+                Ok((r.get::<_, String>(0)?, from_millis(r.get::<_, i64>(1)?)))
+            })?
+            .collect::<Result<_, _>>()?;
+        let last: Option<i64> =
+            self.conn
+                .query_row("SELECT max(number) FROM incidents", [], |r| r.get(0))?;
+        let statuses = self.bodies("SELECT status FROM posts WHERE status IS NOT NULL", [])?;
+        Ok(EngineSnapshot {
+            incidents,
+            test_modes,
+            last_incident_number: last.unwrap_or(0) as u64,
+            statuses,
+        })
+    }
+}
+
+struct SqliteTx<'a> {
+    tx: rusqlite::Transaction<'a>,
+    marks: &'a mut HashMap<String, SeqWatermark>,
+    /// Working copies of the watermarks this transaction touches, with the
+    /// time their post was last heard from.
+    work: BTreeMap<String, (SeqWatermark, SystemTime)>,
+    inserted: u64,
+    duplicates: u64,
+}
+
+impl StoreTx for SqliteTx<'_> {
+    fn insert_events(
+        &mut self,
+        post_id: &str,
+        events: &[Event],
+        stored_at: SystemTime,
+    ) -> Result<Vec<bool>, StoreError> {
+        if !self.work.contains_key(post_id) {
+            let mark = self.marks.get(post_id).cloned().unwrap_or_default();
+            self.work.insert(post_id.to_owned(), (mark, stored_at));
+        }
+        let (mark, seen) = self.work.get_mut(post_id).expect("inserted above");
+        *seen = stored_at;
+        let mut stmt = self.tx.prepare_cached(
+            "INSERT OR IGNORE INTO events (post_id, seq, received_at, stored_at, body)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?;
+        let stored_ms = millis(stored_at);
+        let mut new = Vec::with_capacity(events.len());
+        for event in events {
+            // The watermark knows every stored seq of this post, so a re-sent
+            // event costs no database work at all.
+            if mark.contains(event.seq) {
+                new.push(false);
+                self.duplicates += 1;
+                continue;
+            }
+            let received = event
+                .received_at
+                .and_then(|t| SystemTime::try_from(t).ok())
+                .map(millis);
+            let changed = stmt.execute(params![
+                post_id,
+                event.seq as i64,
+                received,
+                stored_ms,
+                event.encode_to_vec()
+            ])?;
+            mark.add(event.seq);
+            if changed == 1 {
+                self.inserted += 1;
+                new.push(true);
+            } else {
+                self.duplicates += 1;
+                new.push(false);
+            }
+        }
+        Ok(new)
+    }
+
+    fn apply(&mut self, changes: &Changes) -> Result<(), StoreError> {
+        for write in changes.incidents() {
+            let inc = &write.incident;
+            let number = incident_number(&inc.id)
+                .ok_or_else(|| StoreError::Corrupt(format!("bad incident id {:?}", inc.id)))?;
+            let resolved_at = inc
+                .resolved_at
+                .filter(|_| inc.state == IncidentState::Resolved as i32)
+                .and_then(|t| SystemTime::try_from(t).ok())
+                .map(millis);
+            let body = inc.encode_to_vec();
+            let changed = match write.prev_version {
+                None => self
+                    .tx
+                    .prepare_cached(
+                        "INSERT OR IGNORE INTO incidents (number, post_id, state, version, resolved_at, body)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    )?
+                    .execute(params![
+                        number as i64,
+                        inc.post_id,
+                        inc.state,
+                        inc.version as i64,
+                        resolved_at,
+                        body
+                    ])?,
+                Some(prev) => self
+                    .tx
+                    .prepare_cached(
+                        "UPDATE incidents SET state = ?2, version = ?3, resolved_at = ?4, body = ?5
+                         WHERE number = ?1 AND version = ?6",
+                    )?
+                    .execute(params![
+                        number as i64,
+                        inc.state,
+                        inc.version as i64,
+                        resolved_at,
+                        body,
+                        prev as i64
+                    ])?,
+            };
+            if changed != 1 {
+                let found: Option<i64> = self
+                    .tx
+                    .query_row(
+                        "SELECT version FROM incidents WHERE number = ?1",
+                        params![number as i64],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                return Err(StoreError::VersionConflict {
+                    id: inc.id.clone(),
+                    expected: write.prev_version.unwrap_or(0),
+                    found: found.map(|v| v as u64),
+                });
+            }
+        }
+        {
+            let mut stmt = self
+                .tx
+                .prepare_cached("INSERT INTO audit (number, post_id, body) VALUES (?1, ?2, ?3)")?;
+            for entry in &changes.audit {
+                let number = incident_number(&entry.incident_id).map(|n| n as i64);
+                stmt.execute(params![number, entry.post_id, entry.encode_to_vec()])?;
+            }
+        }
+        {
+            let mut stmt = self
+                .tx
+                .prepare_cached("INSERT INTO notes (number, body) VALUES (?1, ?2)")?;
+            for note in &changes.notes {
+                let number = incident_number(&note.incident_id).ok_or_else(|| {
+                    StoreError::Corrupt(format!("note for bad incident id {:?}", note.incident_id))
+                })?;
+                stmt.execute(params![number as i64, note.encode_to_vec()])?;
+            }
+        }
+        {
+            let mut stmt = self.tx.prepare_cached(
+                "INSERT OR IGNORE INTO incident_events (number, post_id, seq) VALUES (?1, ?2, ?3)",
+            )?;
+            for link in &changes.links {
+                let number = incident_number(&link.incident_id).ok_or_else(|| {
+                    StoreError::Corrupt(format!("link to bad incident id {:?}", link.incident_id))
+                })?;
+                stmt.execute(params![number as i64, link.post_id, link.seq as i64])?;
+            }
+        }
+        {
+            let mut stmt = self.tx.prepare_cached(
+                "INSERT INTO posts (post_id, last_seen, status) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (post_id) DO UPDATE SET
+                   last_seen = max(coalesce(last_seen, 0), excluded.last_seen),
+                   status = excluded.status",
+            )?;
+            for (status, seen) in &changes.statuses {
+                stmt.execute(params![
+                    status.post_id,
+                    millis(*seen),
+                    status.encode_to_vec()
+                ])?;
+            }
+        }
+        {
+            let mut stmt = self.tx.prepare_cached(
+                "INSERT INTO posts (post_id, test_mode_until) VALUES (?1, ?2)
+                 ON CONFLICT (post_id) DO UPDATE SET test_mode_until = excluded.test_mode_until",
+            )?;
+            for tm in &changes.test_modes {
+                stmt.execute(params![tm.post_id, tm.until.map(millis)])?;
+            }
+        }
+        Ok(())
+    }
+
+    fn commit(self: Box<Self>) -> Result<CommitResult, StoreError> {
+        let this = *self;
+        {
+            let mut stmt = this.tx.prepare_cached(
+                "INSERT INTO posts (post_id, durable_through, last_seq, last_seen) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (post_id) DO UPDATE SET
+                   durable_through = excluded.durable_through,
+                   last_seq = excluded.last_seq,
+                   last_seen = max(coalesce(last_seen, 0), excluded.last_seen)",
+            )?;
+            for (post, (mark, seen)) in &this.work {
+                stmt.execute(params![
+                    post,
+                    mark.durable_through() as i64,
+                    mark.last_seq() as i64,
+                    millis(*seen)
+                ])?;
+            }
+        }
+        this.tx.commit()?;
+        let mut durable = Vec::with_capacity(this.work.len());
+        for (post, (mark, _)) in this.work {
+            durable.push((post.clone(), mark.durable_through()));
+            this.marks.insert(post, mark);
+        }
+        Ok(CommitResult {
+            durable,
+            inserted: this.inserted,
+            duplicates: this.duplicates,
+        })
+    }
+}
+
+fn load_marks(conn: &Connection) -> Result<HashMap<String, SeqWatermark>, StoreError> {
+    let mut durable: HashMap<String, u64> = HashMap::new();
+    let mut stmt = conn.prepare("SELECT post_id, durable_through FROM posts")?;
+    for row in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))? {
+        let (post, d) = row?;
+        durable.insert(post, d as u64);
+    }
+    // Events stored above a post's watermark: those waiting for a gap to
+    // fill. Normally none. The watermark is written in the same transaction
+    // as the events, so it is never ahead of them.
+    let mut above: HashMap<String, Vec<u64>> = HashMap::new();
+    let mut stmt = conn.prepare(
+        "SELECT e.post_id, e.seq FROM posts p JOIN events e
+         ON e.post_id = p.post_id AND e.seq > p.durable_through",
+    )?;
+    for row in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))? {
+        let (post, seq) = row?;
+        above.entry(post).or_default().push(seq as u64);
+    }
+    Ok(durable
+        .into_iter()
+        .map(|(post, d)| {
+            let mark = SeqWatermark::restore(d, above.remove(&post).unwrap_or_default());
+            (post, mark)
+        })
+        .collect())
+}
+
+fn join(items: impl Iterator<Item = String>) -> String {
+    let mut s = String::new();
+    for item in items {
+        if s.is_empty() {
+            s.push(',');
+        }
+        s.push_str(&item);
+        s.push(',');
+    }
+    s
+}
+
+fn decode<M: Message + Default>(bytes: &[u8]) -> Result<M, StoreError> {
+    M::decode(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+/// Unix milliseconds (negative before 1970, saturating far out).
+pub(crate) fn millis(t: SystemTime) -> i64 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_millis()).unwrap_or(i64::MAX),
+        Err(e) => -i64::try_from(e.duration().as_millis()).unwrap_or(i64::MAX),
+    }
+}
+
+pub(crate) fn from_millis(ms: i64) -> SystemTime {
+    if ms >= 0 {
+        UNIX_EPOCH + Duration::from_millis(ms as u64)
+    } else {
+        UNIX_EPOCH - Duration::from_millis(ms.unsigned_abs())
+    }
+}
+
+fn ts(t: SystemTime) -> prost_types::Timestamp {
+    t.into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{EventLink, TestModeWrite};
+    use vigil_proto::v1::{AuditAction, PostState};
+
+    fn ev(post: &str, seq: u64) -> Event {
+        Event {
+            post_id: post.into(),
+            seq,
+            description: format!("event {seq}"),
+            ..Default::default()
+        }
+    }
+
+    fn t(secs: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(1_700_000_000 + secs)
+    }
+
+    fn insert(store: &mut SqliteStore, post: &str, seqs: &[u64]) -> (Vec<bool>, CommitResult) {
+        let events: Vec<_> = seqs.iter().map(|&s| ev(post, s)).collect();
+        let mut tx = store.begin().unwrap();
+        let new = tx.insert_events(post, &events, t(0)).unwrap();
+        (new, tx.commit().unwrap())
+    }
+
+    #[test]
+    fn events_are_idempotent_and_watermark_follows_gaps() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = SqliteStore::open(dir.path()).unwrap();
+        let (new, res) = insert(&mut store, "p-1", &[1, 2, 3]);
+        assert_eq!(new, [true, true, true]);
+        assert_eq!(res.durable, [("p-1".to_string(), 3)]);
+        let (new, res) = insert(&mut store, "p-1", &[2, 3, 5, 6]);
+        assert_eq!(new, [false, false, true, true]);
+        assert_eq!((res.inserted, res.duplicates), (2, 2));
+        assert_eq!(res.durable, [("p-1".to_string(), 3)], "gap at 4");
+        let info = store.post("p-1").unwrap().unwrap();
+        assert_eq!(
+            (info.last_seq, info.durable_through_seq, info.missing_events),
+            (6, 3, 1)
+        );
+        let (_, res) = insert(&mut store, "p-1", &[4]);
+        assert_eq!(res.durable, [("p-1".to_string(), 6)]);
+        assert_eq!(store.event_count().unwrap(), 6);
+        let got = store.events("p-1", 1, 100).unwrap();
+        let seqs: Vec<u64> = got.iter().map(|e| e.event.as_ref().unwrap().seq).collect();
+        assert_eq!(seqs, [1, 2, 3, 4, 5, 6]);
+    }
+
+    #[test]
+    fn duplicates_inside_one_transaction_are_counted_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = SqliteStore::open(dir.path()).unwrap();
+        let mut tx = store.begin().unwrap();
+        let a = tx
+            .insert_events("p-1", &[ev("p-1", 1), ev("p-1", 2)], t(0))
+            .unwrap();
+        let b = tx
+            .insert_events("p-1", &[ev("p-1", 2), ev("p-1", 3)], t(0))
+            .unwrap();
+        let c = tx.insert_events("p-2", &[ev("p-2", 7)], t(0)).unwrap();
+        let res = tx.commit().unwrap();
+        assert_eq!((a, b, c), (vec![true, true], vec![false, true], vec![true]));
+        assert_eq!(
+            res.durable,
+            [("p-1".to_string(), 3), ("p-2".to_string(), 0)]
+        );
+        assert_eq!((res.inserted, res.duplicates), (4, 1));
+    }
+
+    #[test]
+    fn rollback_leaves_nothing_and_watermarks_exact() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = SqliteStore::open(dir.path()).unwrap();
+        insert(&mut store, "p-1", &[1]);
+        {
+            let mut tx = store.begin().unwrap();
+            tx.insert_events("p-1", &[ev("p-1", 2)], t(0)).unwrap();
+            // dropped: rolled back
+        }
+        assert_eq!(store.durable_through("p-1").unwrap(), 1);
+        assert_eq!(store.event_count().unwrap(), 1);
+        let (new, res) = insert(&mut store, "p-1", &[2]);
+        assert_eq!((new, res.durable[0].1), (vec![true], 2));
+    }
+
+    #[test]
+    fn everything_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let inc = Incident {
+            id: incident_id(7),
+            post_id: "p-1".into(),
+            state: IncidentState::Open as i32,
+            version: 1,
+            title: "Burglary".into(),
+            ..Default::default()
+        };
+        {
+            let mut store = SqliteStore::open(dir.path()).unwrap();
+            insert(&mut store, "p-1", &[1, 2, 4]);
+            let mut changes = Changes::default();
+            changes.put_incident(inc.clone(), None);
+            changes.audit.push(AuditEntry {
+                incident_id: inc.id.clone(),
+                post_id: "p-1".into(),
+                action: AuditAction::Opened as i32,
+                actor: "system".into(),
+                to_version: 1,
+                ..Default::default()
+            });
+            changes.notes.push(Note {
+                incident_id: inc.id.clone(),
+                author: "alice".into(),
+                text: "on it".into(),
+                ..Default::default()
+            });
+            changes.links.push(EventLink {
+                incident_id: inc.id.clone(),
+                post_id: "p-1".into(),
+                seq: 2,
+            });
+            changes.statuses.push((
+                PostStatus {
+                    post_id: "p-1".into(),
+                    state: PostState::Online as i32,
+                    ..Default::default()
+                },
+                t(5),
+            ));
+            changes.test_modes.push(TestModeWrite {
+                post_id: "p-1".into(),
+                until: Some(t(3600)),
+            });
+            let mut tx = store.begin().unwrap();
+            tx.apply(&changes).unwrap();
+            tx.commit().unwrap();
+        }
+        let mut store = SqliteStore::open(dir.path()).unwrap();
+        assert_eq!(store.durable_through("p-1").unwrap(), 2);
+        let info = store.post("p-1").unwrap().unwrap();
+        assert_eq!((info.last_seq, info.missing_events), (4, 1));
+        assert_eq!(info.open_incidents, 1);
+        assert_eq!(info.status.unwrap().state, PostState::Online as i32);
+        assert_eq!(info.test_mode_until, Some(ts(t(3600))));
+        assert_eq!(store.incident(&inc.id).unwrap(), Some(inc.clone()));
+        assert_eq!(store.audit(&inc.id).unwrap().len(), 1);
+        assert_eq!(store.notes(&inc.id).unwrap()[0].text, "on it");
+        let linked = store.incident_events(&inc.id).unwrap();
+        assert_eq!(linked.len(), 1);
+        assert_eq!(linked[0].incident_id, inc.id);
+        assert_eq!(store.event("p-1", 2).unwrap().unwrap().incident_id, inc.id);
+        let snap = store.engine_snapshot(t(0)).unwrap();
+        assert_eq!(snap.incidents, [inc]);
+        assert_eq!(snap.last_incident_number, 7);
+        assert_eq!(snap.test_modes, [("p-1".to_string(), t(3600))]);
+        assert_eq!(snap.statuses.len(), 1);
+        // The gap fills after the restart.
+        let (_, res) = insert(&mut store, "p-1", &[3]);
+        assert_eq!(res.durable[0].1, 4);
+        let (new, _) = insert(&mut store, "p-1", &[1, 2, 3, 4]);
+        assert_eq!(new, [false; 4]);
+    }
+
+    #[test]
+    fn incident_writes_are_compare_and_set() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = SqliteStore::open(dir.path()).unwrap();
+        let mut inc = Incident {
+            id: incident_id(1),
+            post_id: "p-1".into(),
+            state: IncidentState::Open as i32,
+            version: 1,
+            ..Default::default()
+        };
+        let mut c = Changes::default();
+        c.put_incident(inc.clone(), None);
+        let mut tx = store.begin().unwrap();
+        tx.apply(&c).unwrap();
+        tx.commit().unwrap();
+
+        inc.version = 2;
+        let mut stale = Changes::default();
+        stale.put_incident(inc.clone(), Some(5));
+        let mut tx = store.begin().unwrap();
+        let err = tx.apply(&stale).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                StoreError::VersionConflict {
+                    expected: 5,
+                    found: Some(1),
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        drop(tx);
+        let mut ok = Changes::default();
+        ok.put_incident(inc.clone(), Some(1));
+        let mut tx = store.begin().unwrap();
+        tx.apply(&ok).unwrap();
+        tx.commit().unwrap();
+        assert_eq!(store.incident(&inc.id).unwrap().unwrap().version, 2);
+
+        let listed = store
+            .incidents(&IncidentFilter {
+                states: vec![IncidentState::Open as i32],
+                post_ids: vec!["p-1".into()],
+                limit: 10,
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(listed.len(), 1);
+        let none = store
+            .incidents(&IncidentFilter {
+                post_ids: vec!["p-2".into()],
+                limit: 10,
+                ..Default::default()
+            })
+            .unwrap();
+        assert!(none.is_empty());
+    }
+}

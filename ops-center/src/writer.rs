@@ -1,0 +1,497 @@
+//! The writer: the one thread that owns the store and the incident engine,
+//! and turns everything queued into one group commit.
+//!
+//! Ingest, the API and the timer send [`Job`]s into one bounded queue. The
+//! writer blocks for the first job, drains whatever else is queued (up to
+//! [`MAX_GROUP_EVENTS`] events or [`MAX_GROUP_JOBS`] jobs), and in one
+//! transaction inserts the events, runs the engine on the ones that were new,
+//! applies workflow actions and timers, writes the resulting incident
+//! changes, and commits (one fsync). Only then does it answer: the
+//! [`Committed`] message tells ingest which MQTT messages it may acknowledge
+//! and which receipts to publish, and workflow callers get their results.
+//!
+//! The engine and the store must agree. If a transaction fails, the engine's
+//! memory already holds changes the store does not; the writer then answers
+//! every waiting caller with an error and stops, and the service stops with
+//! it. Nothing acknowledged is lost: no PUBACK or receipt went out for the
+//! failed group, so gateways re-send it to the restarted ops-center.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, atomic::Ordering::Relaxed},
+    thread,
+    time::{Duration, Instant, SystemTime},
+};
+
+use tokio::sync::{mpsc, oneshot};
+use vigil_proto::v1::{Event, Incident, PostStatus, Receipt};
+
+use crate::{
+    engine::{Action, Actor, Engine, WorkflowError},
+    metrics::Metrics,
+    store::{Changes, Store, StoreError},
+};
+
+/// Capacity of the job queue. When it is full, ingest stops reading from
+/// MQTT (the broker holds further messages) and API calls wait.
+pub const QUEUE_CAPACITY: usize = 512;
+/// Capacity of the [`Committed`] channel back to ingest. When it is full the
+/// writer waits before its next group; ingest drains it continuously.
+pub const DONE_CAPACITY: usize = 64;
+/// A group commit takes at most about this many events...
+pub const MAX_GROUP_EVENTS: usize = 50_000;
+/// ...and at most this many jobs.
+pub const MAX_GROUP_JOBS: usize = 4096;
+
+/// Identifies an MQTT message waiting for its commit (ingest's own key).
+pub type Token = u64;
+
+/// Work for the writer.
+#[derive(Debug)]
+pub enum Job {
+    /// A validated batch of one post's events, received at `at`.
+    Batch {
+        post_id: String,
+        events: Vec<Event>,
+        at: SystemTime,
+        token: Token,
+    },
+    /// A post's status (retained, or its last will).
+    Status {
+        status: PostStatus,
+        at: SystemTime,
+        token: Token,
+    },
+    /// A person's action on an incident.
+    Workflow {
+        incident_id: String,
+        expected_version: u64,
+        action: Action,
+        actor: Actor,
+        at: SystemTime,
+        reply: oneshot::Sender<Result<Incident, WorkflowError>>,
+    },
+    /// Start (duration > 0) or end test mode of a post.
+    TestMode {
+        post_id: String,
+        duration: Duration,
+        reason: String,
+        actor: Actor,
+        at: SystemTime,
+        reply: oneshot::Sender<Result<Option<SystemTime>, WorkflowError>>,
+    },
+    /// Run the engine's timers.
+    Tick { at: SystemTime },
+}
+
+impl Job {
+    fn events(&self) -> usize {
+        match self {
+            Job::Batch { events, .. } => events.len(),
+            _ => 1,
+        }
+    }
+}
+
+/// What one group commit made durable.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Committed {
+    /// MQTT messages that are now stored (or were duplicates): acknowledge
+    /// them.
+    pub tokens: Vec<Token>,
+    /// One receipt per post whose events were in the group.
+    pub receipts: Vec<Receipt>,
+}
+
+/// A writer thread that has been started.
+#[derive(Debug)]
+pub struct WriterHandle {
+    thread: thread::JoinHandle<Result<(), StoreError>>,
+}
+
+impl WriterHandle {
+    /// Waits for the writer to stop (after every sender was dropped, or a
+    /// store failure). Blocking: call from a blocking context.
+    pub fn join(self) -> Result<(), StoreError> {
+        self.thread
+            .join()
+            .unwrap_or_else(|_| Err(StoreError::Corrupt("writer thread panicked".into())))
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.thread.is_finished()
+    }
+}
+
+/// Starts the writer thread. It runs until every [`Job`] sender is dropped
+/// (then it finishes the queue and returns) or the store fails.
+pub fn spawn(
+    store: Box<dyn Store>,
+    engine: Engine,
+    metrics: Arc<Metrics>,
+    jobs: mpsc::Receiver<Job>,
+    done: mpsc::Sender<Committed>,
+) -> WriterHandle {
+    let mut writer = Writer {
+        store,
+        engine,
+        metrics,
+    };
+    let thread = thread::Builder::new()
+        .name("vigil-ops-writer".into())
+        .spawn(move || writer.run(jobs, &done))
+        .expect("spawn the writer thread");
+    WriterHandle { thread }
+}
+
+struct Writer {
+    store: Box<dyn Store>,
+    engine: Engine,
+    metrics: Arc<Metrics>,
+}
+
+enum Reply {
+    Workflow(
+        oneshot::Sender<Result<Incident, WorkflowError>>,
+        Box<Result<Incident, WorkflowError>>,
+    ),
+    TestMode(
+        oneshot::Sender<Result<Option<SystemTime>, WorkflowError>>,
+        Result<Option<SystemTime>, WorkflowError>,
+    ),
+}
+
+impl Writer {
+    fn run(
+        &mut self,
+        mut jobs: mpsc::Receiver<Job>,
+        done: &mpsc::Sender<Committed>,
+    ) -> Result<(), StoreError> {
+        while let Some(first) = jobs.blocking_recv() {
+            let mut events = first.events();
+            let mut group = vec![first];
+            while group.len() < MAX_GROUP_JOBS && events < MAX_GROUP_EVENTS {
+                match jobs.try_recv() {
+                    Ok(job) => {
+                        events += job.events();
+                        group.push(job);
+                    }
+                    Err(_) => break,
+                }
+            }
+            let committed = self.commit_group(group).inspect_err(|e| {
+                tracing::error!(error = %e, "group commit failed; the writer stops");
+            })?;
+            if !committed.tokens.is_empty() || !committed.receipts.is_empty() {
+                // Ingest gone (shutting down): the commit stands; receipts
+                // will be re-sent when the gateways re-send.
+                let _ = done.blocking_send(committed);
+            }
+        }
+        Ok(())
+    }
+
+    fn commit_group(&mut self, group: Vec<Job>) -> Result<Committed, StoreError> {
+        let started = Instant::now();
+        // Incidents the engine no longer holds are read before the
+        // transaction starts (the transaction borrows the store).
+        let mut stored: HashMap<String, Option<Incident>> = HashMap::new();
+        for job in &group {
+            if let Job::Workflow { incident_id, .. } = job
+                && self.engine.incident(incident_id).is_none()
+            {
+                stored.insert(incident_id.clone(), self.store.incident(incident_id)?);
+            }
+        }
+
+        let mut changes = Changes::default();
+        let mut committed = Committed::default();
+        let mut replies = Vec::new();
+        let mut oldest: Option<SystemTime> = None;
+        let mut events_in = 0u64;
+        let mut batches = 0u64;
+        let mut statuses = 0u64;
+        let mut tx = self.store.begin()?;
+        for job in group {
+            match job {
+                Job::Batch {
+                    post_id,
+                    events,
+                    at,
+                    token,
+                } => {
+                    let new = tx.insert_events(&post_id, &events, at)?;
+                    for (event, new) in events.iter().zip(new) {
+                        if new {
+                            self.engine.on_event(event, at, &mut changes);
+                        }
+                    }
+                    events_in += events.len() as u64;
+                    batches += 1;
+                    oldest = Some(oldest.map_or(at, |o| o.min(at)));
+                    committed.tokens.push(token);
+                }
+                Job::Status { status, at, token } => {
+                    self.engine.on_status(&status, at, &mut changes);
+                    statuses += 1;
+                    oldest = Some(oldest.map_or(at, |o| o.min(at)));
+                    committed.tokens.push(token);
+                }
+                Job::Workflow {
+                    incident_id,
+                    expected_version,
+                    action,
+                    actor,
+                    at,
+                    reply,
+                } => {
+                    let from_store = stored.remove(&incident_id).flatten();
+                    let result = self.engine.apply(
+                        &incident_id,
+                        from_store,
+                        expected_version,
+                        &action,
+                        &actor,
+                        at,
+                        &mut changes,
+                    );
+                    replies.push(Reply::Workflow(reply, Box::new(result)));
+                }
+                Job::TestMode {
+                    post_id,
+                    duration,
+                    reason,
+                    actor,
+                    at,
+                    reply,
+                } => {
+                    let result = self.engine.set_test_mode(
+                        &post_id,
+                        duration,
+                        &reason,
+                        &actor,
+                        at,
+                        &mut changes,
+                    );
+                    replies.push(Reply::TestMode(reply, result));
+                }
+                Job::Tick { at } => self.engine.tick(at, &mut changes),
+            }
+        }
+        let outcome = (|| {
+            tx.apply(&changes)?;
+            tx.commit()
+        })();
+        let result = match outcome {
+            Ok(result) => result,
+            Err(e) => {
+                let why = || WorkflowError::Unavailable("the store failed".into());
+                for reply in replies {
+                    match reply {
+                        Reply::Workflow(tx, _) => drop(tx.send(Err(why()))),
+                        Reply::TestMode(tx, _) => drop(tx.send(Err(why()))),
+                    }
+                }
+                return Err(e);
+            }
+        };
+
+        for reply in replies {
+            // A caller that went away does not undo the change.
+            match reply {
+                Reply::Workflow(tx, r) => drop(tx.send(*r)),
+                Reply::TestMode(tx, r) => drop(tx.send(r)),
+            }
+        }
+        committed.receipts = result
+            .durable
+            .into_iter()
+            .map(|(post_id, durable_through_seq)| Receipt {
+                post_id,
+                durable_through_seq,
+            })
+            .collect();
+
+        let m = &self.metrics;
+        m.events_in.fetch_add(events_in, Relaxed);
+        m.events_stored.fetch_add(result.inserted, Relaxed);
+        m.duplicates.fetch_add(result.duplicates, Relaxed);
+        m.batches.fetch_add(batches, Relaxed);
+        m.statuses.fetch_add(statuses, Relaxed);
+        m.commits.fetch_add(1, Relaxed);
+        m.commit_latency.record(started.elapsed());
+        if let Some(oldest) = oldest {
+            m.record_lag(SystemTime::now().duration_since(oldest).unwrap_or_default());
+        }
+        tracing::trace!(
+            inserted = result.inserted,
+            duplicates = result.duplicates,
+            incidents = changes.incidents().len(),
+            elapsed_us = started.elapsed().as_micros() as u64,
+            "group committed"
+        );
+        Ok(committed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        engine::EngineConfig,
+        store::{IncidentFilter, SqliteStore},
+    };
+    use vigil_proto::v1::{AlarmSignal, EventCategory, IncidentState, event::Body};
+
+    fn alarm(post: &str, seq: u64, zone: u32) -> Event {
+        Event {
+            post_id: post.into(),
+            seq,
+            category: EventCategory::Burglary as i32,
+            body: Some(Body::Alarm(AlarmSignal {
+                account: "1234".into(),
+                zone,
+                ..Default::default()
+            })),
+            ..Default::default()
+        }
+    }
+
+    fn start(
+        dir: &std::path::Path,
+    ) -> (mpsc::Sender<Job>, mpsc::Receiver<Committed>, WriterHandle) {
+        let store = SqliteStore::open(dir).unwrap();
+        let engine = Engine::new(
+            EngineConfig::default(),
+            store.engine_snapshot(SystemTime::UNIX_EPOCH).unwrap(),
+        );
+        let (jobs_tx, jobs_rx) = mpsc::channel(QUEUE_CAPACITY);
+        let (done_tx, done_rx) = mpsc::channel(DONE_CAPACITY);
+        let handle = spawn(
+            Box::new(store),
+            engine,
+            Arc::new(Metrics::default()),
+            jobs_rx,
+            done_tx,
+        );
+        (jobs_tx, done_rx, handle)
+    }
+
+    fn batch(post: &str, seqs: &[u64], token: Token) -> Job {
+        Job::Batch {
+            post_id: post.into(),
+            events: seqs.iter().map(|&s| alarm(post, s, s as u32)).collect(),
+            at: SystemTime::now(),
+            token,
+        }
+    }
+
+    /// Collects commits until every token in `tokens` was acknowledged;
+    /// returns the last receipt per post.
+    async fn until_acked(
+        done: &mut mpsc::Receiver<Committed>,
+        tokens: &[Token],
+    ) -> HashMap<String, u64> {
+        let mut acked = Vec::new();
+        let mut receipts = HashMap::new();
+        while !tokens.iter().all(|t| acked.contains(t)) {
+            let c = done.recv().await.expect("writer alive");
+            acked.extend(c.tokens);
+            for r in c.receipts {
+                receipts.insert(r.post_id, r.durable_through_seq);
+            }
+        }
+        receipts
+    }
+
+    #[tokio::test]
+    async fn duplicate_and_reordered_batches_are_stored_once_and_receipted() {
+        let dir = tempfile::tempdir().unwrap();
+        let (jobs, mut done, handle) = start(dir.path());
+        jobs.send(batch("p-1", &[1, 2, 3], 1)).await.unwrap();
+        jobs.send(batch("p-1", &[6, 7], 2)).await.unwrap();
+        jobs.send(batch("p-1", &[1, 2, 3], 3)).await.unwrap();
+        jobs.send(batch("p-2", &[1], 4)).await.unwrap();
+        let r = until_acked(&mut done, &[1, 2, 3, 4]).await;
+        assert_eq!(r["p-1"], 3, "gap at 4..5");
+        assert_eq!(r["p-2"], 1);
+        // The gap fills, out of order.
+        jobs.send(batch("p-1", &[5], 5)).await.unwrap();
+        jobs.send(batch("p-1", &[4, 5, 6], 6)).await.unwrap();
+        let r = until_acked(&mut done, &[5, 6]).await;
+        assert_eq!(r["p-1"], 7);
+        // A fully duplicate batch still gets a receipt (the gateway may have
+        // missed the first).
+        jobs.send(batch("p-1", &[7], 7)).await.unwrap();
+        assert_eq!(until_acked(&mut done, &[7]).await["p-1"], 7);
+        drop(jobs);
+        tokio::task::spawn_blocking(move || handle.join())
+            .await
+            .unwrap()
+            .unwrap();
+
+        let store = SqliteStore::open(dir.path()).unwrap();
+        assert_eq!(store.event_count().unwrap(), 8);
+        // Each new event opened or joined exactly one incident; duplicates
+        // did nothing.
+        let incidents = store
+            .incidents(&IncidentFilter {
+                limit: 100,
+                ..Default::default()
+            })
+            .unwrap();
+        let events: u32 = incidents.iter().map(|i| i.event_count).sum();
+        assert_eq!(events, 8);
+    }
+
+    #[tokio::test]
+    async fn workflow_actions_are_committed_before_the_reply() {
+        let dir = tempfile::tempdir().unwrap();
+        let (jobs, mut done, handle) = start(dir.path());
+        jobs.send(batch("p-1", &[1], 1)).await.unwrap();
+        until_acked(&mut done, &[1]).await;
+        let (reply, rx) = oneshot::channel();
+        jobs.send(Job::Workflow {
+            incident_id: crate::store::incident_id(1),
+            expected_version: 1,
+            action: Action::Acknowledge {
+                note: "seen".into(),
+            },
+            actor: Actor::new("alice", "analyst"),
+            at: SystemTime::now(),
+            reply,
+        })
+        .await
+        .unwrap();
+        let inc = rx.await.unwrap().unwrap();
+        assert_eq!(inc.state(), IncidentState::Acknowledged);
+        // Same version again: refused with the current incident.
+        let (reply, rx) = oneshot::channel();
+        jobs.send(Job::Workflow {
+            incident_id: inc.id.clone(),
+            expected_version: 1,
+            action: Action::Escalate {
+                reason: String::new(),
+            },
+            actor: Actor::new("bob", "supervisor"),
+            at: SystemTime::now(),
+            reply,
+        })
+        .await
+        .unwrap();
+        assert!(matches!(
+            rx.await.unwrap(),
+            Err(WorkflowError::VersionMismatch { .. })
+        ));
+        drop(jobs);
+        tokio::task::spawn_blocking(move || handle.join())
+            .await
+            .unwrap()
+            .unwrap();
+        let store = SqliteStore::open(dir.path()).unwrap();
+        let stored = store.incident(&inc.id).unwrap().unwrap();
+        assert_eq!(stored, inc);
+        assert_eq!(store.audit(&inc.id).unwrap().len(), 2);
+        assert_eq!(store.notes(&inc.id).unwrap().len(), 1);
+    }
+}
