@@ -13,6 +13,10 @@
 //! - `rumqttd`: the same rumqttd configuration alone, on plain TCP (our
 //!   build leaves rumqttd's own TLS off, so this is an upper bound for
 //!   "rumqttd over mTLS").
+//! - `rumqttd + TLS proxy`: rumqttd alone behind a byte-copying mTLS
+//!   terminator (same certificates and rustls settings as the front, no
+//!   MQTT awareness): clients pay the same TLS cost as with the front, so
+//!   the difference is what the front's framing, checks and relay add.
 //! - `mosquitto`: Mosquitto over mTLS, when the `mosquitto` binary is
 //!   installed.
 //!
@@ -84,6 +88,10 @@ fn main() {
     let direct = start_rumqttd();
     let r = clients.block_on(run_load(direct, None, per_publisher));
     report("rumqttd alone (TCP)", &r);
+
+    let proxy = start_tls_proxy(dir, direct);
+    let r = clients.block_on(run_load(proxy, Some(dir), per_publisher));
+    report("rumqttd + TLS proxy", &r);
 
     match start_mosquitto(dir) {
         Some((mut child, addr)) => {
@@ -191,6 +199,46 @@ fn start_rumqttd() -> SocketAddr {
     });
     wait_listening(addr);
     addr
+}
+
+/// A byte-copying mTLS terminator in front of `upstream`, on its own
+/// runtime like the front.
+fn start_tls_proxy(dir: &Path, upstream: SocketAddr) -> SocketAddr {
+    let server = tls(dir, "broker-1")
+        .load()
+        .unwrap()
+        .server_config()
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            tx.send(listener.local_addr().unwrap()).unwrap();
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let _ = tcp.set_nodelay(true);
+                    let Ok(mut client) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let Ok(mut router) = tokio::net::TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    let _ = router.set_nodelay(true);
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut router).await;
+                });
+            }
+        });
+    });
+    rx.recv().expect("proxy started")
 }
 
 fn start_mosquitto(dir: &Path) -> Option<(Child, SocketAddr)> {
