@@ -96,7 +96,11 @@ impl std::error::Error for Usage {}
 
 fn init_tracing(format: LogFormat) {
     use tracing_subscriber::{EnvFilter, fmt};
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // The embedded MQTT router (rumqttd) logs routine disconnects at error
+    // level; it is off unless asked for (RUST_LOG=info,rumqttd=info). The
+    // broker front logs and counts everything that concerns clients.
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,rumqttd=off"));
     let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
