@@ -7,6 +7,8 @@
 //! - [`dc09`]: the SIA DC-09 codec (framing, AES, Contact ID, SIA codes,
 //!   taxonomy), pure code shared with the panel simulator.
 //! - [`outbox`]: the durable outbox (SQLite, group commit, gap-free seqs).
+//! - [`simulator`]: a DC-09 dialler that behaves like an alarm panel.
 
 pub mod dc09;
 pub mod outbox;
+pub mod simulator;
