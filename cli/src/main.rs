@@ -6,6 +6,7 @@
 //! - [`pki`]: `vigil pki init | issue | revoke`.
 
 mod pki;
+mod simulate;
 
 use std::process::ExitCode;
 
@@ -36,6 +37,9 @@ enum Command {
     /// Manage the region's certificate authority.
     #[command(subcommand)]
     Pki(pki::PkiCommand),
+    /// Simulate devices: `vigil simulate panel` dials a DC-09 receiver.
+    #[command(subcommand)]
+    Simulate(simulate::SimulateCommand),
 }
 
 fn main() -> ExitCode {
@@ -45,6 +49,7 @@ fn main() -> ExitCode {
 
     let result = match cli.command {
         Command::Pki(cmd) => pki::run(cmd),
+        Command::Simulate(cmd) => simulate::run(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
