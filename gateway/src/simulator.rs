@@ -18,6 +18,10 @@
 //!   connection, reconnect and retransmit the same message (same sequence
 //!   number, fresh timestamp and pad).
 //!
+//! [`Panel::with_messages`] sends the caller's own messages instead of a
+//! scenario. Many panels can run in one process: each [`Panel::run`] is
+//! an ordinary `Send` future.
+//!
 //! Each event gets at most `1 + retries` transmissions; then it is reported
 //! as failed. The [`Summary`] counts what happened and lists every event's
 //! [`EventOutcome`], so a caller can compare what the panel believes was
@@ -196,6 +200,14 @@ pub enum SimError {
     /// The panel's header does not form a valid DC-09 message.
     #[error("invalid panel configuration: {0}")]
     Header(#[from] EncodeError),
+    /// A message given to [`Panel::with_messages`] cannot be encoded.
+    #[error("cannot encode message {seq:04}: {source}")]
+    Encode {
+        /// Its sequence number.
+        seq: u16,
+        /// Why.
+        source: EncodeError,
+    },
     /// The server address did not resolve.
     #[error("cannot resolve {server}: {source}")]
     Resolve {
@@ -728,11 +740,20 @@ impl Link {
     }
 }
 
+/// The messages a panel sends: a [`Scenario`] or the caller's own.
+struct Messages(Box<dyn Iterator<Item = Message> + Send>);
+
+impl fmt::Debug for Messages {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Messages(..)")
+    }
+}
+
 /// A simulated alarm panel. [`run`] is the short way to use one.
 #[derive(Debug)]
 pub struct Panel {
     config: PanelConfig,
-    scenario: Scenario,
+    messages: Messages,
     link: Link,
     /// Pad bytes for encrypted messages (seeded from the OS).
     pad: StdRng,
@@ -748,8 +769,22 @@ pub async fn run(config: PanelConfig, shutdown: CancellationToken) -> Result<Sum
 }
 
 impl Panel {
-    /// Checks the configuration; nothing is opened yet.
+    /// A panel sending its configured [`Scenario`]. Checks the
+    /// configuration; nothing is opened yet.
     pub fn new(config: PanelConfig) -> Result<Self, SimError> {
+        let scenario = Scenario::for_panel(&config);
+        Self::with_messages(config, scenario)
+    }
+
+    /// A panel sending exactly `messages` (then stopping), for tests that
+    /// need particular events. Each message is sent as given, except that
+    /// every transmission gets a fresh timestamp; its encryption flag must
+    /// match whether `config` has a key. The scenario fields of `config`
+    /// are ignored.
+    pub fn with_messages(
+        config: PanelConfig,
+        messages: impl IntoIterator<Item = Message, IntoIter: Send + 'static>,
+    ) -> Result<Self, SimError> {
         if !(1..=9999).contains(&config.first_seq) {
             return Err(SimError::Config(format!(
                 "first sequence number {} is outside 1-9999",
@@ -771,10 +806,9 @@ impl Panel {
             b.fill(b'0')
         })?;
 
-        let scenario = Scenario::for_panel(&config);
         Ok(Self {
             link: Link::new(config.transport),
-            scenario,
+            messages: Messages(Box::new(messages.into_iter())),
             pad: StdRng::from_os_rng(),
             clock_offset: time::Duration::ZERO,
             progress: watch::Sender::new(Progress::default()),
@@ -818,7 +852,7 @@ impl Panel {
                 }
                 next_start = Instant::now() + self.config.interval;
 
-                let Some(msg) = self.scenario.next() else {
+                let Some(msg) = self.messages.0.next() else {
                     break;
                 };
                 summary.counts.attempted += 1;
@@ -926,6 +960,10 @@ impl Panel {
         let pad = &mut self.pad;
         let frame = dc09::encode(&stamped, self.config.key.as_ref(), &mut |b: &mut [u8]| {
             pad.fill_bytes(b);
+        })
+        .map_err(|source| SimError::Encode {
+            seq: msg.seq,
+            source,
         })?;
         if let Err(e) = self.link.send(&frame).await {
             debug!(error = %e, "send failed");

@@ -343,3 +343,35 @@ async fn shutdown_stops_a_panel_without_a_limit() {
     assert_eq!(summary.counts.failed, 0);
     assert!(receiver.frames().iter().all(|m| m.token == Token::Null));
 }
+
+#[tokio::test]
+async fn a_panel_sends_exactly_the_messages_it_is_given() {
+    let receiver = Receiver::udp(None, |_| Act::Ack).await;
+    let mut config = config(&receiver, 0);
+    config.count = None;
+    config.transport = Transport::Udp;
+    let header = config.header();
+    let messages: Vec<Message> = [(41, "1130 02 007"), (42, "3130 02 007")]
+        .into_iter()
+        .map(|(seq, cid)| Message {
+            token: Token::AdmCid,
+            seq,
+            data: format!("#{ACCOUNT}|{cid}"),
+            ..header.clone()
+        })
+        .collect();
+    let panel = simulator::Panel::with_messages(config, messages.clone()).unwrap();
+    let summary = panel.run(CancellationToken::new()).await.unwrap();
+    assert_eq!((summary.counts.attempted, summary.counts.acked), (2, 2));
+    let acked: Vec<EventId> = summary.acked_events().cloned().collect();
+    assert_eq!(acked, messages.iter().map(EventId::of).collect::<Vec<_>>());
+    assert_eq!(acked[0].payload, "1130 02 007");
+    assert_eq!(
+        receiver
+            .frames()
+            .iter()
+            .map(EventId::of)
+            .collect::<Vec<_>>(),
+        acked
+    );
+}
