@@ -16,6 +16,7 @@ mod gateway;
 mod ops;
 mod pki;
 mod signals;
+mod simulate;
 
 use std::process::ExitCode;
 
@@ -55,6 +56,9 @@ enum Command {
     /// Config files: print defaults.
     #[command(subcommand)]
     Config(config::ConfigCommand),
+    /// Simulate devices: `vigil simulate panel` dials a DC-09 receiver.
+    #[command(subcommand)]
+    Simulate(simulate::SimulateCommand),
 }
 
 fn main() -> ExitCode {
@@ -68,6 +72,7 @@ fn main() -> ExitCode {
         Command::Gateway(args) => gateway::run(&args),
         Command::Ops(args) => ops::run(&args),
         Command::Config(cmd) => config::run(&cmd),
+        Command::Simulate(cmd) => simulate::run(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

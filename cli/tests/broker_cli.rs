@@ -32,7 +32,10 @@ fn default_broker_config_is_printed() {
 fn every_part_prints_a_default_config_with_the_stable_keys() {
     for (part, keys) in [
         ("broker", &["listen", "[tls]"][..]),
-        ("gateway", &["data_dir", "[tls]", "[mqtt]", "server", "[dc09]", "listen"][..]),
+        (
+            "gateway",
+            &["data_dir", "[tls]", "[mqtt]", "server", "[dc09]", "listen"][..],
+        ),
         ("ops", &["data_dir", "[tls]", "[mqtt]", "[api]"][..]),
     ] {
         let out = vigil(&["config", "default", part]);

@@ -13,6 +13,7 @@
 //!   ACK/NAK/DUH decision for each frame.
 //! - [`supervision`]: panel silence and storage faults as health events.
 //! - [`outbox`]: the durable outbox (SQLite, group commit, gap-free seqs).
+//! - [`simulator`]: a DC-09 dialler that behaves like an alarm panel.
 
 pub mod config;
 pub mod dc09;
@@ -20,6 +21,7 @@ pub mod outbox;
 pub mod publisher;
 pub mod receiver;
 pub mod signals;
+pub mod simulator;
 pub mod supervision;
 
 use std::{sync::Arc, time::Duration};
