@@ -70,6 +70,35 @@ impl Listeners {
 pub struct Metrics {
     pub dc09: Arc<receiver::Dc09Metrics>,
     pub publisher: Arc<publisher::PublisherMetrics>,
+    pub outbox: Arc<OutboxGauges>,
+}
+
+/// The outbox's counters, mirrored as they change.
+#[derive(Debug, Default)]
+pub struct OutboxGauges {
+    pub last_seq: std::sync::atomic::AtomicU64,
+    pub receipted_through: std::sync::atomic::AtomicU64,
+    pub depth: std::sync::atomic::AtomicU64,
+}
+
+impl OutboxGauges {
+    fn set(&self, state: outbox::OutboxState) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.last_seq.store(state.last_seq, Relaxed);
+        self.receipted_through
+            .store(state.receipted_through, Relaxed);
+        self.depth.store(state.depth, Relaxed);
+    }
+
+    /// `(last_seq, receipted_through, depth)` now.
+    pub fn get(&self) -> (u64, u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (
+            self.last_seq.load(Relaxed),
+            self.receipted_through.load(Relaxed),
+            self.depth.load(Relaxed),
+        )
+    }
 }
 
 /// Runs the gateway until `shutdown`: DC-09 receiver, supervision and
@@ -107,6 +136,25 @@ pub async fn run(
     );
 
     let tracker = TaskTracker::new();
+    metrics.outbox.set(state);
+    tracker.spawn({
+        let mut changes = outbox.watch();
+        let gauges = metrics.outbox.clone();
+        let shutdown = shutdown.clone();
+        async move {
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    changed = changes.changed() => {
+                        if changed.is_err() {
+                            return;
+                        }
+                        gauges.set(*changes.borrow_and_update());
+                    }
+                }
+            }
+        }
+    });
     let supervisor = supervision::Supervisor::new(&accounts, outbox.clone());
     tracker.spawn(supervisor.clone().run(shutdown.clone()));
     let receiver = Arc::new(receiver::Receiver::new(

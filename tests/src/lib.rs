@@ -1,0 +1,262 @@
+//! A harness that runs a whole Vigil region in one test process, on
+//! loopback: a fresh PKI, the broker, the operations center, and gateways.
+//! Every part is configured through its real config file and started
+//! through its library entry point, exactly as the `vigil` binary does.
+//!
+//! Every wait is bounded ([`WAIT`]); a test that would hang fails instead.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use tempfile::TempDir;
+use tokio::{net::TcpListener, task::JoinHandle};
+use tokio_util::sync::CancellationToken;
+use vigil_pki::{Identity, Role, authority};
+
+/// Longest any single expectation waits.
+pub const WAIT: Duration = Duration::from_secs(30);
+
+/// A region: its PKI and working folders.
+#[derive(Debug)]
+pub struct Region {
+    pub dir: TempDir,
+}
+
+impl Region {
+    /// A fresh CA with a broker (`broker-1`), an ops center (`ops-1`) and
+    /// posts `p-1` and `p-2`.
+    pub fn new() -> Self {
+        vigil_pki::install_crypto_provider();
+        if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_default_env() {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_test_writer()
+                .try_init();
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pki = dir.path().join("pki");
+        authority::init(&pki, "test region CA").expect("CA");
+        let issue = |role, id: &str, sans: &[&str]| {
+            let sans: Vec<String> = sans.iter().map(|s| (*s).to_owned()).collect();
+            authority::issue(&pki, role, &Identity::new(id).expect("id"), &sans, 2, false)
+                .expect("issue");
+        };
+        issue(Role::Broker, "broker-1", &["localhost", "127.0.0.1"]);
+        issue(Role::Ops, "ops-1", &["localhost", "127.0.0.1"]);
+        issue(Role::Post, "p-1", &[]);
+        issue(Role::Post, "p-2", &[]);
+        Self { dir }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn tls_table(id: &str) -> String {
+        format!(
+            "[tls]\nca = \"pki/ca.pem\"\ncert = \"pki/{id}.pem\"\nkey = \"pki/{id}.key\"\ncrl = \"pki/crl.pem\"\n"
+        )
+    }
+
+    fn write(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.path(name);
+        std::fs::write(&path, text).expect("write config");
+        path
+    }
+
+    /// Starts the broker on `addr` (`127.0.0.1:0` for a fresh port).
+    pub async fn start_broker(&self, addr: SocketAddr) -> RunningBroker {
+        let text = format!(
+            "listen = \"127.0.0.1:0\"\n{}\n[limits]\nshutdown_grace_ms = 1000\n",
+            Self::tls_table("broker-1")
+        );
+        let path = self.write("broker.toml", &text);
+        let config = vigil_broker::BrokerConfig::load(&path).expect("broker config");
+        let listener = bind_retrying(addr).await;
+        let shutdown = CancellationToken::new();
+        let broker = vigil_broker::Broker::start(&config, listener, shutdown.clone())
+            .await
+            .expect("broker start");
+        RunningBroker { broker, shutdown }
+    }
+
+    /// Starts the operations center against the broker at `broker`.
+    pub async fn start_ops(&self, broker: SocketAddr) -> RunningOps {
+        let text = format!(
+            "data_dir = \"ops-data\"\n[mqtt]\nserver = \"127.0.0.1:{}\"\nkeep_alive_secs = 5\n{}",
+            broker.port(),
+            Self::tls_table("ops-1")
+        );
+        let path = self.write("ops.toml", &text);
+        let config = vigil_ops::config::OpsConfig::load(&path).expect("ops config");
+        let tls = config.tls.load().expect("ops tls");
+        let (store, engine) = vigil_ops::open(&config).expect("ops store");
+        let shutdown = CancellationToken::new();
+        let metrics = Arc::new(vigil_ops::metrics::Metrics::default());
+        let task = tokio::spawn({
+            let shutdown = shutdown.clone();
+            let metrics = metrics.clone();
+            async move {
+                vigil_ops::run(config, Box::new(store), engine, &tls, metrics, shutdown)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+        });
+        RunningOps {
+            task,
+            shutdown,
+            metrics,
+            data_dir: self.path("ops-data"),
+        }
+    }
+
+    /// Starts the gateway of `post` with panel account `1234` (and
+    /// `extra_toml` appended to its config).
+    pub async fn start_gateway(
+        &self,
+        post: &str,
+        broker: SocketAddr,
+        extra_toml: &str,
+    ) -> RunningGateway {
+        let text = format!(
+            "data_dir = \"{post}-data\"\n{}\n[mqtt]\nserver = \"127.0.0.1:{}\"\nkeep_alive_secs = 5\nresend_after_secs = 5\n\n[dc09]\nlisten = \"127.0.0.1:0\"\n\n[[dc09.accounts]]\naccount = \"1234\"\n{extra_toml}",
+            Self::tls_table(post),
+            broker.port()
+        );
+        let path = self.write(&format!("{post}.toml"), &text);
+        let config = vigil_gateway::GatewayConfig::load(&path).expect("gateway config");
+        let tls = config.tls.load().expect("gateway tls");
+        let listeners = vigil_gateway::Listeners::bind(&config)
+            .await
+            .expect("bind dc09");
+        let dc09 = listeners.dc09_tcp.local_addr().expect("dc09 addr");
+        let metrics = Arc::new(vigil_gateway::Metrics::default());
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn({
+            let metrics = metrics.clone();
+            let shutdown = shutdown.clone();
+            async move {
+                vigil_gateway::run(config, tls, listeners, metrics, shutdown)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+        });
+        RunningGateway {
+            task,
+            shutdown,
+            metrics,
+            dc09,
+        }
+    }
+}
+
+impl Default for Region {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Binds `addr`, retrying for a while if the port is still held (a broker
+/// restarted on the port it had).
+async fn bind_retrying(addr: SocketAddr) -> TcpListener {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match TcpListener::bind(addr).await {
+            Ok(l) => return l,
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                tracing_log(&format!("bind {addr}: {e}; retrying"));
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("bind {addr}: {e}"),
+        }
+    }
+}
+
+fn tracing_log(msg: &str) {
+    eprintln!("harness: {msg}");
+}
+
+#[derive(Debug)]
+pub struct RunningBroker {
+    pub broker: vigil_broker::Broker,
+    pub shutdown: CancellationToken,
+}
+
+impl RunningBroker {
+    pub fn addr(&self) -> SocketAddr {
+        self.broker.local_addr()
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.broker.wait().await;
+    }
+}
+
+#[derive(Debug)]
+pub struct RunningOps {
+    pub task: JoinHandle<Result<(), String>>,
+    pub shutdown: CancellationToken,
+    pub metrics: Arc<vigil_ops::metrics::Metrics>,
+    pub data_dir: PathBuf,
+}
+
+impl RunningOps {
+    /// Stops the operations center and returns its data folder, for reading
+    /// the store.
+    pub async fn stop(self) -> PathBuf {
+        self.shutdown.cancel();
+        let result = tokio::time::timeout(WAIT, self.task)
+            .await
+            .expect("ops stops in time")
+            .expect("ops task");
+        result.expect("ops ran without error");
+        self.data_dir
+    }
+}
+
+#[derive(Debug)]
+pub struct RunningGateway {
+    pub task: JoinHandle<Result<(), String>>,
+    pub shutdown: CancellationToken,
+    pub metrics: Arc<vigil_gateway::Metrics>,
+    /// The DC-09 address panels dial (TCP and UDP).
+    pub dc09: SocketAddr,
+}
+
+impl RunningGateway {
+    /// `(last_seq, receipted_through, depth)` of the outbox.
+    pub fn outbox(&self) -> (u64, u64, u64) {
+        self.metrics.outbox.get()
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(WAIT, self.task)
+            .await
+            .expect("gateway stops in time")
+            .expect("gateway task")
+            .expect("gateway ran without error");
+    }
+}
+
+/// Polls `check` every 50 ms until it is true or [`WAIT`] passes.
+pub async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !check() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Reads a stopped operations center's store.
+pub fn open_store(data_dir: &Path) -> vigil_ops::store::SqliteStore {
+    vigil_ops::store::SqliteStore::open(data_dir).expect("open ops store")
+}
