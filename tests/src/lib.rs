@@ -154,6 +154,25 @@ impl Region {
     }
 }
 
+impl Region {
+    /// Writes the config of `post`'s gateway (panel account `1234`, DC-09 on
+    /// `dc09`, data in `{post}-data`) and returns its path.
+    pub fn write_gateway_config(
+        &self,
+        post: &str,
+        broker: SocketAddr,
+        dc09: SocketAddr,
+        extra_toml: &str,
+    ) -> PathBuf {
+        let text = format!(
+            "data_dir = \"{post}-data\"\n{}\n[mqtt]\nserver = \"127.0.0.1:{}\"\nkeep_alive_secs = 5\nresend_after_secs = 5\n\n[dc09]\nlisten = \"{dc09}\"\n\n[[dc09.accounts]]\naccount = \"1234\"\n{extra_toml}",
+            Self::tls_table(post),
+            broker.port()
+        );
+        self.write(&format!("{post}.toml"), &text)
+    }
+}
+
 impl Default for Region {
     fn default() -> Self {
         Self::new()
