@@ -145,3 +145,70 @@ async fn kill_9_right_after_an_ack_loses_nothing() {
         );
     }
 }
+
+fn spawn_ops(config: &Path) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args(["ops", "--config", config.to_str().unwrap()])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start vigil ops")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_the_ops_center_mid_ingest_loses_and_duplicates_nothing() {
+    let region = Region::new();
+    let broker = region.start_broker("127.0.0.1:0".parse().unwrap()).await;
+    let gateway = region.start_gateway("p-1", broker.addr(), "").await;
+    let ops_config = region.write_ops_config(broker.addr());
+
+    // Panels keep sending while the operations center is killed and
+    // restarted underneath them.
+    let dc09 = gateway.dc09;
+    let panel = tokio::spawn(async move {
+        let mut config = PanelConfig::new(dc09.to_string(), "1234");
+        config.count = Some(120);
+        config.interval = Duration::from_millis(10);
+        simulator::run(config, CancellationToken::new())
+            .await
+            .expect("panel")
+    });
+    for pause_ms in [150u64, 400, 250] {
+        let mut ops = spawn_ops(&ops_config);
+        tokio::time::sleep(Duration::from_millis(pause_ms)).await;
+        ops.kill().expect("kill -9");
+        ops.wait().expect("reap");
+    }
+    let summary = tokio::time::timeout(WAIT, panel)
+        .await
+        .expect("panel ends")
+        .unwrap();
+    assert_eq!(summary.counts.failed, 0, "{summary}");
+
+    // A last run of the operations center, in process, to the end.
+    let ops = region.start_ops(broker.addr()).await;
+    eventually("every event receipted", || {
+        let (last, receipted, depth) = gateway.outbox();
+        last > 0 && receipted == last && depth == 0
+    })
+    .await;
+    let (last, ..) = gateway.outbox();
+    gateway.stop().await;
+    let data = ops.stop().await;
+    broker.stop().await;
+
+    let store = open_store(&data);
+    let seqs: Vec<u64> = store
+        .events("p-1", 1, 10_000)
+        .unwrap()
+        .into_iter()
+        .filter_map(|s| s.event.map(|e| e.seq))
+        .collect();
+    assert_eq!(
+        seqs,
+        (1..=last).collect::<Vec<_>>(),
+        "stored exactly once, gap-free"
+    );
+    assert_eq!(store.durable_through("p-1").unwrap(), last);
+}

@@ -11,11 +11,16 @@
 //! after the writer committed it, in the same step as its post's `Receipt` is
 //! published. The receipt is what the guarantee rests on: a gateway deletes
 //! events only when a receipt covers them, and a receipt is published only
-//! after the commit. The late PUBACK adds that a message the ops-center
-//! accepted but had not committed when it died is still the broker's: with
-//! the persistent session (clean_session = false) the broker sends it again
-//! after the restart, so recovery does not wait for the gateway's re-send.
-//! A PUBACK alone never lets a gateway drop anything.
+//! after the commit. A PUBACK alone never lets a gateway drop anything.
+//!
+//! The session is clean (clean_session = true). A persistent session would
+//! let the broker re-send what was in flight when the ops-center died, but
+//! the embedded router (rumqttd 0.20) panics — and stops routing for
+//! everyone — when the last member of a shared-subscription group with a
+//! persistent session disconnects with messages in flight (its
+//! `routing.rs`, "group must exists"; found by the kill -9 test). What was
+//! in flight is recovered by the gateways instead: they re-send whatever a
+//! receipt has not covered after `resend_after_secs`.
 //!
 //! Backpressure: the writer's queue is bounded. When it is full this task
 //! stops polling the event loop (so stops reading from the socket; TCP and
@@ -97,7 +102,7 @@ pub async fn run(
         .set_transport(Transport::Tls(TlsConfiguration::Rustls(tls)))
         .set_keep_alive(Duration::from_secs(cfg.mqtt.keep_alive_secs))
         .set_manual_acks(true)
-        .set_clean_session(false)
+        .set_clean_session(true)
         .set_max_packet_size(MAX_PACKET_BYTES, 64 * 1024);
     let (client, eventloop) = AsyncClient::new(options, REQUEST_CAPACITY);
     let mut ingest = Ingest {

@@ -86,12 +86,7 @@ impl Region {
 
     /// Starts the operations center against the broker at `broker`.
     pub async fn start_ops(&self, broker: SocketAddr) -> RunningOps {
-        let text = format!(
-            "data_dir = \"ops-data\"\n[mqtt]\nserver = \"127.0.0.1:{}\"\nkeep_alive_secs = 5\n{}",
-            broker.port(),
-            Self::tls_table("ops-1")
-        );
-        let path = self.write("ops.toml", &text);
+        let path = self.write_ops_config(broker);
         let config = vigil_ops::config::OpsConfig::load(&path).expect("ops config");
         let tls = config.tls.load().expect("ops tls");
         let (store, engine) = vigil_ops::open(&config).expect("ops store");
@@ -155,6 +150,17 @@ impl Region {
 }
 
 impl Region {
+    /// Writes the operations center's config (data in `ops-data`) and
+    /// returns its path.
+    pub fn write_ops_config(&self, broker: SocketAddr) -> PathBuf {
+        let text = format!(
+            "data_dir = \"ops-data\"\n[mqtt]\nserver = \"127.0.0.1:{}\"\nkeep_alive_secs = 5\n{}",
+            broker.port(),
+            Self::tls_table("ops-1")
+        );
+        self.write("ops.toml", &text)
+    }
+
     /// Writes the config of `post`'s gateway (panel account `1234`, DC-09 on
     /// `dc09`, data in `{post}-data`) and returns its path.
     pub fn write_gateway_config(
