@@ -1,0 +1,99 @@
+//! `vigil gateway` as an operator runs it: bad configs are refused before
+//! anything is bound, and SIGTERM stops it cleanly.
+
+use std::{
+    io::{BufRead, BufReader},
+    path::Path,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+fn vigil(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args(args)
+        .output()
+        .expect("run vigil")
+}
+
+fn pki(dir: &Path) {
+    let d = dir.join("pki").display().to_string();
+    assert!(vigil(&["pki", "init", "--dir", &d]).status.success());
+    for (role, id) in [("post", "p-017"), ("analyst", "alice")] {
+        assert!(vigil(&["pki", "issue", "--dir", &d, "--role", role, "--id", id]).status.success());
+    }
+}
+
+fn default_config() -> String {
+    String::from_utf8(vigil(&["config", "default", "gateway"]).stdout).unwrap()
+}
+
+#[test]
+fn bad_gateway_configs_exit_64_with_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    pki(dir.path());
+    let default = default_config();
+    let cases = [
+        (default.replace("max_frame_bytes", "max_frame"), "unknown field `max_frame`"),
+        (
+            default.replace("# key = \"000102030405060708090a0b0c0d0e0f\"", "key = \"00ff\""),
+            "dc09.accounts[0].key",
+        ),
+        (default.replace("pki/p-017.key", "pki/missing.key"), "missing.key"),
+        (
+            default.replace("pki/p-017.pem", "pki/alice.pem").replace("pki/p-017.key", "pki/alice.key"),
+            "needs a post certificate",
+        ),
+    ];
+    for (text, want) in cases {
+        let path = dir.path().join("gateway.toml");
+        std::fs::write(&path, &text).unwrap();
+        let out = vigil(&["gateway", "--config", path.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(64), "{want}: {out:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(want), "{want}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+        assert!(!dir.path().join("data").exists(), "nothing was created");
+    }
+}
+
+#[test]
+fn gateway_stops_cleanly_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    pki(dir.path());
+    // No broker at port 1: the publisher keeps retrying until the signal.
+    let text = default_config()
+        .replace("broker.example:8883", "127.0.0.1:1")
+        .replace("0.0.0.0:7000", "127.0.0.1:0");
+    let path = dir.path().join("gateway.toml");
+    std::fs::write(&path, text).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args(["gateway", "--config", path.to_str().unwrap()])
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    loop {
+        let line = lines.next().expect("gateway logs its start").unwrap();
+        if line.contains("DC-09 receiver listening") {
+            break;
+        }
+    }
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "gateway did not stop after SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status:?}");
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    assert!(rest.iter().any(|l| l.contains("gateway stopped")), "{rest:?}");
+    assert!(dir.path().join("data/outbox.db").exists());
+}
