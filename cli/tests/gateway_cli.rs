@@ -5,21 +5,21 @@ use std::{
     io::{BufRead, BufReader},
     path::Path,
     process::{Command, Stdio},
-    time::{Duration, Instant},
 };
 
-fn vigil(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_vigil"))
-        .args(args)
-        .output()
-        .expect("run vigil")
-}
+mod support;
+
+use support::{sigterm_and_wait, vigil};
 
 fn pki(dir: &Path) {
     let d = dir.join("pki").display().to_string();
     assert!(vigil(&["pki", "init", "--dir", &d]).status.success());
     for (role, id) in [("post", "p-017"), ("analyst", "alice")] {
-        assert!(vigil(&["pki", "issue", "--dir", &d, "--role", role, "--id", id]).status.success());
+        assert!(
+            vigil(&["pki", "issue", "--dir", &d, "--role", role, "--id", id])
+                .status
+                .success()
+        );
     }
 }
 
@@ -33,14 +33,25 @@ fn bad_gateway_configs_exit_64_with_one_line() {
     pki(dir.path());
     let default = default_config();
     let cases = [
-        (default.replace("max_frame_bytes", "max_frame"), "unknown field `max_frame`"),
         (
-            default.replace("# key = \"000102030405060708090a0b0c0d0e0f\"", "key = \"00ff\""),
+            default.replace("max_frame_bytes", "max_frame"),
+            "unknown field `max_frame`",
+        ),
+        (
+            default.replace(
+                "# key = \"000102030405060708090a0b0c0d0e0f\"",
+                "key = \"00ff\"",
+            ),
             "dc09.accounts[0].key",
         ),
-        (default.replace("pki/p-017.key", "pki/missing.key"), "missing.key"),
         (
-            default.replace("pki/p-017.pem", "pki/alice.pem").replace("pki/p-017.key", "pki/alice.key"),
+            default.replace("pki/p-017.key", "pki/missing.key"),
+            "missing.key",
+        ),
+        (
+            default
+                .replace("pki/p-017.pem", "pki/alice.pem")
+                .replace("pki/p-017.key", "pki/alice.key"),
             "needs a post certificate",
         ),
     ];
@@ -79,21 +90,12 @@ fn gateway_stops_cleanly_on_sigterm() {
             break;
         }
     }
-    let kill = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "gateway did not stop after SIGTERM");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = sigterm_and_wait(&mut child);
     assert!(status.success(), "{status:?}");
     let rest: Vec<String> = lines.map_while(Result::ok).collect();
-    assert!(rest.iter().any(|l| l.contains("gateway stopped")), "{rest:?}");
+    assert!(
+        rest.iter().any(|l| l.contains("gateway stopped")),
+        "{rest:?}"
+    );
     assert!(dir.path().join("data/outbox.db").exists());
 }
