@@ -83,7 +83,9 @@ fn ops_shuts_down_cleanly_on_sigterm() {
     let path = write(
         dir.path(),
         "ops.toml",
-        &default.replace("localhost:8883", "127.0.0.1:1"),
+        &default
+            .replace("localhost:8883", "127.0.0.1:1")
+            .replace("0.0.0.0:50051", "127.0.0.1:0"),
     );
     let mut child = Command::new(env!("CARGO_BIN_EXE_vigil"))
         .args(["ops", "--config", &path])

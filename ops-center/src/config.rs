@@ -53,7 +53,7 @@ pub struct MqttConfig {
     pub max_batch_bytes: usize,
 }
 
-/// The `[api]` table: the gRPC API (served from the next release on).
+/// The `[api]` table: where the gRPC API listens.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApiConfig {

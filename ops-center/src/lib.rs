@@ -5,11 +5,12 @@
 //!  MQTT ──► ingest ──(bounded queue of Jobs)──► writer thread ──► SQLite
 //!    ▲        │                                  (store + engine,
 //!    │        ◄────────(Committed: acks, receipts)  group commit)
-//!    └── PUBACK + Receipt after commit                ▲
-//!                               timer ticks, workflow ┘ (API: next release)
+//!    └── PUBACK + Receipt after commit                ▲  │ wakes
+//!                     timer ticks, workflow (gRPC API) ┘  ▼ incident feed
 //! ```
 //!
 //! Layout:
+//! - [`api`]: the gRPC API over mTLS: feed, queries, workflow, replay.
 //! - [`config`]: the config file (`vigil ops --config FILE`).
 //! - [`store`]: the narrow storage interface ([`store::Store`]) and its SQLite
 //!   implementation; idempotent events, per-post `durable_through_seq`.
@@ -18,6 +19,7 @@
 //! - [`ingest`]: MQTT: subscribe, check, queue, acknowledge, receipt.
 //! - [`metrics`]: counters of ingest and commits.
 
+pub mod api;
 pub mod config;
 pub mod engine;
 pub mod ingest;
@@ -56,6 +58,13 @@ pub enum OpsError {
     Tls(#[from] vigil_pki::TlsError),
     #[error("ingest: {0}")]
     Ingest(#[from] ingest::IngestError),
+    #[error("api: cannot listen on {addr}: {source}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("api: {0}")]
+    Api(#[from] tonic::transport::Error),
 }
 
 /// Opens the store and rebuilds the engine from it. Separate from [`run`] so
@@ -71,8 +80,9 @@ pub fn open(config: &OpsConfig) -> Result<(SqliteStore, Engine), StoreError> {
 }
 
 /// Runs the ops-center until `shutdown` is cancelled: ingest over MQTT, the
-/// writer, and the engine's timers. Returns after everything queued was
-/// committed (within a grace period) and the writer stopped.
+/// writer, the engine's timers, and the gRPC API on `[api] listen`. Returns
+/// after everything queued was committed (within a grace period) and the
+/// writer stopped.
 pub async fn run(
     config: OpsConfig,
     store: Box<dyn Store>,
@@ -81,11 +91,56 @@ pub async fn run(
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) -> Result<(), OpsError> {
+    let addr = config.api.listen;
+    let api = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| OpsError::Bind { addr, source })?;
+    run_with_api(config, store, engine, tls, metrics, api, shutdown).await
+}
+
+/// [`run`] with the API on a listener the caller bound (tests bind
+/// `127.0.0.1:0`).
+pub async fn run_with_api(
+    config: OpsConfig,
+    store: Box<dyn Store>,
+    engine: Engine,
+    tls: &TlsMaterial,
+    metrics: Arc<Metrics>,
+    api_listener: tokio::net::TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), OpsError> {
     let client_config = Arc::new(tls.client_config()?);
+    let server_config = tls.server_config()?;
     let client_id = tls.own_peer().identity.to_string();
+    // The API reads through a connection of its own; the writer's is busy
+    // writing.
+    let reader: Box<dyn Store> = Box::new(SqliteStore::open(&config.data_dir)?);
+    let changed = Arc::new(tokio::sync::Notify::new());
     let (jobs_tx, jobs_rx) = mpsc::channel(writer::QUEUE_CAPACITY);
     let (done_tx, done_rx) = mpsc::channel(writer::DONE_CAPACITY);
-    let writer = writer::spawn(store, engine, metrics.clone(), jobs_rx, done_tx);
+    let writer = writer::spawn_notifying(
+        store,
+        engine,
+        metrics.clone(),
+        jobs_rx,
+        done_tx,
+        changed.clone(),
+    );
+    tracing::info!(
+        addr = %api_listener.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string()),
+        "api listening"
+    );
+    let api_stop = shutdown.child_token();
+    let api = tokio::spawn(api::serve(
+        api::ApiContext {
+            jobs: jobs_tx.clone(),
+            reader: Arc::new(std::sync::Mutex::new(reader)),
+            changed,
+        },
+        api_listener,
+        server_config,
+        api_stop.clone(),
+    ));
     tracing::info!(
         identity = %client_id,
         server = %config.mqtt.server,
@@ -112,9 +167,11 @@ pub async fn run(
     )
     .await;
 
-    // Ingest has returned (shutdown, or the writer died): stop the timers so
-    // the last job sender goes away and the writer can finish.
+    // Ingest has returned (shutdown, or the writer died): stop the API and
+    // the timers so the last job sender goes away and the writer can finish.
     tasks.cancel();
+    api_stop.cancel();
+    let api_result = api.await.unwrap_or(Ok(()));
     tracker.wait().await;
     let writer_result = tokio::task::spawn_blocking(move || writer.join())
         .await
@@ -128,6 +185,7 @@ pub async fn run(
     );
     writer_result?;
     ingest_result?;
+    api_result?;
     Ok(())
 }
 

@@ -23,7 +23,7 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 use vigil_proto::v1::{Event, Incident, PostStatus, Receipt};
 
 use crate::{
@@ -132,10 +132,26 @@ pub fn spawn(
     jobs: mpsc::Receiver<Job>,
     done: mpsc::Sender<Committed>,
 ) -> WriterHandle {
+    spawn_notifying(store, engine, metrics, jobs, done, Arc::new(Notify::new()))
+}
+
+/// Like [`spawn`], and wakes `changed` after every commit that wrote
+/// incident or audit changes (the API's incident feed waits on it). A
+/// `Notify` keeps one pending wake-up, so none is lost and a busy writer
+/// costs the feed one read per burst, not one per commit.
+pub fn spawn_notifying(
+    store: Box<dyn Store>,
+    engine: Engine,
+    metrics: Arc<Metrics>,
+    jobs: mpsc::Receiver<Job>,
+    done: mpsc::Sender<Committed>,
+    changed: Arc<Notify>,
+) -> WriterHandle {
     let mut writer = Writer {
         store,
         engine,
         metrics,
+        changed,
     };
     let thread = thread::Builder::new()
         .name("vigil-ops-writer".into())
@@ -148,6 +164,7 @@ struct Writer {
     store: Box<dyn Store>,
     engine: Engine,
     metrics: Arc<Metrics>,
+    changed: Arc<Notify>,
 }
 
 enum Reply {
@@ -296,6 +313,9 @@ impl Writer {
             }
         };
 
+        if !changes.audit.is_empty() {
+            self.changed.notify_one();
+        }
         for reply in replies {
             // A caller that went away does not undo the change.
             match reply {

@@ -120,7 +120,11 @@ fn ops_config(data_dir: PathBuf, pki: &Path, port: u16) -> OpsConfig {
             keep_alive_secs: 30,
             max_batch_bytes: 64 * 1024,
         },
-        api: ApiConfig::default(),
+        // Loopback, a port of the system's choosing: tests never take the
+        // default 0.0.0.0:50051.
+        api: ApiConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+        },
         tls: tls(pki, "ops-1"),
         engine: EngineConfig::default(),
     }

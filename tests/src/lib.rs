@@ -154,7 +154,7 @@ impl Region {
     /// returns its path.
     pub fn write_ops_config(&self, broker: SocketAddr) -> PathBuf {
         let text = format!(
-            "data_dir = \"ops-data\"\n[mqtt]\nserver = \"127.0.0.1:{}\"\nkeep_alive_secs = 5\n{}",
+            "data_dir = \"ops-data\"\n[mqtt]\nserver = \"127.0.0.1:{}\"\nkeep_alive_secs = 5\n[api]\nlisten = \"127.0.0.1:0\"\n{}",
             broker.port(),
             Self::tls_table("ops-1")
         );

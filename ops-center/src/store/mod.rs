@@ -154,6 +154,24 @@ pub struct IncidentFilter {
     pub limit: usize,
 }
 
+/// Which events [`Store::events_received`] returns.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ReceivedFilter {
+    /// Only these posts; empty = all.
+    pub post_ids: Vec<String>,
+    /// `received_at` from (inclusive) and to (exclusive), if bounded.
+    pub from: Option<SystemTime>,
+    pub to: Option<SystemTime>,
+}
+
+/// Position of an event in received order (keyset pagination).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ReceivedKey {
+    pub received_ms: i64,
+    pub post_id: String,
+    pub seq: u64,
+}
+
 /// The store: reads, and [`Store::begin`] for the one writer.
 ///
 /// Implementations are used from one thread at a time (the writer thread owns
@@ -192,6 +210,21 @@ pub trait Store: Send {
     fn post(&self, post_id: &str) -> Result<Option<PostInfo>, StoreError>;
     /// Every known post, by id.
     fn posts(&self) -> Result<Vec<PostInfo>, StoreError>;
+
+    /// Position of the newest audit entry (0 = none). Audit positions only
+    /// grow; the API's incident feed uses them as cursors.
+    fn last_audit_position(&self) -> Result<u64, StoreError>;
+    /// Audit entries after position `after`, oldest first, with their
+    /// positions.
+    fn audit_after(&self, after: u64, limit: usize) -> Result<Vec<(u64, AuditEntry)>, StoreError>;
+    /// Events of the posts in `filter` (all when empty) in received order
+    /// (`received_at`, then post, then seq), strictly after `after`.
+    fn events_received(
+        &self,
+        filter: &ReceivedFilter,
+        after: Option<&ReceivedKey>,
+        limit: usize,
+    ) -> Result<Vec<(ReceivedKey, StoredEvent)>, StoreError>;
 
     /// State the engine resumes from; `resolved_since` bounds which resolved
     /// incidents are still worth keeping in memory.

@@ -28,8 +28,8 @@ use vigil_proto::v1::{
 };
 
 use super::{
-    Changes, CommitResult, EngineSnapshot, IncidentFilter, Store, StoreError, StoreTx, incident_id,
-    incident_number, watermark::SeqWatermark,
+    Changes, CommitResult, EngineSnapshot, IncidentFilter, ReceivedFilter, ReceivedKey, Store,
+    StoreError, StoreTx, incident_id, incident_number, watermark::SeqWatermark,
 };
 
 /// Name of the database file inside `data_dir`.
@@ -54,6 +54,7 @@ CREATE TABLE IF NOT EXISTS events (
     body        BLOB NOT NULL,
     PRIMARY KEY (post_id, seq)
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS events_received ON events (received_at);
 CREATE TABLE IF NOT EXISTS incidents (
     number      INTEGER PRIMARY KEY,
     post_id     TEXT NOT NULL,
@@ -349,6 +350,88 @@ impl Store for SqliteStore {
             .into_iter()
             .map(|row| self.post_info(row))
             .collect()
+    }
+
+    fn last_audit_position(&self) -> Result<u64, StoreError> {
+        let n: Option<i64> = self
+            .conn
+            .query_row("SELECT max(id) FROM audit", [], |r| r.get(0))?;
+        Ok(n.unwrap_or(0) as u64)
+    }
+
+    fn audit_after(&self, after: u64, limit: usize) -> Result<Vec<(u64, AuditEntry)>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT id, body FROM audit WHERE id > ?1 ORDER BY id LIMIT ?2")?;
+        let rows = stmt.query_map(params![after as i64, limit as i64], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, body) = row?;
+            out.push((id as u64, decode::<AuditEntry>(&body)?));
+        }
+        Ok(out)
+    }
+
+    fn events_received(
+        &self,
+        filter: &ReceivedFilter,
+        after: Option<&ReceivedKey>,
+        limit: usize,
+    ) -> Result<Vec<(ReceivedKey, StoredEvent)>, StoreError> {
+        // An event without a gateway time sorts by when it was stored.
+        let posts = join(filter.post_ids.iter().cloned());
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT e.body, e.stored_at,
+                (SELECT ie.number FROM incident_events ie
+                  WHERE ie.post_id = e.post_id AND ie.seq = e.seq LIMIT 1),
+                coalesce(e.received_at, e.stored_at) AS t, e.post_id, e.seq
+             FROM events e
+             WHERE (?1 = '' OR instr(?1, ',' || e.post_id || ',') > 0)
+               AND (?2 IS NULL OR coalesce(e.received_at, e.stored_at) >= ?2)
+               AND (?3 IS NULL OR coalesce(e.received_at, e.stored_at) < ?3)
+               AND (?4 IS NULL OR (coalesce(e.received_at, e.stored_at), e.post_id, e.seq) > (?4, ?5, ?6))
+             ORDER BY t, e.post_id, e.seq LIMIT ?7",
+        )?;
+        let rows = stmt.query_map(
+            params![
+                posts,
+                filter.from.map(millis),
+                filter.to.map(millis),
+                after.map(|k| k.received_ms),
+                after.map(|k| k.post_id.clone()),
+                after.map(|k| k.seq as i64),
+                limit as i64
+            ],
+            |r| {
+                Ok((
+                    r.get::<_, Vec<u8>>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, Option<i64>>(2)?,
+                    r.get::<_, i64>(3)?,
+                    r.get::<_, String>(4)?,
+                    r.get::<_, i64>(5)?,
+                ))
+            },
+        )?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (body, stored_at, number, t, post_id, seq) = row?;
+            out.push((
+                ReceivedKey {
+                    received_ms: t,
+                    post_id,
+                    seq: seq as u64,
+                },
+                StoredEvent {
+                    event: Some(decode::<Event>(&body)?),
+                    stored_at: Some(ts(from_millis(stored_at))),
+                    incident_id: number.map(|n| incident_id(n as u64)).unwrap_or_default(),
+                },
+            ));
+        }
+        Ok(out)
     }
 
     fn engine_snapshot(&self, resolved_since: SystemTime) -> Result<EngineSnapshot, StoreError> {

@@ -1,0 +1,640 @@
+//! The operations-center gRPC API (`vigil.v1.OpsCenter`), with gRPC health
+//! and server reflection, over mutual TLS.
+//!
+//! Reads go to the store through a reader connection of their own (on the
+//! blocking pool); every change goes through the writer queue as a
+//! [`Job`], and the reply comes only after the writer committed it. Who may
+//! do what is decided in one place, [`allowed`]; workflow errors become gRPC
+//! statuses in one place, [`workflow_status`].
+//!
+//! Layout:
+//! - [`tls`]: our rustls acceptor (CRL checked), peer identity per connection.
+//! - [`feed`]: the live incident feed and its cursors.
+//! - [`replay`]: stored events by post, kind, time and seq, paced.
+
+pub mod feed;
+pub mod replay;
+pub mod tls;
+
+use std::{
+    sync::{Arc, Mutex},
+    time::{Duration, SystemTime},
+};
+
+use prost::Message;
+use tokio::{
+    net::TcpListener,
+    sync::{Notify, mpsc, oneshot},
+};
+use tokio_rustls::TlsAcceptor;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tonic::{Code, Request, Response, Status};
+use vigil_pki::{Peer, Role};
+use vigil_proto::v1::{
+    AcknowledgeRequest, AddNoteRequest, AssignRequest, Disposition, EscalateRequest, FeedItem,
+    GetIncidentRequest, Incident, IncidentDetail, ListIncidentsRequest, ListIncidentsResponse,
+    ListPostsRequest, ListPostsResponse, PostInfo, ReopenRequest, ReplayItem, ReplayRequest,
+    ResolveRequest, SetTestModeRequest, WatchIncidentsRequest,
+    ops_center_server::{OpsCenter, OpsCenterServer},
+};
+
+use crate::{
+    engine::{Action, Actor, WorkflowError},
+    store::{IncidentFilter, Store, StoreError, incident_number},
+    writer::Job,
+};
+use feed::{Feed, Reader, blocking};
+use tls::ConnInfo;
+
+/// Default `page_size` of ListIncidents...
+pub const DEFAULT_PAGE_SIZE: usize = 50;
+/// ...and the most it returns at once.
+pub const MAX_PAGE_SIZE: usize = 1000;
+/// After shutdown, how long open calls (feeds, replays) get to finish.
+pub const GRACE: Duration = Duration::from_secs(5);
+
+/// What a caller asks to do, for [`allowed`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Watch,
+    /// List or get incidents, list posts.
+    Read,
+    Acknowledge,
+    /// Assign to oneself ("take").
+    Take,
+    /// Assign to someone else.
+    AssignOther,
+    Escalate,
+    Resolve,
+    Reopen,
+    Note,
+    SetTestMode,
+    Replay,
+}
+
+/// The one place that says which role may do what.
+pub fn allowed(role: Role, op: Op) -> bool {
+    use Op::*;
+    match role {
+        Role::Admin => true,
+        Role::Supervisor => !matches!(op, Replay),
+        Role::Analyst => matches!(op, Watch | Read | Acknowledge | Take | Note | Resolve),
+        Role::Engineer => matches!(op, Watch | Read | Replay),
+        Role::Post | Role::Broker | Role::Ops => false,
+    }
+}
+
+/// The one place that turns a refused or failed workflow action into a
+/// status. A version mismatch carries the current incident, both in the
+/// message (its version) and as the status details (an encoded `Incident`).
+pub fn workflow_status(e: WorkflowError) -> Status {
+    match e {
+        WorkflowError::NotFound(id) => Status::not_found(format!("no incident {id}")),
+        WorkflowError::VersionMismatch { current } => {
+            let message = WorkflowError::VersionMismatch {
+                current: current.clone(),
+            }
+            .to_string();
+            Status::with_details(
+                Code::FailedPrecondition,
+                message,
+                current.encode_to_vec().into(),
+            )
+        }
+        e @ WorkflowError::InvalidTransition { .. } => Status::failed_precondition(e.to_string()),
+        WorkflowError::InvalidArgument(m) => Status::invalid_argument(m),
+        WorkflowError::Unavailable(m) => {
+            tracing::warn!(reason = %m, "workflow unavailable");
+            Status::unavailable("operations center unavailable; try again")
+        }
+    }
+}
+
+/// A store failure as a status: the cause is logged, the client gets a
+/// plain message.
+pub fn internal(e: &StoreError) -> Status {
+    tracing::error!(error = %e, "api: store read failed");
+    Status::internal("internal error")
+}
+
+/// The current incident attached to a FAILED_PRECONDITION for a version
+/// mismatch, if any.
+pub fn current_incident(status: &Status) -> Option<Incident> {
+    if status.code() != Code::FailedPrecondition || status.details().is_empty() {
+        return None;
+    }
+    Incident::decode(status.details()).ok()
+}
+
+/// Everything the API serves from.
+#[derive(Clone)]
+pub struct ApiContext {
+    /// The writer queue.
+    pub jobs: mpsc::Sender<Job>,
+    /// A store connection for reads (not the writer's).
+    pub reader: Arc<Mutex<Box<dyn Store>>>,
+    /// Woken by the writer after each commit with incident changes.
+    pub changed: Arc<Notify>,
+}
+
+impl std::fmt::Debug for ApiContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiContext").finish_non_exhaustive()
+    }
+}
+
+/// Serves the API on `listener` until `shutdown`, then gives open calls
+/// [`GRACE`] to finish. `server_config` is the rustls config from
+/// `TlsMaterial::server_config` (client certificates required, CRL checked).
+pub async fn serve(
+    ctx: ApiContext,
+    listener: TcpListener,
+    mut server_config: rustls::ServerConfig,
+    shutdown: CancellationToken,
+) -> Result<(), tonic::transport::Error> {
+    server_config.alpn_protocols = vec![b"h2".to_vec()];
+    let acceptor = TlsAcceptor::from(Arc::new(server_config));
+    let tracker = TaskTracker::new();
+    let feed = Feed::new();
+    tracker.spawn({
+        let (feed, reader, changed, cancel) = (
+            feed.clone(),
+            ctx.reader.clone(),
+            ctx.changed.clone(),
+            shutdown.clone(),
+        );
+        async move {
+            if let Err(e) = feed.hub(reader, changed, cancel).await {
+                tracing::error!(error = %e, "incident feed stopped: store read failed");
+            }
+        }
+    });
+    let incoming = tls::incoming(listener, acceptor, shutdown.clone(), &tracker);
+    tracker.close();
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<OpsCenterServer<Api>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(vigil_proto::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .expect("the compiled-in descriptor set is valid");
+    let api = Api {
+        jobs: ctx.jobs,
+        reader: ctx.reader,
+        feed,
+        shutdown: shutdown.clone(),
+    };
+    let server = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(OpsCenterServer::new(api))
+        .serve_with_incoming_shutdown(
+            ReceiverStream::new(incoming),
+            shutdown.clone().cancelled_owned(),
+        );
+    tokio::pin!(server);
+    let result = tokio::select! {
+        r = &mut server => r,
+        () = shutdown.cancelled() => {
+            // Streams end on shutdown by themselves; a stuck client gets
+            // the grace period, then its connection is dropped.
+            match tokio::time::timeout(GRACE, &mut server).await {
+                Ok(r) => r,
+                Err(_) => {
+                    tracing::warn!("api: calls still open after the grace period; closing");
+                    Ok(())
+                }
+            }
+        }
+    };
+    tracker.wait().await;
+    result
+}
+
+/// The `OpsCenter` service.
+pub struct Api {
+    jobs: mpsc::Sender<Job>,
+    reader: Reader,
+    feed: Feed,
+    shutdown: CancellationToken,
+}
+
+impl std::fmt::Debug for Api {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Api")
+            .field("feed", &self.feed)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Who is calling, from the connection's certificate.
+fn caller<T>(req: &Request<T>) -> Result<Peer, Status> {
+    match req.extensions().get::<ConnInfo>().map(|c| &c.peer) {
+        Some(Ok(peer)) => Ok(peer.clone()),
+        Some(Err(reason)) => Err(Status::unauthenticated(format!(
+            "client certificate not accepted: {reason}"
+        ))),
+        None => Err(Status::unauthenticated(
+            "a client certificate issued by the region CA is required",
+        )),
+    }
+}
+
+/// Checks that the caller may do `op`; returns who it is.
+fn authorize<T>(req: &Request<T>, op: Op) -> Result<Peer, Status> {
+    let peer = caller(req)?;
+    if allowed(peer.role, op) {
+        Ok(peer)
+    } else {
+        tracing::info!(identity = %peer.identity, role = %peer.role, ?op, "api: permission denied");
+        Err(Status::permission_denied(format!(
+            "role {} may not {}",
+            peer.role,
+            op_name(op)
+        )))
+    }
+}
+
+fn op_name(op: Op) -> &'static str {
+    match op {
+        Op::Watch => "watch incidents",
+        Op::Read => "read incidents or posts",
+        Op::Acknowledge => "acknowledge incidents",
+        Op::Take => "take incidents",
+        Op::AssignOther => "assign incidents to others",
+        Op::Escalate => "escalate incidents",
+        Op::Resolve => "resolve incidents",
+        Op::Reopen => "reopen incidents",
+        Op::Note => "add notes",
+        Op::SetTestMode => "set test mode",
+        Op::Replay => "replay events",
+    }
+}
+
+fn actor(peer: &Peer) -> Actor {
+    Actor::new(peer.identity.as_str(), peer.role.as_str())
+}
+
+impl Api {
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, Status> {
+        let reader = self.reader.clone();
+        blocking(move || f(&**reader.lock().expect("reader")))
+            .await
+            .map_err(|e| internal(&e))
+    }
+
+    /// Queues a workflow action and waits until the writer committed it.
+    async fn workflow(
+        &self,
+        peer: &Peer,
+        incident_id: String,
+        expected_version: u64,
+        action: Action,
+    ) -> Result<Response<Incident>, Status> {
+        if expected_version == 0 {
+            return Err(Status::invalid_argument(
+                "expected_version is required: pass the version of the incident you saw",
+            ));
+        }
+        let (reply, rx) = oneshot::channel();
+        let job = Job::Workflow {
+            incident_id,
+            expected_version,
+            action,
+            actor: actor(peer),
+            at: SystemTime::now(),
+            reply,
+        };
+        self.jobs
+            .send(job)
+            .await
+            .map_err(|_| Status::unavailable("operations center shutting down"))?;
+        let result = rx
+            .await
+            .map_err(|_| Status::unavailable("operations center shutting down"))?;
+        match result {
+            Ok(incident) => {
+                tracing::info!(identity = %peer.identity, incident = %incident.id, version = incident.version, "api: incident changed");
+                Ok(Response::new(incident))
+            }
+            Err(e) => Err(workflow_status(e)),
+        }
+    }
+}
+
+type Stream<T> = ReceiverStream<Result<T, Status>>;
+
+#[tonic::async_trait]
+impl OpsCenter for Api {
+    type WatchIncidentsStream = Stream<FeedItem>;
+    type ReplayStream = Stream<ReplayItem>;
+
+    async fn watch_incidents(
+        &self,
+        request: Request<WatchIncidentsRequest>,
+    ) -> Result<Response<Self::WatchIncidentsStream>, Status> {
+        authorize(&request, Op::Watch)?;
+        let req = request.into_inner();
+        let cursor =
+            match req.cursor.as_str() {
+                "" => None,
+                c => Some(c.parse::<u64>().map_err(|_| {
+                    Status::invalid_argument("cursor: not one this server handed out")
+                })?),
+            };
+        let (tx, rx) = mpsc::channel(feed::CLIENT_CAPACITY);
+        let (feed, reader, shutdown) = (
+            self.feed.clone(),
+            self.reader.clone(),
+            self.shutdown.clone(),
+        );
+        tokio::spawn(async move {
+            feed.watch(reader, cursor, req.post_ids, tx, shutdown).await;
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn list_incidents(
+        &self,
+        request: Request<ListIncidentsRequest>,
+    ) -> Result<Response<ListIncidentsResponse>, Status> {
+        authorize(&request, Op::Read)?;
+        let req = request.into_inner();
+        let limit = match req.page_size as usize {
+            0 => DEFAULT_PAGE_SIZE,
+            n => n.min(MAX_PAGE_SIZE),
+        };
+        let before_number = match req.page_token.as_str() {
+            "" => None,
+            t => Some(t.parse::<u64>().map_err(|_| {
+                Status::invalid_argument("page_token: not one this server handed out")
+            })?),
+        };
+        let filter = IncidentFilter {
+            states: req.states,
+            post_ids: req.post_ids,
+            before_number,
+            // One more than asked tells whether another page exists.
+            limit: limit + 1,
+        };
+        let mut incidents = self.read(move |s| s.incidents(&filter)).await?;
+        let next_page_token = if incidents.len() > limit {
+            incidents.truncate(limit);
+            incidents
+                .last()
+                .and_then(|i| incident_number(&i.id))
+                .map(|n| n.to_string())
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(ListIncidentsResponse {
+            incidents,
+            next_page_token,
+        }))
+    }
+
+    async fn get_incident(
+        &self,
+        request: Request<GetIncidentRequest>,
+    ) -> Result<Response<IncidentDetail>, Status> {
+        authorize(&request, Op::Read)?;
+        let id = request.into_inner().incident_id;
+        let detail = self
+            .read(move |s| {
+                let Some(incident) = s.incident(&id)? else {
+                    return Ok(None);
+                };
+                Ok(Some(IncidentDetail {
+                    incident: Some(incident),
+                    events: s.incident_events(&id)?,
+                    notes: s.notes(&id)?,
+                    audit: s.audit(&id)?,
+                }))
+            })
+            .await?;
+        detail
+            .map(Response::new)
+            .ok_or_else(|| Status::not_found("no such incident"))
+    }
+
+    async fn acknowledge(
+        &self,
+        request: Request<AcknowledgeRequest>,
+    ) -> Result<Response<Incident>, Status> {
+        let peer = authorize(&request, Op::Acknowledge)?;
+        let r = request.into_inner();
+        self.workflow(
+            &peer,
+            r.incident_id,
+            r.expected_version,
+            Action::Acknowledge { note: r.note },
+        )
+        .await
+    }
+
+    async fn assign(&self, request: Request<AssignRequest>) -> Result<Response<Incident>, Status> {
+        let peer = caller(&request)?;
+        let take = request.get_ref().assignee.is_empty()
+            || request.get_ref().assignee == peer.identity.as_str();
+        let peer = authorize(&request, if take { Op::Take } else { Op::AssignOther })?;
+        let r = request.into_inner();
+        self.workflow(
+            &peer,
+            r.incident_id,
+            r.expected_version,
+            Action::Assign {
+                assignee: r.assignee,
+            },
+        )
+        .await
+    }
+
+    async fn escalate(
+        &self,
+        request: Request<EscalateRequest>,
+    ) -> Result<Response<Incident>, Status> {
+        let peer = authorize(&request, Op::Escalate)?;
+        let r = request.into_inner();
+        self.workflow(
+            &peer,
+            r.incident_id,
+            r.expected_version,
+            Action::Escalate { reason: r.reason },
+        )
+        .await
+    }
+
+    async fn resolve(
+        &self,
+        request: Request<ResolveRequest>,
+    ) -> Result<Response<Incident>, Status> {
+        let peer = authorize(&request, Op::Resolve)?;
+        let r = request.into_inner();
+        let disposition = Disposition::try_from(r.disposition)
+            .map_err(|_| Status::invalid_argument("disposition: unknown value"))?;
+        self.workflow(
+            &peer,
+            r.incident_id,
+            r.expected_version,
+            Action::Resolve {
+                disposition,
+                note: r.note,
+            },
+        )
+        .await
+    }
+
+    async fn reopen(&self, request: Request<ReopenRequest>) -> Result<Response<Incident>, Status> {
+        let peer = authorize(&request, Op::Reopen)?;
+        let r = request.into_inner();
+        self.workflow(
+            &peer,
+            r.incident_id,
+            r.expected_version,
+            Action::Reopen { reason: r.reason },
+        )
+        .await
+    }
+
+    async fn add_note(
+        &self,
+        request: Request<AddNoteRequest>,
+    ) -> Result<Response<Incident>, Status> {
+        let peer = authorize(&request, Op::Note)?;
+        let r = request.into_inner();
+        self.workflow(
+            &peer,
+            r.incident_id,
+            r.expected_version,
+            Action::AddNote { text: r.text },
+        )
+        .await
+    }
+
+    async fn list_posts(
+        &self,
+        request: Request<ListPostsRequest>,
+    ) -> Result<Response<ListPostsResponse>, Status> {
+        authorize(&request, Op::Read)?;
+        let ids = request.into_inner().post_ids;
+        let posts = self
+            .read(move |s| {
+                if ids.is_empty() {
+                    return s.posts();
+                }
+                let mut posts = Vec::new();
+                for id in &ids {
+                    posts.extend(s.post(id)?);
+                }
+                Ok(posts)
+            })
+            .await?;
+        Ok(Response::new(ListPostsResponse { posts }))
+    }
+
+    async fn set_test_mode(
+        &self,
+        request: Request<SetTestModeRequest>,
+    ) -> Result<Response<PostInfo>, Status> {
+        let peer = authorize(&request, Op::SetTestMode)?;
+        let r = request.into_inner();
+        let (reply, rx) = oneshot::channel();
+        let job = Job::TestMode {
+            post_id: r.post_id.clone(),
+            duration: Duration::from_secs(r.duration_seconds.into()),
+            reason: r.reason,
+            actor: actor(&peer),
+            at: SystemTime::now(),
+            reply,
+        };
+        let gone = || Status::unavailable("operations center shutting down");
+        self.jobs.send(job).await.map_err(|_| gone())?;
+        let until = rx.await.map_err(|_| gone())?.map_err(workflow_status)?;
+        let id = r.post_id.clone();
+        let info = self.read(move |s| s.post(&id)).await?;
+        let mut info = info.unwrap_or(PostInfo {
+            post_id: r.post_id,
+            ..Default::default()
+        });
+        info.test_mode_until = until.map(Into::into);
+        Ok(Response::new(info))
+    }
+
+    async fn replay(
+        &self,
+        request: Request<ReplayRequest>,
+    ) -> Result<Response<Self::ReplayStream>, Status> {
+        authorize(&request, Op::Replay)?;
+        let plan = replay::Plan::new(request.into_inner())?;
+        let (tx, rx) = mpsc::channel(replay::CLIENT_CAPACITY);
+        let (reader, shutdown) = (self.reader.clone(), self.shutdown.clone());
+        tokio::spawn(async move { plan.run(reader, tx, shutdown).await });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roles_are_allowed_what_the_contract_says() {
+        use Op::*;
+        let analyst = [Watch, Read, Acknowledge, Take, Note, Resolve];
+        let supervisor = [AssignOther, Escalate, Reopen, SetTestMode];
+        let all = [
+            Watch,
+            Read,
+            Acknowledge,
+            Take,
+            AssignOther,
+            Escalate,
+            Resolve,
+            Reopen,
+            Note,
+            SetTestMode,
+            Replay,
+        ];
+        for op in all {
+            assert_eq!(allowed(Role::Analyst, op), analyst.contains(&op), "{op:?}");
+            assert_eq!(
+                allowed(Role::Supervisor, op),
+                analyst.contains(&op) || supervisor.contains(&op),
+                "{op:?}"
+            );
+            assert_eq!(
+                allowed(Role::Engineer, op),
+                matches!(op, Watch | Read | Replay),
+                "{op:?}"
+            );
+            assert!(allowed(Role::Admin, op));
+            for role in [Role::Post, Role::Broker, Role::Ops] {
+                assert!(!allowed(role, op), "{role:?} {op:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_version_mismatch_carries_the_current_incident() {
+        let current = Incident {
+            id: "inc-000001".into(),
+            version: 3,
+            ..Default::default()
+        };
+        let status = workflow_status(WorkflowError::VersionMismatch {
+            current: Box::new(current.clone()),
+        });
+        assert_eq!(status.code(), Code::FailedPrecondition);
+        assert!(
+            status.message().contains("version 3"),
+            "{}",
+            status.message()
+        );
+        assert_eq!(current_incident(&status), Some(current));
+    }
+}
