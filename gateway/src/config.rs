@@ -12,7 +12,11 @@ use std::{
 use serde::Deserialize;
 use vigil_pki::TlsConfig;
 
-use crate::{dc09::Key, outbox::OutboxLimits};
+use crate::{
+    camera::push::{PushCamera, PushConfig},
+    dc09::Key,
+    outbox::OutboxLimits,
+};
 
 /// Why a config was refused.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +47,61 @@ pub struct GatewayConfig {
     pub dc09: Dc09Config,
     #[serde(default)]
     pub outbox: OutboxConfig,
+    /// The camera push endpoint; off unless configured.
+    #[serde(default)]
+    pub http: Option<HttpConfig>,
+    /// Settings shared by every camera source.
+    #[serde(default)]
+    pub camera: CameraConfig,
+}
+
+/// `[http]`: the endpoint cameras push events to (see
+/// [`crate::camera::push`]).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// TCP address of the push endpoint.
+    pub listen: SocketAddr,
+    /// Larger request bodies are refused with 413.
+    #[serde(default = "defaults::max_body")]
+    pub max_body_bytes: usize,
+    /// Most HTTP connections at once.
+    #[serde(default = "defaults::http_connections")]
+    pub max_connections: usize,
+    /// Headers and body must arrive within this many seconds.
+    #[serde(default = "defaults::request_timeout")]
+    pub request_timeout_secs: u64,
+    /// Cameras allowed to push, each with its own bearer token.
+    #[serde(default)]
+    pub cameras: Vec<HttpCameraConfig>,
+}
+
+/// `[[http.cameras]]`: a camera that pushes events over HTTP.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpCameraConfig {
+    /// Camera id, unique within the post, e.g. "cam-2".
+    pub camera: String,
+    /// Bearer token the camera sends (at least 16 characters).
+    pub token: String,
+}
+
+/// `[camera]`: settings for every camera.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CameraConfig {
+    /// A stateful detection (motion, intrusion, tamper, ...) that started
+    /// and got no stop for this long is closed with a stale STOP.
+    #[serde(default = "defaults::stale")]
+    pub stale_secs: u64,
+}
+
+impl Default for CameraConfig {
+    fn default() -> Self {
+        Self {
+            stale_secs: defaults::stale(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -155,6 +214,18 @@ mod defaults {
     pub(super) fn window_ahead() -> u64 {
         20
     }
+    pub(super) fn max_body() -> usize {
+        16 * 1024
+    }
+    pub(super) fn http_connections() -> usize {
+        64
+    }
+    pub(super) fn request_timeout() -> u64 {
+        10
+    }
+    pub(super) fn stale() -> u64 {
+        300
+    }
     pub(super) fn max_events() -> u64 {
         1_000_000
     }
@@ -214,7 +285,67 @@ impl GatewayConfig {
             return Err(invalid("dc09.max_frame_bytes", "must be at least 64"));
         }
         self.accounts()?;
+        self.push_cameras()?;
+        if self.camera.stale_secs == 0 {
+            return Err(invalid("camera.stale_secs", "must be at least 1"));
+        }
         Ok(())
+    }
+
+    /// The cameras allowed to push, checked; empty when `[http]` is off.
+    pub fn push_cameras(&self) -> Result<Vec<PushCamera>, ConfigError> {
+        let Some(http) = &self.http else {
+            return Ok(Vec::new());
+        };
+        if http.max_connections == 0 {
+            return Err(invalid("http.max_connections", "must be at least 1"));
+        }
+        if http.max_body_bytes < 256 {
+            return Err(invalid("http.max_body_bytes", "must be at least 256"));
+        }
+        if http.request_timeout_secs == 0 {
+            return Err(invalid("http.request_timeout_secs", "must be at least 1"));
+        }
+        let mut cameras = HashSet::new();
+        let mut tokens = HashSet::new();
+        http.cameras
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let key_name = |field: &str| format!("http.cameras[{i}].{field}");
+                check_camera_id(&c.camera).map_err(|r| invalid(key_name("camera"), r))?;
+                if !cameras.insert(c.camera.as_str()) {
+                    return Err(invalid(
+                        key_name("camera"),
+                        format!("{} is configured twice", c.camera),
+                    ));
+                }
+                if c.token.chars().count() < 16 || c.token.trim() != c.token {
+                    return Err(invalid(
+                        key_name("token"),
+                        "must be at least 16 characters, without surrounding spaces",
+                    ));
+                }
+                if !tokens.insert(c.token.as_str()) {
+                    return Err(invalid(key_name("token"), "is the token of another camera"));
+                }
+                Ok(PushCamera {
+                    camera: c.camera.clone(),
+                    token: c.token.clone(),
+                })
+            })
+            .collect()
+    }
+
+    /// The push endpoint's settings, when `[http]` is configured.
+    pub fn push_config(&self) -> Result<Option<PushConfig>, ConfigError> {
+        let cameras = self.push_cameras()?;
+        Ok(self.http.as_ref().map(|http| PushConfig {
+            cameras,
+            max_body_bytes: http.max_body_bytes,
+            max_connections: http.max_connections,
+            request_timeout: Duration::from_secs(http.request_timeout_secs),
+        }))
     }
 
     /// `(host, port)` of `mqtt.server`.
@@ -284,6 +415,23 @@ impl GatewayConfig {
     }
 }
 
+/// Camera ids follow the identity rule: `[a-z0-9][a-z0-9-]{0,62}`.
+fn check_camera_id(id: &str) -> Result<(), String> {
+    let ok = !id.is_empty()
+        && id.len() <= 63
+        && !id.starts_with('-')
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{id:?} must be 1 to 63 of a-z, 0-9 and '-', not starting with '-'"
+        ))
+    }
+}
+
 /// " at line L: <that line>" for a TOML error span, so the message names
 /// the key even when the parser's own message does not.
 fn location(text: &str, span: Option<std::ops::Range<usize>>) -> String {
@@ -344,6 +492,25 @@ max_events = 1000000
 max_bytes = 1073741824
 # Largest the database file may grow (0 = no limit but the disk).
 max_db_bytes = 0
+
+[camera]
+# A camera detection that started (motion, intrusion, tamper, video loss,
+# scene change) and got no stop for this long is closed with a stale stop.
+stale_secs = 300
+
+# Camera HTTP push endpoint, off unless this table is present. Cameras
+# POST JSON events to http://HOST:PORT/v1/camera-events with
+# "Authorization: Bearer <token>" (see docs/cameras.md).
+# [http]
+# listen = "0.0.0.0:8080"
+# max_body_bytes = 16384
+# max_connections = 64
+# request_timeout_secs = 10
+#
+# One table per pushing camera; each has its own token (16+ characters).
+# [[http.cameras]]
+# camera = "cam-2"
+# token = "change-me-to-a-long-random-token"
 "#;
 
 #[cfg(test)]
@@ -363,6 +530,68 @@ mod tests {
         assert_eq!(config.dc09.listen.port(), 7000);
         assert_eq!(config.accounts().unwrap()[0].account, "1234");
         assert!(config.data_dir.ends_with("data") && config.data_dir.is_absolute());
+        assert!(config.http.is_none(), "the push endpoint is off by default");
+        assert_eq!(config.camera.stale_secs, 300);
+    }
+
+    /// The default config with its commented camera sections switched on.
+    fn with_cameras() -> String {
+        DEFAULT_CONFIG
+            .lines()
+            .map(|l| match l.strip_prefix("# ") {
+                Some(rest)
+                    if rest.starts_with('[')
+                        || ["listen", "max_", "request_", "camera", "token"]
+                            .iter()
+                            .any(|k| rest.starts_with(k)) =>
+                {
+                    rest
+                }
+                _ => l,
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    #[test]
+    fn default_camera_sections_are_valid_when_enabled() {
+        let config = parse(&with_cameras()).unwrap();
+        let push = config.push_config().unwrap().unwrap();
+        assert_eq!(config.http.as_ref().unwrap().listen.port(), 8080);
+        assert_eq!(push.cameras.len(), 1);
+        assert_eq!(push.cameras[0].camera, "cam-2");
+        assert_eq!(push.max_body_bytes, 16384);
+    }
+
+    #[test]
+    fn camera_mistakes_name_their_key() {
+        let with = |from: &str, to: &str| with_cameras().replacen(from, to, 1);
+        let cases = [
+            (
+                with("camera = \"cam-2\"", "camera = \"Cam 2\""),
+                "http.cameras[0].camera",
+            ),
+            (
+                with("change-me-to-a-long-random-token", "short"),
+                "http.cameras[0].token",
+            ),
+            (
+                with("max_body_bytes = 16384", "max_body_bytes = 10"),
+                "http.max_body_bytes",
+            ),
+            (
+                with("stale_secs = 300", "stale_secs = 0"),
+                "camera.stale_secs",
+            ),
+        ];
+        for (text, expected) in cases {
+            let err = parse(&text).unwrap_err().to_string();
+            assert!(err.contains(expected), "{expected}: {err}");
+        }
+        let twice = with_cameras()
+            + "\n[[http.cameras]]\ncamera = \"cam-2\"\ntoken = \"another-long-token-value\"\n";
+        let err = parse(&twice).unwrap_err().to_string();
+        assert!(err.contains("configured twice"), "{err}");
     }
 
     #[test]

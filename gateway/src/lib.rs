@@ -13,8 +13,12 @@
 //!   ACK/NAK/DUH decision for each frame.
 //! - [`supervision`]: panel silence and storage faults as health events.
 //! - [`outbox`]: the durable outbox (SQLite, group commit, gap-free seqs).
+//! - [`camera`]: camera events (ONVIF topics, HTTP push) to
+//!   `vigil.v1.Event`s through one table, the stale-state timer, and the
+//!   HTTP push endpoint.
 //! - [`simulator`]: a DC-09 dialler that behaves like an alarm panel.
 
+pub mod camera;
 pub mod config;
 pub mod dc09;
 pub mod outbox;
@@ -55,13 +59,24 @@ pub enum GatewayError {
 pub struct Listeners {
     pub dc09_tcp: TcpListener,
     pub dc09_udp: UdpSocket,
+    /// The camera push endpoint; `None` leaves it off.
+    pub camera_http: Option<TcpListener>,
 }
 
 impl Listeners {
-    /// Binds the DC-09 TCP and UDP listeners on `config.dc09.listen`.
+    /// Binds the DC-09 TCP and UDP listeners on `config.dc09.listen`, and
+    /// the camera push endpoint on `config.http.listen` when configured.
     pub async fn bind(config: &GatewayConfig) -> std::io::Result<Self> {
         let (dc09_tcp, dc09_udp) = receiver::bind(config.dc09.listen).await?;
-        Ok(Self { dc09_tcp, dc09_udp })
+        let camera_http = match &config.http {
+            Some(http) => Some(TcpListener::bind(http.listen).await?),
+            None => None,
+        };
+        Ok(Self {
+            dc09_tcp,
+            dc09_udp,
+            camera_http,
+        })
     }
 }
 
@@ -71,6 +86,7 @@ pub struct Metrics {
     pub dc09: Arc<receiver::Dc09Metrics>,
     pub publisher: Arc<publisher::PublisherMetrics>,
     pub outbox: Arc<OutboxGauges>,
+    pub camera_push: Arc<camera::push::PushMetrics>,
 }
 
 /// The outbox's counters, mirrored as they change.
@@ -101,8 +117,8 @@ impl OutboxGauges {
     }
 }
 
-/// Runs the gateway until `shutdown`: DC-09 receiver, supervision and
-/// publisher, over one outbox in `config.data_dir`. Returns once every part
+/// Runs the gateway until `shutdown`: DC-09 receiver, supervision, camera
+/// inputs and publisher, over one outbox in `config.data_dir`. Returns once every part
 /// has stopped; frames being handled get their answer first.
 pub async fn run(
     config: GatewayConfig,
@@ -117,6 +133,7 @@ pub async fn run(
     }
     let post_id = peer.identity.as_str().to_owned();
     let accounts = config.accounts()?;
+    let push_config = config.push_config()?;
     let (host, port) = config.mqtt_address()?;
     std::fs::create_dir_all(&config.data_dir).map_err(|source| GatewayError::DataDir {
         path: config.data_dir.clone(),
@@ -175,6 +192,20 @@ pub async fn run(
         limits,
         shutdown.clone(),
     ));
+    let cameras = camera::CameraInput::new(
+        outbox.clone(),
+        Duration::from_secs(config.camera.stale_secs),
+    );
+    tracker.spawn(cameras.clone().run_stale_timer(shutdown.clone()));
+    if let (Some(push_config), Some(listener)) = (push_config, listeners.camera_http) {
+        tracker.spawn(camera::push::serve(
+            listener,
+            push_config,
+            cameras,
+            metrics.camera_push.clone(),
+            shutdown.clone(),
+        ));
+    }
     let publisher_config = publisher::PublisherConfig {
         host,
         port,
