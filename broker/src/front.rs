@@ -13,7 +13,7 @@
 //! waits for a slot within its own handshake timeout). Accept errors such as
 //! EMFILE are logged, counted and backed off, never fatal.
 
-use std::{io, sync::Arc, time::Duration};
+use std::{io, sync::Arc};
 
 use tokio::{
     net::{TcpListener, TcpStream},
@@ -28,10 +28,6 @@ use crate::{
     metrics::Reject,
     relay::{self, RelayContext},
 };
-
-/// First pause after a failed `accept`; doubles up to `MAX_BACKOFF`.
-const MIN_BACKOFF: Duration = Duration::from_millis(5);
-const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
 /// Everything a connection task shares with the others.
 pub(crate) struct Front {
@@ -62,35 +58,9 @@ impl Front {
         tracker: TaskTracker,
     ) {
         let metrics = &self.relay.metrics;
-        let mut backoff = MIN_BACKOFF;
-        loop {
-            let accepted = tokio::select! {
-                () = shutdown.cancelled() => break,
-                r = listener.accept() => r,
-            };
-            let (tcp, addr) = match accepted {
-                Ok(pair) => {
-                    backoff = MIN_BACKOFF;
-                    pair
-                }
-                // The connection died in the backlog: nothing to back off from.
-                Err(e) if is_connection_error(&e) => {
-                    debug!(error = %e, "accept: connection error");
-                    continue;
-                }
-                Err(e) => {
-                    // EMFILE, ENFILE, ENOBUFS, ENOMEM…: resources may come
-                    // back as connections close.
-                    metrics.accept_error();
-                    warn!(error = %e, ?backoff, "accept failed; backing off");
-                    tokio::select! {
-                        () = shutdown.cancelled() => break,
-                        () = tokio::time::sleep(backoff) => {}
-                    }
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
-                    continue;
-                }
-            };
+        while let Some((tcp, addr)) =
+            vigil_pki::accept::accept(&listener, &shutdown, |_| metrics.accept_error()).await
+        {
             metrics.accepted();
             let Ok(permit) = self.connections.clone().try_acquire_owned() else {
                 metrics.reject(Reject::Capacity);
@@ -174,16 +144,6 @@ impl Front {
         debug!("authenticated");
         relay::run(tls, peer, &self.relay, shutdown).await;
     }
-}
-
-/// Errors that concern one pending connection, not the listener.
-fn is_connection_error(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::ConnectionRefused
-            | io::ErrorKind::ConnectionAborted
-            | io::ErrorKind::ConnectionReset
-    )
 }
 
 /// Maps a failed handshake to a counted reason.

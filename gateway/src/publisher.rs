@@ -25,8 +25,8 @@ use std::{
 
 use bytes::Bytes;
 use rumqttc::{
-    AsyncClient, ConnectionError, Event as MqttEvent, EventLoop, LastWill, MqttOptions, Packet,
-    QoS, TlsConfiguration, Transport,
+    AsyncClient, Event as MqttEvent, EventLoop, LastWill, MqttOptions, Packet, QoS,
+    TlsConfiguration, Transport,
 };
 use time::OffsetDateTime;
 use tokio::{sync::mpsc, time::Instant};
@@ -203,7 +203,7 @@ async fn drive(
             Ok(_) => continue,
             Err(e) => {
                 metrics.disconnects.fetch_add(1, Ordering::Relaxed);
-                let reason = describe(&e);
+                let reason = e.to_string();
                 if notices.send(Notice::Disconnected(reason)).await.is_err() {
                     return;
                 }
@@ -219,10 +219,6 @@ async fn drive(
             return;
         }
     }
-}
-
-fn describe(e: &ConnectionError) -> String {
-    e.to_string()
 }
 
 struct Publisher {

@@ -48,8 +48,8 @@ use crate::{
 const MAX_UDP_IN_FLIGHT: usize = 256;
 /// Largest UDP datagram read.
 const UDP_BUFFER: usize = 8 * 1024;
-/// Pause after an accept error (EMFILE and the like) before accepting again.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// Pause after a UDP receive error before receiving again.
+const UDP_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Counters of the receiver.
 #[derive(Debug, Default)]
@@ -230,19 +230,7 @@ pub async fn serve(
     info!(listen = ?addr, "DC-09 receiver listening (TCP and UDP)");
     tracker.spawn(serve_udp(receiver.clone(), udp, shutdown.clone()));
     let connections = Arc::new(Semaphore::new(limits.max_connections));
-    loop {
-        let (stream, peer) = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            accepted = tcp.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    // Transient (EMFILE, ECONNABORTED, …): back off, keep serving.
-                    warn!(error = %e, "accept failed");
-                    tokio::time::sleep(ACCEPT_BACKOFF).await;
-                    continue;
-                }
-            },
-        };
+    while let Some((stream, peer)) = vigil_pki::accept::accept(&tcp, &shutdown, |_| {}).await {
         let Ok(permit) = connections.clone().try_acquire_owned() else {
             bump(&receiver.metrics.tcp_refused_busy);
             warn!(%peer, "too many panel connections: closing");
@@ -337,7 +325,7 @@ async fn serve_udp(receiver: Arc<Receiver>, udp: UdpSocket, shutdown: Cancellati
                 Ok(got) => got,
                 Err(e) => {
                     warn!(error = %e, "UDP receive failed");
-                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    tokio::time::sleep(UDP_ERROR_BACKOFF).await;
                     continue;
                 }
             },

@@ -9,9 +9,12 @@
 //! Layout:
 //! - [`identity`]: identities, roles, and reading them from a peer certificate.
 //! - [`authority`]: the CA on disk: `init`, `issue`, `revoke` (rcgen, ECDSA P-256).
+//! - [`accept`]: the accept loop policy every Vigil server shares (skip
+//!   per-connection errors, back off on resource errors, stop on shutdown).
 //! - [`tls`]: the `[tls]` config table and building rustls server and client
 //!   configs from it, with CRL checks.
 
+pub mod accept;
 pub mod authority;
 pub mod identity;
 pub mod tls;

@@ -67,8 +67,6 @@ pub const PATH: &str = "/v1/camera-events";
 pub const MAX_FIELD_CHARS: usize = 256;
 /// Most attributes on one event.
 pub const MAX_ATTRIBUTES: usize = 32;
-/// How long a connection waits after a transient accept error.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// A camera allowed to push, with its bearer token.
 #[derive(Debug, Clone)]
@@ -130,17 +128,9 @@ pub async fn serve(
                 Err(_) => break,
             },
         };
-        let (stream, peer) = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            r = listener.accept() => match r {
-                Ok(r) => r,
-                Err(e) => {
-                    // Resets and EMFILE are transient: back off, keep serving.
-                    warn!(error = %e, "camera push accept failed");
-                    tokio::time::sleep(ACCEPT_BACKOFF).await;
-                    continue;
-                }
-            },
+        let Some((stream, peer)) = vigil_pki::accept::accept(&listener, &shutdown, |_| {}).await
+        else {
+            break;
         };
         let handler = handler.clone();
         let shutdown = shutdown.clone();

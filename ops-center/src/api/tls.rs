@@ -25,7 +25,7 @@ use tokio::{
 use tokio_rustls::{TlsAcceptor, server::TlsStream};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::transport::server::Connected;
-use tracing::{Instrument, debug, info, info_span, warn};
+use tracing::{Instrument, debug, info, info_span};
 use vigil_pki::Peer;
 
 /// From accept to finished TLS handshake.
@@ -36,9 +36,6 @@ pub const MAX_HANDSHAKES: usize = 64;
 /// Finished connections waiting for tonic to pick them up. When full, the
 /// handshake tasks wait (tonic takes connections as fast as it can).
 pub const ACCEPTED_CAPACITY: usize = 32;
-/// First pause after a failed `accept`; doubles up to `MAX_BACKOFF`.
-const MIN_BACKOFF: Duration = Duration::from_millis(5);
-const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
 /// What the service learns about the caller from its connection.
 #[derive(Debug, Clone)]
@@ -112,33 +109,8 @@ pub fn incoming(
     let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
     let inner = tracker.clone();
     tracker.spawn(async move {
-        let mut backoff = MIN_BACKOFF;
-        loop {
-            let accepted = tokio::select! {
-                () = shutdown.cancelled() => break,
-                r = listener.accept() => r,
-            };
-            let (tcp, addr) = match accepted {
-                Ok(pair) => {
-                    backoff = MIN_BACKOFF;
-                    pair
-                }
-                Err(e) if is_connection_error(&e) => {
-                    debug!(error = %e, "api accept: connection error");
-                    continue;
-                }
-                Err(e) => {
-                    // EMFILE and friends: resources may come back as
-                    // connections close.
-                    warn!(error = %e, ?backoff, "api accept failed; backing off");
-                    tokio::select! {
-                        () = shutdown.cancelled() => break,
-                        () = tokio::time::sleep(backoff) => {}
-                    }
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
-                    continue;
-                }
-            };
+        while let Some((tcp, addr)) = vigil_pki::accept::accept(&listener, &shutdown, |_| {}).await
+        {
             let span = info_span!("api_conn", peer.addr = %addr);
             let (acceptor, tx, handshakes, cancel) = (
                 acceptor.clone(),
@@ -193,14 +165,4 @@ pub fn incoming(
         debug!("api stopped accepting");
     });
     rx
-}
-
-/// Errors that concern one pending connection, not the listener.
-fn is_connection_error(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::ConnectionRefused
-            | io::ErrorKind::ConnectionAborted
-            | io::ErrorKind::ConnectionReset
-    )
 }
