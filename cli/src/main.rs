@@ -8,10 +8,12 @@
 //! - [`gateway`]: `vigil gateway --config FILE`.
 //! - [`ops`]: `vigil ops --config FILE`.
 //! - [`config`]: `vigil config default broker|gateway|ops`.
+//! - [`dev`]: `vigil dev`, a whole region on loopback in one process.
 //! - [`signals`]: the SIGINT/SIGTERM future daemons stop on.
 
 mod broker;
 mod config;
+mod dev;
 mod gateway;
 mod ops;
 mod pki;
@@ -56,6 +58,9 @@ enum Command {
     /// Config files: print defaults.
     #[command(subcommand)]
     Config(config::ConfigCommand),
+    /// Run a whole region on loopback: PKI, broker, ops center, simulated
+    /// posts, and the live incident feed in this terminal.
+    Dev(dev::DevArgs),
     /// Simulate devices: `vigil simulate panel` dials a DC-09 receiver.
     #[command(subcommand)]
     Simulate(simulate::SimulateCommand),
@@ -63,7 +68,13 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(cli.log_format);
+    // `vigil dev` prints the incident feed on the terminal; only warnings
+    // and errors share it unless RUST_LOG asks for more.
+    let default_filter = match cli.command {
+        Command::Dev(_) => "warn,rumqttd=off",
+        _ => "info,rumqttd=off",
+    };
+    init_tracing(cli.log_format, default_filter);
     vigil_pki::install_crypto_provider();
 
     let result = match cli.command {
@@ -72,6 +83,7 @@ fn main() -> ExitCode {
         Command::Gateway(args) => gateway::run(&args),
         Command::Ops(args) => ops::run(&args),
         Command::Config(cmd) => config::run(&cmd),
+        Command::Dev(args) => dev::run(&args),
         Command::Simulate(cmd) => simulate::run(cmd),
     };
     match result {
@@ -99,13 +111,13 @@ impl std::fmt::Display for Usage {
 
 impl std::error::Error for Usage {}
 
-fn init_tracing(format: LogFormat) {
+fn init_tracing(format: LogFormat, default_filter: &str) {
     use tracing_subscriber::{EnvFilter, fmt};
     // The embedded MQTT router (rumqttd) logs routine disconnects at error
     // level; it is off unless asked for (RUST_LOG=info,rumqttd=info). The
     // broker front logs and counts everything that concerns clients.
     let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,rumqttd=off"));
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),

@@ -266,7 +266,7 @@ fn summary_json(summary: &Summary) -> String {
 }
 
 /// Parses `1500ms`, `30s`, `5m`, `2h` or a bare number of seconds.
-fn parse_duration(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))

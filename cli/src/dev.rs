@@ -1,0 +1,630 @@
+//! `vigil dev`: a whole region on loopback in one process, for a first look
+//! and for demonstrations.
+//!
+//! It creates (or reuses) a PKI under `DIR/pki`, writes a config file for
+//! every part under `DIR` (the same files `vigil broker|ops|gateway --config`
+//! take), and starts the broker, the operations center and a few posts.
+//! Each post is a real gateway fed over DC-09 by a simulated panel and over
+//! HTTP by simulated cameras; a camera that watches a zone in alarm reports
+//! motion there, so some incidents become verified. The live incident feed
+//! is read back over the gRPC API with the analyst certificate, exactly as
+//! `vigil watch` does, and printed on stdout. Logs go to stderr.
+
+use std::{
+    fmt::Write as _,
+    io::Write as _,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+    sync::mpsc,
+};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity as TlsIdentity};
+use vigil_gateway::{
+    dc09::{Key, Message},
+    simulator::{Panel, PanelConfig, Scenario},
+};
+use vigil_pki::{Identity, Role, authority};
+use vigil_proto::v1::{
+    AuditAction, FeedItem, Incident, IncidentState, WatchIncidentsRequest, feed_item::Item,
+    ops_center_client::OpsCenterClient,
+};
+
+use crate::Usage;
+
+/// Validity of the certificates `vigil dev` issues.
+const CERT_DAYS: u32 = 365;
+/// Most simulated posts.
+const MAX_POSTS: u16 = 50;
+/// How long every part gets to stop after Ctrl-C.
+const STOP_GRACE: Duration = Duration::from_secs(15);
+/// Zone alarms waiting for a camera to look; a full queue drops the
+/// detection (it is a demonstration, not a sensor).
+const CAMERA_QUEUE: usize = 16;
+/// Zones each simulated camera watches: cam-1 zones 1-8, cam-2 zones 9-16
+/// (the simulated panels report burglary in zones 1-16).
+const ZONES_PER_CAMERA: u32 = 8;
+const CAMERAS: u32 = 2;
+/// Pause before a dropped feed is opened again.
+const FEED_RETRY: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Args)]
+pub(crate) struct DevArgs {
+    /// Folder for the PKI, the config files and all data; reused when it
+    /// exists.
+    #[arg(long, value_name = "DIR", default_value = "vigil-dev")]
+    dir: PathBuf,
+    /// Number of simulated posts (p-001, p-002, ...).
+    #[arg(long, default_value_t = 3)]
+    posts: u16,
+    /// Address of the operations center's gRPC API.
+    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:50051")]
+    api: SocketAddr,
+    /// Address of the MQTT broker (port 0 picks a free one).
+    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:0")]
+    broker: SocketAddr,
+    /// Average time between two messages of one panel (e.g. 500ms, 4s).
+    #[arg(long, value_parser = crate::simulate::parse_duration, default_value = "4s")]
+    interval: Duration,
+}
+
+/// What every part of the region was given, for the banner.
+#[derive(Debug)]
+struct PostInfo {
+    id: String,
+    account: String,
+    encrypted: bool,
+    dc09: SocketAddr,
+    push: SocketAddr,
+}
+
+pub(crate) fn run(args: &DevArgs) -> Result<()> {
+    if args.posts == 0 || args.posts > MAX_POSTS {
+        return Err(Usage(format!("--posts must be 1 to {MAX_POSTS}")).into());
+    }
+    if args.interval < Duration::from_millis(50) {
+        return Err(Usage("--interval must be at least 50ms".into()).into());
+    }
+    if !args.api.ip().is_loopback() || !args.broker.ip().is_loopback() {
+        return Err(Usage(
+            "vigil dev serves on loopback only: --api and --broker take 127.x.x.x addresses".into(),
+        )
+        .into());
+    }
+    std::fs::create_dir_all(&args.dir)
+        .with_context(|| format!("creating {}", args.dir.display()))?;
+    let dir = args
+        .dir
+        .canonicalize()
+        .with_context(|| format!("opening {}", args.dir.display()))?;
+    let posts: Vec<String> = (1..=args.posts).map(|i| format!("p-{i:03}")).collect();
+    let fresh = prepare_pki(&dir.join("pki"), &posts)?;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(run_region(args, &dir, &posts, fresh))?;
+    // The embedded router's threads have no shutdown of their own.
+    runtime.shutdown_background();
+    Ok(())
+}
+
+/// Creates the CA on first use and issues whatever certificate is missing.
+/// Returns whether the CA is new.
+fn prepare_pki(pki: &Path, posts: &[String]) -> Result<bool> {
+    let fresh = !pki.join("ca.pem").exists();
+    if fresh {
+        authority::init(pki, "Vigil dev region CA").context("creating the dev CA")?;
+    }
+    let loopback = ["localhost".to_owned(), "127.0.0.1".to_owned()];
+    let mut wanted: Vec<(Role, &str, &[String])> = vec![
+        (Role::Broker, "broker", &loopback),
+        (Role::Ops, "ops", &loopback),
+        (Role::Analyst, "analyst", &[]),
+        (Role::Supervisor, "supervisor", &[]),
+        (Role::Engineer, "engineer", &[]),
+    ];
+    wanted.extend(posts.iter().map(|p| (Role::Post, p.as_str(), &[][..])));
+    for (role, id, sans) in wanted {
+        if pki.join(format!("{id}.pem")).exists() && pki.join(format!("{id}.key")).exists() {
+            continue;
+        }
+        let identity = Identity::new(id).context("identity")?;
+        authority::issue(pki, role, &identity, sans, CERT_DAYS, false)
+            .with_context(|| format!("issuing the {role} certificate {id}"))?;
+    }
+    Ok(fresh)
+}
+
+fn tls_table(id: &str) -> String {
+    format!(
+        "[tls]\nca = \"pki/ca.pem\"\ncert = \"pki/{id}.pem\"\nkey = \"pki/{id}.key\"\ncrl = \"pki/crl.pem\"\n"
+    )
+}
+
+fn write_config(dir: &Path, name: &str, text: &str) -> Result<PathBuf> {
+    let path = dir.join(name);
+    std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
+}
+
+/// The panel account of the `i`th post (from 0), and its AES key when the
+/// panel encrypts (every other one does, to show both).
+fn panel_of(i: usize) -> (String, Option<String>) {
+    let account = format!("{}", 1001 + i);
+    let key = (i % 2 == 1).then(|| {
+        let mut key = [0u8; 16];
+        rand::fill(&mut key);
+        hex::encode(key)
+    });
+    (account, key)
+}
+
+/// The bearer token of a simulated camera: fixed per post and camera, so a
+/// reused folder's config stays the same.
+fn camera_token(post: &str, camera: u32) -> String {
+    format!("dev-token-{post}-cam-{camera}-0123456789")
+}
+
+fn camera_for_zone(zone: u32) -> Option<u32> {
+    (1..=ZONES_PER_CAMERA * CAMERAS)
+        .contains(&zone)
+        .then(|| (zone - 1) / ZONES_PER_CAMERA + 1)
+}
+
+async fn run_region(args: &DevArgs, dir: &Path, posts: &[String], fresh: bool) -> Result<()> {
+    let signal = crate::signals::shutdown_signal();
+    let shutdown = CancellationToken::new();
+    let tracker = TaskTracker::new();
+
+    // Broker.
+    let broker_listener = TcpListener::bind(args.broker)
+        .await
+        .with_context(|| format!("broker: cannot listen on {}", args.broker))?;
+    let broker_addr = broker_listener.local_addr()?;
+    let path = write_config(
+        dir,
+        "broker.toml",
+        &format!(
+            "# Written by `vigil dev` at every start.\nlisten = \"{broker_addr}\"\n{}",
+            tls_table("broker")
+        ),
+    )?;
+    let config = vigil_broker::BrokerConfig::load(&path).map_err(|e| Usage(e.to_string()))?;
+    let broker = vigil_broker::Broker::start(&config, broker_listener, shutdown.child_token())
+        .await
+        .context("starting the broker")?;
+    tracker.spawn(broker.wait());
+
+    // Operations center.
+    let api_listener = TcpListener::bind(args.api).await.map_err(|e| {
+        Usage(format!(
+            "api: cannot listen on {}: {e} (another `vigil dev` running? choose one with --api)",
+            args.api
+        ))
+    })?;
+    let api_addr = api_listener.local_addr()?;
+    let mut zones = String::new();
+    for post in posts {
+        for cam in 1..=CAMERAS {
+            for zone in (cam - 1) * ZONES_PER_CAMERA + 1..=cam * ZONES_PER_CAMERA {
+                let _ = write!(
+                    zones,
+                    "\n[[engine.zone_cameras]]\npost = \"{post}\"\nzone = {zone}\ncameras = [\"cam-{cam}\"]\n"
+                );
+            }
+        }
+    }
+    let path = write_config(
+        dir,
+        "ops.toml",
+        &format!(
+            "# Written by `vigil dev` at every start.\ndata_dir = \"data/ops\"\n{}\n[mqtt]\nserver = \"{broker_addr}\"\n\n[api]\nlisten = \"{api_addr}\"\n{zones}",
+            tls_table("ops")
+        ),
+    )?;
+    let ops_config = vigil_ops::config::OpsConfig::load(&path).map_err(|e| Usage(e.to_string()))?;
+    let ops_tls = ops_config.tls.load().context("ops-center certificate")?;
+    let (store, engine) = vigil_ops::open(&ops_config).context("opening the ops-center store")?;
+    let ops_metrics = Arc::new(vigil_ops::metrics::Metrics::default());
+    tracker.spawn({
+        let stop = shutdown.child_token();
+        async move {
+            if let Err(e) = vigil_ops::run_with_api(
+                ops_config,
+                Box::new(store),
+                engine,
+                &ops_tls,
+                ops_metrics,
+                api_listener,
+                stop,
+            )
+            .await
+            {
+                tracing::error!("operations center stopped: {e}");
+            }
+        }
+    });
+
+    // Posts: a gateway each, with its panel and cameras.
+    let mut infos = Vec::new();
+    for (i, post) in posts.iter().enumerate() {
+        let (account, key) = panel_of(i);
+        let mut text = format!(
+            "# Written by `vigil dev` at every start.\ndata_dir = \"data/{post}\"\n{}\n[mqtt]\nserver = \"{broker_addr}\"\n\n[dc09]\nlisten = \"127.0.0.1:0\"\n\n[[dc09.accounts]]\naccount = \"{account}\"\n",
+            tls_table(post)
+        );
+        if let Some(key) = &key {
+            let _ = writeln!(text, "key = \"{key}\"");
+        }
+        text.push_str("\n[http]\nlisten = \"127.0.0.1:0\"\n");
+        for cam in 1..=CAMERAS {
+            let _ = write!(
+                text,
+                "\n[[http.cameras]]\ncamera = \"cam-{cam}\"\ntoken = \"{}\"\n",
+                camera_token(post, cam)
+            );
+        }
+        let path = write_config(dir, &format!("{post}.toml"), &text)?;
+        let config = vigil_gateway::GatewayConfig::load(&path).map_err(|e| Usage(e.to_string()))?;
+        let tls = config.tls.load().context("post certificate")?;
+        let listeners = vigil_gateway::Listeners::bind(&config)
+            .await
+            .context("binding the gateway's listeners")?;
+        let dc09 = listeners.dc09_tcp.local_addr()?;
+        let push = listeners
+            .camera_http
+            .as_ref()
+            .context("camera push listener")?
+            .local_addr()?;
+        tracker.spawn({
+            let stop = shutdown.child_token();
+            let post = post.clone();
+            async move {
+                let metrics = Arc::new(vigil_gateway::Metrics::default());
+                if let Err(e) = vigil_gateway::run(config, tls, listeners, metrics, stop).await {
+                    tracing::error!(%post, "gateway stopped: {e}");
+                }
+            }
+        });
+
+        let (zones_tx, zones_rx) = mpsc::channel(CAMERA_QUEUE);
+        let key = key
+            .map(|k| Key::from_hex(&k))
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("panel key: {e}"))?;
+        let mut panel = PanelConfig::new(dc09.to_string(), account.clone());
+        panel.key = key;
+        panel.interval = args.interval;
+        panel.record_outcomes = false;
+        let scenario = Scenario::for_panel(&panel);
+        let panel = Panel::with_messages(
+            panel,
+            WatchedScenario {
+                inner: scenario,
+                zones: zones_tx,
+            },
+        )?;
+        tracker.spawn({
+            let stop = shutdown.child_token();
+            let post = post.clone();
+            async move {
+                if let Err(e) = panel.run(stop).await {
+                    tracing::error!(%post, "panel stopped: {e}");
+                }
+            }
+        });
+        tracker.spawn(cameras(
+            post.clone(),
+            push,
+            zones_rx,
+            shutdown.child_token(),
+        ));
+        infos.push(PostInfo {
+            id: post.clone(),
+            account,
+            encrypted: i % 2 == 1,
+            dc09,
+            push,
+        });
+    }
+
+    print_banner(dir, fresh, broker_addr, api_addr, &infos);
+    tracker.spawn(feed(dir.join("pki"), api_addr, shutdown.child_token()));
+    tracker.close();
+
+    tokio::select! {
+        () = signal => {}
+        () = tracker.wait() => bail!("the region stopped by itself; see the log above"),
+    }
+    println!("\nstopping (Ctrl-C again to force)...");
+    shutdown.cancel();
+    tokio::select! {
+        () = tracker.wait() => {}
+        () = tokio::time::sleep(STOP_GRACE) => bail!("parts did not stop within {STOP_GRACE:?}"),
+        () = crate::signals::shutdown_signal() => bail!("forced stop"),
+    }
+    println!("stopped; data kept in {}", dir.display());
+    Ok(())
+}
+
+fn print_banner(dir: &Path, fresh: bool, broker: SocketAddr, api: SocketAddr, posts: &[PostInfo]) {
+    let pki = dir.join("pki");
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "Vigil dev region in {} ({})",
+        dir.display(),
+        if fresh {
+            "new PKI"
+        } else {
+            "reusing its PKI and data"
+        }
+    );
+    let _ = writeln!(out, "  broker      mqtts://{broker}  (config broker.toml)");
+    let _ = writeln!(
+        out,
+        "  ops center  gRPC {api}  (config ops.toml, data in data/ops)"
+    );
+    for p in posts {
+        let _ = writeln!(
+            out,
+            "  post {}  panel account {} ({}) -> DC-09 {}, cameras cam-1..cam-{CAMERAS} -> HTTP {}",
+            p.id,
+            p.account,
+            if p.encrypted { "AES" } else { "clear" },
+            p.dc09,
+            p.push
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\nIn another terminal, as the analyst:\n  export VIGIL_SERVER={api} VIGIL_CA={ca} VIGIL_CERT={cert} VIGIL_KEY={key}\n  vigil watch              # the live feed\n  vigil incidents          # open incidents\n  vigil ack INCIDENT       # take one\n(supervisor.pem and engineer.pem in {pki} carry the other roles.)\nCtrl-C stops everything; the folder is reused next time.\n\nLive incident feed:",
+        ca = pki.join("ca.pem").display(),
+        cert = pki.join("analyst.pem").display(),
+        key = pki.join("analyst.key").display(),
+        pki = pki.display(),
+    );
+    print!("{out}");
+    let _ = std::io::stdout().flush();
+}
+
+/// The panel's scenario, telling the post's cameras which zones go into
+/// burglary alarm.
+struct WatchedScenario {
+    inner: Scenario,
+    zones: mpsc::Sender<u32>,
+}
+
+impl Iterator for WatchedScenario {
+    type Item = Message;
+
+    fn next(&mut self) -> Option<Message> {
+        let msg = self.inner.next()?;
+        if let Some(zone) = burglary_zone(&msg.data) {
+            // A full queue drops the detection; see CAMERA_QUEUE.
+            let _ = self.zones.try_send(zone);
+        }
+        Some(msg)
+    }
+}
+
+/// The zone of a new SIA burglary alarm (`#acct|Nri1/BA005`).
+fn burglary_zone(data: &str) -> Option<u32> {
+    let payload = data.split_once('|')?.1;
+    let (_, code) = payload.split_once('/')?;
+    code.strip_prefix("BA")?.parse().ok()
+}
+
+/// The post's cameras: shortly after a zone they watch goes into alarm, the
+/// camera reports motion there, then its end.
+async fn cameras(
+    post: String,
+    push: SocketAddr,
+    mut zones: mpsc::Receiver<u32>,
+    stop: CancellationToken,
+) {
+    let mut n = 0u64;
+    loop {
+        let zone = tokio::select! {
+            () = stop.cancelled() => return,
+            zone = zones.recv() => match zone {
+                Some(zone) => zone,
+                None => return,
+            },
+        };
+        let Some(cam) = camera_for_zone(zone) else {
+            continue;
+        };
+        for state in ["start", "stop"] {
+            let pause = if state == "start" { 800 } else { 3000 };
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(Duration::from_millis(pause)) => {}
+            }
+            n += 1;
+            let body = format!(
+                "{{\"camera\":\"cam-{cam}\",\"kind\":\"motion\",\"state\":\"{state}\",\"region\":\"zone {zone}\",\"confidence\":0.9,\"id\":\"dev-{n}-{}\"}}",
+                std::process::id()
+            );
+            if let Err(e) = post_event(push, &camera_token(&post, cam), &body).await {
+                tracing::warn!(%post, camera = cam, "camera push failed: {e}");
+            }
+        }
+    }
+}
+
+/// One HTTP/1.1 POST to the gateway's push endpoint; the status must be 2xx.
+async fn post_event(addr: SocketAddr, token: &str, body: &str) -> std::io::Result<()> {
+    let mut stream = TcpStream::connect(addr).await?;
+    let request = format!(
+        "POST /v1/camera-events HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await?;
+    let mut answer = Vec::new();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        stream.take(16 * 1024).read_to_end(&mut answer),
+    )
+    .await
+    .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer"))??;
+    let status_line = answer.split(|b| *b == b'\n').next().unwrap_or_default();
+    let status = String::from_utf8_lossy(status_line);
+    if status.split(' ').nth(1).is_some_and(|c| c.starts_with('2')) {
+        Ok(())
+    } else {
+        Err(std::io::Error::other(format!("answered {}", status.trim())))
+    }
+}
+
+/// Reads the live feed as the analyst and prints it; resumes from its last
+/// cursor when the stream drops.
+async fn feed(pki: PathBuf, api: SocketAddr, stop: CancellationToken) {
+    let mut cursor = String::new();
+    loop {
+        let result = tokio::select! {
+            () = stop.cancelled() => return,
+            r = watch_once(&pki, api, &mut cursor) => r,
+        };
+        if let Err(e) = result {
+            tracing::warn!("incident feed: {e:#}; reconnecting");
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(FEED_RETRY) => {}
+        }
+    }
+}
+
+async fn watch_once(pki: &Path, api: SocketAddr, cursor: &mut String) -> Result<()> {
+    let channel = connect(pki, "analyst", api).await?;
+    let mut client = OpsCenterClient::new(channel);
+    let mut stream = client
+        .watch_incidents(WatchIncidentsRequest {
+            cursor: cursor.clone(),
+            post_ids: Vec::new(),
+        })
+        .await?
+        .into_inner();
+    while let Some(item) = stream.message().await? {
+        if let Some(line) = feed_line(&item) {
+            println!("{line}");
+        }
+        if !item.cursor.is_empty() {
+            cursor.clone_from(&item.cursor);
+        }
+    }
+    bail!("the server ended the feed")
+}
+
+/// One readable line for a feed item, or `None` for heartbeats.
+fn feed_line(item: &FeedItem) -> Option<String> {
+    match item.item.as_ref()? {
+        Item::Update(update) => {
+            let incident = update.incident.as_ref()?;
+            Some(incident_line(incident, update.cause))
+        }
+        Item::SnapshotComplete(_) => Some("-- open incidents above; live changes below --".into()),
+        Item::Resync(r) => Some(format!("-- feed resynchronised: {} --", r.reason)),
+        Item::Heartbeat(_) => None,
+    }
+}
+
+/// A gRPC channel to the API at `api` with `pki/ID.pem` as the client
+/// certificate.
+async fn connect(pki: &Path, id: &str, api: SocketAddr) -> Result<Channel> {
+    let read = |name: String| {
+        let path = pki.join(name);
+        std::fs::read(&path).with_context(|| format!("reading {}", path.display()))
+    };
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(read("ca.pem".into())?))
+        .identity(TlsIdentity::from_pem(
+            read(format!("{id}.pem"))?,
+            read(format!("{id}.key"))?,
+        ))
+        .domain_name("localhost");
+    let channel = Channel::from_shared(format!("https://{api}"))?
+        .tls_config(tls)?
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await?;
+    Ok(channel)
+}
+
+/// `12:04:05 p-002  P2 open          Burglary alarm, zone 5 [restored] (restored) #inc-000007 v3`
+fn incident_line(incident: &Incident, cause: i32) -> String {
+    let when = incident
+        .updated_at
+        .as_ref()
+        .and_then(|t| time::OffsetDateTime::from_unix_timestamp(t.seconds).ok())
+        .map_or_else(
+            || "--:--:--".into(),
+            |t| format!("{:02}:{:02}:{:02}", t.hour(), t.minute(), t.second()),
+        );
+    let state = IncidentState::try_from(incident.state)
+        .map_or("unknown", |s| s.as_str_name())
+        .trim_start_matches("INCIDENT_STATE_")
+        .to_lowercase();
+    let cause = AuditAction::try_from(cause)
+        .map_or("change", |a| a.as_str_name())
+        .trim_start_matches("AUDIT_ACTION_")
+        .replace('_', " ")
+        .to_lowercase();
+    let mut flags = Vec::new();
+    if incident.restored {
+        flags.push("restored".to_owned());
+    }
+    if incident.escalation_level > 0 {
+        flags.push(format!("escalated {}", incident.escalation_level));
+    }
+    if !incident.assignee.is_empty() {
+        flags.push(format!("assigned {}", incident.assignee));
+    }
+    let flags = if flags.is_empty() {
+        String::new()
+    } else {
+        format!(" [{}]", flags.join(", "))
+    };
+    format!(
+        "{when} {post:<6} P{prio} {state:<12} {title}{flags} ({cause}) #{id} v{version}",
+        post = incident.post_id,
+        prio = incident.priority,
+        title = incident.title,
+        id = incident.id,
+        version = incident.version,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn burglary_zones_are_read_from_sia_payloads() {
+        assert_eq!(burglary_zone("#1001|Nri1/BA005"), Some(5));
+        assert_eq!(burglary_zone("#1001|Nri1/BH005"), None);
+        assert_eq!(burglary_zone("#1001|Nri1/FA017"), None);
+        assert_eq!(burglary_zone(""), None);
+    }
+
+    #[test]
+    fn every_burglary_zone_has_a_camera() {
+        assert_eq!(camera_for_zone(1), Some(1));
+        assert_eq!(camera_for_zone(8), Some(1));
+        assert_eq!(camera_for_zone(9), Some(2));
+        assert_eq!(camera_for_zone(16), Some(2));
+        assert_eq!(camera_for_zone(17), None);
+        assert_eq!(camera_for_zone(0), None);
+    }
+}

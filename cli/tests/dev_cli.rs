@@ -1,0 +1,183 @@
+//! `vigil dev` as a newcomer runs it: the whole region comes up, the live
+//! feed shows incidents (some verified by a camera), SIGTERM stops it
+//! cleanly, and a second run reuses the folder.
+
+mod support;
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use support::sigterm_and_wait;
+
+/// Longest the test waits for any one expected line.
+const WAIT: Duration = Duration::from_secs(60);
+
+struct Dev {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Dev {
+    fn start(dir: &std::path::Path) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_vigil"))
+            .args(["dev", "--dir"])
+            .arg(dir)
+            .args([
+                "--api",
+                "127.0.0.1:0",
+                "--posts",
+                "2",
+                "--interval",
+                "100ms",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start vigil dev");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Self {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits for a line that satisfies `want` and returns it.
+    fn line(&mut self, what: &str, want: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if want(&line) {
+                        return line;
+                    }
+                }
+                Err(_) => {
+                    let _ = self.child.kill();
+                    panic!(
+                        "no line with {what} within {WAIT:?}; output so far:\n{}",
+                        self.seen.join("\n")
+                    );
+                }
+            }
+        }
+    }
+
+    fn stop(mut self) -> Vec<String> {
+        let status = sigterm_and_wait(&mut self.child);
+        assert!(status.success(), "vigil dev exited with {status}");
+        self.seen.extend(self.lines.try_iter());
+        self.seen
+    }
+}
+
+fn incident_number(line: &str) -> u64 {
+    let id = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("#inc-"))
+        .unwrap_or_else(|| panic!("no incident id in {line:?}"));
+    id.parse().expect("incident number")
+}
+
+#[test]
+fn dev_runs_a_region_and_reuses_its_folder() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("region");
+
+    let mut dev = Dev::start(&dir);
+    dev.line("the new PKI", |l| l.contains("(new PKI)"));
+    dev.line("the analyst's certificate", |l| {
+        l.contains("VIGIL_CERT=") && l.contains("analyst.pem")
+    });
+    dev.line("the live feed heading", |l| l == "Live incident feed:");
+    dev.line("the end of the snapshot", |l| {
+        l.contains("live changes below")
+    });
+    let opened = dev.line("an incident opened by a panel", |l| l.contains("(opened)"));
+    assert!(opened.contains(" p-00"), "{opened}");
+    dev.line("a camera-verified incident", |l| l.contains("(verified)"));
+    let first_run = dev.stop();
+    assert!(
+        first_run.iter().any(|l| l.starts_with("stopped;")),
+        "no clean stop in:\n{}",
+        first_run.join("\n")
+    );
+    let last_incident = first_run
+        .iter()
+        .filter(|l| l.contains("#inc-"))
+        .map(|l| incident_number(l))
+        .max()
+        .expect("incidents in the first run");
+
+    let pki = dir.join("pki");
+    for file in [
+        "ca.pem",
+        "crl.pem",
+        "analyst.pem",
+        "analyst.key",
+        "broker.pem",
+        "ops.pem",
+        "p-001.pem",
+        "p-002.pem",
+    ] {
+        assert!(pki.join(file).is_file(), "{file} missing");
+    }
+    let ca = std::fs::read(pki.join("ca.pem")).expect("ca");
+    let analyst = std::fs::read(pki.join("analyst.pem")).expect("analyst");
+
+    // Second run: same CA and certificates, same store.
+    let mut dev = Dev::start(&dir);
+    dev.line("the reused folder", |l| {
+        l.contains("reusing its PKI and data")
+    });
+    dev.line("the end of the snapshot", |l| {
+        l.contains("live changes below")
+    });
+    let opened = dev.line("a new incident", |l| l.contains("(opened)"));
+    assert!(
+        incident_number(&opened) > last_incident,
+        "incident numbers start again: {opened} after #inc-{last_incident:06}"
+    );
+    let second_run = dev.stop();
+    assert!(second_run.iter().any(|l| l.starts_with("stopped;")));
+    assert_eq!(std::fs::read(pki.join("ca.pem")).expect("ca"), ca);
+    assert_eq!(
+        std::fs::read(pki.join("analyst.pem")).expect("analyst"),
+        analyst
+    );
+}
+
+#[test]
+fn dev_refuses_bad_flags_with_usage() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    for args in [
+        vec!["--posts", "0"],
+        vec!["--api", "0.0.0.0:50051"],
+        vec!["--interval", "1ms"],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_vigil"))
+            .args(["dev", "--dir"])
+            .arg(tmp.path().join("x"))
+            .args(&args)
+            .output()
+            .expect("run");
+        assert_eq!(out.status.code(), Some(64), "{args:?}");
+        assert!(!out.stderr.is_empty());
+    }
+}
