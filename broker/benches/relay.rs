@@ -127,6 +127,7 @@ struct Front {
 
 fn start_front(dir: &Path) -> Front {
     let config = BrokerConfig {
+        metrics: None,
         listen: "127.0.0.1:0".parse().unwrap(),
         tls: tls(dir, "broker-1"),
         limits: Limits::default(),

@@ -29,6 +29,9 @@ pub struct BrokerConfig {
     pub tls: TlsConfig,
     #[serde(default)]
     pub limits: Limits,
+    /// `[metrics]`: the Prometheus endpoint; off when absent.
+    #[serde(default)]
+    pub metrics: Option<vigil_telemetry::MetricsConfig>,
 }
 
 /// `[limits]`: what one peer, or many, may cost the broker.
@@ -226,6 +229,11 @@ connect_timeout_ms = 10000
 max_payload_bytes = 262144
 # On SIGTERM/SIGINT, time given to open connections to close (ms).
 shutdown_grace_ms = 5000
+
+# Prometheus endpoint (GET /metrics), off unless this table is present.
+# Keep it on a management network or loopback: it tells how busy this is.
+# [metrics]
+# listen = "127.0.0.1:9464"
 "#;
 
 #[cfg(test)]

@@ -133,6 +133,11 @@ impl Broker {
         self.metrics.snapshot()
     }
 
+    /// The live counters, for an exporter that outlives this handle.
+    pub fn counters(&self) -> Arc<Metrics> {
+        self.metrics.clone()
+    }
+
     /// Cancels the shutdown token given to [`Broker::start`].
     pub fn shutdown(&self) {
         self.shutdown.cancel();

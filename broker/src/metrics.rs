@@ -148,6 +148,65 @@ impl MetricsSnapshot {
     }
 }
 
+impl MetricsSnapshot {
+    /// Adds the counters to a Prometheus exposition (`vigil_broker_*`).
+    pub fn export(&self, out: &mut vigil_telemetry::Exposition) {
+        out.counter(
+            "vigil_broker_connections_accepted_total",
+            "TCP connections accepted.",
+            self.accepted,
+        );
+        out.counter(
+            "vigil_broker_connections_authenticated_total",
+            "Connections whose certificate and CONNECT were accepted.",
+            self.authenticated,
+        );
+        out.gauge(
+            "vigil_broker_connections_active",
+            "Client connections open now.",
+            self.active as f64,
+        );
+        out.gauge(
+            "vigil_broker_handshakes_in_progress",
+            "TLS handshakes running now.",
+            self.handshakes_in_progress as f64,
+        );
+        out.counter(
+            "vigil_broker_accept_errors_total",
+            "Failed accept calls (each followed by a back-off).",
+            self.accept_errors,
+        );
+        out.counter(
+            "vigil_broker_publishes_in_total",
+            "PUBLISH packets relayed from clients to the router.",
+            self.publishes_in,
+        );
+        out.counter(
+            "vigil_broker_publishes_out_total",
+            "PUBLISH packets relayed from the router to clients.",
+            self.publishes_out,
+        );
+        out.counter(
+            "vigil_broker_bytes_in_total",
+            "Bytes relayed from clients to the router.",
+            self.bytes_in,
+        );
+        out.counter(
+            "vigil_broker_bytes_out_total",
+            "Bytes relayed from the router to clients.",
+            self.bytes_out,
+        );
+        for reason in Reject::ALL {
+            out.counter_with(
+                "vigil_broker_rejects_total",
+                "Refused connections, packets and subscriptions, by reason.",
+                &[("reason", reason.as_str())],
+                self.rejected(reason),
+            );
+        }
+    }
+}
+
 impl Metrics {
     pub fn snapshot(&self) -> MetricsSnapshot {
         MetricsSnapshot {

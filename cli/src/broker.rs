@@ -31,6 +31,13 @@ pub(crate) fn run(args: &BrokerArgs) -> Result<()> {
             .with_context(|| format!("listen = {}", config.listen))?;
         let shutdown = CancellationToken::new();
         let broker = Broker::start(&config, listener, shutdown.clone()).await?;
+        let counters = broker.counters();
+        crate::metrics::serve(
+            config.metrics.as_ref(),
+            move |out| counters.snapshot().export(out),
+            shutdown.clone(),
+        )
+        .await?;
         tokio::spawn(async move {
             signal.await;
             tracing::info!("shutdown requested");

@@ -71,6 +71,9 @@ pub(crate) struct DevArgs {
     /// Address of the MQTT broker (port 0 picks a free one).
     #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:0")]
     broker: SocketAddr,
+    /// Address of the Prometheus endpoint (`GET /metrics`) for every part.
+    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:9464")]
+    metrics: SocketAddr,
     /// Average time between two messages of one panel (e.g. 500ms, 4s).
     #[arg(long, value_parser = crate::simulate::parse_duration, default_value = "4s")]
     interval: Duration,
@@ -93,9 +96,12 @@ pub(crate) fn run(args: &DevArgs) -> Result<()> {
     if args.interval < Duration::from_millis(50) {
         return Err(Usage("--interval must be at least 50ms".into()).into());
     }
-    if !args.api.ip().is_loopback() || !args.broker.ip().is_loopback() {
+    if [args.api, args.broker, args.metrics]
+        .iter()
+        .any(|a| !a.ip().is_loopback())
+    {
         return Err(Usage(
-            "vigil dev serves on loopback only: --api and --broker take 127.x.x.x addresses".into(),
+            "vigil dev serves on loopback only: --api, --broker and --metrics take 127.x.x.x addresses".into(),
         )
         .into());
     }
@@ -203,6 +209,7 @@ async fn run_region(args: &DevArgs, dir: &Path, posts: &[String], fresh: bool) -
     let broker = vigil_broker::Broker::start(&config, broker_listener, shutdown.child_token())
         .await
         .context("starting the broker")?;
+    let broker_counters = broker.counters();
     tracker.spawn(broker.wait());
 
     // Operations center.
@@ -236,6 +243,7 @@ async fn run_region(args: &DevArgs, dir: &Path, posts: &[String], fresh: bool) -
     let ops_tls = ops_config.tls.load().context("ops-center certificate")?;
     let (store, engine) = vigil_ops::open(&ops_config).context("opening the ops-center store")?;
     let ops_metrics = Arc::new(vigil_ops::metrics::Metrics::default());
+    let ops_counters = ops_metrics.clone();
     tracker.spawn({
         let stop = shutdown.child_token();
         async move {
@@ -257,6 +265,7 @@ async fn run_region(args: &DevArgs, dir: &Path, posts: &[String], fresh: bool) -
 
     // Posts: a gateway each, with its panel and cameras.
     let mut infos = Vec::new();
+    let mut gateway_counters = Vec::new();
     for (i, post) in posts.iter().enumerate() {
         let (account, key) = panel_of(i);
         let mut text = format!(
@@ -286,11 +295,12 @@ async fn run_region(args: &DevArgs, dir: &Path, posts: &[String], fresh: bool) -
             .as_ref()
             .context("camera push listener")?
             .local_addr()?;
+        let metrics = Arc::new(vigil_gateway::Metrics::default());
+        gateway_counters.push((post.clone(), metrics.clone()));
         tracker.spawn({
             let stop = shutdown.child_token();
             let post = post.clone();
             async move {
-                let metrics = Arc::new(vigil_gateway::Metrics::default());
                 if let Err(e) = vigil_gateway::run(config, tls, listeners, metrics, stop).await {
                     tracing::error!(%post, "gateway stopped: {e}");
                 }
@@ -338,7 +348,29 @@ async fn run_region(args: &DevArgs, dir: &Path, posts: &[String], fresh: bool) -
         });
     }
 
-    print_banner(dir, fresh, broker_addr, api_addr, &infos);
+    let metrics_listener = TcpListener::bind(args.metrics).await.map_err(|e| {
+        Usage(format!(
+            "metrics: cannot listen on {}: {e} (choose another with --metrics)",
+            args.metrics
+        ))
+    })?;
+    let metrics_addr = metrics_listener.local_addr()?;
+    let render = Arc::new(move || {
+        let mut out = vigil_telemetry::Exposition::new();
+        broker_counters.snapshot().export(&mut out);
+        ops_counters.snapshot().export(&mut out);
+        for (post, metrics) in &gateway_counters {
+            out.scoped(&[("post", post)], |out| metrics.export(out));
+        }
+        out.render()
+    });
+    tracker.spawn(vigil_telemetry::serve(
+        metrics_listener,
+        render,
+        shutdown.child_token(),
+    ));
+
+    print_banner(dir, fresh, [broker_addr, api_addr, metrics_addr], &infos);
     tracker.spawn(feed(dir.join("pki"), api_addr, shutdown.child_token()));
     tracker.close();
 
@@ -357,7 +389,12 @@ async fn run_region(args: &DevArgs, dir: &Path, posts: &[String], fresh: bool) -
     Ok(())
 }
 
-fn print_banner(dir: &Path, fresh: bool, broker: SocketAddr, api: SocketAddr, posts: &[PostInfo]) {
+fn print_banner(
+    dir: &Path,
+    fresh: bool,
+    [broker, api, metrics]: [SocketAddr; 3],
+    posts: &[PostInfo],
+) {
     let pki = dir.join("pki");
     let mut out = String::new();
     let _ = writeln!(
@@ -375,6 +412,7 @@ fn print_banner(dir: &Path, fresh: bool, broker: SocketAddr, api: SocketAddr, po
         out,
         "  ops center  gRPC {api}  (config ops.toml, data in data/ops)"
     );
+    let _ = writeln!(out, "  metrics     http://{metrics}/metrics  (every part)");
     for p in posts {
         let _ = writeln!(
             out,

@@ -42,6 +42,16 @@ pub(crate) fn run(args: &GatewayArgs) -> Result<()> {
             .await
             .with_context(|| format!("dc09.listen = {}", config.dc09.listen))?;
         let shutdown = CancellationToken::new();
+        let metrics = Arc::new(Metrics::default());
+        crate::metrics::serve(
+            config.metrics.as_ref(),
+            {
+                let metrics = metrics.clone();
+                move |out| metrics.export(out)
+            },
+            shutdown.clone(),
+        )
+        .await?;
         tokio::spawn({
             let shutdown = shutdown.clone();
             async move {
@@ -50,14 +60,7 @@ pub(crate) fn run(args: &GatewayArgs) -> Result<()> {
                 shutdown.cancel();
             }
         });
-        vigil_gateway::run(
-            config,
-            tls,
-            listeners,
-            Arc::new(Metrics::default()),
-            shutdown,
-        )
-        .await?;
+        vigil_gateway::run(config, tls, listeners, metrics, shutdown).await?;
         anyhow::Ok(())
     })
 }

@@ -9,12 +9,14 @@
 //! - [`ops`]: `vigil ops --config FILE`.
 //! - [`config`]: `vigil config default broker|gateway|ops`.
 //! - [`dev`]: `vigil dev`, a whole region on loopback in one process.
+//! - [`metrics`]: the `[metrics]` Prometheus endpoint of each daemon.
 //! - [`signals`]: the SIGINT/SIGTERM future daemons stop on.
 
 mod broker;
 mod config;
 mod dev;
 mod gateway;
+mod metrics;
 mod ops;
 mod pki;
 mod signals;

@@ -52,15 +52,19 @@ pub(crate) fn run(args: &OpsArgs) -> Result<()> {
                 shutdown.cancel();
             }
         });
-        vigil_ops::run(
-            cfg,
-            Box::new(store),
-            engine,
-            &material,
-            Arc::new(Metrics::default()),
-            shutdown,
+        let metrics = Arc::new(Metrics::default());
+        crate::metrics::serve(
+            cfg.metrics.as_ref(),
+            {
+                let metrics = metrics.clone();
+                move |out| metrics.snapshot().export(out)
+            },
+            shutdown.clone(),
         )
-        .await
+        .await?;
+        vigil_ops::run(cfg, Box::new(store), engine, &material, metrics, shutdown)
+            .await
+            .map_err(anyhow::Error::from)
     })?;
     Ok(())
 }

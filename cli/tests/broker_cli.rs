@@ -6,12 +6,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-fn vigil(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_vigil"))
-        .args(args)
-        .output()
-        .expect("run vigil")
-}
+mod support;
+
+use support::vigil;
 
 #[test]
 fn default_broker_config_is_printed() {
@@ -104,12 +101,16 @@ fn broker_serves_and_stops_on_sigterm() {
         .unwrap()
         .local_addr()
         .unwrap();
+    let metrics: SocketAddr = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let config = tmp.path().join("broker.toml");
     std::fs::write(
         &config,
         format!(
             "listen = \"{addr}\"\n[tls]\nca = \"pki/ca.pem\"\ncert = \"pki/broker-1.pem\"\n\
-             key = \"pki/broker-1.key\"\ncrl = \"pki/crl.pem\"\n"
+             key = \"pki/broker-1.key\"\ncrl = \"pki/crl.pem\"\n[metrics]\nlisten = \"{metrics}\"\n"
         ),
     )
     .unwrap();
@@ -126,6 +127,28 @@ fn broker_serves_and_stops_on_sigterm() {
         }
         assert!(Instant::now() < deadline, "broker never listened on {addr}");
         std::thread::sleep(Duration::from_millis(20));
+    }
+    // The probe connections above were counted, and the endpoint says so.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let body = support::scrape(metrics).unwrap_or_default();
+        let accepted = support::sample(&body, "vigil_broker_connections_accepted_total");
+        if accepted.is_some_and(|n| n >= 1.0) {
+            assert!(
+                body.contains("# TYPE vigil_broker_rejects_total counter"),
+                "{body}"
+            );
+            assert!(
+                support::sample(&body, "vigil_broker_rejects_total{reason=\"tls\"}").is_some(),
+                "{body}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "metrics never showed the connection: {body}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
     }
     let kill = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])

@@ -30,6 +30,8 @@ impl Dev {
             .args([
                 "--api",
                 "127.0.0.1:0",
+                "--metrics",
+                "127.0.0.1:0",
                 "--posts",
                 "2",
                 "--interval",
@@ -102,6 +104,13 @@ fn dev_runs_a_region_and_reuses_its_folder() {
 
     let mut dev = Dev::start(&dir);
     dev.line("the new PKI", |l| l.contains("(new PKI)"));
+    let metrics = dev.line("the metrics endpoint", |l| l.contains("/metrics"));
+    let metrics: std::net::SocketAddr = metrics
+        .split("http://")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {metrics:?}"));
     dev.line("the analyst's certificate", |l| {
         l.contains("VIGIL_CERT=") && l.contains("analyst.pem")
     });
@@ -112,6 +121,21 @@ fn dev_runs_a_region_and_reuses_its_folder() {
     let opened = dev.line("an incident opened by a panel", |l| l.contains("(opened)"));
     assert!(opened.contains(" p-00"), "{opened}");
     dev.line("a camera-verified incident", |l| l.contains("(verified)"));
+    // Every part's counters on the one endpoint, the gateways by post.
+    let body = support::scrape(metrics).expect("metrics answer");
+    for name in [
+        "vigil_ops_events_stored_total",
+        "vigil_broker_publishes_in_total",
+        "vigil_gateway_dc09_acked_total{post=\"p-001\"}",
+        "vigil_gateway_dc09_acked_total{post=\"p-002\"}",
+        "vigil_gateway_camera_push_total{post=\"p-001\",outcome=\"accepted\"}",
+    ] {
+        let value =
+            support::sample(&body, name).unwrap_or_else(|| panic!("{name} missing:\n{body}"));
+        if !name.contains("camera") {
+            assert!(value >= 1.0, "{name} = {value}");
+        }
+    }
     let first_run = dev.stop();
     assert!(
         first_run.iter().any(|l| l.starts_with("stopped;")),
@@ -169,6 +193,7 @@ fn dev_refuses_bad_flags_with_usage() {
     for args in [
         vec!["--posts", "0"],
         vec!["--api", "0.0.0.0:50051"],
+        vec!["--metrics", "0.0.0.0:9464"],
         vec!["--interval", "1ms"],
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_vigil"))

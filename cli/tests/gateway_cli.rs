@@ -72,9 +72,14 @@ fn gateway_stops_cleanly_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     pki(dir.path());
     // No broker at port 1: the publisher keeps retrying until the signal.
+    let metrics = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let text = default_config()
         .replace("broker.example:8883", "127.0.0.1:1")
-        .replace("0.0.0.0:7000", "127.0.0.1:0");
+        .replace("0.0.0.0:7000", "127.0.0.1:0")
+        + &format!("\n[metrics]\nlisten = \"{metrics}\"\n");
     let path = dir.path().join("gateway.toml");
     std::fs::write(&path, text).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_vigil"))
@@ -90,6 +95,17 @@ fn gateway_stops_cleanly_on_sigterm() {
             break;
         }
     }
+    // The endpoint is bound before the receiver starts.
+    let body = support::scrape(metrics).expect("metrics endpoint answers");
+    assert_eq!(
+        support::sample(&body, "vigil_gateway_outbox_depth"),
+        Some(0.0),
+        "{body}"
+    );
+    assert!(
+        support::sample(&body, "vigil_gateway_dc09_nak_total{reason=\"stale\"}").is_some(),
+        "{body}"
+    );
     let status = sigterm_and_wait(&mut child);
     assert!(status.success(), "{status:?}");
     let rest: Vec<String> = lines.map_while(Result::ok).collect();

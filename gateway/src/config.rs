@@ -53,6 +53,9 @@ pub struct GatewayConfig {
     /// Settings shared by every camera source.
     #[serde(default)]
     pub camera: CameraConfig,
+    /// `[metrics]`: the Prometheus endpoint; off when absent.
+    #[serde(default)]
+    pub metrics: Option<vigil_telemetry::MetricsConfig>,
 }
 
 /// `[http]`: the endpoint cameras push events to (see
@@ -497,6 +500,11 @@ max_db_bytes = 0
 # A camera detection that started (motion, intrusion, tamper, video loss,
 # scene change) and got no stop for this long is closed with a stale stop.
 stale_secs = 300
+
+# Prometheus endpoint (GET /metrics), off unless this table is present.
+# Keep it on a management network or loopback: it tells how busy this is.
+# [metrics]
+# listen = "127.0.0.1:9465"
 
 # Camera HTTP push endpoint, off unless this table is present. Cameras
 # POST JSON events to http://HOST:PORT/v1/camera-events with

@@ -89,6 +89,154 @@ pub struct Metrics {
     pub camera_push: Arc<camera::push::PushMetrics>,
 }
 
+impl Metrics {
+    /// Adds every counter to a Prometheus exposition (`vigil_gateway_*`).
+    pub fn export(&self, out: &mut vigil_telemetry::Exposition) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let d = &self.dc09;
+        for (name, help, counter) in [
+            (
+                "vigil_gateway_dc09_frames_total",
+                "DC-09 frames received.",
+                &d.frames,
+            ),
+            (
+                "vigil_gateway_dc09_acked_total",
+                "DC-09 frames answered with ACK.",
+                &d.acked,
+            ),
+            (
+                "vigil_gateway_dc09_duplicates_total",
+                "Retransmitted frames ACKed again but stored once.",
+                &d.duplicates,
+            ),
+            (
+                "vigil_gateway_dc09_events_stored_total",
+                "Panel events stored in the outbox.",
+                &d.events_stored,
+            ),
+            (
+                "vigil_gateway_dc09_duh_total",
+                "Frames answered with DUH.",
+                &d.duh,
+            ),
+            (
+                "vigil_gateway_dc09_tcp_connections_total",
+                "Panel TCP connections accepted.",
+                &d.tcp_connections,
+            ),
+            (
+                "vigil_gateway_dc09_tcp_refused_busy_total",
+                "Panel TCP connections refused at the connection limit.",
+                &d.tcp_refused_busy,
+            ),
+            (
+                "vigil_gateway_dc09_tcp_idle_closed_total",
+                "Panel TCP connections closed for idleness.",
+                &d.tcp_idle_closed,
+            ),
+            (
+                "vigil_gateway_dc09_garbage_bytes_total",
+                "Bytes skipped that were not part of a frame.",
+                &d.dropped_garbage_bytes,
+            ),
+        ] {
+            out.counter(name, help, counter.load(Relaxed));
+        }
+        for (reason, counter) in [
+            ("stale", &d.nak_stale),
+            ("unknown_account", &d.nak_unknown_account),
+            ("undecryptable", &d.nak_undecryptable),
+            ("storage", &d.nak_storage),
+        ] {
+            out.counter_with(
+                "vigil_gateway_dc09_nak_total",
+                "Frames answered with NAK, by reason.",
+                &[("reason", reason)],
+                counter.load(Relaxed),
+            );
+        }
+        for (reason, counter) in [
+            ("damaged", &d.dropped_damaged),
+            ("udp_busy", &d.dropped_udp_busy),
+        ] {
+            out.counter_with(
+                "vigil_gateway_dc09_dropped_total",
+                "Frames dropped unanswered, by reason.",
+                &[("reason", reason)],
+                counter.load(Relaxed),
+            );
+        }
+        let p = &self.publisher;
+        for (name, help, counter) in [
+            (
+                "vigil_gateway_mqtt_connects_total",
+                "MQTT connections made.",
+                &p.connects,
+            ),
+            (
+                "vigil_gateway_mqtt_disconnects_total",
+                "MQTT connections lost.",
+                &p.disconnects,
+            ),
+            (
+                "vigil_gateway_batches_sent_total",
+                "Event batches published.",
+                &p.batches_sent,
+            ),
+            (
+                "vigil_gateway_events_sent_total",
+                "Events published (re-sends included).",
+                &p.events_sent,
+            ),
+            (
+                "vigil_gateway_resends_total",
+                "Re-sends of unreceipted events.",
+                &p.resends,
+            ),
+            (
+                "vigil_gateway_receipts_total",
+                "Receipts received.",
+                &p.receipts,
+            ),
+            (
+                "vigil_gateway_rejected_messages_total",
+                "Incoming MQTT messages that were not valid receipts or commands.",
+                &p.rejected_messages,
+            ),
+        ] {
+            out.counter(name, help, counter.load(Relaxed));
+        }
+        let (last_seq, receipted, depth) = self.outbox.get();
+        out.gauge(
+            "vigil_gateway_outbox_last_seq",
+            "Highest seq assigned by the outbox.",
+            last_seq as f64,
+        );
+        out.gauge(
+            "vigil_gateway_outbox_receipted_seq",
+            "Highest seq the operations center has receipted.",
+            receipted as f64,
+        );
+        out.gauge(
+            "vigil_gateway_outbox_depth",
+            "Events in the outbox not yet receipted.",
+            depth as f64,
+        );
+        for (outcome, counter) in [
+            ("accepted", &self.camera_push.accepted),
+            ("rejected", &self.camera_push.rejected),
+        ] {
+            out.counter_with(
+                "vigil_gateway_camera_push_total",
+                "Camera HTTP pushes, by outcome.",
+                &[("outcome", outcome)],
+                counter.load(Relaxed),
+            );
+        }
+    }
+}
+
 /// The outbox's counters, mirrored as they change.
 #[derive(Debug, Default)]
 pub struct OutboxGauges {

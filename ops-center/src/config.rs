@@ -33,6 +33,9 @@ pub struct OpsConfig {
     pub tls: TlsConfig,
     #[serde(default)]
     pub engine: EngineConfig,
+    /// `[metrics]`: the Prometheus endpoint; off when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<vigil_telemetry::MetricsConfig>,
 }
 
 /// The `[mqtt]` table.

@@ -129,6 +129,76 @@ impl Metrics {
     }
 }
 
+impl MetricsSnapshot {
+    /// Adds the counters to a Prometheus exposition (`vigil_ops_*`).
+    pub fn export(&self, out: &mut vigil_telemetry::Exposition) {
+        out.counter(
+            "vigil_ops_events_in_total",
+            "Events in accepted batches, before deduplication.",
+            self.events_in,
+        );
+        out.counter(
+            "vigil_ops_events_stored_total",
+            "Events newly stored.",
+            self.events_stored,
+        );
+        out.counter(
+            "vigil_ops_events_duplicate_total",
+            "Re-sent events that were already stored.",
+            self.duplicates,
+        );
+        out.counter(
+            "vigil_ops_batches_total",
+            "Event batches accepted.",
+            self.batches,
+        );
+        out.counter(
+            "vigil_ops_statuses_total",
+            "Post status messages accepted.",
+            self.statuses,
+        );
+        for (reason, value) in [
+            ("topic", self.rejected_topic),
+            ("malformed", self.rejected_malformed),
+            ("oversize", self.rejected_oversize),
+            ("post_mismatch", self.rejected_post_mismatch),
+        ] {
+            out.counter_with(
+                "vigil_ops_messages_rejected_total",
+                "MQTT messages dropped, by reason.",
+                &[("reason", reason)],
+                value,
+            );
+        }
+        out.counter("vigil_ops_commits_total", "Store commits.", self.commits);
+        out.counter(
+            "vigil_ops_receipts_published_total",
+            "Receipts published to gateways.",
+            self.receipts_published,
+        );
+        out.gauge(
+            "vigil_ops_ingest_lag_seconds",
+            "Time from the last message's arrival to its commit.",
+            self.lag_last_ms as f64 / 1e3,
+        );
+        out.gauge(
+            "vigil_ops_ingest_lag_max_seconds",
+            "Highest arrival-to-commit time since start.",
+            self.lag_max_ms as f64 / 1e3,
+        );
+        out.gauge(
+            "vigil_ops_commit_p50_seconds",
+            "Median commit time (upper bound of its power-of-two bucket).",
+            self.commit_p50.as_secs_f64(),
+        );
+        out.gauge(
+            "vigil_ops_commit_p99_seconds",
+            "99th percentile commit time (upper bound of its bucket).",
+            self.commit_p99.as_secs_f64(),
+        );
+    }
+}
+
 /// A copy of the counters at one moment.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MetricsSnapshot {

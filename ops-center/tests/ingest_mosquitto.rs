@@ -113,6 +113,7 @@ fn tls(pki: &Path, id: &str) -> TlsConfig {
 
 fn ops_config(data_dir: PathBuf, pki: &Path, port: u16) -> OpsConfig {
     OpsConfig {
+        metrics: None,
         data_dir,
         mqtt: MqttConfig {
             server: format!("127.0.0.1:{port}"),

@@ -88,6 +88,7 @@ impl TestBroker {
     pub async fn with_limits(limits: Limits) -> Self {
         let pki = Pki::new();
         let config = BrokerConfig {
+            metrics: None,
             listen: "127.0.0.1:0".parse().unwrap(),
             tls: pki.tls("broker-1"),
             limits,
