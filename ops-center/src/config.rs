@@ -46,9 +46,10 @@ pub struct MqttConfig {
     /// the broker's certificate.
     pub server: String,
     /// Shared-subscription group: replicas with the same group share the
-    /// posts' messages.
-    #[serde(default = "default_share_group")]
-    pub share_group: String,
+    /// posts' messages. `None` (the default) subscribes plainly; see the
+    /// default config for why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub share_group: Option<String>,
     #[serde(default = "default_keep_alive")]
     pub keep_alive_secs: u64,
     /// Larger event batches are dropped and counted (`oversize`).
@@ -71,9 +72,6 @@ impl Default for ApiConfig {
     }
 }
 
-fn default_share_group() -> String {
-    "ops".into()
-}
 fn default_keep_alive() -> u64 {
     30
 }
@@ -134,8 +132,9 @@ impl OpsConfig {
         self.mqtt
             .host_port()
             .map_err(|reason| ("mqtt.server".to_owned(), reason))?;
-        let g = &self.mqtt.share_group;
-        if g.is_empty() || g.contains(['/', '+', '#']) {
+        if let Some(g) = &self.mqtt.share_group
+            && (g.is_empty() || g.contains(['/', '+', '#']))
+        {
             return Err((
                 "mqtt.share_group".into(),
                 "must be non-empty, without '/', '+' or '#'".into(),

@@ -1,8 +1,8 @@
 //! Ingest: the MQTT side of the ops-center.
 //!
-//! One task owns the rumqttc event loop. It subscribes (QoS 1, through the
-//! shared subscription `$share/{group}/…`) to every post's `events` and
-//! `status`, checks each message (topic, size, protobuf, `post_id` against
+//! One task owns the rumqttc event loop. It subscribes (QoS 1; through the
+//! shared subscription `$share/{group}/…` when `share_group` is set) to
+//! every post's `events` and `status`, checks each message (topic, size, protobuf, `post_id` against
 //! the topic, seqs), and queues valid ones for the writer. Invalid ones are
 //! counted by reason, logged, and acknowledged at once: they would never
 //! become valid, and an unacknowledged message would be sent again forever.
@@ -259,10 +259,14 @@ impl Ingest {
                 if !ack.session_present {
                     self.session += 1;
                 }
-                let group = &self.cfg.mqtt.share_group;
+                let group = self.cfg.mqtt.share_group.as_deref();
                 let filters = [TopicKind::Events, TopicKind::Status].map(|kind| {
+                    let topic = topics::all_posts(kind);
                     rumqttc::SubscribeFilter::new(
-                        format!("$share/{group}/{}", topics::all_posts(kind)),
+                        match group {
+                            Some(group) => format!("$share/{group}/{topic}"),
+                            None => topic,
+                        },
                         QoS::AtLeastOnce,
                     )
                 });

@@ -117,7 +117,7 @@ fn ops_config(data_dir: PathBuf, pki: &Path, port: u16) -> OpsConfig {
         data_dir,
         mqtt: MqttConfig {
             server: format!("127.0.0.1:{port}"),
-            share_group: "ops".into(),
+            share_group: Some("ops".into()),
             keep_alive_secs: 30,
             max_batch_bytes: 64 * 1024,
         },

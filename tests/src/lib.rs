@@ -86,19 +86,40 @@ impl Region {
 
     /// Starts the operations center against the broker at `broker`.
     pub async fn start_ops(&self, broker: SocketAddr) -> RunningOps {
+        self.start_ops_with(broker, "").await
+    }
+
+    /// Starts the operations center with `extra_toml` appended to its
+    /// config (e.g. `[[engine.zone_cameras]]` tables); its API listens on a
+    /// fresh loopback port ([`RunningOps::api`]).
+    pub async fn start_ops_with(&self, broker: SocketAddr, extra_toml: &str) -> RunningOps {
         let path = self.write_ops_config(broker);
+        if !extra_toml.is_empty() {
+            let text = std::fs::read_to_string(&path).expect("ops config") + "\n" + extra_toml;
+            std::fs::write(&path, text).expect("write ops config");
+        }
         let config = vigil_ops::config::OpsConfig::load(&path).expect("ops config");
         let tls = config.tls.load().expect("ops tls");
         let (store, engine) = vigil_ops::open(&config).expect("ops store");
+        let api_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind api");
+        let api = api_listener.local_addr().expect("api addr");
         let shutdown = CancellationToken::new();
         let metrics = Arc::new(vigil_ops::metrics::Metrics::default());
         let task = tokio::spawn({
             let shutdown = shutdown.clone();
             let metrics = metrics.clone();
             async move {
-                vigil_ops::run(config, Box::new(store), engine, &tls, metrics, shutdown)
-                    .await
-                    .map_err(|e| e.to_string())
+                vigil_ops::run_with_api(
+                    config,
+                    Box::new(store),
+                    engine,
+                    &tls,
+                    metrics,
+                    api_listener,
+                    shutdown,
+                )
+                .await
+                .map_err(|e| e.to_string())
             }
         });
         RunningOps {
@@ -106,7 +127,47 @@ impl Region {
             shutdown,
             metrics,
             data_dir: self.path("ops-data"),
+            api,
         }
+    }
+
+    /// Issues a client certificate (`pki/ID.pem`) for `role`, unless it
+    /// exists.
+    pub fn issue(&self, role: Role, id: &str) {
+        let pki = self.path("pki");
+        if pki.join(format!("{id}.pem")).exists() {
+            return;
+        }
+        authority::issue(&pki, role, &Identity::new(id).expect("id"), &[], 2, false)
+            .expect("issue");
+    }
+
+    /// A gRPC client of the API at `api`, authenticated as `id` (issued
+    /// with `role` if needed).
+    pub async fn api_client(
+        &self,
+        role: Role,
+        id: &str,
+        api: SocketAddr,
+    ) -> vigil_proto::v1::ops_center_client::OpsCenterClient<tonic::transport::Channel> {
+        use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity as TlsIdentity};
+        self.issue(role, id);
+        let read = |name: String| std::fs::read(self.path("pki").join(name)).expect("read pki");
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(read("ca.pem".into())))
+            .identity(TlsIdentity::from_pem(
+                read(format!("{id}.pem")),
+                read(format!("{id}.key")),
+            ))
+            .domain_name("localhost");
+        let channel = Channel::from_shared(format!("https://{api}"))
+            .expect("uri")
+            .tls_config(tls)
+            .expect("tls")
+            .connect()
+            .await
+            .expect("connect to the API");
+        vigil_proto::v1::ops_center_client::OpsCenterClient::new(channel)
     }
 
     /// Starts the gateway of `post` with panel account `1234` (and
@@ -129,6 +190,10 @@ impl Region {
             .await
             .expect("bind dc09");
         let dc09 = listeners.dc09_tcp.local_addr().expect("dc09 addr");
+        let push = listeners
+            .camera_http
+            .as_ref()
+            .map(|l| l.local_addr().expect("push addr"));
         let metrics = Arc::new(vigil_gateway::Metrics::default());
         let shutdown = CancellationToken::new();
         let task = tokio::spawn({
@@ -145,6 +210,7 @@ impl Region {
             shutdown,
             metrics,
             dc09,
+            push,
         }
     }
 }
@@ -228,6 +294,8 @@ pub struct RunningOps {
     pub shutdown: CancellationToken,
     pub metrics: Arc<vigil_ops::metrics::Metrics>,
     pub data_dir: PathBuf,
+    /// Where its gRPC API listens.
+    pub api: SocketAddr,
 }
 
 impl RunningOps {
@@ -251,6 +319,8 @@ pub struct RunningGateway {
     pub metrics: Arc<vigil_gateway::Metrics>,
     /// The DC-09 address panels dial (TCP and UDP).
     pub dc09: SocketAddr,
+    /// The camera push endpoint, when `[http]` is configured.
+    pub push: Option<SocketAddr>,
 }
 
 impl RunningGateway {
@@ -284,4 +354,29 @@ pub async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
 /// Reads a stopped operations center's store.
 pub fn open_store(data_dir: &Path) -> vigil_ops::store::SqliteStore {
     vigil_ops::store::SqliteStore::open(data_dir).expect("open ops store")
+}
+
+/// POSTs one camera event (a JSON body, see the gateway's push endpoint) to
+/// `push` with `token`, and returns the HTTP status code.
+pub async fn push_camera_event(push: SocketAddr, token: &str, body: &str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(push)
+        .await
+        .expect("connect to the push endpoint");
+    let request = format!(
+        "POST /v1/camera-events HTTP/1.1\r\nHost: {push}\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.expect("send");
+    let mut answer = String::new();
+    tokio::time::timeout(WAIT, stream.read_to_string(&mut answer))
+        .await
+        .expect("push answered in time")
+        .expect("read answer");
+    answer
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP answer: {answer:?}"))
 }
