@@ -209,6 +209,55 @@ async fn publishing_as_another_post_is_refused() {
 }
 
 #[tokio::test]
+async fn topic_aliases_cannot_bypass_the_acl() {
+    let b = TestBroker::start().await;
+    let mut ops = ops_on_events(&b, Mqtt::V5).await;
+    let mut post = b.client(Mqtt::V5, "p-1", "p-1").connect().await;
+
+    // Alias 1 set up on the post's own topic, then used without a topic.
+    post.publish_aliased(&events("p-1"), 1, b"first").await;
+    post.expect(Ev::PubAck {
+        reason: "Success".into(),
+    })
+    .await;
+    post.publish_aliased("", 1, b"second").await;
+    post.expect(Ev::PubAck {
+        reason: "Success".into(),
+    })
+    .await;
+    for payload in [&b"first"[..], b"second"] {
+        let ev = ops
+            .expect_match("publish", |ev| matches!(ev, Ev::Publish { .. }))
+            .await;
+        assert_eq!(
+            ev,
+            Ev::Publish {
+                topic: events("p-1"),
+                payload: payload.to_vec()
+            }
+        );
+    }
+
+    // Alias 2 asked for on another post's topic: refused, and not set up,
+    // so using it afterwards is a protocol error that ends the session.
+    post.publish_aliased(&events("p-2"), 2, b"forged").await;
+    post.expect(Ev::PubAck {
+        reason: "NotAuthorized".into(),
+    })
+    .await;
+    post.publish_aliased("", 2, b"forged again").await;
+    let seen = post.expect_closed().await;
+    assert!(
+        seen.iter()
+            .any(|ev| matches!(ev, Ev::Disconnect { reason } if reason.contains("Protocol"))),
+        "{seen:?}"
+    );
+    ops.expect_no_publish().await;
+    assert_eq!(b.metrics().rejected(Reject::Publish), 1);
+    assert_eq!(b.metrics().rejected(Reject::Protocol), 1);
+}
+
+#[tokio::test]
 async fn subscribing_beyond_own_topics_is_refused() {
     let b = TestBroker::start().await;
     let ops = b.client(Mqtt::V4, "ops-1", "ops-1").connect().await;

@@ -323,6 +323,27 @@ impl Client {
     }
 
     /// Publishes at QoS 1.
+    /// A v5 QoS 1 publish carrying topic alias `alias`; an empty `topic`
+    /// uses an alias set up before.
+    pub async fn publish_aliased(&self, topic: &str, alias: u16, payload: &[u8]) {
+        let Handle::V5(c) = &self.handle else {
+            panic!("topic aliases are MQTT 5 only");
+        };
+        let properties = rumqttc::v5::mqttbytes::v5::PublishProperties {
+            topic_alias: Some(alias),
+            ..Default::default()
+        };
+        c.publish_with_properties(
+            topic,
+            rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+            false,
+            payload.to_vec(),
+            properties,
+        )
+        .await
+        .unwrap();
+    }
+
     pub async fn publish(&self, topic: &str, payload: &[u8], retain: bool) {
         match &self.handle {
             Handle::V4(c) => c
