@@ -30,7 +30,7 @@
 //! broker's in-flight window also bounds what it sends us.
 
 use std::{
-    collections::{BTreeMap, HashMap, VecDeque},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque},
     sync::{Arc, atomic::Ordering::Relaxed},
     time::{Duration, SystemTime},
 };
@@ -44,7 +44,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use vigil_proto::{
     topics::{self, TopicKind},
-    v1::{EventBatch, PostStatus},
+    v1::{EventBatch, PostCommand, PostState, PostStatus, ResendUnreceipted, post_command},
 };
 
 use crate::{
@@ -114,6 +114,8 @@ pub async fn run(
         session: 0,
         acks: VecDeque::new(),
         receipts: BTreeMap::new(),
+        resend_asked: HashSet::new(),
+        resend_requests: BTreeSet::new(),
     };
     ingest.run(eventloop, jobs, done, shutdown).await
 }
@@ -132,6 +134,11 @@ struct Ingest {
     /// Acknowledgments and receipts that did not fit the request channel.
     acks: VecDeque<Publish>,
     receipts: BTreeMap<String, u64>,
+    /// Posts asked in this session to re-send what is not receipted.
+    resend_asked: HashSet<String>,
+    /// Such requests not yet handed to the event loop. Both sets hold at
+    /// most one entry per post.
+    resend_requests: BTreeSet<String>,
 }
 
 impl Ingest {
@@ -226,6 +233,22 @@ impl Ingest {
         }
     }
 
+    /// A retained ONLINE status means the post was connected before this
+    /// session subscribed, so its last publishes may have found no
+    /// subscriber (the session is clean, and the broker keeps nothing for
+    /// an absent one). Rather than leave them to the gateway's re-send
+    /// timer (`resend_after_secs`, 30 s by default), ask the post once per
+    /// session to re-send everything not yet receipted. A post that comes
+    /// online later re-sends by itself on connecting.
+    fn maybe_ask_resend(&mut self, status: &PostStatus, retained: bool) {
+        if retained
+            && status.state() == PostState::Online
+            && self.resend_asked.insert(status.post_id.clone())
+        {
+            self.resend_requests.insert(status.post_id.clone());
+        }
+    }
+
     /// Hands queued acknowledgments and receipts to the event loop, as many
     /// as fit.
     fn flush(&mut self) {
@@ -251,6 +274,28 @@ impl Ingest {
             self.receipts.pop_first();
             self.metrics.receipts_published.fetch_add(1, Relaxed);
         }
+        while let Some(post) = self.resend_requests.first() {
+            let command = PostCommand {
+                post_id: post.clone(),
+                command_id: format!("resend-{}-{}", self.cfg.client_id, self.session),
+                issued_at: Some(vigil_proto::Timestamp::from(SystemTime::now())),
+                issued_by: self.cfg.client_id.clone(),
+                command: Some(post_command::Command::ResendUnreceipted(
+                    ResendUnreceipted { from_seq: 0 },
+                )),
+            };
+            let topic = topics::topic(post, TopicKind::Commands);
+            if self
+                .client
+                .try_publish(topic, QoS::AtLeastOnce, false, command.encode_to_vec())
+                .is_err()
+            {
+                return;
+            }
+            tracing::debug!(%post, "asked the post to re-send what is not receipted");
+            self.resend_requests.pop_first();
+            self.metrics.resend_requests.fetch_add(1, Relaxed);
+        }
     }
 
     fn on_event(&mut self, event: MqttEvent) -> Option<Job> {
@@ -258,6 +303,8 @@ impl Ingest {
             MqttEvent::Incoming(Packet::ConnAck(ack)) => {
                 if !ack.session_present {
                     self.session += 1;
+                    self.resend_asked.clear();
+                    self.resend_requests.clear();
                 }
                 let group = self.cfg.mqtt.share_group.as_deref();
                 let filters = [TopicKind::Events, TopicKind::Status].map(|kind| {
@@ -309,7 +356,10 @@ impl Ingest {
                         at,
                         token,
                     },
-                    Checked::Status(status) => Job::Status { status, at, token },
+                    Checked::Status(status) => {
+                        self.maybe_ask_resend(&status, publish.retain);
+                        Job::Status { status, at, token }
+                    }
                 };
                 self.pending.insert(token, (self.session, publish));
                 Some(job)

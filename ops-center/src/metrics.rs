@@ -85,6 +85,8 @@ pub struct Metrics {
     pub rejected_post_mismatch: AtomicU64,
     pub commits: AtomicU64,
     pub receipts_published: AtomicU64,
+    /// Posts asked to re-send what is not receipted (after a reconnect).
+    pub resend_requests: AtomicU64,
     /// Time from a message's arrival to its commit, last and highest seen.
     pub lag_last_ms: AtomicU64,
     pub lag_max_ms: AtomicU64,
@@ -121,6 +123,7 @@ impl Metrics {
             rejected_post_mismatch: self.rejected_post_mismatch.load(Relaxed),
             commits: self.commits.load(Relaxed),
             receipts_published: self.receipts_published.load(Relaxed),
+            resend_requests: self.resend_requests.load(Relaxed),
             lag_last_ms: self.lag_last_ms.load(Relaxed),
             lag_max_ms: self.lag_max_ms.load(Relaxed),
             commit_p50: self.commit_latency.quantile(0.5),
@@ -176,6 +179,11 @@ impl MetricsSnapshot {
             "Receipts published to gateways.",
             self.receipts_published,
         );
+        out.counter(
+            "vigil_ops_resend_requests_total",
+            "Posts asked to re-send what is not receipted, after (re)subscribing.",
+            self.resend_requests,
+        );
         out.gauge(
             "vigil_ops_ingest_lag_seconds",
             "Time from the last message's arrival to its commit.",
@@ -213,6 +221,7 @@ pub struct MetricsSnapshot {
     pub rejected_post_mismatch: u64,
     pub commits: u64,
     pub receipts_published: u64,
+    pub resend_requests: u64,
     pub lag_last_ms: u64,
     pub lag_max_ms: u64,
     pub commit_p50: Duration,

@@ -178,8 +178,21 @@ impl Region {
         broker: SocketAddr,
         extra_toml: &str,
     ) -> RunningGateway {
+        self.start_gateway_resending(post, broker, 5, extra_toml)
+            .await
+    }
+
+    /// [`Region::start_gateway`] with its own `resend_after_secs` (a long
+    /// one shows what arrives without the gateway's re-send timer).
+    pub async fn start_gateway_resending(
+        &self,
+        post: &str,
+        broker: SocketAddr,
+        resend_after_secs: u64,
+        extra_toml: &str,
+    ) -> RunningGateway {
         let text = format!(
-            "data_dir = \"{post}-data\"\n{}\n[mqtt]\nserver = \"127.0.0.1:{}\"\nkeep_alive_secs = 5\nresend_after_secs = 5\n\n[dc09]\nlisten = \"127.0.0.1:0\"\n\n[[dc09.accounts]]\naccount = \"1234\"\n{extra_toml}",
+            "data_dir = \"{post}-data\"\n{}\n[mqtt]\nserver = \"127.0.0.1:{}\"\nkeep_alive_secs = 5\nresend_after_secs = {resend_after_secs}\n\n[dc09]\nlisten = \"127.0.0.1:0\"\n\n[[dc09.accounts]]\naccount = \"1234\"\n{extra_toml}",
             Self::tls_table(post),
             broker.port()
         );

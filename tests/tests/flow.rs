@@ -149,3 +149,46 @@ async fn a_broker_outage_loses_nothing() {
     assert_eq!(store.durable_through("p-1").unwrap(), last);
     assert_every_acked_alarm_is_stored(&acked, &alarms);
 }
+
+/// An alarm a gateway published while no operations center was subscribed
+/// (the broker keeps nothing for an absent clean session) reaches the store
+/// as soon as one subscribes: it asks the connected posts to re-send,
+/// instead of leaving them to their re-send timer (an hour here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alarms_sent_before_the_ops_center_subscribed_arrive_promptly() {
+    let region = Region::new();
+    let broker = region.start_broker("127.0.0.1:0".parse().unwrap()).await;
+    let gw = region
+        .start_gateway_resending("p-1", broker.addr(), 3600, "")
+        .await;
+    let acked = panel(gw.dc09, 5, 1, Protocol::Sia).await;
+    // Published into the void: nothing is receipted.
+    eventually("the outbox has published its events", || {
+        gw.metrics
+            .publisher
+            .events_sent
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 5
+    })
+    .await;
+    assert_eq!(gw.outbox().1, 0, "nothing can be receipted yet");
+
+    let ops = region.start_ops(broker.addr()).await;
+    eventually("every event receipted without the re-send timer", || {
+        let (last, receipted, _) = gw.outbox();
+        last > 0 && receipted == last
+    })
+    .await;
+    assert!(
+        ops.metrics
+            .resend_requests
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 1
+    );
+    gw.stop().await;
+    let data = ops.stop().await;
+    broker.stop().await;
+    let store = open_store(&data);
+    let (_, alarms) = stored_alarms(&store, "p-1");
+    assert_every_acked_alarm_is_stored(&acked, &alarms);
+}
