@@ -211,7 +211,8 @@ ca = "pki/ca.pem"
 cert = "pki/broker.pem"
 key = "pki/broker.key"
 # Revocation list; revoked client certificates are refused at the handshake.
-# Re-read only at start: restart the broker after `vigil pki revoke`.
+# Looked at every 10 s: a new file applies to new connections without a
+# restart (replace it atomically: write elsewhere, then mv).
 crl = "pki/crl.pem"
 
 [limits]

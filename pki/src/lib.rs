@@ -16,6 +16,7 @@
 
 pub mod accept;
 pub mod authority;
+pub mod crl;
 pub mod identity;
 pub mod tls;
 

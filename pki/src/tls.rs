@@ -98,6 +98,7 @@ impl TlsConfig {
             chain,
             key: Arc::new(key),
             crls,
+            crl_path: self.crl.clone(),
             own: peer,
         };
         // Catch a key that does not belong to the certificate now, not at
@@ -119,6 +120,8 @@ pub struct TlsMaterial {
     chain: Vec<CertificateDer<'static>>,
     key: Arc<PrivateKeyDer<'static>>,
     crls: Vec<CertificateRevocationListDer<'static>>,
+    /// Where the CRL came from: servers follow changes to it.
+    crl_path: Option<PathBuf>,
     own: Peer,
 }
 
@@ -135,13 +138,36 @@ impl TlsMaterial {
 
     /// A server config that requires a client certificate issued by the CA
     /// and not revoked. Callers may set ALPN before wrapping it in an `Arc`.
+    ///
+    /// With a CRL, the config follows the file: a new `crl.pem` is used
+    /// within [`crate::crl::CRL_CHECK_EVERY`], without a restart.
     pub fn server_config(&self) -> Result<ServerConfig, TlsError> {
+        self.server_config_checking_crl_every(crate::crl::CRL_CHECK_EVERY)
+    }
+
+    /// [`TlsMaterial::server_config`] looking at the CRL file at most every
+    /// `every`.
+    pub fn server_config_checking_crl_every(
+        &self,
+        every: std::time::Duration,
+    ) -> Result<ServerConfig, TlsError> {
         let provider = self.provider();
-        let verifier =
-            WebPkiClientVerifier::builder_with_provider(self.roots.clone(), provider.clone())
-                .with_crls(self.crls.iter().cloned())
-                .build()
-                .map_err(|e| TlsError::Verifier(e.to_string()))?;
+        let verifier: Arc<dyn rustls::server::danger::ClientCertVerifier> = match &self.crl_path {
+            Some(path) => Arc::new(
+                crate::crl::ReloadingVerifier::new(
+                    self.roots.clone(),
+                    provider.clone(),
+                    path.clone(),
+                    every,
+                )
+                .map_err(TlsError::Verifier)?,
+            ),
+            None => {
+                WebPkiClientVerifier::builder_with_provider(self.roots.clone(), provider.clone())
+                    .build()
+                    .map_err(|e| TlsError::Verifier(e.to_string()))?
+            }
+        };
         Ok(ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()?
             .with_client_cert_verifier(verifier)

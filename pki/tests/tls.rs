@@ -38,11 +38,17 @@ struct Outcome {
 async fn handshake(server: &TlsConfig, client: &TlsConfig) -> Outcome {
     vigil_pki::install_crypto_provider();
     let server_cfg = server.load().unwrap().server_config().unwrap();
+    handshake_with(Arc::new(server_cfg), client).await
+}
+
+/// One handshake and exchange against a server config built by the caller.
+async fn handshake_with(server_cfg: Arc<rustls::ServerConfig>, client: &TlsConfig) -> Outcome {
+    vigil_pki::install_crypto_provider();
     let client_cfg = client.load().unwrap().client_config().unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
 
-    let acceptor = TlsAcceptor::from(Arc::new(server_cfg));
+    let acceptor = TlsAcceptor::from(server_cfg);
     let server_task = tokio::spawn(async move {
         let (tcp, _) = listener.accept().await.map_err(|e| e.to_string())?;
         let mut tls = acceptor.accept(tcp).await.map_err(|e| e.to_string())?;
@@ -180,6 +186,62 @@ async fn revoked_client_is_refused_once_crl_is_loaded() {
     let again = authority::revoke(dir.path(), &Identity::new("p-001").unwrap()).unwrap();
     assert!(!again.newly_revoked);
     assert_eq!(again.revoked_count, 1);
+}
+
+#[tokio::test]
+async fn a_running_server_follows_its_crl_file() {
+    let dir = tempfile::tempdir().unwrap();
+    authority::init(dir.path(), "test CA").unwrap();
+    issue(dir.path(), Role::Broker, "broker", &["localhost"]);
+    issue(dir.path(), Role::Post, "p-001", &[]);
+    issue(dir.path(), Role::Post, "p-002", &[]);
+    vigil_pki::install_crypto_provider();
+    let every = std::time::Duration::from_millis(50);
+    // Built once, as a running server does.
+    let server = Arc::new(
+        tls_config(dir.path(), "broker", true)
+            .load()
+            .unwrap()
+            .server_config_checking_crl_every(every)
+            .unwrap(),
+    );
+    let client = |id: &str| tls_config(dir.path(), id, false);
+    assert_eq!(
+        handshake_with(server.clone(), &client("p-001"))
+            .await
+            .client_ok,
+        Ok(())
+    );
+
+    authority::revoke(dir.path(), &Identity::new("p-001").unwrap()).unwrap();
+    tokio::time::sleep(every * 2).await;
+    let out = handshake_with(server.clone(), &client("p-001")).await;
+    let err = out.server_saw.unwrap_err();
+    assert!(err.to_lowercase().contains("revoked"), "{err}");
+    assert_eq!(
+        handshake_with(server.clone(), &client("p-002"))
+            .await
+            .client_ok,
+        Ok(())
+    );
+
+    // A broken CRL file (say, half copied) keeps the last good one.
+    let crl = dir.path().join("crl.pem");
+    let good = std::fs::read(&crl).unwrap();
+    std::fs::write(&crl, &good[..good.len() / 2]).unwrap();
+    tokio::time::sleep(every * 2).await;
+    assert!(
+        handshake_with(server.clone(), &client("p-001"))
+            .await
+            .client_ok
+            .is_err()
+    );
+    assert_eq!(
+        handshake_with(server.clone(), &client("p-002"))
+            .await
+            .client_ok,
+        Ok(())
+    );
 }
 
 #[tokio::test]
