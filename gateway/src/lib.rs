@@ -14,8 +14,8 @@
 //! - [`supervision`]: panel silence and storage faults as health events.
 //! - [`outbox`]: the durable outbox (SQLite, group commit, gap-free seqs).
 //! - [`camera`]: camera events (ONVIF topics, HTTP push) to
-//!   `vigil.v1.Event`s through one table, the stale-state timer, and the
-//!   HTTP push endpoint.
+//!   `vigil.v1.Event`s through one table, the stale-state timer, the
+//!   HTTP push endpoint, the ONVIF PullPoint client and a camera simulator.
 //! - [`simulator`]: a DC-09 dialler that behaves like an alarm panel.
 
 pub mod camera;
@@ -87,6 +87,7 @@ pub struct Metrics {
     pub publisher: Arc<publisher::PublisherMetrics>,
     pub outbox: Arc<OutboxGauges>,
     pub camera_push: Arc<camera::push::PushMetrics>,
+    pub onvif: Arc<camera::onvif::OnvifMetrics>,
 }
 
 impl Metrics {
@@ -282,6 +283,7 @@ pub async fn run(
     let post_id = peer.identity.as_str().to_owned();
     let accounts = config.accounts()?;
     let push_config = config.push_config()?;
+    let onvif_cameras = config.onvif_cameras()?;
     let (host, port) = config.mqtt_address()?;
     std::fs::create_dir_all(&config.data_dir).map_err(|source| GatewayError::DataDir {
         path: config.data_dir.clone(),
@@ -345,6 +347,14 @@ pub async fn run(
         Duration::from_secs(config.camera.stale_secs),
     );
     tracker.spawn(cameras.clone().run_stale_timer(shutdown.clone()));
+    for settings in onvif_cameras {
+        tracker.spawn(camera::onvif::run(
+            settings,
+            cameras.clone(),
+            metrics.onvif.clone(),
+            shutdown.clone(),
+        ));
+    }
     if let (Some(push_config), Some(listener)) = (push_config, listeners.camera_http) {
         tracker.spawn(camera::push::serve(
             listener,
