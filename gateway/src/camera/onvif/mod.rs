@@ -698,7 +698,16 @@ async fn session(
             tracing::error!(error = %e, "camera events not stored");
         }
     };
-    if result.is_ok() {
+    // On shutdown, and after an answer that was wrong but came from a
+    // camera that is there (the subscription may still be alive on it),
+    // give the pull point back: cameras have only a few. After a timeout
+    // or a connection error there is no one to tell.
+    let tell = match &result {
+        Ok(()) => true,
+        Err(OnvifError::Timeout(_) | OnvifError::Connection(_)) => false,
+        Err(_) => true,
+    };
+    if tell {
         match tokio::time::timeout(UNSUBSCRIBE_WAIT, client.unsubscribe(&sub)).await {
             Ok(Ok(())) => {
                 OnvifMetrics::add(&metrics.unsubscribes);
