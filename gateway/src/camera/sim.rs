@@ -68,8 +68,11 @@ pub enum SimError {
 pub struct SimConfig {
     /// The only credentials it accepts.
     pub credentials: Credentials,
-    /// Generate motion start and stop alternately at this interval.
-    pub motion_every: Option<Duration>,
+    /// Generate an event at this interval, cycling through `events`.
+    pub every: Option<Duration>,
+    /// Event names for [`by_name`]; stateful ones alternate between start
+    /// and stop each time they come round.
+    pub events: Vec<String>,
     /// Events kept per subscription while nobody pulls; the oldest go
     /// first when it is full, as on a real camera.
     pub queue_limit: usize,
@@ -82,7 +85,8 @@ impl SimConfig {
                 username: username.into(),
                 password: password.into(),
             },
-            motion_every: None,
+            every: None,
+            events: vec!["motion".into()],
             queue_limit: 256,
         }
     }
@@ -170,19 +174,23 @@ impl OnvifCamera {
         });
         let handle = SimHandle { shared };
         handle.serve(listener);
-        if let Some(every) = handle.shared.config.motion_every {
+        if let Some(every) = handle.shared.config.every {
             let h = handle.clone();
             tokio::spawn(async move {
-                let mut active = false;
+                let names = h.shared.config.events.clone();
+                let mut active: HashMap<String, bool> = HashMap::new();
                 let mut tick = tokio::time::interval(every);
                 tick.tick().await;
-                loop {
+                for name in names.iter().cycle() {
                     tokio::select! {
                         _ = h.shared.shutdown.cancelled() => return,
                         _ = tick.tick() => {}
                     }
-                    active = !active;
-                    h.inject(&motion(active));
+                    let on = active.entry(name.clone()).or_insert(false);
+                    *on = !*on;
+                    if let Some(event) = by_name(name, *on) {
+                        h.inject(&event);
+                    }
                 }
             });
         }
@@ -711,6 +719,15 @@ pub fn by_name(name: &str, active: bool) -> Option<Notification> {
         "input" => digital_input("DigitalInput_1", active),
         _ => return None,
     })
+}
+
+/// The JSON body of one pushed event (see [`super::push`]).
+pub fn push_body(camera: &str, kind: &str, state: &str, region: Option<&str>) -> serde_json::Value {
+    let mut body = serde_json::json!({ "camera": camera, "kind": kind, "state": state });
+    if let Some(region) = region {
+        body["region"] = region.into();
+    }
+    body
 }
 
 /// POSTs one JSON event to a gateway's push endpoint (`url` is
