@@ -136,8 +136,7 @@ pub fn parse(text: &str) -> Result<Element, XmlError> {
             .map_err(|e| malformed(reader.error_position(), e))?;
         let after = reader.buffer_position();
         match event {
-            XmlEvent::Start(start) | XmlEvent::Empty(start) => {
-                let empty = after > 1 && text.as_bytes().get(after as usize - 2) == Some(&b'/');
+            XmlEvent::Start(ref start) | XmlEvent::Empty(ref start) => {
                 count += 1;
                 if count > MAX_ELEMENTS {
                     return Err(XmlError::TooLarge);
@@ -166,7 +165,7 @@ pub fn parse(text: &str) -> Result<Element, XmlError> {
                         element.attrs.push((local(&key).to_owned(), value));
                     }
                 }
-                if empty {
+                if matches!(event, XmlEvent::Empty(_)) {
                     close(&mut stack, &mut root, element);
                 } else {
                     stack.push(element);
