@@ -4,7 +4,7 @@
 //! `GetCapabilities` (naming its event service), `CreatePullPointSubscription`,
 //! `PullMessages` (held until an event is queued or the pull's timeout
 //! passes), `Renew` and `Unsubscribe`, checks every request's WS-Security
-//! UsernameToken digest (a bad one gets HTTP 400 with a
+//! UsernameToken digest and creation time (a bad one gets HTTP 400 with a
 //! `ter:NotAuthorized` fault), and lets subscriptions that are not renewed
 //! expire. Its [`SimHandle`] injects events, makes the camera go away and
 //! come back (a reboot: subscriptions are forgotten), and breaks the next
@@ -391,7 +391,11 @@ async fn handle(
             "not well-formed XML",
         );
     };
-    if let Err(why) = soap::check_security(&envelope, &shared.config.credentials) {
+    if let Err(why) = soap::check_security(
+        &envelope,
+        &shared.config.credentials,
+        OffsetDateTime::now_utc(),
+    ) {
         shared.stats.auth_failures.fetch_add(1, Ordering::Relaxed);
         return fault(
             StatusCode::BAD_REQUEST,

@@ -701,9 +701,16 @@ pub fn fault_xml(code: &str, subcode: &str, reason: &str) -> String {
     )
 }
 
-/// The UsernameToken of a request, checked against `credentials` (the
-/// simulator's side). Returns why it is refused.
-pub fn check_security(envelope: &Element, credentials: &Credentials) -> Result<(), String> {
+/// How far a token's `Created` may be from the checker's clock.
+pub const MAX_CLOCK_SKEW: time::Duration = time::Duration::minutes(5);
+
+/// The UsernameToken of a request, checked against `credentials` and the
+/// clock `now` (the simulator's side). Returns why it is refused.
+pub fn check_security(
+    envelope: &Element,
+    credentials: &Credentials,
+    now: OffsetDateTime,
+) -> Result<(), String> {
     let token = envelope
         .child("Header")
         .and_then(|h| h.child("Security"))
@@ -725,6 +732,12 @@ pub fn check_security(envelope: &Element, credentials: &Credentials) -> Result<(
         .decode(nonce.as_bytes())
         .map_err(|_| "Nonce is not Base64")?;
     let created = field("Created").ok_or("UsernameToken without Created")?;
+    let at = parse_time(&created).ok_or("Created is not a time")?;
+    if (now - at).abs() > MAX_CLOCK_SKEW {
+        return Err(format!(
+            "Created {created} is more than {MAX_CLOCK_SKEW} from the camera's clock"
+        ));
+    }
     let expected = password_digest(&nonce, &created, &credentials.password);
     let user_ok = username.as_bytes() == credentials.username.as_bytes();
     let digest_ok = bool::from(subtle::ConstantTimeEq::ct_eq(
@@ -763,17 +776,21 @@ mod tests {
             &[],
         );
         let env = parse(&text).unwrap();
-        assert_eq!(check_security(&env, &good), Ok(()));
+        let now = OffsetDateTime::now_utc();
+        assert_eq!(check_security(&env, &good, now), Ok(()));
+        // A token made long ago (a replay, or a clock far off) is refused.
+        let late = check_security(&env, &good, now + time::Duration::minutes(10));
+        assert!(late.unwrap_err().contains("Created"));
         let bad = Credentials {
             password: "wrong".into(),
             ..good.clone()
         };
-        assert!(check_security(&env, &bad).is_err());
+        assert!(check_security(&env, &bad, now).is_err());
         let other = Credentials {
             username: "root".into(),
             ..good
         };
-        assert!(check_security(&env, &other).is_err());
+        assert!(check_security(&env, &other, now).is_err());
     }
 
     #[test]
