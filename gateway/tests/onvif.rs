@@ -75,6 +75,14 @@ fn settings(url: &str, password: &str) -> OnvifSettings {
 }
 
 async fn start(password: &str, tune: impl FnOnce(&mut OnvifSettings)) -> Rig {
+    start_with(password, SimConfig::new("vigil", "right-password"), tune).await
+}
+
+async fn start_with(
+    password: &str,
+    camera_config: SimConfig,
+    tune: impl FnOnce(&mut OnvifSettings),
+) -> Rig {
     let dir = tempfile::tempdir().unwrap();
     let outbox = Outbox::open(
         &dir.path().join("outbox.db"),
@@ -85,11 +93,7 @@ async fn start(password: &str, tune: impl FnOnce(&mut OnvifSettings)) -> Rig {
     let input = CameraInput::new(outbox.clone(), Duration::from_secs(300));
     let camera_stop = CancellationToken::new();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let camera = OnvifCamera::start(
-        listener,
-        SimConfig::new("vigil", "right-password"),
-        camera_stop.clone(),
-    );
+    let camera = OnvifCamera::start(listener, camera_config, camera_stop.clone());
     let mut s = settings(&camera.device_url(), password);
     tune(&mut s);
     let metrics = Arc::new(OnvifMetrics::default());
@@ -199,6 +203,27 @@ async fn each_topic_arrives_mapped_in_the_outbox() {
     // The idle state the camera lists at subscription start is not stored.
     assert_eq!(stored(&rig.outbox).await.len(), events.len());
     assert!(n(&rig.metrics.pulls) >= 1);
+    assert_eq!(n(&rig.metrics.reconnects), 0);
+}
+
+#[tokio::test]
+async fn subscriptions_named_by_reference_parameters_work() {
+    // One shared pull-point address; the camera tells subscriptions apart
+    // by a header block it handed out, in a namespace of its own.
+    let mut config = SimConfig::new("vigil", "right-password");
+    config.reference_parameters = true;
+    let rig = start_with("right-password", config, |s| {
+        s.subscription = Duration::from_secs(6)
+    })
+    .await;
+    subscribed(&rig, 1).await;
+    rig.camera.inject(&sim::line_crossed("Gate line", "3"));
+    let got = wait_stored(&rig.outbox, 1).await;
+    assert_eq!(camera_body(&got[0]).0, CameraEventKind::LineCrossing);
+    // Renewals reach the right subscription too.
+    let stats = rig.camera.stats();
+    eventually("a renewal", || SimStats::get(&stats.renewals) >= 1).await;
+    assert_eq!(SimStats::get(&stats.expired), 0);
     assert_eq!(n(&rig.metrics.reconnects), 0);
 }
 

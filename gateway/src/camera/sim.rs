@@ -47,6 +47,11 @@ pub const DEVICE_PATH: &str = "/onvif/device_service";
 pub const EVENTS_PATH: &str = "/onvif/events";
 /// Subscriptions live at this path followed by their number.
 pub const SUBSCRIPTION_PATH: &str = "/onvif/subscription/";
+/// With [`SimConfig::reference_parameters`], every subscription lives at
+/// this one path and is told apart by a `SubscriptionId` header block.
+pub const PULLPOINT_PATH: &str = "/onvif/pullpoint";
+/// Namespace of that header block.
+pub const SIM_NS: &str = "urn:vigil:camera-simulator";
 /// Largest request body read.
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 /// Longest pull timeout honoured.
@@ -76,6 +81,9 @@ pub struct SimConfig {
     /// Events kept per subscription while nobody pulls; the oldest go
     /// first when it is full, as on a real camera.
     pub queue_limit: usize,
+    /// Name subscriptions by a WS-Addressing reference parameter on one
+    /// shared address (as some cameras do) instead of one address each.
+    pub reference_parameters: bool,
 }
 
 impl SimConfig {
@@ -88,6 +96,7 @@ impl SimConfig {
             every: None,
             events: vec!["motion".into()],
             queue_limit: 256,
+            reference_parameters: false,
         }
     }
 }
@@ -452,15 +461,53 @@ async fn handle(
                 },
             );
             shared.stats.subscriptions.fetch_add(1, Ordering::Relaxed);
-            ok(&format!(
-                "<tev:CreatePullPointSubscriptionResponse><tev:SubscriptionReference>\
-                 <wsa:Address>http://{}{SUBSCRIPTION_PATH}{id}</wsa:Address></tev:SubscriptionReference>\
-                 <wsnt:CurrentTime>{}</wsnt:CurrentTime><wsnt:TerminationTime>{}</wsnt:TerminationTime>\
-                 </tev:CreatePullPointSubscriptionResponse>",
-                shared.addr,
-                soap::format_time(now),
-                soap::format_time(now + lease)
-            ))
+            let (reference, ns) = if shared.config.reference_parameters {
+                (
+                    format!(
+                        "<wsa:Address>http://{}{PULLPOINT_PATH}</wsa:Address>\
+                         <wsa:ReferenceParameters><sim:SubscriptionId>{id}</sim:SubscriptionId></wsa:ReferenceParameters>",
+                        shared.addr
+                    ),
+                    vec![("xmlns:sim".to_owned(), SIM_NS.to_owned())],
+                )
+            } else {
+                (
+                    format!(
+                        "<wsa:Address>http://{}{SUBSCRIPTION_PATH}{id}</wsa:Address>",
+                        shared.addr
+                    ),
+                    Vec::new(),
+                )
+            };
+            xml(
+                StatusCode::OK,
+                soap::envelope(
+                    "",
+                    &format!(
+                        "<tev:CreatePullPointSubscriptionResponse><tev:SubscriptionReference>{reference}</tev:SubscriptionReference>\
+                         <wsnt:CurrentTime>{}</wsnt:CurrentTime><wsnt:TerminationTime>{}</wsnt:TerminationTime>\
+                         </tev:CreatePullPointSubscriptionResponse>",
+                        soap::format_time(now),
+                        soap::format_time(now + lease)
+                    ),
+                    &ns,
+                ),
+            )
+        }
+        (PULLPOINT_PATH, name) if shared.config.reference_parameters => {
+            let id = envelope
+                .child("Header")
+                .and_then(|h| h.child("SubscriptionId"))
+                .and_then(|e| e.trimmed().parse::<u64>().ok());
+            let Some(id) = id else {
+                return fault(
+                    StatusCode::BAD_REQUEST,
+                    "s:Sender",
+                    "ter:InvalidArgVal",
+                    "no SubscriptionId header",
+                );
+            };
+            subscription_op(shared, id, name, op, now, run).await
         }
         (p, name) if p.starts_with(SUBSCRIPTION_PATH) => {
             let Some(id) = p[SUBSCRIPTION_PATH.len()..].parse::<u64>().ok() else {
