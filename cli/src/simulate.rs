@@ -57,7 +57,7 @@ pub(crate) struct OnvifArgs {
     /// The password the camera accepts (WS-Security digest).
     #[arg(long, env = "VIGIL_CAMERA_PASSWORD")]
     password: String,
-    /// Generate an event this often (e.g. 500ms, 10s); 0 = only on start.
+    /// Generate an event this often (e.g. 500ms, 10s); 0 = never.
     #[arg(long, value_parser = parse_duration, default_value = "10s")]
     every: Duration,
     /// Events to cycle through, comma-separated: motion, field, line,
@@ -65,6 +65,10 @@ pub(crate) struct OnvifArgs {
     /// between start and stop.
     #[arg(long, value_delimiter = ',', default_value = "motion")]
     events: Vec<String>,
+    /// Give every subscription the same address and tell them apart by a
+    /// WS-Addressing reference parameter, as some cameras do.
+    #[arg(long)]
+    reference_parameters: bool,
 }
 
 #[derive(Debug, Args)]
@@ -199,6 +203,7 @@ fn onvif_camera(args: OnvifArgs) -> Result<()> {
     let mut config = SimConfig::new(&args.username, &args.password);
     config.every = (!args.every.is_zero()).then_some(args.every);
     config.events = args.events;
+    config.reference_parameters = args.reference_parameters;
     runtime()?.block_on(async {
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
