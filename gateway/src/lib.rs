@@ -235,6 +235,59 @@ impl Metrics {
                 counter.load(Relaxed),
             );
         }
+        let o = &self.onvif;
+        for (name, help, counter) in [
+            (
+                "vigil_gateway_onvif_subscriptions_total",
+                "ONVIF PullPoint subscriptions created.",
+                &o.subscriptions,
+            ),
+            (
+                "vigil_gateway_onvif_renewals_total",
+                "ONVIF subscriptions renewed.",
+                &o.renewals,
+            ),
+            (
+                "vigil_gateway_onvif_pulls_total",
+                "ONVIF PullMessages answered.",
+                &o.pulls,
+            ),
+            (
+                "vigil_gateway_onvif_messages_total",
+                "ONVIF notification messages received.",
+                &o.messages,
+            ),
+            (
+                "vigil_gateway_onvif_reconnects_total",
+                "ONVIF subscriptions lost or not made, and retried.",
+                &o.reconnects,
+            ),
+            (
+                "vigil_gateway_onvif_unsubscribes_total",
+                "ONVIF subscriptions given back.",
+                &o.unsubscribes,
+            ),
+            (
+                "vigil_gateway_onvif_health_events_total",
+                "CAMERA_UNREACHABLE faults and restores stored.",
+                &o.health_events,
+            ),
+        ] {
+            out.counter(name, help, counter.load(Relaxed));
+        }
+        for (kind, counter) in [
+            ("fault", &o.faults),
+            ("auth", &o.auth_failures),
+            ("bad_response", &o.bad_responses),
+            ("transport", &o.transport_errors),
+        ] {
+            out.counter_with(
+                "vigil_gateway_onvif_errors_total",
+                "ONVIF request errors, by kind.",
+                &[("kind", kind)],
+                counter.load(Relaxed),
+            );
+        }
     }
 }
 
@@ -383,4 +436,28 @@ pub async fn run(
     tracker.wait().await;
     tracing::info!("gateway stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::Ordering::Relaxed;
+
+    #[test]
+    fn onvif_counters_are_exported() {
+        let metrics = Metrics::default();
+        metrics.onvif.subscriptions.store(3, Relaxed);
+        metrics.onvif.auth_failures.store(2, Relaxed);
+        let mut out = vigil_telemetry::Exposition::new();
+        metrics.export(&mut out);
+        let text = out.render();
+        assert!(
+            text.contains("vigil_gateway_onvif_subscriptions_total 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains("vigil_gateway_onvif_errors_total{kind=\"auth\"} 2"),
+            "{text}"
+        );
+    }
 }
