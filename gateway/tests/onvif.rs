@@ -282,6 +282,27 @@ async fn an_unreachable_camera_raises_health_and_its_return_restores() {
 }
 
 #[tokio::test]
+async fn subscriptions_that_never_deliver_count_as_unreachable() {
+    // The camera takes every subscription but faults every pull: it is
+    // not working, however often a subscription is made.
+    let rig = start("right-password", |_| {}).await;
+    rig.camera.fail_pulls(true);
+    let got = wait_stored(&rig.outbox, 1).await;
+    assert_eq!(
+        health_body(&got[0]).map(|h| (h.0, h.1)),
+        Some((HealthKind::CameraUnreachable, HealthState::Fault))
+    );
+    assert!(SimStats::get(&rig.camera.stats().subscriptions) >= 2);
+    assert!(n(&rig.metrics.faults) >= 2);
+    rig.camera.fail_pulls(false);
+    let got = wait_stored(&rig.outbox, 2).await;
+    assert_eq!(
+        health_body(&got[1]).map(|h| (h.0, h.1)),
+        Some((HealthKind::CameraUnreachable, HealthState::Restored))
+    );
+}
+
+#[tokio::test]
 async fn a_camera_never_reached_raises_health_once() {
     // Nothing listens on this port.
     let spare = TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -143,6 +143,9 @@ struct State {
     subscriptions: HashMap<u64, Subscription>,
     next_id: u64,
     breakages: VecDeque<Breakage>,
+    /// Every PullMessages gets a fault (the camera takes subscriptions
+    /// but cannot deliver).
+    failing_pulls: bool,
 }
 
 #[derive(Debug)]
@@ -243,6 +246,11 @@ impl SimHandle {
             sub.queue.push_back(event.clone());
             sub.wake.notify_one();
         }
+    }
+
+    /// While `on`, every PullMessages is answered with a fault.
+    pub fn fail_pulls(&self, on: bool) {
+        lock(&self.shared.state).failing_pulls = on;
     }
 
     /// Answers the next request with `breakage` instead.
@@ -573,6 +581,7 @@ async fn subscription_op(
             state.subscriptions.remove(&id);
             shared.stats.expired.fetch_add(1, Ordering::Relaxed);
         }
+        let failing = state.failing_pulls;
         match state.subscriptions.get_mut(&id) {
             None => return unknown(),
             Some(sub) => match name {
@@ -591,6 +600,14 @@ async fn subscription_op(
                     state.subscriptions.remove(&id);
                     shared.stats.unsubscribes.fetch_add(1, Ordering::Relaxed);
                     return ok("<wsnt:UnsubscribeResponse/>");
+                }
+                "PullMessages" if failing => {
+                    return fault(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "s:Receiver",
+                        "ter:Action",
+                        "simulated event service failure",
+                    );
                 }
                 "PullMessages" => sub.wake.clone(),
                 other => {

@@ -15,10 +15,10 @@
 //! table ([`super::by_topic`]) and go into the outbox through
 //! [`CameraInput::record`], exactly like HTTP pushes.
 //!
-//! A camera that has no working subscription for `unreachable_after_secs`
-//! (from the gateway's start, or from losing it) raises one `PostHealth`
-//! CAMERA_UNREACHABLE fault; the next successful subscription raises its
-//! restore.
+//! A camera that has no working subscription (one that answered a pull)
+//! for `unreachable_after_secs` (from the gateway's start, or from losing
+//! it) raises one `PostHealth` CAMERA_UNREACHABLE fault; the next working
+//! subscription raises its restore.
 
 pub mod soap;
 
@@ -560,7 +560,7 @@ async fn run_camera(
     };
     let mut backoff = BACKOFF_MIN;
     loop {
-        let mut subscribed = false;
+        let mut working = false;
         let result = session(
             &client,
             &settings,
@@ -568,7 +568,7 @@ async fn run_camera(
             &metrics,
             &shutdown,
             &mut reach,
-            &mut subscribed,
+            &mut working,
         )
         .await;
         let error = match result {
@@ -577,7 +577,7 @@ async fn run_camera(
         };
         error.count(&metrics);
         OnvifMetrics::add(&metrics.reconnects);
-        if subscribed {
+        if working {
             backoff = BACKOFF_MIN;
         }
         reach.down();
@@ -628,7 +628,7 @@ async fn session(
     metrics: &OnvifMetrics,
     shutdown: &CancellationToken,
     reach: &mut Reachability,
-    subscribed: &mut bool,
+    working: &mut bool,
 ) -> Result<(), OnvifError> {
     let device_url = settings.url.to_string();
     let discovered = tokio::select! {
@@ -653,10 +653,8 @@ async fn session(
         r = client.subscribe(&events_url, lease_secs) => r,
     };
     let (sub, lease) = created?;
-    *subscribed = true;
     OnvifMetrics::add(&metrics.subscriptions);
     info!(events = %events_url, subscription = %sub.address, "subscribed to camera events");
-    reach.up(input, metrics).await;
     let mut renew = renew_at(&lease, settings.subscription);
     let result = loop {
         if Instant::now() >= renew {
@@ -682,6 +680,12 @@ async fn session(
             Err(e) => break Err(e),
         };
         OnvifMetrics::add(&metrics.pulls);
+        // The subscription counts as working once a pull succeeded: one
+        // that fails at once, again and again, is not a camera that works.
+        if !*working {
+            *working = true;
+            reach.up(input, metrics).await;
+        }
         metrics
             .messages
             .fetch_add(notifications.len() as u64, Ordering::Relaxed);
