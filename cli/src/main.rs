@@ -63,7 +63,7 @@ enum Command {
     /// Run a whole region on loopback: PKI, broker, ops center, simulated
     /// posts, and the live incident feed in this terminal.
     Dev(dev::DevArgs),
-    /// Simulate devices: `vigil simulate panel` dials a DC-09 receiver.
+    /// Simulate devices: an alarm panel (`panel`) or a camera (`camera`).
     #[command(subcommand)]
     Simulate(simulate::SimulateCommand),
 }

@@ -1,6 +1,10 @@
 //! `vigil simulate panel`: dial a DC-09 receiver like an alarm panel and
 //! report what it acknowledged.
 //!
+//! `vigil simulate camera onvif`: serve a simulated ONVIF camera that a
+//! gateway subscribes to; `vigil simulate camera push`: POST events to a
+//! gateway's camera push endpoint.
+//!
 //! Progress goes to stderr once a second; the final summary is one line on
 //! stdout (`--json` for a JSON object). The exit status is non-zero when an
 //! event was not acknowledged, so scripts can use it as a check.
@@ -25,6 +29,75 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 pub(crate) enum SimulateCommand {
     /// Send SIA DC-09 messages to a receiver like an alarm panel does.
     Panel(PanelArgs),
+    /// Be an IP camera: an ONVIF event source, or an HTTP event pusher.
+    #[command(subcommand)]
+    Camera(CameraCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum CameraCommand {
+    /// Serve an ONVIF device with a PullPoint event service until Ctrl-C;
+    /// prints its device URL (for `[[onvif]] url`) on stdout first.
+    Onvif(OnvifArgs),
+    /// POST events to a gateway's camera push endpoint.
+    Push(PushArgs),
+}
+
+/// Event names the camera simulators know.
+const EVENT_NAMES: &str = "motion, field, line, tamper, signal_loss, scene_change, input";
+
+#[derive(Debug, Args)]
+pub(crate) struct OnvifArgs {
+    /// Address to serve on (port 0: any free port).
+    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:8000")]
+    listen: std::net::SocketAddr,
+    /// The user name the camera accepts.
+    #[arg(long, default_value = "admin")]
+    username: String,
+    /// The password the camera accepts (WS-Security digest).
+    #[arg(long, env = "VIGIL_CAMERA_PASSWORD")]
+    password: String,
+    /// Generate an event this often (e.g. 500ms, 10s); 0 = never.
+    #[arg(long, value_parser = parse_duration, default_value = "10s")]
+    every: Duration,
+    /// Events to cycle through, comma-separated: motion, field, line,
+    /// tamper, signal_loss, scene_change, input. Stateful ones alternate
+    /// between start and stop.
+    #[arg(long, value_delimiter = ',', default_value = "motion")]
+    events: Vec<String>,
+    /// Give every subscription the same address and tell them apart by a
+    /// WS-Addressing reference parameter, as some cameras do.
+    #[arg(long)]
+    reference_parameters: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct PushArgs {
+    /// The gateway's push endpoint.
+    #[arg(long, default_value = "http://127.0.0.1:8080/v1/camera-events")]
+    url: String,
+    /// Camera id, as in `[[http.cameras]] camera`.
+    #[arg(long)]
+    camera: String,
+    /// The camera's bearer token.
+    #[arg(long, env = "VIGIL_CAMERA_TOKEN")]
+    token: String,
+    /// Push `kind`: motion, intrusion, line_crossing, tamper, video_loss,
+    /// scene_change, or any other word.
+    #[arg(long, default_value = "motion")]
+    kind: String,
+    /// Rule, field or line name.
+    #[arg(long)]
+    region: Option<String>,
+    /// Events to send; stateful kinds alternate start and stop.
+    #[arg(long, default_value_t = 2)]
+    count: u64,
+    /// Time between events.
+    #[arg(long, value_parser = parse_duration, default_value = "1s")]
+    interval: Duration,
+    /// How long to wait for each answer.
+    #[arg(long, value_parser = parse_duration, default_value = "10s")]
+    timeout: Duration,
 }
 
 #[derive(Debug, Args)]
@@ -104,7 +177,95 @@ enum ScenarioArg {
 pub(crate) fn run(cmd: SimulateCommand) -> Result<()> {
     match cmd {
         SimulateCommand::Panel(args) => panel(args),
+        SimulateCommand::Camera(CameraCommand::Onvif(args)) => onvif_camera(args),
+        SimulateCommand::Camera(CameraCommand::Push(args)) => push_camera(&args),
     }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn onvif_camera(args: OnvifArgs) -> Result<()> {
+    use vigil_gateway::camera::sim::{self, OnvifCamera, SimConfig, SimStats};
+    if let Some(bad) = args.events.iter().find(|e| sim::by_name(e, true).is_none()) {
+        return Err(Usage(format!(
+            "--events: unknown event {bad:?}; use {EVENT_NAMES}"
+        ))
+        .into());
+    }
+    if args.password.is_empty() {
+        return Err(Usage("--password must not be empty".into()).into());
+    }
+    let mut config = SimConfig::new(&args.username, &args.password);
+    config.every = (!args.every.is_zero()).then_some(args.every);
+    config.events = args.events;
+    config.reference_parameters = args.reference_parameters;
+    runtime()?.block_on(async {
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.listen))?;
+        let shutdown = CancellationToken::new();
+        let camera = OnvifCamera::start(listener, config, shutdown.clone());
+        println!("{}", camera.device_url());
+        let _ = std::io::stdout().flush();
+        cancel_on_signal(shutdown.clone()).await;
+        camera.stop().await;
+        let s = camera.stats();
+        println!(
+            "subscriptions {} pulls {} events {} renewals {} unsubscribes {} expired {} refused logins {}",
+            SimStats::get(&s.subscriptions),
+            SimStats::get(&s.pulls),
+            SimStats::get(&s.delivered),
+            SimStats::get(&s.renewals),
+            SimStats::get(&s.unsubscribes),
+            SimStats::get(&s.expired),
+            SimStats::get(&s.auth_failures),
+        );
+        Ok(())
+    })
+}
+
+fn push_camera(args: &PushArgs) -> Result<()> {
+    use vigil_gateway::camera::{
+        by_push_name,
+        sim::{push_body, push_event},
+    };
+    if !args.url.starts_with("http://") {
+        return Err(Usage(format!("--url {:?} must start with http://", args.url)).into());
+    }
+    let stateful = by_push_name(&args.kind).state_item.is_some();
+    runtime()?.block_on(async {
+        let mut refused = 0;
+        for i in 0..args.count {
+            if i > 0 {
+                tokio::time::sleep(args.interval).await;
+            }
+            let state = match (stateful, i % 2) {
+                (false, _) => "one_shot",
+                (true, 0) => "start",
+                (true, _) => "stop",
+            };
+            let body = push_body(&args.camera, &args.kind, state, args.region.as_deref());
+            let (status, answer) = push_event(&args.url, &args.token, &body, args.timeout).await?;
+            println!(
+                "{} {state}: {} {}",
+                args.kind,
+                status.as_u16(),
+                answer.trim()
+            );
+            if !status.is_success() {
+                refused += 1;
+            }
+        }
+        if refused > 0 {
+            bail!("{refused} of {} events refused", args.count);
+        }
+        Ok(())
+    })
 }
 
 fn panel(args: PanelArgs) -> Result<()> {

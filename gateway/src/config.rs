@@ -13,7 +13,10 @@ use serde::Deserialize;
 use vigil_pki::TlsConfig;
 
 use crate::{
-    camera::push::{PushCamera, PushConfig},
+    camera::{
+        onvif::{OnvifSettings, soap::Credentials},
+        push::{PushCamera, PushConfig},
+    },
     dc09::Key,
     outbox::OutboxLimits,
 };
@@ -56,6 +59,52 @@ pub struct GatewayConfig {
     /// `[metrics]`: the Prometheus endpoint; off when absent.
     #[serde(default)]
     pub metrics: Option<vigil_telemetry::MetricsConfig>,
+    /// ONVIF cameras the gateway subscribes to for events.
+    #[serde(default)]
+    pub onvif: Vec<OnvifConfig>,
+}
+
+/// `[[onvif]]`: a camera whose events the gateway pulls over ONVIF (see
+/// [`crate::camera::onvif`]).
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OnvifConfig {
+    /// Camera id, unique within the post, e.g. "cam-1".
+    pub camera: String,
+    /// Device service URL, `http://HOST:PORT/onvif/device_service`.
+    pub url: String,
+    pub username: String,
+    pub password: String,
+    /// Lease asked for each subscription; renewed at half of it.
+    #[serde(default = "defaults::subscription")]
+    pub subscription_secs: u64,
+    /// How long one PullMessages waits on the camera for events.
+    #[serde(default = "defaults::pull_timeout")]
+    pub pull_timeout_secs: u64,
+    /// Most messages one pull returns.
+    #[serde(default = "defaults::message_limit")]
+    pub message_limit: u32,
+    /// No working subscription for this long raises CAMERA_UNREACHABLE.
+    #[serde(default = "defaults::unreachable_after")]
+    pub unreachable_after_secs: u64,
+    /// Longest wait between re-subscription attempts (the wait doubles
+    /// from 1 s up to this).
+    #[serde(default = "defaults::backoff_max")]
+    pub backoff_max_secs: u64,
+    /// Longest a request may take (beyond the pull timeout for pulls).
+    #[serde(default = "defaults::request_timeout")]
+    pub request_timeout_secs: u64,
+}
+
+impl std::fmt::Debug for OnvifConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OnvifConfig")
+            .field("camera", &self.camera)
+            .field("url", &self.url)
+            .field("username", &self.username)
+            .field("password", &"<hidden>")
+            .finish_non_exhaustive()
+    }
 }
 
 /// `[http]`: the endpoint cameras push events to (see
@@ -229,6 +278,21 @@ mod defaults {
     pub(super) fn stale() -> u64 {
         300
     }
+    pub(super) fn subscription() -> u64 {
+        300
+    }
+    pub(super) fn pull_timeout() -> u64 {
+        10
+    }
+    pub(super) fn message_limit() -> u32 {
+        32
+    }
+    pub(super) fn unreachable_after() -> u64 {
+        60
+    }
+    pub(super) fn backoff_max() -> u64 {
+        60
+    }
     pub(super) fn max_events() -> u64 {
         1_000_000
     }
@@ -289,6 +353,7 @@ impl GatewayConfig {
         }
         self.accounts()?;
         self.push_cameras()?;
+        self.onvif_cameras()?;
         if self.camera.stale_secs == 0 {
             return Err(invalid("camera.stale_secs", "must be at least 1"));
         }
@@ -335,6 +400,79 @@ impl GatewayConfig {
                 Ok(PushCamera {
                     camera: c.camera.clone(),
                     token: c.token.clone(),
+                })
+            })
+            .collect()
+    }
+
+    /// The ONVIF cameras, checked.
+    pub fn onvif_cameras(&self) -> Result<Vec<OnvifSettings>, ConfigError> {
+        let mut cameras = HashSet::new();
+        self.onvif
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let key_name = |field: &str| format!("onvif[{i}].{field}");
+                check_camera_id(&c.camera).map_err(|r| invalid(key_name("camera"), r))?;
+                if !cameras.insert(c.camera.as_str()) {
+                    return Err(invalid(
+                        key_name("camera"),
+                        format!("{} is configured twice", c.camera),
+                    ));
+                }
+                let url: hyper::Uri = c.url.parse().map_err(|e| {
+                    invalid(key_name("url"), format!("{:?} is not a URL: {e}", c.url))
+                })?;
+                if url.scheme_str() != Some("http") || url.host().is_none_or(str::is_empty) {
+                    return Err(invalid(
+                        key_name("url"),
+                        format!(
+                            "{:?} must be http://HOST[:PORT]/PATH (https is not supported)",
+                            c.url
+                        ),
+                    ));
+                }
+                if c.username.is_empty() {
+                    return Err(invalid(key_name("username"), "must not be empty"));
+                }
+                if c.password.is_empty() {
+                    return Err(invalid(key_name("password"), "must not be empty"));
+                }
+                if !(1..=600).contains(&c.pull_timeout_secs) {
+                    return Err(invalid(key_name("pull_timeout_secs"), "must be 1 to 600"));
+                }
+                if c.subscription_secs < 4 * c.pull_timeout_secs || c.subscription_secs > 86_400 {
+                    return Err(invalid(
+                        key_name("subscription_secs"),
+                        "must be at least 4 times pull_timeout_secs (renewal happens at half \
+                         the lease, between pulls) and at most 86400",
+                    ));
+                }
+                if !(1..=1024).contains(&c.message_limit) {
+                    return Err(invalid(key_name("message_limit"), "must be 1 to 1024"));
+                }
+                for (field, value) in [
+                    ("unreachable_after_secs", c.unreachable_after_secs),
+                    ("backoff_max_secs", c.backoff_max_secs),
+                    ("request_timeout_secs", c.request_timeout_secs),
+                ] {
+                    if value == 0 {
+                        return Err(invalid(key_name(field), "must be at least 1"));
+                    }
+                }
+                Ok(OnvifSettings {
+                    camera: c.camera.clone(),
+                    url,
+                    credentials: Credentials {
+                        username: c.username.clone(),
+                        password: c.password.clone(),
+                    },
+                    subscription: Duration::from_secs(c.subscription_secs),
+                    pull_timeout: Duration::from_secs(c.pull_timeout_secs),
+                    message_limit: c.message_limit,
+                    backoff_max: Duration::from_secs(c.backoff_max_secs),
+                    unreachable_after: Duration::from_secs(c.unreachable_after_secs),
+                    request_timeout: Duration::from_secs(c.request_timeout_secs),
                 })
             })
             .collect()
@@ -519,6 +657,20 @@ stale_secs = 300
 # [[http.cameras]]
 # camera = "cam-2"
 # token = "change-me-to-a-long-random-token"
+
+# ONVIF cameras: the gateway subscribes to each one's events (PullPoint,
+# WS-Security digest login). One table per camera.
+# [[onvif]]
+# camera = "cam-1"
+# url = "http://192.0.2.10:80/onvif/device_service"
+# username = "vigil"
+# password = "change-me"
+# subscription_secs = 300        # lease asked for; renewed at half of it
+# pull_timeout_secs = 10         # how long one pull waits on the camera
+# message_limit = 32
+# unreachable_after_secs = 60    # then a CAMERA_UNREACHABLE health event
+# backoff_max_secs = 60
+# request_timeout_secs = 10
 "#;
 
 #[cfg(test)]
@@ -549,9 +701,23 @@ mod tests {
             .map(|l| match l.strip_prefix("# ") {
                 Some(rest)
                     if rest.starts_with('[')
-                        || ["listen", "max_", "request_", "camera", "token"]
-                            .iter()
-                            .any(|k| rest.starts_with(k)) =>
+                        || [
+                            "listen",
+                            "max_",
+                            "request_",
+                            "camera",
+                            "token",
+                            "url",
+                            "username",
+                            "password",
+                            "subscription_",
+                            "pull_",
+                            "message_",
+                            "unreachable_",
+                            "backoff_",
+                        ]
+                        .iter()
+                        .any(|k| rest.starts_with(k)) =>
                 {
                     rest
                 }
@@ -569,6 +735,62 @@ mod tests {
         assert_eq!(push.cameras.len(), 1);
         assert_eq!(push.cameras[0].camera, "cam-2");
         assert_eq!(push.max_body_bytes, 16384);
+        let onvif = config.onvif_cameras().unwrap();
+        assert_eq!(onvif.len(), 1);
+        assert_eq!(onvif[0].camera, "cam-1");
+        assert_eq!(onvif[0].url.path(), "/onvif/device_service");
+        assert_eq!(onvif[0].subscription, Duration::from_secs(300));
+        assert_eq!(onvif[0].message_limit, 32);
+    }
+
+    #[test]
+    fn onvif_mistakes_name_their_key() {
+        let with = |from: &str, to: &str| with_cameras().replacen(from, to, 1);
+        let cases = [
+            (
+                with("http://192.0.2.10:80", "https://192.0.2.10"),
+                "onvif[0].url",
+            ),
+            (with("http://192.0.2.10:80", "not a url"), "onvif[0].url"),
+            (
+                with("password = \"change-me\"", "password = \"\""),
+                "onvif[0].password",
+            ),
+            (
+                with("subscription_secs = 300", "subscription_secs = 20"),
+                "onvif[0].subscription_secs",
+            ),
+            (
+                with("pull_timeout_secs = 10", "pull_timeout_secs = 0"),
+                "onvif[0].pull_timeout_secs",
+            ),
+            (
+                with("message_limit = 32", "message_limit = 0"),
+                "onvif[0].message_limit",
+            ),
+            (
+                with("backoff_max_secs = 60", "backoff_max_secs = 0"),
+                "onvif[0].backoff_max_secs",
+            ),
+            (
+                with("backoff_max_secs = 60", "backoff_max = 60"),
+                "unknown field `backoff_max`",
+            ),
+        ];
+        for (text, expected) in cases {
+            let err = parse(&text).unwrap_err().to_string();
+            assert!(err.contains(expected), "{expected}: {err}");
+        }
+        let twice = with_cameras()
+            + "\n[[onvif]]\ncamera = \"cam-1\"\nurl = \"http://h/x\"\nusername = \"a\"\npassword = \"b\"\n";
+        let err = parse(&twice).unwrap_err().to_string();
+        assert!(
+            err.contains("onvif[1].camera") && err.contains("twice"),
+            "{err}"
+        );
+        // The password is not printed in debug output.
+        let config = parse(&with_cameras()).unwrap();
+        assert!(!format!("{:?}", config.onvif).contains("change-me"));
     }
 
     #[test]

@@ -14,8 +14,8 @@
 //! - [`supervision`]: panel silence and storage faults as health events.
 //! - [`outbox`]: the durable outbox (SQLite, group commit, gap-free seqs).
 //! - [`camera`]: camera events (ONVIF topics, HTTP push) to
-//!   `vigil.v1.Event`s through one table, the stale-state timer, and the
-//!   HTTP push endpoint.
+//!   `vigil.v1.Event`s through one table, the stale-state timer, the
+//!   HTTP push endpoint, the ONVIF PullPoint client and a camera simulator.
 //! - [`simulator`]: a DC-09 dialler that behaves like an alarm panel.
 
 pub mod camera;
@@ -87,6 +87,7 @@ pub struct Metrics {
     pub publisher: Arc<publisher::PublisherMetrics>,
     pub outbox: Arc<OutboxGauges>,
     pub camera_push: Arc<camera::push::PushMetrics>,
+    pub onvif: Arc<camera::onvif::OnvifMetrics>,
 }
 
 impl Metrics {
@@ -234,6 +235,59 @@ impl Metrics {
                 counter.load(Relaxed),
             );
         }
+        let o = &self.onvif;
+        for (name, help, counter) in [
+            (
+                "vigil_gateway_onvif_subscriptions_total",
+                "ONVIF PullPoint subscriptions created.",
+                &o.subscriptions,
+            ),
+            (
+                "vigil_gateway_onvif_renewals_total",
+                "ONVIF subscriptions renewed.",
+                &o.renewals,
+            ),
+            (
+                "vigil_gateway_onvif_pulls_total",
+                "ONVIF PullMessages answered.",
+                &o.pulls,
+            ),
+            (
+                "vigil_gateway_onvif_messages_total",
+                "ONVIF notification messages received.",
+                &o.messages,
+            ),
+            (
+                "vigil_gateway_onvif_reconnects_total",
+                "ONVIF subscriptions lost or not made, and retried.",
+                &o.reconnects,
+            ),
+            (
+                "vigil_gateway_onvif_unsubscribes_total",
+                "ONVIF subscriptions given back.",
+                &o.unsubscribes,
+            ),
+            (
+                "vigil_gateway_onvif_health_events_total",
+                "CAMERA_UNREACHABLE faults and restores stored.",
+                &o.health_events,
+            ),
+        ] {
+            out.counter(name, help, counter.load(Relaxed));
+        }
+        for (kind, counter) in [
+            ("fault", &o.faults),
+            ("auth", &o.auth_failures),
+            ("bad_response", &o.bad_responses),
+            ("transport", &o.transport_errors),
+        ] {
+            out.counter_with(
+                "vigil_gateway_onvif_errors_total",
+                "ONVIF request errors, by kind.",
+                &[("kind", kind)],
+                counter.load(Relaxed),
+            );
+        }
     }
 }
 
@@ -282,6 +336,7 @@ pub async fn run(
     let post_id = peer.identity.as_str().to_owned();
     let accounts = config.accounts()?;
     let push_config = config.push_config()?;
+    let onvif_cameras = config.onvif_cameras()?;
     let (host, port) = config.mqtt_address()?;
     std::fs::create_dir_all(&config.data_dir).map_err(|source| GatewayError::DataDir {
         path: config.data_dir.clone(),
@@ -345,6 +400,14 @@ pub async fn run(
         Duration::from_secs(config.camera.stale_secs),
     );
     tracker.spawn(cameras.clone().run_stale_timer(shutdown.clone()));
+    for settings in onvif_cameras {
+        tracker.spawn(camera::onvif::run(
+            settings,
+            cameras.clone(),
+            metrics.onvif.clone(),
+            shutdown.clone(),
+        ));
+    }
     if let (Some(push_config), Some(listener)) = (push_config, listeners.camera_http) {
         tracker.spawn(camera::push::serve(
             listener,
@@ -373,4 +436,28 @@ pub async fn run(
     tracker.wait().await;
     tracing::info!("gateway stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::Ordering::Relaxed;
+
+    #[test]
+    fn onvif_counters_are_exported() {
+        let metrics = Metrics::default();
+        metrics.onvif.subscriptions.store(3, Relaxed);
+        metrics.onvif.auth_failures.store(2, Relaxed);
+        let mut out = vigil_telemetry::Exposition::new();
+        metrics.export(&mut out);
+        let text = out.render();
+        assert!(
+            text.contains("vigil_gateway_onvif_subscriptions_total 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains("vigil_gateway_onvif_errors_total{kind=\"auth\"} 2"),
+            "{text}"
+        );
+    }
 }

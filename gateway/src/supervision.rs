@@ -192,7 +192,7 @@ impl Supervisor {
     }
 }
 
-fn health_event(
+pub(crate) fn health_event(
     device: &str,
     kind: SourceKind,
     health: PostHealth,

@@ -14,8 +14,13 @@
 //!   [`CameraInput`] (detections → durable outbox events).
 //! - [`stale`]: the stale-state timer.
 //! - [`push`]: the HTTP push endpoint.
+//! - [`onvif`]: the ONVIF PullPoint client, one subscription per camera.
+//! - [`sim`]: a simulated camera (ONVIF device and HTTP pusher) for tests,
+//!   `vigil simulate camera` and `vigil dev`.
 
+pub mod onvif;
 pub mod push;
+pub mod sim;
 pub mod stale;
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
@@ -24,8 +29,8 @@ use time::OffsetDateTime;
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 use vigil_proto::v1::{
-    CameraEvent, CameraEventKind, CameraEventState, Event, EventCategory, Severity, Source,
-    SourceKind, event,
+    CameraEvent, CameraEventKind, CameraEventState, Event, EventCategory, HealthKind, HealthState,
+    PostHealth, Severity, Source, SourceKind, event,
 };
 
 use crate::{
@@ -60,6 +65,16 @@ pub const KINDS: &[KindMapping] = &[
         push_name: "motion",
         kind: CameraEventKind::Motion,
         state_item: Some("IsMotion"),
+        category: EventCategory::VideoDetection,
+        severity: Severity::Low,
+        label: "Motion",
+    },
+    KindMapping {
+        // The older, simpler motion topic many cameras send instead.
+        topic: "VideoSource/MotionAlarm",
+        push_name: "motion",
+        kind: CameraEventKind::Motion,
+        state_item: Some("State"),
         category: EventCategory::VideoDetection,
         severity: Severity::Low,
         label: "Motion",
@@ -249,6 +264,32 @@ impl CameraInput {
         Ok(appended)
     }
 
+    /// Stores a CAMERA_UNREACHABLE fault or restore for `camera`.
+    pub async fn record_camera_health(
+        &self,
+        camera: &str,
+        state: HealthState,
+        detail: String,
+    ) -> Result<(), OutboxError> {
+        let description = match state {
+            HealthState::Fault => format!("Camera {camera} unreachable"),
+            _ => format!("Camera {camera} reachable again"),
+        };
+        let event = crate::supervision::health_event(
+            camera,
+            SourceKind::Camera,
+            PostHealth {
+                kind: HealthKind::CameraUnreachable.into(),
+                state: state.into(),
+                subject: camera.to_owned(),
+                outbox_depth: self.outbox.state().depth,
+                detail,
+            },
+            description,
+        );
+        self.outbox.append(vec![event]).await.map(|_| ())
+    }
+
     /// Writes a STOP for every detection stale at `at`.
     pub async fn expire(&self, at: tokio::time::Instant) {
         let mut stale = self.stale.lock().await;
@@ -327,6 +368,11 @@ mod tests {
             (
                 "tns1:VideoSource/GlobalSceneChange/AnalyticsService",
                 CameraEventKind::SceneChange,
+                Some("State"),
+            ),
+            (
+                "tns1:VideoSource/MotionAlarm",
+                CameraEventKind::Motion,
                 Some("State"),
             ),
             (
