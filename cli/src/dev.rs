@@ -21,14 +21,11 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::{TcpListener, TcpStream},
-    sync::mpsc,
-};
+use tokio::{net::TcpListener, sync::mpsc};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity as TlsIdentity};
 use vigil_gateway::{
+    camera::sim::{self, OnvifCamera, SimConfig, SimHandle},
     dc09::{Key, Message},
     simulator::{Panel, PanelConfig, Scenario},
 };
@@ -53,6 +50,8 @@ const CAMERA_QUEUE: usize = 16;
 /// (the simulated panels report burglary in zones 1-16).
 const ZONES_PER_CAMERA: u32 = 8;
 const CAMERAS: u32 = 2;
+/// Longest a simulated camera's push may take.
+const PUSH_TIMEOUT: Duration = Duration::from_secs(10);
 /// Pause before a dropped feed is opened again.
 const FEED_RETRY: Duration = Duration::from_secs(1);
 
@@ -86,6 +85,7 @@ struct PostInfo {
     account: String,
     encrypted: bool,
     dc09: SocketAddr,
+    onvif: SocketAddr,
     push: SocketAddr,
 }
 
@@ -175,11 +175,14 @@ fn panel_of(i: usize) -> (String, Option<String>) {
     (account, key)
 }
 
-/// The bearer token of a simulated camera: fixed per post and camera, so a
-/// reused folder's config stays the same.
-fn camera_token(post: &str, camera: u32) -> String {
-    format!("dev-token-{post}-cam-{camera}-0123456789")
+/// The password (ONVIF) or bearer token (HTTP push) of a simulated camera:
+/// fixed per post and camera, so a reused folder's config stays the same.
+fn camera_secret(post: &str, camera: u32) -> String {
+    format!("dev-secret-{post}-cam-{camera}-0123456789")
 }
+
+/// The ONVIF user of the simulated cameras.
+const ONVIF_USER: &str = "vigil";
 
 fn camera_for_zone(zone: u32) -> Option<u32> {
     (1..=ZONES_PER_CAMERA * CAMERAS)
@@ -275,14 +278,26 @@ async fn run_region(args: &DevArgs, dir: &Path, posts: &[String], fresh: bool) -
         if let Some(key) = &key {
             let _ = writeln!(text, "key = \"{key}\"");
         }
-        text.push_str("\n[http]\nlisten = \"127.0.0.1:0\"\n");
-        for cam in 1..=CAMERAS {
-            let _ = write!(
-                text,
-                "\n[[http.cameras]]\ncamera = \"cam-{cam}\"\ntoken = \"{}\"\n",
-                camera_token(post, cam)
-            );
-        }
+        // cam-1 speaks ONVIF (the gateway pulls its events), cam-2 pushes
+        // over HTTP.
+        let onvif = OnvifCamera::start(
+            TcpListener::bind("127.0.0.1:0")
+                .await
+                .context("binding a simulated camera")?,
+            SimConfig::new(ONVIF_USER, &camera_secret(post, 1)),
+            shutdown.child_token(),
+        );
+        let _ = write!(
+            text,
+            "\n[[onvif]]\ncamera = \"cam-1\"\nurl = \"{}\"\nusername = \"{ONVIF_USER}\"\npassword = \"{}\"\n",
+            onvif.device_url(),
+            camera_secret(post, 1)
+        );
+        let _ = write!(
+            text,
+            "\n[http]\nlisten = \"127.0.0.1:0\"\n\n[[http.cameras]]\ncamera = \"cam-2\"\ntoken = \"{}\"\n",
+            camera_secret(post, 2)
+        );
         let path = write_config(dir, &format!("{post}.toml"), &text)?;
         let config = vigil_gateway::GatewayConfig::load(&path).map_err(|e| Usage(e.to_string()))?;
         let tls = config.tls.load().context("post certificate")?;
@@ -334,8 +349,11 @@ async fn run_region(args: &DevArgs, dir: &Path, posts: &[String], fresh: bool) -
             }
         });
         tracker.spawn(cameras(
-            post.clone(),
-            push,
+            Cameras {
+                onvif: onvif.clone(),
+                push: format!("http://{push}/v1/camera-events"),
+                token: camera_secret(post, 2),
+            },
             zones_rx,
             shutdown.child_token(),
         ));
@@ -344,6 +362,7 @@ async fn run_region(args: &DevArgs, dir: &Path, posts: &[String], fresh: bool) -
             account,
             encrypted: i % 2 == 1,
             dc09,
+            onvif: onvif.addr(),
             push,
         });
     }
@@ -416,11 +435,12 @@ fn print_banner(
     for p in posts {
         let _ = writeln!(
             out,
-            "  post {}  panel account {} ({}) -> DC-09 {}, cameras cam-1..cam-{CAMERAS} -> HTTP {}",
+            "  post {}  panel account {} ({}) -> DC-09 {}; cam-1 ONVIF at {}; cam-2 -> HTTP push {}",
             p.id,
             p.account,
             if p.encrypted { "AES" } else { "clear" },
             p.dc09,
+            p.onvif,
             p.push
         );
     }
@@ -463,15 +483,18 @@ fn burglary_zone(data: &str) -> Option<u32> {
     code.strip_prefix("BA")?.parse().ok()
 }
 
+/// How a post's simulated cameras are reached.
+struct Cameras {
+    /// cam-1: the gateway pulls its events.
+    onvif: SimHandle,
+    /// cam-2: pushes to this URL with this token.
+    push: String,
+    token: String,
+}
+
 /// The post's cameras: shortly after a zone they watch goes into alarm, the
 /// camera reports motion there, then its end.
-async fn cameras(
-    post: String,
-    push: SocketAddr,
-    mut zones: mpsc::Receiver<u32>,
-    stop: CancellationToken,
-) {
-    let mut n = 0u64;
+async fn cameras(cams: Cameras, mut zones: mpsc::Receiver<u32>, stop: CancellationToken) {
     loop {
         let zone = tokio::select! {
             () = stop.cancelled() => return,
@@ -483,45 +506,24 @@ async fn cameras(
         let Some(cam) = camera_for_zone(zone) else {
             continue;
         };
-        for state in ["start", "stop"] {
-            let pause = if state == "start" { 800 } else { 3000 };
+        for active in [true, false] {
+            let pause = Duration::from_millis(if active { 800 } else { 3000 });
             tokio::select! {
                 () = stop.cancelled() => return,
-                () = tokio::time::sleep(Duration::from_millis(pause)) => {}
+                () = tokio::time::sleep(pause) => {}
             }
-            n += 1;
-            let body = format!(
-                "{{\"camera\":\"cam-{cam}\",\"kind\":\"motion\",\"state\":\"{state}\",\"region\":\"zone {zone}\",\"confidence\":0.9,\"id\":\"dev-{n}-{}\"}}",
-                std::process::id()
-            );
-            if let Err(e) = post_event(push, &camera_token(&post, cam), &body).await {
-                tracing::warn!(%post, camera = cam, "camera push failed: {e}");
+            if cam == 1 {
+                cams.onvif.inject(&sim::motion(active));
+                continue;
+            }
+            let state = if active { "start" } else { "stop" };
+            let body = sim::push_body("cam-2", "motion", state, Some(&format!("zone {zone}")));
+            match sim::push_event(&cams.push, &cams.token, &body, PUSH_TIMEOUT).await {
+                Ok((status, _)) if status.is_success() => {}
+                Ok((status, answer)) => tracing::warn!(%status, answer, "camera push refused"),
+                Err(e) => tracing::warn!("camera push failed: {e}"),
             }
         }
-    }
-}
-
-/// One HTTP/1.1 POST to the gateway's push endpoint; the status must be 2xx.
-async fn post_event(addr: SocketAddr, token: &str, body: &str) -> std::io::Result<()> {
-    let mut stream = TcpStream::connect(addr).await?;
-    let request = format!(
-        "POST /v1/camera-events HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(request.as_bytes()).await?;
-    let mut answer = Vec::new();
-    tokio::time::timeout(
-        Duration::from_secs(10),
-        stream.take(16 * 1024).read_to_end(&mut answer),
-    )
-    .await
-    .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer"))??;
-    let status_line = answer.split(|b| *b == b'\n').next().unwrap_or_default();
-    let status = String::from_utf8_lossy(status_line);
-    if status.split(' ').nth(1).is_some_and(|c| c.starts_with('2')) {
-        Ok(())
-    } else {
-        Err(std::io::Error::other(format!("answered {}", status.trim())))
     }
 }
 

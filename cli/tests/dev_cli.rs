@@ -129,6 +129,8 @@ fn dev_runs_a_region_and_reuses_its_folder() {
         "vigil_gateway_dc09_acked_total{post=\"p-001\"}",
         "vigil_gateway_dc09_acked_total{post=\"p-002\"}",
         "vigil_gateway_camera_push_total{post=\"p-001\",outcome=\"accepted\"}",
+        "vigil_gateway_onvif_subscriptions_total{post=\"p-001\"}",
+        "vigil_gateway_onvif_subscriptions_total{post=\"p-002\"}",
     ] {
         let value =
             support::sample(&body, name).unwrap_or_else(|| panic!("{name} missing:\n{body}"));

@@ -368,28 +368,3 @@ pub async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
 pub fn open_store(data_dir: &Path) -> vigil_ops::store::SqliteStore {
     vigil_ops::store::SqliteStore::open(data_dir).expect("open ops store")
 }
-
-/// POSTs one camera event (a JSON body, see the gateway's push endpoint) to
-/// `push` with `token`, and returns the HTTP status code.
-pub async fn push_camera_event(push: SocketAddr, token: &str, body: &str) -> u16 {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(push)
-        .await
-        .expect("connect to the push endpoint");
-    let request = format!(
-        "POST /v1/camera-events HTTP/1.1\r\nHost: {push}\r\nAuthorization: Bearer {token}\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(request.as_bytes()).await.expect("send");
-    let mut answer = String::new();
-    tokio::time::timeout(WAIT, stream.read_to_string(&mut answer))
-        .await
-        .expect("push answered in time")
-        .expect("read answer");
-    answer
-        .split(' ')
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .unwrap_or_else(|| panic!("not an HTTP answer: {answer:?}"))
-}

@@ -6,6 +6,7 @@
 use tokio_util::sync::CancellationToken;
 use tonic::Streaming;
 use vigil_gateway::{
+    camera::sim,
     dc09::{Message, Token},
     simulator::{Panel, PanelConfig},
 };
@@ -15,7 +16,7 @@ use vigil_proto::v1::{
     Incident, IncidentState, ListPostsRequest, Pacing, PostState, ReplayRequest, ResolveRequest,
     WatchIncidentsRequest, event, feed_item::Item,
 };
-use vigil_tests::{Region, WAIT, push_camera_event};
+use vigil_tests::{Region, WAIT};
 
 const CAMERA_TOKEN: &str = "e2e-camera-token-0123456789";
 
@@ -97,13 +98,18 @@ async fn an_alarm_is_verified_worked_replayed_and_an_offline_post_shows() {
     assert!(!opened.verified);
 
     // The camera watching zone 5 sees motion: the same incident is verified.
-    let status = push_camera_event(
-        gw1.push.expect("push endpoint"),
+    let (status, answer) = sim::push_event(
+        &format!(
+            "http://{}/v1/camera-events",
+            gw1.push.expect("push endpoint")
+        ),
         CAMERA_TOKEN,
-        r#"{"camera": "cam-1", "kind": "motion", "state": "start", "region": "Gate"}"#,
+        &sim::push_body("cam-1", "motion", "start", Some("Gate")),
+        WAIT,
     )
-    .await;
-    assert_eq!(status, 202);
+    .await
+    .expect("push");
+    assert_eq!(status.as_u16(), 202, "{answer}");
     let verified = next_update(&mut feed, "the incident verified", |i, _| {
         i.id == opened.id && i.verified
     })
