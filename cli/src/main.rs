@@ -8,9 +8,11 @@
 //! - [`gateway`]: `vigil gateway --config FILE`.
 //! - [`ops`]: `vigil ops --config FILE`.
 //! - [`config`]: `vigil config default broker|gateway|ops`.
+//! - [`client`]: the gRPC client commands (`watch`, `incidents`, `ack`, …).
 //! - [`signals`]: the SIGINT/SIGTERM future daemons stop on.
 
 mod broker;
+mod client;
 mod config;
 mod gateway;
 mod ops;
@@ -59,6 +61,8 @@ enum Command {
     /// Simulate devices: `vigil simulate panel` dials a DC-09 receiver.
     #[command(subcommand)]
     Simulate(simulate::SimulateCommand),
+    #[command(flatten)]
+    Client(client::ClientCommand),
 }
 
 fn main() -> ExitCode {
@@ -73,6 +77,7 @@ fn main() -> ExitCode {
         Command::Ops(args) => ops::run(&args),
         Command::Config(cmd) => config::run(&cmd),
         Command::Simulate(cmd) => simulate::run(cmd),
+        Command::Client(cmd) => client::run(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,152 @@
+//! `vigil watch`: the live incident feed in the terminal.
+//!
+//! It starts with the open and acknowledged incidents (or after `--cursor`),
+//! then prints one line per change. When the connection drops, the server
+//! stops, or nothing (not even a heartbeat) arrives for [`STALL_AFTER`], it
+//! reconnects with the cursor of the last item it printed, waiting
+//! [`MIN_BACKOFF`] doubling up to [`MAX_BACKOFF`] between tries and saying
+//! so on stderr; the server then sends exactly the changes after that
+//! cursor. A `Resync` item (we fell behind) resumes at once from its cursor.
+//! Refusals (a bad certificate, a bad cursor) end the watch with an error.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use clap::Args;
+use tonic::Status;
+use vigil_proto::v1::{FeedItem, WatchIncidentsRequest, feed_item::Item};
+
+use super::{Connection, connect::connect, fail, render, status_message, transient};
+
+/// First wait before reconnecting...
+pub(crate) const MIN_BACKOFF: Duration = Duration::from_millis(250);
+/// ...doubling up to this.
+pub(crate) const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// No item for this long means the connection is dead (the server sends a
+/// heartbeat every 15 s when nothing happens).
+pub(crate) const STALL_AFTER: Duration = Duration::from_secs(45);
+
+#[derive(Debug, Args)]
+pub(crate) struct WatchArgs {
+    #[command(flatten)]
+    conn: Connection,
+    /// Only incidents of this post (repeat for more).
+    #[arg(long = "post", value_name = "POST")]
+    posts: Vec<String>,
+    /// Start after this cursor (from an earlier watch) instead of with the
+    /// open incidents.
+    #[arg(long)]
+    cursor: Option<String>,
+    /// Exit after printing this many incident updates (snapshot included).
+    #[arg(long, value_name = "N")]
+    count: Option<u64>,
+    /// Print every feed item (heartbeats too) as one JSON object per line.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Why one stream ended.
+enum End {
+    /// Printed `--count` updates.
+    Done,
+    /// Fell behind: resume from the cursor now.
+    Resync,
+    /// The connection or the server went away.
+    Lost(String),
+}
+
+pub(crate) async fn run(args: WatchArgs) -> Result<()> {
+    if args.count == Some(0) {
+        return Ok(());
+    }
+    let mut s = connect(&args.conn).await?;
+    let mut cursor = args.cursor.clone().unwrap_or_default();
+    let mut shown = 0u64;
+    let mut backoff = MIN_BACKOFF;
+    loop {
+        let request = WatchIncidentsRequest {
+            cursor: cursor.clone(),
+            post_ids: args.posts.clone(),
+        };
+        let opened = tokio::time::timeout(STALL_AFTER, s.client.watch_incidents(request)).await;
+        let end = match opened {
+            Err(_) => End::Lost("no answer to the watch request".into()),
+            Ok(Err(status)) if !transient(&status) => return Err(fail(&s, &status)),
+            Ok(Err(status)) => End::Lost(status_message(&status, &s.me, &s.server)),
+            Ok(Ok(response)) => {
+                let mut stream = response.into_inner();
+                follow(&args, &mut stream, &mut cursor, &mut shown, &mut backoff)
+                    .await
+                    .map_err(|status| fail(&s, &status))?
+            }
+        };
+        match end {
+            End::Done => return Ok(()),
+            End::Resync => {
+                eprintln!("vigil watch: fell behind the feed; resuming from cursor {cursor}");
+            }
+            End::Lost(why) => {
+                let from = if cursor.is_empty() {
+                    "with a fresh snapshot".to_owned()
+                } else {
+                    format!("from cursor {cursor}")
+                };
+                eprintln!(
+                    "vigil watch: {why}; reconnecting in {:.1}s {from}",
+                    backoff.as_secs_f64()
+                );
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+}
+
+/// Prints one stream's items until it ends. `cursor` follows what was
+/// printed: snapshot items only move it once the snapshot is complete (a
+/// reconnect in the middle of a snapshot must start a fresh one). Errors
+/// are refusals to give up on.
+async fn follow(
+    args: &WatchArgs,
+    stream: &mut tonic::Streaming<FeedItem>,
+    cursor: &mut String,
+    shown: &mut u64,
+    backoff: &mut Duration,
+) -> Result<End, Status> {
+    loop {
+        let item = match tokio::time::timeout(STALL_AFTER, stream.message()).await {
+            Err(_) => {
+                return Ok(End::Lost(format!(
+                    "nothing heard for {}s",
+                    STALL_AFTER.as_secs()
+                )));
+            }
+            Ok(Ok(Some(item))) => item,
+            Ok(Ok(None)) => return Ok(End::Lost("the server ended the feed".into())),
+            Ok(Err(status)) if transient(&status) => {
+                return Ok(End::Lost(format!("feed interrupted: {}", status.message())));
+            }
+            Ok(Err(status)) => return Err(status),
+        };
+        *backoff = MIN_BACKOFF;
+        let in_snapshot = matches!(&item.item, Some(Item::Update(u)) if u.snapshot);
+        if !in_snapshot && !item.cursor.is_empty() {
+            cursor.clone_from(&item.cursor);
+        }
+        if args.json {
+            println!("{}", render::json_line(&item, "FeedItem"));
+        } else if let Some(line) = render::feed_line(&item) {
+            println!("{line}");
+        }
+        match &item.item {
+            Some(Item::Update(_)) => {
+                *shown += 1;
+                if args.count.is_some_and(|n| *shown >= n) {
+                    return Ok(End::Done);
+                }
+            }
+            Some(Item::Resync(_)) => return Ok(End::Resync),
+            _ => {}
+        }
+    }
+}
