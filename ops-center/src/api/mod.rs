@@ -177,6 +177,8 @@ pub async fn serve(
     health.set_serving::<OpsCenterServer<Api>>().await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(vigil_proto::FILE_DESCRIPTOR_SET)
+        // So `grpcurl list` shows the health service too, and can describe it.
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .expect("the compiled-in descriptor set is valid");
     let api = Api {
