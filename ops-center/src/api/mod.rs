@@ -170,7 +170,13 @@ pub async fn serve(
             }
         }
     });
-    let incoming = tls::incoming(listener, acceptor, shutdown.clone(), &tracker);
+    let incoming = tls::incoming(
+        listener,
+        acceptor,
+        shutdown.clone(),
+        &tracker,
+        tls::MAX_CONNECTIONS,
+    );
     tracker.close();
 
     let (health, health_service) = tonic_health::server::health_reporter();
