@@ -237,6 +237,37 @@ impl Center {
         .expect("batch committed in time");
     }
 
+    /// Submits many batches (one job each) at once and waits until every
+    /// one is committed.
+    pub async fn submit_all(&self, batches: Vec<Vec<Event>>) {
+        let n = batches.len() as u64;
+        let first = self
+            .next_token
+            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        for (token, events) in (first..).zip(batches) {
+            let post_id = events[0].post_id.clone();
+            let job = Job::Batch {
+                post_id,
+                events,
+                at: SystemTime::now(),
+                token,
+            };
+            self.jobs.send(job).await.unwrap();
+        }
+        let (set, notify) = &*self.committed;
+        tokio::time::timeout(WAIT * 4, async {
+            loop {
+                let wake = notify.notified();
+                if set.lock().unwrap().range(first..first + n).count() as u64 == n {
+                    return;
+                }
+                wake.await;
+            }
+        })
+        .await
+        .expect("batches committed in time");
+    }
+
     /// A reader of the store, as the test's own connection.
     pub fn store(&self) -> SqliteStore {
         SqliteStore::open(&self.data).unwrap()
