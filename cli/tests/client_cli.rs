@@ -693,3 +693,28 @@ async fn a_watch_that_falls_behind_resyncs_and_misses_nothing() {
     child.wait().unwrap();
     center.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_certificate_is_refused_and_watch_gives_up_at_once() {
+    let mut center = Center::start().await;
+    center.issue(Role::Analyst, "mallory");
+    let mallory = vigil_pki::Identity::new("mallory").unwrap();
+    vigil_pki::authority::revoke(&center.pki, &mallory).unwrap();
+    // The API reads the CRL when it starts.
+    center.stop_api().await;
+    center.restart_api().await;
+    let flags = center.flags(Role::Analyst, "mallory");
+    for cmd in [vec!["incidents"], vec!["watch"]] {
+        let out = run_vigil(args(&flags, &cmd), vec![]).await;
+        assert_eq!(out.status.code(), Some(1), "{cmd:?}");
+        let err = stderr(&out);
+        // With TLS 1.3 the server's alert is lost to its TCP reset; the
+        // client can only say what probably happened.
+        assert!(
+            err.contains("without answering") && err.contains("may have refused your certificate"),
+            "{cmd:?}: {err}"
+        );
+        assert_eq!(err.trim().lines().count(), 1, "{cmd:?}: {err}");
+    }
+    center.stop().await;
+}

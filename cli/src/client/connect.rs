@@ -5,12 +5,21 @@
 //! tonic's own TLS cannot take a rustls config, so the TLS handshake happens
 //! in a connector of ours and tonic speaks plain HTTP/2 over its stream.
 
-use std::{pin::Pin, sync::Arc, time::Duration};
+use std::{
+    io,
+    pin::Pin,
+    sync::{Arc, Mutex},
+    task::{Context, Poll},
+    time::Duration,
+};
 
 use anyhow::{Result, anyhow};
 use hyper_util::rt::TokioIo;
 use rustls_pki_types::ServerName;
-use tokio::net::TcpStream;
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    net::TcpStream,
+};
 use tokio_rustls::{TlsConnector, client::TlsStream};
 use tonic::{
     codegen::{Service, http::Uri},
@@ -33,6 +42,60 @@ pub(crate) struct Session {
     pub(crate) me: Peer,
     /// `HOST:PORT` as given, for messages.
     pub(crate) server: String,
+    /// The last I/O error on the connection, for messages.
+    pub(crate) io_error: LastIoError,
+}
+
+/// What went wrong under HTTP/2, for messages: hyper reports a connection
+/// the server closed on us only as "connection closed". With TLS 1.3 a
+/// server that refuses our certificate (revoked, expired, another CA) does
+/// so after our side of the handshake finished: its alert is usually lost
+/// to the TCP reset that follows, and all we see is a connection that
+/// closed before the server said anything.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct LastIoError(Arc<Mutex<IoState>>);
+
+#[derive(Debug, Default)]
+struct IoState {
+    /// A read error wins over a write error: what the server said explains
+    /// more than the broken pipe that followed.
+    read: Option<String>,
+    write: Option<String>,
+    /// The server sent us something over TLS (its HTTP/2 settings, at
+    /// least): it accepted the connection.
+    answered: bool,
+}
+
+impl LastIoError {
+    /// The error, and whether the server had answered before it.
+    pub(crate) fn get(&self) -> Option<(String, bool)> {
+        let state = self.0.lock().ok()?;
+        let e = state.read.clone().or_else(|| state.write.clone())?;
+        Some((e, state.answered))
+    }
+
+    fn set(&self, e: &io::Error, read: bool) {
+        if let Ok(mut state) = self.0.lock() {
+            let slot = if read {
+                &mut state.read
+            } else {
+                &mut state.write
+            };
+            *slot = Some(e.to_string());
+        }
+    }
+
+    fn reset(&self) {
+        if let Ok(mut state) = self.0.lock() {
+            *state = IoState::default();
+        }
+    }
+
+    fn answered(&self) {
+        if let Ok(mut state) = self.0.lock() {
+            state.answered = true;
+        }
+    }
 }
 
 /// `HOST:PORT` split, with HOST as the name checked against the server's
@@ -98,11 +161,13 @@ pub(crate) async fn connect(conn: &Connection) -> Result<Session> {
             conn.server, server.host
         ))
     })?;
+    let io_error = LastIoError::default();
     let connector = Connector {
         host: server.host.clone(),
         port: server.port,
         name,
         tls: TlsConnector::from(Arc::new(config)),
+        io_error: io_error.clone(),
     };
     // The URI only fills in :authority; the connector decides where to go.
     let endpoint = Endpoint::from_shared(format!("http://{}", conn.server))
@@ -123,6 +188,7 @@ pub(crate) async fn connect(conn: &Connection) -> Result<Session> {
         client: OpsCenterClient::new(channel),
         me,
         server: conn.server.clone(),
+        io_error,
     })
 }
 
@@ -133,31 +199,84 @@ struct Connector {
     port: u16,
     name: ServerName<'static>,
     tls: TlsConnector,
+    io_error: LastIoError,
 }
 
-type Connecting =
-    Pin<Box<dyn Future<Output = std::io::Result<TokioIo<TlsStream<TcpStream>>>> + Send>>;
+type Conn = TokioIo<Watched<TlsStream<TcpStream>>>;
+type Connecting = Pin<Box<dyn Future<Output = io::Result<Conn>> + Send>>;
 
 impl Service<Uri> for Connector {
-    type Response = TokioIo<TlsStream<TcpStream>>;
+    type Response = Conn;
     type Error = std::io::Error;
     type Future = Connecting;
 
-    fn poll_ready(
-        &mut self,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Self::Error>> {
-        std::task::Poll::Ready(Ok(()))
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, _: Uri) -> Self::Future {
         let this = self.clone();
+        // A new connection: what went wrong on the last one no longer
+        // explains anything.
+        this.io_error.reset();
         Box::pin(async move {
             let tcp = TcpStream::connect((this.host.as_str(), this.port)).await?;
             tcp.set_nodelay(true)?;
             let tls = this.tls.connect(this.name, tcp).await?;
-            Ok(TokioIo::new(tls))
+            Ok(TokioIo::new(Watched {
+                inner: tls,
+                last: this.io_error,
+            }))
         })
+    }
+}
+
+/// A stream that remembers its last error in a [`LastIoError`].
+struct Watched<T> {
+    inner: T,
+    last: LastIoError,
+}
+
+impl<T> Watched<T> {
+    fn note<R>(&self, r: Poll<io::Result<R>>, read: bool) -> Poll<io::Result<R>> {
+        if let Poll::Ready(Err(e)) = &r {
+            self.last.set(e, read);
+        }
+        r
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.last.answered();
+        }
+        self.note(r, true)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.note(r, false)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let r = Pin::new(&mut self.inner).poll_flush(cx);
+        self.note(r, false)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let r = Pin::new(&mut self.inner).poll_shutdown(cx);
+        self.note(r, false)
     }
 }
 

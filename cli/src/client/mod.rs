@@ -31,7 +31,6 @@ use std::{path::PathBuf, time::Duration};
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use tonic::{Code, Status};
-use vigil_pki::Peer;
 
 /// How long a unary call may take before the client gives up.
 pub(crate) const CALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -118,8 +117,9 @@ pub(crate) async fn unary<T>(
     }
 }
 
-/// A refused or failed call as one line a person can act on.
-pub(crate) fn status_message(status: &Status, me: &Peer, server: &str) -> String {
+/// A refused or failed call of `session` as one line a person can act on.
+pub(crate) fn status_message(status: &Status, session: &connect::Session) -> String {
+    let (me, server) = (&session.me, &session.server);
     let msg = status.message();
     match status.code() {
         Code::PermissionDenied => match msg.split_once(" may not ") {
@@ -138,17 +138,27 @@ pub(crate) fn status_message(status: &Status, me: &Peer, server: &str) -> String
         Code::NotFound | Code::FailedPrecondition => msg.to_owned(),
         Code::InvalidArgument => format!("refused: {msg}"),
         Code::DeadlineExceeded => format!("the operations center at {server}: {msg}"),
-        Code::Unavailable | Code::Unknown | Code::Cancelled => format!(
-            "the operations center at {server} is unavailable: {}",
-            root_cause(status).unwrap_or_else(|| msg.to_owned())
-        ),
+        Code::Unavailable | Code::Unknown | Code::Cancelled => match session.io_error.get() {
+            Some((io, true)) => {
+                format!("the operations center at {server} ended the connection: {io}")
+            }
+            Some((io, false)) => format!(
+                "the operations center at {server} closed the connection without answering ({io}): \
+                 it may have refused your certificate (revoked, expired or from another CA); \
+                 its log says why"
+            ),
+            None => format!(
+                "the operations center at {server} is unavailable: {}",
+                root_cause(status).unwrap_or_else(|| msg.to_owned())
+            ),
+        },
         code => format!("{code:?}: {msg}"),
     }
 }
 
 /// A failed call of `session` as an error to exit with.
 pub(crate) fn fail(session: &connect::Session, status: &Status) -> anyhow::Error {
-    anyhow::anyhow!(status_message(status, &session.me, &session.server))
+    anyhow::anyhow!(status_message(status, session))
 }
 
 /// Whether a watch should reconnect after `status` (the server or the

@@ -158,7 +158,7 @@ pub(crate) async fn run(args: ReplayArgs) -> Result<()> {
         match tokio::time::timeout(STALL_AFTER, stream.message()).await {
             Err(_) => break Err(format!("nothing heard for {}s", STALL_AFTER.as_secs())),
             Ok(Ok(None)) => break Ok(()),
-            Ok(Err(status)) => break Err(status_message(&status, &s.me, &s.server)),
+            Ok(Err(status)) => break Err(status_message(&status, &s)),
             Ok(Ok(Some(item))) => {
                 let Some(event) = item.event else { continue };
                 writeln!(out, "{}", render::json_line(&event, "StoredEvent"))

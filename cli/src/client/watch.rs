@@ -7,11 +7,13 @@
 //! [`MIN_BACKOFF`] doubling up to [`MAX_BACKOFF`] between tries and saying
 //! so on stderr; the server then sends exactly the changes after that
 //! cursor. A `Resync` item (we fell behind) resumes at once from its cursor.
-//! Refusals (a bad certificate, a bad cursor) end the watch with an error.
+//! Refusals (a bad certificate, a bad cursor) end the watch with an error,
+//! and so does any failure before the first item arrived: retrying cannot
+//! fix a server that never answered us.
 
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Result, anyhow};
 use clap::Args;
 use tonic::Status;
 use vigil_proto::v1::{FeedItem, WatchIncidentsRequest, feed_item::Item};
@@ -62,7 +64,8 @@ pub(crate) async fn run(args: WatchArgs) -> Result<()> {
     let mut s = connect(&args.conn).await?;
     let mut cursor = args.cursor.clone().unwrap_or_default();
     let mut shown = 0u64;
-    let mut backoff = MIN_BACKOFF;
+    // Reset to MIN_BACKOFF by every item received; `None` until the first.
+    let mut backoff = None;
     loop {
         let request = WatchIncidentsRequest {
             cursor: cursor.clone(),
@@ -72,20 +75,25 @@ pub(crate) async fn run(args: WatchArgs) -> Result<()> {
         let end = match opened {
             Err(_) => End::Lost("no answer to the watch request".into()),
             Ok(Err(status)) if !transient(&status) => return Err(fail(&s, &status)),
-            Ok(Err(status)) => End::Lost(status_message(&status, &s.me, &s.server)),
+            Ok(Err(status)) => End::Lost(status_message(&status, &s)),
             Ok(Ok(response)) => {
                 let mut stream = response.into_inner();
-                follow(&args, &mut stream, &mut cursor, &mut shown, &mut backoff)
-                    .await
-                    .map_err(|status| fail(&s, &status))?
+                match follow(&args, &mut stream, &mut cursor, &mut shown, &mut backoff).await {
+                    Ok(end) => end,
+                    Err(status) if transient(&status) => {
+                        End::Lost(format!("feed interrupted: {}", status_message(&status, &s)))
+                    }
+                    Err(status) => return Err(fail(&s, &status)),
+                }
             }
         };
-        match end {
-            End::Done => return Ok(()),
-            End::Resync => {
+        match (end, backoff) {
+            (End::Done, _) => return Ok(()),
+            (End::Resync, _) => {
                 eprintln!("vigil watch: fell behind the feed; resuming from cursor {cursor}");
             }
-            End::Lost(why) => {
+            (End::Lost(why), None) => return Err(anyhow!(why)),
+            (End::Lost(why), Some(wait)) => {
                 let from = if cursor.is_empty() {
                     "with a fresh snapshot".to_owned()
                 } else {
@@ -93,10 +101,10 @@ pub(crate) async fn run(args: WatchArgs) -> Result<()> {
                 };
                 eprintln!(
                     "vigil watch: {why}; reconnecting in {:.1}s {from}",
-                    backoff.as_secs_f64()
+                    wait.as_secs_f64()
                 );
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(MAX_BACKOFF);
+                tokio::time::sleep(wait).await;
+                backoff = Some((wait * 2).min(MAX_BACKOFF));
             }
         }
     }
@@ -104,14 +112,13 @@ pub(crate) async fn run(args: WatchArgs) -> Result<()> {
 
 /// Prints one stream's items until it ends. `cursor` follows what was
 /// printed: snapshot items only move it once the snapshot is complete (a
-/// reconnect in the middle of a snapshot must start a fresh one). Errors
-/// are refusals to give up on.
+/// reconnect in the middle of a snapshot must start a fresh one).
 async fn follow(
     args: &WatchArgs,
     stream: &mut tonic::Streaming<FeedItem>,
     cursor: &mut String,
     shown: &mut u64,
-    backoff: &mut Duration,
+    backoff: &mut Option<Duration>,
 ) -> Result<End, Status> {
     loop {
         let item = match tokio::time::timeout(STALL_AFTER, stream.message()).await {
@@ -123,12 +130,9 @@ async fn follow(
             }
             Ok(Ok(Some(item))) => item,
             Ok(Ok(None)) => return Ok(End::Lost("the server ended the feed".into())),
-            Ok(Err(status)) if transient(&status) => {
-                return Ok(End::Lost(format!("feed interrupted: {}", status.message())));
-            }
             Ok(Err(status)) => return Err(status),
         };
-        *backoff = MIN_BACKOFF;
+        *backoff = Some(MIN_BACKOFF);
         let in_snapshot = matches!(&item.item, Some(Item::Update(u)) if u.snapshot);
         if !in_snapshot && !item.cursor.is_empty() {
             cursor.clone_from(&item.cursor);
