@@ -1,6 +1,7 @@
 //! A third-party gRPC client: Python `grpcio` with stubs generated from our
 //! .proto files at run time (`tests/python/ops_client.py`) lists incidents
-//! and acknowledges one against the real operations center over mutual TLS.
+//! and acknowledges one against the real operations center over mutual TLS,
+//! and finds the health and reflection services without any stubs.
 //!
 //! Skips (loudly) when Python's grpc packages are missing, unless
 //! `VIGIL_REQUIRE_PYTHON_GRPC` is set, as CI (`.ci/run`) does.
@@ -72,6 +73,11 @@ async fn python_grpcio_lists_incidents_and_acknowledges_one() {
 
     // What it printed: the feed's snapshot, both incidents, its change, and
     // the refusal of the stale version.
+    assert!(stdout.contains("health: SERVING"), "{stdout}");
+    assert!(
+        stdout.contains("reflection lists: vigil.v1.OpsCenter grpc.health.v1.Health"),
+        "{stdout}"
+    );
     assert!(stdout.contains("feed snapshot: 2 incidents"), "{stdout}");
     assert!(stdout.contains("incident inc-000001 post=p-1 state=INCIDENT_STATE_OPEN"));
     assert!(stdout.contains("incident inc-000002 post=p-2 state=INCIDENT_STATE_OPEN"));

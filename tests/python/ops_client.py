@@ -3,7 +3,9 @@
 
 Generates Python stubs from our .proto files with grpc_tools.protoc into a
 temporary folder, connects with mutual TLS (the caller's certificate decides
-its role), reads the start of the live feed, lists the open incidents and,
+its role), asks the standard health and reflection services (with raw
+protobuf bytes, no stubs: what a client without our .proto files sees),
+reads the start of the live feed, lists the open incidents and,
 with --ack ID, acknowledges one at the version it listed, then tries the
 same stale version again to show the version check. Prints one line per
 result; exits non-zero on any unexpected answer.
@@ -59,6 +61,35 @@ def state_name(pb, value):
     return pb.IncidentState.Name(value)
 
 
+def raw(data):
+    """Bytes in, bytes out: no generated message classes."""
+    return data
+
+
+def check_standard_services(channel):
+    """grpc.health.v1 and grpc.reflection.v1, spoken in raw bytes."""
+    check = channel.unary_unary(
+        "/grpc.health.v1.Health/Check",
+        request_serializer=raw,
+        response_deserializer=raw,
+    )
+    # HealthCheckRequest{} -> HealthCheckResponse{status: SERVING (1)}
+    answer = check(b"", timeout=TIMEOUT)
+    if answer != b"\x08\x01":
+        sys.exit(f"ops_client: health check answered {answer!r}")
+    print("health: SERVING")
+    reflect = channel.stream_stream(
+        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        request_serializer=raw,
+        response_deserializer=raw,
+    )
+    # ServerReflectionRequest{list_services: ""} (field 7, length 0)
+    answers = list(reflect(iter([b"\x3a\x00"]), timeout=TIMEOUT))
+    wanted = ("vigil.v1.OpsCenter", "grpc.health.v1.Health")
+    names = [n for n in wanted if n.encode() in answers[0]]
+    print(f"reflection lists: {' '.join(names)}")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--server", required=True, help="HOST:PORT of the API")
@@ -77,6 +108,7 @@ def main():
             certificate_chain=read(args.cert),
         )
         with grpc.secure_channel(args.server, credentials) as channel:
+            check_standard_services(channel)
             stub = rpc.OpsCenterStub(channel)
 
             # The feed: the snapshot of open incidents, up to its end marker.
