@@ -718,3 +718,70 @@ async fn a_revoked_certificate_is_refused_and_watch_gives_up_at_once() {
     }
     center.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_for_scripts_with_a_post_filter_and_a_cursor() {
+    let center = Center::start().await;
+    let t = now_secs();
+    center.submit(vec![alarm("p-1", 1, 1, t)]).await;
+    center.submit(vec![alarm("p-2", 1, 7, t)]).await;
+    let alice = center.flags(Role::Analyst, "alice");
+    let pool = pool();
+    let updates = |text: &str| -> Vec<vigil_proto::v1::FeedItem> {
+        text.lines()
+            .map(|l| from_json(&pool, "FeedItem", l))
+            .filter(|i: &vigil_proto::v1::FeedItem| {
+                matches!(i.item, Some(vigil_proto::v1::feed_item::Item::Update(_)))
+            })
+            .collect()
+    };
+    let id = |i: &vigil_proto::v1::FeedItem| match &i.item {
+        Some(vigil_proto::v1::feed_item::Item::Update(u)) => {
+            u.incident.as_ref().unwrap().id.clone()
+        }
+        _ => unreachable!(),
+    };
+
+    // The snapshot of one post only, as JSON lines.
+    let out = run_vigil(
+        args(
+            &alice,
+            &["watch", "--json", "--post", "p-2", "--count", "1"],
+        ),
+        vec![],
+    )
+    .await;
+    assert!(out.status.success());
+    let got = updates(&stdout(&out));
+    assert_eq!(got.len(), 1);
+    assert_eq!(id(&got[0]), "inc-000002");
+
+    // From a cursor: only what changed after it.
+    let out = run_vigil(args(&alice, &["watch", "--json", "--count", "2"]), vec![]).await;
+    let snapshot = updates(&stdout(&out));
+    assert_eq!(snapshot.len(), 2);
+    let last = stdout(&out).lines().next_back().unwrap().to_owned();
+    let cursor = serde_json::from_str::<serde_json::Value>(&last).unwrap()["cursor"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        run_vigil(args(&alice, &["note", "inc-000001", "seen"]), vec![])
+            .await
+            .status
+            .success()
+    );
+    let out = run_vigil(
+        args(
+            &alice,
+            &["watch", "--json", "--cursor", &cursor, "--count", "1"],
+        ),
+        vec![],
+    )
+    .await;
+    let got = updates(&stdout(&out));
+    assert_eq!(got.len(), 1);
+    assert_eq!(id(&got[0]), "inc-000001");
+    assert!(got[0].cursor.parse::<u64>().unwrap() > cursor.parse::<u64>().unwrap());
+    center.stop().await;
+}
