@@ -116,6 +116,13 @@ async fn incidents_lists_for_people_and_for_scripts() {
     ] {
         assert!(text.contains(part), "{part:?} in {text}");
     }
+    let out = run_vigil(args(&alice, &["incidents", "inc-000001", "--json"]), vec![]).await;
+    let detail: vigil_proto::v1::IncidentDetail =
+        from_json(&pool, "IncidentDetail", stdout(&out).trim());
+    let store = center.store();
+    assert_eq!(detail.incident, store.incident("inc-000001").unwrap());
+    assert_eq!(detail.events, store.incident_events("inc-000001").unwrap());
+    assert_eq!(detail.audit, store.audit("inc-000001").unwrap());
     let out = run_vigil(args(&alice, &["incidents", "inc-000042"]), vec![]).await;
     assert_eq!(out.status.code(), Some(1));
     assert!(
