@@ -7,6 +7,9 @@
 //! [`MIN_BACKOFF`] doubling up to [`MAX_BACKOFF`] between tries and saying
 //! so on stderr; the server then sends exactly the changes after that
 //! cursor. A `Resync` item (we fell behind) resumes at once from its cursor.
+//! Another command can run the same loop (`vigil dev` shows the feed of its
+//! own ops center) by building a [`WatchArgs`] and calling [`run`].
+//!
 //! Refusals (a bad certificate, a bad cursor) end the watch with an error,
 //! and so does any failure before the first item arrived: retrying cannot
 //! fix a server that never answered us.
@@ -31,20 +34,20 @@ pub(crate) const STALL_AFTER: Duration = Duration::from_secs(45);
 #[derive(Debug, Args)]
 pub(crate) struct WatchArgs {
     #[command(flatten)]
-    conn: Connection,
+    pub(crate) conn: Connection,
     /// Only incidents of this post (repeat for more).
     #[arg(long = "post", value_name = "POST")]
-    posts: Vec<String>,
+    pub(crate) posts: Vec<String>,
     /// Start after this cursor (from an earlier watch) instead of with the
     /// open incidents.
     #[arg(long)]
-    cursor: Option<String>,
+    pub(crate) cursor: Option<String>,
     /// Exit after printing this many incident updates (snapshot included).
     #[arg(long, value_name = "N")]
-    count: Option<u64>,
+    pub(crate) count: Option<u64>,
     /// Print every feed item (heartbeats too) as one JSON object per line.
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
 }
 
 /// Why one stream ended.
