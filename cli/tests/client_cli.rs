@@ -792,3 +792,32 @@ async fn watch_for_scripts_with_a_post_filter_and_a_cursor() {
     assert!(got[0].cursor.parse::<u64>().unwrap() > cursor.parse::<u64>().unwrap());
     center.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_analysts_acking_at_once_one_wins_the_other_sees_who() {
+    let center = Center::start().await;
+    center.submit(vec![alarm("p-1", 1, 1, now_secs())]).await;
+    let ack = |id: &str| {
+        run_vigil(
+            args(
+                &center.flags(Role::Analyst, id),
+                &["ack", "inc-000001", "--version", "1"],
+            ),
+            vec![],
+        )
+    };
+    let (a, b) = tokio::join!(ack("alice"), ack("bob"));
+    let (won, lost) = match (a.status.success(), b.status.success()) {
+        (true, false) => ("alice", &b),
+        (false, true) => ("bob", &a),
+        other => panic!("exactly one wins: {other:?}"),
+    };
+    assert_eq!(lost.status.code(), Some(1));
+    assert!(
+        stderr(lost).contains(&format!("acknowledged by {won}")),
+        "{}",
+        stderr(lost)
+    );
+    assert_eq!(incident(&center, "inc-000001").acknowledged_by, won);
+    center.stop().await;
+}
