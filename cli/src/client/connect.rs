@@ -33,6 +33,12 @@ use crate::Usage;
 
 /// From the first SYN to a finished TLS handshake.
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// HTTP/2 pings this often, even on an idle connection: a connection that
+/// died without a FIN (a cable, a NAT timeout) is then closed and the next
+/// call reconnects, instead of the call waiting on it.
+pub(crate) const KEEPALIVE_EVERY: Duration = Duration::from_secs(20);
+/// A ping unanswered this long closes the connection.
+pub(crate) const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A connected client and who it is.
 #[derive(Debug, Clone)]
@@ -173,6 +179,9 @@ pub(crate) async fn connect(conn: &Connection) -> Result<Session> {
     let endpoint = Endpoint::from_shared(format!("http://{}", conn.server))
         .map_err(|e| Usage(format!("--server {:?}: {e}", conn.server)))?
         .connect_timeout(CONNECT_TIMEOUT)
+        .http2_keep_alive_interval(KEEPALIVE_EVERY)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+        .keep_alive_while_idle(true)
         .tcp_nodelay(true);
     let channel = endpoint
         .connect_with_connector(connector)
