@@ -23,19 +23,17 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use tokio::{net::TcpListener, sync::mpsc};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity as TlsIdentity};
 use vigil_gateway::{
     camera::sim::{self, OnvifCamera, SimConfig, SimHandle},
     dc09::{Key, Message},
     simulator::{Panel, PanelConfig, Scenario},
 };
 use vigil_pki::{Identity, Role, authority};
-use vigil_proto::v1::{
-    AuditAction, FeedItem, Incident, IncidentState, WatchIncidentsRequest, feed_item::Item,
-    ops_center_client::OpsCenterClient,
-};
 
-use crate::Usage;
+use crate::{
+    Usage,
+    client::{Connection, watch::WatchArgs},
+};
 
 /// Validity of the certificates `vigil dev` issues.
 const CERT_DAYS: u32 = 365;
@@ -52,8 +50,6 @@ const ZONES_PER_CAMERA: u32 = 8;
 const CAMERAS: u32 = 2;
 /// Longest a simulated camera's push may take.
 const PUSH_TIMEOUT: Duration = Duration::from_secs(10);
-/// Pause before a dropped feed is opened again.
-const FEED_RETRY: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Args)]
 pub(crate) struct DevArgs {
@@ -527,123 +523,30 @@ async fn cameras(cams: Cameras, mut zones: mpsc::Receiver<u32>, stop: Cancellati
     }
 }
 
-/// Reads the live feed as the analyst and prints it; resumes from its last
-/// cursor when the stream drops.
+/// Reads the live feed as the analyst, exactly as `vigil watch` does (and
+/// with its reconnect loop), until `stop`.
 async fn feed(pki: PathBuf, api: SocketAddr, stop: CancellationToken) {
-    let mut cursor = String::new();
-    loop {
-        let result = tokio::select! {
-            () = stop.cancelled() => return,
-            r = watch_once(&pki, api, &mut cursor) => r,
-        };
-        if let Err(e) = result {
-            tracing::warn!("incident feed: {e:#}; reconnecting");
-        }
-        tokio::select! {
-            () = stop.cancelled() => return,
-            () = tokio::time::sleep(FEED_RETRY) => {}
-        }
-    }
-}
-
-async fn watch_once(pki: &Path, api: SocketAddr, cursor: &mut String) -> Result<()> {
-    let channel = connect(pki, "analyst", api).await?;
-    let mut client = OpsCenterClient::new(channel);
-    let mut stream = client
-        .watch_incidents(WatchIncidentsRequest {
-            cursor: cursor.clone(),
-            post_ids: Vec::new(),
-        })
-        .await?
-        .into_inner();
-    while let Some(item) = stream.message().await? {
-        if let Some(line) = feed_line(&item) {
-            println!("{line}");
-        }
-        if !item.cursor.is_empty() {
-            cursor.clone_from(&item.cursor);
-        }
-    }
-    bail!("the server ended the feed")
-}
-
-/// One readable line for a feed item, or `None` for heartbeats.
-fn feed_line(item: &FeedItem) -> Option<String> {
-    match item.item.as_ref()? {
-        Item::Update(update) => {
-            let incident = update.incident.as_ref()?;
-            Some(incident_line(incident, update.cause))
-        }
-        Item::SnapshotComplete(_) => Some("-- open incidents above; live changes below --".into()),
-        Item::Resync(r) => Some(format!("-- feed resynchronised: {} --", r.reason)),
-        Item::Heartbeat(_) => None,
-    }
-}
-
-/// A gRPC channel to the API at `api` with `pki/ID.pem` as the client
-/// certificate.
-async fn connect(pki: &Path, id: &str, api: SocketAddr) -> Result<Channel> {
-    let read = |name: String| {
-        let path = pki.join(name);
-        std::fs::read(&path).with_context(|| format!("reading {}", path.display()))
+    let args = WatchArgs {
+        conn: Connection {
+            server: api.to_string(),
+            ca: Some(pki.join("ca.pem")),
+            cert: Some(pki.join("analyst.pem")),
+            key: Some(pki.join("analyst.key")),
+            crl: Some(pki.join("crl.pem")),
+        },
+        posts: Vec::new(),
+        cursor: None,
+        count: None,
+        json: false,
     };
-    let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(read("ca.pem".into())?))
-        .identity(TlsIdentity::from_pem(
-            read(format!("{id}.pem"))?,
-            read(format!("{id}.key"))?,
-        ))
-        .domain_name("localhost");
-    let channel = Channel::from_shared(format!("https://{api}"))?
-        .tls_config(tls)?
-        .connect_timeout(Duration::from_secs(5))
-        .connect()
-        .await?;
-    Ok(channel)
-}
-
-/// `12:04:05 p-002  P2 open          Burglary alarm, zone 5 [restored] (restored) #inc-000007 v3`
-fn incident_line(incident: &Incident, cause: i32) -> String {
-    let when = incident
-        .updated_at
-        .as_ref()
-        .and_then(|t| time::OffsetDateTime::from_unix_timestamp(t.seconds).ok())
-        .map_or_else(
-            || "--:--:--".into(),
-            |t| format!("{:02}:{:02}:{:02}", t.hour(), t.minute(), t.second()),
-        );
-    let state = IncidentState::try_from(incident.state)
-        .map_or("unknown", |s| s.as_str_name())
-        .trim_start_matches("INCIDENT_STATE_")
-        .to_lowercase();
-    let cause = AuditAction::try_from(cause)
-        .map_or("change", |a| a.as_str_name())
-        .trim_start_matches("AUDIT_ACTION_")
-        .replace('_', " ")
-        .to_lowercase();
-    let mut flags = Vec::new();
-    if incident.restored {
-        flags.push("restored".to_owned());
+    tokio::select! {
+        () = stop.cancelled() => {}
+        result = crate::client::watch::run(args) => {
+            if let Err(e) = result {
+                tracing::error!("incident feed: {e:#}");
+            }
+        }
     }
-    if incident.escalation_level > 0 {
-        flags.push(format!("escalated {}", incident.escalation_level));
-    }
-    if !incident.assignee.is_empty() {
-        flags.push(format!("assigned {}", incident.assignee));
-    }
-    let flags = if flags.is_empty() {
-        String::new()
-    } else {
-        format!(" [{}]", flags.join(", "))
-    };
-    format!(
-        "{when} {post:<6} P{prio} {state:<12} {title}{flags} ({cause}) #{id} v{version}",
-        post = incident.post_id,
-        prio = incident.priority,
-        title = incident.title,
-        id = incident.id,
-        version = incident.version,
-    )
 }
 
 #[cfg(test)]

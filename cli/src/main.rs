@@ -10,9 +10,11 @@
 //! - [`config`]: `vigil config default broker|gateway|ops`.
 //! - [`dev`]: `vigil dev`, a whole region on loopback in one process.
 //! - [`metrics`]: the `[metrics]` Prometheus endpoint of each daemon.
+//! - [`client`]: the gRPC client commands (`watch`, `incidents`, `ack`, …).
 //! - [`signals`]: the SIGINT/SIGTERM future daemons stop on.
 
 mod broker;
+mod client;
 mod config;
 mod dev;
 mod gateway;
@@ -66,6 +68,8 @@ enum Command {
     /// Simulate devices: an alarm panel (`panel`) or a camera (`camera`).
     #[command(subcommand)]
     Simulate(simulate::SimulateCommand),
+    #[command(flatten)]
+    Client(client::ClientCommand),
 }
 
 fn main() -> ExitCode {
@@ -87,6 +91,7 @@ fn main() -> ExitCode {
         Command::Config(cmd) => config::run(&cmd),
         Command::Dev(args) => dev::run(&args),
         Command::Simulate(cmd) => simulate::run(cmd),
+        Command::Client(cmd) => client::run(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -92,7 +92,7 @@ impl Dev {
 fn incident_number(line: &str) -> u64 {
     let id = line
         .split_whitespace()
-        .find_map(|w| w.strip_prefix("#inc-"))
+        .find_map(|w| w.strip_prefix("inc-"))
         .unwrap_or_else(|| panic!("no incident id in {line:?}"));
     id.parse().expect("incident number")
 }
@@ -116,7 +116,7 @@ fn dev_runs_a_region_and_reuses_its_folder() {
     });
     dev.line("the live feed heading", |l| l == "Live incident feed:");
     dev.line("the end of the snapshot", |l| {
-        l.contains("live changes below")
+        l.contains("live changes follow")
     });
     let opened = dev.line("an incident opened by a panel", |l| l.contains("(opened)"));
     assert!(opened.contains(" p-00"), "{opened}");
@@ -146,7 +146,7 @@ fn dev_runs_a_region_and_reuses_its_folder() {
     );
     let last_incident = first_run
         .iter()
-        .filter(|l| l.contains("#inc-"))
+        .filter(|l| l.contains(" inc-"))
         .map(|l| incident_number(l))
         .max()
         .expect("incidents in the first run");
@@ -173,12 +173,12 @@ fn dev_runs_a_region_and_reuses_its_folder() {
         l.contains("reusing its PKI and data")
     });
     dev.line("the end of the snapshot", |l| {
-        l.contains("live changes below")
+        l.contains("live changes follow")
     });
     let opened = dev.line("a new incident", |l| l.contains("(opened)"));
     assert!(
         incident_number(&opened) > last_incident,
-        "incident numbers start again: {opened} after #inc-{last_incident:06}"
+        "incident numbers start again: {opened} after inc-{last_incident:06}"
     );
     let second_run = dev.stop();
     assert!(second_run.iter().any(|l| l.starts_with("stopped;")));

@@ -126,6 +126,17 @@ impl Center {
 
     /// Like [`Center::client`], but a refused connection is an error.
     async fn try_client(&self, role: Role, id: &str) -> Result<Client, tonic::transport::Error> {
+        Ok(OpsCenterClient::new(self.channel(role, id, None).await?))
+    }
+
+    /// A channel with a certificate of `role` named `id`; `window` sets the
+    /// HTTP/2 receive windows (how much the server may send unread).
+    async fn channel(
+        &self,
+        role: Role,
+        id: &str,
+        window: Option<u32>,
+    ) -> Result<Channel, tonic::transport::Error> {
         if !self.pki.join(format!("{id}.pem")).exists() {
             issue(&self.pki, role, id);
         }
@@ -137,13 +148,14 @@ impl Center {
                 read(format!("{id}.key")),
             ))
             .domain_name("localhost");
-        let channel = Channel::from_shared(format!("https://127.0.0.1:{}", self.port))
+        Channel::from_shared(format!("https://127.0.0.1:{}", self.port))
             .unwrap()
             .tls_config(tls)
             .unwrap()
+            .initial_stream_window_size(window)
+            .initial_connection_window_size(window)
             .connect()
-            .await?;
-        Ok(OpsCenterClient::new(channel))
+            .await
     }
 
     /// Submits events to the writer and waits for their commit.
@@ -168,6 +180,36 @@ impl Center {
                 return;
             }
         }
+    }
+
+    /// Submits many batches (one job each) at once and waits until every
+    /// one is committed.
+    async fn submit_all(&self, batches: Vec<Vec<Event>>) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let n = batches.len() as u64;
+        let first = self.next_token.fetch_add(n, Relaxed);
+        let send = async {
+            for (token, events) in (first..).zip(batches) {
+                let job = Job::Batch {
+                    post_id: events[0].post_id.clone(),
+                    events,
+                    at: SystemTime::now(),
+                    token,
+                };
+                self.jobs.send(job).await.unwrap();
+            }
+        };
+        let wait = async {
+            let mut left: std::collections::BTreeSet<u64> = (first..first + n).collect();
+            let mut done = self.done.lock().await;
+            while !left.is_empty() {
+                let c = done.recv().await.expect("writer alive");
+                for t in c.tokens {
+                    left.remove(&t);
+                }
+            }
+        };
+        tokio::join!(send, wait);
     }
 
     async fn stop(self) {
@@ -651,5 +693,213 @@ async fn a_revoked_certificate_is_refused() {
         .list_incidents(ListIncidentsRequest::default())
         .await
         .expect("a valid analyst is served");
+    ops.stop().await;
+}
+
+/// Reads a feed until it has seen an update of each of `want` incidents
+/// (by id), following `Resync` items by resuming from their cursor. Returns
+/// the items seen and how many resyncs it took.
+async fn follow_until(
+    client: &mut Client,
+    mut feed: tonic::Streaming<FeedItem>,
+    want: &std::collections::BTreeSet<String>,
+) -> (Vec<FeedItem>, usize) {
+    let mut seen = std::collections::BTreeSet::new();
+    let mut items = Vec::new();
+    let mut resyncs = 0;
+    while !want.is_subset(&seen) {
+        let item = next_update(&mut feed).await;
+        match &item.item {
+            Some(Item::Update(_)) => {
+                seen.insert(incident_of(&item).0);
+            }
+            Some(Item::Resync(_)) => {
+                resyncs += 1;
+                feed = client
+                    .watch_incidents(WatchIncidentsRequest {
+                        cursor: item.cursor.clone(),
+                        post_ids: Vec::new(),
+                    })
+                    .await
+                    .unwrap()
+                    .into_inner();
+            }
+            other => panic!("unexpected feed item {other:?}"),
+        }
+        items.push(item);
+    }
+    (items, resyncs)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_watcher_gets_a_resync_and_holds_up_neither_ingest_nor_other_watchers() {
+    let ops = Center::start().await;
+    // A watcher that stops reading after the (empty) snapshot. Its HTTP/2
+    // stream window is small, so the server can park only a few items in
+    // the connection for it.
+    let mut slow = OpsCenterClient::new(
+        ops.channel(Role::Analyst, "slow", Some(4096))
+            .await
+            .unwrap(),
+    );
+    let mut slow_feed = slow
+        .watch_incidents(WatchIncidentsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(matches!(
+        next_update(&mut slow_feed).await.item,
+        Some(Item::SnapshotComplete(_))
+    ));
+    // A watcher that keeps reading.
+    let mut other = ops.client(Role::Analyst, "other").await;
+    let mut other_feed = other
+        .watch_incidents(WatchIncidentsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(matches!(
+        next_update(&mut other_feed).await.item,
+        Some(Item::SnapshotComplete(_))
+    ));
+
+    // More changes than the broadcast holds: one new incident at each of
+    // n posts.
+    let n = api::feed::BROADCAST_CAPACITY + api::feed::CLIENT_CAPACITY + 400;
+    let want: std::collections::BTreeSet<String> =
+        (1..=n as u64).map(vigil_ops::store::incident_id).collect();
+    let reader = tokio::spawn({
+        let want = want.clone();
+        async move { follow_until(&mut other, other_feed, &want).await }
+    });
+    let t = now_secs();
+    let batches = (1..=n)
+        .map(|i| vec![alarm(&format!("p-{i}"), 1, 1, t)])
+        .collect();
+    // If ingest waited for the slow watcher, this would never finish.
+    tokio::time::timeout(Duration::from_secs(120), ops.submit_all(batches))
+        .await
+        .expect("ingest is not held up by a watcher that does not read");
+    let (items, resyncs) = tokio::time::timeout(Duration::from_secs(120), reader)
+        .await
+        .expect("the reading watcher sees every change")
+        .unwrap();
+    eprintln!("reading watcher: {} items, {resyncs} resyncs", items.len());
+
+    // The slow watcher now reads: what was queued for it, then a Resync,
+    // then the end of that stream.
+    let mut before = Vec::new();
+    let resync = loop {
+        let item = next_update(&mut slow_feed).await;
+        match &item.item {
+            Some(Item::Update(_)) => before.push(item),
+            Some(Item::Resync(_)) => break item,
+            other => panic!("unexpected feed item {other:?}"),
+        }
+    };
+    assert!(before.len() < n, "it fell behind: {} of {n}", before.len());
+    let end = tokio::time::timeout(Duration::from_secs(20), slow_feed.message())
+        .await
+        .expect("the stream ends after a resync");
+    assert!(matches!(end, Ok(None)), "{end:?}");
+    // Resuming from the Resync's cursor brings the rest: every incident,
+    // cursors strictly increasing across both streams (nothing repeated).
+    let feed = slow
+        .watch_incidents(WatchIncidentsRequest {
+            cursor: resync.cursor.clone(),
+            post_ids: Vec::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let rest: std::collections::BTreeSet<String> = want
+        .iter()
+        .filter(|id| !before.iter().any(|b| &incident_of(b).0 == *id))
+        .cloned()
+        .collect();
+    let (after, again) = follow_until(&mut slow, feed, &rest).await;
+    assert_eq!(again, 0, "nothing new to fall behind on");
+    let pos = |i: &FeedItem| i.cursor.parse::<u64>().unwrap();
+    let resumed_at = pos(&resync);
+    let cursors: Vec<u64> = before.iter().chain(&after).map(pos).collect();
+    assert!(
+        cursors.windows(2).all(|w| w[0] < w[1]),
+        "each change once, in order: {cursors:?}"
+    );
+    assert!(before.last().is_none_or(|b| pos(b) <= resumed_at));
+    assert!(after.first().is_none_or(|a| pos(a) > resumed_at));
+    ops.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_and_reflection_answer_over_mutual_tls() {
+    use tonic_health::pb::{
+        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+    };
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+    let ops = Center::start().await;
+    let channel = ops.channel(Role::Engineer, "eve", None).await.unwrap();
+
+    let mut health = HealthClient::new(channel.clone());
+    for service in ["", "vigil.v1.OpsCenter"] {
+        let status = health
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status();
+        assert_eq!(status, ServingStatus::Serving, "{service:?}");
+    }
+    let unknown = health
+        .check(HealthCheckRequest {
+            service: "no.such.Service".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), Code::NotFound);
+
+    let mut reflection = ServerReflectionClient::new(channel);
+    let ask = |m: MessageRequest| ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(m),
+    };
+    let requests = tokio_stream::iter(vec![
+        ask(MessageRequest::ListServices(String::new())),
+        ask(MessageRequest::FileContainingSymbol(
+            "vigil.v1.OpsCenter".into(),
+        )),
+    ]);
+    let mut answers = reflection
+        .server_reflection_info(requests)
+        .await
+        .unwrap()
+        .into_inner();
+    let listed = answers.message().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = listed.message_response else {
+        panic!("{listed:?}");
+    };
+    let names: Vec<&str> = list.service.iter().map(|s| s.name.as_str()).collect();
+    assert!(names.contains(&"vigil.v1.OpsCenter"), "{names:?}");
+    assert!(names.contains(&"grpc.health.v1.Health"), "{names:?}");
+    let file = answers.message().await.unwrap().unwrap();
+    let Some(MessageResponse::FileDescriptorResponse(files)) = file.message_response else {
+        panic!("{file:?}");
+    };
+    let names: Vec<String> = files
+        .file_descriptor_proto
+        .iter()
+        .map(|b| {
+            <prost_types::FileDescriptorProto as prost::Message>::decode(b.as_slice())
+                .unwrap()
+                .name()
+                .to_owned()
+        })
+        .collect();
+    assert!(names.iter().any(|n| n == "vigil/v1/ops.proto"), "{names:?}");
     ops.stop().await;
 }

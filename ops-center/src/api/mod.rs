@@ -170,13 +170,21 @@ pub async fn serve(
             }
         }
     });
-    let incoming = tls::incoming(listener, acceptor, shutdown.clone(), &tracker);
+    let incoming = tls::incoming(
+        listener,
+        acceptor,
+        shutdown.clone(),
+        &tracker,
+        tls::MAX_CONNECTIONS,
+    );
     tracker.close();
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<OpsCenterServer<Api>>().await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(vigil_proto::FILE_DESCRIPTOR_SET)
+        // So `grpcurl list` shows the health service too, and can describe it.
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .expect("the compiled-in descriptor set is valid");
     let api = Api {

@@ -130,7 +130,17 @@ impl SqliteStore {
     }
 
     fn post_info(&self, row: PostRow) -> Result<PostInfo, StoreError> {
-        let mark = self.marks.get(&row.post_id).cloned().unwrap_or_default();
+        // From the database, not `self.marks`: those are only kept current
+        // on the connection that writes, and the API reads through another.
+        let above: Vec<u64> = self
+            .conn
+            .prepare_cached("SELECT seq FROM events WHERE post_id = ?1 AND seq > ?2")?
+            .query_map(params![row.post_id, row.durable_through], |r| {
+                r.get::<_, i64>(0)
+            })?
+            .map(|seq| seq.map(|s| s as u64))
+            .collect::<Result<_, _>>()?;
+        let mark = SeqWatermark::restore(row.durable_through as u64, above);
         let open: u32 = self
             .conn
             .prepare_cached("SELECT count(*) FROM incidents WHERE post_id = ?1 AND state != ?2")?
@@ -155,7 +165,7 @@ impl SqliteStore {
 
     fn post_rows(&self, post_id: Option<&str>) -> Result<Vec<PostRow>, StoreError> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT post_id, last_seen, status, test_mode_until FROM posts
+            "SELECT post_id, last_seen, status, test_mode_until, durable_through FROM posts
              WHERE ?1 IS NULL OR post_id = ?1 ORDER BY post_id",
         )?;
         let rows = stmt.query_map(params![post_id], |r| {
@@ -164,6 +174,7 @@ impl SqliteStore {
                 last_seen: r.get(1)?,
                 status: r.get(2)?,
                 test_mode_until: r.get(3)?,
+                durable_through: r.get(4)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -211,6 +222,7 @@ impl SqliteStore {
 
 struct PostRow {
     post_id: String,
+    durable_through: i64,
     last_seen: Option<i64>,
     status: Option<Vec<u8>>,
     test_mode_until: Option<i64>,
@@ -801,6 +813,20 @@ mod tests {
             [("p-1".to_string(), 3), ("p-2".to_string(), 0)]
         );
         assert_eq!((res.inserted, res.duplicates), (4, 1));
+    }
+
+    #[test]
+    fn another_connection_sees_current_post_seqs() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut writer = SqliteStore::open(dir.path()).unwrap();
+        let reader = SqliteStore::open(dir.path()).unwrap();
+        insert(&mut writer, "p-1", &[1, 2, 5]);
+        let info = reader.post("p-1").unwrap().unwrap();
+        assert_eq!(
+            (info.last_seq, info.durable_through_seq, info.missing_events),
+            (5, 2, 2)
+        );
+        assert_eq!(reader.posts().unwrap()[0].last_seq, 5);
     }
 
     #[test]

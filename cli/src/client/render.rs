@@ -1,0 +1,455 @@
+//! What the client commands print: short lines for people, JSON for
+//! scripts.
+//!
+//! JSON is the proto3 JSON mapping of the message (through the descriptors
+//! compiled into `vigil-proto`), with the .proto field names (`post_id`),
+//! every field present, enums by name, 64-bit numbers as numbers and
+//! timestamps in RFC 3339 — so a script sees the same shape whichever
+//! command it reads, and can decode it back into the message.
+//!
+//! [`feed_line`] formats one live-feed item; `vigil watch` prints with it and
+//! `vigil dev` can too.
+
+use std::sync::OnceLock;
+
+use prost::Message;
+use prost_reflect::{DescriptorPool, DynamicMessage, SerializeOptions};
+use prost_types::Timestamp;
+use time::{OffsetDateTime, format_description::well_known::Rfc3339, macros::format_description};
+use vigil_proto::v1::{
+    AuditAction, AuditEntry, Disposition, FeedItem, Incident, IncidentDetail, IncidentState, Note,
+    PostInfo, PostState, Priority, Severity, StoredEvent, event::Body, feed_item::Item,
+};
+
+// ---------------------------------------------------------------- JSON
+
+fn pool() -> &'static DescriptorPool {
+    static POOL: OnceLock<DescriptorPool> = OnceLock::new();
+    POOL.get_or_init(|| {
+        DescriptorPool::decode(vigil_proto::FILE_DESCRIPTOR_SET)
+            .expect("the compiled-in descriptor set is valid")
+    })
+}
+
+/// `msg` (of protobuf type `vigil.v1.{name}`) as a JSON value.
+pub(crate) fn json<M: Message>(msg: &M, name: &str) -> serde_json::Value {
+    let full = format!("vigil.v1.{name}");
+    let desc = pool()
+        .get_message_by_name(&full)
+        .unwrap_or_else(|| panic!("{full} is in the descriptor set"));
+    let dynamic = DynamicMessage::decode(desc, msg.encode_to_vec().as_slice())
+        .expect("a message we hold decodes with its own descriptor");
+    let options = SerializeOptions::new()
+        .use_proto_field_name(true)
+        .skip_default_fields(false)
+        .stringify_64_bit_integers(false);
+    dynamic
+        .serialize_with_options(serde_json::value::Serializer, &options)
+        .expect("protobuf messages serialize to JSON")
+}
+
+/// `msg` as one line of JSON.
+pub(crate) fn json_line<M: Message>(msg: &M, name: &str) -> String {
+    json(msg, name).to_string()
+}
+
+// ---------------------------------------------------------------- names
+
+/// `INCIDENT_STATE_OPEN` → `open`.
+fn short(name: &str, prefix: &str) -> String {
+    name.strip_prefix(prefix)
+        .unwrap_or(name)
+        .to_ascii_lowercase()
+        .replace('_', "-")
+}
+
+pub(crate) fn state(v: i32) -> String {
+    IncidentState::try_from(v).map_or_else(
+        |_| format!("state-{v}"),
+        |s| short(s.as_str_name(), "INCIDENT_STATE_"),
+    )
+}
+
+fn priority(v: i32) -> String {
+    match Priority::try_from(v) {
+        Ok(Priority::Unspecified) | Err(_) => "P?".into(),
+        Ok(p) => short(p.as_str_name(), "PRIORITY_").to_ascii_uppercase(),
+    }
+}
+
+fn severity(v: i32) -> String {
+    Severity::try_from(v).map_or_else(
+        |_| format!("severity-{v}"),
+        |s| short(s.as_str_name(), "SEVERITY_"),
+    )
+}
+
+fn action(v: i32) -> String {
+    AuditAction::try_from(v).map_or_else(
+        |_| format!("action-{v}"),
+        |a| short(a.as_str_name(), "AUDIT_ACTION_").replace('-', " "),
+    )
+}
+
+fn disposition(v: i32) -> String {
+    Disposition::try_from(v).map_or_else(
+        |_| format!("disposition-{v}"),
+        |d| short(d.as_str_name(), "DISPOSITION_"),
+    )
+}
+
+fn datetime(ts: &Timestamp) -> Option<OffsetDateTime> {
+    let nanos = i128::from(ts.seconds) * 1_000_000_000 + i128::from(ts.nanos);
+    OffsetDateTime::from_unix_timestamp_nanos(nanos).ok()
+}
+
+/// `2026-11-26 10:14:03Z`, or `-`.
+pub(crate) fn when(ts: Option<&Timestamp>) -> String {
+    let format = format_description!("[year]-[month]-[day] [hour]:[minute]:[second]Z");
+    ts.and_then(datetime)
+        .and_then(|t| t.format(format).ok())
+        .unwrap_or_else(|| "-".into())
+}
+
+/// `10:14:03`, or `--:--:--`.
+fn clock(ts: Option<&Timestamp>) -> String {
+    let format = format_description!("[hour]:[minute]:[second]");
+    ts.and_then(datetime)
+        .and_then(|t| t.format(format).ok())
+        .unwrap_or_else(|| "--:--:--".into())
+}
+
+/// RFC 3339 (`2026-11-26T10:14:03Z`) to a protobuf timestamp.
+pub(crate) fn parse_rfc3339(s: &str) -> Result<Timestamp, String> {
+    let t = OffsetDateTime::parse(s, &Rfc3339)
+        .map_err(|e| format!("{s:?} is not an RFC 3339 time like 2026-11-26T10:00:00Z ({e})"))?;
+    let nanos = t.unix_timestamp_nanos();
+    Ok(Timestamp {
+        seconds: i64::try_from(nanos.div_euclid(1_000_000_000)).map_err(|e| e.to_string())?,
+        nanos: i32::try_from(nanos.rem_euclid(1_000_000_000)).map_err(|e| e.to_string())?,
+    })
+}
+
+fn or_dash(s: &str) -> &str {
+    if s.is_empty() { "-" } else { s }
+}
+
+// ---------------------------------------------------------------- lines
+
+/// One live-feed item as a terminal line: time of the change, incident,
+/// post, state, priority and severity, summary, assignee, and what changed.
+/// `None` for heartbeats (nothing to show).
+pub(crate) fn feed_line(item: &FeedItem) -> Option<String> {
+    match item.item.as_ref()? {
+        Item::Update(u) => {
+            let inc = u.incident.as_ref()?;
+            let cause = if u.snapshot {
+                "open".to_owned()
+            } else {
+                action(u.cause)
+            };
+            Some(format!(
+                "{}  {}  {:<8} {:<12} {} {:<8} {}  [{}]  ({cause})",
+                clock(inc.updated_at.as_ref()),
+                inc.id,
+                inc.post_id,
+                state(inc.state),
+                priority(inc.priority),
+                severity(inc.severity),
+                inc.title,
+                assignee(inc),
+            ))
+        }
+        Item::SnapshotComplete(_) => Some("-- live changes follow --".into()),
+        Item::Resync(r) => Some(format!("-- resynchronising: {} --", r.reason)),
+        Item::Heartbeat(_) => None,
+    }
+}
+
+fn assignee(inc: &Incident) -> &str {
+    if inc.assignee.is_empty() {
+        "unassigned"
+    } else {
+        &inc.assignee
+    }
+}
+
+/// Column titles for [`incident_row`].
+pub(crate) const INCIDENT_HEADER: &str =
+    "ID          POST     STATE        PRI SEVERITY VER ASSIGNEE     OPENED                TITLE";
+
+/// One incident as a table row under [`INCIDENT_HEADER`].
+pub(crate) fn incident_row(inc: &Incident) -> String {
+    format!(
+        "{:<11} {:<8} {:<12} {:<3} {:<8} {:<3} {:<12} {:<21} {}",
+        inc.id,
+        inc.post_id,
+        state(inc.state),
+        priority(inc.priority),
+        severity(inc.severity),
+        inc.version,
+        or_dash(&inc.assignee),
+        when(inc.opened_at.as_ref()),
+        inc.title,
+    )
+}
+
+/// One incident in a sentence: for workflow results and conflicts.
+pub(crate) fn incident_summary(inc: &Incident) -> String {
+    let mut s = format!(
+        "{} at {}: {}, {} {}, version {}, {}",
+        inc.id,
+        inc.post_id,
+        state(inc.state),
+        priority(inc.priority),
+        inc.title,
+        inc.version,
+        assignee(inc)
+    );
+    if !inc.acknowledged_by.is_empty() {
+        s.push_str(&format!(", acknowledged by {}", inc.acknowledged_by));
+    }
+    if !inc.resolved_by.is_empty() {
+        s.push_str(&format!(
+            ", resolved by {} ({})",
+            inc.resolved_by,
+            disposition(inc.disposition)
+        ));
+    }
+    if inc.escalation_level > 0 {
+        s.push_str(&format!(", escalation level {}", inc.escalation_level));
+    }
+    s
+}
+
+/// An incident in full, for `vigil incidents ID`.
+pub(crate) fn incident_detail(d: &IncidentDetail) -> String {
+    let mut out = String::new();
+    if let Some(inc) = &d.incident {
+        let line = |out: &mut String, k: &str, v: &str| out.push_str(&format!("{k:<16}{v}\n"));
+        line(&mut out, "incident", &inc.id);
+        line(&mut out, "post", &inc.post_id);
+        line(&mut out, "title", &inc.title);
+        line(&mut out, "state", &state(inc.state));
+        line(&mut out, "version", &inc.version.to_string());
+        line(
+            &mut out,
+            "priority",
+            &format!("{} ({})", priority(inc.priority), severity(inc.severity)),
+        );
+        line(&mut out, "subject", &inc.subject);
+        line(
+            &mut out,
+            "verified",
+            if inc.verified { "yes" } else { "no" },
+        );
+        line(
+            &mut out,
+            "restored",
+            if inc.restored { "yes" } else { "no" },
+        );
+        line(&mut out, "opened", &when(inc.opened_at.as_ref()));
+        line(&mut out, "updated", &when(inc.updated_at.as_ref()));
+        line(&mut out, "assignee", or_dash(&inc.assignee));
+        if !inc.acknowledged_by.is_empty() {
+            let v = format!(
+                "{} at {}",
+                inc.acknowledged_by,
+                when(inc.acknowledged_at.as_ref())
+            );
+            line(&mut out, "acknowledged", &v);
+        }
+        if !inc.resolved_by.is_empty() {
+            let v = format!(
+                "{} at {} ({})",
+                inc.resolved_by,
+                when(inc.resolved_at.as_ref()),
+                disposition(inc.disposition)
+            );
+            line(&mut out, "resolved", &v);
+        }
+        if inc.ack_deadline.is_some() {
+            line(&mut out, "ack deadline", &when(inc.ack_deadline.as_ref()));
+        }
+        line(&mut out, "escalation", &inc.escalation_level.to_string());
+        line(&mut out, "events", &inc.event_count.to_string());
+        if !inc.active_conditions.is_empty() {
+            line(&mut out, "active", &inc.active_conditions.join(", "));
+        }
+        line(&mut out, "procedure", &inc.procedure);
+    }
+    out.push_str("\nevents:\n");
+    for e in &d.events {
+        out.push_str(&format!("  {}\n", event_line(e)));
+    }
+    out.push_str("\nnotes:\n");
+    for n in &d.notes {
+        out.push_str(&format!("  {}\n", note_line(n)));
+    }
+    out.push_str("\naudit:\n");
+    for a in &d.audit {
+        out.push_str(&format!("  {}\n", audit_line(a)));
+    }
+    out
+}
+
+/// A stored event in one line.
+pub(crate) fn event_line(e: &StoredEvent) -> String {
+    let Some(ev) = &e.event else {
+        return "(empty event)".into();
+    };
+    let what = match &ev.body {
+        Some(Body::Alarm(a)) => format!(
+            "alarm account {} zone {} {}{}",
+            a.account,
+            a.zone,
+            a.sia_code,
+            if a.text.is_empty() {
+                String::new()
+            } else {
+                format!(" {}", a.text)
+            }
+        ),
+        Some(Body::Camera(c)) => format!("camera {} kind {}", c.camera_id, c.kind),
+        Some(Body::Health(h)) => format!("health {} {}", h.subject, h.detail),
+        None => "event".into(),
+    };
+    format!(
+        "{} {}#{} {} {}{}",
+        when(ev.received_at.as_ref()),
+        ev.post_id,
+        ev.seq,
+        severity(ev.severity),
+        what,
+        if ev.restore { " (restore)" } else { "" }
+    )
+}
+
+fn note_line(n: &Note) -> String {
+    format!("{} {}: {}", when(n.at.as_ref()), n.author, n.text)
+}
+
+fn audit_line(a: &AuditEntry) -> String {
+    format!(
+        "{} v{}→v{} {} by {} ({}){}",
+        when(a.at.as_ref()),
+        a.from_version,
+        a.to_version,
+        action(a.action),
+        a.actor,
+        a.actor_role,
+        if a.detail.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", a.detail)
+        }
+    )
+}
+
+/// Column titles for [`post_row`].
+pub(crate) const POST_HEADER: &str =
+    "POST     STATUS   LAST SEEN             LAST SEQ DURABLE  MISSING OPEN TEST MODE UNTIL";
+
+pub(crate) fn post_row(p: &PostInfo) -> String {
+    let status = p.status.as_ref().map_or_else(
+        || "unknown".to_owned(),
+        |s| {
+            PostState::try_from(s.state).map_or_else(
+                |_| "unknown".to_owned(),
+                |st| short(st.as_str_name(), "POST_STATE_"),
+            )
+        },
+    );
+    format!(
+        "{:<8} {:<8} {:<21} {:<8} {:<8} {:<7} {:<4} {}",
+        p.post_id,
+        status,
+        when(p.last_seen.as_ref()),
+        p.last_seq,
+        p.durable_through_seq,
+        p.missing_events,
+        p.open_incidents,
+        when(p.test_mode_until.as_ref()),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use vigil_proto::v1::{Heartbeat, IncidentUpdate};
+
+    use super::*;
+
+    fn incident() -> Incident {
+        Incident {
+            id: "inc-000007".into(),
+            post_id: "p-17".into(),
+            state: IncidentState::Acknowledged as i32,
+            priority: Priority::P2 as i32,
+            severity: Severity::High as i32,
+            title: "Burglary alarm, zone 15".into(),
+            assignee: "alice".into(),
+            version: 3,
+            updated_at: Some(Timestamp {
+                // 2025-11-26T03:04:05Z
+                seconds: 1_764_115_200 + 3 * 3600 + 4 * 60 + 5,
+                nanos: 0,
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_feed_line_shows_time_incident_post_state_severity_summary_assignee() {
+        let item = FeedItem {
+            cursor: "42".into(),
+            item: Some(Item::Update(IncidentUpdate {
+                incident: Some(incident()),
+                cause: AuditAction::Assigned as i32,
+                snapshot: false,
+            })),
+        };
+        let line = feed_line(&item).unwrap();
+        for part in [
+            "03:04:05",
+            "inc-000007",
+            "p-17",
+            "acknowledged",
+            "P2",
+            "high",
+            "Burglary alarm, zone 15",
+            "[alice]",
+            "(assigned)",
+        ] {
+            assert!(line.contains(part), "{part:?} in {line:?}");
+        }
+        let beat = FeedItem {
+            cursor: "42".into(),
+            item: Some(Item::Heartbeat(Heartbeat::default())),
+        };
+        assert_eq!(feed_line(&beat), None);
+    }
+
+    #[test]
+    fn json_uses_proto_field_names_enum_names_and_rfc3339_times() {
+        let v = json(&incident(), "Incident");
+        assert_eq!(v["id"], "inc-000007");
+        assert_eq!(v["post_id"], "p-17");
+        assert_eq!(v["state"], "INCIDENT_STATE_ACKNOWLEDGED");
+        assert_eq!(v["version"], 3);
+        assert_eq!(v["updated_at"], "2025-11-26T03:04:05Z");
+        // Default fields are present too, so scripts need no special cases.
+        assert_eq!(v["escalation_level"], 0);
+        assert_eq!(v["resolved_by"], "");
+    }
+
+    #[test]
+    fn rfc3339_times_parse_and_bad_ones_say_what_is_expected() {
+        let t = parse_rfc3339("2025-11-26T03:04:05.5+01:00").unwrap();
+        assert_eq!(
+            (t.seconds, t.nanos),
+            (1_764_115_200 + 2 * 3600 + 245, 500_000_000)
+        );
+        let err = parse_rfc3339("yesterday").unwrap_err();
+        assert!(err.contains("RFC 3339"), "{err}");
+    }
+}

@@ -1,0 +1,159 @@
+//! `vigil watch`: the live incident feed in the terminal.
+//!
+//! It starts with the open and acknowledged incidents (or after `--cursor`),
+//! then prints one line per change. When the connection drops, the server
+//! stops, or nothing (not even a heartbeat) arrives for [`STALL_AFTER`], it
+//! reconnects with the cursor of the last item it printed, waiting
+//! [`MIN_BACKOFF`] doubling up to [`MAX_BACKOFF`] between tries and saying
+//! so on stderr; the server then sends exactly the changes after that
+//! cursor. A `Resync` item (we fell behind) resumes at once from its cursor.
+//! Another command can run the same loop (`vigil dev` shows the feed of its
+//! own ops center) by building a [`WatchArgs`] and calling [`run`].
+//!
+//! Refusals (a bad certificate, a bad cursor) end the watch with an error,
+//! and so does any failure before the first item arrived: retrying cannot
+//! fix a server that never answered us.
+
+use std::time::Duration;
+
+use anyhow::{Result, anyhow};
+use clap::Args;
+use tonic::Status;
+use vigil_proto::v1::{FeedItem, WatchIncidentsRequest, feed_item::Item};
+
+use super::{Connection, connect::connect, fail, render, status_message, transient};
+
+/// First wait before reconnecting...
+pub(crate) const MIN_BACKOFF: Duration = Duration::from_millis(250);
+/// ...doubling up to this.
+pub(crate) const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// No item for this long means the connection is dead (the server sends a
+/// heartbeat every 15 s when nothing happens).
+pub(crate) const STALL_AFTER: Duration = Duration::from_secs(45);
+
+#[derive(Debug, Args)]
+pub(crate) struct WatchArgs {
+    #[command(flatten)]
+    pub(crate) conn: Connection,
+    /// Only incidents of this post (repeat for more).
+    #[arg(long = "post", value_name = "POST")]
+    pub(crate) posts: Vec<String>,
+    /// Start after this cursor (from an earlier watch) instead of with the
+    /// open incidents.
+    #[arg(long)]
+    pub(crate) cursor: Option<String>,
+    /// Exit after printing this many incident updates (snapshot included).
+    #[arg(long, value_name = "N")]
+    pub(crate) count: Option<u64>,
+    /// Print every feed item (heartbeats too) as one JSON object per line.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+/// Why one stream ended.
+enum End {
+    /// Printed `--count` updates.
+    Done,
+    /// Fell behind: resume from the cursor now.
+    Resync,
+    /// The connection or the server went away.
+    Lost(String),
+}
+
+pub(crate) async fn run(args: WatchArgs) -> Result<()> {
+    if args.count == Some(0) {
+        return Ok(());
+    }
+    let mut s = connect(&args.conn).await?;
+    let mut cursor = args.cursor.clone().unwrap_or_default();
+    let mut shown = 0u64;
+    // Reset to MIN_BACKOFF by every item received; `None` until the first.
+    let mut backoff = None;
+    loop {
+        let request = WatchIncidentsRequest {
+            cursor: cursor.clone(),
+            post_ids: args.posts.clone(),
+        };
+        let opened = tokio::time::timeout(STALL_AFTER, s.client.watch_incidents(request)).await;
+        let end = match opened {
+            Err(_) => End::Lost("no answer to the watch request".into()),
+            Ok(Err(status)) if !transient(&status) => return Err(fail(&s, &status)),
+            Ok(Err(status)) => End::Lost(status_message(&status, &s)),
+            Ok(Ok(response)) => {
+                let mut stream = response.into_inner();
+                match follow(&args, &mut stream, &mut cursor, &mut shown, &mut backoff).await {
+                    Ok(end) => end,
+                    Err(status) if transient(&status) => {
+                        End::Lost(format!("feed interrupted: {}", status_message(&status, &s)))
+                    }
+                    Err(status) => return Err(fail(&s, &status)),
+                }
+            }
+        };
+        match (end, backoff) {
+            (End::Done, _) => return Ok(()),
+            (End::Resync, _) => {
+                eprintln!("vigil watch: fell behind the feed; resuming from cursor {cursor}");
+            }
+            (End::Lost(why), None) => return Err(anyhow!(why)),
+            (End::Lost(why), Some(wait)) => {
+                let from = if cursor.is_empty() {
+                    "with a fresh snapshot".to_owned()
+                } else {
+                    format!("from cursor {cursor}")
+                };
+                eprintln!(
+                    "vigil watch: {why}; reconnecting in {:.1}s {from}",
+                    wait.as_secs_f64()
+                );
+                tokio::time::sleep(wait).await;
+                backoff = Some((wait * 2).min(MAX_BACKOFF));
+            }
+        }
+    }
+}
+
+/// Prints one stream's items until it ends. `cursor` follows what was
+/// printed: snapshot items only move it once the snapshot is complete (a
+/// reconnect in the middle of a snapshot must start a fresh one).
+async fn follow(
+    args: &WatchArgs,
+    stream: &mut tonic::Streaming<FeedItem>,
+    cursor: &mut String,
+    shown: &mut u64,
+    backoff: &mut Option<Duration>,
+) -> Result<End, Status> {
+    loop {
+        let item = match tokio::time::timeout(STALL_AFTER, stream.message()).await {
+            Err(_) => {
+                return Ok(End::Lost(format!(
+                    "nothing heard for {}s",
+                    STALL_AFTER.as_secs()
+                )));
+            }
+            Ok(Ok(Some(item))) => item,
+            Ok(Ok(None)) => return Ok(End::Lost("the server ended the feed".into())),
+            Ok(Err(status)) => return Err(status),
+        };
+        *backoff = Some(MIN_BACKOFF);
+        let in_snapshot = matches!(&item.item, Some(Item::Update(u)) if u.snapshot);
+        if !in_snapshot && !item.cursor.is_empty() {
+            cursor.clone_from(&item.cursor);
+        }
+        if args.json {
+            println!("{}", render::json_line(&item, "FeedItem"));
+        } else if let Some(line) = render::feed_line(&item) {
+            println!("{line}");
+        }
+        match &item.item {
+            Some(Item::Update(_)) => {
+                *shown += 1;
+                if args.count.is_some_and(|n| *shown >= n) {
+                    return Ok(End::Done);
+                }
+            }
+            Some(Item::Resync(_)) => return Ok(End::Resync),
+            _ => {}
+        }
+    }
+}
