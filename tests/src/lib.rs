@@ -5,6 +5,8 @@
 //!
 //! Every wait is bounded ([`WAIT`]); a test that would hang fails instead.
 
+pub mod faults;
+
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
