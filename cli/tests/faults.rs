@@ -63,7 +63,13 @@ async fn gateway_killed_at_random_points() {
         .iter()
         .enumerate()
         .map(|(i, account)| {
-            let config = fault_panel(dc09, account, count, ms(&mut rng, 15..30), rng.random());
+            let mut config = fault_panel(dc09, account, count, ms(&mut rng, 15..30), rng.random());
+            if i == 2 {
+                // An impatient panel: gives up at the first trouble, so a
+                // kill between commit and ACK leaves a stored, unACKed
+                // message (allowed) instead of a retransmission.
+                config.retries = 0;
+            }
             spawn_panel(vary(config, i))
         })
         .collect();

@@ -179,6 +179,9 @@ pub struct Accounting {
     /// Stored more than once (one panel message under several post seqs),
     /// plus duplicate rows for one `(post, seq)`: must be 0.
     pub duplicated: u64,
+    /// Transmissions the panels repeated (after a timeout, a closed
+    /// connection or a NAK): each one a chance to store a message twice.
+    pub retransmissions: u64,
     /// Given up by the panel yet stored (the ACK was lost on the way, or
     /// the panel gave up while the gateway had it): allowed.
     pub unacked_stored: u64,
@@ -223,6 +226,7 @@ impl Accounting {
     ) {
         let mut sent: BTreeMap<MessageId, bool> = BTreeMap::new();
         for summary in panels {
+            self.retransmissions += summary.counts.retries;
             for outcome in &summary.outcomes {
                 if outcome.id.token == Token::Null {
                     continue;
@@ -358,6 +362,7 @@ impl fmt::Display for Accounting {
             ("attempted", self.attempted),
             ("acked by gateway", self.acked),
             ("not acked (panel gave up)", self.not_acked),
+            ("panel retransmissions", self.retransmissions),
             ("stored at ops center", self.stored),
             ("LOST (acked, not stored)", self.lost),
             ("DUPLICATED", self.duplicated),
