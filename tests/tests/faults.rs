@@ -356,18 +356,24 @@ async fn gateway_disk_full_naks_panels_then_recovers() {
         })
         .collect();
 
-    tokio::time::sleep(ms(&mut rng, 300..1000)).await;
-    let ballast = fill(&data_dir);
-    eventually_within(
-        "panels NAKed on a full disk",
-        Duration::from_secs(30),
-        || gw.metrics.dc09.nak_storage.load(Ordering::Relaxed) > 0,
-    )
-    .await;
-    tokio::time::sleep(ms(&mut rng, 300..1000)).await;
+    // Full, then freed; several times in long runs.
+    let episodes = iterations(1, 5);
+    let mut last_when_full = 0;
+    for _ in 0..episodes {
+        tokio::time::sleep(ms(&mut rng, 300..1000)).await;
+        let naks_before = gw.metrics.dc09.nak_storage.load(Ordering::Relaxed);
+        let ballast = fill(&data_dir);
+        eventually_within(
+            "panels NAKed on a full disk",
+            Duration::from_secs(30),
+            || gw.metrics.dc09.nak_storage.load(Ordering::Relaxed) > naks_before,
+        )
+        .await;
+        tokio::time::sleep(ms(&mut rng, 300..1000)).await;
+        last_when_full = gw.outbox().0;
+        std::fs::remove_file(&ballast).expect("free the disk");
+    }
     let naks_while_full = gw.metrics.dc09.nak_storage.load(Ordering::Relaxed);
-    let (last_when_full, ..) = gw.outbox();
-    std::fs::remove_file(&ballast).expect("free the disk");
 
     let summaries = join_panels(panels).await;
     let last = drained(&gw, "outbox drained after the disk freed").await;
@@ -376,8 +382,9 @@ async fn gateway_disk_full_naks_panels_then_recovers() {
         "events stored again once the disk freed ({last_when_full} → {last})"
     );
     let note = format!(
-        "tmpfs 16 MiB filled by a ballast file; {naks_while_full} NAKs while full, {} in all; \
-         outbox last seq {last_when_full} when freed, {last} at the end",
+        "tmpfs 16 MiB filled by a ballast file and freed {episodes} times; {naks_while_full} NAKs \
+         until the last freeing, {} in all; outbox last seq {last_when_full} when last freed, \
+         {last} at the end",
         gw.metrics.dc09.nak_storage.load(Ordering::Relaxed)
     );
     gw.stop().await;
