@@ -103,11 +103,14 @@ async fn broker_stopped_and_restarted_while_panels_send() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn gateway_broker_link_cut_refused_and_blackholed() {
+async fn broker_links_cut_refused_and_blackholed() {
     let (seed, mut rng) = seeded_rng("link faults");
     let region = Region::new();
     let broker = region.start_broker("127.0.0.1:0".parse().unwrap()).await;
-    let ops = region.start_ops(broker.addr()).await;
+    // Both links go through a fault proxy; most faults hit the gateway's,
+    // some the operations center's (events and receipts both cross it).
+    let ops_proxy = FaultProxy::start(broker.addr()).await;
+    let ops = region.start_ops(ops_proxy.addr()).await;
     let proxy = FaultProxy::start(broker.addr()).await;
     let accounts = ["1234", "1235", "1236"];
     let gw = region
@@ -125,8 +128,15 @@ async fn gateway_broker_link_cut_refused_and_blackholed() {
 
     let faults = iterations(6, 60);
     let mut injected = [0u32; 3];
+    let mut on_ops_link = 0;
     for _ in 0..faults {
         tokio::time::sleep(ms(&mut rng, 150..700)).await;
+        let proxy = if rng.random_bool(0.25) {
+            on_ops_link += 1;
+            &ops_proxy
+        } else {
+            &proxy
+        };
         match rng.random_range(0..3) {
             0 => {
                 // Both ends see the connection close; reconnects go through.
@@ -158,17 +168,19 @@ async fn gateway_broker_link_cut_refused_and_blackholed() {
         }
     }
     assert_eq!(proxy.mode(), LinkMode::Pass);
+    assert_eq!(ops_proxy.mode(), LinkMode::Pass);
 
     let summaries = join_panels(panels).await;
     let last = drained(&gw, "backlog receipted after the link faults").await;
     let m = &gw.metrics.publisher;
     let note = format!(
-        "link faults: {} cuts, {} refusal periods, {} blackholes; proxy accepted {} connections; \
-         gateway connected {} times, re-sent {} times",
+        "link faults: {} cuts, {} refusal periods, {} blackholes ({on_ops_link} of them on the \
+         ops link); proxies accepted {} + {} connections; gateway connected {} times, re-sent {} times",
         injected[0],
         injected[1],
         injected[2],
         proxy.accepted(),
+        ops_proxy.accepted(),
         m.connects.load(Ordering::Relaxed),
         m.resends.load(Ordering::Relaxed),
     );
@@ -177,7 +189,7 @@ async fn gateway_broker_link_cut_refused_and_blackholed() {
     broker.stop().await;
 
     let store = open_store(&data);
-    let mut report = Accounting::new("gateway-broker link faults", seed);
+    let mut report = Accounting::new("link faults (gateway and ops links)", seed);
     report.note(note);
     report.add_post(&store, "p-1", &summaries, Some(last));
     report.check();
