@@ -16,6 +16,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use rand::Rng;
 use tokio_util::sync::CancellationToken;
 use vigil_gateway::simulator::{self, PanelConfig};
 use vigil_ops::store::Store;
@@ -26,7 +27,7 @@ use vigil_proto::{
 };
 use vigil_tests::{
     Region,
-    faults::{Accounting, eventually_within},
+    faults::{self, Accounting, eventually_within},
     open_store,
 };
 
@@ -112,6 +113,11 @@ impl Mosquitto {
             .local_addr()
             .unwrap()
             .port();
+        Self::start_on(region, acl_rules, port)
+    }
+
+    /// Starts Mosquitto on `port` (again, after a `kill -9`).
+    fn start_on(region: &Region, acl_rules: &str, port: u16) -> Self {
         let pki = region.path("pki");
         let p = |f: &str| pki.join(f).display().to_string();
         let acl = region.path("mosquitto.acl");
@@ -168,6 +174,12 @@ impl Mosquitto {
             std::thread::sleep(Duration::from_millis(20));
         }
         broker
+    }
+
+    /// `kill -9`, then reap.
+    fn kill9(mut self) {
+        self.child.kill().expect("kill -9 mosquitto");
+        self.child.wait().expect("reap mosquitto");
     }
 
     fn log_text(&self) -> String {
@@ -392,6 +404,63 @@ async fn flow(acl: &str, analyst: AnalystPosing) {
         log.contains("Denied PUBLISH from p-2"),
         "Mosquitto logged the refusal:\n{log}"
     );
+}
+
+/// The fault suite's broker scenario with Mosquitto: `kill -9` at random
+/// points while panels send (Mosquitto runs without persistence, so each
+/// kill loses whatever it held), restarted on the same port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mosquitto_killed_at_random_points_loses_nothing() {
+    if !mosquitto_available() {
+        return;
+    }
+    let (seed, mut rng) = faults::seeded_rng("mosquitto kill -9");
+    let region = Region::new();
+    let mut broker = Mosquitto::start(&region, ACL);
+    let addr = broker.addr;
+    let ops = region.start_ops(addr).await;
+    let accounts = ["1234", "1235"];
+    let gw = region
+        .start_gateway("p-1", addr, &faults::accounts_toml(&accounts))
+        .await;
+    let count = faults::iterations(150, 2000);
+    let panels: Vec<_> = accounts
+        .iter()
+        .enumerate()
+        .map(|(i, account)| {
+            let interval = Duration::from_millis(rng.random_range(15..30));
+            let config = faults::fault_panel(gw.dc09, account, count, interval, rng.random());
+            faults::spawn_panel(faults::vary(config, i))
+        })
+        .collect();
+
+    let kills = faults::iterations(4, 40);
+    for _ in 0..kills {
+        tokio::time::sleep(Duration::from_millis(rng.random_range(200..1200))).await;
+        broker.kill9();
+        tokio::time::sleep(Duration::from_millis(rng.random_range(0..600))).await;
+        broker = Mosquitto::start_on(&region, ACL, addr.port());
+    }
+
+    let summaries = faults::join_panels(panels).await;
+    eventually_within("backlog receipted", Duration::from_secs(90), || {
+        let (last, receipted, depth) = gw.outbox();
+        last > 0 && receipted == last && depth == 0
+    })
+    .await;
+    let (last, ..) = gw.outbox();
+    let resends = gw.metrics.publisher.resends.load(Ordering::Relaxed);
+    gw.stop().await;
+    let data = ops.stop().await;
+    drop(broker);
+
+    let store = open_store(&data);
+    let mut report = Accounting::new("mosquitto kill -9", seed);
+    report.note(format!(
+        "{kills} kill -9 of mosquitto, each restarted on the same port; the gateway re-sent {resends} times"
+    ));
+    report.add_post(&store, "p-1", &summaries, Some(last));
+    report.check();
 }
 
 #[test]
