@@ -633,11 +633,6 @@ impl Daemon {
         self.child.kill().expect("kill -9");
         self.child.wait().expect("reap");
     }
-
-    /// True while the process runs.
-    pub fn running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
 }
 
 impl Drop for Daemon {
