@@ -663,3 +663,76 @@ pub fn outbox_on_disk(data_dir: &Path) -> Option<(u64, u64)> {
         u64::try_from(depth).ok()?,
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An echo server on loopback.
+    async fn echo() -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let (mut r, mut w) = socket.split();
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                });
+            }
+        });
+        addr
+    }
+
+    async fn round_trip(stream: &mut TcpStream, text: &[u8]) -> std::io::Result<Vec<u8>> {
+        stream.write_all(text).await?;
+        let mut buf = vec![0u8; text.len()];
+        stream.read_exact(&mut buf).await?;
+        Ok(buf)
+    }
+
+    const LIMIT: Duration = Duration::from_secs(10);
+
+    #[tokio::test]
+    async fn passes_cuts_refuses_and_stalls() {
+        let proxy = FaultProxy::start(echo().await).await;
+        let mut a = TcpStream::connect(proxy.addr()).await.unwrap();
+        assert_eq!(round_trip(&mut a, b"hello").await.unwrap(), b"hello");
+
+        // Cut: the open connection ends.
+        proxy.cut();
+        let mut buf = [0u8; 1];
+        let n = tokio::time::timeout(LIMIT, a.read(&mut buf))
+            .await
+            .expect("closed in time");
+        assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+
+        // Refuse: a new connection is closed at once.
+        proxy.set(LinkMode::Refuse);
+        let mut b = TcpStream::connect(proxy.addr()).await.unwrap();
+        let r = tokio::time::timeout(LIMIT, round_trip(&mut b, b"x"))
+            .await
+            .expect("refused in time");
+        assert!(r.is_err(), "{r:?}");
+
+        // Blackhole: bytes are held, then delivered when the link is back.
+        proxy.set(LinkMode::Pass);
+        let mut c = TcpStream::connect(proxy.addr()).await.unwrap();
+        assert_eq!(round_trip(&mut c, b"one").await.unwrap(), b"one");
+        proxy.set(LinkMode::Blackhole);
+        c.write_all(b"two").await.unwrap();
+        let mut buf = [0u8; 3];
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), c.read_exact(&mut buf))
+                .await
+                .is_err(),
+            "nothing crosses a blackhole"
+        );
+        proxy.set(LinkMode::Pass);
+        tokio::time::timeout(LIMIT, c.read_exact(&mut buf))
+            .await
+            .expect("delivered once the link is back")
+            .unwrap();
+        assert_eq!(&buf, b"two");
+        assert_eq!(proxy.open_connections(), 1);
+    }
+}
