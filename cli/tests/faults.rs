@@ -12,8 +12,8 @@ use rand::Rng;
 use vigil_tests::{
     Region,
     faults::{
-        Accounting, Daemon, accounts_toml, eventually_within, fault_panel, iterations, join_panels,
-        outbox_on_disk, seeded_rng, spawn_panel, vary,
+        Accounting, Daemon, FaultProxy, LinkMode, accounts_toml, eventually_within, fault_panel,
+        iterations, join_panels, outbox_on_disk, seeded_rng, spawn_panel, vary,
     },
     open_store,
 };
@@ -223,5 +223,98 @@ async fn broker_killed_at_random_points() {
     for (((post, _), summaries), last) in posts.iter().zip(&summaries).zip(lasts) {
         report.add_post(&store, post, summaries, Some(last));
     }
+    report.check();
+}
+
+/// Every nemesis at once, Jepsen style: each step picks one of `kill -9`
+/// of the broker, the gateway or the operations center (each restarted
+/// after a random pause), or a fault on the gateway↔broker link.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mixed_faults_on_every_part() {
+    let (seed, mut rng) = seeded_rng("mixed nemesis");
+    let region = Region::new();
+    let broker_addr = free_port().await;
+    let broker_config = region.write_broker_config(broker_addr);
+    let mut broker = Daemon::spawn(vigil(), "broker", &broker_config);
+    listening(broker_addr, "broker listening").await;
+    let ops_config = region.write_ops_config(broker_addr);
+    let mut ops = Daemon::spawn(vigil(), "ops", &ops_config);
+    let proxy = FaultProxy::start(broker_addr).await;
+    let dc09 = free_port().await;
+    let accounts = ["1234", "1235", "1236"];
+    let gateway_config =
+        region.write_gateway_config("p-1", proxy.addr(), dc09, &accounts_toml(&accounts));
+    let mut gateway = Daemon::spawn(vigil(), "gateway", &gateway_config);
+    listening(dc09, "gateway listening").await;
+
+    let count = iterations(200, 2000);
+    let panels: Vec<_> = accounts
+        .iter()
+        .enumerate()
+        .map(|(i, account)| {
+            let config = fault_panel(dc09, account, count, ms(&mut rng, 15..30), rng.random());
+            spawn_panel(vary(config, i))
+        })
+        .collect();
+
+    let steps = iterations(8, 80);
+    let mut done = [0u32; 4];
+    for _ in 0..steps {
+        tokio::time::sleep(ms(&mut rng, 100..900)).await;
+        let pause = ms(&mut rng, 0..500);
+        let pick = rng.random_range(0..4);
+        done[pick] += 1;
+        match pick {
+            0 => {
+                broker.kill9();
+                tokio::time::sleep(pause).await;
+                broker = Daemon::spawn(vigil(), "broker", &broker_config);
+                listening(broker_addr, "broker listening after restart").await;
+            }
+            1 => {
+                gateway.kill9();
+                tokio::time::sleep(pause).await;
+                gateway = Daemon::spawn(vigil(), "gateway", &gateway_config);
+                listening(dc09, "gateway listening after restart").await;
+            }
+            2 => {
+                ops.kill9();
+                tokio::time::sleep(pause).await;
+                ops = Daemon::spawn(vigil(), "ops", &ops_config);
+            }
+            _ => {
+                let mode = if rng.random_bool(0.5) {
+                    LinkMode::Refuse
+                } else {
+                    LinkMode::Blackhole
+                };
+                proxy.set(mode);
+                if mode == LinkMode::Refuse {
+                    proxy.cut();
+                }
+                tokio::time::sleep(pause * 3).await;
+                proxy.set(LinkMode::Pass);
+            }
+        }
+    }
+
+    let summaries = join_panels(panels).await;
+    let data_dir = region.path("p-1-data");
+    eventually_within("outbox drained by receipts", DRAIN, || {
+        outbox_on_disk(&data_dir).is_some_and(|(last, depth)| last > 0 && depth == 0)
+    })
+    .await;
+    let (last, _) = outbox_on_disk(&data_dir).expect("outbox");
+    gateway.kill9();
+    ops.kill9();
+    broker.kill9();
+
+    let store = open_store(&region.path("ops-data"));
+    let mut report = Accounting::new("mixed nemesis", seed);
+    report.note(format!(
+        "{steps} faults: {} broker kill -9, {} gateway kill -9, {} ops kill -9, {} link faults",
+        done[0], done[1], done[2], done[3]
+    ));
+    report.add_post(&store, "p-1", &summaries, Some(last));
     report.check();
 }
