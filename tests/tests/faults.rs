@@ -308,13 +308,24 @@ impl Drop for Tmpfs {
     }
 }
 
+/// Size of the gateway's disk in the disk-full scenario: well above the
+/// SQLite WAL's auto-checkpoint size (see docs/testing.md).
+const TMPFS_BYTES: usize = 16 << 20;
+
 /// Fills the filesystem of `dir` with a ballast file until it is full.
 fn fill(dir: &std::path::Path) -> std::path::PathBuf {
     use std::io::Write;
     let path = dir.join("ballast");
     let mut file = std::fs::File::create(&path).expect("ballast");
     let chunk = vec![0u8; 16 * 1024];
+    // Never more than twice the tmpfs: if the mount were not what we
+    // think, this must not fill a real disk.
+    let mut written = 0usize;
     loop {
+        assert!(
+            written < 2 * TMPFS_BYTES,
+            "the tmpfs did not fill after {written} bytes"
+        );
         if file
             .write_all(&chunk)
             .and_then(|()| file.sync_all())
@@ -322,6 +333,7 @@ fn fill(dir: &std::path::Path) -> std::path::PathBuf {
         {
             break;
         }
+        written += chunk.len();
     }
     // Whatever is left is smaller than a chunk; take it byte-wise too.
     let small = [0u8; 512];
@@ -339,7 +351,7 @@ async fn gateway_disk_full_naks_panels_then_recovers() {
     // The real thing when this machine lets us mount a small tmpfs (root
     // with CAP_SYS_ADMIN); the quota test above covers the rest.
     let data_dir = region.path("p-1-data");
-    let _tmpfs = match Tmpfs::mount(&data_dir, "16m") {
+    let _tmpfs = match Tmpfs::mount(&data_dir, &format!("{}k", TMPFS_BYTES >> 10)) {
         Ok(t) => t,
         Err(why) => {
             eprintln!(
