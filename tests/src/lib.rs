@@ -5,6 +5,8 @@
 //!
 //! Every wait is bounded ([`WAIT`]); a test that would hang fails instead.
 
+pub mod faults;
+
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
@@ -70,11 +72,7 @@ impl Region {
 
     /// Starts the broker on `addr` (`127.0.0.1:0` for a fresh port).
     pub async fn start_broker(&self, addr: SocketAddr) -> RunningBroker {
-        let text = format!(
-            "listen = \"127.0.0.1:0\"\n{}\n[limits]\nshutdown_grace_ms = 1000\n",
-            Self::tls_table("broker-1")
-        );
-        let path = self.write("broker.toml", &text);
+        let path = self.write_broker_config("127.0.0.1:0".parse().expect("addr"));
         let config = vigil_broker::BrokerConfig::load(&path).expect("broker config");
         let listener = bind_retrying(addr).await;
         let shutdown = CancellationToken::new();
@@ -229,6 +227,16 @@ impl Region {
 }
 
 impl Region {
+    /// Writes the broker's config (listening on `listen`) and returns its
+    /// path.
+    pub fn write_broker_config(&self, listen: SocketAddr) -> PathBuf {
+        let text = format!(
+            "listen = \"{listen}\"\n{}\n[limits]\nshutdown_grace_ms = 1000\n",
+            Self::tls_table("broker-1")
+        );
+        self.write("broker.toml", &text)
+    }
+
     /// Writes the operations center's config (data in `ops-data`) and
     /// returns its path.
     pub fn write_ops_config(&self, broker: SocketAddr) -> PathBuf {

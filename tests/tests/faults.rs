@@ -1,0 +1,423 @@
+//! The fault suite, in process: simulated panels dial real gateways over
+//! DC-09 while the broker is stopped and restarted, the gateway↔broker link
+//! is cut, refused and blackholed, and the gateway's outbox runs out of
+//! room. Each run ends with the accounting of `vigil_tests::faults` and
+//! asserts lost = 0 and duplicated = 0. The `kill -9` scenarios need the
+//! `vigil` binary and live in `cli/tests/faults.rs`.
+//!
+//! `VIGIL_FAULT_SEED=N` replays a run, `VIGIL_FAULT_LONG=1` makes it long.
+
+use std::{sync::atomic::Ordering, time::Duration};
+
+use rand::Rng;
+use vigil_tests::{
+    Region, RunningGateway,
+    faults::{
+        Accounting, FaultProxy, LinkMode, accounts_toml, eventually_within, fault_panel,
+        iterations, join_panels, seeded_rng, spawn_panel, vary,
+    },
+    open_store,
+};
+
+/// How long the backlog may take to drain once the faults stop: a resend
+/// period, a reconnect backoff or two, and the work itself.
+const DRAIN: Duration = Duration::from_secs(90);
+
+async fn drained(gw: &RunningGateway, what: &str) -> u64 {
+    eventually_within(what, DRAIN, || {
+        let (last, receipted, depth) = gw.outbox();
+        last > 0 && receipted == last && depth == 0
+    })
+    .await;
+    gw.outbox().0
+}
+
+fn ms(rng: &mut impl Rng, range: std::ops::Range<u64>) -> Duration {
+    Duration::from_millis(rng.random_range(range))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_stopped_and_restarted_while_panels_send() {
+    let (seed, mut rng) = seeded_rng("broker restarts");
+    let region = Region::new();
+    let broker = region.start_broker("127.0.0.1:0".parse().unwrap()).await;
+    let addr = broker.addr();
+    let ops = region.start_ops(addr).await;
+    let posts = [("p-1", ["1234", "1235"]), ("p-2", ["2234", "2235"])];
+    let mut gateways = Vec::new();
+    let mut panels = Vec::new();
+    let count = iterations(120, 1500);
+    for (post, accounts) in posts {
+        let gw = region
+            .start_gateway(post, addr, &accounts_toml(&accounts))
+            .await;
+        let mut mine = Vec::new();
+        for (i, account) in accounts.iter().enumerate() {
+            let config = fault_panel(gw.dc09, account, count, ms(&mut rng, 15..30), rng.random());
+            mine.push(spawn_panel(vary(config, i + panels.len())));
+        }
+        panels.push(mine);
+        gateways.push(gw);
+    }
+
+    let mut broker = Some(broker);
+    let restarts = iterations(4, 40);
+    for _ in 0..restarts {
+        tokio::time::sleep(ms(&mut rng, 200..900)).await;
+        broker.take().expect("running").stop().await;
+        tokio::time::sleep(ms(&mut rng, 50..700)).await;
+        broker = Some(region.start_broker(addr).await);
+    }
+
+    let mut summaries = Vec::new();
+    for mine in panels {
+        summaries.push(join_panels(mine).await);
+    }
+    let mut lasts = Vec::new();
+    for gw in &gateways {
+        lasts.push(drained(gw, "backlog receipted after the restarts").await);
+    }
+    let resends: u64 = gateways
+        .iter()
+        .map(|g| g.metrics.publisher.resends.load(Ordering::Relaxed))
+        .sum();
+    let connects: u64 = gateways
+        .iter()
+        .map(|g| g.metrics.publisher.connects.load(Ordering::Relaxed))
+        .sum();
+    for gw in gateways {
+        gw.stop().await;
+    }
+    let data = ops.stop().await;
+    broker.take().expect("running").stop().await;
+
+    let store = open_store(&data);
+    let mut report = Accounting::new("broker stopped and restarted", seed);
+    report.note(format!(
+        "{restarts} broker restarts; gateways connected {connects} times, re-sent {resends} times"
+    ));
+    for (((post, _), summaries), last) in posts.iter().zip(&summaries).zip(lasts) {
+        report.add_post(&store, post, summaries, Some(last));
+    }
+    report.check();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_links_cut_refused_and_blackholed() {
+    let (seed, mut rng) = seeded_rng("link faults");
+    let region = Region::new();
+    let broker = region.start_broker("127.0.0.1:0".parse().unwrap()).await;
+    // Both links go through a fault proxy; most faults hit the gateway's,
+    // some the operations center's (events and receipts both cross it).
+    let ops_proxy = FaultProxy::start(broker.addr()).await;
+    let ops = region.start_ops(ops_proxy.addr()).await;
+    let proxy = FaultProxy::start(broker.addr()).await;
+    let accounts = ["1234", "1235", "1236"];
+    let gw = region
+        .start_gateway("p-1", proxy.addr(), &accounts_toml(&accounts))
+        .await;
+    let count = iterations(150, 2000);
+    let panels: Vec<_> = accounts
+        .iter()
+        .enumerate()
+        .map(|(i, account)| {
+            let config = fault_panel(gw.dc09, account, count, ms(&mut rng, 15..30), rng.random());
+            spawn_panel(vary(config, i))
+        })
+        .collect();
+
+    let faults = iterations(6, 60);
+    let mut injected = [0u32; 3];
+    let mut on_ops_link = 0;
+    for _ in 0..faults {
+        tokio::time::sleep(ms(&mut rng, 150..700)).await;
+        let proxy = if rng.random_bool(0.25) {
+            on_ops_link += 1;
+            &ops_proxy
+        } else {
+            &proxy
+        };
+        match rng.random_range(0..3) {
+            0 => {
+                // Both ends see the connection close; reconnects go through.
+                proxy.cut();
+                injected[0] += 1;
+            }
+            1 => {
+                // Down for a while: open connections dropped, new ones
+                // closed on accept.
+                proxy.set(LinkMode::Refuse);
+                proxy.cut();
+                tokio::time::sleep(ms(&mut rng, 200..1500)).await;
+                proxy.set(LinkMode::Pass);
+                injected[1] += 1;
+            }
+            _ => {
+                // Silent stall, sometimes longer than the keep-alive (5 s)
+                // in long runs, so the gateway must notice on its own.
+                proxy.set(LinkMode::Blackhole);
+                let stall = if rng.random_bool(0.3) && vigil_tests::faults::long_run() {
+                    ms(&mut rng, 6000..12000)
+                } else {
+                    ms(&mut rng, 200..2000)
+                };
+                tokio::time::sleep(stall).await;
+                proxy.set(LinkMode::Pass);
+                injected[2] += 1;
+            }
+        }
+    }
+    assert_eq!(proxy.mode(), LinkMode::Pass);
+    assert_eq!(ops_proxy.mode(), LinkMode::Pass);
+
+    let summaries = join_panels(panels).await;
+    let last = drained(&gw, "backlog receipted after the link faults").await;
+    let m = &gw.metrics.publisher;
+    let note = format!(
+        "link faults: {} cuts, {} refusal periods, {} blackholes ({on_ops_link} of them on the \
+         ops link); proxies accepted {} + {} connections; gateway connected {} times, re-sent {} times",
+        injected[0],
+        injected[1],
+        injected[2],
+        proxy.accepted(),
+        ops_proxy.accepted(),
+        m.connects.load(Ordering::Relaxed),
+        m.resends.load(Ordering::Relaxed),
+    );
+    gw.stop().await;
+    let data = ops.stop().await;
+    broker.stop().await;
+
+    let store = open_store(&data);
+    let mut report = Accounting::new("link faults (gateway and ops links)", seed);
+    report.note(note);
+    report.add_post(&store, "p-1", &summaries, Some(last));
+    report.check();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbox_quota_full_naks_panels_then_receipts_make_room() {
+    let (seed, mut rng) = seeded_rng("outbox quota");
+    let region = Region::new();
+    let broker = region.start_broker("127.0.0.1:0".parse().unwrap()).await;
+    // A tiny quota, and no operations center yet: nothing is receipted, so
+    // the outbox fills and the gateway must NAK.
+    let accounts = ["1234", "1235"];
+    let quota = 25;
+    let gw = region
+        .start_gateway(
+            "p-1",
+            broker.addr(),
+            &format!(
+                "{}\n[outbox]\nmax_events = {quota}\n",
+                accounts_toml(&accounts)
+            ),
+        )
+        .await;
+    // Long enough to span the full period and the recovery (an event the
+    // gateway NAKs still waits its interval).
+    let count = iterations(250, 2000);
+    let panels: Vec<_> = accounts
+        .iter()
+        .enumerate()
+        .map(|(i, account)| {
+            let mut config =
+                fault_panel(gw.dc09, account, count, ms(&mut rng, 20..30), rng.random());
+            // NAKs are retried at once; few retries so the full period shows.
+            config.retries = 3;
+            spawn_panel(vary(config, i))
+        })
+        .collect();
+
+    eventually_within(
+        "the outbox full and panels NAKed",
+        Duration::from_secs(30),
+        || gw.metrics.dc09.nak_storage.load(Ordering::Relaxed) > 0,
+    )
+    .await;
+    let (_, _, depth) = gw.outbox();
+    assert!(depth <= quota, "the quota holds: {depth}");
+    // Stay full for a while, then the operations center comes and its
+    // receipts drain the outbox.
+    tokio::time::sleep(ms(&mut rng, 300..1000)).await;
+    let naks_while_full = gw.metrics.dc09.nak_storage.load(Ordering::Relaxed);
+    let acked_before = gw.metrics.dc09.acked.load(Ordering::Relaxed);
+    let ops = region.start_ops(broker.addr()).await;
+
+    let summaries = join_panels(panels).await;
+    let last = drained(&gw, "outbox drained by receipts").await;
+    let acked_after = gw.metrics.dc09.acked.load(Ordering::Relaxed);
+    let note = format!(
+        "outbox quota {quota} events; {naks_while_full} NAKs while full, \
+         {} in all; {acked_before} frames ACKed before receipts came, {acked_after} in all",
+        gw.metrics.dc09.nak_storage.load(Ordering::Relaxed)
+    );
+    gw.stop().await;
+    let data = ops.stop().await;
+    broker.stop().await;
+
+    let store = open_store(&data);
+    let mut report = Accounting::new("outbox quota full", seed);
+    report.note(note);
+    report.add_post(&store, "p-1", &summaries, Some(last));
+    report.check();
+    assert!(report.not_acked > 0, "some alarms were refused while full");
+    // More alarms got in than the outbox holds without receipts: flow
+    // resumed once receipts made room.
+    assert!(
+        report.acked > quota,
+        "flow resumed after the receipts: {} alarms ACKed, quota {quota}",
+        report.acked
+    );
+    // The gateway reported the episode itself (a fault and its restore).
+    assert!(report.other_events >= 2, "storage health events stored");
+}
+
+/// A tmpfs mounted for the length of a test; unmounted when dropped.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size` (e.g. `"1m"`) on `dir`, or says why not.
+    fn mount(dir: &std::path::Path, size: &str) -> Result<Self, String> {
+        std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+        let out = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(dir)
+            .output()
+            .map_err(|e| format!("cannot run mount: {e}"))?;
+        if out.status.success() {
+            Ok(Self(dir.to_owned()))
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
+        }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// Size of the gateway's disk in the disk-full scenario: well above the
+/// SQLite WAL's auto-checkpoint size (see docs/testing.md).
+const TMPFS_BYTES: usize = 16 << 20;
+
+/// Fills the filesystem of `dir` with a ballast file until it is full.
+fn fill(dir: &std::path::Path) -> std::path::PathBuf {
+    use std::io::Write;
+    let path = dir.join("ballast");
+    let mut file = std::fs::File::create(&path).expect("ballast");
+    let chunk = vec![0u8; 16 * 1024];
+    // Never more than twice the tmpfs: if the mount were not what we
+    // think, this must not fill a real disk.
+    let mut written = 0usize;
+    loop {
+        assert!(
+            written < 2 * TMPFS_BYTES,
+            "the tmpfs did not fill after {written} bytes"
+        );
+        if file
+            .write_all(&chunk)
+            .and_then(|()| file.sync_all())
+            .is_err()
+        {
+            break;
+        }
+        written += chunk.len();
+    }
+    // Whatever is left is smaller than a chunk; take it byte-wise too.
+    let small = [0u8; 512];
+    while file
+        .write_all(&small)
+        .and_then(|()| file.sync_all())
+        .is_ok()
+    {}
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_disk_full_naks_panels_then_recovers() {
+    let region = Region::new();
+    // The real thing when this machine lets us mount a small tmpfs (root
+    // with CAP_SYS_ADMIN); the quota test above covers the rest.
+    let data_dir = region.path("p-1-data");
+    let _tmpfs = match Tmpfs::mount(&data_dir, &format!("{}k", TMPFS_BYTES >> 10)) {
+        Ok(t) => t,
+        Err(why) => {
+            eprintln!(
+                "SKIPPED gateway_disk_full_naks_panels_then_recovers: cannot mount a tmpfs ({why}); \
+                 outbox_quota_full_naks_panels_then_receipts_make_room covers a full outbox"
+            );
+            return;
+        }
+    };
+    let (seed, mut rng) = seeded_rng("disk full (tmpfs)");
+    let broker = region.start_broker("127.0.0.1:0".parse().unwrap()).await;
+    let ops = region.start_ops(broker.addr()).await;
+    let accounts = ["1234", "1235"];
+    let gw = region
+        .start_gateway("p-1", broker.addr(), &accounts_toml(&accounts))
+        .await;
+    let count = iterations(250, 2000);
+    let panels: Vec<_> = accounts
+        .iter()
+        .enumerate()
+        .map(|(i, account)| {
+            let mut config =
+                fault_panel(gw.dc09, account, count, ms(&mut rng, 20..30), rng.random());
+            config.retries = 3;
+            spawn_panel(vary(config, i))
+        })
+        .collect();
+
+    // Full, then freed; several times in long runs.
+    let episodes = iterations(1, 5);
+    let mut last_when_full = 0;
+    for _ in 0..episodes {
+        tokio::time::sleep(ms(&mut rng, 300..1000)).await;
+        let naks_before = gw.metrics.dc09.nak_storage.load(Ordering::Relaxed);
+        let ballast = fill(&data_dir);
+        eventually_within(
+            "panels NAKed on a full disk",
+            Duration::from_secs(30),
+            || gw.metrics.dc09.nak_storage.load(Ordering::Relaxed) > naks_before,
+        )
+        .await;
+        tokio::time::sleep(ms(&mut rng, 300..1000)).await;
+        last_when_full = gw.outbox().0;
+        std::fs::remove_file(&ballast).expect("free the disk");
+    }
+    let naks_while_full = gw.metrics.dc09.nak_storage.load(Ordering::Relaxed);
+
+    let summaries = join_panels(panels).await;
+    let last = drained(&gw, "outbox drained after the disk freed").await;
+    assert!(
+        last > last_when_full,
+        "events stored again once the disk freed ({last_when_full} → {last})"
+    );
+    let note = format!(
+        "tmpfs 16 MiB filled by a ballast file and freed {episodes} times; {naks_while_full} NAKs \
+         until the last freeing, {} in all; outbox last seq {last_when_full} when last freed, \
+         {last} at the end",
+        gw.metrics.dc09.nak_storage.load(Ordering::Relaxed)
+    );
+    gw.stop().await;
+    let data = ops.stop().await;
+    broker.stop().await;
+
+    let store = open_store(&data);
+    let mut report = Accounting::new("gateway disk full (tmpfs)", seed);
+    report.note(note);
+    report.add_post(&store, "p-1", &summaries, Some(last));
+    report.check();
+}
