@@ -225,6 +225,10 @@ pub struct OutboxConfig {
     /// Largest the outbox database may grow (0 = no limit but the disk).
     #[serde(default)]
     pub max_db_bytes: u64,
+    /// Disk space held back so receipts can be applied on a full disk
+    /// (0 = none); see `outbox::Reserve`.
+    #[serde(default = "defaults::reserve_bytes")]
+    pub reserve_bytes: u64,
 }
 
 impl Default for OutboxConfig {
@@ -233,11 +237,16 @@ impl Default for OutboxConfig {
             max_events: defaults::max_events(),
             max_bytes: defaults::max_bytes(),
             max_db_bytes: 0,
+            reserve_bytes: defaults::reserve_bytes(),
         }
     }
 }
 
 mod defaults {
+    pub(super) fn reserve_bytes() -> u64 {
+        crate::outbox::DEFAULT_RESERVE_BYTES
+    }
+
     use std::net::SocketAddr;
     pub(super) fn keep_alive() -> u64 {
         15
@@ -551,6 +560,7 @@ impl GatewayConfig {
             max_events: self.outbox.max_events,
             max_bytes: self.outbox.max_bytes,
             max_db_bytes: (self.outbox.max_db_bytes > 0).then_some(self.outbox.max_db_bytes),
+            reserve_bytes: self.outbox.reserve_bytes,
             ..OutboxLimits::default()
         }
     }
@@ -633,6 +643,10 @@ max_events = 1000000
 max_bytes = 1073741824
 # Largest the database file may grow (0 = no limit but the disk).
 max_db_bytes = 0
+# Disk space kept in outbox.db.reserve and given up when the disk is full,
+# so that receipts can still be applied and the outbox drains (0 = none).
+# While it is given up, new events are refused until it can be written again.
+reserve_bytes = 8388608
 
 [camera]
 # A camera detection that started (motion, intrusion, tamper, video loss,

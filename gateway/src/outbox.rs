@@ -50,6 +50,9 @@ pub struct OutboxLimits {
     /// it new events are refused as if the disk were full. `None`: no limit
     /// but the disk's.
     pub max_db_bytes: Option<u64>,
+    /// Size of the reserve file kept beside the database (see
+    /// [`Reserve`]); 0 keeps none.
+    pub reserve_bytes: u64,
 }
 
 impl Default for OutboxLimits {
@@ -59,6 +62,107 @@ impl Default for OutboxLimits {
             max_bytes: 1 << 30,
             dedup_retention: Duration::from_secs(3600),
             max_db_bytes: None,
+            reserve_bytes: DEFAULT_RESERVE_BYTES,
+        }
+    }
+}
+
+/// Default size of the reserve file: above SQLite's WAL auto-checkpoint
+/// size (1000 pages, about 4 MiB) with room for the database to grow while
+/// a checkpoint runs.
+pub const DEFAULT_RESERVE_BYTES: u64 = 8 << 20;
+/// How often a missing reserve is tried again (on appends).
+const RESERVE_RETRY: Duration = Duration::from_secs(2);
+
+/// Disk space held back for receipts.
+///
+/// When the disk fills, appends fail (the panel gets a NAK and keeps its
+/// alarm), but so would the deletes that apply receipts: SQLite needs room
+/// in the WAL to write even a delete. A gateway whose disk is full would
+/// then never shrink its outbox, and new alarms would take whatever space
+/// the operator frees before a checkpoint can run (found by the fault
+/// suite on a small tmpfs). So the outbox keeps a file of `reserve_bytes`
+/// beside its database. When a receipt fails for lack of space, the file
+/// is deleted and the receipt applied in the room it leaves, then the WAL
+/// is checkpointed and truncated. While the reserve is missing, appends are
+/// refused as if the disk were full; it is written again (and appends
+/// resume) as soon as the disk has room for it.
+#[derive(Debug)]
+struct Reserve {
+    path: PathBuf,
+    bytes: u64,
+    held: bool,
+    last_try: Option<std::time::Instant>,
+}
+
+impl Reserve {
+    fn new(db: &Path, bytes: u64) -> Self {
+        let mut name = db.as_os_str().to_owned();
+        name.push(".reserve");
+        let mut reserve = Self {
+            path: PathBuf::from(name),
+            bytes,
+            held: bytes == 0,
+            last_try: None,
+        };
+        reserve.ensure();
+        reserve
+    }
+
+    /// Writes the reserve file if it is missing. Real blocks, not a sparse
+    /// file: the point is that the space is taken.
+    fn ensure(&mut self) -> bool {
+        if self.held {
+            return true;
+        }
+        self.last_try = Some(std::time::Instant::now());
+        let write = || -> std::io::Result<()> {
+            use std::io::Write;
+            let mut file = std::fs::File::create(&self.path)?;
+            let chunk = vec![0u8; 64 * 1024];
+            let mut left = self.bytes;
+            while left > 0 {
+                let n = left.min(chunk.len() as u64) as usize;
+                file.write_all(&chunk[..n])?;
+                left -= n as u64;
+            }
+            file.sync_all()
+        };
+        match write() {
+            Ok(()) => {
+                self.held = true;
+                tracing::info!(path = %self.path.display(), bytes = self.bytes, "outbox reserve in place");
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(&self.path);
+                tracing::warn!(
+                    path = %self.path.display(),
+                    error = %e,
+                    "cannot write the outbox reserve; refusing new events until there is room"
+                );
+            }
+        }
+        self.held
+    }
+
+    /// Before an append: is there (or can there now be) a reserve?
+    fn ready_for_append(&mut self) -> bool {
+        self.held || (self.last_try.is_none_or(|t| t.elapsed() >= RESERVE_RETRY) && self.ensure())
+    }
+
+    /// Gives the reserve's space back to the disk; false if there was none.
+    fn release(&mut self) -> bool {
+        if !self.held || self.bytes == 0 {
+            return false;
+        }
+        self.held = false;
+        self.last_try = None;
+        match std::fs::remove_file(&self.path) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!(path = %self.path.display(), error = %e, "cannot remove the outbox reserve");
+                false
+            }
         }
     }
 }
@@ -226,7 +330,9 @@ impl Outbox {
         let reader = Connection::open(path).map_err(open_err)?;
         let (state_tx, state_rx) = watch::channel(initial);
         let (tx, rx) = mpsc::channel(REQUEST_QUEUE);
+        let reserve = Reserve::new(path, limits.reserve_bytes);
         let writer = Writer {
+            reserve,
             conn,
             post_id: post_id.to_owned(),
             limits,
@@ -320,6 +426,7 @@ impl Outbox {
 }
 
 struct Writer {
+    reserve: Reserve,
     conn: Connection,
     post_id: String,
     limits: OutboxLimits,
@@ -351,6 +458,24 @@ impl Writer {
     /// left nothing behind (on disk or in memory).
     fn commit_group(&mut self, group: Vec<Request>) {
         let single = group.len() == 1;
+        // Without its reserve the outbox takes no new events (see
+        // [`Reserve`]); receipts go through.
+        if !self.reserve.ready_for_append() {
+            let (appends, rest): (Vec<_>, Vec<_>) = group
+                .into_iter()
+                .partition(|r| matches!(r, Request::Append { .. }));
+            for req in appends {
+                if let Request::Append { reply, .. } = req {
+                    let _ = reply.send(Err(OutboxError::Full(
+                        "disk full: no room for the outbox reserve".into(),
+                    )));
+                }
+            }
+            if !rest.is_empty() {
+                self.commit_receipts(rest);
+            }
+            return;
+        }
         match self.try_group(&group) {
             Ok((next, results)) => {
                 self.state = next;
@@ -369,6 +494,9 @@ impl Writer {
                         }
                     }
                 }
+            }
+            Err(OutboxError::Full(_)) if single && matches!(group[0], Request::Receipt { .. }) => {
+                self.commit_receipts(group);
             }
             Err(e) if single => {
                 tracing::error!(error = %e, "outbox commit failed");
@@ -389,6 +517,41 @@ impl Writer {
                     self.commit_group(vec![req]);
                 }
             }
+        }
+    }
+
+    /// Commits receipts (a group of them alone). When the disk is too full
+    /// even for that, gives up the reserve, commits them in its room and
+    /// truncates the WAL.
+    fn commit_receipts(&mut self, receipts: Vec<Request>) {
+        let mut result = self.try_group(&receipts);
+        if matches!(result, Err(OutboxError::Full(_))) && self.reserve.release() {
+            tracing::warn!("disk full: released the outbox reserve to apply receipts");
+            result = self.try_group(&receipts);
+            self.truncate_wal();
+        }
+        let result = result.map(|(next, _)| {
+            self.state = next;
+            self.state_tx.send_replace(next);
+        });
+        if let Err(e) = &result {
+            tracing::error!(error = %e, "cannot apply receipts");
+        }
+        for req in receipts {
+            if let Request::Receipt { reply, .. } = req {
+                let _ = reply.send(result.clone());
+            }
+        }
+    }
+
+    /// Moves the WAL into the database and truncates it to nothing, giving
+    /// its space back to the disk.
+    fn truncate_wal(&self) {
+        if let Err(e) = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+        {
+            tracing::warn!(error = %e, "outbox checkpoint failed");
         }
     }
 

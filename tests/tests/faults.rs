@@ -421,3 +421,93 @@ async fn gateway_disk_full_naks_panels_then_recovers() {
     report.add_post(&store, "p-1", &summaries, Some(last));
     report.check();
 }
+
+/// The outbox fills a small disk by itself while the link to the broker
+/// is stalled: its WAL grows until the disk is full (below SQLite's
+/// auto-checkpoint size it is never checkpointed), and panels are NAKed.
+/// When the link comes back, applying the receipts needs room the disk no
+/// longer has: the outbox gives up its reserve file, applies them,
+/// truncates the WAL, writes the reserve again and takes alarms again.
+/// With `reserve_bytes = 0` this scenario wedges: the receipts fail like
+/// the appends, forever (found by the disk-full scenario above on a 2 MiB
+/// tmpfs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outbox_that_filled_its_disk_drains_when_receipts_come() {
+    const TMPFS: usize = 3 << 20;
+    const RESERVE: u64 = 1 << 20;
+    let region = Region::new();
+    let data_dir = region.path("p-1-data");
+    let _tmpfs = match Tmpfs::mount(&data_dir, &format!("{}k", TMPFS >> 10)) {
+        Ok(t) => t,
+        Err(why) => {
+            eprintln!(
+                "SKIPPED an_outbox_that_filled_its_disk_drains_when_receipts_come: cannot mount a tmpfs ({why})"
+            );
+            return;
+        }
+    };
+    let (seed, mut rng) = seeded_rng("outbox fills its disk (tmpfs)");
+    let broker = region.start_broker("127.0.0.1:0".parse().unwrap()).await;
+    let proxy = FaultProxy::start(broker.addr()).await;
+    let ops = region.start_ops(broker.addr()).await;
+    let gw = region
+        .start_gateway(
+            "p-1",
+            proxy.addr(),
+            &format!("\n[outbox]\nreserve_bytes = {RESERVE}\n"),
+        )
+        .await;
+    let reserve = data_dir.join("outbox.db.reserve");
+    eventually_within(
+        "the reserve written at start",
+        Duration::from_secs(30),
+        || reserve.exists(),
+    )
+    .await;
+
+    // Nothing gets through: the outbox only grows, until the disk is full.
+    proxy.set(LinkMode::Blackhole);
+    let count = iterations(600, 3000);
+    let panel = spawn_panel(fault_panel(
+        gw.dc09,
+        "1234",
+        count,
+        ms(&mut rng, 2..5),
+        rng.random(),
+    ));
+    eventually_within("panels NAKed on the full disk", DRAIN, || {
+        gw.metrics.dc09.nak_storage.load(Ordering::Relaxed) > 0
+    })
+    .await;
+    let (last_when_full, receipted_when_full, _) = gw.outbox();
+    assert_eq!(receipted_when_full, 0, "nothing could be receipted yet");
+
+    // The link is back; the disk is still full.
+    proxy.set(LinkMode::Pass);
+    proxy.cut();
+    eventually_within("receipts applied on the full disk", DRAIN, || {
+        gw.outbox().1 >= last_when_full
+    })
+    .await;
+
+    let summaries = join_panels(vec![panel]).await;
+    let last = drained(&gw, "outbox drained").await;
+    assert!(reserve.exists(), "the reserve written again");
+    assert!(
+        last > last_when_full,
+        "alarms stored again after the receipts ({last_when_full} → {last})"
+    );
+    let note = format!(
+        "tmpfs 3 MiB, reserve 1 MiB; the outbox filled the disk at seq {last_when_full}; {} NAKs; last seq {last} at the end",
+        gw.metrics.dc09.nak_storage.load(Ordering::Relaxed)
+    );
+    gw.stop().await;
+    let data = ops.stop().await;
+    broker.stop().await;
+
+    let store = open_store(&data);
+    let mut report = Accounting::new("gateway outbox fills its disk (tmpfs)", seed);
+    report.note(note);
+    report.add_post(&store, "p-1", &summaries, Some(last));
+    report.check();
+}
