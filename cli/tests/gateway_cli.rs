@@ -115,3 +115,41 @@ fn gateway_stops_cleanly_on_sigterm() {
     );
     assert!(dir.path().join("data/outbox.db").exists());
 }
+
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let dir = tempfile::tempdir().unwrap();
+    pki(dir.path());
+    let text = default_config()
+        .replace("broker.example:8883", "127.0.0.1:1")
+        .replace("0.0.0.0:7000", "127.0.0.1:0");
+    let path = dir.path().join("gateway.toml");
+    std::fs::write(&path, text).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args(["--log-format", "json", "gateway", "--config"])
+        .arg(&path)
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    loop {
+        let line = lines.next().expect("gateway logs its start").unwrap();
+        let value: serde_json::Value = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("not a JSON object ({e}): {line}"));
+        assert!(value["timestamp"].is_string(), "{line}");
+        assert!(value["level"].is_string(), "{line}");
+        let message = value["fields"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        seen.push(message.clone());
+        if message.contains("DC-09 receiver listening") {
+            break;
+        }
+        assert!(seen.len() < 100, "no start line in {seen:?}");
+    }
+    let status = sigterm_and_wait(&mut child);
+    assert!(status.success(), "{status:?}");
+}
