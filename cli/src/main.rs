@@ -73,7 +73,19 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // Bad arguments are the user's to fix, like a bad config: exit 64
+    // (clap's own default is 2). Help and version exit 0.
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(EXIT_USAGE)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
     // `vigil dev` prints the incident feed on the terminal; only warnings
     // and errors share it unless RUST_LOG asks for more.
     let default_filter = match cli.command {

@@ -202,3 +202,28 @@ fn operator_mistakes_exit_64_with_one_clear_line() {
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("vigil pki init"));
 }
+
+#[test]
+fn bad_arguments_exit_64_and_help_exits_0() {
+    for args in [
+        &["pki", "issue", "--role", "nonsense"][..],
+        &["no-such-command"],
+        &["ack"],
+        &["dev", "--posts", "many"],
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_vigil"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(64), "{args:?}");
+        assert!(!out.stderr.is_empty(), "{args:?}");
+    }
+    for args in [&["--help"][..], &["--version"], &["ack", "--help"]] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_vigil"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{args:?}");
+        assert!(!out.stdout.is_empty(), "{args:?}");
+    }
+}
