@@ -27,21 +27,21 @@ use tokio::{
     sync::mpsc,
 };
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity as TlsIdentity};
 use vigil_gateway::{
     dc09::{Key, Message},
     simulator::{Panel, PanelConfig, Scenario},
 };
-use vigil_pki::{Identity, Role, authority};
+use vigil_pki::Role;
 use vigil_proto::v1::{
     AuditAction, FeedItem, Incident, IncidentState, WatchIncidentsRequest, feed_item::Item,
     ops_center_client::OpsCenterClient,
 };
 
-use crate::Usage;
+use crate::{
+    Usage,
+    region::{self, tls_table, write_config},
+};
 
-/// Validity of the certificates `vigil dev` issues.
-const CERT_DAYS: u32 = 365;
 /// Most simulated posts.
 const MAX_POSTS: u16 = 50;
 /// How long every part gets to stop after Ctrl-C.
@@ -127,11 +127,7 @@ pub(crate) fn run(args: &DevArgs) -> Result<()> {
 /// Creates the CA on first use and issues whatever certificate is missing.
 /// Returns whether the CA is new.
 fn prepare_pki(pki: &Path, posts: &[String]) -> Result<bool> {
-    let fresh = !pki.join("ca.pem").exists();
-    if fresh {
-        authority::init(pki, "Vigil dev region CA").context("creating the dev CA")?;
-    }
-    let loopback = ["localhost".to_owned(), "127.0.0.1".to_owned()];
+    let loopback = region::loopback_sans();
     let mut wanted: Vec<(Role, &str, &[String])> = vec![
         (Role::Broker, "broker", &loopback),
         (Role::Ops, "ops", &loopback),
@@ -140,27 +136,7 @@ fn prepare_pki(pki: &Path, posts: &[String]) -> Result<bool> {
         (Role::Engineer, "engineer", &[]),
     ];
     wanted.extend(posts.iter().map(|p| (Role::Post, p.as_str(), &[][..])));
-    for (role, id, sans) in wanted {
-        if pki.join(format!("{id}.pem")).exists() && pki.join(format!("{id}.key")).exists() {
-            continue;
-        }
-        let identity = Identity::new(id).context("identity")?;
-        authority::issue(pki, role, &identity, sans, CERT_DAYS, false)
-            .with_context(|| format!("issuing the {role} certificate {id}"))?;
-    }
-    Ok(fresh)
-}
-
-fn tls_table(id: &str) -> String {
-    format!(
-        "[tls]\nca = \"pki/ca.pem\"\ncert = \"pki/{id}.pem\"\nkey = \"pki/{id}.key\"\ncrl = \"pki/crl.pem\"\n"
-    )
-}
-
-fn write_config(dir: &Path, name: &str, text: &str) -> Result<PathBuf> {
-    let path = dir.join(name);
-    std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
-    Ok(path)
+    region::ensure_certs(pki, "Vigil dev region CA", &wanted)
 }
 
 /// The panel account of the `i`th post (from 0), and its AES key when the
@@ -545,7 +521,7 @@ async fn feed(pki: PathBuf, api: SocketAddr, stop: CancellationToken) {
 }
 
 async fn watch_once(pki: &Path, api: SocketAddr, cursor: &mut String) -> Result<()> {
-    let channel = connect(pki, "analyst", api).await?;
+    let channel = region::connect(pki, "analyst", api).await?;
     let mut client = OpsCenterClient::new(channel);
     let mut stream = client
         .watch_incidents(WatchIncidentsRequest {
@@ -576,28 +552,6 @@ fn feed_line(item: &FeedItem) -> Option<String> {
         Item::Resync(r) => Some(format!("-- feed resynchronised: {} --", r.reason)),
         Item::Heartbeat(_) => None,
     }
-}
-
-/// A gRPC channel to the API at `api` with `pki/ID.pem` as the client
-/// certificate.
-async fn connect(pki: &Path, id: &str, api: SocketAddr) -> Result<Channel> {
-    let read = |name: String| {
-        let path = pki.join(name);
-        std::fs::read(&path).with_context(|| format!("reading {}", path.display()))
-    };
-    let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(read("ca.pem".into())?))
-        .identity(TlsIdentity::from_pem(
-            read(format!("{id}.pem"))?,
-            read(format!("{id}.key"))?,
-        ))
-        .domain_name("localhost");
-    let channel = Channel::from_shared(format!("https://{api}"))?
-        .tls_config(tls)?
-        .connect_timeout(Duration::from_secs(5))
-        .connect()
-        .await?;
-    Ok(channel)
 }
 
 /// `12:04:05 p-002  P2 open          Burglary alarm, zone 5 [restored] (restored) #inc-000007 v3`
