@@ -47,8 +47,8 @@ const MAX_POSTS: u32 = 20_000;
 const CONNECT_WAIT: Duration = Duration::from_secs(60);
 /// Longest wait for the incident feed and the ops center's subscription.
 const READY_WAIT: Duration = Duration::from_secs(30);
-/// After the schedule ends, the longest wait for the last receipts and the
-/// last probe alarms.
+/// Once the schedule has ended, the run gives up when no receipt and no
+/// probe alarm has come for this long.
 const DRAIN_WAIT: Duration = Duration::from_secs(60);
 /// Longest the posts get to stop at the end of a run.
 const STOP_WAIT: Duration = Duration::from_secs(5);
@@ -361,6 +361,10 @@ async fn bench(args: &BenchArgs, target: &Target, dir: &Path) -> Result<()> {
             post.stats
                 .target
                 .store(posts::share(total, n, i as u64), Relaxed);
+            if let Load::Rate { per_post, .. } = load {
+                let phase = i as f64 / n as f64 / per_post;
+                post.stats.phase_ns.store((phase * 1e9) as u64, Relaxed);
+            }
         }
         let result = run_once(args, target, kind, dir, &names, &posts, load, total).await?;
         if !args.json {
@@ -415,6 +419,8 @@ struct Daemons {
     broker_addr: SocketAddr,
     api: SocketAddr,
     ops_metrics: Option<SocketAddr>,
+    /// The Vigil broker's Prometheus endpoint (Mosquitto has none).
+    broker_metrics: Option<SocketAddr>,
 }
 
 async fn start_daemons(
@@ -432,21 +438,25 @@ async fn start_daemons(
                 broker_addr: *broker,
                 api: *api,
                 ops_metrics: None,
+                broker_metrics: None,
             });
         }
         Target::Own { exe, mosquitto } => (exe, mosquitto),
     };
     let broker_addr = procs::free_port()?;
+    let mut broker_metrics = None;
     let (program, broker_args) = match kind {
         BrokerKind::Vigil => {
             // Room for every post, the probes and the ops center; at least
             // the default 1024 (handshakes in flight are capped at 256).
             let max = (args.posts + args.probes + 64).max(1024);
+            let metrics = procs::free_port()?;
+            broker_metrics = Some(metrics);
             let path = write_config(
                 dir,
                 &format!("{tag}-broker.toml"),
                 &format!(
-                    "# Written by `vigil bench`.\nlisten = \"{broker_addr}\"\n{}\n[limits]\nmax_connections = {max}\nshutdown_grace_ms = 1000\n",
+                    "# Written by `vigil bench`.\nlisten = \"{broker_addr}\"\n{}\n[limits]\nmax_connections = {max}\nshutdown_grace_ms = 1000\n\n[metrics]\nlisten = \"{metrics}\"\n",
                     tls_table("broker")
                 ),
             )?;
@@ -496,6 +506,7 @@ async fn start_daemons(
         broker_addr,
         api,
         ops_metrics: Some(metrics),
+        broker_metrics,
     })
 }
 
@@ -517,7 +528,12 @@ async fn run_once(
             .with_context(|| format!("clearing {}", run_dir.display()))?;
     }
     std::fs::create_dir_all(&run_dir)?;
-    eprintln!("[{tag}] starting the broker and the ops center...");
+    match target {
+        Target::Own { .. } => eprintln!("[{tag}] starting the broker and the ops center..."),
+        Target::Running { broker, api } => {
+            eprintln!("[{tag}] using the running broker {broker} and ops center {api}...");
+        }
+    }
     let mut daemons = start_daemons(args, target, kind, dir, tag).await?;
     for p in posts {
         p.stats.sent.store(0, Relaxed);
@@ -658,6 +674,8 @@ async fn drive_run(
     };
     let mut last_line = Instant::now();
     let mut last_receipted = 0u64;
+    let mut progress_mark = (0u64, 0usize);
+    let mut last_progress = Instant::now();
     let mut finished_at = None;
     loop {
         let (sent, receipted) = sums(posts);
@@ -674,13 +692,29 @@ async fn drive_run(
         if finished_at.is_some() && probe_stop.is_cancelled() && pending == 0 {
             break;
         }
-        if Instant::now() > schedule_end.max(t0) + DRAIN_WAIT {
+        let seen = recorder.latencies().len();
+        if (receipted, seen) != progress_mark {
+            progress_mark = (receipted, seen);
+            last_progress = Instant::now();
+        }
+        if Instant::now() > schedule_end && last_progress.elapsed() > DRAIN_WAIT {
             break;
         }
         if last_line.elapsed() >= Duration::from_secs(1) {
             let rate = (receipted - last_receipted) as f64 / last_line.elapsed().as_secs_f64();
+            let relayed = match daemons.broker_metrics {
+                Some(m) => {
+                    let get = async |name| procs::scrape(m, name).await.unwrap_or(f64::NAN);
+                    format!(
+                        ", broker publishes in {} out {}",
+                        get("vigil_broker_publishes_in_total").await,
+                        get("vigil_broker_publishes_out_total").await
+                    )
+                }
+                None => String::new(),
+            };
             eprintln!(
-                "[{tag}] {:>5.1}s sent {sent}/{total} receipted {receipted} ({rate:.0}/s), probe alarms {} seen {}",
+                "[{tag}] {:>5.1}s sent {sent}/{total} receipted {receipted} ({rate:.0}/s), probe alarms {} seen {}{relayed}",
                 t0.elapsed().as_secs_f64(),
                 recorder.counts().0,
                 recorder.latencies().len(),

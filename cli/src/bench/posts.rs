@@ -83,6 +83,10 @@ pub(crate) struct PostStats {
     pub(crate) resent: AtomicU64,
     /// Events the post is to send in all; set when the load is known.
     pub(crate) target: AtomicU64,
+    /// With a rate, how long after the common start this post's schedule
+    /// begins (nanoseconds), so that the posts' sends interleave instead
+    /// of arriving together at every tick.
+    pub(crate) phase_ns: AtomicU64,
 }
 
 /// One post, ready to connect.
@@ -264,7 +268,8 @@ impl Sender {
             let mut wake = Instant::now() + IDLE_TICK;
             if let (Some((load, t0)), true) = (load, seen_connection > 0) {
                 let target = self.stats.target.load(Relaxed);
-                let (allowed, next) = allowed(load, t0, target);
+                let phase = Duration::from_nanos(self.stats.phase_ns.load(Relaxed));
+                let (allowed, next) = allowed(load, t0 + phase, target);
                 if let Some(next) = next {
                     wake = wake.min(next);
                 }
@@ -277,6 +282,11 @@ impl Sender {
                     .min(room)
                     .min(self.settings.batch);
                 if n > 0 {
+                    if sent_through == receipted {
+                        // Nothing was outstanding: the silence before this
+                        // send is no reason to resend.
+                        last_progress = Instant::now();
+                    }
                     let batch = EventBatch {
                         post_id: self.id.clone(),
                         events: (sent_through + 1..=sent_through + n)
@@ -329,7 +339,10 @@ fn allowed(load: Load, t0: Instant, target: u64) -> (u64, Option<Instant>) {
         Load::Count => (target, None),
         Load::Rate { per_post, duration } => {
             let total = target;
-            let elapsed = t0.elapsed().min(duration).as_secs_f64();
+            let elapsed = Instant::now()
+                .saturating_duration_since(t0)
+                .min(duration)
+                .as_secs_f64();
             let now = ((per_post * elapsed) as u64).min(total);
             let next =
                 (now < total).then(|| t0 + Duration::from_secs_f64((now + 1) as f64 / per_post));
