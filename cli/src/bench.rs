@@ -411,10 +411,18 @@ fn load_posts(dir: &Path, ids: &[String]) -> Result<Vec<Post>> {
         .collect()
 }
 
+/// A broker child and how to start it again.
+#[derive(Debug)]
+struct OwnBroker {
+    daemon: Daemon,
+    program: PathBuf,
+    argv: Vec<String>,
+}
+
 /// The daemons of one run.
 #[derive(Debug)]
 struct Daemons {
-    broker: Option<(Daemon, Vec<String>, PathBuf)>,
+    broker: Option<OwnBroker>,
     ops: Option<Daemon>,
     broker_addr: SocketAddr,
     api: SocketAddr,
@@ -501,7 +509,11 @@ async fn start_daemons(
     ops.wait_listening(api).await?;
     ops.wait_listening(metrics).await?;
     Ok(Daemons {
-        broker: Some((broker, broker_args, program)),
+        broker: Some(OwnBroker {
+            daemon: broker,
+            program,
+            argv: broker_args,
+        }),
         ops: Some(ops),
         broker_addr,
         api,
@@ -563,7 +575,7 @@ async fn run_once(
     if let Some(ops) = daemons.ops.as_mut() {
         ops.kill();
     }
-    if let Some((broker, _, _)) = daemons.broker.as_mut() {
+    if let Some(OwnBroker { daemon: broker, .. }) = daemons.broker.as_mut() {
         broker.kill();
     }
     result
@@ -722,7 +734,7 @@ async fn drive_run(
             last_line = Instant::now();
             last_receipted = receipted;
         }
-        if let Some((broker, _, _)) = daemons.broker.as_mut() {
+        if let Some(OwnBroker { daemon: broker, .. }) = daemons.broker.as_mut() {
             broker.check_running()?;
         }
         if let Some(ops) = daemons.ops.as_mut() {
@@ -785,7 +797,12 @@ async fn reconnect_test(
     daemons: &mut Daemons,
 ) -> Result<f64> {
     let tag = kind.name();
-    let Some((broker, argv, program)) = daemons.broker.as_mut() else {
+    let Some(OwnBroker {
+        daemon: broker,
+        program,
+        argv,
+    }) = daemons.broker.as_mut()
+    else {
         bail!("no broker of our own");
     };
     eprintln!("[{tag}] restarting the broker...");
@@ -831,7 +848,7 @@ async fn wait_until(
         if Instant::now() > deadline {
             bail!("gave up waiting for {what} after {limit:?}: {last}");
         }
-        if let Some((broker, _, _)) = daemons.broker.as_mut() {
+        if let Some(OwnBroker { daemon: broker, .. }) = daemons.broker.as_mut() {
             broker.check_running()?;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -839,7 +856,7 @@ async fn wait_until(
 }
 
 fn broker_usage(daemons: &Daemons) -> Option<Usage> {
-    daemons.broker.as_ref().and_then(|(b, _, _)| b.usage().ok())
+    daemons.broker.as_ref().and_then(|b| b.daemon.usage().ok())
 }
 
 async fn stored(daemons: &Daemons) -> Option<f64> {
