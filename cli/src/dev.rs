@@ -28,15 +28,14 @@ use vigil_gateway::{
     dc09::{Key, Message},
     simulator::{Panel, PanelConfig, Scenario},
 };
-use vigil_pki::{Identity, Role, authority};
+use vigil_pki::Role;
 
 use crate::{
     Usage,
     client::{Connection, watch::WatchArgs},
+    region::{self, tls_table, write_config},
 };
 
-/// Validity of the certificates `vigil dev` issues.
-const CERT_DAYS: u32 = 365;
 /// Most simulated posts.
 const MAX_POSTS: u16 = 50;
 /// How long every part gets to stop after Ctrl-C.
@@ -123,11 +122,7 @@ pub(crate) fn run(args: &DevArgs) -> Result<()> {
 /// Creates the CA on first use and issues whatever certificate is missing.
 /// Returns whether the CA is new.
 fn prepare_pki(pki: &Path, posts: &[String]) -> Result<bool> {
-    let fresh = !pki.join("ca.pem").exists();
-    if fresh {
-        authority::init(pki, "Vigil dev region CA").context("creating the dev CA")?;
-    }
-    let loopback = ["localhost".to_owned(), "127.0.0.1".to_owned()];
+    let loopback = region::loopback_sans();
     let mut wanted: Vec<(Role, &str, &[String])> = vec![
         (Role::Broker, "broker", &loopback),
         (Role::Ops, "ops", &loopback),
@@ -136,27 +131,7 @@ fn prepare_pki(pki: &Path, posts: &[String]) -> Result<bool> {
         (Role::Engineer, "engineer", &[]),
     ];
     wanted.extend(posts.iter().map(|p| (Role::Post, p.as_str(), &[][..])));
-    for (role, id, sans) in wanted {
-        if pki.join(format!("{id}.pem")).exists() && pki.join(format!("{id}.key")).exists() {
-            continue;
-        }
-        let identity = Identity::new(id).context("identity")?;
-        authority::issue(pki, role, &identity, sans, CERT_DAYS, false)
-            .with_context(|| format!("issuing the {role} certificate {id}"))?;
-    }
-    Ok(fresh)
-}
-
-fn tls_table(id: &str) -> String {
-    format!(
-        "[tls]\nca = \"pki/ca.pem\"\ncert = \"pki/{id}.pem\"\nkey = \"pki/{id}.key\"\ncrl = \"pki/crl.pem\"\n"
-    )
-}
-
-fn write_config(dir: &Path, name: &str, text: &str) -> Result<PathBuf> {
-    let path = dir.join(name);
-    std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
-    Ok(path)
+    region::ensure_certs(pki, "Vigil dev region CA", &wanted)
 }
 
 /// The panel account of the `i`th post (from 0), and its AES key when the

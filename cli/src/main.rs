@@ -9,10 +9,13 @@
 //! - [`ops`]: `vigil ops --config FILE`.
 //! - [`config`]: `vigil config default broker|gateway|ops`.
 //! - [`dev`]: `vigil dev`, a whole region on loopback in one process.
+//! - [`bench`]: `vigil bench`, the end-to-end load test.
+//! - [`region`]: PKI, configs and API channels shared by `dev` and `bench`.
 //! - [`metrics`]: the `[metrics]` Prometheus endpoint of each daemon.
 //! - [`client`]: the gRPC client commands (`watch`, `incidents`, `ack`, …).
 //! - [`signals`]: the SIGINT/SIGTERM future daemons stop on.
 
+mod bench;
 mod broker;
 mod client;
 mod config;
@@ -21,6 +24,7 @@ mod gateway;
 mod metrics;
 mod ops;
 mod pki;
+mod region;
 mod signals;
 mod simulate;
 
@@ -65,6 +69,8 @@ enum Command {
     /// Run a whole region on loopback: PKI, broker, ops center, simulated
     /// posts, and the live incident feed in this terminal.
     Dev(dev::DevArgs),
+    /// End-to-end load test: posts, events/s, latency, CPU and memory.
+    Bench(bench::BenchArgs),
     /// Simulate devices: an alarm panel (`panel`) or a camera (`camera`).
     #[command(subcommand)]
     Simulate(simulate::SimulateCommand),
@@ -90,6 +96,8 @@ fn main() -> ExitCode {
     // and errors share it unless RUST_LOG asks for more.
     let default_filter = match cli.command {
         Command::Dev(_) => "warn,rumqttd=off",
+        // The probe gateways' reconnect warnings are expected in a bench.
+        Command::Bench(_) => "warn,rumqttd=off,vigil_gateway=error",
         _ => "info,rumqttd=off",
     };
     init_tracing(cli.log_format, default_filter);
@@ -103,6 +111,7 @@ fn main() -> ExitCode {
         Command::Config(cmd) => config::run(&cmd),
         Command::Dev(args) => dev::run(&args),
         Command::Simulate(cmd) => simulate::run(cmd),
+        Command::Bench(args) => bench::run(&args),
         Command::Client(cmd) => client::run(cmd),
     };
     match result {
