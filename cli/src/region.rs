@@ -1,16 +1,11 @@
 //! Pieces shared by the commands that stand up a whole region on this
-//! machine (`vigil dev`, `vigil bench`): certificates issued on demand, the
-//! config files written beside them, and a gRPC channel with a certificate
-//! from that PKI.
+//! machine (`vigil dev`, `vigil bench`): certificates issued on demand and
+//! the config files written beside them. Their gRPC clients connect through
+//! the client commands' own `client::connect`.
 
-use std::{
-    net::SocketAddr,
-    path::{Path, PathBuf},
-    time::Duration,
-};
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity as TlsIdentity};
 use vigil_pki::{Identity, Role, authority};
 
 /// Validity of the certificates these commands issue.
@@ -58,26 +53,4 @@ pub(crate) fn write_config(dir: &Path, name: &str, text: &str) -> Result<PathBuf
     let path = dir.join(name);
     std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
     Ok(path)
-}
-
-/// A gRPC channel to the API at `api` with `pki/ID.pem` as the client
-/// certificate.
-pub(crate) async fn connect(pki: &Path, id: &str, api: SocketAddr) -> Result<Channel> {
-    let read = |name: String| {
-        let path = pki.join(name);
-        std::fs::read(&path).with_context(|| format!("reading {}", path.display()))
-    };
-    let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(read("ca.pem".into())?))
-        .identity(TlsIdentity::from_pem(
-            read(format!("{id}.pem"))?,
-            read(format!("{id}.key"))?,
-        ))
-        .domain_name("localhost");
-    let channel = Channel::from_shared(format!("https://{api}"))?
-        .tls_config(tls)?
-        .connect_timeout(Duration::from_secs(5))
-        .connect()
-        .await?;
-    Ok(channel)
 }

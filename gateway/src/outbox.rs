@@ -476,7 +476,15 @@ impl Writer {
             }
             return;
         }
-        match self.try_group(&group) {
+        let result = self.try_group(&group);
+        if single
+            && matches!(result, Err(OutboxError::Full(_)))
+            && matches!(group[0], Request::Receipt { .. })
+        {
+            self.finish_receipts(group, result);
+            return;
+        }
+        match result {
             Ok((next, results)) => {
                 self.state = next;
                 self.state_tx.send_replace(next);
@@ -524,7 +532,19 @@ impl Writer {
     /// even for that, gives up the reserve, commits them in its room and
     /// truncates the WAL.
     fn commit_receipts(&mut self, receipts: Vec<Request>) {
-        let mut result = self.try_group(&receipts);
+        let result = self.try_group(&receipts);
+        self.finish_receipts(receipts, result);
+    }
+
+    /// Answers receipts that were just tried (`result`); when that failed
+    /// for lack of space, gives up the reserve and tries once more in its
+    /// room, then truncates the WAL.
+    #[allow(clippy::type_complexity)]
+    fn finish_receipts(
+        &mut self,
+        receipts: Vec<Request>,
+        mut result: Result<(OutboxState, Vec<Result<Vec<Appended>, OutboxError>>), OutboxError>,
+    ) {
         if matches!(result, Err(OutboxError::Full(_))) && self.reserve.release() {
             tracing::warn!("disk full: released the outbox reserve to apply receipts");
             result = self.try_group(&receipts);

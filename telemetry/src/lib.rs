@@ -195,17 +195,11 @@ pub async fn serve(listener: TcpListener, render: Render, shutdown: Cancellation
                 Err(_) => break,
             },
         };
-        let stream = tokio::select! {
-            () = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    // EMFILE and friends pass; back off instead of spinning.
-                    tracing::warn!("metrics: accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
+        // The accept policy every Vigil server shares (back off on EMFILE
+        // and friends, skip per-connection errors).
+        let Some((stream, _)) = vigil_pki::accept::accept(&listener, &shutdown, |_| {}).await
+        else {
+            break;
         };
         let render = render.clone();
         let stop = shutdown.clone();

@@ -25,9 +25,9 @@ use vigil_gateway::{
     dc09::{Message, Token},
     simulator::{Panel, PanelConfig},
 };
-use vigil_proto::v1::{WatchIncidentsRequest, feed_item::Item, ops_center_client::OpsCenterClient};
+use vigil_proto::v1::{WatchIncidentsRequest, feed_item::Item};
 
-use crate::region::{self, tls_table, write_config};
+use crate::region::{tls_table, write_config};
 
 /// Zones a probe cycles through (SIA zone numbers of three digits).
 const ZONES: u32 = 999;
@@ -238,8 +238,14 @@ async fn watch_once(
     ready: &watch::Sender<bool>,
     cursor: &mut String,
 ) -> Result<()> {
-    let channel = region::connect(pki, analyst, api).await?;
-    let mut client = OpsCenterClient::new(channel);
+    let conn = crate::client::Connection {
+        server: api.to_string(),
+        ca: Some(pki.join("ca.pem")),
+        cert: Some(pki.join(format!("{analyst}.pem"))),
+        key: Some(pki.join(format!("{analyst}.key"))),
+        crl: None,
+    };
+    let mut client = crate::client::connect::connect(&conn).await?.client;
     let mut stream = client
         .watch_incidents(WatchIncidentsRequest {
             cursor: cursor.clone(),
