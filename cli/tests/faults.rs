@@ -12,8 +12,8 @@ use rand::Rng;
 use vigil_tests::{
     Region,
     faults::{
-        Accounting, Daemon, FaultProxy, LinkMode, accounts_toml, eventually_within, fault_panel,
-        iterations, join_panels, outbox_on_disk, seeded_rng, spawn_panel, vary,
+        Accounting, Daemon, FaultProxy, LinkMode, accounts_toml, eventually_within, iterations,
+        join_panels, ms, outbox_on_disk, seeded_rng, spawn_fleet,
     },
     open_store,
 };
@@ -23,10 +23,6 @@ const DRAIN: Duration = Duration::from_secs(90);
 
 fn vigil() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_vigil"))
-}
-
-fn ms(rng: &mut impl Rng, range: std::ops::Range<u64>) -> Duration {
-    Duration::from_millis(rng.random_range(range))
 }
 
 /// A loopback port free for TCP and UDP a moment ago.
@@ -59,20 +55,14 @@ async fn gateway_killed_at_random_points() {
     let mut gateway = Daemon::spawn(vigil(), "gateway", &config);
     listening(dc09, "gateway listening").await;
     let count = iterations(150, 2000);
-    let panels: Vec<_> = accounts
-        .iter()
-        .enumerate()
-        .map(|(i, account)| {
-            let mut config = fault_panel(dc09, account, count, ms(&mut rng, 15..30), rng.random());
-            if i == 2 {
-                // An impatient panel: gives up at the first trouble, so a
-                // kill between commit and ACK leaves a stored, unACKed
-                // message (allowed) instead of a retransmission.
-                config.retries = 0;
-            }
-            spawn_panel(vary(config, i))
-        })
-        .collect();
+    let panels = spawn_fleet(dc09, &accounts, count, 15..30, 0, &mut rng, |i, c| {
+        if i == 2 {
+            // An impatient panel: gives up at the first trouble, so a kill
+            // between commit and ACK leaves a stored, unACKed message
+            // (allowed) instead of a retransmission.
+            c.retries = 0;
+        }
+    });
 
     // Random points: mid-commit, right after an ACK, mid-publish, while a
     // receipt is applied — wherever the clock happens to fall.
@@ -117,14 +107,7 @@ async fn ops_center_killed_at_random_points() {
         .await;
     let ops_config = region.write_ops_config(broker.addr());
     let count = iterations(150, 2000);
-    let panels: Vec<_> = accounts
-        .iter()
-        .enumerate()
-        .map(|(i, account)| {
-            let config = fault_panel(gw.dc09, account, count, ms(&mut rng, 15..30), rng.random());
-            spawn_panel(vary(config, i))
-        })
-        .collect();
+    let panels = spawn_fleet(gw.dc09, &accounts, count, 15..30, 0, &mut rng, |_, _| {});
 
     let kills = iterations(5, 50);
     for _ in 0..kills {
@@ -174,12 +157,16 @@ async fn broker_killed_at_random_points() {
         let gw = region
             .start_gateway(post, addr, &accounts_toml(&accounts))
             .await;
-        let mut mine = Vec::new();
-        for (i, account) in accounts.iter().enumerate() {
-            let config = fault_panel(gw.dc09, account, count, ms(&mut rng, 15..30), rng.random());
-            mine.push(spawn_panel(vary(config, i + 2 * panels.len())));
-        }
-        panels.push(mine);
+        let first = 2 * panels.len();
+        panels.push(spawn_fleet(
+            gw.dc09,
+            &accounts,
+            count,
+            15..30,
+            first,
+            &mut rng,
+            |_, _| {},
+        ));
         gateways.push(gw);
     }
 
@@ -248,14 +235,7 @@ async fn mixed_faults_on_every_part() {
     listening(dc09, "gateway listening").await;
 
     let count = iterations(200, 2000);
-    let panels: Vec<_> = accounts
-        .iter()
-        .enumerate()
-        .map(|(i, account)| {
-            let config = fault_panel(dc09, account, count, ms(&mut rng, 15..30), rng.random());
-            spawn_panel(vary(config, i))
-        })
-        .collect();
+    let panels = spawn_fleet(dc09, &accounts, count, 15..30, 0, &mut rng, |_, _| {});
 
     let steps = iterations(8, 80);
     let mut done = [0u32; 4];

@@ -131,6 +131,36 @@ pub fn vary(mut config: PanelConfig, i: usize) -> PanelConfig {
     config
 }
 
+/// A random time in `range` milliseconds (a panel's interval, a pause).
+pub fn ms(rng: &mut impl rand::Rng, range: std::ops::Range<u64>) -> Duration {
+    Duration::from_millis(rng.random_range(range))
+}
+
+/// Starts one [`fault_panel`] per account against `dc09`, each sending
+/// `count` messages at an interval drawn from `interval_ms`, varied
+/// ([`vary`]) from fleet index `first` on; `adjust(i, config)` may change
+/// panel `i` before it starts.
+pub fn spawn_fleet(
+    dc09: SocketAddr,
+    accounts: &[&str],
+    count: u64,
+    interval_ms: std::ops::Range<u64>,
+    first: usize,
+    rng: &mut impl rand::Rng,
+    adjust: impl Fn(usize, &mut PanelConfig),
+) -> Vec<tokio::task::JoinHandle<Summary>> {
+    accounts
+        .iter()
+        .enumerate()
+        .map(|(i, account)| {
+            let interval = ms(rng, interval_ms.clone());
+            let mut config = fault_panel(dc09, account, count, interval, rng.random());
+            adjust(i, &mut config);
+            spawn_panel(vary(config, first + i))
+        })
+        .collect()
+}
+
 /// Starts a panel; its task ends with its summary.
 pub fn spawn_panel(config: PanelConfig) -> tokio::task::JoinHandle<Summary> {
     tokio::spawn(async move {

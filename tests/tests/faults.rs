@@ -14,7 +14,7 @@ use vigil_tests::{
     Region, RunningGateway,
     faults::{
         Accounting, FaultProxy, LinkMode, accounts_toml, eventually_within, fault_panel,
-        iterations, join_panels, seeded_rng, spawn_panel, vary,
+        iterations, join_panels, ms, seeded_rng, spawn_fleet, spawn_panel,
     },
     open_store,
 };
@@ -32,10 +32,6 @@ async fn drained(gw: &RunningGateway, what: &str) -> u64 {
     gw.outbox().0
 }
 
-fn ms(rng: &mut impl Rng, range: std::ops::Range<u64>) -> Duration {
-    Duration::from_millis(rng.random_range(range))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_stopped_and_restarted_while_panels_send() {
     let (seed, mut rng) = seeded_rng("broker restarts");
@@ -51,12 +47,15 @@ async fn broker_stopped_and_restarted_while_panels_send() {
         let gw = region
             .start_gateway(post, addr, &accounts_toml(&accounts))
             .await;
-        let mut mine = Vec::new();
-        for (i, account) in accounts.iter().enumerate() {
-            let config = fault_panel(gw.dc09, account, count, ms(&mut rng, 15..30), rng.random());
-            mine.push(spawn_panel(vary(config, i + panels.len())));
-        }
-        panels.push(mine);
+        panels.push(spawn_fleet(
+            gw.dc09,
+            &accounts,
+            count,
+            15..30,
+            panels.len(),
+            &mut rng,
+            |_, _| {},
+        ));
         gateways.push(gw);
     }
 
@@ -117,14 +116,7 @@ async fn broker_links_cut_refused_and_blackholed() {
         .start_gateway("p-1", proxy.addr(), &accounts_toml(&accounts))
         .await;
     let count = iterations(150, 2000);
-    let panels: Vec<_> = accounts
-        .iter()
-        .enumerate()
-        .map(|(i, account)| {
-            let config = fault_panel(gw.dc09, account, count, ms(&mut rng, 15..30), rng.random());
-            spawn_panel(vary(config, i))
-        })
-        .collect();
+    let panels = spawn_fleet(gw.dc09, &accounts, count, 15..30, 0, &mut rng, |_, _| {});
 
     let faults = iterations(6, 60);
     let mut injected = [0u32; 3];
@@ -217,17 +209,10 @@ async fn outbox_quota_full_naks_panels_then_receipts_make_room() {
     // Long enough to span the full period and the recovery (an event the
     // gateway NAKs still waits its interval).
     let count = iterations(250, 2000);
-    let panels: Vec<_> = accounts
-        .iter()
-        .enumerate()
-        .map(|(i, account)| {
-            let mut config =
-                fault_panel(gw.dc09, account, count, ms(&mut rng, 20..30), rng.random());
-            // NAKs are retried at once; few retries so the full period shows.
-            config.retries = 3;
-            spawn_panel(vary(config, i))
-        })
-        .collect();
+    // NAKs are retried at once; few retries so the full period shows.
+    let panels = spawn_fleet(gw.dc09, &accounts, count, 20..30, 0, &mut rng, |_, c| {
+        c.retries = 3;
+    });
 
     eventually_within(
         "the outbox full and panels NAKed",
@@ -369,16 +354,9 @@ async fn gateway_disk_full_naks_panels_then_recovers() {
         .start_gateway("p-1", broker.addr(), &accounts_toml(&accounts))
         .await;
     let count = iterations(250, 2000);
-    let panels: Vec<_> = accounts
-        .iter()
-        .enumerate()
-        .map(|(i, account)| {
-            let mut config =
-                fault_panel(gw.dc09, account, count, ms(&mut rng, 20..30), rng.random());
-            config.retries = 3;
-            spawn_panel(vary(config, i))
-        })
-        .collect();
+    let panels = spawn_fleet(gw.dc09, &accounts, count, 20..30, 0, &mut rng, |_, c| {
+        c.retries = 3;
+    });
 
     // Full, then freed; several times in long runs.
     let episodes = iterations(1, 5);
