@@ -47,6 +47,14 @@ pub fn may_publish(peer: &Peer, topic: &str) -> bool {
     }
 }
 
+/// Whether a publish to `topic` (already allowed by [`may_publish`]) may be
+/// retained. Only a post's `status` is: a retained event would be handed to
+/// every ops subscriber that connects later, as if the post had sent it
+/// again.
+pub fn may_retain(topic: &str) -> bool {
+    matches!(topics::parse(topic), Some((_, TopicKind::Status)))
+}
+
 /// Whether `peer` may register a last will on `topic` (the publish rule).
 pub fn may_will(peer: &Peer, topic: &str) -> bool {
     may_publish(peer, topic)

@@ -38,9 +38,8 @@ pub struct BrokerConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
-    /// Open client connections, all states included. Each one also holds a
-    /// loopback connection to the router: budget three file descriptors per
-    /// connection against the process's open-file limit.
+    /// Open client connections, all states included (one file descriptor
+    /// each, against the process's open-file limit).
     pub max_connections: usize,
     /// TLS handshakes in progress at once. A socket waiting for a slot
     /// spends its own handshake time waiting.
@@ -56,6 +55,18 @@ pub struct Limits {
     /// On SIGTERM/SIGINT, how long open connections get to close, in
     /// milliseconds.
     pub shutdown_grace_ms: u64,
+    /// Publishes per second one `post` identity may send, on average; 0
+    /// turns the budget off. Over budget, the broker stops reading that
+    /// post's connection until the budget refills (nothing is dropped: the
+    /// post's own queue waits).
+    pub post_publish_rate: u32,
+    /// Publishes a post may send at once above its rate.
+    pub post_publish_burst: u32,
+    /// Bytes per second one post may send in publishes, on average; 0 turns
+    /// this budget off.
+    pub post_byte_rate: u64,
+    /// Bytes a post may send at once above its byte rate.
+    pub post_byte_burst: u64,
 }
 
 impl Default for Limits {
@@ -67,6 +78,10 @@ impl Default for Limits {
             connect_timeout_ms: 10_000,
             max_payload_bytes: 256 * 1024,
             shutdown_grace_ms: 5_000,
+            post_publish_rate: 500,
+            post_publish_burst: 5_000,
+            post_byte_rate: 2 * 1024 * 1024,
+            post_byte_burst: 8 * 1024 * 1024,
         }
     }
 }
@@ -118,6 +133,18 @@ impl Limits {
             return bad(
                 "max_payload_bytes",
                 format!("must be between 1 and {max_payload}"),
+            );
+        }
+        if self.post_publish_rate > 0 && self.post_publish_burst == 0 {
+            return bad("post_publish_burst", "must be at least 1".into());
+        }
+        if self.post_byte_rate > 0 && (self.post_byte_burst as usize) < self.frame_cap() {
+            return bad(
+                "post_byte_burst",
+                format!(
+                    "must hold the largest packet ({} bytes: max_payload_bytes plus headers)",
+                    self.frame_cap()
+                ),
             );
         }
         Ok(())
@@ -216,8 +243,7 @@ key = "pki/broker.key"
 crl = "pki/crl.pem"
 
 [limits]
-# Open client connections. Each also holds a loopback connection to the
-# embedded router: allow about 3 open files per connection (ulimit -n).
+# Open client connections (one open file each: mind ulimit -n).
 max_connections = 1024
 # TLS handshakes in progress at once; more wait (within their timeout).
 max_handshakes = 256
@@ -230,6 +256,13 @@ connect_timeout_ms = 10000
 max_payload_bytes = 262144
 # On SIGTERM/SIGINT, time given to open connections to close (ms).
 shutdown_grace_ms = 5000
+# What one post may send, on average per second and at once above that.
+# Over budget its connection is not read until the budget refills: nothing
+# is dropped, the gateway's outbox waits. 0 turns a rate off.
+post_publish_rate = 500
+post_publish_burst = 5000
+post_byte_rate = 2097152
+post_byte_burst = 8388608
 
 # Prometheus endpoint (GET /metrics), off unless this table is present.
 # Keep it on a management network or loopback: it tells how busy this is.
@@ -272,7 +305,7 @@ mod tests {
     #[test]
     fn limits_are_checked() {
         let ok = Limits::default();
-        let cases: [(&str, Limits); 6] = [
+        let cases: [(&str, Limits); 8] = [
             (
                 "max_connections",
                 Limits {
@@ -312,6 +345,20 @@ mod tests {
                 "max_payload_bytes",
                 Limits {
                     max_payload_bytes: 300_000_000,
+                    ..ok.clone()
+                },
+            ),
+            (
+                "post_publish_burst",
+                Limits {
+                    post_publish_burst: 0,
+                    ..ok.clone()
+                },
+            ),
+            (
+                "post_byte_burst",
+                Limits {
+                    post_byte_burst: 1024,
                     ..ok
                 },
             ),

@@ -1,4 +1,5 @@
-//! The public TLS listener: accept, cap, handshake, identify, relay.
+//! The public TLS listener: accept, cap, handshake, identify, then the
+//! MQTT session.
 //!
 //! The accept loop does nothing but accept: every socket is handed at once
 //! to its own task, which does the TLS handshake under
@@ -26,13 +27,13 @@ use vigil_pki::Peer;
 
 use crate::{
     metrics::Reject,
-    relay::{self, RelayContext},
+    session::{self, Context},
 };
 
 /// Everything a connection task shares with the others.
 pub(crate) struct Front {
     pub(crate) acceptor: TlsAcceptor,
-    pub(crate) relay: RelayContext,
+    pub(crate) session: Context,
     pub(crate) connections: Arc<Semaphore>,
     pub(crate) handshakes: Semaphore,
 }
@@ -40,7 +41,7 @@ pub(crate) struct Front {
 impl std::fmt::Debug for Front {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Front")
-            .field("relay", &self.relay)
+            .field("session", &self.session)
             .field("connections", &self.connections)
             .field("handshakes", &self.handshakes)
             .finish_non_exhaustive()
@@ -57,7 +58,7 @@ impl Front {
         shutdown: CancellationToken,
         tracker: TaskTracker,
     ) {
-        let metrics = &self.relay.metrics;
+        let metrics = &self.session.metrics;
         while let Some((tcp, addr)) =
             vigil_pki::accept::accept(&listener, &shutdown, |_| metrics.accept_error()).await
         {
@@ -90,7 +91,7 @@ impl Front {
         shutdown: CancellationToken,
         _permit: OwnedSemaphorePermit,
     ) {
-        let metrics = &self.relay.metrics;
+        let metrics = &self.session.metrics;
         let _open = metrics.open_connection();
         let _ = tcp.set_nodelay(true);
         let handshake = async {
@@ -101,7 +102,7 @@ impl Front {
         };
         let result = tokio::select! {
             () = shutdown.cancelled() => return,
-            r = tokio::time::timeout(self.relay.limits.handshake_timeout(), handshake) => r,
+            r = tokio::time::timeout(self.session.limits.handshake_timeout(), handshake) => r,
         };
         let tls = match result {
             Ok(Ok(tls)) => tls,
@@ -142,7 +143,7 @@ impl Front {
         span.record("identity", peer.identity.as_str());
         span.record("role", peer.role.as_str());
         debug!("authenticated");
-        relay::run(tls, peer, &self.relay, shutdown).await;
+        session::run(tls, peer, &self.session, shutdown).await;
     }
 }
 

@@ -1,17 +1,21 @@
-//! Vigil's MQTT broker: an mTLS front that enforces who may say what, over
-//! an embedded rumqttd router that does the routing (sessions, QoS 1/2,
-//! retained messages, wills, shared subscriptions).
+//! Vigil's MQTT broker: an mTLS front that owns the MQTT protocol and
+//! enforces who may say what, over an embedded rumqttd router that does the
+//! routing (subscriptions, persistent sessions, QoS 1 delivery windows,
+//! retained messages, shared subscriptions).
 //!
 //! ```text
-//! client ──mTLS──► front (TLS, identity, ACL, limits) ──loopback──► rumqttd
+//! client ──mTLS MQTT 3.1.1/5──► front (TLS, identity, ACL, limits, codec)
+//!                                  │ typed operations, in process
+//!                                  ▼
+//!                               rumqttd router (its own thread)
 //! ```
 //!
 //! Clients authenticate with a certificate from the region CA (checked
 //! against the CRL); the front takes identity and role from it, requires the
 //! MQTT client id to be that identity, applies the topic ACL of DESIGN.md to
-//! every CONNECT (will), PUBLISH and SUBSCRIBE, and relays the session to
-//! rumqttd on a loopback port that accepts only the front's per-process
-//! secret.
+//! every CONNECT (will), PUBLISH and SUBSCRIBE, and hands the router only
+//! sanitised operations through an in-process link: no MQTT 5 property and
+//! no packet a client wrote ever reaches another client.
 //!
 //! Layout:
 //! - [`config`]: the TOML config (`listen`, `[tls]`, `[limits]`), validated
@@ -19,9 +23,10 @@
 //! - [`acl`]: the topic ACL as pure functions.
 //! - `front`: accept loop, connection and handshake caps, TLS handshake and
 //!   identity, one task per connection.
-//! - `relay`: the per-connection MQTT pump and its checks.
-//! - `mqtt`: framing and the few packets the front reads or writes.
-//! - `router`: starting the embedded rumqttd behind its secret.
+//! - `session`: one client's MQTT session: checks, answers, deliveries.
+//! - `registry`: connected identities, takeovers and fights over one.
+//! - `mqtt`: framing, decoding and encoding per protocol version.
+//! - `router`: the in-process rumqttd router and its links.
 //! - [`metrics`][]: counters.
 //!
 //! Start a broker with [`Broker::start`] on a bound listener (tests use
@@ -32,8 +37,9 @@ pub mod config;
 mod front;
 pub mod metrics;
 mod mqtt;
-mod relay;
+mod registry;
 mod router;
+mod session;
 
 use std::{net::SocketAddr, sync::Arc};
 
@@ -43,7 +49,6 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 pub use config::{BrokerConfig, ConfigError, DEFAULT_CONFIG, Limits};
 pub use metrics::{Metrics, MetricsSnapshot, Reject};
-pub use router::RouterError;
 
 /// Why the broker could not start.
 #[derive(Debug, thiserror::Error)]
@@ -52,8 +57,6 @@ pub enum BrokerError {
     Config(#[from] ConfigError),
     #[error("tls: {0}")]
     Tls(#[from] vigil_pki::TlsError),
-    #[error(transparent)]
-    Router(#[from] RouterError),
     #[error("listener: {0}")]
     Listener(#[source] std::io::Error),
 }
@@ -80,16 +83,18 @@ impl Broker {
         let tls = material.server_config()?;
         let local_addr = listener.local_addr().map_err(BrokerError::Listener)?;
         let limits = config.limits.clone();
-        let router = router::start(&limits).await?;
+        let router = router::Router::start(&limits);
         let metrics = Arc::new(Metrics::default());
         let front = Arc::new(front::Front {
             acceptor: TlsAcceptor::from(Arc::new(tls)),
             connections: Arc::new(Semaphore::new(limits.max_connections)),
             handshakes: Semaphore::new(limits.max_handshakes),
-            relay: relay::RelayContext {
+            session: session::Context {
                 limits: limits.clone(),
                 router,
+                registry: Default::default(),
                 metrics: metrics.clone(),
+                next_id: Default::default(),
             },
         });
         let tracker = TaskTracker::new();
@@ -112,7 +117,16 @@ impl Broker {
             } else {
                 tracing::info!(closed = open, "all connections closed");
             }
-            tracing::info!(metrics = ?task_metrics.snapshot(), "broker stopped");
+            let m = task_metrics.snapshot();
+            tracing::info!(
+                accepted = m.accepted,
+                authenticated = m.authenticated,
+                publishes_in = m.publishes_in,
+                publishes_out = m.publishes_out,
+                takeovers = m.takeovers,
+                rejected = m.rejected_total(),
+                "broker stopped"
+            );
         });
         tracing::info!(listen = %local_addr, "broker listening");
         Ok(Self {

@@ -42,11 +42,17 @@ pub enum Reject {
     Protocol,
     /// The embedded router could not be reached or refused the session.
     Router,
+    /// A CONNECT that would have taken over its identity's session too soon
+    /// after the last takeover (two clients sharing one certificate).
+    Takeover,
+    /// A post over its publish budget (`limits.post_publish_rate`): its
+    /// connection was not read until the budget refilled.
+    Throttled,
 }
 
 impl Reject {
     /// Every reason, in the order of [`MetricsSnapshot::rejects`].
-    pub const ALL: [Reject; 15] = [
+    pub const ALL: [Reject; 17] = [
         Reject::Capacity,
         Reject::HandshakeTimeout,
         Reject::NoCertificate,
@@ -62,6 +68,8 @@ impl Reject {
         Reject::PayloadTooLarge,
         Reject::Protocol,
         Reject::Router,
+        Reject::Takeover,
+        Reject::Throttled,
     ];
 
     /// Stable name for logs.
@@ -82,6 +90,8 @@ impl Reject {
             Reject::PayloadTooLarge => "payload_too_large",
             Reject::Protocol => "protocol",
             Reject::Router => "router",
+            Reject::Takeover => "takeover",
+            Reject::Throttled => "throttled",
         }
     }
 
@@ -108,6 +118,7 @@ pub struct Metrics {
     publishes_out: AtomicU64,
     bytes_in: AtomicU64,
     bytes_out: AtomicU64,
+    takeovers: AtomicU64,
     rejects: [AtomicU64; Reject::ALL.len()],
 }
 
@@ -132,6 +143,8 @@ pub struct MetricsSnapshot {
     pub bytes_in: u64,
     /// Bytes relayed from the router to clients.
     pub bytes_out: u64,
+    /// Sessions replaced by a newer connection with the same identity.
+    pub takeovers: u64,
     /// Refusals, indexed like [`Reject::ALL`]; see [`MetricsSnapshot::rejected`].
     pub rejects: [u64; Reject::ALL.len()],
 }
@@ -178,23 +191,28 @@ impl MetricsSnapshot {
         );
         out.counter(
             "vigil_broker_publishes_in_total",
-            "PUBLISH packets relayed from clients to the router.",
+            "PUBLISH packets taken from clients and routed.",
             self.publishes_in,
         );
         out.counter(
             "vigil_broker_publishes_out_total",
-            "PUBLISH packets relayed from the router to clients.",
+            "PUBLISH packets delivered to clients.",
             self.publishes_out,
         );
         out.counter(
             "vigil_broker_bytes_in_total",
-            "Bytes relayed from clients to the router.",
+            "Bytes of PUBLISH packets taken from clients.",
             self.bytes_in,
         );
         out.counter(
             "vigil_broker_bytes_out_total",
-            "Bytes relayed from the router to clients.",
+            "Bytes of PUBLISH packets delivered to clients.",
             self.bytes_out,
+        );
+        out.counter(
+            "vigil_broker_takeovers_total",
+            "Sessions replaced by a newer connection with the same identity.",
+            self.takeovers,
         );
         for reason in Reject::ALL {
             out.counter_with(
@@ -219,6 +237,7 @@ impl Metrics {
             publishes_out: self.publishes_out.load(Relaxed),
             bytes_in: self.bytes_in.load(Relaxed),
             bytes_out: self.bytes_out.load(Relaxed),
+            takeovers: self.takeovers.load(Relaxed),
             rejects: std::array::from_fn(|i| self.rejects[i].load(Relaxed)),
         }
     }
@@ -233,6 +252,10 @@ impl Metrics {
 
     pub(crate) fn authenticated(&self) {
         self.authenticated.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn takeover(&self) {
+        self.takeovers.fetch_add(1, Relaxed);
     }
 
     pub(crate) fn accept_error(&self) {

@@ -1,30 +1,34 @@
-//! The slice of MQTT the front reads and writes: framing by fixed header,
-//! the CONNECT (decoded and re-encoded with rumqttd's own `protocol` codec),
-//! the topic of a PUBLISH, the filters of a SUBSCRIBE, and the few replies
-//! the front sends itself (CONNACK refusals, v5 PUBACK/PUBREC/SUBACK with
-//! reason codes, v5 DISCONNECT).
+//! The MQTT the front speaks with its clients: framing by fixed header, the
+//! CONNECT, the fields of PUBLISH, SUBSCRIBE, UNSUBSCRIBE and the
+//! acknowledgments a client sends, and every packet the front writes.
 //!
-//! Everything else passes through as raw bytes, so the relay never pays for
-//! decoding a packet it does not have to check.
+//! Decoding is hand-written where it runs per message (PUBLISH and the
+//! two-byte acknowledgments, which must not allocate) and uses rumqttd's own
+//! codec for the rare, structured packets (CONNECT, SUBSCRIBE,
+//! UNSUBSCRIBE). Every packet to a client is encoded here in that client's
+//! own protocol version, from typed values: nothing one client sent is ever
+//! copied onto another's connection.
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use rumqttd::protocol::{
-    self as codec, ConnAck, ConnectReturnCode, Packet, Protocol, PubAck, PubAckReason, PubRec,
-    PubRecReason, SubAck, SubscribeReasonCode, v4::V4, v5::V5,
+    self as codec, ConnAck, ConnAckProperties, ConnectReturnCode, Filter, Packet, Protocol,
+    Publish, QoS, v4::V4, v5::V5,
 };
 
 /// MQTT control packet types (first nibble of the fixed header).
 pub(crate) mod kind {
     pub(crate) const CONNECT: u8 = 1;
-    pub(crate) const CONNACK: u8 = 2;
     pub(crate) const PUBLISH: u8 = 3;
     pub(crate) const PUBACK: u8 = 4;
     pub(crate) const PUBREC: u8 = 5;
     pub(crate) const PUBREL: u8 = 6;
     pub(crate) const PUBCOMP: u8 = 7;
     pub(crate) const SUBSCRIBE: u8 = 8;
+    pub(crate) const SUBACK: u8 = 9;
     pub(crate) const UNSUBSCRIBE: u8 = 10;
+    pub(crate) const UNSUBACK: u8 = 11;
     pub(crate) const PINGREQ: u8 = 12;
+    pub(crate) const PINGRESP: u8 = 13;
     pub(crate) const DISCONNECT: u8 = 14;
 }
 
@@ -54,20 +58,17 @@ impl Version {
         }
     }
 
-    fn write(self, packet: Packet) -> Bytes {
-        let mut buf = BytesMut::with_capacity(64);
-        let written = match self {
-            Version::V4 => V4.write(packet, &mut buf),
-            Version::V5 => V5.write(packet, &mut buf),
-        };
-        // Only packets built by this module are written, and each is valid
-        // for its version; a codec error here is a bug in this module.
-        debug_assert!(written.is_ok(), "{written:?}");
-        buf.freeze()
+    /// Appends `packet` to `out`. Only packets built by this module are
+    /// written, each valid for its version.
+    fn write(self, packet: Packet, out: &mut BytesMut) -> Result<usize, codec::Error> {
+        match self {
+            Version::V4 => V4.write(packet, out),
+            Version::V5 => V5.write(packet, out),
+        }
     }
 }
 
-/// A packet that cannot be relayed.
+/// A packet that cannot be taken.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub(crate) enum WireError {
     #[error("malformed packet: {0}")]
@@ -147,58 +148,61 @@ pub(crate) fn connect_version(packet: &[u8], frame: Frame) -> Result<Version, Wi
     }
 }
 
-/// A decoded CONNECT, to be checked and rewritten before it goes upstream.
-#[derive(Debug)]
+/// A client's will, as the front keeps it: published by the front itself if
+/// the connection ends without a normal DISCONNECT.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Will {
+    pub(crate) topic: String,
+    pub(crate) payload: Bytes,
+    pub(crate) retain: bool,
+}
+
+/// What the front keeps of a CONNECT.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Connect {
-    version: Version,
-    packet: Packet,
+    pub(crate) version: Version,
+    pub(crate) client_id: String,
+    pub(crate) clean_session: bool,
+    /// Seconds; 0 turns keep-alive off.
+    pub(crate) keep_alive: u16,
+    pub(crate) will: Option<Will>,
+    /// v5: how many QoS 1/2 publishes the client takes unacknowledged.
+    pub(crate) receive_maximum: u16,
+    /// v5: the largest packet the client takes.
+    pub(crate) max_packet_size: Option<u32>,
 }
 
 impl Connect {
     /// Decodes a complete CONNECT frame (`buf` holds exactly one packet).
     pub(crate) fn decode(version: Version, mut buf: BytesMut) -> Result<Self, WireError> {
-        let packet = version.read(&mut buf)?;
-        if !matches!(packet, Packet::Connect(..)) {
+        let Packet::Connect(connect, props, will, _will_props, _login) = version.read(&mut buf)?
+        else {
             return Err(WireError::Malformed("expected CONNECT"));
+        };
+        let will = will
+            .map(|w| {
+                let topic = String::from_utf8(w.topic.to_vec())
+                    .map_err(|_| WireError::Malformed("will topic"))?;
+                Ok::<_, WireError>(Will {
+                    topic,
+                    payload: w.message,
+                    retain: w.retain,
+                })
+            })
+            .transpose()?;
+        let receive_maximum = props.as_ref().and_then(|p| p.receive_maximum);
+        if receive_maximum == Some(0) {
+            return Err(WireError::Malformed("receive maximum 0"));
         }
-        Ok(Self { version, packet })
-    }
-
-    pub(crate) fn client_id(&self) -> &str {
-        match &self.packet {
-            Packet::Connect(connect, ..) => &connect.client_id,
-            _ => unreachable!("checked in decode"),
-        }
-    }
-
-    /// The will topic, if the client registered a will. `Err` when the
-    /// topic is not UTF-8.
-    pub(crate) fn will_topic(&self) -> Result<Option<&str>, WireError> {
-        match &self.packet {
-            Packet::Connect(_, _, Some(will), ..) => std::str::from_utf8(&will.topic)
-                .map(Some)
-                .map_err(|_| WireError::Malformed("will topic")),
-            _ => Ok(None),
-        }
-    }
-
-    /// The CONNECT to send upstream: client id set to `client_id` (the
-    /// certificate identity, for clients that sent an empty one) and the
-    /// client's username/password replaced by the router secret, so the
-    /// router accepts only what came through the front.
-    pub(crate) fn rewrite(self, client_id: &str, username: &str, secret: &str) -> Bytes {
-        let Self {
+        Ok(Self {
             version,
-            mut packet,
-        } = self;
-        if let Packet::Connect(connect, _, _, _, login) = &mut packet {
-            client_id.clone_into(&mut connect.client_id);
-            *login = Some(codec::Login {
-                username: username.to_owned(),
-                password: secret.to_owned(),
-            });
-        }
-        version.write(packet)
+            client_id: connect.client_id,
+            clean_session: connect.clean_session,
+            keep_alive: connect.keep_alive,
+            will,
+            receive_maximum: receive_maximum.unwrap_or(u16::MAX),
+            max_packet_size: props.and_then(|p| p.max_packet_size),
+        })
     }
 }
 
@@ -206,21 +210,21 @@ impl Connect {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct PublishInfo<'a> {
     pub(crate) qos: u8,
+    pub(crate) retain: bool,
     /// Packet id (0 for QoS 0).
     pub(crate) pkid: u16,
     /// The topic as sent; empty when a v5 client uses a topic alias.
     pub(crate) topic: &'a str,
     /// v5 topic alias property, if present.
     pub(crate) alias: Option<u16>,
+    /// Where the payload starts in the packet; it runs to the end.
+    pub(crate) payload_at: usize,
     pub(crate) payload_len: usize,
 }
 
-/// Reads the topic, QoS, packet id and payload size of a complete PUBLISH.
-///
-/// Hand-written rather than rumqttd's decoder: that one keeps QoS and packet
-/// id private to the crate, and decodes (allocating) every v5 property,
-/// while the front reads a PUBLISH for every message it relays and only
-/// needs the topic alias among the properties.
+/// Reads the fields of a complete PUBLISH. Of the v5 properties only the
+/// topic alias is kept: the others are checked for form and dropped, since
+/// nothing a client sends is passed on beyond topic, payload and retain.
 pub(crate) fn publish_info(
     version: Version,
     packet: &[u8],
@@ -230,6 +234,7 @@ pub(crate) fn publish_info(
     if qos == 3 {
         return Err(WireError::Malformed("PUBLISH QoS 3"));
     }
+    let retain = frame.byte1 & 1 == 1;
     let mut body = &packet[frame.header_len..frame.len()];
     let topic_len = usize::from(take_u16(&mut body)?);
     if body.len() < topic_len {
@@ -267,10 +272,8 @@ pub(crate) fn publish_info(
                     let n = take_u16(&mut props)?;
                     skip(&mut props, n.into())?;
                 }
-                // subscription identifier (the router refuses it from clients)
-                0x0B => {
-                    take_varint(&mut props)?;
-                }
+                // A client must not send a subscription identifier.
+                0x0B => return Err(WireError::Malformed("PUBLISH subscription identifier")),
                 0x23 => alias = Some(take_u16(&mut props)?),
                 // user property: two strings
                 0x26 => {
@@ -286,26 +289,60 @@ pub(crate) fn publish_info(
     if topic.is_empty() && alias.is_none() {
         return Err(WireError::Malformed("PUBLISH without topic"));
     }
+    if topic.contains(['+', '#']) {
+        return Err(WireError::Malformed("wildcard in a PUBLISH topic"));
+    }
     Ok(PublishInfo {
         qos,
+        retain,
         pkid,
         topic,
         alias,
+        payload_at: frame.len() - body.len(),
         payload_len: body.len(),
     })
 }
 
+/// The packet id of a complete PUBACK, PUBREC, PUBREL or PUBCOMP (the
+/// reason code and properties a v5 client may add are not needed).
+pub(crate) fn ack_pkid(packet: &[u8], frame: Frame) -> Result<u16, WireError> {
+    let mut body = &packet[frame.header_len..frame.len()];
+    match take_u16(&mut body)? {
+        0 => Err(WireError::Malformed("packet id 0")),
+        pkid => Ok(pkid),
+    }
+}
+
 /// Packet id and filters of a complete SUBSCRIBE (`buf` holds exactly one).
-pub(crate) fn subscribe_filters(
+pub(crate) fn subscribe(
+    version: Version,
+    mut buf: BytesMut,
+) -> Result<(u16, Vec<Filter>), WireError> {
+    match version.read(&mut buf)? {
+        Packet::Subscribe(subscribe, props) => {
+            if props.is_some_and(|p| p.id.is_some()) {
+                // Not offered in the CONNACK.
+                return Err(WireError::Malformed("subscription identifier"));
+            }
+            if subscribe.filters.is_empty() {
+                return Err(WireError::Malformed("SUBSCRIBE without filters"));
+            }
+            Ok((subscribe.pkid, subscribe.filters))
+        }
+        _ => Err(WireError::Malformed("expected SUBSCRIBE")),
+    }
+}
+
+/// Packet id and filters of a complete UNSUBSCRIBE.
+pub(crate) fn unsubscribe(
     version: Version,
     mut buf: BytesMut,
 ) -> Result<(u16, Vec<String>), WireError> {
     match version.read(&mut buf)? {
-        Packet::Subscribe(subscribe, _) => Ok((
-            subscribe.pkid,
-            subscribe.filters.into_iter().map(|f| f.path).collect(),
-        )),
-        _ => Err(WireError::Malformed("expected SUBSCRIBE")),
+        Packet::Unsubscribe(unsubscribe, _) if !unsubscribe.filters.is_empty() => {
+            Ok((unsubscribe.pkid, unsubscribe.filters))
+        }
+        _ => Err(WireError::Malformed("expected UNSUBSCRIBE with filters")),
     }
 }
 
@@ -315,6 +352,8 @@ pub(crate) enum Refusal {
     NotAuthorized,
     UnsupportedVersion,
     ServerUnavailable,
+    /// The identity is fighting over its session (see `registry`).
+    Busy,
 }
 
 /// A CONNACK refusing the connection.
@@ -323,45 +362,156 @@ pub(crate) fn connack_refused(version: Version, refusal: Refusal) -> Bytes {
         (_, Refusal::NotAuthorized) => ConnectReturnCode::NotAuthorized,
         (Version::V4, Refusal::UnsupportedVersion) => ConnectReturnCode::RefusedProtocolVersion,
         (Version::V5, Refusal::UnsupportedVersion) => ConnectReturnCode::UnsupportedProtocolVersion,
-        (Version::V4, Refusal::ServerUnavailable) => ConnectReturnCode::ServiceUnavailable,
+        (Version::V4, Refusal::ServerUnavailable | Refusal::Busy) => {
+            ConnectReturnCode::ServiceUnavailable
+        }
         (Version::V5, Refusal::ServerUnavailable) => ConnectReturnCode::ServerUnavailable,
+        (Version::V5, Refusal::Busy) => ConnectReturnCode::ServerBusy,
     };
     let ack = ConnAck {
         session_present: false,
         code,
     };
-    version.write(Packet::ConnAck(ack, None))
+    let mut out = BytesMut::with_capacity(8);
+    let written = version.write(Packet::ConnAck(ack, None), &mut out);
+    debug_assert!(written.is_ok(), "{written:?}");
+    out.freeze()
 }
 
-/// v5 reply to a refused QoS 1 (PUBACK) or QoS 2 (PUBREC) publish.
-pub(crate) fn publish_not_authorized(qos: u8, pkid: u16) -> Bytes {
-    let packet = if qos == 2 {
-        Packet::PubRec(
-            PubRec {
-                pkid,
-                reason: PubRecReason::NotAuthorized,
-            },
-            None,
-        )
-    } else {
-        Packet::PubAck(
-            PubAck {
-                pkid,
-                reason: PubAckReason::NotAuthorized,
-            },
-            None,
-        )
-    };
-    Version::V5.write(packet)
+/// What the broker offers a v5 client in its CONNACK.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Offer {
+    /// QoS 2 publishes the client may have waiting for PUBREL.
+    pub(crate) receive_maximum: u16,
+    /// Topic aliases the client may set up.
+    pub(crate) topic_alias_max: u16,
+    /// Largest packet the broker takes.
+    pub(crate) max_packet_size: u32,
 }
 
-/// v5 SUBACK refusing each of `count` filters with "not authorized".
-pub(crate) fn suback_not_authorized(pkid: u16, count: usize) -> Bytes {
-    let ack = SubAck {
-        pkid,
-        return_codes: vec![SubscribeReasonCode::NotAuthorized; count],
+/// The CONNACK accepting a session.
+pub(crate) fn connack(version: Version, session_present: bool, offer: Offer, out: &mut BytesMut) {
+    let ack = ConnAck {
+        session_present,
+        code: ConnectReturnCode::Success,
     };
-    Version::V5.write(Packet::SubAck(ack, None))
+    let props = (version == Version::V5).then(|| ConnAckProperties {
+        receive_max: Some(offer.receive_maximum),
+        max_qos: None,
+        retain_available: Some(1),
+        max_packet_size: Some(offer.max_packet_size),
+        topic_alias_max: Some(offer.topic_alias_max),
+        wildcard_subscription_available: Some(1),
+        subscription_identifiers_available: Some(0),
+        shared_subscription_available: Some(1),
+        ..ConnAckProperties::default()
+    });
+    let written = version.write(Packet::ConnAck(ack, props), out);
+    debug_assert!(written.is_ok(), "{written:?}");
+}
+
+/// Appends a PUBLISH for a client of `version`, returning its packet id
+/// (0 for QoS 0) and size. `Err` only for a publish the router built wrongly.
+pub(crate) fn write_publish(
+    version: Version,
+    publish: Publish,
+    out: &mut BytesMut,
+) -> Result<(u16, usize), codec::Error> {
+    let start = out.len();
+    let written = version.write(Packet::Publish(publish, None), out)?;
+    let packet = &out[start..];
+    let qos = (packet[0] >> 1) & 0b11;
+    if qos == 0 {
+        return Ok((0, written));
+    }
+    // Skip the fixed header and the topic: the packet id follows.
+    let header = frame(packet, usize::MAX)
+        .ok()
+        .flatten()
+        .map_or(2, |f| f.header_len);
+    let topic_len = usize::from(u16::from_be_bytes([packet[header], packet[header + 1]]));
+    let at = header + 2 + topic_len;
+    Ok((u16::from_be_bytes([packet[at], packet[at + 1]]), written))
+}
+
+/// Appends a two-byte acknowledgment (PUBACK, PUBREC, PUBCOMP) meaning
+/// success: without a reason code, which MQTT 5 reads as success too.
+pub(crate) fn write_ack(packet_kind: u8, pkid: u16, out: &mut BytesMut) {
+    // PUBREL would need flags 0b0010; the front never sends one.
+    debug_assert!(matches!(
+        packet_kind,
+        kind::PUBACK | kind::PUBREC | kind::PUBCOMP
+    ));
+    out.put_u8(packet_kind << 4);
+    out.put_u8(2);
+    out.put_u16(pkid);
+}
+
+/// Appends a PUBCOMP for a PUBREL whose packet id the front does not hold.
+pub(crate) fn write_pubcomp_not_found(version: Version, pkid: u16, out: &mut BytesMut) {
+    match version {
+        // 3.1.1 has no reason codes: completing it is the only answer.
+        Version::V4 => write_ack(kind::PUBCOMP, pkid, out),
+        Version::V5 => out.extend_from_slice(&[
+            kind::PUBCOMP << 4,
+            4,
+            (pkid >> 8) as u8,
+            pkid as u8,
+            0x92, // packet identifier not found
+            0,
+        ]),
+    }
+}
+
+pub(crate) fn write_pingresp(out: &mut BytesMut) {
+    out.extend_from_slice(&[kind::PINGRESP << 4, 0]);
+}
+
+/// Appends a SUBACK with one return code per filter: the granted QoS, or
+/// for a refused filter 0x80 (3.1.1, "failure") / 0x87 (5, "not authorized").
+pub(crate) fn write_suback(
+    version: Version,
+    pkid: u16,
+    granted: &[Option<u8>],
+    out: &mut BytesMut,
+) {
+    let refused = match version {
+        Version::V4 => 0x80,
+        Version::V5 => 0x87,
+    };
+    let props = usize::from(version == Version::V5);
+    out.put_u8(kind::SUBACK << 4);
+    put_varint(out, 2 + props + granted.len());
+    out.put_u16(pkid);
+    if props == 1 {
+        out.put_u8(0);
+    }
+    for code in granted {
+        out.put_u8(code.unwrap_or(refused));
+    }
+}
+
+/// Appends an UNSUBACK for `count` filters (v5: "success" for each).
+pub(crate) fn write_unsuback(version: Version, pkid: u16, count: usize, out: &mut BytesMut) {
+    out.put_u8(kind::UNSUBACK << 4);
+    match version {
+        Version::V4 => {
+            out.put_u8(2);
+            out.put_u16(pkid);
+        }
+        Version::V5 => {
+            put_varint(out, 3 + count);
+            out.put_u16(pkid);
+            out.put_u8(0);
+            out.put_bytes(0, count);
+        }
+    }
+}
+
+/// v5 answer to a refused QoS 1 (PUBACK) or QoS 2 (PUBREC) publish.
+pub(crate) fn write_publish_not_authorized(qos: u8, pkid: u16, out: &mut BytesMut) {
+    let packet_kind = if qos == 2 { kind::PUBREC } else { kind::PUBACK };
+    out.extend_from_slice(&[packet_kind << 4, 4, (pkid >> 8) as u8, pkid as u8, 0x87, 0]);
 }
 
 /// Reason codes of the v5 DISCONNECTs the front sends.
@@ -371,117 +521,47 @@ pub(crate) enum Reason {
     MalformedPacket = 0x81,
     ProtocolError = 0x82,
     ServerShuttingDown = 0x8B,
+    KeepAliveTimeout = 0x8D,
+    SessionTakenOver = 0x8E,
     TopicAliasInvalid = 0x94,
     PacketTooLarge = 0x95,
+    ReceiveMaximumExceeded = 0x93,
 }
 
 /// v5 DISCONNECT sent by the server: reason code and an empty property
 /// list. (Remaining length 1, no property length, is also valid MQTT 5, but
 /// some clients, rumqttc among them, fail to read it.)
-///
-/// Written by hand: rumqttd 0.20's v5 DISCONNECT writer produces a corrupt
-/// packet for a reason code without properties (length 1, two bytes
-/// written), and a bare `E0 00` for one with empty properties.
 pub(crate) fn disconnect(reason: Reason) -> Bytes {
-    Bytes::copy_from_slice(&[0xE0, 0x02, reason as u8, 0x00])
+    Bytes::copy_from_slice(&[kind::DISCONNECT << 4, 0x02, reason as u8, 0x00])
 }
 
-/// Client id of the front's own startup probe: it cannot collide with a
-/// client's, since identities never hold `_`.
-const PROBE_CLIENT_ID: &str = "_vigil_probe";
-
-/// The CONNECT the front sends to check that the router is up and ours.
-pub(crate) fn probe_connect(version: Version, secret: &str) -> Bytes {
-    let packet = Packet::Connect(
-        codec::Connect {
-            keep_alive: 10,
-            client_id: PROBE_CLIENT_ID.to_owned(),
-            clean_session: true,
-        },
-        None,
-        None,
-        None,
-        Some(codec::Login {
-            username: "vigil-probe".to_owned(),
-            password: secret.to_owned(),
-        }),
-    );
-    version.write(packet)
+/// The reason code of a client's DISCONNECT: 0 (normal) when absent, as in
+/// 3.1.1.
+pub(crate) fn disconnect_reason(packet: &[u8], frame: Frame) -> u8 {
+    packet
+        .get(frame.header_len)
+        .copied()
+        .filter(|_| frame.remaining > 0)
+        .unwrap_or(0)
 }
 
-/// A client's DISCONNECT (normal disconnection); the same bytes in 3.1.1
-/// and 5.
-pub(crate) fn client_disconnect() -> &'static [u8] {
-    &[0xE0, 0x00]
+/// v5 DISCONNECT reason "disconnect with will message".
+pub(crate) const DISCONNECT_WITH_WILL: u8 = 0x04;
+
+/// A publish in the form the router takes (QoS 0): it sees only topic,
+/// payload and retain (the front acknowledges the client itself).
+pub(crate) fn router_publish(topic: Bytes, payload: Bytes, retain: bool) -> Packet {
+    Packet::Publish(Publish::new(topic, payload, retain), None)
 }
 
-/// Rewrites a v5 CONNACK from the router so that the client uses at most
-/// `alias_max` topic aliases (the front remembers each alias's topic). The
-/// Topic Alias Maximum property is overwritten in place, or appended if
-/// absent; every other byte passes unchanged. Anything unexpected is passed
-/// as is.
-///
-/// Hand-written: rumqttd's v5 codec cannot read a CONNACK (it panics on
-/// one), being written for the server side.
-pub(crate) fn limit_connack_aliases(packet: Bytes, alias_max: u16) -> Bytes {
-    const TOPIC_ALIAS_MAX: u8 = 0x22;
-    let Ok(Some(frame)) = frame(&packet, usize::MAX) else {
-        return packet;
-    };
-    if frame.kind() != kind::CONNACK || packet.len() != frame.len() {
-        return packet;
+/// The QoS the front grants a subscription: at most 1. Vigil's traffic is
+/// QoS 1, and the router's QoS 2 delivery needs PUBREC/PUBREL flows the
+/// front does not relay.
+pub(crate) fn granted_qos(qos: QoS) -> QoS {
+    match qos {
+        QoS::AtMostOnce => QoS::AtMostOnce,
+        QoS::AtLeastOnce | QoS::ExactlyOnce => QoS::AtLeastOnce,
     }
-    // flags, reason code, then the properties.
-    let body_start = frame.header_len + 2;
-    let Some(mut rest) = packet.get(body_start..) else {
-        return packet;
-    };
-    let before = rest.len();
-    let Ok(props_len) = take_varint(&mut rest) else {
-        return packet;
-    };
-    let props_start = body_start + (before - rest.len());
-    if rest.len() != props_len {
-        return packet;
-    }
-    let mut props = rest;
-    while let Some(&id) = props.first() {
-        let at = packet.len() - props.len();
-        props.advance(1);
-        let skipped = match id {
-            TOPIC_ALIAS_MAX if props.len() >= 2 => {
-                let mut out = BytesMut::from(&packet[..]);
-                out[at + 1..at + 3].copy_from_slice(&alias_max.to_be_bytes());
-                return out.freeze();
-            }
-            0x24 | 0x25 | 0x28 | 0x29 | 0x2A => skip(&mut props, 1),
-            0x21 | 0x13 => skip(&mut props, 2),
-            0x11 | 0x27 => skip(&mut props, 4),
-            0x12 | 0x1F | 0x1A | 0x1C | 0x15 | 0x16 => {
-                take_u16(&mut props).and_then(|n| skip(&mut props, n.into()))
-            }
-            0x26 => take_u16(&mut props)
-                .and_then(|n| skip(&mut props, n.into()))
-                .and_then(|()| take_u16(&mut props))
-                .and_then(|n| skip(&mut props, n.into())),
-            _ => return packet,
-        };
-        if skipped.is_err() {
-            return packet;
-        }
-    }
-    // Not present: append it, which changes both lengths.
-    let mut new_props = BytesMut::from(&packet[props_start..]);
-    new_props.extend_from_slice(&[TOPIC_ALIAS_MAX]);
-    new_props.extend_from_slice(&alias_max.to_be_bytes());
-    let mut body = BytesMut::from(&packet[frame.header_len..body_start]);
-    put_varint(&mut body, new_props.len());
-    body.extend_from_slice(&new_props);
-    let mut out = BytesMut::with_capacity(body.len() + 5);
-    out.extend_from_slice(&[packet[0]]);
-    put_varint(&mut out, body.len());
-    out.extend_from_slice(&body);
-    out.freeze()
 }
 
 fn put_varint(buf: &mut BytesMut, mut value: usize) {
@@ -526,213 +606,4 @@ fn take_varint(buf: &mut &[u8]) -> Result<usize, WireError> {
         }
     }
     Err(WireError::Malformed("variable byte integer"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use rumqttd::protocol::{LastWill, Login, PublishProperties, QoS};
-
-    fn encode(version: Version, packet: Packet) -> BytesMut {
-        let mut buf = BytesMut::new();
-        match version {
-            Version::V4 => V4.write(packet, &mut buf).unwrap(),
-            Version::V5 => V5.write(packet, &mut buf).unwrap(),
-        };
-        buf
-    }
-
-    fn connect(version: Version, client_id: &str, will: Option<&str>) -> BytesMut {
-        let packet = Packet::Connect(
-            codec::Connect {
-                keep_alive: 30,
-                client_id: client_id.into(),
-                clean_session: true,
-            },
-            None,
-            will.map(|t| LastWill {
-                topic: Bytes::copy_from_slice(t.as_bytes()),
-                message: Bytes::from_static(b"offline"),
-                qos: QoS::AtLeastOnce,
-                retain: true,
-            }),
-            None,
-            Some(Login {
-                username: "u".into(),
-                password: "client-password".into(),
-            }),
-        );
-        encode(version, packet)
-    }
-
-    #[test]
-    fn frames_by_fixed_header() {
-        assert_eq!(frame(&[], 10).unwrap(), None);
-        assert_eq!(frame(&[0x30], 10).unwrap(), None);
-        let f = frame(&[0x30, 0x03, 1, 2, 3], 10).unwrap().unwrap();
-        assert_eq!((f.kind(), f.header_len, f.remaining, f.len()), (3, 2, 3, 5));
-        // 321 = 0xC1 0x02
-        let f = frame(&[0x30, 0xC1, 0x02], 1000).unwrap().unwrap();
-        assert_eq!((f.header_len, f.remaining), (3, 321));
-        // Refused from the header alone.
-        assert_eq!(
-            frame(&[0x30, 0xC1, 0x02], 320),
-            Err(WireError::TooLarge(321))
-        );
-        assert_eq!(frame(&[0x30, 0xff, 0xff], usize::MAX).unwrap(), None);
-        assert!(matches!(
-            frame(&[0x30, 0xff, 0xff, 0xff, 0xff, 0x01], usize::MAX),
-            Err(WireError::Malformed(_))
-        ));
-    }
-
-    #[test]
-    fn connect_is_read_and_rewritten() {
-        for version in [Version::V4, Version::V5] {
-            let buf = connect(version, "", Some("vigil/v1/posts/p-1/status"));
-            let f = frame(&buf, usize::MAX).unwrap().unwrap();
-            assert_eq!(connect_version(&buf, f).unwrap(), version);
-            let c = Connect::decode(version, buf).unwrap();
-            assert_eq!(c.client_id(), "");
-            assert_eq!(c.will_topic().unwrap(), Some("vigil/v1/posts/p-1/status"));
-            let out = c.rewrite("p-1", "vigil-front", "s3cret");
-            let mut again = BytesMut::from(&out[..]);
-            match version.read(&mut again).unwrap() {
-                Packet::Connect(connect, _, will, _, login) => {
-                    assert_eq!(connect.client_id, "p-1");
-                    assert_eq!(connect.keep_alive, 30);
-                    assert!(will.unwrap().retain);
-                    let login = login.unwrap();
-                    assert_eq!(
-                        (&*login.username, &*login.password),
-                        ("vigil-front", "s3cret")
-                    );
-                }
-                other => panic!("{other:?}"),
-            }
-        }
-    }
-
-    #[test]
-    fn other_protocol_levels_are_unsupported() {
-        let mut buf = connect(Version::V4, "x", None);
-        // byte 0 type, 1 length, 2-3 name length, 4-7 "MQTT", 8 level
-        buf[8] = 3;
-        let f = frame(&buf, usize::MAX).unwrap().unwrap();
-        assert_eq!(connect_version(&buf, f), Err(WireError::Unsupported(3)));
-        buf[4] = b'X';
-        assert!(matches!(
-            connect_version(&buf, f),
-            Err(WireError::Malformed(_))
-        ));
-    }
-
-    fn publish(
-        version: Version,
-        qos: QoS,
-        topic: &str,
-        props: Option<PublishProperties>,
-    ) -> BytesMut {
-        let mut p = codec::Publish::new(topic.as_bytes().to_vec(), vec![7u8; 200], false);
-        // `qos` and `pkid` are private to rumqttd: go through its own
-        // serialisation-independent form to set them.
-        let mut raw = BytesMut::from(&p.serialize()[..]);
-        raw[0] |= (qos as u8) << 1;
-        raw[1..3].copy_from_slice(&9u16.to_be_bytes());
-        p = codec::Publish::deserialize(raw.freeze());
-        encode(
-            version,
-            Packet::Publish(p, props.filter(|_| version == Version::V5)),
-        )
-    }
-
-    #[test]
-    fn publish_topic_qos_and_alias() {
-        for version in [Version::V4, Version::V5] {
-            for qos in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce] {
-                let buf = publish(version, qos, "vigil/v1/posts/p-1/events", None);
-                let f = frame(&buf, usize::MAX).unwrap().unwrap();
-                let info = publish_info(version, &buf, f).unwrap();
-                assert_eq!(info.topic, "vigil/v1/posts/p-1/events");
-                assert_eq!(info.qos, qos as u8);
-                assert_eq!(info.pkid, if qos == QoS::AtMostOnce { 0 } else { 9 });
-                assert_eq!(info.payload_len, 200);
-                assert_eq!(info.alias, None);
-            }
-        }
-        let props = PublishProperties {
-            topic_alias: Some(3),
-            user_properties: vec![("k".into(), "v".into())],
-            content_type: Some("x".into()),
-            message_expiry_interval: Some(5),
-            ..Default::default()
-        };
-        let buf = publish(Version::V5, QoS::AtLeastOnce, "", Some(props));
-        let f = frame(&buf, usize::MAX).unwrap().unwrap();
-        let info = publish_info(Version::V5, &buf, f).unwrap();
-        assert_eq!(
-            (info.topic, info.alias, info.payload_len),
-            ("", Some(3), 200)
-        );
-        // No topic and no alias.
-        let buf = publish(Version::V5, QoS::AtLeastOnce, "", None);
-        let f = frame(&buf, usize::MAX).unwrap().unwrap();
-        assert!(publish_info(Version::V5, &buf, f).is_err());
-    }
-
-    #[test]
-    fn truncated_publish_is_malformed() {
-        let buf = publish(Version::V4, QoS::AtLeastOnce, "a/b", None);
-        let f = frame(&buf, usize::MAX).unwrap().unwrap();
-        for cut in 3..9 {
-            let short = Frame {
-                remaining: cut - f.header_len,
-                ..f
-            };
-            assert!(
-                publish_info(Version::V4, &buf[..cut], short).is_err(),
-                "{cut}"
-            );
-        }
-    }
-
-    #[test]
-    fn replies_encode_as_expected() {
-        assert_eq!(
-            &connack_refused(Version::V4, Refusal::NotAuthorized)[..],
-            &[0x20, 2, 0, 5]
-        );
-        assert_eq!(
-            &connack_refused(Version::V4, Refusal::UnsupportedVersion)[..],
-            &[0x20, 2, 0, 1]
-        );
-        let v5 = connack_refused(Version::V5, Refusal::NotAuthorized);
-        assert_eq!(&v5[..4], &[0x20, 3, 0, 0x87]);
-        assert_eq!(&publish_not_authorized(1, 7)[..], &[0x40, 4, 0, 7, 0x87, 0]);
-        assert_eq!(&publish_not_authorized(2, 7)[..], &[0x50, 4, 0, 7, 0x87, 0]);
-        assert_eq!(
-            &suback_not_authorized(7, 2)[..],
-            &[0x90, 5, 0, 7, 0, 0x87, 0x87]
-        );
-        assert_eq!(&disconnect(Reason::PacketTooLarge)[..], &[0xE0, 2, 0x95, 0]);
-    }
-
-    #[test]
-    fn connack_alias_maximum_is_limited() {
-        // receive max 100, topic alias max 4096, user property ("k", "v")
-        let with = [
-            0x20, 16, 0, 0, 13, 0x21, 0, 100, 0x22, 0x10, 0x00, 0x26, 0, 1, b'k', 0, 1, b'v',
-        ];
-        let out = limit_connack_aliases(Bytes::copy_from_slice(&with), 16);
-        let mut want = with;
-        want[9..11].copy_from_slice(&[0, 16]);
-        assert_eq!(&out[..], &want[..]);
-
-        let without = [0x20, 6, 0, 0, 3, 0x21, 0, 100];
-        let out = limit_connack_aliases(Bytes::copy_from_slice(&without), 16);
-        assert_eq!(&out[..], &[0x20, 9, 0, 0, 6, 0x21, 0, 100, 0x22, 0, 16][..]);
-        // No properties at all.
-        let out = limit_connack_aliases(Bytes::from_static(&[0x20, 3, 0, 0, 0]), 16);
-        assert_eq!(&out[..], &[0x20, 6, 0, 0, 3, 0x22, 0, 16][..]);
-    }
 }

@@ -1,237 +1,216 @@
-//! The embedded rumqttd router, reachable only through the front.
+//! The embedded rumqttd router, in process, with no listener of its own.
 //!
-//! rumqttd listens on two loopback ports (one MQTT 3.1.1, one MQTT 5; its
-//! servers speak one version each) with an auth handler that accepts a
-//! CONNECT only if its password is this process's random secret, compared in
-//! constant time. The front replaces every client's username and password
-//! with that secret after its own checks, so a local process that finds the
-//! ports still cannot open a session.
+//! `rumqttd::Router::spawn` runs the router on its own thread and returns the
+//! sending end of its event channel. Each client the front has accepted is
+//! attached with a [`Link`]: the router's in-process link (`LinkTx` to hand
+//! it packets, `LinkRx` for what it has for the client). Nothing listens on
+//! a socket, so there is no secret to guard and no port to race for.
 //!
-//! rumqttd binds its listeners itself from its config and cannot report a
-//! port it chose, so we pick free ports (bind `127.0.0.1:0`, note the port,
-//! close), hand them over, and then prove the router is ours and up by
-//! opening a session with the secret on each port. `rumqttd::Broker::start`
-//! blocks its thread and has no shutdown: the router runs on its own threads
-//! until the process exits. On shutdown the front stops accepting and
-//! closes its own connections, which ends every router session.
+//! Three properties of rumqttd 0.20's links shape this module (read in its
+//! `link/local.rs` and `router/routing.rs`):
+//! - `LinkBuilder::build` blocks its thread until the router answers, so it
+//!   runs on the blocking pool ([`Router::attach`]).
+//! - `LinkTx`'s sending methods block when the router's event channel (1,000
+//!   events) is full. The front therefore never calls them: it pushes packets
+//!   into the link's buffer itself and rings the router with a [`Bell`],
+//!   which tries a non-blocking send and, when the channel is full, hands
+//!   back a future that waits for room without holding a worker thread.
+//! - The router's event type is public but not nameable from outside the
+//!   crate; the closures and the generic [`Bell`] below let the compiler name
+//!   it for us.
 
-use std::{
-    collections::HashMap,
-    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
-    sync::Arc,
-    time::Duration,
+use std::{future::Future, pin::Pin, sync::Arc};
+
+use rumqttd::{
+    RouterConfig,
+    local::{LinkBuilder, LinkError, LinkRx, LinkTx},
+    protocol::Packet,
 };
 
-use bytes::BytesMut;
-use rand::RngCore;
-use rumqttd::{ConnectionSettings, RouterConfig, ServerSettings};
-use subtle::ConstantTimeEq;
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpStream,
-};
-
-use crate::{
-    config::Limits,
-    mqtt::{self, Version},
-};
-
-/// Username the front presents upstream (the router ignores it; it shows up
-/// in rumqttd's logs).
-pub(crate) const FRONT_USERNAME: &str = "vigil-front";
-
-/// How long the router gets to start listening and answer the probe.
-const STARTUP_TIMEOUT: Duration = Duration::from_secs(10);
-/// Pause between probe attempts while the router starts.
-const STARTUP_POLL: Duration = Duration::from_millis(10);
+use crate::config::Limits;
 
 /// Size of each in-memory commit-log segment, at least. rumqttd keeps
 /// `SEGMENT_COUNT` of them per subscription filter, so this bounds the
 /// memory a filter holds for slow subscribers.
 const MIN_SEGMENT_BYTES: usize = 8 * 1024 * 1024;
 const SEGMENT_COUNT: usize = 4;
-/// Packets rumqttd queues for one client before it stops reading for it.
+/// QoS 0 deliveries rumqttd reads for one client in one pass.
 const MAX_OUTGOING_PACKETS: u64 = 200;
-/// Unacknowledged QoS 1/2 publishes rumqttd keeps in flight per client.
-const MAX_INFLIGHT: usize = 100;
-/// rumqttd's own CONNECT timeout on the loopback; the front writes the
-/// CONNECT as soon as it connects, so this only guards against bugs.
-const ROUTER_CONNECT_TIMEOUT_MS: u16 = 5_000;
 
-/// Why the router could not be started.
+/// Why a client could not be attached to the router.
 #[derive(Debug, thiserror::Error)]
-pub enum RouterError {
-    #[error("cannot reserve a loopback port for the router: {0}")]
-    Port(std::io::Error),
-    #[error("cannot start the router thread: {0}")]
-    Thread(std::io::Error),
-    #[error("the router did not accept a session on {addr} within {timeout:?}: {last}")]
-    Startup {
-        addr: SocketAddr,
-        timeout: Duration,
-        last: String,
-    },
+pub(crate) enum RouterError {
+    /// rumqttd's own error, as text: it carries a whole router event.
+    #[error("the router refused the session: {0}")]
+    Link(String),
+    #[error("the router did not answer: {0}")]
+    Join(#[from] tokio::task::JoinError),
 }
 
-/// Where and how the front reaches the router.
-#[derive(Debug, Clone)]
-pub(crate) struct RouterHandle {
-    v4: SocketAddr,
-    v5: SocketAddr,
-    secret: Arc<str>,
+/// A future that completes once the router has been told about new packets
+/// (`false`: the router is gone).
+pub(crate) type Ringing = Pin<Box<dyn Future<Output = bool> + Send>>;
+
+/// What a ring did.
+pub(crate) enum Ring {
+    /// The router has been told.
+    Done,
+    /// The router's channel is full: await this, and send nothing more to
+    /// the router until it completes.
+    Wait(Ringing),
+    /// The router has stopped.
+    Gone,
 }
 
-impl RouterHandle {
-    pub(crate) fn addr(&self, version: Version) -> SocketAddr {
-        match version {
-            Version::V4 => self.v4,
-            Version::V5 => self.v5,
+/// Tells the router that a link's buffer holds new packets, without ever
+/// blocking the calling thread.
+pub(crate) struct Bell(Box<dyn Ringer>);
+
+impl std::fmt::Debug for Bell {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Bell")
+    }
+}
+
+impl Bell {
+    pub(crate) fn ring(&mut self) -> Ring {
+        self.0.ring()
+    }
+}
+
+trait Ringer: Send {
+    fn ring(&mut self) -> Ring;
+}
+
+/// The router's "device data" event is `(connection id, Event::DeviceData)`
+/// with `Event` unnameable here. `mint` is a `LinkTx` for the same
+/// connection id whose channel is our own: its `try_publish` pushes a dummy
+/// packet into a dummy buffer and sends exactly that event into `minted`,
+/// from where it is forwarded to the real router channel with `try_send`,
+/// or, when that is full, with `send_async`.
+struct EventBell<E> {
+    router: flume::Sender<(usize, E)>,
+    mint: LinkTx,
+    minted: flume::Receiver<(usize, E)>,
+}
+
+impl<E: Send + 'static> Ringer for EventBell<E> {
+    fn ring(&mut self) -> Ring {
+        // The dummy buffer is ours alone; emptying it keeps it at one entry.
+        self.mint.buffer().clear();
+        if self.mint.try_publish("", "").is_err() {
+            // Only if `minted` is full, which `try_recv` below prevents.
+            return Ring::Gone;
+        }
+        let Ok(event) = self.minted.try_recv() else {
+            return Ring::Gone;
+        };
+        match self.router.try_send(event) {
+            Ok(()) => Ring::Done,
+            Err(flume::TrySendError::Full(event)) => {
+                let router = self.router.clone();
+                Ring::Wait(Box::pin(
+                    async move { router.send_async(event).await.is_ok() },
+                ))
+            }
+            Err(flume::TrySendError::Disconnected(_)) => Ring::Gone,
         }
     }
+}
 
-    pub(crate) fn secret(&self) -> &str {
-        &self.secret
+/// One client's attachment to the router.
+pub(crate) struct Link {
+    pub(crate) tx: LinkTx,
+    pub(crate) rx: LinkRx,
+    pub(crate) bell: Bell,
+    /// The router restored a persistent session for this client id.
+    pub(crate) session_present: bool,
+}
+
+impl std::fmt::Debug for Link {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Link")
+            .field("id", &self.rx.id())
+            .field("session_present", &self.session_present)
+            .finish_non_exhaustive()
     }
 }
 
-/// Starts rumqttd on two free loopback ports and waits until both accept a
-/// session with the secret.
-pub(crate) async fn start(limits: &Limits) -> Result<RouterHandle, RouterError> {
-    let secret: Arc<str> = {
-        let mut bytes = [0u8; 32];
-        rand::rng().fill_bytes(&mut bytes);
-        bytes
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<String>()
-            .into()
-    };
-    let v4 = free_loopback_port()?;
-    let v5 = free_loopback_port()?;
+impl Link {
+    /// Hands `packets` to the router and rings it.
+    pub(crate) fn send(&mut self, packets: impl IntoIterator<Item = Packet>) -> Ring {
+        self.tx.buffer().extend(packets);
+        self.bell.ring()
+    }
+}
 
-    let connections = {
-        let mut c = ConnectionSettings {
-            connection_timeout_ms: ROUTER_CONNECT_TIMEOUT_MS,
-            // The front enforces the payload limit; the router must not
-            // refuse anything the front let through.
-            max_payload_size: limits.frame_cap(),
-            max_inflight_count: MAX_INFLIGHT,
-            auth: None,
-            external_auth: None,
-            // Publishes to topics nobody subscribes to yet (events before the
-            // ops-center connects) must be kept, not refused.
-            dynamic_filters: true,
-        };
-        let expected = secret.clone();
-        c.set_auth_handler(move |_client_id, _user, password: String| {
-            let ok = bool::from(password.as_bytes().ct_eq(expected.as_bytes()));
-            async move { ok }
-        });
-        c
-    };
-    let server = |name: &str, listen: SocketAddr| ServerSettings {
-        name: name.to_owned(),
-        listen,
-        tls: None,
-        next_connection_delay_ms: 0,
-        connections: connections.clone(),
-    };
-    let config = rumqttd::Config {
-        id: 0,
-        router: RouterConfig {
-            // Room for every front connection plus the startup probes.
+type Attach = dyn Fn(&str, bool) -> Result<Link, RouterError> + Send + Sync;
+
+/// The running router.
+#[derive(Clone)]
+pub(crate) struct Router {
+    attach: Arc<Attach>,
+}
+
+impl std::fmt::Debug for Router {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Router")
+    }
+}
+
+impl Router {
+    /// Starts the router thread. It runs until the process exits; a broker
+    /// that stops has closed every link first, so the router holds nothing
+    /// worth saving.
+    pub(crate) fn start(limits: &Limits) -> Self {
+        let config = RouterConfig {
+            // Room for every front connection, and for the old session of a
+            // client that is being taken over.
             max_connections: limits.max_connections + 16,
             max_outgoing_packet_count: MAX_OUTGOING_PACKETS,
             max_segment_size: MIN_SEGMENT_BYTES.max(2 * limits.frame_cap()),
             max_segment_count: SEGMENT_COUNT,
             ..RouterConfig::default()
-        },
-        v4: Some(HashMap::from([("v4".to_owned(), server("vigil-v4", v4))])),
-        v5: Some(HashMap::from([("v5".to_owned(), server("vigil-v5", v5))])),
-        ..rumqttd::Config::default()
-    };
-    std::thread::Builder::new()
-        .name("vigil-router".into())
-        .spawn(move || {
-            // Spawns the router and one thread per listener, then blocks
-            // joining them: for the life of the process.
-            let mut broker = rumqttd::Broker::new(config);
-            if let Err(error) = broker.start() {
-                tracing::error!(%error, "embedded router stopped");
-            }
-        })
-        .map_err(RouterError::Thread)?;
-
-    let handle = RouterHandle { v4, v5, secret };
-    for version in [Version::V4, Version::V5] {
-        wait_until_up(&handle, version).await?;
-    }
-    tracing::debug!(%v4, %v5, "embedded router up");
-    Ok(handle)
-}
-
-fn free_loopback_port() -> Result<SocketAddr, RouterError> {
-    let listener = std::net::TcpListener::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0))
-        .map_err(RouterError::Port)?;
-    listener.local_addr().map_err(RouterError::Port)
-}
-
-/// Polls until the router accepts a session with the secret on `version`'s
-/// port, then closes that session cleanly.
-async fn wait_until_up(handle: &RouterHandle, version: Version) -> Result<(), RouterError> {
-    let addr = handle.addr(version);
-    let deadline = tokio::time::Instant::now() + STARTUP_TIMEOUT;
-    loop {
-        let last = match tokio::time::timeout_at(deadline, probe(handle, version)).await {
-            Ok(Ok(())) => return Ok(()),
-            Ok(Err(e)) => e,
-            Err(_) => "timed out".to_owned(),
         };
-        if tokio::time::Instant::now() + STARTUP_POLL >= deadline {
-            return Err(RouterError::Startup {
-                addr,
-                timeout: STARTUP_TIMEOUT,
-                last,
-            });
+        let router_tx = rumqttd::Router::new(0, config).spawn();
+        let attach = move |client_id: &str, clean: bool| -> Result<Link, RouterError> {
+            let (tx, rx, ack) = LinkBuilder::new(client_id, router_tx.clone())
+                .clean_session(clean)
+                // Publishes to topics nobody subscribes to yet (events
+                // before the ops center connects) are kept, not refused.
+                .dynamic_filters(true)
+                .build()
+                .map_err(|e: LinkError| RouterError::Link(e.to_string()))?;
+            let session_present = matches!(
+                Option::<Packet>::from(ack),
+                Some(Packet::ConnAck(ack, _)) if ack.session_present
+            );
+            let (mint_tx, minted) = flume::bounded(1);
+            let mint = LinkTx::new(rx.id(), mint_tx, Default::default());
+            let bell = Bell(Box::new(EventBell {
+                router: router_tx.clone(),
+                mint,
+                minted,
+            }));
+            Ok(Link {
+                tx,
+                rx,
+                bell,
+                session_present,
+            })
+        };
+        Self {
+            attach: Arc::new(attach),
         }
-        tokio::time::sleep(STARTUP_POLL).await;
     }
-}
 
-async fn probe(handle: &RouterHandle, version: Version) -> Result<(), String> {
-    let mut stream = TcpStream::connect(handle.addr(version))
-        .await
-        .map_err(|e| e.to_string())?;
-    let connect = mqtt::probe_connect(version, handle.secret());
-    stream
-        .write_all(&connect)
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut buf = BytesMut::with_capacity(64);
-    loop {
-        if let Some(frame) = mqtt::frame(&buf, 1024).map_err(|e| e.to_string())?
-            && buf.len() >= frame.len()
-        {
-            // CONNACK: flags, then the return / reason code, 0 = accepted.
-            let accepted = buf.get(frame.header_len + 1) == Some(&0);
-            if frame.kind() != mqtt::kind::CONNACK || !accepted {
-                return Err(format!("unexpected reply {:02x?}", &buf[..frame.len()]));
-            }
-            break;
-        }
-        if stream.read_buf(&mut buf).await.map_err(|e| e.to_string())? == 0 {
-            return Err("closed before CONNACK".into());
-        }
+    /// Attaches a client to the router. A client id already attached is
+    /// detached by the router first (its link ends).
+    pub(crate) async fn attach(&self, client_id: &str, clean: bool) -> Result<Link, RouterError> {
+        let attach = self.attach.clone();
+        let client_id = client_id.to_owned();
+        // `build` blocks until the router has registered the link.
+        let link = tokio::task::spawn_blocking(move || attach(&client_id, clean)).await??;
+        Ok(link)
     }
-    // Disconnect and let the router close first: closing our side before
-    // it has processed the DISCONNECT makes rumqttd report the connection
-    // gone twice (see `relay`).
-    let _ = stream.write_all(mqtt::client_disconnect()).await;
-    let _ = tokio::time::timeout(STARTUP_POLL * 10, async {
-        while matches!(stream.read_buf(&mut buf).await, Ok(n) if n > 0) {
-            buf.clear();
-        }
-    })
-    .await;
-    Ok(())
 }
