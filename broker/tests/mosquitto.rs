@@ -279,3 +279,164 @@ async fn mosquitto_last_will_on_abrupt_disconnect() {
         assert_eq!(expect_publish(&mut ops, &status).await, b"offline");
     }
 }
+
+/// Runs `mosquitto_sub` for one message and returns its payload.
+fn subscribe_one(b: &TestBroker, version: &str, id: &str, filter: &str) -> Output {
+    let mut cmd = Command::new("mosquitto_sub");
+    cmd.args(conn_args(b, version, Some(id), id))
+        .args(["-q", "1", "-C", "1", "-W", "5", "-t", filter]);
+    run_bounded(cmd)
+}
+
+/// MQTT 5 properties belong to the connection that sent them. A post that
+/// publishes with any of them (on its own topics, which it may) must not
+/// reach into another client's connection: 3.1.1 and 5 subscribers keep
+/// receiving, and fresh 3.1.1 clients still connect afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt5_properties_never_reach_other_clients() {
+    if !installed() {
+        return;
+    }
+    let b = TestBroker::start().await;
+    let mut ops4 = b.client(Mqtt::V4, "ops-1", "ops-1").connect().await;
+    let mut ops5 = b.client(Mqtt::V5, "ops-2", "ops-2").connect().await;
+    for ops in [&mut ops4, &mut ops5] {
+        ops.subscribe_ok(&all_posts(TopicKind::Events)).await;
+        ops.subscribe_ok(&all_posts(TopicKind::Status)).await;
+    }
+    let events = topic("p-1", TopicKind::Events);
+    let status = topic("p-1", TopicKind::Status);
+    let properties: [&[&str]; 8] = [
+        &["-D", "publish", "user-property", "k", "v"],
+        &["-D", "publish", "topic-alias", "1"],
+        &["-D", "publish", "message-expiry-interval", "60"],
+        &["-D", "publish", "content-type", "text/plain"],
+        &["-D", "publish", "payload-format-indicator", "1"],
+        &["-D", "publish", "response-topic", &status],
+        &["-D", "publish", "correlation-data", "abc"],
+        &[
+            "-D",
+            "publish",
+            "user-property",
+            "a",
+            "b",
+            "-D",
+            "publish",
+            "content-type",
+            "x",
+        ],
+    ];
+    for (i, property) in properties.iter().enumerate() {
+        let payload = format!("event {i}");
+        let args = [
+            &["-t", events.as_str(), "-m", payload.as_str()][..],
+            property,
+        ]
+        .concat();
+        let out = blocking(|| publish(&b, "mqttv5", Some("p-1"), "p-1", &args));
+        assert!(
+            out.status.success(),
+            "{property:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for ops in [&mut ops4, &mut ops5] {
+            assert_eq!(
+                expect_publish(ops, &events).await,
+                payload.as_bytes(),
+                "{property:?}"
+            );
+        }
+    }
+    // A retained status carrying a property.
+    let out = blocking(|| {
+        publish(
+            &b,
+            "mqttv5",
+            Some("p-1"),
+            "p-1",
+            &["-t", &status, "-m", "online", "-r"],
+        )
+    });
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = blocking(|| {
+        publish(
+            &b,
+            "mqttv5",
+            Some("p-1"),
+            "p-1",
+            &[
+                "-t",
+                &status,
+                "-m",
+                "online2",
+                "-r",
+                "-D",
+                "publish",
+                "user-property",
+                "k",
+                "v",
+            ],
+        )
+    });
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for ops in [&mut ops4, &mut ops5] {
+        assert_eq!(expect_publish(ops, &status).await, b"online");
+        assert_eq!(expect_publish(ops, &status).await, b"online2");
+    }
+    // A will carrying properties, from a v5 post that dies.
+    let p2_status = topic("p-2", TopicKind::Status);
+    let before = b.metrics().authenticated;
+    let mut gateway = Command::new("mosquitto_sub")
+        .args(conn_args(&b, "mqttv5", Some("p-2"), "p-2"))
+        .args(["-q", "1", "-t", &topic("p-2", TopicKind::Commands)])
+        .args(["--will-topic", &p2_status, "--will-payload", "offline"])
+        .args(["--will-qos", "1", "--will-retain"])
+        .args(["-D", "will", "user-property", "k", "v"])
+        .args(["-D", "will", "content-type", "text/plain"])
+        .args(["-D", "connect", "user-property", "k", "v"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    b.wait_metrics("gateway connected", |m| m.authenticated > before)
+        .await;
+    gateway.kill().unwrap();
+    blocking(|| wait_bounded(&mut gateway));
+    for ops in [&mut ops4, &mut ops5] {
+        assert_eq!(expect_publish(ops, &p2_status).await, b"offline");
+    }
+    // Fresh 3.1.1 and 5 clients connect and read the retained statuses.
+    for version in VERSIONS {
+        let out = blocking(|| subscribe_one(&b, version, "ops-3", &status));
+        assert!(
+            out.status.success(),
+            "{version}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(out.stdout, b"online2\n", "{version}");
+    }
+    let mut late = b.client(Mqtt::V4, "ops-4", "ops-4").connect().await;
+    late.subscribe_ok(&p2_status).await;
+    assert_eq!(expect_publish(&mut late, &p2_status).await, b"offline");
+    // The first subscribers are still there.
+    let out = blocking(|| {
+        publish(
+            &b,
+            "mqttv311",
+            Some("p-1"),
+            "p-1",
+            &["-t", &events, "-m", "last"],
+        )
+    });
+    assert!(out.status.success());
+    assert_eq!(expect_publish(&mut ops4, &events).await, b"last");
+    assert_eq!(b.metrics().rejected_total(), 0, "{:?}", b.metrics());
+}

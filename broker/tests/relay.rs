@@ -3,7 +3,7 @@
 
 mod support;
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use rustls::RootCertStore;
 use rustls_pki_types::{CertificateDer, ServerName, pem::PemObject};
@@ -473,4 +473,129 @@ async fn empty_client_id_becomes_the_identity() {
     let mut first = b.client(Mqtt::V4, "p-1", "").connect().await;
     let _second = b.client(Mqtt::V4, "p-1", "").connect().await;
     first.expect_closed().await;
+}
+
+#[tokio::test]
+async fn a_newer_session_takes_over_and_fighting_is_backed_off() {
+    let b = TestBroker::start().await;
+    let mut ops = ops_on_events(&b, Mqtt::V4).await;
+    let mut first = b.client(Mqtt::V5, "p-1", "p-1").connect().await;
+    let mut second = b.client(Mqtt::V5, "p-1", "p-1").connect().await;
+    first
+        .expect(Ev::Disconnect {
+            reason: "SessionTakenOver".into(),
+        })
+        .await;
+    assert_eq!(b.metrics().takeovers, 1);
+    // The new session works.
+    second
+        .publish(&events("p-1"), b"after takeover", false)
+        .await;
+    assert_eq!(
+        expect_publish(&mut ops, &events("p-1")).await,
+        b"after takeover"
+    );
+    // A client that keeps coming back is let in a few times at once (a
+    // reconnect while the broker still holds the dead connection is a
+    // takeover too), then refused until its backoff has passed.
+    let mut refused = None;
+    let mut last = second;
+    for _ in 0..6 {
+        let mut next = b.client(Mqtt::V5, "p-1", "p-1").start();
+        let ev = next
+            .expect_match("CONNACK", |ev| matches!(ev, Ev::Connected | Ev::Refused(_)))
+            .await;
+        if let Ev::Refused(code) = ev {
+            refused = Some(code);
+            break;
+        }
+        last = next;
+    }
+    assert_eq!(refused.as_deref(), Some("ServerBusy"));
+    let m = b.metrics();
+    assert_eq!(m.rejected(Reject::Takeover), 1, "{m:?}");
+    // The connected session is untouched by the refused one.
+    last.publish(&events("p-1"), b"still here", false).await;
+    assert_eq!(
+        expect_publish(&mut ops, &events("p-1")).await,
+        b"still here"
+    );
+}
+
+#[tokio::test]
+async fn retained_events_are_refused() {
+    let b = TestBroker::start().await;
+    let mut v5 = b.client(Mqtt::V5, "p-1", "p-1").connect().await;
+    v5.publish(&events("p-1"), b"retained event", true).await;
+    v5.expect(Ev::PubAck {
+        reason: "NotAuthorized".into(),
+    })
+    .await;
+    let mut v4 = b.client(Mqtt::V4, "p-2", "p-2").connect().await;
+    v4.publish(&events("p-2"), b"retained event", true).await;
+    v4.expect_closed().await;
+    // Status stays retained, and nothing else is handed to a new subscriber.
+    v5.publish(&status("p-1"), b"online", true).await;
+    v5.expect(Ev::PubAck {
+        reason: "Success".into(),
+    })
+    .await;
+    let mut ops = b.client(Mqtt::V4, "ops-1", "ops-1").connect().await;
+    ops.subscribe_ok(&all_posts(TopicKind::Events)).await;
+    ops.subscribe_ok(&all_posts(TopicKind::Status)).await;
+    assert_eq!(expect_publish(&mut ops, &status("p-1")).await, b"online");
+    ops.expect_no_publish().await;
+    assert_eq!(b.metrics().rejected(Reject::Publish), 2);
+}
+
+/// rumqttd keeps one read cursor per shared group: a group over two filters
+/// mixed their logs and lost messages. The front gives each filter its own
+/// group, so two replicas sharing both filters between them receive every
+/// message once.
+#[tokio::test]
+async fn a_shared_group_over_two_filters_delivers_every_message_once() {
+    let b = TestBroker::start().await;
+    let mut replicas = Vec::new();
+    for (id, version) in [("ops-1", Mqtt::V4), ("ops-2", Mqtt::V5)] {
+        let mut r = b.client(version, id, id).connect().await;
+        for kind in [TopicKind::Events, TopicKind::Status] {
+            r.subscribe_ok(&format!("$share/ops/{}", all_posts(kind)))
+                .await;
+        }
+        replicas.push(r);
+    }
+    let post = b.client(Mqtt::V4, "p-1", "p-1").connect().await;
+    const EVENTS: usize = 40;
+    const STATUSES: usize = 5;
+    let mut sent = Vec::new();
+    for i in 0..EVENTS {
+        let payload = format!("event {i}");
+        post.publish(&events("p-1"), payload.as_bytes(), false)
+            .await;
+        sent.push((events("p-1"), payload));
+        if i % (EVENTS / STATUSES) == 0 {
+            let payload = format!("status {i}");
+            post.publish(&status("p-1"), payload.as_bytes(), false)
+                .await;
+            sent.push((status("p-1"), payload));
+        }
+    }
+    let mut got = Vec::new();
+    let deadline = tokio::time::Instant::now() + support::WAIT;
+    while got.len() < sent.len() && tokio::time::Instant::now() < deadline {
+        for r in &mut replicas {
+            if let Some(Ev::Publish { topic, payload }) =
+                r.next_within(Duration::from_millis(20)).await
+            {
+                got.push((topic, String::from_utf8(payload).unwrap()));
+            }
+        }
+    }
+    // Nothing more: every message went to one replica only.
+    for r in &mut replicas {
+        r.expect_no_publish().await;
+    }
+    sent.sort();
+    got.sort();
+    assert_eq!(got, sent);
 }

@@ -40,8 +40,10 @@ pub(crate) fn run(args: &BrokerArgs) -> Result<()> {
         .await?;
         tokio::spawn(async move {
             signal.await;
-            tracing::info!("shutdown requested");
+            // Cancel first: nothing, not even a log line that cannot be
+            // written, may stand between a signal and the shutdown.
             shutdown.cancel();
+            tracing::info!("shutdown requested");
         });
         broker.wait().await;
         anyhow::Ok(())

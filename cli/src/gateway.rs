@@ -56,8 +56,10 @@ pub(crate) fn run(args: &GatewayArgs) -> Result<()> {
             let shutdown = shutdown.clone();
             async move {
                 signal.await;
-                tracing::info!("shutdown requested");
+                // Cancel first: nothing, not even a log line that cannot be
+                // written, may stand between a signal and the shutdown.
                 shutdown.cancel();
+                tracing::info!("shutdown requested");
             }
         });
         vigil_gateway::run(config, tls, listeners, metrics, shutdown).await?;

@@ -146,7 +146,13 @@ fn init_tracing(format: LogFormat, default_filter: &str) {
     // broker front logs and counts everything that concerns clients.
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
-    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // A log line that cannot be written (stderr closed) is dropped: by
+    // default the subscriber reports its own write errors with `eprintln!`,
+    // which panics on a closed stderr, in whatever task was logging.
+    let builder = fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .log_internal_errors(false);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),

@@ -48,8 +48,10 @@ pub(crate) fn run(args: &OpsArgs) -> Result<()> {
             let shutdown = shutdown.clone();
             async move {
                 signal.await;
-                tracing::info!("signal received: shutting down");
+                // Cancel first: nothing, not even a log line that cannot be
+                // written, may stand between a signal and the shutdown.
                 shutdown.cancel();
+                tracing::info!("signal received: shutting down");
             }
         });
         let metrics = Arc::new(Metrics::default());

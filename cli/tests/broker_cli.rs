@@ -77,8 +77,15 @@ fn bad_config_exits_64_with_one_line() {
     }
 }
 
-#[test]
-fn broker_serves_and_stops_on_sigterm() {
+/// A broker process started from a fresh PKI and config, listening.
+struct RunningBroker {
+    _tmp: tempfile::TempDir,
+    child: std::process::Child,
+    addr: SocketAddr,
+    metrics: SocketAddr,
+}
+
+fn start_broker(stderr: Stdio) -> RunningBroker {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("pki");
     let d = dir.to_str().unwrap();
@@ -117,7 +124,7 @@ fn broker_serves_and_stops_on_sigterm() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_vigil"))
         .args(["broker", "--config", config.to_str().unwrap()])
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .spawn()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -128,10 +135,42 @@ fn broker_serves_and_stops_on_sigterm() {
         assert!(Instant::now() < deadline, "broker never listened on {addr}");
         std::thread::sleep(Duration::from_millis(20));
     }
+    RunningBroker {
+        _tmp: tmp,
+        child,
+        addr,
+        metrics,
+    }
+}
+
+/// Sends SIGTERM and waits (bounded) for a clean exit.
+fn terminate(child: &mut std::process::Child) {
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("broker did not stop on SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status}");
+}
+
+#[test]
+fn broker_serves_and_stops_on_sigterm() {
+    let mut b = start_broker(Stdio::null());
     // The probe connections above were counted, and the endpoint says so.
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let body = support::scrape(metrics).unwrap_or_default();
+        let body = support::scrape(b.metrics).unwrap_or_default();
         let accepted = support::sample(&body, "vigil_broker_connections_accepted_total");
         if accepted.is_some_and(|n| n >= 1.0) {
             assert!(
@@ -150,21 +189,29 @@ fn broker_serves_and_stops_on_sigterm() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    let kill = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
+    terminate(&mut b.child);
+}
+
+/// An operator who started the broker as `vigil broker … 2>&1 | head`, or
+/// whose log collector died: every log line now fails to write, and the
+/// broker must still stop on SIGTERM.
+#[test]
+fn broker_stops_on_sigterm_after_its_stderr_closed() {
+    let mut b = start_broker(Stdio::piped());
+    drop(b.child.stderr.take());
+    // Give it failing log lines to write: refused handshakes log at info.
+    for _ in 0..3 {
+        drop(TcpStream::connect(b.addr).unwrap());
+    }
     let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("broker did not stop on SIGTERM");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    assert!(status.success(), "{status}");
+    while support::sample(
+        &support::scrape(b.metrics).unwrap_or_default(),
+        "vigil_broker_rejects_total{reason=\"tls\"}",
+    )
+    .is_none_or(|n| n < 3.0)
+    {
+        assert!(Instant::now() < deadline, "the refusals were never counted");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    terminate(&mut b.child);
 }

@@ -43,7 +43,7 @@ impl Pki {
             authority::issue(path, role, &Identity::new(id).unwrap(), &sans, 2, false).unwrap();
         };
         issue(Role::Broker, "broker-1", &["localhost", "127.0.0.1"]);
-        for ops in ["ops-1", "ops-2"] {
+        for ops in ["ops-1", "ops-2", "ops-3", "ops-4"] {
             issue(Role::Ops, ops, &["localhost"]);
         }
         for post in ["p-1", "p-2", "p-9"] {
