@@ -480,7 +480,7 @@ async fn a_newer_session_takes_over_and_fighting_is_backed_off() {
     let b = TestBroker::start().await;
     let mut ops = ops_on_events(&b, Mqtt::V4).await;
     let mut first = b.client(Mqtt::V5, "p-1", "p-1").connect().await;
-    let mut second = b.client(Mqtt::V5, "p-1", "p-1").connect().await;
+    let second = b.client(Mqtt::V5, "p-1", "p-1").connect().await;
     first
         .expect(Ev::Disconnect {
             reason: "SessionTakenOver".into(),
