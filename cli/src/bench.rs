@@ -52,10 +52,14 @@ const READY_WAIT: Duration = Duration::from_secs(30);
 const DRAIN_WAIT: Duration = Duration::from_secs(60);
 /// Longest the posts get to stop at the end of a run.
 const STOP_WAIT: Duration = Duration::from_secs(5);
+/// The latency a sweep rate must keep at p99 to count as carried.
+const SWEEP_P99: Duration = Duration::from_millis(100);
+/// Share of the asked rate a sweep run must receipt to count as carried.
+const SWEEP_CARRIED: f64 = 0.97;
 /// Probe posts are named `probe-N`; the post ids of the load are `b-NNNN`.
 const PROBE_PREFIX: &str = "probe-";
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub(crate) struct BenchArgs {
     /// Folder for the PKI (post certificates are issued once and reused),
     /// configs, logs and data; a temporary folder, removed at the end, when
@@ -68,6 +72,18 @@ pub(crate) struct BenchArgs {
     /// Total events per second over all posts, sent for --duration.
     #[arg(long, value_name = "EVENTS_PER_SEC", conflicts_with = "count")]
     rate: Option<f64>,
+    /// Capacity sweep: runs each rate in turn (events per second over all
+    /// posts, one event per publish, each for --duration, every broker at
+    /// each rate before the next) and reports, per broker, the highest rate
+    /// carried with p99 frame-to-feed at most 100 ms, nothing resent and
+    /// nothing lost. A broker stops at its first rate that fails.
+    #[arg(
+        long,
+        value_name = "RATE,RATE,...",
+        value_delimiter = ',',
+        conflicts_with_all = ["rate", "count"]
+    )]
+    sweep: Option<Vec<f64>>,
     /// Total events to send, as fast as receipts allow (the default, with
     /// 100000, when --rate is absent).
     #[arg(long, value_name = "N")]
@@ -177,6 +193,18 @@ pub(crate) fn run(args: &BenchArgs) -> Result<()> {
     }
     if args.count == Some(0) {
         return Err(UsageError("--count must be at least 1".into()).into());
+    }
+    if let Some(rates) = &args.sweep {
+        if rates.is_empty() || rates.iter().any(|r| !(*r > 0.0 && r.is_finite())) {
+            return Err(
+                UsageError("--sweep takes rates above 0, e.g. 5000,10000,20000".into()).into(),
+            );
+        }
+        if args.probes == 0 {
+            return Err(
+                UsageError("--sweep needs latency probes (--probes 1 or more)".into()).into(),
+            );
+        }
     }
     if args.duration.is_zero() {
         return Err(UsageError("--duration must be above 0".into()).into());
@@ -353,6 +381,9 @@ async fn bench(args: &BenchArgs, target: &Target, dir: &Path) -> Result<()> {
     {
         eprintln!("mosquitto is not installed: the Vigil broker only");
     }
+    if let Some(rates) = &args.sweep {
+        return sweep(args, target, dir, &names, &posts, &kinds, rates).await;
+    }
     let mut results = Vec::new();
     for kind in kinds {
         // With --rate every post runs the same schedule and stops at its
@@ -385,6 +416,164 @@ async fn bench(args: &BenchArgs, target: &Target, dir: &Path) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The outcome of one broker's sweep.
+#[derive(Debug, Default)]
+struct SweepLine {
+    /// Highest rate carried, with its p99 latency.
+    best: Option<(f64, Duration)>,
+    /// Why the first failing rate failed.
+    stopped: Option<String>,
+    mb_per_1000: Option<f64>,
+}
+
+/// `--sweep`: every rate in ascending order, each broker in turn at each
+/// rate, single-event publishes.
+async fn sweep(
+    args: &BenchArgs,
+    target: &Target,
+    dir: &Path,
+    names: &Names,
+    posts: &[Post],
+    kinds: &[BrokerKind],
+    rates: &[f64],
+) -> Result<()> {
+    let single = BenchArgs {
+        batch: 1,
+        no_reconnect_test: true,
+        ..args.clone()
+    };
+    let mut rates = rates.to_vec();
+    rates.sort_by(f64::total_cmp);
+    let n = u64::from(args.posts);
+    let mut lines: Vec<(BrokerKind, SweepLine)> =
+        kinds.iter().map(|k| (*k, SweepLine::default())).collect();
+    let mut results = Vec::new();
+    for &rate in &rates {
+        for (kind, line) in &mut lines {
+            if line.stopped.is_some() {
+                continue;
+            }
+            let total = (rate * args.duration.as_secs_f64()).round().max(1.0) as u64;
+            let per_post = rate / n as f64;
+            let load = Load::Rate {
+                per_post,
+                duration: args.duration,
+            };
+            for (i, post) in posts.iter().enumerate() {
+                post.stats
+                    .target
+                    .store(posts::share(total, n, i as u64), Relaxed);
+                let phase = i as f64 / n as f64 / per_post;
+                post.stats.phase_ns.store((phase * 1e9) as u64, Relaxed);
+            }
+            eprintln!("[{}] sweep: {rate:.0} events/s", kind.name());
+            let r = run_once(&single, target, *kind, dir, names, posts, load, total).await?;
+            if !args.json {
+                println!("sweep {rate:.0}/s {}", result_line(&r));
+            }
+            if line.mb_per_1000.is_none() {
+                line.mb_per_1000 = r.broker_mb_per_1000;
+            }
+            let p99 = quantile(&r.latencies, 0.99);
+            let failure = if r.lost > 0 {
+                Some(format!("{} lost", r.lost))
+            } else if r.resent > 0 {
+                Some(format!("{} resent", r.resent))
+            } else if r.receipted_per_s < SWEEP_CARRIED * rate {
+                Some(format!("carried {:.0}/s", r.receipted_per_s))
+            } else if r.probes_missing > 0 {
+                Some(format!("{} probe alarms missing", r.probes_missing))
+            } else {
+                match p99 {
+                    Some(p99) if p99 <= SWEEP_P99 => None,
+                    Some(p99) => Some(format!("p99 {:.1} ms", p99.as_secs_f64() * 1000.0)),
+                    None => Some("no latency measured".to_owned()),
+                }
+            };
+            match failure {
+                None => line.best = p99.map(|p| (rate, p)),
+                Some(why) => line.stopped = Some(format!("at {rate:.0}/s: {why}")),
+            }
+            results.push((rate, r));
+        }
+    }
+    if args.json {
+        let runs: Vec<serde_json::Value> = results
+            .iter()
+            .map(|(rate, r)| {
+                serde_json::json!({
+                    "rate": rate,
+                    "broker": r.broker,
+                    "receipted_per_s": r.receipted_per_s,
+                    "lost": r.lost,
+                    "resent": r.resent,
+                    "p99_ms": ms(quantile(&r.latencies, 0.99)),
+                    "broker_cpu_s": r.broker_usage.map(|u| u.cpu_s),
+                })
+            })
+            .collect();
+        let best: serde_json::Map<String, serde_json::Value> = lines
+            .iter()
+            .map(|(k, l)| {
+                (
+                    k.name().to_owned(),
+                    serde_json::json!({
+                        "best_rate": l.best.map(|b| b.0),
+                        "best_p99_ms": l.best.map(|b| b.1.as_secs_f64() * 1000.0),
+                        "stopped": l.stopped,
+                        "broker_mb_per_1000_posts": l.mb_per_1000,
+                    }),
+                )
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({ "posts": args.posts, "sweep": rates, "runs": runs, "best": best })
+        );
+    } else {
+        for (kind, l) in &lines {
+            println!("{}", sweep_line(*kind, l, args.posts));
+        }
+        if let [(_, v), (_, m)] = &lines[..]
+            && let (Some(a), Some(b)) = (v.best, m.best)
+        {
+            println!(
+                "vigil/mosquitto: highest rate within p99 100 ms {:.2}x",
+                a.0 / b.0
+            );
+        }
+    }
+    if let Some((_, bad)) = results.iter().find(|(_, r)| r.lost > 0) {
+        bail!(
+            "{} events sent through {} were never receipted",
+            bad.lost,
+            bad.broker
+        );
+    }
+    Ok(())
+}
+
+fn sweep_line(kind: BrokerKind, l: &SweepLine, posts: u32) -> String {
+    let mut line = format!("sweep {} ({posts} posts): ", kind.name());
+    match l.best {
+        Some((rate, p99)) => {
+            line += &format!(
+                "highest rate carried {rate:.0} ev/s (p99 {:.1} ms)",
+                p99.as_secs_f64() * 1000.0
+            );
+        }
+        None => line += "no rate carried",
+    }
+    match &l.stopped {
+        Some(why) => line += &format!("; stopped {why}"),
+        None => line += "; every rate carried",
+    }
+    if let Some(mb) = l.mb_per_1000 {
+        line += &format!("; {mb:.1} MB per 1000 posts");
+    }
+    line
 }
 
 /// Each post's TLS client config, with its certificate.
@@ -464,7 +653,7 @@ async fn start_daemons(
                 dir,
                 &format!("{tag}-broker.toml"),
                 &format!(
-                    "# Written by `vigil bench`.\nlisten = \"{broker_addr}\"\n{}\n[limits]\nmax_connections = {max}\nshutdown_grace_ms = 1000\n\n[metrics]\nlisten = \"{metrics}\"\n",
+                    "# Written by `vigil bench`.\nlisten = \"{broker_addr}\"\n{}\n[limits]\nmax_connections = {max}\nshutdown_grace_ms = 1000\n# Capacity is measured: no per-post budget (Mosquitto has none).\npost_publish_rate = 0\npost_byte_rate = 0\n\n[metrics]\nlisten = \"{metrics}\"\n",
                     tls_table("broker")
                 ),
             )?;
