@@ -55,6 +55,19 @@ pub fn may_retain(topic: &str) -> bool {
     matches!(topics::parse(topic), Some((_, TopicKind::Status)))
 }
 
+/// The post a publish by `peer` on `topic` (allowed by [`may_publish`]) is
+/// for, when it is a message for exactly one post: an ops center's receipt
+/// or command. Those go straight to that post's session.
+pub fn direct_recipient<'a>(peer: &Peer, topic: &'a str) -> Option<&'a str> {
+    if peer.role != Role::Ops {
+        return None;
+    }
+    match topics::parse(topic)? {
+        (post, TopicKind::Receipts | TopicKind::Commands) => Some(post),
+        _ => None,
+    }
+}
+
 /// Whether `peer` may register a last will on `topic` (the publish rule).
 pub fn may_will(peer: &Peer, topic: &str) -> bool {
     may_publish(peer, topic)

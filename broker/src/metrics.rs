@@ -119,6 +119,7 @@ pub struct Metrics {
     bytes_in: AtomicU64,
     bytes_out: AtomicU64,
     takeovers: AtomicU64,
+    direct_dropped: AtomicU64,
     rejects: [AtomicU64; Reject::ALL.len()],
 }
 
@@ -145,6 +146,9 @@ pub struct MetricsSnapshot {
     pub bytes_out: u64,
     /// Sessions replaced by a newer connection with the same identity.
     pub takeovers: u64,
+    /// Receipts and commands not delivered: the post was not connected, had
+    /// not subscribed, or was not reading.
+    pub post_messages_dropped: u64,
     /// Refusals, indexed like [`Reject::ALL`]; see [`MetricsSnapshot::rejected`].
     pub rejects: [u64; Reject::ALL.len()],
 }
@@ -214,6 +218,11 @@ impl MetricsSnapshot {
             "Sessions replaced by a newer connection with the same identity.",
             self.takeovers,
         );
+        out.counter(
+            "vigil_broker_post_messages_dropped_total",
+            "Receipts and commands for a post that was not connected, not subscribed, or not reading.",
+            self.post_messages_dropped,
+        );
         for reason in Reject::ALL {
             out.counter_with(
                 "vigil_broker_rejects_total",
@@ -238,6 +247,7 @@ impl Metrics {
             bytes_in: self.bytes_in.load(Relaxed),
             bytes_out: self.bytes_out.load(Relaxed),
             takeovers: self.takeovers.load(Relaxed),
+            post_messages_dropped: self.direct_dropped.load(Relaxed),
             rejects: std::array::from_fn(|i| self.rejects[i].load(Relaxed)),
         }
     }
@@ -252,6 +262,10 @@ impl Metrics {
 
     pub(crate) fn authenticated(&self) {
         self.authenticated.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn direct_dropped(&self) {
+        self.direct_dropped.fetch_add(1, Relaxed);
     }
 
     pub(crate) fn takeover(&self) {

@@ -434,6 +434,33 @@ pub(crate) fn write_publish(
     Ok((u16::from_be_bytes([packet[at], packet[at + 1]]), written))
 }
 
+/// Appends a PUBLISH built by the front itself (a receipt or command for
+/// a post) for a client of `version`.
+pub(crate) fn write_direct_publish(
+    version: Version,
+    qos: u8,
+    pkid: u16,
+    topic: &[u8],
+    payload: &[u8],
+    out: &mut BytesMut,
+) -> usize {
+    let start = out.len();
+    let props = usize::from(version == Version::V5);
+    let id = if qos > 0 { 2 } else { 0 };
+    out.put_u8((kind::PUBLISH << 4) | (qos << 1));
+    put_varint(out, 2 + topic.len() + id + props + payload.len());
+    out.put_u16(topic.len() as u16);
+    out.extend_from_slice(topic);
+    if qos > 0 {
+        out.put_u16(pkid);
+    }
+    if props == 1 {
+        out.put_u8(0);
+    }
+    out.extend_from_slice(payload);
+    out.len() - start
+}
+
 /// Appends a two-byte acknowledgment (PUBACK, PUBREC, PUBCOMP) meaning
 /// success: without a reason code, which MQTT 5 reads as success too.
 pub(crate) fn write_ack(packet_kind: u8, pkid: u16, out: &mut BytesMut) {

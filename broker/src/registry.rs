@@ -20,7 +20,8 @@ use std::{
     time::Duration,
 };
 
-use tokio::time::Instant;
+use bytes::Bytes;
+use tokio::{sync::mpsc, time::Instant};
 use tokio_util::sync::CancellationToken;
 
 /// Takeovers in a row allowed without a wait.
@@ -31,6 +32,29 @@ pub(crate) const FIGHT_WINDOW: Duration = Duration::from_secs(120);
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 /// The longest wait between two takeovers.
 pub(crate) const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+/// Messages the front holds for one post's session (receipts, commands).
+/// When full, new ones are dropped and counted: a post that does not read
+/// for this long gets the next receipt, which covers the dropped ones, and
+/// its gateway re-sends whatever stays unreceipted.
+pub(crate) const MAILBOX: usize = 256;
+
+/// A receipt or command on its way to a post, delivered by the front.
+#[derive(Debug)]
+pub(crate) struct Direct {
+    pub(crate) topic: Bytes,
+    pub(crate) payload: Bytes,
+}
+
+/// What became of a [`Direct`] message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Delivery {
+    Queued,
+    /// The post is not connected.
+    Absent,
+    /// The post's mailbox is full.
+    Full,
+}
 
 /// The connected sessions.
 #[derive(Debug, Default)]
@@ -53,6 +77,8 @@ struct Entry {
 struct Live {
     id: u64,
     kick: CancellationToken,
+    /// Where messages for this session go (posts only).
+    mailbox: Option<mpsc::Sender<Direct>>,
 }
 
 /// What [`Registry::claim`] decided.
@@ -80,7 +106,13 @@ pub(crate) struct Session {
 impl Registry {
     /// Registers a session for `identity`, taking over from a connected one
     /// if the fight rules allow it.
-    pub(crate) fn claim(self: &Arc<Self>, identity: &str, id: u64, now: Instant) -> Claim {
+    pub(crate) fn claim(
+        self: &Arc<Self>,
+        identity: &str,
+        id: u64,
+        now: Instant,
+        mailbox: Option<mpsc::Sender<Direct>>,
+    ) -> Claim {
         let mut map = self.inner.lock().expect("registry lock");
         let entry = map.entry(identity.to_owned()).or_insert(Entry {
             session: None,
@@ -113,6 +145,7 @@ impl Registry {
         entry.session = Some(Live {
             id,
             kick: kicked.clone(),
+            mailbox,
         });
         let session = Session {
             registry: self.clone(),
@@ -124,6 +157,24 @@ impl Registry {
             Claim::TookOver(session)
         } else {
             Claim::Fresh(session)
+        }
+    }
+
+    /// Hands `message` to `identity`'s session, if it is connected and
+    /// reading.
+    pub(crate) fn deliver(&self, identity: &str, message: Direct) -> Delivery {
+        let map = self.inner.lock().expect("registry lock");
+        let Some(mailbox) = map
+            .get(identity)
+            .and_then(|e| e.session.as_ref())
+            .and_then(|s| s.mailbox.as_ref())
+        else {
+            return Delivery::Absent;
+        };
+        match mailbox.try_send(message) {
+            Ok(()) => Delivery::Queued,
+            Err(mpsc::error::TrySendError::Full(_)) => Delivery::Full,
+            Err(mpsc::error::TrySendError::Closed(_)) => Delivery::Absent,
         }
     }
 
@@ -190,20 +241,23 @@ mod tests {
     fn a_free_identity_is_claimed_and_freed() {
         let registry = Arc::new(Registry::default());
         let now = Instant::now();
-        let a = registry.claim("p-1", 1, now);
+        let a = registry.claim("p-1", 1, now, None);
         assert!(matches!(a, Claim::Fresh(_)));
         assert_eq!(registry.connected(), 1);
         drop(a);
         assert_eq!(registry.connected(), 0);
-        assert!(matches!(registry.claim("p-1", 2, now), Claim::Fresh(_)));
+        assert!(matches!(
+            registry.claim("p-1", 2, now, None),
+            Claim::Fresh(_)
+        ));
     }
 
     #[test]
     fn the_first_takeover_is_immediate_and_kicks_the_old_session() {
         let registry = Arc::new(Registry::default());
         let now = Instant::now();
-        let old = session(registry.claim("p-1", 1, now));
-        let new = registry.claim("p-1", 2, now);
+        let old = session(registry.claim("p-1", 1, now, None));
+        let new = registry.claim("p-1", 2, now, None);
         assert!(matches!(new, Claim::TookOver(_)));
         assert!(old.is_kicked());
         // The old session ending does not free the identity of the new one.
@@ -215,13 +269,13 @@ mod tests {
     fn fighting_sessions_are_backed_off() {
         let registry = Arc::new(Registry::default());
         let start = Instant::now();
-        let mut current = session(registry.claim("p-1", 0, start));
+        let mut current = session(registry.claim("p-1", 0, start, None));
         // Two clients that reconnect every 100 ms for 20 s.
         let mut takeovers = 0;
         let mut refused = 0;
         for step in 1..=200u64 {
             let now = start + Duration::from_millis(100 * step);
-            match registry.claim("p-1", step, now) {
+            match registry.claim("p-1", step, now, None) {
                 Claim::TookOver(s) => {
                     takeovers += 1;
                     current = s;
@@ -240,23 +294,40 @@ mod tests {
     }
 
     #[test]
+    fn messages_reach_a_connected_post_only() {
+        let registry = Arc::new(Registry::default());
+        let direct = |n: u8| Direct {
+            topic: Bytes::from_static(b"vigil/v1/posts/p-1/receipts"),
+            payload: Bytes::from(vec![n]),
+        };
+        assert_eq!(registry.deliver("p-1", direct(0)), Delivery::Absent);
+        let (tx, mut rx) = mpsc::channel(2);
+        let _s = session(registry.claim("p-1", 1, Instant::now(), Some(tx)));
+        assert_eq!(registry.deliver("p-1", direct(1)), Delivery::Queued);
+        assert_eq!(registry.deliver("p-1", direct(2)), Delivery::Queued);
+        assert_eq!(registry.deliver("p-1", direct(3)), Delivery::Full);
+        assert_eq!(rx.try_recv().unwrap().payload[..], [1]);
+        assert_eq!(registry.deliver("p-2", direct(4)), Delivery::Absent);
+    }
+
+    #[test]
     fn a_quiet_period_ends_the_fight() {
         let registry = Arc::new(Registry::default());
         let start = Instant::now();
-        let mut sessions = vec![session(registry.claim("p-1", 0, start))];
+        let mut sessions = vec![session(registry.claim("p-1", 0, start, None))];
         for id in 1..=FREE_TAKEOVERS {
-            sessions.push(session(registry.claim("p-1", u64::from(id), start)));
+            sessions.push(session(registry.claim("p-1", u64::from(id), start, None)));
         }
         // Within the window, one more takeover must wait.
         assert!(matches!(
-            registry.claim("p-1", 9, start + Duration::from_millis(10)),
+            registry.claim("p-1", 9, start + Duration::from_millis(10), None),
             Claim::Refused { .. }
         ));
         // Well after it, the next takeover is immediate again.
         let later = start + FIGHT_WINDOW + Duration::from_secs(1);
-        let c = registry.claim("p-1", 4, later);
+        let c = registry.claim("p-1", 4, later, None);
         assert!(matches!(c, Claim::TookOver(_)));
-        let d = registry.claim("p-1", 5, later + Duration::from_secs(1));
+        let d = registry.claim("p-1", 5, later + Duration::from_secs(1), None);
         assert!(matches!(d, Claim::TookOver(_)));
     }
 }

@@ -24,7 +24,7 @@ use std::{future::Future, pin::Pin, sync::Arc};
 use rumqttd::{
     RouterConfig,
     local::{LinkBuilder, LinkError, LinkRx, LinkTx},
-    protocol::Packet,
+    protocol::{Disconnect, DisconnectReasonCode, Packet},
 };
 
 use crate::config::Limits;
@@ -43,8 +43,8 @@ pub(crate) enum RouterError {
     /// rumqttd's own error, as text: it carries a whole router event.
     #[error("the router refused the session: {0}")]
     Link(String),
-    #[error("the router did not answer: {0}")]
-    Join(#[from] tokio::task::JoinError),
+    #[error("the attach task ended without an answer")]
+    Gone,
 }
 
 /// A future that completes once the router has been told about new packets
@@ -118,13 +118,15 @@ impl<E: Send + 'static> Ringer for EventBell<E> {
     }
 }
 
-/// One client's attachment to the router.
+/// One client's attachment to the router. Dropping it detaches it (see
+/// [`Link::detach`]) unless that was done already.
 pub(crate) struct Link {
     pub(crate) tx: LinkTx,
     pub(crate) rx: LinkRx,
     pub(crate) bell: Bell,
     /// The router restored a persistent session for this client id.
     pub(crate) session_present: bool,
+    detached: bool,
 }
 
 impl std::fmt::Debug for Link {
@@ -141,6 +143,42 @@ impl Link {
     pub(crate) fn send(&mut self, packets: impl IntoIterator<Item = Packet>) -> Ring {
         self.tx.buffer().extend(packets);
         self.bell.ring()
+    }
+
+    /// Marks the link as ended by the router itself: nothing to tell it.
+    pub(crate) fn forget(&mut self) {
+        self.detached = true;
+    }
+
+    /// Hands the router `last` (a will, say) and then the end of this link,
+    /// so that it frees the connection (saving a persistent session). The
+    /// router knows a link only by its slot: a link dropped without this
+    /// would hold its slot, and its subscriptions, for the life of the
+    /// process.
+    pub(crate) fn detach(&mut self, last: impl IntoIterator<Item = Packet>) -> Ring {
+        self.detached = true;
+        let end = Packet::Disconnect(
+            Disconnect {
+                reason_code: DisconnectReasonCode::NormalDisconnection,
+            },
+            None,
+        );
+        self.send(last.into_iter().chain(std::iter::once(end)))
+    }
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        if self.detached {
+            return;
+        }
+        if let Ring::Wait(ringing) = self.detach([]) {
+            // Dropped outside the runtime only if the runtime is gone, and
+            // the router with it.
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(ringing);
+            }
+        }
     }
 }
 
@@ -197,6 +235,7 @@ impl Router {
                 rx,
                 bell,
                 session_present,
+                detached: false,
             })
         };
         Self {
@@ -205,12 +244,18 @@ impl Router {
     }
 
     /// Attaches a client to the router. A client id already attached is
-    /// detached by the router first (its link ends).
+    /// detached by the router first (its link ends). If the caller gives up
+    /// waiting (a timeout, a shutdown), the link is detached as soon as it
+    /// is made, so no attachment is left behind.
     pub(crate) async fn attach(&self, client_id: &str, clean: bool) -> Result<Link, RouterError> {
         let attach = self.attach.clone();
         let client_id = client_id.to_owned();
+        let (tx, rx) = tokio::sync::oneshot::channel();
         // `build` blocks until the router has registered the link.
-        let link = tokio::task::spawn_blocking(move || attach(&client_id, clean)).await??;
-        Ok(link)
+        tokio::task::spawn_blocking(move || {
+            // If nobody waits any more, dropping the link detaches it.
+            let _ = tx.send(attach(&client_id, clean));
+        });
+        rx.await.map_err(|_| RouterError::Gone)?
     }
 }

@@ -49,6 +49,7 @@ use rumqttd::protocol::{
 };
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
+    sync::mpsc,
     time::Instant,
 };
 use tokio_util::sync::CancellationToken;
@@ -60,19 +61,28 @@ use crate::{
     config::Limits,
     metrics::{Metrics, Reject},
     mqtt::{self, Connect, Frame, Reason, Refusal, Version, WireError, kind},
-    registry::{Claim, Registry},
+    registry::{self, Claim, Delivery, Direct, Registry},
     router::{Link, Ring, Ringing, Router},
 };
 
 /// First size of a connection's read buffer; it grows to hold the largest
 /// packet in flight and goes back to this size when the connection idles.
 const READ_BUFFER: usize = 2 * 1024;
-/// Bytes waiting for the client above which the session stops taking more
-/// work (reading the client, taking deliveries) until the client reads.
+/// Bytes waiting for the client above which the session takes no more
+/// deliveries from the router until the client reads. The router keeps
+/// them meanwhile (within its window of 100 per client).
 const WRITE_HIGH_WATER: usize = 64 * 1024;
+/// Bytes waiting for the client above which the session also stops reading
+/// it. Far above what a client that reads its acknowledgments leaves: the
+/// client is still read while its deliveries back up, since a client
+/// blocked writing to us (its PUBACKs, its publishes) may stop reading
+/// until it can write; refusing to read it then would deadlock both.
+const READ_HARD_LIMIT: usize = 1024 * 1024;
 /// A buffer larger than this is given back when it empties at a
 /// housekeeping tick.
 const SHRINK_ABOVE: usize = 16 * 1024;
+/// Packets a link's inbound buffer keeps room for when idle.
+const LINK_BUFFER: usize = 4;
 /// How often an idle session gives back buffer memory, and how often it
 /// checks the keep-alive deadline at most.
 const HOUSEKEEPING: Duration = Duration::from_secs(10);
@@ -82,6 +92,8 @@ const ATTACH_TIMEOUT: Duration = Duration::from_secs(10);
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// Topic aliases a v5 client may use (advertised in the CONNACK).
 const ALIAS_MAX: u16 = 16;
+/// Receipts and commands in flight to one post at once.
+const DIRECT_WINDOW: usize = 100;
 /// Least time between two log lines about one post's throttling.
 const THROTTLE_LOG_EVERY: Duration = Duration::from_secs(60);
 /// QoS 2 publishes a client may have waiting for PUBREL (advertised to v5
@@ -193,10 +205,16 @@ where
     }
 
     let id = ctx.next_id.fetch_add(1, Ordering::Relaxed);
-    let session = match ctx
+    let (mailbox_tx, mailbox) = if peer.role == vigil_pki::Role::Post {
+        let (tx, rx) = mpsc::channel(registry::MAILBOX);
+        (Some(tx), Some(rx))
+    } else {
+        (None, None)
+    };
+    let claim = ctx
         .registry
-        .claim(peer.identity.as_str(), id, Instant::now())
-    {
+        .claim(peer.identity.as_str(), id, Instant::now(), mailbox_tx);
+    let session = match claim {
         Claim::Fresh(session) => session,
         Claim::TookOver(session) => {
             ctx.metrics.takeover();
@@ -228,6 +246,9 @@ where
     };
     ctx.metrics.authenticated();
     debug!(session_present = link.session_present, "attached");
+    // rumqttd sizes every link's inbound buffer for 200 packets of about
+    // 400 bytes; a post hands it one or two at a time.
+    link.tx.buffer().shrink_to(LINK_BUFFER);
 
     let mut out = BytesMut::new();
     let offer = mqtt::Offer {
@@ -258,6 +279,10 @@ where
         held: VecDeque::new(),
         unscheduled: false,
         last_heard: Instant::now(),
+        mailbox,
+        direct_subs: HashMap::new(),
+        direct_inflight: HashSet::new(),
+        next_pkid: 0,
         budget: (peer.role == vigil_pki::Role::Post)
             .then(|| Budget::new(&ctx.limits, Instant::now())),
         throttled_until: None,
@@ -345,6 +370,14 @@ struct Conn<'a> {
     /// The router paused this link until told it is ready for more.
     unscheduled: bool,
     last_heard: Instant,
+    /// Receipts and commands for this post, delivered by the front (posts
+    /// only; see [`Conn::subscribe`]).
+    mailbox: Option<mpsc::Receiver<Direct>>,
+    /// The post's own topics it subscribed to, with the granted QoS.
+    direct_subs: HashMap<Bytes, u8>,
+    /// Packet ids of QoS 1 messages from the mailbox awaiting PUBACK.
+    direct_inflight: HashSet<u16>,
+    next_pkid: u16,
     /// A post's publish budget; `None` for the ops center.
     budget: Option<Budget>,
     /// Over budget: the client is not read until then.
@@ -365,7 +398,7 @@ impl Conn<'_> {
         W: AsyncWrite + Unpin,
     {
         let end = self.pump(&mut rd, &mut wr, shutdown, kicked).await;
-        self.finish(&end).await;
+        self.finish(&end);
         if let Some(reason) = end.reason().filter(|_| self.version == Version::V5) {
             self.out.extend_from_slice(&mqtt::disconnect(reason));
         }
@@ -408,13 +441,18 @@ impl Conn<'_> {
                 }
             }
             let room = self.out.len() < WRITE_HIGH_WATER;
-            let may_read = room && self.ringing.is_none() && self.throttled_until.is_none();
+            let may_read = self.out.len() < READ_HARD_LIMIT
+                && self.ringing.is_none()
+                && self.throttled_until.is_none();
             let throttle =
                 tokio::time::sleep_until(self.throttled_until.unwrap_or_else(Instant::now));
             let out = &self.out;
             let inbuf = &mut self.inbuf;
             let rx = &mut self.link.rx;
             let ringing = &mut self.ringing;
+            let direct_room =
+                room && self.direct_inflight.len() < self.client_receive_max.min(DIRECT_WINDOW);
+            let mailbox = &mut self.mailbox;
             tokio::select! {
                 () = shutdown.cancelled() => return End::Shutdown,
                 () = kicked.cancelled() => return End::Kicked,
@@ -461,6 +499,12 @@ impl Conn<'_> {
                     Err(_) => return self.link_gone(kicked),
                 },
                 () = throttle, if self.throttled_until.is_some() => self.throttled_until = None,
+                direct = async { mailbox.as_mut().expect("guarded").recv().await },
+                    if direct_room && mailbox.is_some() => match direct {
+                    Some(direct) => self.deliver_direct(&direct),
+                    // Replaced by a newer session: the kick follows.
+                    None => self.mailbox = None,
+                },
                 alive = async { ringing.as_mut().expect("guarded").await }, if ringing.is_some() => {
                     self.ringing = None;
                     if !alive {
@@ -495,7 +539,7 @@ impl Conn<'_> {
     /// Handles every complete packet in the read buffer, while there is room
     /// to answer.
     fn take_input(&mut self, cap: usize) -> Result<(), End> {
-        while self.out.len() < WRITE_HIGH_WATER
+        while self.out.len() < READ_HARD_LIMIT
             && self.ringing.is_none()
             && self.throttled_until.is_none()
         {
@@ -546,6 +590,12 @@ impl Conn<'_> {
                 let (pkid, filters) = mqtt::unsubscribe(self.version, BytesMut::from(packet))
                     .map_err(|e| self.malformed(&e, "UNSUBSCRIBE"))?;
                 mqtt::write_unsuback(self.version, pkid, filters.len(), &mut self.out);
+                if self.mailbox.is_some() {
+                    for filter in &filters {
+                        self.direct_subs.remove(filter.as_bytes());
+                    }
+                    return Ok(());
+                }
                 let filters = filters.iter().map(|f| router_filter(f)).collect();
                 self.to_router
                     .push(Packet::Unsubscribe(Unsubscribe { pkid, filters }, None));
@@ -636,8 +686,20 @@ impl Conn<'_> {
         }
         let payload = Bytes::copy_from_slice(&packet[info.payload_at..]);
         let size = packet.len() as u64;
-        self.to_router
-            .push(mqtt::router_publish(topic, payload, info.retain));
+        match acl::direct_recipient(self.peer, topic_str) {
+            // A receipt or command for one post: straight to its session.
+            Some(post) => {
+                let post = post.to_owned();
+                let delivery = self.ctx.registry.deliver(&post, Direct { topic, payload });
+                if delivery != Delivery::Queued {
+                    self.ctx.metrics.direct_dropped();
+                    debug!(post, ?delivery, "message for a post not delivered");
+                }
+            }
+            None => self
+                .to_router
+                .push(mqtt::router_publish(topic, payload, info.retain)),
+        }
         self.ctx.metrics.relayed_in(1, size);
         self.charge(size);
         match qos {
@@ -686,6 +748,23 @@ impl Conn<'_> {
                 }
             };
         }
+        if self.mailbox.is_some() {
+            // A post subscribes to its own receipts and commands only (the
+            // ACL saw to it), and those reach it from the ops center
+            // through the front, not through the router: see `publish`.
+            let granted: Vec<Option<u8>> = filters
+                .iter()
+                .map(|f| Some(mqtt::granted_qos(f.qos) as u8))
+                .collect();
+            for (filter, qos) in filters.iter().zip(&granted) {
+                self.direct_subs.insert(
+                    Bytes::copy_from_slice(filter.path.as_bytes()),
+                    qos.unwrap_or(0),
+                );
+            }
+            mqtt::write_suback(self.version, pkid, &granted, &mut self.out);
+            return Ok(());
+        }
         for filter in &mut filters {
             filter.qos = mqtt::granted_qos(filter.qos);
             filter.path = router_filter(&filter.path);
@@ -704,6 +783,9 @@ impl Conn<'_> {
     /// acknowledgment it can take in its order, then deliver what the
     /// client's receive maximum held back.
     fn delivery_acked(&mut self, pkid: u16) {
+        if self.direct_inflight.remove(&pkid) {
+            return;
+        }
         let Some(entry) = self
             .inflight
             .iter_mut()
@@ -770,6 +852,37 @@ impl Conn<'_> {
         Ok(())
     }
 
+    /// Writes a receipt or command from the mailbox, if the post subscribed
+    /// to its topic (a clean session that has not subscribed yet, or no
+    /// more, does not get it, as with any MQTT subscription).
+    fn deliver_direct(&mut self, direct: &Direct) {
+        let Some(&qos) = self.direct_subs.get(&direct.topic) else {
+            self.ctx.metrics.direct_dropped();
+            return;
+        };
+        let pkid = if qos > 0 {
+            loop {
+                self.next_pkid = self.next_pkid.checked_add(1).unwrap_or(1);
+                if !self.direct_inflight.contains(&self.next_pkid) {
+                    break;
+                }
+            }
+            self.direct_inflight.insert(self.next_pkid);
+            self.next_pkid
+        } else {
+            0
+        };
+        let size = mqtt::write_direct_publish(
+            self.version,
+            qos,
+            pkid,
+            &direct.topic,
+            &direct.payload,
+            &mut self.out,
+        );
+        self.ctx.metrics.relayed_out(1, size as u64);
+    }
+
     /// Encodes a delivery for the client, noting a QoS 1 one as in flight.
     fn write_delivery(&mut self, publish: Publish) {
         let start = self.out.len();
@@ -813,36 +926,32 @@ impl Conn<'_> {
     }
 
     /// Last words to the router: the will if due, then the end of the link.
-    async fn finish(&mut self, end: &End) {
+    fn finish(&mut self, end: &End) {
         if matches!(end, End::RouterGone) {
+            self.link.forget();
             return;
         }
         // After a takeover the DISCONNECT below is still sent: if the new
         // session has not attached yet, it ends this link cleanly (saving a
         // persistent session for the successor); if it has, the router has
         // already dropped this link and never reads its buffer again.
-        if let Some(ringing) = self.ringing.take() {
-            let _ = tokio::time::timeout(CLOSE_GRACE, ringing).await;
-        }
+        // A ring still waiting for room is superseded by the one below.
+        self.ringing = None;
         self.to_router.clear();
-        if end.publishes_will()
-            && let Some(will) = self.will.take()
-        {
-            debug!(topic = will.topic, "publishing the will");
-            self.to_router.push(mqtt::router_publish(
-                Bytes::from(will.topic),
-                will.payload,
-                will.retain,
-            ));
-        }
-        self.to_router.push(Packet::Disconnect(
-            rumqttd::protocol::Disconnect {
-                reason_code: rumqttd::protocol::DisconnectReasonCode::NormalDisconnection,
-            },
-            None,
-        ));
-        if let Ring::Wait(ringing) = self.link.send(self.to_router.drain(..)) {
-            let _ = tokio::time::timeout(CLOSE_GRACE, ringing).await;
+        let will = self
+            .will
+            .take()
+            .filter(|_| end.publishes_will())
+            .map(|will| {
+                debug!(topic = will.topic, "publishing the will");
+                mqtt::router_publish(Bytes::from(will.topic), will.payload, will.retain)
+            });
+        if let Ring::Wait(ringing) = self.link.detach(will) {
+            // This ring must arrive, however long the router's channel
+            // stays full: without it the router never reads the end of the
+            // link and keeps its slot for good. It needs nothing of this
+            // session, which can close meanwhile.
+            tokio::spawn(ringing);
         }
     }
 
@@ -879,6 +988,12 @@ impl Conn<'_> {
         }
         if self.out.is_empty() && self.out.capacity() > SHRINK_ABOVE {
             self.out = BytesMut::new();
+        }
+        // The router swaps this buffer with its own on every batch, so a
+        // large one comes back after a burst.
+        let mut link_buffer = self.link.tx.buffer();
+        if link_buffer.is_empty() && link_buffer.capacity() > 4 * LINK_BUFFER {
+            link_buffer.shrink_to(LINK_BUFFER);
         }
     }
 
