@@ -599,3 +599,43 @@ async fn a_shared_group_over_two_filters_delivers_every_message_once() {
     got.sort();
     assert_eq!(got, sent);
 }
+
+/// Receipts and commands reach their post through the front, in order,
+/// more than one delivery window's worth, in both protocol versions; a post
+/// that has not subscribed gets nothing, and that is counted.
+#[tokio::test]
+async fn receipts_and_commands_reach_their_post_in_order() {
+    let b = TestBroker::start().await;
+    let ops = b.client(Mqtt::V4, "ops-1", "ops-1").connect().await;
+    for (post, version) in [("p-1", Mqtt::V4), ("p-2", Mqtt::V5)] {
+        let mut client = b.client(version, post, post).connect().await;
+        client.subscribe_ok(&receipts(post)).await;
+        client.subscribe_ok(&topic(post, TopicKind::Commands)).await;
+        const N: usize = 250;
+        for i in 0..N {
+            ops.publish(&receipts(post), format!("r{i}").as_bytes(), false)
+                .await;
+        }
+        ops.publish(&topic(post, TopicKind::Commands), b"c", false)
+            .await;
+        for i in 0..N {
+            assert_eq!(
+                expect_publish(&mut client, &receipts(post)).await,
+                format!("r{i}").as_bytes(),
+                "{post} {version:?}"
+            );
+        }
+        assert_eq!(
+            expect_publish(&mut client, &topic(post, TopicKind::Commands)).await,
+            b"c"
+        );
+    }
+    let dropped = b.metrics().post_messages_dropped;
+    let mut quiet = b.client(Mqtt::V4, "p-1", "p-1").connect().await;
+    ops.publish(&receipts("p-1"), b"unsubscribed", false).await;
+    b.wait_metrics("the receipt counted as dropped", |m| {
+        m.post_messages_dropped > dropped
+    })
+    .await;
+    quiet.expect_no_publish().await;
+}
