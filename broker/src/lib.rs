@@ -49,6 +49,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 pub use config::{BrokerConfig, ConfigError, DEFAULT_CONFIG, Limits};
 pub use metrics::{Metrics, MetricsSnapshot, Reject};
+pub use router::RouterError;
 
 /// Why the broker could not start.
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +60,8 @@ pub enum BrokerError {
     Tls(#[from] vigil_pki::TlsError),
     #[error("listener: {0}")]
     Listener(#[source] std::io::Error),
+    #[error("embedded router: {0}")]
+    Router(#[from] router::RouterError),
 }
 
 /// A running broker.
@@ -83,7 +86,7 @@ impl Broker {
         let tls = material.server_config()?;
         let local_addr = listener.local_addr().map_err(BrokerError::Listener)?;
         let limits = config.limits.clone();
-        let router = router::Router::start(&limits);
+        let router = router::Router::start(&limits).await?;
         let metrics = Arc::new(Metrics::default());
         let front = Arc::new(front::Front {
             acceptor: TlsAcceptor::from(Arc::new(tls)),

@@ -39,7 +39,7 @@ const MAX_OUTGOING_PACKETS: u64 = 200;
 
 /// Why a client could not be attached to the router.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum RouterError {
+pub enum RouterError {
     /// rumqttd's own error, as text: it carries a whole router event.
     #[error("the router refused the session: {0}")]
     Link(String),
@@ -118,21 +118,45 @@ impl<E: Send + 'static> Ringer for EventBell<E> {
     }
 }
 
-/// One client's attachment to the router. Dropping it detaches it (see
+/// A client's way into the router. Dropping it detaches it (see
 /// [`Link::detach`]) unless that was done already.
 pub(crate) struct Link {
-    pub(crate) tx: LinkTx,
-    pub(crate) rx: LinkRx,
-    pub(crate) bell: Bell,
+    way: Way,
     /// The router restored a persistent session for this client id.
     pub(crate) session_present: bool,
     detached: bool,
 }
 
+enum Way {
+    /// A link of the client's own: an ops center, which subscribes through
+    /// the router.
+    Own { tx: LinkTx, rx: LinkRx, bell: Bell },
+    /// One of the router's shared ingress links: a post, which only
+    /// publishes through the router (its receipts and commands come through
+    /// the front), so it needs no router state of its own.
+    Shared(Arc<Ingress>),
+}
+
+/// A link that many posts publish through. A post always uses the same one,
+/// so its publishes stay in order.
+struct Ingress {
+    tx: LinkTx,
+    // std Mutex: held to mint and send one event, never across an await.
+    bell: std::sync::Mutex<Bell>,
+    /// Kept so that the router's sends to it do not fail; nothing arrives
+    /// but its CONNACK, since it never subscribes or publishes at QoS > 0.
+    _rx: LinkRx,
+}
+
 impl std::fmt::Debug for Link {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let id = match &self.way {
+            Way::Own { rx, .. } => rx.id(),
+            Way::Shared(ingress) => ingress._rx.id(),
+        };
         f.debug_struct("Link")
-            .field("id", &self.rx.id())
+            .field("id", &id)
+            .field("shared", &matches!(self.way, Way::Shared(_)))
             .field("session_present", &self.session_present)
             .finish_non_exhaustive()
     }
@@ -141,8 +165,36 @@ impl std::fmt::Debug for Link {
 impl Link {
     /// Hands `packets` to the router and rings it.
     pub(crate) fn send(&mut self, packets: impl IntoIterator<Item = Packet>) -> Ring {
-        self.tx.buffer().extend(packets);
-        self.bell.ring()
+        match &mut self.way {
+            Way::Own { tx, bell, .. } => {
+                tx.buffer().extend(packets);
+                bell.ring()
+            }
+            Way::Shared(ingress) => {
+                ingress.tx.buffer().extend(packets);
+                ingress.bell.lock().expect("bell lock").ring()
+            }
+        }
+    }
+
+    /// What the router has for this client, for a link of its own.
+    pub(crate) fn receiver(&mut self) -> Option<&mut LinkRx> {
+        match &mut self.way {
+            Way::Own { rx, .. } => Some(rx),
+            Way::Shared(_) => None,
+        }
+    }
+
+    /// Gives back the memory of an idle link's inbound buffer: rumqttd sizes
+    /// it for 200 packets of about 400 bytes, and swaps it with its own on
+    /// every batch, so a large one comes back after a burst.
+    pub(crate) fn shrink(&self, keep: usize) {
+        if let Way::Own { tx, .. } = &self.way {
+            let mut buffer = tx.buffer();
+            if buffer.is_empty() && buffer.capacity() > 4 * keep {
+                buffer.shrink_to(keep);
+            }
+        }
     }
 
     /// Marks the link as ended by the router itself: nothing to tell it.
@@ -150,26 +202,28 @@ impl Link {
         self.detached = true;
     }
 
-    /// Hands the router `last` (a will, say) and then the end of this link,
-    /// so that it frees the connection (saving a persistent session). The
-    /// router knows a link only by its slot: a link dropped without this
-    /// would hold its slot, and its subscriptions, for the life of the
-    /// process.
+    /// Hands the router `last` (a will, say) and then, for a link of the
+    /// client's own, the end of the link, so that the router frees the
+    /// connection (saving a persistent session). The router knows a link
+    /// only by its slot: a link dropped without this would hold its slot,
+    /// and its subscriptions, for the life of the process.
     pub(crate) fn detach(&mut self, last: impl IntoIterator<Item = Packet>) -> Ring {
         self.detached = true;
-        let end = Packet::Disconnect(
-            Disconnect {
-                reason_code: DisconnectReasonCode::NormalDisconnection,
-            },
-            None,
-        );
-        self.send(last.into_iter().chain(std::iter::once(end)))
+        let end = matches!(self.way, Way::Own { .. }).then(|| {
+            Packet::Disconnect(
+                Disconnect {
+                    reason_code: DisconnectReasonCode::NormalDisconnection,
+                },
+                None,
+            )
+        });
+        self.send(last.into_iter().chain(end))
     }
 }
 
 impl Drop for Link {
     fn drop(&mut self) {
-        if self.detached {
+        if self.detached || matches!(self.way, Way::Shared(_)) {
             return;
         }
         if let Ring::Wait(ringing) = self.detach([]) {
@@ -182,12 +236,17 @@ impl Drop for Link {
     }
 }
 
-type Attach = dyn Fn(&str, bool) -> Result<Link, RouterError> + Send + Sync;
+type Attach = dyn Fn(&str, bool) -> Result<(LinkTx, LinkRx, Bell, bool), RouterError> + Send + Sync;
+
+/// Shared ingress links for posts. More of them means less contention on
+/// each one's buffer lock; each ring makes the router take a whole batch.
+const INGRESS_LINKS: usize = 8;
 
 /// The running router.
 #[derive(Clone)]
 pub(crate) struct Router {
     attach: Arc<Attach>,
+    ingress: Arc<[Arc<Ingress>]>,
 }
 
 impl std::fmt::Debug for Router {
@@ -200,7 +259,7 @@ impl Router {
     /// Starts the router thread. It runs until the process exits; a broker
     /// that stops has closed every link first, so the router holds nothing
     /// worth saving.
-    pub(crate) fn start(limits: &Limits) -> Self {
+    pub(crate) async fn start(limits: &Limits) -> Result<Self, RouterError> {
         let config = RouterConfig {
             // Room for every front connection, and for the old session of a
             // client that is being taken over.
@@ -211,7 +270,9 @@ impl Router {
             ..RouterConfig::default()
         };
         let router_tx = rumqttd::Router::new(0, config).spawn();
-        let attach = move |client_id: &str, clean: bool| -> Result<Link, RouterError> {
+        let attach = move |client_id: &str,
+                           clean: bool|
+              -> Result<(LinkTx, LinkRx, Bell, bool), RouterError> {
             let (tx, rx, ack) = LinkBuilder::new(client_id, router_tx.clone())
                 .clean_session(clean)
                 // Publishes to topics nobody subscribes to yet (events
@@ -230,16 +291,43 @@ impl Router {
                 mint,
                 minted,
             }));
-            Ok(Link {
-                tx,
-                rx,
-                bell,
-                session_present,
-                detached: false,
-            })
+            Ok((tx, rx, bell, session_present))
         };
-        Self {
-            attach: Arc::new(attach),
+        let attach: Arc<Attach> = Arc::new(attach);
+        let build = attach.clone();
+        // Client ids a certificate identity can never have (`_`).
+        let ingress = tokio::task::spawn_blocking(move || {
+            (0..INGRESS_LINKS)
+                .map(|i| {
+                    let (tx, rx, bell, _) = build(&format!("_vigil_ingress_{i}"), true)?;
+                    Ok(Arc::new(Ingress {
+                        tx,
+                        bell: std::sync::Mutex::new(bell),
+                        _rx: rx,
+                    }))
+                })
+                .collect::<Result<Vec<_>, RouterError>>()
+        })
+        .await
+        .map_err(|_| RouterError::Gone)??;
+        Ok(Self {
+            attach,
+            ingress: ingress.into(),
+        })
+    }
+
+    /// The way into the router for a post: one of the shared ingress links,
+    /// always the same for one identity.
+    pub(crate) fn ingress(&self, identity: &str) -> Link {
+        // FNV-1a: any stable spread will do.
+        let hash = identity.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+        let ingress = self.ingress[(hash % self.ingress.len() as u64) as usize].clone();
+        Link {
+            way: Way::Shared(ingress),
+            session_present: false,
+            detached: false,
         }
     }
 
@@ -253,8 +341,13 @@ impl Router {
         let (tx, rx) = tokio::sync::oneshot::channel();
         // `build` blocks until the router has registered the link.
         tokio::task::spawn_blocking(move || {
+            let link = attach(&client_id, clean).map(|(tx, rx, bell, session_present)| Link {
+                way: Way::Own { tx, rx, bell },
+                session_present,
+                detached: false,
+            });
             // If nobody waits any more, dropping the link detaches it.
-            let _ = tx.send(attach(&client_id, clean));
+            let _ = tx.send(link);
         });
         rx.await.map_err(|_| RouterError::Gone)?
     }

@@ -234,21 +234,23 @@ where
         }
     };
 
-    let attach = tokio::time::timeout(
-        ATTACH_TIMEOUT,
-        ctx.router
-            .attach(peer.identity.as_str(), connect.clean_session),
-    );
-    let link = match attach.await {
-        Ok(Ok(link)) => link,
-        Ok(Err(error)) => return router_unavailable(ctx, &mut stream, version, &error).await,
-        Err(_) => return router_unavailable(ctx, &mut stream, version, &"timed out").await,
+    let link = if peer.role == vigil_pki::Role::Post {
+        ctx.router.ingress(peer.identity.as_str())
+    } else {
+        let attach = tokio::time::timeout(
+            ATTACH_TIMEOUT,
+            ctx.router
+                .attach(peer.identity.as_str(), connect.clean_session),
+        );
+        match attach.await {
+            Ok(Ok(link)) => link,
+            Ok(Err(error)) => return router_unavailable(ctx, &mut stream, version, &error).await,
+            Err(_) => return router_unavailable(ctx, &mut stream, version, &"timed out").await,
+        }
     };
     ctx.metrics.authenticated();
     debug!(session_present = link.session_present, "attached");
-    // rumqttd sizes every link's inbound buffer for 200 packets of about
-    // 400 bytes; a post hands it one or two at a time.
-    link.tx.buffer().shrink_to(LINK_BUFFER);
+    link.shrink(LINK_BUFFER);
 
     let mut out = BytesMut::new();
     let offer = mqtt::Offer {
@@ -436,7 +438,11 @@ impl Conn<'_> {
                 // The router paused this link when its buffer filled; now
                 // that the client has taken what we had, ask for more.
                 self.unscheduled = false;
-                if self.link.rx.wake().await.is_err() {
+                let woken = match self.link.receiver() {
+                    Some(rx) => rx.wake().await.is_ok(),
+                    None => true,
+                };
+                if !woken {
                     return End::RouterGone;
                 }
             }
@@ -448,7 +454,8 @@ impl Conn<'_> {
                 tokio::time::sleep_until(self.throttled_until.unwrap_or_else(Instant::now));
             let out = &self.out;
             let inbuf = &mut self.inbuf;
-            let rx = &mut self.link.rx;
+            let rx = self.link.receiver();
+            let has_rx = rx.is_some();
             let ringing = &mut self.ringing;
             let direct_room =
                 room && self.direct_inflight.len() < self.client_receive_max.min(DIRECT_WINDOW);
@@ -476,14 +483,20 @@ impl Conn<'_> {
                         return End::Lost;
                     }
                 },
-                note = rx.next(), if room => match note {
+                note = async move {
+                    match rx {
+                        Some(rx) => rx.next().await,
+                        None => std::future::pending().await,
+                    }
+                }, if room && has_rx => match note {
                     Ok(note) => {
                         if let Err(end) = self.deliver(note) {
                             return end;
                         }
                         // Everything else the router has queued, in the same batch.
                         loop {
-                            match self.link.rx.recv_deadline(std::time::Instant::now()) {
+                            let rx = self.link.receiver().expect("a link of its own");
+                            match rx.recv_deadline(std::time::Instant::now()) {
                                 Ok(note) => {
                                     if let Err(end) = self.deliver(note) {
                                         return end;
@@ -989,12 +1002,7 @@ impl Conn<'_> {
         if self.out.is_empty() && self.out.capacity() > SHRINK_ABOVE {
             self.out = BytesMut::new();
         }
-        // The router swaps this buffer with its own on every batch, so a
-        // large one comes back after a burst.
-        let mut link_buffer = self.link.tx.buffer();
-        if link_buffer.is_empty() && link_buffer.capacity() > 4 * LINK_BUFFER {
-            link_buffer.shrink_to(LINK_BUFFER);
-        }
+        self.link.shrink(LINK_BUFFER);
     }
 
     fn malformed(&self, error: &dyn std::fmt::Display, at: &str) -> End {
