@@ -72,7 +72,10 @@ where
     let auth = conn.authenticator();
     let shutdown = conn.shutdown().clone();
     let peer = conn.peer_addr();
-    let service = Authenticating { auth, inner: service };
+    let service = Authenticating {
+        auth,
+        inner: service,
+    };
     async move {
         let http = http1::Builder::new()
             .timer(TokioTimer::new())

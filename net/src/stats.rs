@@ -78,14 +78,46 @@ impl StatsSnapshot {
     pub fn counters(&self) -> [(&'static str, &'static str, u64); 9] {
         [
             ("connections_total", "Connections admitted.", self.accepted),
-            ("authenticated_total", "Connections that authenticated.", self.authenticated),
-            ("refused_source_total", "Connections closed at accept: per-source cap, none of that source unauthenticated.", self.refused_source),
-            ("refused_full_total", "Connections closed at accept: total cap, every connection authenticated.", self.refused_full),
-            ("shed_total", "Unauthenticated connections closed to admit a newer one.", self.shed),
-            ("preauth_timeouts_total", "Connections closed for not authenticating in time.", self.preauth_timeouts),
-            ("idle_timeouts_total", "Authenticated connections closed for silence.", self.idle_timeouts),
-            ("tls_failures_total", "Failed TLS handshakes.", self.tls_failures),
-            ("accept_errors_total", "Failed accepts that made the listener back off.", self.accept_errors),
+            (
+                "authenticated_total",
+                "Connections that authenticated.",
+                self.authenticated,
+            ),
+            (
+                "refused_source_total",
+                "Connections closed at accept: per-source cap, none of that source unauthenticated.",
+                self.refused_source,
+            ),
+            (
+                "refused_full_total",
+                "Connections closed at accept: total cap, every connection authenticated.",
+                self.refused_full,
+            ),
+            (
+                "shed_total",
+                "Unauthenticated connections closed to admit a newer one.",
+                self.shed,
+            ),
+            (
+                "preauth_timeouts_total",
+                "Connections closed for not authenticating in time.",
+                self.preauth_timeouts,
+            ),
+            (
+                "idle_timeouts_total",
+                "Authenticated connections closed for silence.",
+                self.idle_timeouts,
+            ),
+            (
+                "tls_failures_total",
+                "Failed TLS handshakes.",
+                self.tls_failures,
+            ),
+            (
+                "accept_errors_total",
+                "Failed accepts that made the listener back off.",
+                self.accept_errors,
+            ),
         ]
     }
 }

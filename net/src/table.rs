@@ -123,7 +123,9 @@ impl Inner {
         let Some(entry) = self.entries.remove(&id) else {
             return false;
         };
-        stats.open.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        stats
+            .open
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         if !entry.authenticated {
             self.unauthenticated.remove(&id);
             stats
@@ -337,7 +339,10 @@ mod tests {
         // Everyone authenticated: the newcomer is refused.
         assert_eq!(t.admit(ip(5)).unwrap_err(), Refused::Full);
         let s = t.stats().snapshot();
-        assert_eq!((s.open, s.shed, s.refused_full, s.unauthenticated), (3, 1, 1, 0));
+        assert_eq!(
+            (s.open, s.shed, s.refused_full, s.unauthenticated),
+            (3, 1, 1, 0)
+        );
         // A shed slot dropping later frees nothing twice.
         drop(b);
         assert_eq!(t.stats().snapshot().open, 3);

@@ -11,6 +11,7 @@
 //! - [`authority`]: the CA on disk: `init`, `issue`, `revoke` (rcgen, ECDSA P-256).
 //! - [`accept`]: re-exported from `vigil-net`, where the accept loop now
 //!   lives; kept so older callers (the broker front) still compile.
+//! - [`reload`]: our own certificate and key, following their files.
 //! - [`tls`]: the `[tls]` config table and building rustls server and client
 //!   configs from it, with CRL checks.
 
@@ -20,6 +21,7 @@ pub use vigil_net::accept;
 pub mod authority;
 pub mod crl;
 pub mod identity;
+pub mod reload;
 pub mod tls;
 
 pub use identity::{Identity, IdentityError, Peer, Role};
