@@ -51,9 +51,15 @@ enum Expired {
 impl Front {
     /// A front named `name` (`api`, `dc09`, `camera_push`, `metrics`…).
     pub fn new(name: &'static str, limits: Limits) -> Self {
+        Self::with_stats(name, limits, Arc::default())
+    }
+
+    /// A front counting into `stats`, which the daemon's metrics hold from
+    /// before the listener starts.
+    pub fn with_stats(name: &'static str, limits: Limits, stats: Arc<Stats>) -> Self {
         Self {
             name,
-            table: Table::new(limits, Arc::default()),
+            table: Table::new(limits, stats),
         }
     }
 
