@@ -6,9 +6,11 @@
 //! pre-authentication deadline and first to be shed. Services that check
 //! a token or a certificate still answer 401 themselves; what this layer
 //! guards is the listener, not the resource. Headers of every request must
-//! arrive within the pre-authentication deadline; between requests the
-//! front's idle timeout applies. On shutdown each connection finishes the
-//! request in hand and closes.
+//! arrive within the pre-authentication deadline (hyper's header timeout,
+//! which starts as soon as hyper waits for a request: a kept-alive
+//! connection with no new request is closed after it too); the front's idle
+//! timeout bounds a request whose body or answer stalls. On shutdown each
+//! connection finishes the request in hand and closes.
 
 use std::{error::Error as StdError, future::Future};
 

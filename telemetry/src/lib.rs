@@ -43,7 +43,9 @@ pub const MAX_CONNECTIONS: usize = 16;
 pub const MAX_PER_SOURCE: usize = 8;
 /// A request's headers must arrive within this long of the connection.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
-/// A kept-alive connection silent this long is closed.
+/// A connection with no byte either way for this long is closed (a
+/// kept-alive one goes sooner: its next headers are due within
+/// [`HEADER_TIMEOUT`]).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// The limits of the endpoint's listener.

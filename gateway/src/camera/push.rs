@@ -90,8 +90,7 @@ pub struct PushConfig {
 }
 
 impl PushConfig {
-    /// The listener's limits. A kept-alive connection silent for
-    /// [`IDLE_TIMEOUT`] is closed.
+    /// The listener's limits.
     pub fn limits(&self) -> vigil_net::Limits {
         vigil_net::Limits {
             max_connections: self.max_connections,
@@ -103,7 +102,9 @@ impl PushConfig {
     }
 }
 
-/// A kept-alive push connection with no request for this long is closed.
+/// A push connection with no byte either way for this long is closed (a
+/// kept-alive one goes sooner: its next request's headers are due within
+/// `request_timeout`).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Counters for tests and metrics.
