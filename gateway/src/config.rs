@@ -388,10 +388,18 @@ impl GatewayConfig {
         if self.dc09.max_frame_bytes < 64 {
             return Err(invalid("dc09.max_frame_bytes", "must be at least 64"));
         }
-        self.receiver_limits()
-            .tcp()
-            .validate()
-            .map_err(|e| invalid("dc09", e.to_string()))?;
+        if !(1..=self.dc09.max_connections).contains(&self.dc09.max_connections_per_source) {
+            return Err(invalid(
+                "dc09.max_connections_per_source",
+                "must be between 1 and dc09.max_connections",
+            ));
+        }
+        if self.dc09.preauth_timeout_secs == 0 {
+            return Err(invalid("dc09.preauth_timeout_secs", "must be at least 1"));
+        }
+        if self.dc09.idle_timeout_secs == 0 {
+            return Err(invalid("dc09.idle_timeout_secs", "must be at least 1"));
+        }
         self.accounts()?;
         self.push_cameras()?;
         self.onvif_cameras()?;
@@ -931,5 +939,39 @@ mod tests {
         let twice = DEFAULT_CONFIG.to_owned() + "\n[[dc09.accounts]]\naccount = \"1234\"\n";
         let err = parse(&twice).unwrap_err().to_string();
         assert!(err.contains("configured twice"), "{err}");
+    }
+
+    #[test]
+    fn listener_limits_and_timestamp_requirement_are_read_and_checked() {
+        let config = parse(DEFAULT_CONFIG).unwrap();
+        let limits = config.receiver_limits();
+        assert_eq!(limits.max_connections_per_source, 16);
+        assert_eq!(limits.preauth_timeout, Duration::from_secs(5));
+        assert!(!config.accounts().unwrap()[0].require_timestamp);
+
+        let with = |from: &str, to: &str| DEFAULT_CONFIG.replacen(from, to, 1);
+        let strict = parse(&with(
+            "require_timestamp = false",
+            "require_timestamp = true",
+        ))
+        .unwrap();
+        assert!(strict.accounts().unwrap()[0].require_timestamp);
+        let cases = [
+            (
+                with(
+                    "max_connections_per_source = 16",
+                    "max_connections_per_source = 999",
+                ),
+                "dc09.max_connections_per_source",
+            ),
+            (
+                with("preauth_timeout_secs = 5", "preauth_timeout_secs = 0"),
+                "dc09.preauth_timeout_secs",
+            ),
+        ];
+        for (text, expected) in cases {
+            let err = parse(&text).unwrap_err().to_string();
+            assert!(err.contains(expected), "{expected}: {err}");
+        }
     }
 }

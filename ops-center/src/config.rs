@@ -190,10 +190,21 @@ impl OpsConfig {
                 format!("must be between 1024 and {MAX_BATCH_BYTES_LIMIT}"),
             ));
         }
-        self.api
-            .limits()
-            .validate()
-            .map_err(|e| ("api".to_owned(), e.to_string()))?;
+        if self.api.max_connections == 0 {
+            return Err(("api.max_connections".into(), "must be at least 1".into()));
+        }
+        if !(1..=self.api.max_connections).contains(&self.api.max_connections_per_source) {
+            return Err((
+                "api.max_connections_per_source".into(),
+                "must be between 1 and api.max_connections".into(),
+            ));
+        }
+        if self.api.preauth_timeout_secs == 0 {
+            return Err((
+                "api.preauth_timeout_secs".into(),
+                "must be at least 1".into(),
+            ));
+        }
         self.engine
             .validate()
             .map_err(|e| (format!("engine.{}", e.field), e.reason))
@@ -264,6 +275,14 @@ mod tests {
             (
                 "[mqtt]\nserver = \"h:1\"\n[engine.procedures]\nfires = \"x\"\n",
                 "engine.procedures.fires",
+            ),
+            (
+                "[mqtt]\nserver = \"h:1\"\n[api]\nlisten = \"127.0.0.1:1\"\nmax_connections = 8\nmax_connections_per_source = 9\n",
+                "api.max_connections_per_source",
+            ),
+            (
+                "[mqtt]\nserver = \"h:1\"\n[api]\nlisten = \"127.0.0.1:1\"\npreauth_timeout_secs = 0\n",
+                "api.preauth_timeout_secs",
             ),
         ] {
             std::fs::write(&path, format!("{base}{extra}")).unwrap();
