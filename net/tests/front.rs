@@ -347,3 +347,59 @@ async fn http1_serves_requests_past_idle_sockets_and_sheds_them() {
     shutdown.cancel();
     tokio::time::timeout(WAIT, task).await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn shutdown_lets_handlers_finish_then_drops_the_stuck_ones() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let front = Front::new(
+        "stuck",
+        Limits {
+            grace: Duration::from_millis(200),
+            ..limits(8, 8, 60_000)
+        },
+    );
+    let shutdown = CancellationToken::new();
+    let (polite_done_tx, mut polite_done) = tokio::sync::mpsc::channel::<()>(1);
+    let task = tokio::spawn({
+        let (front, shutdown) = (front.clone(), shutdown.clone());
+        async move {
+            front
+                .serve(listener, shutdown, move |mut conn| {
+                    let done = polite_done_tx.clone();
+                    async move {
+                        let mut first = [0u8; 1];
+                        if conn.read_exact(&mut first).await.is_err() {
+                            return;
+                        }
+                        conn.authenticated();
+                        if first[0] == b'p' {
+                            // Polite: finishes its message on shutdown.
+                            conn.shutdown().cancelled().await;
+                            let _ = conn.write_all(b"bye").await;
+                            let _ = done.send(()).await;
+                        } else {
+                            // Stuck: ignores shutdown altogether.
+                            std::future::pending::<()>().await;
+                        }
+                    }
+                })
+                .await;
+        }
+    });
+    let mut polite = TcpStream::connect(addr).await.unwrap();
+    let mut stuck = TcpStream::connect(addr).await.unwrap();
+    polite.write_all(b"p").await.unwrap();
+    stuck.write_all(b"s").await.unwrap();
+    let stats = front.stats();
+    eventually("both authenticated", || stats.snapshot().authenticated == 2).await;
+    shutdown.cancel();
+    let mut bye = [0u8; 3];
+    polite.read_exact(&mut bye).await.unwrap();
+    assert_eq!(&bye, b"bye");
+    assert!(polite_done.recv().await.is_some());
+    // serve returns once the grace period is over, the stuck handler dropped.
+    tokio::time::timeout(WAIT, task).await.unwrap().unwrap();
+    assert!(closed(&mut stuck).await);
+    assert_eq!(stats.snapshot().open, 0);
+}
