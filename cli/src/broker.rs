@@ -20,6 +20,14 @@ pub(crate) struct BrokerArgs {
 pub(crate) fn run(args: &BrokerArgs) -> Result<()> {
     // Everything in the config is checked before any socket is bound.
     let config = BrokerConfig::load(&args.config).map_err(|e| Usage(e.to_string()))?;
+    // The broker loads its own TLS material; this copy follows the same
+    // files, for the certificate-expiry gauge only.
+    let own = config
+        .tls
+        .load()
+        .map_err(|e| Usage(format!("{}: {e}", args.config.display())))?
+        .own_cert()
+        .clone();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -34,7 +42,10 @@ pub(crate) fn run(args: &BrokerArgs) -> Result<()> {
         let counters = broker.counters();
         crate::metrics::serve(
             config.metrics.as_ref(),
-            move |out| counters.snapshot().export(out),
+            move |out| {
+                counters.snapshot().export(out);
+                out.own_certificate_expiry(own.not_after());
+            },
             shutdown.clone(),
         )
         .await?;

@@ -47,7 +47,11 @@ pub(crate) fn run(args: &GatewayArgs) -> Result<()> {
             config.metrics.as_ref(),
             {
                 let metrics = metrics.clone();
-                move |out| metrics.export(out)
+                let own = tls.own_cert().clone();
+                move |out| {
+                    metrics.export(out);
+                    out.own_certificate_expiry(own.not_after());
+                }
             },
             shutdown.clone(),
         )

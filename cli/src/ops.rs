@@ -59,7 +59,11 @@ pub(crate) fn run(args: &OpsArgs) -> Result<()> {
             cfg.metrics.as_ref(),
             {
                 let metrics = metrics.clone();
-                move |out| metrics.snapshot().export(out)
+                let own = material.own_cert().clone();
+                move |out| {
+                    metrics.snapshot().export(out);
+                    out.own_certificate_expiry(own.not_after());
+                }
             },
             shutdown.clone(),
         )

@@ -135,6 +135,7 @@ fn the_pusher_posts_to_the_push_endpoint() {
                 }],
                 max_body_bytes: 4096,
                 max_connections: 4,
+                max_connections_per_source: 4,
                 request_timeout: Duration::from_secs(5),
             },
             CameraInput::new(outbox.clone(), Duration::from_secs(300)),

@@ -117,9 +117,13 @@ pub struct HttpConfig {
     /// Larger request bodies are refused with 413.
     #[serde(default = "defaults::max_body")]
     pub max_body_bytes: usize,
-    /// Most HTTP connections at once.
+    /// Most HTTP connections at once. At the cap, the oldest connection
+    /// that has not sent a request yet is closed for the newcomer.
     #[serde(default = "defaults::http_connections")]
     pub max_connections: usize,
+    /// Most HTTP connections at once from one IP address.
+    #[serde(default = "defaults::http_connections_per_source")]
+    pub max_connections_per_source: usize,
     /// Headers and body must arrive within this many seconds.
     #[serde(default = "defaults::request_timeout")]
     pub request_timeout_secs: u64,
@@ -179,9 +183,18 @@ pub struct Dc09Config {
     /// TCP and UDP address panels report to.
     #[serde(default = "defaults::dc09_listen")]
     pub listen: SocketAddr,
-    /// Most TCP connections from panels at once.
+    /// Most TCP connections from panels at once. At the cap, the oldest
+    /// connection that has not sent a valid frame yet is closed for the
+    /// newcomer.
     #[serde(default = "defaults::max_connections")]
     pub max_connections: usize,
+    /// Most TCP connections at once from one IP address.
+    #[serde(default = "defaults::max_connections_per_source")]
+    pub max_connections_per_source: usize,
+    /// A TCP connection that sends no valid frame within this many seconds
+    /// is closed.
+    #[serde(default = "defaults::dc09_preauth_timeout")]
+    pub preauth_timeout_secs: u64,
     /// A TCP connection with nothing received for this long is closed.
     #[serde(default = "defaults::idle_timeout")]
     pub idle_timeout_secs: u64,
@@ -211,6 +224,10 @@ pub struct AccountConfig {
     /// included) for this long; 0 = not supervised.
     #[serde(default)]
     pub supervision_secs: u64,
+    /// NAK clear-text frames without a timestamp, so the replay window
+    /// always applies to this account.
+    #[serde(default)]
+    pub require_timestamp: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -262,6 +279,15 @@ mod defaults {
     }
     pub(super) fn max_connections() -> usize {
         256
+    }
+    pub(super) fn max_connections_per_source() -> usize {
+        16
+    }
+    pub(super) fn dc09_preauth_timeout() -> u64 {
+        5
+    }
+    pub(super) fn http_connections_per_source() -> usize {
+        16
     }
     pub(super) fn idle_timeout() -> u64 {
         120
@@ -318,6 +344,8 @@ pub struct Account {
     pub window_behind: Duration,
     pub window_ahead: Duration,
     pub supervision: Option<Duration>,
+    /// NAK untimed clear-text frames.
+    pub require_timestamp: bool,
 }
 
 impl GatewayConfig {
@@ -360,6 +388,18 @@ impl GatewayConfig {
         if self.dc09.max_frame_bytes < 64 {
             return Err(invalid("dc09.max_frame_bytes", "must be at least 64"));
         }
+        if !(1..=self.dc09.max_connections).contains(&self.dc09.max_connections_per_source) {
+            return Err(invalid(
+                "dc09.max_connections_per_source",
+                "must be between 1 and dc09.max_connections",
+            ));
+        }
+        if self.dc09.preauth_timeout_secs == 0 {
+            return Err(invalid("dc09.preauth_timeout_secs", "must be at least 1"));
+        }
+        if self.dc09.idle_timeout_secs == 0 {
+            return Err(invalid("dc09.idle_timeout_secs", "must be at least 1"));
+        }
         self.accounts()?;
         self.push_cameras()?;
         self.onvif_cameras()?;
@@ -382,6 +422,12 @@ impl GatewayConfig {
         }
         if http.request_timeout_secs == 0 {
             return Err(invalid("http.request_timeout_secs", "must be at least 1"));
+        }
+        if !(1..=http.max_connections).contains(&http.max_connections_per_source) {
+            return Err(invalid(
+                "http.max_connections_per_source",
+                "must be between 1 and http.max_connections",
+            ));
         }
         let mut cameras = HashSet::new();
         let mut tokens = HashSet::new();
@@ -494,8 +540,20 @@ impl GatewayConfig {
             cameras,
             max_body_bytes: http.max_body_bytes,
             max_connections: http.max_connections,
+            max_connections_per_source: http.max_connections_per_source,
             request_timeout: Duration::from_secs(http.request_timeout_secs),
         }))
+    }
+
+    /// The DC-09 listeners' limits.
+    pub fn receiver_limits(&self) -> crate::receiver::ReceiverLimits {
+        crate::receiver::ReceiverLimits {
+            max_connections: self.dc09.max_connections,
+            max_connections_per_source: self.dc09.max_connections_per_source,
+            preauth_timeout: Duration::from_secs(self.dc09.preauth_timeout_secs),
+            idle_timeout: Duration::from_secs(self.dc09.idle_timeout_secs),
+            max_frame_bytes: self.dc09.max_frame_bytes,
+        }
     }
 
     /// `(host, port)` of `mqtt.server`.
@@ -550,6 +608,7 @@ impl GatewayConfig {
                     window_ahead: Duration::from_secs(a.window_ahead_secs),
                     supervision: (a.supervision_secs > 0)
                         .then(|| Duration::from_secs(a.supervision_secs)),
+                    require_timestamp: a.require_timestamp,
                 })
             })
             .collect()
@@ -623,7 +682,15 @@ resend_after_secs = 30
 [dc09]
 # Panels report here, over TCP and UDP on the same port.
 listen = "0.0.0.0:7000"
+# TCP connections at once. At the cap, the oldest connection that has not
+# sent a valid frame yet is closed for the newcomer.
 max_connections = 256
+# TCP connections at once from one IP address (same rule within it).
+max_connections_per_source = 16
+# A TCP connection that sends no valid frame (good CRC, configured account)
+# within this many seconds is closed.
+preauth_timeout_secs = 5
+# Then, a connection with nothing received for this long is closed.
 idle_timeout_secs = 120
 max_frame_bytes = 4105
 
@@ -636,6 +703,10 @@ window_behind_secs = 40
 window_ahead_secs = 20
 # Raise a supervision fault after this much silence (0 = off).
 supervision_secs = 0
+# NAK clear-text frames without a timestamp, so the window above always
+# applies (a replayed frame cannot be ACKed as new). Encrypted frames always
+# carry one. Turn on for every panel that sends timestamps.
+require_timestamp = false
 
 [outbox]
 # Beyond these, new frames are NAKed (the panel keeps its alarm and retries).
@@ -665,6 +736,7 @@ stale_secs = 300
 # listen = "0.0.0.0:8080"
 # max_body_bytes = 16384
 # max_connections = 64
+# max_connections_per_source = 16
 # request_timeout_secs = 10
 #
 # One table per pushing camera; each has its own token (16+ characters).
@@ -867,5 +939,39 @@ mod tests {
         let twice = DEFAULT_CONFIG.to_owned() + "\n[[dc09.accounts]]\naccount = \"1234\"\n";
         let err = parse(&twice).unwrap_err().to_string();
         assert!(err.contains("configured twice"), "{err}");
+    }
+
+    #[test]
+    fn listener_limits_and_timestamp_requirement_are_read_and_checked() {
+        let config = parse(DEFAULT_CONFIG).unwrap();
+        let limits = config.receiver_limits();
+        assert_eq!(limits.max_connections_per_source, 16);
+        assert_eq!(limits.preauth_timeout, Duration::from_secs(5));
+        assert!(!config.accounts().unwrap()[0].require_timestamp);
+
+        let with = |from: &str, to: &str| DEFAULT_CONFIG.replacen(from, to, 1);
+        let strict = parse(&with(
+            "require_timestamp = false",
+            "require_timestamp = true",
+        ))
+        .unwrap();
+        assert!(strict.accounts().unwrap()[0].require_timestamp);
+        let cases = [
+            (
+                with(
+                    "max_connections_per_source = 16",
+                    "max_connections_per_source = 999",
+                ),
+                "dc09.max_connections_per_source",
+            ),
+            (
+                with("preauth_timeout_secs = 5", "preauth_timeout_secs = 0"),
+                "dc09.preauth_timeout_secs",
+            ),
+        ];
+        for (text, expected) in cases {
+            let err = parse(&text).unwrap_err().to_string();
+            assert!(err.contains(expected), "{expected}: {err}");
+        }
     }
 }

@@ -122,21 +122,6 @@ impl Metrics {
                 &d.duh,
             ),
             (
-                "vigil_gateway_dc09_tcp_connections_total",
-                "Panel TCP connections accepted.",
-                &d.tcp_connections,
-            ),
-            (
-                "vigil_gateway_dc09_tcp_refused_busy_total",
-                "Panel TCP connections refused at the connection limit.",
-                &d.tcp_refused_busy,
-            ),
-            (
-                "vigil_gateway_dc09_tcp_idle_closed_total",
-                "Panel TCP connections closed for idleness.",
-                &d.tcp_idle_closed,
-            ),
-            (
                 "vigil_gateway_dc09_garbage_bytes_total",
                 "Bytes skipped that were not part of a frame.",
                 &d.dropped_garbage_bytes,
@@ -149,6 +134,7 @@ impl Metrics {
             ("unknown_account", &d.nak_unknown_account),
             ("undecryptable", &d.nak_undecryptable),
             ("storage", &d.nak_storage),
+            ("untimed", &d.nak_untimed),
         ] {
             out.counter_with(
                 "vigil_gateway_dc09_nak_total",
@@ -168,6 +154,8 @@ impl Metrics {
                 counter.load(Relaxed),
             );
         }
+        out.listener("dc09", &d.listener.snapshot());
+        out.listener("camera_push", &self.camera_push.listener.snapshot());
         let p = &self.publisher;
         for (name, help, counter) in [
             (
@@ -383,11 +371,7 @@ pub async fn run(
         supervisor,
         metrics.dc09.clone(),
     ));
-    let limits = receiver::ReceiverLimits {
-        max_connections: config.dc09.max_connections,
-        idle_timeout: Duration::from_secs(config.dc09.idle_timeout_secs),
-        max_frame_bytes: config.dc09.max_frame_bytes,
-    };
+    let limits = config.receiver_limits();
     tracker.spawn(receiver::serve(
         receiver,
         listeners.dc09_tcp,

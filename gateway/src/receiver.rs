@@ -7,10 +7,20 @@
 //! the alarm and retries), `DUH` for what we do not support, and nothing for
 //! frames damaged in transit (bad CRC or length), which are only counted.
 //!
-//! Each TCP connection is its own task, bounded in number (a semaphore), in
-//! idle time and in frame size, so a slow or silent panel never delays
-//! another. Each UDP datagram is handled in its own task too (bounded), so a
-//! commit in progress does not hold up other panels' datagrams.
+//! TCP connections come through the shared listener plumbing
+//! (`vigil_net::Front`): each is its own task, capped in total and per
+//! source address, and must send a valid frame (good CRC, configured
+//! account, decryptable) within the pre-authentication deadline, a few
+//! seconds; after that the idle timeout applies. At the total cap the
+//! oldest connection that never sent a valid frame is dropped for the
+//! newcomer, so a flood of silent sockets cannot lock panels out. Frames
+//! are bounded in size. Each UDP datagram is handled in its own task too
+//! (bounded), so a commit in progress does not hold up other panels'
+//! datagrams.
+//!
+//! An account with `require_timestamp` gets NAK for a clear-text frame
+//! without a timestamp, so its replay window always applies (encrypted
+//! frames always carry one).
 
 use std::{
     collections::HashMap,
@@ -30,6 +40,7 @@ use tokio::{
 };
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{Instrument, debug, info, info_span, warn};
+use vigil_net::{Conn, Front};
 
 use crate::{
     config::Account,
@@ -62,13 +73,15 @@ pub struct Dc09Metrics {
     pub nak_unknown_account: AtomicU64,
     pub nak_undecryptable: AtomicU64,
     pub nak_storage: AtomicU64,
+    /// Clear-text frames without a timestamp from an account that
+    /// requires one.
+    pub nak_untimed: AtomicU64,
     pub duh: AtomicU64,
     pub dropped_damaged: AtomicU64,
     pub dropped_garbage_bytes: AtomicU64,
     pub dropped_udp_busy: AtomicU64,
-    pub tcp_connections: AtomicU64,
-    pub tcp_refused_busy: AtomicU64,
-    pub tcp_idle_closed: AtomicU64,
+    /// The TCP listener's counters: connections, caps, shedding, deadlines.
+    pub listener: Arc<vigil_net::Stats>,
 }
 
 fn bump(counter: &AtomicU64) {
@@ -79,8 +92,36 @@ fn bump(counter: &AtomicU64) {
 #[derive(Debug, Clone)]
 pub struct ReceiverLimits {
     pub max_connections: usize,
+    /// TCP connections at once from one IP address.
+    pub max_connections_per_source: usize,
+    /// A TCP connection must send a valid frame within this long.
+    pub preauth_timeout: Duration,
     pub idle_timeout: Duration,
     pub max_frame_bytes: usize,
+}
+
+impl ReceiverLimits {
+    /// The TCP listener's limits for `vigil_net`.
+    pub fn tcp(&self) -> vigil_net::Limits {
+        vigil_net::Limits {
+            max_connections: self.max_connections,
+            max_per_source: self.max_connections_per_source,
+            preauth_deadline: self.preauth_timeout,
+            idle_timeout: Some(self.idle_timeout),
+            // A frame in hand is stored and answered; that takes a commit.
+            grace: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The answer to one frame, and whether the frame proved its sender.
+#[derive(Debug)]
+pub struct Answer {
+    /// What to send back (`None`: stay silent).
+    pub reply: Option<Vec<u8>>,
+    /// The frame was whole and for a configured account (whatever the
+    /// answer): the connection is a panel's.
+    pub valid: bool,
 }
 
 /// Turns frames into answers; shared by every connection.
@@ -116,7 +157,19 @@ impl Receiver {
 
     /// The answer to one frame (`None`: stay silent).
     pub async fn handle_frame(&self, frame: &[u8], peer: SocketAddr) -> Option<Vec<u8>> {
+        self.answer_frame(frame, peer).await.reply
+    }
+
+    /// [`Receiver::handle_frame`], saying also whether the frame was valid.
+    pub async fn answer_frame(&self, frame: &[u8], peer: SocketAddr) -> Answer {
         bump(&self.metrics.frames);
+        let mut valid = false;
+        let reply = self.reply(frame, peer, &mut valid).await;
+        Answer { reply, valid }
+    }
+
+    /// Sets `valid` once the frame decoded.
+    async fn reply(&self, frame: &[u8], peer: SocketAddr, valid: &mut bool) -> Option<Vec<u8>> {
         let now = OffsetDateTime::now_utc();
         let lookup = |account: &str| match self.account(account) {
             None => KeyLookup::UnknownAccount,
@@ -126,6 +179,7 @@ impl Receiver {
             Ok(msg) => msg,
             Err(err) => return self.refuse(&err, now, peer),
         };
+        *valid = true;
         if msg.token.is_response() || matches!(msg.token, Token::Unknown(_)) {
             bump(&self.metrics.duh);
             warn!(%peer, account = %msg.account, token = msg.token.as_str(), "unsupported token: DUH");
@@ -133,6 +187,11 @@ impl Receiver {
         }
         // decode() only admits configured accounts.
         let account = self.account(&msg.account)?;
+        if account.require_timestamp && msg.timestamp.is_none() && !msg.encrypted {
+            bump(&self.metrics.nak_untimed);
+            warn!(%peer, account = %msg.account, seq = msg.seq, "clear-text frame without a timestamp, account requires one: NAK");
+            return self.answer(&nak(now), None);
+        }
         if let Some(ts) = msg.timestamp
             && let Err(e) = check_window(ts, now, account.window_behind, account.window_ahead)
         {
@@ -229,54 +288,34 @@ pub async fn serve(
     let addr = tcp.local_addr().ok();
     info!(listen = ?addr, "DC-09 receiver listening (TCP and UDP)");
     tracker.spawn(serve_udp(receiver.clone(), udp, shutdown.clone()));
-    let connections = Arc::new(Semaphore::new(limits.max_connections));
-    while let Some((stream, peer)) = vigil_pki::accept::accept(&tcp, &shutdown, |_| {}).await {
-        let Ok(permit) = connections.clone().try_acquire_owned() else {
-            bump(&receiver.metrics.tcp_refused_busy);
-            warn!(%peer, "too many panel connections: closing");
-            drop(stream);
-            continue;
-        };
-        bump(&receiver.metrics.tcp_connections);
-        let receiver = receiver.clone();
-        let limits = limits.clone();
-        let shutdown = shutdown.clone();
-        tracker.spawn(
-            async move {
-                handle_tcp(&receiver, stream, peer, &limits, shutdown).await;
-                drop(permit);
-            }
-            .instrument(info_span!("dc09", peer.addr = %peer)),
-        );
-    }
+    let front = Front::with_stats("dc09", limits.tcp(), receiver.metrics.listener.clone());
+    let max_frame = limits.max_frame_bytes;
+    front
+        .serve(tcp, shutdown, move |conn| {
+            let receiver = receiver.clone();
+            async move { handle_tcp(&receiver, conn, max_frame).await }
+        })
+        .await;
     tracker.close();
     tracker.wait().await;
 }
 
-async fn handle_tcp(
-    receiver: &Receiver,
-    mut stream: TcpStream,
-    peer: SocketAddr,
-    limits: &ReceiverLimits,
-    shutdown: CancellationToken,
-) {
-    let _ = stream.set_nodelay(true);
-    let mut framer = Framer::new(limits.max_frame_bytes);
+/// One panel connection. Silence is the front's business (deadline before
+/// the first valid frame, idle timeout after).
+async fn handle_tcp(receiver: &Receiver, mut conn: Conn<TcpStream>, max_frame_bytes: usize) {
+    let peer = conn.peer_addr();
+    let shutdown = conn.shutdown().clone();
+    let mut framer = Framer::new(max_frame_bytes);
     let mut buf = vec![0u8; 4096];
     loop {
         let read = tokio::select! {
             _ = shutdown.cancelled() => return,
-            read = tokio::time::timeout(limits.idle_timeout, stream.read(&mut buf)) => read,
+            read = conn.read(&mut buf) => read,
         };
         let n = match read {
-            Err(_) => {
-                bump(&receiver.metrics.tcp_idle_closed);
-                debug!("idle: closing");
-                return;
-            }
-            Ok(Ok(0)) => return,
-            Ok(Ok(n)) => n,
-            Ok(Err(e)) => {
+            Ok(0) => return,
+            Ok(n) => n,
+            Err(e) => {
                 debug!(error = %e, "read failed");
                 return;
             }
@@ -287,8 +326,12 @@ async fn handle_tcp(
                 Ok(frame) => {
                     // The frame is handled to the end even during shutdown:
                     // once stored, the panel must get its ACK.
-                    if let Some(answer) = receiver.handle_frame(&frame, peer).await
-                        && let Err(e) = stream.write_all(&answer).await
+                    let answer = receiver.answer_frame(&frame, peer).await;
+                    if answer.valid {
+                        conn.authenticated();
+                    }
+                    if let Some(reply) = answer.reply
+                        && let Err(e) = conn.write_all(&reply).await
                     {
                         debug!(error = %e, "write failed");
                         return;

@@ -272,6 +272,7 @@ mod tests {
             window_behind: Duration::from_secs(40),
             window_ahead: Duration::from_secs(20),
             supervision: (secs > 0).then(|| Duration::from_secs(secs)),
+            require_timestamp: false,
         }
     }
 

@@ -73,6 +73,7 @@ async fn start() -> Harness {
         ],
         max_body_bytes: 1024,
         max_connections: 8,
+        max_connections_per_source: 8,
         request_timeout: Duration::from_secs(5),
     };
     let metrics = Arc::new(PushMetrics::default());

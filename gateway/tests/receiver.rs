@@ -1,7 +1,11 @@
 //! The DC-09 receiver on real loopback sockets, fed frames built with the
 //! codec: what each kind of frame gets back, and what reaches the outbox.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    net::SocketAddr,
+    sync::{Arc, atomic::Ordering},
+    time::Duration,
+};
 
 use time::OffsetDateTime;
 use tokio::{
@@ -42,6 +46,7 @@ fn account(name: &str, key: Option<&str>) -> Account {
         window_behind: Duration::from_secs(40),
         window_ahead: Duration::from_secs(20),
         supervision: None,
+        require_timestamp: false,
     }
 }
 
@@ -52,6 +57,10 @@ async fn start(limits: OutboxLimits, idle: Duration) -> Harness {
         account("1234", None),
         account("AB12", Some(KEY128)),
         account("CD34", Some(KEY256)),
+        Account {
+            require_timestamp: true,
+            ..account("5678", None)
+        },
     ];
     let supervisor = Supervisor::new(&accounts, outbox.clone());
     let metrics = Arc::new(Dc09Metrics::default());
@@ -68,6 +77,8 @@ async fn start(limits: OutboxLimits, idle: Duration) -> Harness {
     let shutdown = CancellationToken::new();
     let limits = ReceiverLimits {
         max_connections: 8,
+        max_connections_per_source: 8,
+        preauth_timeout: idle,
         idle_timeout: idle,
         max_frame_bytes: 4105,
     };
@@ -413,4 +424,61 @@ async fn idle_and_silent_connections_do_not_delay_other_panels() {
     let mut byte = [0u8; 1];
     let closed = tokio::time::timeout(Duration::from_secs(5), partial.read(&mut byte)).await;
     assert!(matches!(closed, Ok(Ok(0)) | Ok(Err(_))), "{closed:?}");
+}
+
+#[tokio::test]
+async fn an_account_that_requires_timestamps_naks_untimed_clear_frames() {
+    let h = start(OutboxLimits::default(), Duration::from_secs(30)).await;
+    let mut tcp = TcpStream::connect(h.addr).await.unwrap();
+    let now = OffsetDateTime::now_utc();
+    let untimed = |account: &str, seq| Message {
+        timestamp: None,
+        ..message(Token::AdmCid, account, seq, "#5678|1130 01 001", now, false)
+    };
+    // The account that requires one: NAK, nothing stored.
+    let reply = exchange(&mut tcp, &frame(&untimed("5678", 1), None))
+        .await
+        .unwrap();
+    assert_eq!(answer(&reply, None).token, Token::Nak);
+    assert_eq!(h.metrics.nak_untimed.load(Ordering::Relaxed), 1);
+    assert_eq!(h.outbox.state().last_seq, 0);
+    // The same account with a timestamp: ACK.
+    let timed = message(Token::AdmCid, "5678", 2, "#5678|1130 01 001", now, false);
+    let reply = exchange(&mut tcp, &frame(&timed, None)).await.unwrap();
+    assert_eq!(answer(&reply, None).token, Token::Ack);
+    // An account without the option still takes untimed frames.
+    let reply = exchange(&mut tcp, &frame(&untimed("1234", 3), None))
+        .await
+        .unwrap();
+    assert_eq!(answer(&reply, None).token, Token::Ack);
+}
+
+#[tokio::test]
+async fn bytes_that_never_make_a_valid_frame_do_not_keep_a_connection() {
+    let h = start(OutboxLimits::default(), Duration::from_millis(500)).await;
+    // A talker that keeps sending garbage: traffic, but never a valid frame.
+    let mut talker = TcpStream::connect(h.addr).await.unwrap();
+    let mut panel = TcpStream::connect(h.addr).await.unwrap();
+    let now = OffsetDateTime::now_utc();
+    let m = message(Token::AdmCid, "1234", 1, "#1234|1130 01 001", now, false);
+    let reply = exchange(&mut panel, &frame(&m, None)).await.unwrap();
+    assert_eq!(answer(&reply, None).token, Token::Ack);
+    let mut byte = [0u8; 64];
+    let closed = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            if talker.write_all(b"garbage garbage\r\n").await.is_err() {
+                return;
+            }
+            // Between writes, a short look for the server's close.
+            let read = tokio::time::timeout(Duration::from_millis(50), talker.read(&mut byte));
+            if let Ok(Ok(0) | Err(_)) = read.await {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the garbage talker is closed");
+    let stats = h.metrics.listener.snapshot();
+    assert_eq!(stats.preauth_timeouts, 1, "{stats:?}");
+    assert_eq!(stats.authenticated, 1, "{stats:?}");
 }

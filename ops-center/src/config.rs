@@ -57,19 +57,57 @@ pub struct MqttConfig {
     pub max_batch_bytes: usize,
 }
 
-/// The `[api]` table: where the gRPC API listens.
+/// The `[api]` table: where the gRPC API listens, and its listener's caps.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApiConfig {
     pub listen: SocketAddr,
+    /// Connections open at once; at the cap the oldest one still in its TLS
+    /// handshake is dropped for the newcomer.
+    #[serde(default = "default_api_max_connections")]
+    pub max_connections: usize,
+    /// Connections open at once from one IP address.
+    #[serde(default = "default_api_max_per_source")]
+    pub max_connections_per_source: usize,
+    /// From accept to a finished mutual TLS handshake.
+    #[serde(default = "default_api_preauth_timeout")]
+    pub preauth_timeout_secs: u64,
 }
 
 impl Default for ApiConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([0, 0, 0, 0], 50051)),
+            max_connections: default_api_max_connections(),
+            max_connections_per_source: default_api_max_per_source(),
+            preauth_timeout_secs: default_api_preauth_timeout(),
         }
     }
+}
+
+impl ApiConfig {
+    /// The API listener's limits. Established connections keep tonic's
+    /// HTTP/2 keep-alive rather than an idle timeout: a live feed may be
+    /// quiet for hours.
+    pub fn limits(&self) -> vigil_net::Limits {
+        vigil_net::Limits {
+            max_connections: self.max_connections,
+            max_per_source: self.max_connections_per_source,
+            preauth_deadline: std::time::Duration::from_secs(self.preauth_timeout_secs),
+            idle_timeout: None,
+            grace: crate::api::GRACE,
+        }
+    }
+}
+
+fn default_api_max_connections() -> usize {
+    1024
+}
+fn default_api_max_per_source() -> usize {
+    256
+}
+fn default_api_preauth_timeout() -> u64 {
+    10
 }
 
 fn default_keep_alive() -> u64 {
@@ -152,6 +190,21 @@ impl OpsConfig {
                 format!("must be between 1024 and {MAX_BATCH_BYTES_LIMIT}"),
             ));
         }
+        if self.api.max_connections == 0 {
+            return Err(("api.max_connections".into(), "must be at least 1".into()));
+        }
+        if !(1..=self.api.max_connections).contains(&self.api.max_connections_per_source) {
+            return Err((
+                "api.max_connections_per_source".into(),
+                "must be between 1 and api.max_connections".into(),
+            ));
+        }
+        if self.api.preauth_timeout_secs == 0 {
+            return Err((
+                "api.preauth_timeout_secs".into(),
+                "must be at least 1".into(),
+            ));
+        }
         self.engine
             .validate()
             .map_err(|e| (format!("engine.{}", e.field), e.reason))
@@ -222,6 +275,14 @@ mod tests {
             (
                 "[mqtt]\nserver = \"h:1\"\n[engine.procedures]\nfires = \"x\"\n",
                 "engine.procedures.fires",
+            ),
+            (
+                "[mqtt]\nserver = \"h:1\"\n[api]\nlisten = \"127.0.0.1:1\"\nmax_connections = 8\nmax_connections_per_source = 9\n",
+                "api.max_connections_per_source",
+            ),
+            (
+                "[mqtt]\nserver = \"h:1\"\n[api]\nlisten = \"127.0.0.1:1\"\npreauth_timeout_secs = 0\n",
+                "api.preauth_timeout_secs",
             ),
         ] {
             std::fs::write(&path, format!("{base}{extra}")).unwrap();

@@ -131,12 +131,15 @@ pub async fn run_with_api(
         "api listening"
     );
     let api_stop = shutdown.child_token();
+    let front =
+        vigil_net::Front::with_stats("api", config.api.limits(), metrics.api_listener.clone());
     let api = tokio::spawn(api::serve(
         api::ApiContext {
             jobs: jobs_tx.clone(),
             reader: Arc::new(std::sync::Mutex::new(reader)),
             changed,
         },
+        front,
         api_listener,
         server_config,
         api_stop.clone(),

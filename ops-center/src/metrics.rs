@@ -91,6 +91,8 @@ pub struct Metrics {
     pub lag_last_ms: AtomicU64,
     pub lag_max_ms: AtomicU64,
     pub commit_latency: Histogram,
+    /// The API listener's counters (`vigil_listener_*{listener="api"}`).
+    pub api_listener: std::sync::Arc<vigil_net::Stats>,
 }
 
 impl Metrics {
@@ -128,6 +130,7 @@ impl Metrics {
             lag_max_ms: self.lag_max_ms.load(Relaxed),
             commit_p50: self.commit_latency.quantile(0.5),
             commit_p99: self.commit_latency.quantile(0.99),
+            api_listener: self.api_listener.snapshot(),
         }
     }
 }
@@ -135,6 +138,7 @@ impl Metrics {
 impl MetricsSnapshot {
     /// Adds the counters to a Prometheus exposition (`vigil_ops_*`).
     pub fn export(&self, out: &mut vigil_telemetry::Exposition) {
+        out.listener("api", &self.api_listener);
         out.counter(
             "vigil_ops_events_in_total",
             "Events in accepted batches, before deduplication.",
@@ -226,6 +230,7 @@ pub struct MetricsSnapshot {
     pub lag_max_ms: u64,
     pub commit_p50: Duration,
     pub commit_p99: Duration,
+    pub api_listener: vigil_net::StatsSnapshot,
 }
 
 #[cfg(test)]

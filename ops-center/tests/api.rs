@@ -102,6 +102,7 @@ impl Center {
                 ))),
                 changed,
             },
+            vigil_net::Front::new("api", vigil_ops::config::ApiConfig::default().limits()),
             listener,
             tls.server_config().unwrap(),
             shutdown.clone(),

@@ -125,6 +125,7 @@ fn ops_config(data_dir: PathBuf, pki: &Path, port: u16) -> OpsConfig {
         // default 0.0.0.0:50051.
         api: ApiConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
+            ..ApiConfig::default()
         },
         tls: tls(pki, "ops-1"),
         engine: EngineConfig::default(),

@@ -9,15 +9,19 @@
 //! Layout:
 //! - [`identity`]: identities, roles, and reading them from a peer certificate.
 //! - [`authority`]: the CA on disk: `init`, `issue`, `revoke` (rcgen, ECDSA P-256).
-//! - [`accept`]: the accept loop policy every Vigil server shares (skip
-//!   per-connection errors, back off on resource errors, stop on shutdown).
+//! - [`accept`]: re-exported from `vigil-net`, where the accept loop now
+//!   lives; kept so older callers (the broker front) still compile.
+//! - [`reload`]: our own certificate and key, following their files.
 //! - [`tls`]: the `[tls]` config table and building rustls server and client
 //!   configs from it, with CRL checks.
 
-pub mod accept;
+/// The accept loop moved to `vigil-net`; this path stays for the broker
+/// front until it adopts `vigil_net` directly.
+pub use vigil_net::accept;
 pub mod authority;
 pub mod crl;
 pub mod identity;
+pub mod reload;
 pub mod tls;
 
 pub use identity::{Identity, IdentityError, Peer, Role};

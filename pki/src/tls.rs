@@ -6,23 +6,28 @@
 //! rustls configs are then shared by every connection (never re-read per
 //! connection). Servers always require a client certificate from the region
 //! CA and, when `crl` is set, refuse revoked ones; clients check the server
-//! against the same CA and CRL.
+//! against the same CA and CRL. While running, servers and clients follow
+//! their own certificate and key files ([`crate::reload`]) and servers
+//! follow the CRL ([`crate::crl`]), so renewal and revocation need no
+//! restart.
 
 use std::{
     path::{Path, PathBuf},
     sync::Arc,
+    time::Duration,
 };
 
 use rustls::{
     ClientConfig, RootCertStore, ServerConfig, client::WebPkiServerVerifier,
     crypto::CryptoProvider, server::WebPkiClientVerifier,
 };
-use rustls_pki_types::{
-    CertificateDer, CertificateRevocationListDer, PrivateKeyDer, pem::PemObject,
-};
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, pem::PemObject};
 use serde::{Deserialize, Serialize};
 
-use crate::identity::{IdentityError, Peer};
+use crate::{
+    identity::{IdentityError, Peer},
+    reload::{CERT_CHECK_EVERY, OwnCert},
+};
 
 /// The `[tls]` config table (DESIGN.md: stable keys `ca`, `cert`, `key`, `crl`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -73,42 +78,34 @@ impl TlsConfig {
     }
 
     /// Reads and checks every file. The certificate must carry a valid
-    /// identity and role.
+    /// identity and role, and the key must belong to it.
     pub fn load(&self) -> Result<TlsMaterial, TlsError> {
+        self.load_following_every(CERT_CHECK_EVERY)
+    }
+
+    /// [`TlsConfig::load`], with our certificate and key files looked at
+    /// most every `every` while running (tests use a short period).
+    pub fn load_following_every(&self, every: Duration) -> Result<TlsMaterial, TlsError> {
         let ca = read_certs("ca", &self.ca)?;
         let mut roots = RootCertStore::empty();
         for cert in ca {
             roots.add(cert).map_err(|e| file_err("ca", &self.ca, e))?;
         }
-        let chain = read_certs("cert", &self.cert)?;
-        let key =
-            PrivateKeyDer::from_pem_file(&self.key).map_err(|e| file_err("key", &self.key, e))?;
-        let peer = Peer::from_cert(&chain[0]).map_err(|source| TlsError::Identity {
-            path: self.cert.clone(),
-            source,
-        })?;
+        // Reads the pair and checks that the key belongs to the
+        // certificate now, not at the first handshake.
+        let own = OwnCert::load(self.cert.clone(), self.key.clone(), provider(), every)?;
         let crls = match &self.crl {
             Some(path) => CertificateRevocationListDer::pem_file_iter(path)
                 .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
                 .map_err(|e| file_err("crl", path, e))?,
             None => Vec::new(),
         };
-        let material = TlsMaterial {
+        Ok(TlsMaterial {
             roots: Arc::new(roots),
-            chain,
-            key: Arc::new(key),
+            own: Arc::new(own),
             crls,
             crl_path: self.crl.clone(),
-            own: peer,
-        };
-        // Catch a key that does not belong to the certificate now, not at
-        // the first handshake.
-        let signing_key = material
-            .provider()
-            .key_provider
-            .load_private_key(material.key.clone_key())?;
-        rustls::sign::CertifiedKey::new(material.chain.clone(), signing_key).keys_match()?;
-        Ok(material)
+        })
     }
 }
 
@@ -117,17 +114,23 @@ impl TlsConfig {
 #[derive(Debug)]
 pub struct TlsMaterial {
     roots: Arc<RootCertStore>,
-    chain: Vec<CertificateDer<'static>>,
-    key: Arc<PrivateKeyDer<'static>>,
+    /// Our certificate and key, following their files; shared by every
+    /// config built from this material.
+    own: Arc<OwnCert>,
     crls: Vec<CertificateRevocationListDer<'static>>,
     /// Where the CRL came from: servers follow changes to it.
     crl_path: Option<PathBuf>,
-    own: Peer,
 }
 
 impl TlsMaterial {
     /// Identity and role of our own certificate.
     pub fn own_peer(&self) -> &Peer {
+        self.own.peer()
+    }
+
+    /// Our certificate as it follows its files: its current expiry is
+    /// [`OwnCert::not_after`] (the `/metrics` gauge).
+    pub fn own_cert(&self) -> &Arc<OwnCert> {
         &self.own
     }
 
@@ -140,7 +143,8 @@ impl TlsMaterial {
     /// and not revoked. Callers may set ALPN before wrapping it in an `Arc`.
     ///
     /// With a CRL, the config follows the file: a new `crl.pem` is used
-    /// within [`crate::crl::CRL_CHECK_EVERY`], without a restart.
+    /// within [`crate::crl::CRL_CHECK_EVERY`], without a restart. Our own
+    /// certificate follows its files too (see [`crate::reload`]).
     pub fn server_config(&self) -> Result<ServerConfig, TlsError> {
         self.server_config_checking_crl_every(crate::crl::CRL_CHECK_EVERY)
     }
@@ -171,11 +175,12 @@ impl TlsMaterial {
         Ok(ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()?
             .with_client_cert_verifier(verifier)
-            .with_single_cert(self.chain.clone(), self.key.clone_key())?)
+            .with_cert_resolver(self.own.clone()))
     }
 
-    /// A client config that presents our certificate and checks the server
-    /// against the CA (and the CRL, when configured).
+    /// A client config that presents our certificate (following its files,
+    /// like servers) and checks the server against the CA (and the CRL,
+    /// when configured).
     pub fn client_config(&self) -> Result<ClientConfig, TlsError> {
         let provider = self.provider();
         let verifier =
@@ -186,20 +191,27 @@ impl TlsMaterial {
         Ok(ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()?
             .with_webpki_verifier(verifier)
-            .with_client_auth_cert(self.chain.clone(), self.key.clone_key())?)
+            .with_client_cert_resolver(self.own.clone()))
     }
 
-    /// The installed process-wide provider (ring, see
-    /// [`crate::install_crypto_provider`]); ring again if none was installed,
-    /// so a library user that forgot still gets the one provider we link.
     fn provider(&self) -> Arc<CryptoProvider> {
-        CryptoProvider::get_default()
-            .cloned()
-            .unwrap_or_else(|| Arc::new(rustls::crypto::ring::default_provider()))
+        provider()
     }
 }
 
-fn read_certs(field: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+/// The installed process-wide provider (ring, see
+/// [`crate::install_crypto_provider`]); ring again if none was installed,
+/// so a library user that forgot still gets the one provider we link.
+fn provider() -> Arc<CryptoProvider> {
+    CryptoProvider::get_default()
+        .cloned()
+        .unwrap_or_else(|| Arc::new(rustls::crypto::ring::default_provider()))
+}
+
+pub(crate) fn read_certs(
+    field: &'static str,
+    path: &Path,
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let certs = CertificateDer::pem_file_iter(path)
         .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
         .map_err(|e| file_err(field, path, e))?;
@@ -209,7 +221,7 @@ fn read_certs(field: &'static str, path: &Path) -> Result<Vec<CertificateDer<'st
     Ok(certs)
 }
 
-fn file_err(field: &'static str, path: &Path, e: impl std::fmt::Display) -> TlsError {
+pub(crate) fn file_err(field: &'static str, path: &Path, e: impl std::fmt::Display) -> TlsError {
     TlsError::File {
         field,
         path: path.to_owned(),

@@ -5,7 +5,8 @@
 //! - [`Exposition`]: collects samples, then writes each metric family once,
 //!   with its `# HELP` and `# TYPE`, whatever order they were added in (so
 //!   `vigil dev` can add every post's gateway under a `post` label).
-//! - [`serve`]: the HTTP endpoint, on a listener the caller bound.
+//! - [`serve`]: the HTTP endpoint, on a listener the caller bound, through
+//!   the shared listener plumbing (`vigil-net`).
 //! - [`MetricsConfig`]: the `[metrics]` table of every daemon's config. The
 //!   endpoint is off unless the table is present: counters say how busy a
 //!   post is, so exposing them is the operator's choice.
@@ -19,12 +20,12 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{
     Method, Request, Response, StatusCode, body::Incoming, header::CONTENT_TYPE,
-    server::conn::http1, service::service_fn,
+    service::service_fn,
 };
-use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::{Deserialize, Serialize};
-use tokio::{net::TcpListener, sync::Semaphore};
-use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use vigil_net::{Front, Limits, StatsSnapshot};
 
 /// `[metrics]`: where the Prometheus endpoint listens.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -34,12 +35,29 @@ pub struct MetricsConfig {
     pub listen: SocketAddr,
 }
 
-/// Scrapes served at once; a scraper beyond that waits for a slot. A
-/// Prometheus server scrapes one connection at a time, so this only bounds
-/// what a misbehaving client can hold.
+/// Connections open at once (a Prometheus server scrapes over one); past
+/// it the oldest connection that has not sent a request yet is dropped
+/// for the newcomer (see `vigil_net::table`).
 pub const MAX_CONNECTIONS: usize = 16;
-/// A request's headers must arrive within this long.
+/// Connections open at once from one address.
+pub const MAX_PER_SOURCE: usize = 8;
+/// A request's headers must arrive within this long of the connection.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// A connection with no byte either way for this long is closed (a
+/// kept-alive one goes sooner: its next headers are due within
+/// [`HEADER_TIMEOUT`]).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The limits of the endpoint's listener.
+pub fn limits() -> Limits {
+    Limits {
+        max_connections: MAX_CONNECTIONS,
+        max_per_source: MAX_PER_SOURCE,
+        preauth_deadline: HEADER_TIMEOUT,
+        idle_timeout: Some(IDLE_TIMEOUT),
+        grace: Duration::from_secs(2),
+    }
+}
 
 /// What a metric family is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -134,6 +152,36 @@ impl Exposition {
             .push((labels, value));
     }
 
+    /// The counters and gauges of one listener (`vigil_net`), labelled
+    /// `listener="NAME"`.
+    pub fn listener(&mut self, name: &str, stats: &StatsSnapshot) {
+        self.scoped(&[("listener", name)], |out| {
+            for (suffix, help, value) in stats.counters() {
+                out.counter(&format!("vigil_listener_{suffix}"), help, value);
+            }
+            out.gauge(
+                "vigil_listener_open_connections",
+                "Connections open now.",
+                stats.open as f64,
+            );
+            out.gauge(
+                "vigil_listener_unauthenticated_connections",
+                "Open connections not authenticated yet.",
+                stats.unauthenticated as f64,
+            );
+        });
+    }
+
+    /// When this daemon's own certificate expires (its notAfter, seconds
+    /// since the Unix epoch), as the daemon sees the file now.
+    pub fn own_certificate_expiry(&mut self, not_after: i64) {
+        self.gauge(
+            "vigil_tls_cert_expiry_timestamp_seconds",
+            "notAfter of this daemon's own TLS certificate, in seconds since the Unix epoch.",
+            not_after as f64,
+        );
+    }
+
     /// The text format: for each family in name order, `# HELP`, `# TYPE`,
     /// then its samples.
     pub fn render(&self) -> String {
@@ -179,49 +227,21 @@ fn escape_help(v: &str) -> String {
 pub type Render = Arc<dyn Fn() -> String + Send + Sync>;
 
 /// Serves `GET /metrics` on `listener` until `shutdown`. Other paths get
-/// 404, other methods 405. Each connection is its own task; at most
-/// [`MAX_CONNECTIONS`] are served at once.
+/// 404, other methods 405. The listener is a `vigil_net` front with
+/// [`limits`].
 pub async fn serve(listener: TcpListener, render: Render, shutdown: CancellationToken) {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let tracker = TaskTracker::new();
-    if let Ok(addr) = listener.local_addr() {
-        tracing::info!(%addr, "metrics endpoint listening");
-    }
-    loop {
-        let permit = tokio::select! {
-            () = shutdown.cancelled() => break,
-            permit = slots.clone().acquire_owned() => match permit {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-        };
-        // The accept policy every Vigil server shares (back off on EMFILE
-        // and friends, skip per-connection errors).
-        let Some((stream, _)) = vigil_pki::accept::accept(&listener, &shutdown, |_| {}).await
-        else {
-            break;
-        };
-        let render = render.clone();
-        let stop = shutdown.clone();
-        tracker.spawn(async move {
-            let _permit = permit;
-            let service = service_fn(move |req| answer(req, render.clone()));
-            let conn = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
-                .serve_connection(TokioIo::new(stream), service);
-            tokio::pin!(conn);
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                () = stop.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = tokio::time::timeout(Duration::from_secs(2), conn).await;
-                }
-            }
-        });
-    }
-    tracker.close();
-    tracker.wait().await;
+    serve_on(&Front::new("metrics", limits()), listener, render, shutdown).await;
+}
+
+/// [`serve`] through a front the caller made (to read its counters).
+pub async fn serve_on(
+    front: &Front,
+    listener: TcpListener,
+    render: Render,
+    shutdown: CancellationToken,
+) {
+    let service = service_fn(move |req| answer(req, render.clone()));
+    vigil_net::http::serve(front, listener, shutdown, service).await;
 }
 
 async fn answer(

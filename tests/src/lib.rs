@@ -5,6 +5,7 @@
 //!
 //! Every wait is bounded ([`WAIT`]); a test that would hang fails instead.
 
+pub mod abuse;
 pub mod faults;
 
 use std::{

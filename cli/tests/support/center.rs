@@ -132,6 +132,7 @@ impl Center {
                 ))),
                 changed: self.changed.clone(),
             },
+            vigil_net::Front::new("api", vigil_ops::config::ApiConfig::default().limits()),
             listener,
             tls.server_config().unwrap(),
             shutdown.clone(),

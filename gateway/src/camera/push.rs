@@ -32,7 +32,6 @@
 use std::{
     collections::BTreeMap,
     convert::Infallible,
-    net::SocketAddr,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -46,16 +45,15 @@ use hyper::{
     Method, Request, Response, StatusCode,
     body::Incoming,
     header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue},
-    server::conn::http1,
     service::service_fn,
 };
-use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Deserialize;
 use subtle::ConstantTimeEq;
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
-use tokio::{net::TcpListener, sync::Semaphore};
-use tokio_util::{sync::CancellationToken, task::TaskTracker};
-use tracing::{Instrument, debug, info, info_span, warn};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+use vigil_net::Front;
 use vigil_proto::v1::CameraEventState;
 
 use super::{CameraInput, Detection, by_push_name};
@@ -81,17 +79,41 @@ pub struct PushConfig {
     pub cameras: Vec<PushCamera>,
     /// Larger bodies get 413.
     pub max_body_bytes: usize,
-    /// Connections beyond this wait in the kernel backlog.
+    /// Connections open at once; at the cap the oldest one that has not
+    /// sent a request yet is closed for the newcomer.
     pub max_connections: usize,
-    /// Headers and body must arrive within this; then 408 or a close.
+    /// Connections open at once from one IP address.
+    pub max_connections_per_source: usize,
+    /// Headers and body must arrive within this; then 408 or a close. Also
+    /// how long a new connection has to send its first request.
     pub request_timeout: Duration,
 }
+
+impl PushConfig {
+    /// The listener's limits.
+    pub fn limits(&self) -> vigil_net::Limits {
+        vigil_net::Limits {
+            max_connections: self.max_connections,
+            max_per_source: self.max_connections_per_source,
+            preauth_deadline: self.request_timeout,
+            idle_timeout: Some(IDLE_TIMEOUT),
+            grace: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A push connection with no byte either way for this long is closed (a
+/// kept-alive one goes sooner: its next request's headers are due within
+/// `request_timeout`).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Counters for tests and metrics.
 #[derive(Debug, Default)]
 pub struct PushMetrics {
     pub accepted: AtomicU64,
     pub rejected: AtomicU64,
+    /// The listener's counters: connections, caps, shedding, deadlines.
+    pub listener: Arc<vigil_net::Stats>,
 }
 
 #[derive(Debug)]
@@ -102,7 +124,9 @@ struct Handler {
 }
 
 /// Serves the push endpoint on `listener` until `shutdown`; requests in
-/// flight get their answer first.
+/// flight get their answer first. The listener is a `vigil_net` front: a
+/// connection counts as authenticated at its first request (the bearer
+/// token is checked per request, by the handler).
 pub async fn serve(
     listener: TcpListener,
     config: PushConfig,
@@ -110,68 +134,17 @@ pub async fn serve(
     metrics: Arc<PushMetrics>,
     shutdown: CancellationToken,
 ) {
-    let slots = Arc::new(Semaphore::new(config.max_connections));
+    let front = Front::with_stats("camera_push", config.limits(), metrics.listener.clone());
     let handler = Arc::new(Handler {
         config,
         input,
         metrics,
     });
-    let tracker = TaskTracker::new();
-    if let Ok(addr) = listener.local_addr() {
-        info!(listen = %addr, "camera push endpoint listening");
-    }
-    loop {
-        let permit = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            p = slots.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-        };
-        let Some((stream, peer)) = vigil_pki::accept::accept(&listener, &shutdown, |_| {}).await
-        else {
-            break;
-        };
-        let handler = handler.clone();
-        let shutdown = shutdown.clone();
-        tracker.spawn(
-            async move {
-                connection(stream, peer, handler, shutdown).await;
-                drop(permit);
-            }
-            .instrument(info_span!("camera_push", peer.addr = %peer)),
-        );
-    }
-    tracker.close();
-    tracker.wait().await;
-}
-
-async fn connection(
-    stream: tokio::net::TcpStream,
-    peer: SocketAddr,
-    handler: Arc<Handler>,
-    shutdown: CancellationToken,
-) {
-    let timeout = handler.config.request_timeout;
     let service = service_fn(move |req| {
         let handler = handler.clone();
         async move { Ok::<_, Infallible>(handler.handle(req).await) }
     });
-    let conn = http1::Builder::new()
-        .timer(TokioTimer::new())
-        .header_read_timeout(timeout)
-        .serve_connection(TokioIo::new(stream), service);
-    let mut conn = std::pin::pin!(conn);
-    let result = tokio::select! {
-        r = conn.as_mut() => r,
-        _ = shutdown.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            conn.await
-        }
-    };
-    if let Err(e) = result {
-        debug!(peer.addr = %peer, error = %e, "camera push connection ended");
-    }
+    vigil_net::http::serve(&front, listener, shutdown, service).await;
 }
 
 /// The JSON body (see the module docs).

@@ -28,16 +28,12 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::{
     Method, Request, Response, StatusCode, body::Incoming, header::AUTHORIZATION,
-    header::CONTENT_TYPE, server::conn::http1, service::service_fn,
+    header::CONTENT_TYPE, service::service_fn,
 };
-use hyper_util::{
-    client::legacy::Client,
-    rt::{TokioExecutor, TokioIo},
-};
+use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 use time::OffsetDateTime;
 use tokio::{net::TcpListener, sync::Notify, task::JoinHandle, time::Instant};
-use tokio_util::{sync::CancellationToken, task::TaskTracker};
-use tracing::debug;
+use tokio_util::sync::CancellationToken;
 
 use super::onvif::soap::{self, Credentials, Notification};
 
@@ -299,42 +295,26 @@ impl SimHandle {
     }
 }
 
+/// The simulated camera's listener: the shared plumbing, generous caps,
+/// and no grace on stop (a camera going away cuts its connections, pulls
+/// in flight included).
+const SIM_LIMITS: vigil_net::Limits = vigil_net::Limits {
+    max_connections: 256,
+    max_per_source: 256,
+    preauth_deadline: Duration::from_secs(10),
+    idle_timeout: Some(Duration::from_secs(300)),
+    grace: Duration::ZERO,
+};
+
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, run: CancellationToken) {
-    let tracker = TaskTracker::new();
-    loop {
-        let (stream, peer) = tokio::select! {
-            _ = run.cancelled() => break,
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    debug!(error = %e, "simulated camera: accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
+    let front = vigil_net::Front::new("camera_sim", SIM_LIMITS);
+    let conn_run = run.clone();
+    let service = service_fn(move |req| {
         let shared = shared.clone();
-        let run = run.clone();
-        tracker.spawn(async move {
-            let conn_run = run.clone();
-            let service = service_fn(move |req| {
-                let shared = shared.clone();
-                let run = conn_run.clone();
-                async move { Ok::<_, Infallible>(handle(&shared, req, &run).await) }
-            });
-            let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
-            // Going away cuts connections, pulls in flight included.
-            tokio::select! {
-                r = conn => if let Err(e) = r {
-                    debug!(peer = %peer, error = %e, "simulated camera: connection ended");
-                },
-                _ = run.cancelled() => {}
-            }
-        });
-    }
-    drop(listener);
-    tracker.close();
-    tracker.wait().await;
+        let run = conn_run.clone();
+        async move { Ok::<_, Infallible>(handle(&shared, req, &run).await) }
+    });
+    vigil_net::http::serve(&front, listener, run, service).await;
 }
 
 fn xml(status: StatusCode, body: String) -> Response<Full<Bytes>> {

@@ -8,13 +8,14 @@
 //! statuses in one place, [`workflow_status`].
 //!
 //! Layout:
-//! - [`tls`]: our rustls acceptor (CRL checked), peer identity per connection.
+//! - [`conn`]: connections from the shared listener plumbing (mutual TLS,
+//!   CRL checked, caps and deadlines), peer identity per connection.
 //! - [`feed`]: the live incident feed and its cursors.
 //! - [`replay`]: stored events by post, kind, time and seq, paced.
 
+pub mod conn;
 pub mod feed;
 pub mod replay;
-pub mod tls;
 
 use std::{
     sync::{Arc, Mutex},
@@ -44,8 +45,8 @@ use crate::{
     store::{IncidentFilter, Store, StoreError, incident_number},
     writer::Job,
 };
+use conn::ConnInfo;
 use feed::{Feed, Reader, blocking};
-use tls::ConnInfo;
 
 /// Default `page_size` of ListIncidents...
 pub const DEFAULT_PAGE_SIZE: usize = 50;
@@ -144,11 +145,13 @@ impl std::fmt::Debug for ApiContext {
     }
 }
 
-/// Serves the API on `listener` until `shutdown`, then gives open calls
-/// [`GRACE`] to finish. `server_config` is the rustls config from
-/// `TlsMaterial::server_config` (client certificates required, CRL checked).
+/// Serves the API on `listener` through `front` (caps and deadlines) until
+/// `shutdown`, then gives open calls [`GRACE`] to finish. `server_config` is
+/// the rustls config from `TlsMaterial::server_config` (client certificates
+/// required, CRL checked, our certificate following its files).
 pub async fn serve(
     ctx: ApiContext,
+    front: vigil_net::Front,
     listener: TcpListener,
     mut server_config: rustls::ServerConfig,
     shutdown: CancellationToken,
@@ -170,13 +173,7 @@ pub async fn serve(
             }
         }
     });
-    let incoming = tls::incoming(
-        listener,
-        acceptor,
-        shutdown.clone(),
-        &tracker,
-        tls::MAX_CONNECTIONS,
-    );
+    let incoming = conn::incoming(front, listener, acceptor, shutdown.clone(), &tracker);
     tracker.close();
 
     let (health, health_service) = tonic_health::server::health_reporter();
