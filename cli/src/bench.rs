@@ -54,7 +54,10 @@ const DRAIN_WAIT: Duration = Duration::from_secs(60);
 const STOP_WAIT: Duration = Duration::from_secs(5);
 /// The latency a sweep rate must keep at p99 to count as carried.
 const SWEEP_P99: Duration = Duration::from_millis(100);
-/// Share of the asked rate a sweep run must receipt to count as carried.
+/// Share of the asked rate a sweep run must receipt to count as carried,
+/// over the run's duration plus one period of the posts' schedule (the
+/// schedules are spread over one period, so the last events go out up to
+/// that much after the duration).
 const SWEEP_CARRIED: f64 = 0.97;
 /// Probe posts are named `probe-N`; the post ids of the load are `b-NNNN`.
 const PROBE_PREFIX: &str = "probe-";
@@ -481,7 +484,9 @@ async fn sweep(
                 Some(format!("{} lost", r.lost))
             } else if r.resent > 0 {
                 Some(format!("{} resent", r.resent))
-            } else if r.receipted_per_s < SWEEP_CARRIED * rate {
+            } else if r.receipted_per_s
+                < SWEEP_CARRIED * total as f64 / (args.duration.as_secs_f64() + 1.0 / per_post)
+            {
                 Some(format!("carried {:.0}/s", r.receipted_per_s))
             } else if r.probes_missing > 0 {
                 Some(format!("{} probe alarms missing", r.probes_missing))

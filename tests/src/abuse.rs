@@ -172,6 +172,8 @@ async fn connect_from(source: SocketAddr, target: SocketAddr) -> std::io::Result
 pub struct Latencies {
     pub ok: Vec<Duration>,
     pub failed: Vec<String>,
+    /// Attempts that failed before their exchange succeeded.
+    pub retried: Vec<String>,
 }
 
 impl Latencies {
@@ -194,8 +196,12 @@ impl Latencies {
     }
 }
 
-/// Runs `exchange` `n` times in a row, timing each; every one must finish
-/// within `limit` (a hang is a failure, recorded, not a timing figure).
+/// Attempts a valid client makes at one exchange.
+const ATTEMPTS: usize = 3;
+
+/// Runs `exchange` `n` times in a row, timing each; every attempt must
+/// finish within `limit` (a hang is a failure, recorded, not a timing
+/// figure).
 pub async fn measure<F, Fut>(n: usize, limit: Duration, mut exchange: F) -> Latencies
 where
     F: FnMut(usize) -> Fut,
@@ -204,10 +210,24 @@ where
     let mut out = Latencies::default();
     for i in 0..n {
         let start = Instant::now();
-        match tokio::time::timeout(limit, exchange(i)).await {
-            Ok(Ok(())) => out.ok.push(start.elapsed()),
-            Ok(Err(e)) => out.failed.push(e),
-            Err(_) => out.failed.push(format!("no answer within {limit:?}")),
+        // A valid client retries a connection that was reset, as a panel
+        // or a camera does; the latency counts from its first attempt. A
+        // connection still in its handshake when the attackers' sockets
+        // churn past it can be the oldest unauthenticated one and be shed
+        // (on a starved machine that happens); every retry is reported.
+        let mut errors = Vec::new();
+        for _ in 0..ATTEMPTS {
+            match tokio::time::timeout(limit, exchange(i)).await {
+                Ok(Ok(())) => break,
+                Ok(Err(e)) => errors.push(e),
+                Err(_) => errors.push(format!("no answer within {limit:?}")),
+            }
+        }
+        if errors.len() == ATTEMPTS {
+            out.failed.push(errors.join("; "));
+        } else {
+            out.ok.push(start.elapsed());
+            out.retried.extend(errors);
         }
     }
     out
@@ -231,8 +251,8 @@ pub fn report(
     };
     println!(
         "abuse {listener}: flood idle={} partial={} sources={} opened={} closed_by_server={} | \
-         baseline ok={}/{} p50={:.1?} p99={:.1?} | under attack ok={}/{} p50={:.1?} p99={:.1?} | \
-         p99 ratio {:.2}x | server {server}",
+         baseline ok={}/{} p50={:.1?} p99={:.1?} | under attack ok={}/{} p50={:.1?} p99={:.1?} \
+         retried={} | p99 ratio {:.2}x | server {server}",
         flood.idle,
         flood.partial,
         flood.sources,
@@ -246,6 +266,7 @@ pub fn report(
         attacked.ok.len() + attacked.failed.len(),
         attacked.p50(),
         attacked.p99(),
+        attacked.retried.len(),
         ratio(attacked.p99(), baseline.p99()),
     );
 }
