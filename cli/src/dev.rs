@@ -23,12 +23,12 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use tokio::{net::TcpListener, sync::mpsc};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
-use vigil_gateway::{
-    camera::sim::{self, OnvifCamera, SimConfig, SimHandle},
-    dc09::{Key, Message},
-    simulator::{Panel, PanelConfig, Scenario},
-};
+use vigil_dc09::{Key, Message};
 use vigil_pki::Role;
+use vigil_sim::{
+    camera::{self as sim, OnvifCamera, SimConfig, SimHandle},
+    panel::{Panel, PanelConfig, Scenario},
+};
 
 use crate::{
     Usage,

@@ -5,8 +5,6 @@
 //!
 //! Layout:
 //! - [`config`]: the config file, validated before anything binds.
-//! - [`dc09`]: the SIA DC-09 codec (framing, AES, Contact ID, SIA codes,
-//!   taxonomy), pure code shared with the panel simulator.
 //! - [`signals`]: decoded DC-09 messages to `vigil.v1.Event`s.
 //! - [`publisher`]: outbox → MQTT, receipts → outbox, status and last will.
 //! - [`receiver`]: the DC-09 listeners (TCP and UDP on one port) and the
@@ -15,17 +13,17 @@
 //! - [`outbox`]: the durable outbox (SQLite, group commit, gap-free seqs).
 //! - [`camera`]: camera events (ONVIF topics, HTTP push) to
 //!   `vigil.v1.Event`s through one table, the stale-state timer, the
-//!   HTTP push endpoint, the ONVIF PullPoint client and a camera simulator.
-//! - [`simulator`]: a DC-09 dialler that behaves like an alarm panel.
+//!   HTTP push endpoint and the ONVIF PullPoint client.
+//!
+//! The DC-09 codec and taxonomy are the `vigil-dc09` crate; the panel and
+//! camera simulators are in `vigil-sim`.
 
 pub mod camera;
 pub mod config;
-pub mod dc09;
 pub mod outbox;
 pub mod publisher;
 pub mod receiver;
 pub mod signals;
-pub mod simulator;
 pub mod supervision;
 
 use std::{sync::Arc, time::Duration};

@@ -31,12 +31,13 @@ use tokio::{
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{Instrument, debug, info, info_span, warn};
 
+use vigil_dc09::{
+    DecodeError, Framer, KeyLookup, Message, Reply, Token, ack_for, check_window, decode, duh_for,
+    encode, nak,
+};
+
 use crate::{
     config::Account,
-    dc09::{
-        DecodeError, Framer, KeyLookup, Message, Reply, Token, ack_for, check_window, decode,
-        duh_for, encode, nak,
-    },
     outbox::{Outbox, OutboxError},
     signals::events_from_message,
     supervision::Supervisor,
@@ -204,7 +205,7 @@ impl Receiver {
         }
     }
 
-    fn answer(&self, reply: &Message, key: Option<&crate::dc09::Key>) -> Option<Vec<u8>> {
+    fn answer(&self, reply: &Message, key: Option<&vigil_dc09::Key>) -> Option<Vec<u8>> {
         let key = if reply.encrypted { key } else { None };
         match encode(reply, key, &mut |pad: &mut [u8]| rand::fill(pad)) {
             Ok(frame) => Some(frame),
@@ -306,10 +307,10 @@ async fn handle_tcp(
     }
 }
 
-fn discarded(e: &crate::dc09::FramerError) -> u64 {
+fn discarded(e: &vigil_dc09::FramerError) -> u64 {
     match e {
-        crate::dc09::FramerError::Garbage { discarded }
-        | crate::dc09::FramerError::Oversize { discarded } => *discarded as u64,
+        vigil_dc09::FramerError::Garbage { discarded }
+        | vigil_dc09::FramerError::Oversize { discarded } => *discarded as u64,
     }
 }
 

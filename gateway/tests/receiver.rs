@@ -9,9 +9,9 @@ use tokio::{
     net::{TcpStream, UdpSocket},
 };
 use tokio_util::sync::CancellationToken;
+use vigil_dc09::{Key, KeyLookup, Message, Token, decode, encode};
 use vigil_gateway::{
     config::Account,
-    dc09::{Key, KeyLookup, Message, Token, decode, encode},
     outbox::{Outbox, OutboxLimits},
     receiver::{self, Dc09Metrics, Receiver, ReceiverLimits},
     supervision::Supervisor,

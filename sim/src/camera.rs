@@ -39,7 +39,7 @@ use tokio::{net::TcpListener, sync::Notify, task::JoinHandle, time::Instant};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::debug;
 
-use super::onvif::soap::{self, Credentials, Notification};
+use vigil_gateway::camera::onvif::soap::{self, Credentials, Notification};
 
 /// Path of the device service.
 pub const DEVICE_PATH: &str = "/onvif/device_service";
@@ -789,7 +789,7 @@ pub fn by_name(name: &str, active: bool) -> Option<Notification> {
     })
 }
 
-/// The JSON body of one pushed event (see [`super::push`]).
+/// The JSON body of one pushed event (see `vigil_gateway::camera::push`).
 pub fn push_body(camera: &str, kind: &str, state: &str, region: Option<&str>) -> serde_json::Value {
     let mut body = serde_json::json!({ "camera": camera, "kind": kind, "state": state });
     if let Some(region) = region {

@@ -29,7 +29,7 @@
 //! stored.
 //!
 //! All DC-09 framing, encryption and payload formatting is done by
-//! [`crate::dc09`]; this module only composes messages and moves bytes.
+//! [`vigil_dc09`]; this module only composes messages and moves bytes.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -48,8 +48,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info_span, warn};
 
-use crate::dc09::{
-    self, ContactId, EncodeError, Framer, Key, KeyLookup, Message, Qualifier, Token,
+use vigil_dc09::{
+    self as dc09, ContactId, EncodeError, Framer, Key, KeyLookup, Message, Qualifier, Token,
 };
 
 /// How long a panel waits for an answer unless told otherwise. DC-09 panels
@@ -1024,7 +1024,7 @@ async fn resolve(server: &str) -> Result<SocketAddr, SimError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dc09::parse_sia_dcs;
+    use vigil_dc09::parse_sia_dcs;
 
     fn header(account: &str) -> Message {
         PanelConfig::new("127.0.0.1:7000", account).header()
