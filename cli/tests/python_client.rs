@@ -78,6 +78,10 @@ async fn python_grpcio_lists_incidents_and_acknowledges_one() {
         stdout.contains("reflection lists: vigil.v1.OpsCenter grpc.health.v1.Health"),
         "{stdout}"
     );
+    assert!(
+        stdout.contains("reflection v1alpha lists: vigil.v1.OpsCenter grpc.health.v1.Health"),
+        "{stdout}"
+    );
     assert!(stdout.contains("feed snapshot: 2 incidents"), "{stdout}");
     assert!(stdout.contains("incident inc-000001 post=p-1 state=INCIDENT_STATE_OPEN"));
     assert!(stdout.contains("incident inc-000002 post=p-2 state=INCIDENT_STATE_OPEN"));

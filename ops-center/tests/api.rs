@@ -901,5 +901,52 @@ async fn health_and_reflection_answer_over_mutual_tls() {
         })
         .collect();
     assert!(names.iter().any(|n| n == "vigil/v1/ops.proto"), "{names:?}");
+
+    // v1alpha, which Python's grpcio-reflection and older clients speak:
+    // the same services, the same descriptors.
+    {
+        use tonic_reflection::pb::v1alpha::{
+            ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+            server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+        };
+        let channel = ops.channel(Role::Analyst, "alma", None).await.unwrap();
+        let ask = |m: MessageRequest| ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(m),
+        };
+        let requests = tokio_stream::iter(vec![
+            ask(MessageRequest::ListServices(String::new())),
+            ask(MessageRequest::FileContainingSymbol(
+                "vigil.v1.FeedItem".into(),
+            )),
+        ]);
+        let mut answers = ServerReflectionClient::new(channel)
+            .server_reflection_info(requests)
+            .await
+            .expect("v1alpha reflection is served")
+            .into_inner();
+        let listed = answers.message().await.unwrap().unwrap();
+        let Some(MessageResponse::ListServicesResponse(list)) = listed.message_response else {
+            panic!("{listed:?}");
+        };
+        let names: Vec<&str> = list.service.iter().map(|s| s.name.as_str()).collect();
+        assert!(names.contains(&"vigil.v1.OpsCenter"), "{names:?}");
+        assert!(names.contains(&"grpc.health.v1.Health"), "{names:?}");
+        let file = answers.message().await.unwrap().unwrap();
+        let Some(MessageResponse::FileDescriptorResponse(files)) = file.message_response else {
+            panic!("{file:?}");
+        };
+        let names: Vec<String> = files
+            .file_descriptor_proto
+            .iter()
+            .map(|b| {
+                <prost_types::FileDescriptorProto as prost::Message>::decode(b.as_slice())
+                    .unwrap()
+                    .name()
+                    .to_owned()
+            })
+            .collect();
+        assert!(names.iter().any(|n| n == "vigil/v1/ops.proto"), "{names:?}");
+    }
     ops.stop().await;
 }

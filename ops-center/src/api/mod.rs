@@ -181,11 +181,14 @@ pub async fn serve(
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<OpsCenterServer<Api>>().await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(vigil_proto::FILE_DESCRIPTOR_SET)
-        // So `grpcurl list` shows the health service too, and can describe it.
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    // Reflection in both versions: `v1` for grpcurl and current clients,
+    // `v1alpha` for the many that still ask only for it (Python's
+    // grpcio-reflection, older grpcurl, Postman). Same descriptors in each.
+    let reflection = reflection_builder()
         .build_v1()
+        .expect("the compiled-in descriptor set is valid");
+    let reflection_v1alpha = reflection_builder()
+        .build_v1alpha()
         .expect("the compiled-in descriptor set is valid");
     let api = Api {
         jobs: ctx.jobs,
@@ -196,6 +199,7 @@ pub async fn serve(
     let server = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection)
+        .add_service(reflection_v1alpha)
         .add_service(OpsCenterServer::new(api))
         .serve_with_incoming_shutdown(
             ReceiverStream::new(incoming),
@@ -218,6 +222,14 @@ pub async fn serve(
     };
     tracker.wait().await;
     result
+}
+
+/// The descriptors reflection serves: ours and the health service's (so
+/// `grpcurl list` shows it too, and can describe it).
+fn reflection_builder() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(vigil_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
 }
 
 /// The `OpsCenter` service.
@@ -255,7 +267,12 @@ fn authorize<T>(req: &Request<T>, op: Op) -> Result<Peer, Status> {
     if allowed(peer.role, op) {
         Ok(peer)
     } else {
-        tracing::info!(identity = %peer.identity, role = %peer.role, ?op, "api: permission denied");
+        tracing::info!(
+            identity = %peer.identity,
+            role = %peer.role,
+            op = op_name(op),
+            "api: permission denied"
+        );
         Err(Status::permission_denied(format!(
             "role {} may not {}",
             peer.role,
@@ -412,6 +429,7 @@ impl OpsCenter for Api {
     ) -> Result<Response<IncidentDetail>, Status> {
         authorize(&request, Op::Read)?;
         let id = request.into_inner().incident_id;
+        let wanted = id.clone();
         let detail = self
             .read(move |s| {
                 let Some(incident) = s.incident(&id)? else {
@@ -427,7 +445,7 @@ impl OpsCenter for Api {
             .await?;
         detail
             .map(Response::new)
-            .ok_or_else(|| Status::not_found("no such incident"))
+            .ok_or_else(|| Status::not_found(format!("no incident {wanted}")))
     }
 
     async fn acknowledge(
