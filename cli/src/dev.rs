@@ -166,6 +166,23 @@ async fn run_region(args: &DevArgs, dir: &Path, posts: &[String], fresh: bool) -
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
 
+    // Every fixed port first: a busy one must stop us before any part has
+    // started (and has tasks to abandon mid-read).
+    let metrics_listener = TcpListener::bind(args.metrics).await.map_err(|e| {
+        Usage(format!(
+            "metrics: cannot listen on {}: {e} (choose another with --metrics)",
+            args.metrics
+        ))
+    })?;
+    let metrics_addr = metrics_listener.local_addr()?;
+
+    let api_listener = TcpListener::bind(args.api).await.map_err(|e| {
+        Usage(format!(
+            "api: cannot listen on {}: {e} (another `vigil dev` running? choose one with --api)",
+            args.api
+        ))
+    })?;
+
     // Broker.
     let broker_listener = TcpListener::bind(args.broker)
         .await
@@ -187,12 +204,6 @@ async fn run_region(args: &DevArgs, dir: &Path, posts: &[String], fresh: bool) -
     tracker.spawn(broker.wait());
 
     // Operations center.
-    let api_listener = TcpListener::bind(args.api).await.map_err(|e| {
-        Usage(format!(
-            "api: cannot listen on {}: {e} (another `vigil dev` running? choose one with --api)",
-            args.api
-        ))
-    })?;
     let api_addr = api_listener.local_addr()?;
     let mut zones = String::new();
     for post in posts {
@@ -338,13 +349,6 @@ async fn run_region(args: &DevArgs, dir: &Path, posts: &[String], fresh: bool) -
         });
     }
 
-    let metrics_listener = TcpListener::bind(args.metrics).await.map_err(|e| {
-        Usage(format!(
-            "metrics: cannot listen on {}: {e} (choose another with --metrics)",
-            args.metrics
-        ))
-    })?;
-    let metrics_addr = metrics_listener.local_addr()?;
     let render = Arc::new(move || {
         let mut out = vigil_telemetry::Exposition::new();
         broker_counters.snapshot().export(&mut out);
@@ -514,13 +518,9 @@ async fn feed(pki: PathBuf, api: SocketAddr, stop: CancellationToken) {
         count: None,
         json: false,
     };
-    tokio::select! {
-        () = stop.cancelled() => {}
-        result = crate::client::watch::run(args) => {
-            if let Err(e) = result {
-                tracing::error!("incident feed: {e:#}");
-            }
-        }
+    let mut cursor = String::new();
+    if let Err(e) = crate::client::watch::run_until(&args, &mut cursor, &stop).await {
+        tracing::error!(error = %format!("{e:#}"), "incident feed failed");
     }
 }
 

@@ -91,7 +91,11 @@ fn gateway_stops_cleanly_on_sigterm() {
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     loop {
         let line = lines.next().expect("gateway logs its start").unwrap();
+        // stderr is a pipe here, not a terminal: plain text, no colour.
+        assert!(!line.contains('\x1b'), "{line:?}");
         if line.contains("DC-09 receiver listening") {
+            // The address as an address, not a Debug dump of an Option.
+            assert!(line.contains("listen=127.0.0.1:"), "{line}");
             break;
         }
     }

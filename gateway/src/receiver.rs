@@ -228,7 +228,9 @@ pub async fn serve(
 ) {
     let tracker = TaskTracker::new();
     let addr = tcp.local_addr().ok();
-    info!(listen = ?addr, "DC-09 receiver listening (TCP and UDP)");
+    if let Some(addr) = addr {
+        info!(listen = %addr, "DC-09 receiver listening (TCP and UDP)");
+    }
     tracker.spawn(serve_udp(receiver.clone(), udp, shutdown.clone()));
     let connections = Arc::new(Semaphore::new(limits.max_connections));
     while let Some((stream, peer)) = vigil_pki::accept::accept(&tcp, &shutdown, |_| {}).await {
