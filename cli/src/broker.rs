@@ -34,6 +34,7 @@ pub(crate) fn run(args: &BrokerArgs) -> Result<()> {
         let counters = broker.counters();
         crate::metrics::serve(
             config.metrics.as_ref(),
+            "broker",
             move |out| counters.snapshot().export(out),
             shutdown.clone(),
         )

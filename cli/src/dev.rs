@@ -351,8 +351,9 @@ async fn run_region(args: &DevArgs, dir: &Path, posts: &[String], fresh: bool) -
 
     let render = Arc::new(move || {
         let mut out = vigil_telemetry::Exposition::new();
+        out.build_info("dev", env!("CARGO_PKG_VERSION"));
         broker_counters.snapshot().export(&mut out);
-        ops_counters.snapshot().export(&mut out);
+        ops_counters.export(&mut out);
         for (post, metrics) in &gateway_counters {
             out.scoped(&[("post", post)], |out| metrics.export(out));
         }

@@ -55,9 +55,10 @@ pub(crate) fn run(args: &OpsArgs) -> Result<()> {
         let metrics = Arc::new(Metrics::default());
         crate::metrics::serve(
             cfg.metrics.as_ref(),
+            "ops",
             {
                 let metrics = metrics.clone();
-                move |out| metrics.snapshot().export(out)
+                move |out| metrics.export(out)
             },
             shutdown.clone(),
         )

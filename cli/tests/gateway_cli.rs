@@ -110,6 +110,17 @@ fn gateway_stops_cleanly_on_sigterm() {
         support::sample(&body, "vigil_gateway_dc09_nak_total{reason=\"stale\"}").is_some(),
         "{body}"
     );
+    assert!(
+        body.contains(&format!(
+            "vigil_build_info{{part=\"gateway\",version=\"{}\"}} 1\n",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{body}"
+    );
+    assert!(
+        body.contains("# TYPE vigil_gateway_dc09_ack_duration_seconds histogram"),
+        "{body}"
+    );
     let status = sigterm_and_wait(&mut child);
     assert!(status.success(), "{status:?}");
     let rest: Vec<String> = lines.map_while(Result::ok).collect();

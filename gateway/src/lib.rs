@@ -166,6 +166,11 @@ impl Metrics {
                 counter.load(Relaxed),
             );
         }
+        out.histogram(
+            "vigil_gateway_dc09_ack_duration_seconds",
+            "Time from a DC-09 frame in hand to its ACK, durable append included.",
+            &d.ack_latency,
+        );
         let p = &self.publisher;
         for (name, help, counter) in [
             (
@@ -455,6 +460,17 @@ mod tests {
         );
         assert!(
             text.contains("vigil_gateway_onvif_errors_total{kind=\"auth\"} 2"),
+            "{text}"
+        );
+        metrics
+            .dc09
+            .ack_latency
+            .record(std::time::Duration::from_millis(3));
+        let mut out = vigil_telemetry::Exposition::new();
+        metrics.export(&mut out);
+        let text = out.render();
+        assert!(
+            text.contains("vigil_gateway_dc09_ack_duration_seconds_bucket{le=\"0.004096\"} 1"),
             "{text}"
         );
     }

@@ -55,6 +55,9 @@ const UDP_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 /// Counters of the receiver.
 #[derive(Debug, Default)]
 pub struct Dc09Metrics {
+    /// From a frame in hand to its ACK ready: decode, checks and the
+    /// outbox's durable append (fsync, group commit) — what a panel waits.
+    pub ack_latency: vigil_telemetry::Histogram,
     pub frames: AtomicU64,
     pub acked: AtomicU64,
     pub duplicates: AtomicU64,
@@ -118,6 +121,7 @@ impl Receiver {
     /// The answer to one frame (`None`: stay silent).
     pub async fn handle_frame(&self, frame: &[u8], peer: SocketAddr) -> Option<Vec<u8>> {
         bump(&self.metrics.frames);
+        let started = std::time::Instant::now();
         let now = OffsetDateTime::now_utc();
         let lookup = |account: &str| match self.account(account) {
             None => KeyLookup::UnknownAccount,
@@ -178,7 +182,9 @@ impl Receiver {
             }
         }
         bump(&self.metrics.acked);
-        self.answer(&ack_for(&msg, now), account.key.as_ref())
+        let ack = self.answer(&ack_for(&msg, now), account.key.as_ref());
+        self.metrics.ack_latency.record(started.elapsed());
+        ack
     }
 
     fn refuse(&self, err: &DecodeError, now: OffsetDateTime, peer: SocketAddr) -> Option<Vec<u8>> {

@@ -186,6 +186,8 @@ async fn alarm_is_stored_before_it_is_acked() {
     }
     let seqs: Vec<_> = stored(&h.outbox).await.iter().map(|e| e.seq).collect();
     assert_eq!(seqs, vec![1, 2, 3], "NULL stores nothing");
+    // Every ACK went through the latency histogram.
+    assert_eq!(h.metrics.ack_latency.count(), 3);
 }
 
 #[tokio::test]

@@ -54,6 +54,7 @@ struct Center {
     shutdown: CancellationToken,
     api: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
     writer: writer::WriterHandle,
+    metrics: Arc<Metrics>,
 }
 
 impl Center {
@@ -73,12 +74,13 @@ impl Center {
             store.engine_snapshot(SystemTime::UNIX_EPOCH).unwrap(),
         );
         let changed = Arc::new(Notify::new());
+        let metrics = Arc::new(Metrics::default());
         let (jobs, jobs_rx) = mpsc::channel(writer::QUEUE_CAPACITY);
         let (done_tx, done) = mpsc::channel(writer::DONE_CAPACITY);
         let writer = writer::spawn_notifying(
             Box::new(store),
             engine,
-            Arc::new(Metrics::default()),
+            metrics.clone(),
             jobs_rx,
             done_tx,
             changed.clone(),
@@ -101,6 +103,7 @@ impl Center {
                     SqliteStore::open(&data).unwrap(),
                 ))),
                 changed,
+                metrics: metrics.clone(),
             },
             listener,
             tls.server_config().unwrap(),
@@ -116,6 +119,7 @@ impl Center {
             shutdown,
             api,
             writer,
+            metrics,
         }
     }
 
@@ -948,5 +952,84 @@ async fn health_and_reflection_answer_over_mutual_tls() {
             .collect();
         assert!(names.iter().any(|n| n == "vigil/v1/ops.proto"), "{names:?}");
     }
+    ops.stop().await;
+}
+
+/// `/metrics` of the ops-center as it would be scraped now.
+fn scrape(ops: &Center) -> String {
+    let mut out = vigil_telemetry::Exposition::new();
+    ops.metrics.export(&mut out);
+    out.render()
+}
+
+/// Waits (bounded) until `scrape` shows `line`.
+async fn until_scraped(ops: &Center, line: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = scrape(ops);
+        if text.contains(line) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{line:?} never in\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_the_backlog_connections_and_watchers() {
+    let ops = Center::start().await;
+    let open_p2 = "vigil_ops_incidents{state=\"open\",priority=\"P2\"}";
+    let acked_p2 = "vigil_ops_incidents{state=\"acknowledged\",priority=\"P2\"}";
+    assert!(scrape(&ops).contains(&format!("{open_p2} 0\n")));
+    // A burglary opens a P2 incident; the gauge counts it once committed.
+    ops.submit(vec![alarm("p-1", 1, 1, now_secs())]).await;
+    assert!(scrape(&ops).contains(&format!("{open_p2} 1\n")));
+
+    let mut client = ops.client(Role::Analyst, "alice").await;
+    let mut feed = client
+        .watch_incidents(WatchIncidentsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let first = next_update(&mut feed).await;
+    let (id, version) = incident_of(&first);
+    until_scraped(&ops, "vigil_ops_watchers 1\n").await;
+    until_scraped(&ops, "vigil_ops_api_connections 1\n").await;
+
+    // Acknowledged: no longer open work, still backlog.
+    client
+        .acknowledge(AcknowledgeRequest {
+            incident_id: id.clone(),
+            expected_version: version,
+            note: String::new(),
+        })
+        .await
+        .unwrap();
+    let text = scrape(&ops);
+    assert!(text.contains(&format!("{open_p2} 0\n")), "{text}");
+    assert!(text.contains(&format!("{acked_p2} 1\n")), "{text}");
+    // The commit went through the histogram.
+    assert!(
+        !text.contains("vigil_ops_commit_duration_seconds_count 0\n"),
+        "{text}"
+    );
+
+    // The watcher leaves; the feed notices at its next item (a change).
+    drop(feed);
+    client
+        .add_note(AddNoteRequest {
+            incident_id: id,
+            expected_version: version + 1,
+            text: "calling the post".into(),
+        })
+        .await
+        .unwrap();
+    until_scraped(&ops, "vigil_ops_watchers 0\n").await;
+    // The client goes: its connection closes.
+    drop(client);
+    until_scraped(&ops, "vigil_ops_api_connections 0\n").await;
     ops.stop().await;
 }

@@ -42,6 +42,7 @@ pub struct Center {
     committed: Arc<(Mutex<BTreeSet<u64>>, Notify)>,
     next_token: std::sync::atomic::AtomicU64,
     changed: Arc<Notify>,
+    pub metrics: Arc<Metrics>,
     api: Option<(
         CancellationToken,
         JoinHandle<Result<(), tonic::transport::Error>>,
@@ -73,12 +74,13 @@ impl Center {
             store.engine_snapshot(SystemTime::UNIX_EPOCH).unwrap(),
         );
         let changed = Arc::new(Notify::new());
+        let metrics = Arc::new(Metrics::default());
         let (jobs, jobs_rx) = mpsc::channel(writer::QUEUE_CAPACITY);
         let (done_tx, mut done) = mpsc::channel(writer::DONE_CAPACITY);
         let writer = writer::spawn_notifying(
             Box::new(store),
             engine,
-            Arc::new(Metrics::default()),
+            metrics.clone(),
             jobs_rx,
             done_tx,
             changed.clone(),
@@ -106,6 +108,7 @@ impl Center {
             committed,
             next_token: 1.into(),
             changed,
+            metrics,
             api: None,
             drain,
             writer,
@@ -131,6 +134,7 @@ impl Center {
                     SqliteStore::open(&self.data).unwrap(),
                 ))),
                 changed: self.changed.clone(),
+                metrics: self.metrics.clone(),
             },
             listener,
             tls.server_config().unwrap(),

@@ -136,6 +136,8 @@ pub struct ApiContext {
     pub reader: Arc<Mutex<Box<dyn Store>>>,
     /// Woken by the writer after each commit with incident changes.
     pub changed: Arc<Notify>,
+    /// Where open connections and watchers are counted.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl std::fmt::Debug for ApiContext {
@@ -176,6 +178,7 @@ pub async fn serve(
         shutdown.clone(),
         &tracker,
         tls::MAX_CONNECTIONS,
+        ctx.metrics.clone(),
     );
     tracker.close();
 
@@ -195,6 +198,7 @@ pub async fn serve(
         reader: ctx.reader,
         feed,
         shutdown: shutdown.clone(),
+        metrics: ctx.metrics,
     };
     let server = tonic::transport::Server::builder()
         .add_service(health_service)
@@ -238,6 +242,7 @@ pub struct Api {
     reader: Reader,
     feed: Feed,
     shutdown: CancellationToken,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl std::fmt::Debug for Api {
@@ -377,8 +382,12 @@ impl OpsCenter for Api {
             self.reader.clone(),
             self.shutdown.clone(),
         );
+        // Counted as a watcher until its feed ends (the client left, or
+        // shutdown).
+        let watching = self.metrics.open(crate::metrics::OpenKind::Watcher);
         tokio::spawn(async move {
             feed.watch(reader, cursor, req.post_ids, tx, shutdown).await;
+            drop(watching);
         });
         Ok(Response::new(ReceiverStream::new(rx)))
     }

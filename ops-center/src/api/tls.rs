@@ -30,6 +30,8 @@ use tonic::transport::server::Connected;
 use tracing::{Instrument, debug, info, info_span};
 use vigil_pki::Peer;
 
+use crate::metrics::{Metrics, Open, OpenKind};
+
 /// From accept to finished TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Handshakes in progress at once; more connections wait for a slot (within
@@ -61,6 +63,8 @@ pub struct ApiConn {
     /// This connection's place under [`MAX_CONNECTIONS`], given back when
     /// tonic drops the connection.
     _slot: OwnedSemaphorePermit,
+    /// Counts it in `vigil_ops_api_connections` while it is open.
+    _open: Open,
 }
 
 impl Connected for ApiConn {
@@ -117,6 +121,7 @@ pub fn incoming(
     shutdown: CancellationToken,
     tracker: &TaskTracker,
     max_connections: usize,
+    metrics: Arc<Metrics>,
 ) -> mpsc::Receiver<Result<ApiConn, io::Error>> {
     let (tx, rx) = mpsc::channel(ACCEPTED_CAPACITY);
     let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
@@ -131,11 +136,12 @@ pub fn incoming(
                 continue;
             };
             let span = info_span!("api_conn", peer.addr = %addr);
-            let (acceptor, tx, handshakes, cancel) = (
+            let (acceptor, tx, handshakes, cancel, metrics) = (
                 acceptor.clone(),
                 tx.clone(),
                 handshakes.clone(),
                 shutdown.clone(),
+                metrics.clone(),
             );
             inner.spawn(
                 async move {
@@ -176,6 +182,7 @@ pub fn incoming(
                         stream,
                         info: ConnInfo { addr, peer },
                         _slot: slot,
+                        _open: metrics.open(OpenKind::ApiConnection),
                     };
                     let _ = tx.send(Ok(conn)).await;
                 }
@@ -223,7 +230,16 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (shutdown, tracker) = (CancellationToken::new(), TaskTracker::new());
-        let mut conns = incoming(listener, acceptor, shutdown.clone(), &tracker, 2);
+        let metrics = Arc::new(Metrics::default());
+        let open = |m: &Metrics| m.api_connections.load(std::sync::atomic::Ordering::Relaxed);
+        let mut conns = incoming(
+            listener,
+            acceptor,
+            shutdown.clone(),
+            &tracker,
+            2,
+            metrics.clone(),
+        );
         let dial = || async {
             let tcp = TcpStream::connect(addr).await.unwrap();
             let name = ServerName::try_from("127.0.0.1").unwrap();
@@ -239,11 +255,14 @@ mod tests {
         let _second = tokio::time::timeout(wait, conns.recv()).await.unwrap();
         // A third is closed before any TLS.
         assert!(dial().await.is_err(), "a third connection is refused");
+        assert_eq!(open(&metrics), 2);
         // One ends: there is room again.
         drop(first);
+        assert_eq!(open(&metrics), 1);
         let _c = dial().await.unwrap();
         let third = tokio::time::timeout(wait, conns.recv()).await.unwrap();
         assert!(third.unwrap().unwrap().info.peer.is_ok());
+        assert_eq!(open(&metrics), 1, "the third was dropped after the check");
         shutdown.cancel();
         tracker.close();
         tracker.wait().await;
