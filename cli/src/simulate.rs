@@ -170,8 +170,12 @@ enum ProtocolArg {
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum ScenarioArg {
+    /// Every kind of alarm, trouble and restore, often (a test workout).
     Mixed,
+    /// NULL link tests only.
     Null,
+    /// An ordinary day: openings, closings and tests; alarms now and then.
+    Quiet,
 }
 
 pub(crate) fn run(cmd: SimulateCommand) -> Result<()> {
@@ -321,6 +325,7 @@ fn panel_config(args: PanelArgs) -> Result<PanelConfig> {
     config.scenario = match args.scenario {
         ScenarioArg::Mixed => ScenarioKind::Mixed,
         ScenarioArg::Null => ScenarioKind::Null,
+        ScenarioArg::Quiet => ScenarioKind::Quiet,
     };
     config.count = args.count;
     config.duration = args.duration;
