@@ -14,7 +14,7 @@ use vigil_ops::store::{ReceivedFilter, Store};
 use vigil_pki::Role;
 use vigil_proto::v1::{Disposition, Incident, IncidentState, StoredEvent};
 
-#[path = "support/center.rs"]
+#[path = "support/client.rs"]
 mod center;
 
 use center::{Center, WAIT, alarm, command, now_secs, run_vigil};

@@ -12,7 +12,7 @@ use vigil_ops::store::Store;
 use vigil_pki::Role;
 use vigil_proto::v1::{AuditAction, IncidentState};
 
-#[path = "support/center.rs"]
+#[path = "support/client.rs"]
 mod center;
 
 use center::{Center, alarm, now_secs};
