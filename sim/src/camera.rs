@@ -348,7 +348,7 @@ fn xml(status: StatusCode, body: String) -> Response<Full<Bytes>> {
 }
 
 fn fault(status: StatusCode, code: &str, subcode: &str, reason: &str) -> Response<Full<Bytes>> {
-    xml(status, soap::fault_xml(code, subcode, reason))
+    xml(status, crate::soap::fault_xml(code, subcode, reason))
 }
 
 fn ok(body: &str) -> Response<Full<Bytes>> {
@@ -408,7 +408,7 @@ async fn handle(
             "not well-formed XML",
         );
     };
-    if let Err(why) = soap::check_security(
+    if let Err(why) = crate::soap::check_security(
         &envelope,
         &shared.config.credentials,
         OffsetDateTime::now_utc(),
@@ -654,7 +654,7 @@ async fn subscription_op(
                 .get(&id)
                 .map(|s| s.terminates.saturating_duration_since(Instant::now()))
                 .unwrap_or_default();
-            let items: String = messages.iter().map(soap::notification_xml).collect();
+            let items: String = messages.iter().map(crate::soap::notification_xml).collect();
             return ok(&format!(
                 "<tev:PullMessagesResponse><tev:CurrentTime>{}</tev:CurrentTime>\
                  <tev:TerminationTime>{}</tev:TerminationTime>{items}</tev:PullMessagesResponse>",

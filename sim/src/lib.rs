@@ -9,6 +9,9 @@
 //! - [`panel`]: the DC-09 dialler (scenarios, retries, NAK clock
 //!   adoption, per-event outcomes).
 //! - [`camera`]: the ONVIF device and the HTTP push client.
+//! - [`soap`]: what only the device writes or checks in SOAP
+//!   (notifications, faults, the UsernameToken check).
 
 pub mod camera;
 pub mod panel;
+pub mod soap;
