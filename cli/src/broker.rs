@@ -42,6 +42,7 @@ pub(crate) fn run(args: &BrokerArgs) -> Result<()> {
         let counters = broker.counters();
         crate::metrics::serve(
             config.metrics.as_ref(),
+            "broker",
             move |out| {
                 counters.snapshot().export(out);
                 out.own_certificate_expiry(own.not_after());

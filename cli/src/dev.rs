@@ -23,12 +23,12 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use tokio::{net::TcpListener, sync::mpsc};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
-use vigil_gateway::{
-    camera::sim::{self, OnvifCamera, SimConfig, SimHandle},
-    dc09::{Key, Message},
-    simulator::{Panel, PanelConfig, Scenario},
-};
+use vigil_dc09::{Key, Message};
 use vigil_pki::Role;
+use vigil_sim::{
+    camera::{self as sim, OnvifCamera, SimConfig, SimHandle},
+    panel::{Panel, PanelConfig, Scenario, ScenarioKind},
+};
 
 use crate::{
     Usage,
@@ -49,6 +49,32 @@ const ZONES_PER_CAMERA: u32 = 8;
 const CAMERAS: u32 = 2;
 /// Longest a simulated camera's push may take.
 const PUSH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The `[engine]` settings of the dev region: acknowledgment deadlines a
+/// person trying the system can meet (a P1 escalates after 5 minutes, not
+/// one), and a standard operating procedure for every kind of incident the
+/// simulated posts raise, as an operations center would set them.
+const DEV_ENGINE: &str = r#"
+[engine]
+max_escalation_level = 2
+
+[engine.ack_deadline_secs]
+p1 = 300
+p2 = 900
+p3 = 1800
+p4 = 3600
+
+[engine.procedures]
+fire = "Call the fire brigade, then the post's duty officer. Check the zone's cameras."
+panic = "Call the police, then the post's duty officer on the secure line."
+burglary = "Check the zone's cameras. Call the post's duty officer; send the guard force unless cleared."
+video_detection = "Look at the camera. If a person is there and the site is armed, treat it as a burglary."
+power = "Call the post's facilities contact; the panel runs on battery meanwhile."
+trouble = "Note it for the post's technician; call the post if it affects an armed area."
+tamper = "Check the device's camera view; call the post's duty officer."
+supervisory = "Check the post's link and the device; call the post's technician if it stays down."
+default = "Check the post's status and cameras. Call the post's duty officer if in doubt."
+"#;
 
 #[derive(Debug, Args)]
 pub(crate) struct DevArgs {
@@ -166,6 +192,23 @@ async fn run_region(args: &DevArgs, dir: &Path, posts: &[String], fresh: bool) -
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
 
+    // Every fixed port first: a busy one must stop us before any part has
+    // started (and has tasks to abandon mid-read).
+    let metrics_listener = TcpListener::bind(args.metrics).await.map_err(|e| {
+        Usage(format!(
+            "metrics: cannot listen on {}: {e} (choose another with --metrics)",
+            args.metrics
+        ))
+    })?;
+    let metrics_addr = metrics_listener.local_addr()?;
+
+    let api_listener = TcpListener::bind(args.api).await.map_err(|e| {
+        Usage(format!(
+            "api: cannot listen on {}: {e} (another `vigil dev` running? choose one with --api)",
+            args.api
+        ))
+    })?;
+
     // Broker.
     let broker_listener = TcpListener::bind(args.broker)
         .await
@@ -187,12 +230,6 @@ async fn run_region(args: &DevArgs, dir: &Path, posts: &[String], fresh: bool) -
     tracker.spawn(broker.wait());
 
     // Operations center.
-    let api_listener = TcpListener::bind(args.api).await.map_err(|e| {
-        Usage(format!(
-            "api: cannot listen on {}: {e} (another `vigil dev` running? choose one with --api)",
-            args.api
-        ))
-    })?;
     let api_addr = api_listener.local_addr()?;
     let mut zones = String::new();
     for post in posts {
@@ -209,7 +246,7 @@ async fn run_region(args: &DevArgs, dir: &Path, posts: &[String], fresh: bool) -
         dir,
         "ops.toml",
         &format!(
-            "# Written by `vigil dev` at every start.\ndata_dir = \"data/ops\"\n{}\n[mqtt]\nserver = \"{broker_addr}\"\n\n[api]\nlisten = \"{api_addr}\"\n{zones}",
+            "# Written by `vigil dev` at every start.\ndata_dir = \"data/ops\"\n{}\n[mqtt]\nserver = \"{broker_addr}\"\n\n[api]\nlisten = \"{api_addr}\"\n{DEV_ENGINE}{zones}",
             tls_table("ops")
         ),
     )?;
@@ -302,6 +339,9 @@ async fn run_region(args: &DevArgs, dir: &Path, posts: &[String], fresh: bool) -
         panel.key = key;
         panel.interval = args.interval;
         panel.record_outcomes = false;
+        // An ordinary day at a post, not a test workout: a few incidents a
+        // minute across the region, most of them P2 or below.
+        panel.scenario = ScenarioKind::Quiet;
         let scenario = Scenario::for_panel(&panel);
         let panel = Panel::with_messages(
             panel,
@@ -338,17 +378,11 @@ async fn run_region(args: &DevArgs, dir: &Path, posts: &[String], fresh: bool) -
         });
     }
 
-    let metrics_listener = TcpListener::bind(args.metrics).await.map_err(|e| {
-        Usage(format!(
-            "metrics: cannot listen on {}: {e} (choose another with --metrics)",
-            args.metrics
-        ))
-    })?;
-    let metrics_addr = metrics_listener.local_addr()?;
     let render = Arc::new(move || {
         let mut out = vigil_telemetry::Exposition::new();
+        out.build_info("dev", env!("CARGO_PKG_VERSION"));
         broker_counters.snapshot().export(&mut out);
-        ops_counters.snapshot().export(&mut out);
+        ops_counters.export(&mut out);
         for (post, metrics) in &gateway_counters {
             out.scoped(&[("post", post)], |out| metrics.export(out));
         }
@@ -514,13 +548,9 @@ async fn feed(pki: PathBuf, api: SocketAddr, stop: CancellationToken) {
         count: None,
         json: false,
     };
-    tokio::select! {
-        () = stop.cancelled() => {}
-        result = crate::client::watch::run(args) => {
-            if let Err(e) = result {
-                tracing::error!("incident feed: {e:#}");
-            }
-        }
+    let mut cursor = String::new();
+    if let Err(e) = crate::client::watch::run_until(&args, &mut cursor, &stop).await {
+        tracing::error!(error = %format!("{e:#}"), "incident feed failed");
     }
 }
 

@@ -45,6 +45,7 @@ pub(crate) fn run(args: &GatewayArgs) -> Result<()> {
         let metrics = Arc::new(Metrics::default());
         crate::metrics::serve(
             config.metrics.as_ref(),
+            "gateway",
             {
                 let metrics = metrics.clone();
                 let own = tls.own_cert().clone();

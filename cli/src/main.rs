@@ -30,7 +30,7 @@ mod simulate;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 
 /// Exit status for a bad config or bad arguments (sysexits.h EX_USAGE).
 const EXIT_USAGE: u8 = 64;
@@ -81,7 +81,10 @@ enum Command {
 fn main() -> ExitCode {
     // Bad arguments are the user's to fix, like a bad config: exit 64
     // (clap's own default is 2). Help and version exit 0.
-    let cli = match Cli::try_parse() {
+    let parsed = command_with_plain_usage()
+        .try_get_matches()
+        .and_then(|m| <Cli as clap::FromArgMatches>::from_arg_matches(&m));
+    let cli = match parsed {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
@@ -127,6 +130,30 @@ fn main() -> ExitCode {
     }
 }
 
+/// The command line, each subcommand's usage line fixed to what it needs.
+///
+/// On an error clap writes the usage line with every argument that was
+/// given, and counts one taken from the environment as given: with
+/// `VIGIL_CA` set, `vigil ack` would answer "Usage: vigil ack --ca <FILE>
+/// <ID>", as though `--ca` were required. The usage of the bare command
+/// (required arguments and `[OPTIONS]`) is the true one.
+fn command_with_plain_usage() -> clap::Command {
+    fn fix(cmd: &mut clap::Command) {
+        let usage = cmd.render_usage().to_string();
+        let usage = usage.strip_prefix("Usage: ").unwrap_or(&usage).to_owned();
+        *cmd = std::mem::take(cmd).override_usage(usage);
+        for sub in cmd.get_subcommands_mut() {
+            fix(sub);
+        }
+    }
+    let mut cmd = Cli::command();
+    cmd.build();
+    for sub in cmd.get_subcommands_mut() {
+        fix(sub);
+    }
+    cmd
+}
+
 /// Marks an error as the user's to fix (exit status 64).
 #[derive(Debug)]
 pub(crate) struct Usage(pub(crate) String);
@@ -146,15 +173,24 @@ fn init_tracing(format: LogFormat, default_filter: &str) {
     // broker front logs and counts everything that concerns clients.
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    // Colour codes only for a person at a terminal: a log file, a pipe or
+    // journald gets plain text. NO_COLOR (no-color.org) turns them off too.
     // A log line that cannot be written (stderr closed) is dropped: by
     // default the subscriber reports its own write errors with `eprintln!`,
     // which panics on a closed stderr, in whatever task was logging.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr()) && !no_color();
     let builder = fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(ansi)
         .log_internal_errors(false);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
+}
+
+/// Whether `NO_COLOR` asks for no colour: set and not empty (no-color.org).
+pub(crate) fn no_color() -> bool {
+    std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty())
 }

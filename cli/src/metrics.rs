@@ -9,9 +9,10 @@ use tokio_util::sync::CancellationToken;
 use vigil_telemetry::{Exposition, MetricsConfig};
 
 /// Binds `config`'s address (when the table is present) and serves what
-/// `export` adds until `shutdown`.
+/// `export` adds, with `vigil_build_info` for `part`, until `shutdown`.
 pub(crate) async fn serve(
     config: Option<&MetricsConfig>,
+    part: &'static str,
     export: impl Fn(&mut Exposition) + Send + Sync + 'static,
     shutdown: CancellationToken,
 ) -> Result<()> {
@@ -23,6 +24,7 @@ pub(crate) async fn serve(
         .with_context(|| format!("metrics.listen = {}", config.listen))?;
     let render = Arc::new(move || {
         let mut out = Exposition::new();
+        out.build_info(part, env!("CARGO_PKG_VERSION"));
         export(&mut out);
         out.render()
     });

@@ -57,11 +57,12 @@ pub(crate) fn run(args: &OpsArgs) -> Result<()> {
         let metrics = Arc::new(Metrics::default());
         crate::metrics::serve(
             cfg.metrics.as_ref(),
+            "ops",
             {
                 let metrics = metrics.clone();
                 let own = material.own_cert().clone();
                 move |out| {
-                    metrics.snapshot().export(out);
+                    metrics.export(out);
                     out.own_certificate_expiry(own.not_after());
                 }
             },

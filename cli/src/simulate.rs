@@ -15,8 +15,8 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
-use vigil_gateway::dc09::Key;
-use vigil_gateway::simulator::{
+use vigil_dc09::Key;
+use vigil_sim::panel::{
     DEFAULT_RETRIES, Panel, PanelConfig, Progress, Protocol, ScenarioKind, Summary, Transport,
 };
 
@@ -170,8 +170,12 @@ enum ProtocolArg {
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum ScenarioArg {
+    /// Every kind of alarm, trouble and restore, often (a test workout).
     Mixed,
+    /// NULL link tests only.
     Null,
+    /// An ordinary day: openings, closings and tests; alarms now and then.
+    Quiet,
 }
 
 pub(crate) fn run(cmd: SimulateCommand) -> Result<()> {
@@ -190,7 +194,7 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 }
 
 fn onvif_camera(args: OnvifArgs) -> Result<()> {
-    use vigil_gateway::camera::sim::{self, OnvifCamera, SimConfig, SimStats};
+    use vigil_sim::camera::{self as sim, OnvifCamera, SimConfig, SimStats};
     if let Some(bad) = args.events.iter().find(|e| sim::by_name(e, true).is_none()) {
         return Err(Usage(format!(
             "--events: unknown event {bad:?}; use {EVENT_NAMES}"
@@ -230,10 +234,8 @@ fn onvif_camera(args: OnvifArgs) -> Result<()> {
 }
 
 fn push_camera(args: &PushArgs) -> Result<()> {
-    use vigil_gateway::camera::{
-        by_push_name,
-        sim::{push_body, push_event},
-    };
+    use vigil_gateway::camera::by_push_name;
+    use vigil_sim::camera::{push_body, push_event};
     if !args.url.starts_with("http://") {
         return Err(Usage(format!("--url {:?} must start with http://", args.url)).into());
     }
@@ -323,6 +325,7 @@ fn panel_config(args: PanelArgs) -> Result<PanelConfig> {
     config.scenario = match args.scenario {
         ScenarioArg::Mixed => ScenarioKind::Mixed,
         ScenarioArg::Null => ScenarioKind::Null,
+        ScenarioArg::Quiet => ScenarioKind::Quiet,
     };
     config.count = args.count;
     config.duration = args.duration;

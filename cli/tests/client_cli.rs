@@ -14,7 +14,7 @@ use vigil_ops::store::{ReceivedFilter, Store};
 use vigil_pki::Role;
 use vigil_proto::v1::{Disposition, Incident, IncidentState, StoredEvent};
 
-#[path = "support/center.rs"]
+#[path = "support/client.rs"]
 mod center;
 
 use center::{Center, WAIT, alarm, command, now_secs, run_vigil};
@@ -126,7 +126,7 @@ async fn incidents_lists_for_people_and_for_scripts() {
     let out = run_vigil(args(&alice, &["incidents", "inc-000042"]), vec![]).await;
     assert_eq!(out.status.code(), Some(1));
     assert!(
-        stderr(&out).contains("no such incident"),
+        stderr(&out).contains("no incident inc-000042"),
         "{}",
         stderr(&out)
     );
@@ -148,11 +148,10 @@ async fn ack_at_a_stale_version_changes_nothing_and_shows_the_current_state() {
     )
     .await;
     assert!(out.status.success());
-    assert!(
-        stdout(&out).starts_with("inc-000001 acknowledged"),
-        "{}",
-        stdout(&out)
-    );
+    let said = stdout(&out);
+    assert!(said.starts_with("inc-000001 acknowledged"), "{said}");
+    // The id once, not again in the summary.
+    assert_eq!(said.matches("inc-000001").count(), 1, "{said}");
     let acked = incident(&center, "inc-000001");
     assert_eq!(acked.state(), IncidentState::Acknowledged);
     assert_eq!(acked.acknowledged_by, "alice");
@@ -343,6 +342,14 @@ async fn posts_and_test_mode() {
     );
     let out = run_vigil(args(&sam, &["test-mode", "p-1", "--for", "5d"]), vec![]).await;
     assert_eq!(out.status.code(), Some(64));
+    // Over the server's cap (8 h by default): refused, naming the cap, and
+    // the post is not put into test mode for less than was asked.
+    let out = run_vigil(args(&sam, &["test-mode", "p-1", "--for", "9h"]), vec![]).await;
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("at most 8h") && err.contains("9h"), "{err}");
+    let post = center.store().post("p-1").unwrap().unwrap();
+    assert!(post.test_mode_until.is_none());
     center.stop().await;
 }
 
@@ -474,6 +481,13 @@ async fn the_environment_configures_the_connection() {
     let out = run_vigil(vec!["incidents".into()], vec![]).await;
     assert_eq!(out.status.code(), Some(64));
     assert!(stderr(&out).contains("--ca FILE is required (or set VIGIL_CA)"));
+    // With the connection in the environment, a usage error does not show
+    // --ca and friends as though they were required.
+    let out = run_vigil(vec!["ack".into()], center.env(Role::Analyst, "alice")).await;
+    assert_eq!(out.status.code(), Some(64));
+    let err = stderr(&out);
+    assert!(err.contains("Usage: vigil ack [OPTIONS] <ID>"), "{err}");
+    assert!(!err.contains("--ca <FILE>"), "{err}");
     // A flag wins over the environment.
     let mut env = center.env(Role::Analyst, "alice");
     env.push(("VIGIL_SERVER".into(), "127.0.0.1:1".into()));
@@ -615,7 +629,11 @@ async fn watch_shows_the_feed_and_resumes_after_the_server_restarts() {
         first.contains("inc-000001") && first.contains("open"),
         "{first}"
     );
-    assert_eq!(watch.line().await, "-- live changes follow --");
+    let complete = watch.line().await;
+    assert!(
+        complete.starts_with("-- live changes follow (cursor "),
+        "{complete}"
+    );
 
     let out = run_vigil(args(&alice, &["ack", "inc-000001"]), vec![]).await;
     assert!(out.status.success());
@@ -656,7 +674,11 @@ async fn a_watch_that_falls_behind_resyncs_and_misses_nothing() {
     let center = Center::start().await;
     let alice = center.flags(Role::Analyst, "alice");
     let watch = Watcher::start(&args(&alice, &["watch"]));
-    assert_eq!(watch.line().await, "-- live changes follow --");
+    let complete = watch.line().await;
+    assert!(
+        complete.starts_with("-- live changes follow (cursor "),
+        "{complete}"
+    );
     // While nobody reads its output, far more changes than the server's
     // feed (1024), the client's HTTP/2 windows (hyper's defaults: 2 MiB a
     // stream, some 7000 items), the pipe and the line channel together
@@ -794,6 +816,90 @@ async fn watch_for_scripts_with_a_post_filter_and_a_cursor() {
     assert_eq!(got.len(), 1);
     assert_eq!(id(&got[0]), "inc-000001");
     assert!(got[0].cursor.parse::<u64>().unwrap() > cursor.parse::<u64>().unwrap());
+    center.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_for_people_orders_by_priority_and_says_its_cursor() {
+    let center = Center::start().await;
+    let t = now_secs();
+    // A burglary (P2) first, then a fire (P1) at another post.
+    center.submit(vec![alarm("p-1", 1, 1, t)]).await;
+    let mut fire = alarm("p-2", 1, 4, t + 1);
+    fire.category = vigil_proto::v1::EventCategory::Fire as i32;
+    center.submit(vec![fire]).await;
+    let alice = center.flags(Role::Analyst, "alice");
+    assert!(
+        run_vigil(args(&alice, &["ack", "inc-000001"]), vec![])
+            .await
+            .status
+            .success()
+    );
+
+    // Not a terminal: no colour codes. The two incidents of the snapshot.
+    let out = run_vigil(args(&alice, &["watch", "--count", "2"]), vec![]).await;
+    assert!(out.status.success());
+    let text = stdout(&out);
+    assert!(!text.contains('\x1b'), "{text:?}");
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    // The fire first, though it opened later; each says how it stands.
+    assert!(
+        lines[0].contains("inc-000002") && lines[0].contains("P1"),
+        "{text}"
+    );
+    assert!(lines[1].contains("inc-000001"), "{text}");
+    assert!(lines[1].contains("acknowledged"), "{text}");
+    assert!(!text.contains("(open)"), "{text}");
+
+    // A live change after the snapshot: the watch ends with its cursor,
+    // and resuming from it shows only what came later.
+    let mut watch = Watcher::start(&args(&alice, &["watch", "--count", "3"]));
+    for _ in 0..2 {
+        watch.line().await;
+    }
+    let complete = watch.line().await;
+    assert!(complete.starts_with("-- live changes follow"), "{complete}");
+    assert!(
+        run_vigil(args(&alice, &["note", "inc-000002", "calling"]), vec![])
+            .await
+            .status
+            .success()
+    );
+    let live = watch.line().await;
+    assert!(
+        live.contains("inc-000002") && live.contains("(note added)"),
+        "{live}"
+    );
+    // Its stderr, read to the end once it has exited.
+    let err = std::mem::replace(&mut watch.err, std_mpsc::channel().1);
+    let (status, _) = watch.exit().await;
+    assert!(status.success());
+    let said: Vec<String> = std::iter::from_fn(|| err.recv_timeout(WAIT).ok()).collect();
+    let resume = said
+        .iter()
+        .find_map(|l| l.split_once("resume with: vigil watch --cursor "))
+        .map(|(_, c)| c.trim().to_owned())
+        .unwrap_or_else(|| panic!("no cursor in {said:?}"));
+    assert!(
+        run_vigil(args(&alice, &["note", "inc-000001", "later"]), vec![])
+            .await
+            .status
+            .success()
+    );
+    let out = run_vigil(
+        args(&alice, &["watch", "--cursor", &resume, "--count", "1"]),
+        vec![],
+    )
+    .await;
+    assert!(out.status.success());
+    let text = stdout(&out);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 1, "{text}");
+    assert!(
+        lines[0].contains("inc-000001") && lines[0].contains("(note added)"),
+        "only what came after the cursor: {text}"
+    );
     center.stop().await;
 }
 

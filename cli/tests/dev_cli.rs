@@ -208,3 +208,26 @@ fn dev_refuses_bad_flags_with_usage() {
         assert!(!out.stderr.is_empty());
     }
 }
+
+#[test]
+fn dev_on_a_busy_metrics_port_says_so_and_nothing_else() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    // Held open for the whole test: the port stays taken.
+    let held = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let busy = held.local_addr().expect("addr").to_string();
+    let out = Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args(["dev", "--dir"])
+        .arg(tmp.path().join("x"))
+        .args(["--api", "127.0.0.1:0", "--broker", "127.0.0.1:0"])
+        .args(["--metrics", &busy])
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{err}");
+    assert!(err.contains("metrics: cannot listen on"), "{err}");
+    // One line: no part was started, so none logs an error on the way out.
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(!err.contains("ERROR") && !err.contains("panicked"), "{err}");
+    drop(held);
+}

@@ -91,7 +91,11 @@ fn gateway_stops_cleanly_on_sigterm() {
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     loop {
         let line = lines.next().expect("gateway logs its start").unwrap();
+        // stderr is a pipe here, not a terminal: plain text, no colour.
+        assert!(!line.contains('\x1b'), "{line:?}");
         if line.contains("DC-09 receiver listening") {
+            // The address as an address, not a Debug dump of an Option.
+            assert!(line.contains("listen=127.0.0.1:"), "{line}");
             break;
         }
     }
@@ -104,6 +108,17 @@ fn gateway_stops_cleanly_on_sigterm() {
     );
     assert!(
         support::sample(&body, "vigil_gateway_dc09_nak_total{reason=\"stale\"}").is_some(),
+        "{body}"
+    );
+    assert!(
+        body.contains(&format!(
+            "vigil_build_info{{part=\"gateway\",version=\"{}\"}} 1\n",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{body}"
+    );
+    assert!(
+        body.contains("# TYPE vigil_gateway_dc09_ack_duration_seconds histogram"),
         "{body}"
     );
     let status = sigterm_and_wait(&mut child);

@@ -11,9 +11,9 @@ use std::{
 };
 
 use tokio_util::sync::CancellationToken;
-use vigil_gateway::simulator::{self, PanelConfig};
 use vigil_ops::store::Store;
 use vigil_proto::v1::event;
+use vigil_sim::panel::{self as simulator, PanelConfig};
 use vigil_tests::{Region, WAIT, eventually, open_store};
 
 /// A free loopback port for TCP and UDP.
@@ -57,7 +57,7 @@ async fn send_one(dc09: SocketAddr, seq: u16) -> Option<String> {
         .ok()?;
     summary
         .acked_events()
-        .find(|id| id.token != vigil_gateway::dc09::Token::Null)
+        .find(|id| id.token != vigil_dc09::Token::Null)
         .map(|id| id.payload.clone())
 }
 

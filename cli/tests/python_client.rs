@@ -12,7 +12,7 @@ use vigil_ops::store::Store;
 use vigil_pki::Role;
 use vigil_proto::v1::{AuditAction, IncidentState};
 
-#[path = "support/center.rs"]
+#[path = "support/client.rs"]
 mod center;
 
 use center::{Center, alarm, now_secs};
@@ -76,6 +76,10 @@ async fn python_grpcio_lists_incidents_and_acknowledges_one() {
     assert!(stdout.contains("health: SERVING"), "{stdout}");
     assert!(
         stdout.contains("reflection lists: vigil.v1.OpsCenter grpc.health.v1.Health"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("reflection v1alpha lists: vigil.v1.OpsCenter grpc.health.v1.Health"),
         "{stdout}"
     );
     assert!(stdout.contains("feed snapshot: 2 incidents"), "{stdout}");

@@ -10,6 +10,7 @@ use std::{
 };
 
 use serde::Deserialize;
+use vigil_dc09::Key;
 use vigil_pki::TlsConfig;
 
 use crate::{
@@ -17,7 +18,6 @@ use crate::{
         onvif::{OnvifSettings, soap::Credentials},
         push::{PushCamera, PushConfig},
     },
-    dc09::Key,
     outbox::OutboxLimits,
 };
 
@@ -293,7 +293,7 @@ mod defaults {
         120
     }
     pub(super) fn max_frame() -> usize {
-        crate::dc09::DEFAULT_MAX_FRAME
+        vigil_dc09::DEFAULT_MAX_FRAME
     }
     pub(super) fn window_behind() -> u64 {
         40

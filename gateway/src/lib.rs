@@ -5,8 +5,6 @@
 //!
 //! Layout:
 //! - [`config`]: the config file, validated before anything binds.
-//! - [`dc09`]: the SIA DC-09 codec (framing, AES, Contact ID, SIA codes,
-//!   taxonomy), pure code shared with the panel simulator.
 //! - [`signals`]: decoded DC-09 messages to `vigil.v1.Event`s.
 //! - [`publisher`]: outbox → MQTT, receipts → outbox, status and last will.
 //! - [`receiver`]: the DC-09 listeners (TCP and UDP on one port) and the
@@ -15,17 +13,17 @@
 //! - [`outbox`]: the durable outbox (SQLite, group commit, gap-free seqs).
 //! - [`camera`]: camera events (ONVIF topics, HTTP push) to
 //!   `vigil.v1.Event`s through one table, the stale-state timer, the
-//!   HTTP push endpoint, the ONVIF PullPoint client and a camera simulator.
-//! - [`simulator`]: a DC-09 dialler that behaves like an alarm panel.
+//!   HTTP push endpoint and the ONVIF PullPoint client.
+//!
+//! The DC-09 codec and taxonomy are the `vigil-dc09` crate; the panel and
+//! camera simulators are in `vigil-sim`.
 
 pub mod camera;
 pub mod config;
-pub mod dc09;
 pub mod outbox;
 pub mod publisher;
 pub mod receiver;
 pub mod signals;
-pub mod simulator;
 pub mod supervision;
 
 use std::{sync::Arc, time::Duration};
@@ -156,6 +154,11 @@ impl Metrics {
         }
         out.listener("dc09", &d.listener.snapshot());
         out.listener("camera_push", &self.camera_push.listener.snapshot());
+        out.histogram(
+            "vigil_gateway_dc09_ack_duration_seconds",
+            "Time from a DC-09 frame in hand to its ACK, durable append included.",
+            &d.ack_latency,
+        );
         let p = &self.publisher;
         for (name, help, counter) in [
             (
@@ -441,6 +444,17 @@ mod tests {
         );
         assert!(
             text.contains("vigil_gateway_onvif_errors_total{kind=\"auth\"} 2"),
+            "{text}"
+        );
+        metrics
+            .dc09
+            .ack_latency
+            .record(std::time::Duration::from_millis(3));
+        let mut out = vigil_telemetry::Exposition::new();
+        metrics.export(&mut out);
+        let text = out.render();
+        assert!(
+            text.contains("vigil_gateway_dc09_ack_duration_seconds_bucket{le=\"0.004096\"} 1"),
             "{text}"
         );
     }

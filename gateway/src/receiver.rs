@@ -42,12 +42,13 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{Instrument, debug, info, info_span, warn};
 use vigil_net::{Conn, Front};
 
+use vigil_dc09::{
+    DecodeError, Framer, KeyLookup, Message, Reply, Token, ack_for, check_window, decode, duh_for,
+    encode, nak,
+};
+
 use crate::{
     config::Account,
-    dc09::{
-        DecodeError, Framer, KeyLookup, Message, Reply, Token, ack_for, check_window, decode,
-        duh_for, encode, nak,
-    },
     outbox::{Outbox, OutboxError},
     signals::events_from_message,
     supervision::Supervisor,
@@ -65,6 +66,9 @@ const UDP_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 /// Counters of the receiver.
 #[derive(Debug, Default)]
 pub struct Dc09Metrics {
+    /// From a frame in hand to its ACK ready: decode, checks and the
+    /// outbox's durable append (fsync, group commit) — what a panel waits.
+    pub ack_latency: vigil_telemetry::Histogram,
     pub frames: AtomicU64,
     pub acked: AtomicU64,
     pub duplicates: AtomicU64,
@@ -170,6 +174,7 @@ impl Receiver {
 
     /// Sets `valid` once the frame decoded.
     async fn reply(&self, frame: &[u8], peer: SocketAddr, valid: &mut bool) -> Option<Vec<u8>> {
+        let started = std::time::Instant::now();
         let now = OffsetDateTime::now_utc();
         let lookup = |account: &str| match self.account(account) {
             None => KeyLookup::UnknownAccount,
@@ -236,7 +241,9 @@ impl Receiver {
             }
         }
         bump(&self.metrics.acked);
-        self.answer(&ack_for(&msg, now), account.key.as_ref())
+        let ack = self.answer(&ack_for(&msg, now), account.key.as_ref());
+        self.metrics.ack_latency.record(started.elapsed());
+        ack
     }
 
     fn refuse(&self, err: &DecodeError, now: OffsetDateTime, peer: SocketAddr) -> Option<Vec<u8>> {
@@ -263,7 +270,7 @@ impl Receiver {
         }
     }
 
-    fn answer(&self, reply: &Message, key: Option<&crate::dc09::Key>) -> Option<Vec<u8>> {
+    fn answer(&self, reply: &Message, key: Option<&vigil_dc09::Key>) -> Option<Vec<u8>> {
         let key = if reply.encrypted { key } else { None };
         match encode(reply, key, &mut |pad: &mut [u8]| rand::fill(pad)) {
             Ok(frame) => Some(frame),
@@ -286,7 +293,9 @@ pub async fn serve(
 ) {
     let tracker = TaskTracker::new();
     let addr = tcp.local_addr().ok();
-    info!(listen = ?addr, "DC-09 receiver listening (TCP and UDP)");
+    if let Some(addr) = addr {
+        info!(listen = %addr, "DC-09 receiver listening (TCP and UDP)");
+    }
     tracker.spawn(serve_udp(receiver.clone(), udp, shutdown.clone()));
     let front = Front::with_stats("dc09", limits.tcp(), receiver.metrics.listener.clone());
     let max_frame = limits.max_frame_bytes;
@@ -349,10 +358,10 @@ async fn handle_tcp(receiver: &Receiver, mut conn: Conn<TcpStream>, max_frame_by
     }
 }
 
-fn discarded(e: &crate::dc09::FramerError) -> u64 {
+fn discarded(e: &vigil_dc09::FramerError) -> u64 {
     match e {
-        crate::dc09::FramerError::Garbage { discarded }
-        | crate::dc09::FramerError::Oversize { discarded } => *discarded as u64,
+        vigil_dc09::FramerError::Garbage { discarded }
+        | vigil_dc09::FramerError::Oversize { discarded } => *discarded as u64,
     }
 }
 

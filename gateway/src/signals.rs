@@ -13,14 +13,13 @@ use vigil_proto::{
     v1::{self, AlarmProtocol, AlarmSignal, ContactIdQualifier, Event, Source, SourceKind, event},
 };
 
-use crate::{
-    dc09::{
-        Classification, ContactId, EventCategory, Message, Qualifier, Severity, Token,
-        contact_id::ContactIdError,
-        sia_dcs::{SiaDcsError, parse_sia_dcs},
-    },
-    outbox::NewEvent,
+use vigil_dc09::{
+    Classification, ContactId, EventCategory, Message, Qualifier, Severity, Token,
+    contact_id::ContactIdError,
+    sia_dcs::{SiaDcsError, parse_sia_dcs},
 };
+
+use crate::outbox::NewEvent;
 
 /// Why a message's payload could not be turned into events (answered DUH).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -14,7 +14,6 @@ use vigil_gateway::{
     camera::{
         CameraInput,
         onvif::{self, OnvifMetrics, OnvifSettings, soap::Credentials},
-        sim::{self, Breakage, OnvifCamera, SimConfig, SimHandle, SimStats},
     },
     outbox::{Outbox, OutboxLimits},
 };
@@ -22,6 +21,7 @@ use vigil_proto::{
     Message as _,
     v1::{CameraEventKind, CameraEventState, Event, HealthKind, HealthState, event},
 };
+use vigil_sim::camera::{self as sim, Breakage, OnvifCamera, SimConfig, SimHandle, SimStats};
 
 const WAIT: Duration = Duration::from_secs(30);
 

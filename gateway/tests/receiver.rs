@@ -13,9 +13,9 @@ use tokio::{
     net::{TcpStream, UdpSocket},
 };
 use tokio_util::sync::CancellationToken;
+use vigil_dc09::{Key, KeyLookup, Message, Token, decode, encode};
 use vigil_gateway::{
     config::Account,
-    dc09::{Key, KeyLookup, Message, Token, decode, encode},
     outbox::{Outbox, OutboxLimits},
     receiver::{self, Dc09Metrics, Receiver, ReceiverLimits},
     supervision::Supervisor,
@@ -197,6 +197,8 @@ async fn alarm_is_stored_before_it_is_acked() {
     }
     let seqs: Vec<_> = stored(&h.outbox).await.iter().map(|e| e.seq).collect();
     assert_eq!(seqs, vec![1, 2, 3], "NULL stores nothing");
+    // Every ACK went through the latency histogram.
+    assert_eq!(h.metrics.ack_latency.count(), 3);
 }
 
 #[tokio::test]

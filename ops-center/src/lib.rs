@@ -138,6 +138,7 @@ pub async fn run_with_api(
             jobs: jobs_tx.clone(),
             reader: Arc::new(std::sync::Mutex::new(reader)),
             changed,
+            metrics: metrics.clone(),
         },
         front,
         api_listener,

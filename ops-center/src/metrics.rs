@@ -1,12 +1,19 @@
 //! Counters of the operations center: events in, duplicates, rejects by
-//! reason, commit latency and ingest lag. Plain atomics, read with
-//! [`Metrics::snapshot`] and logged periodically; an exporter can read the
-//! same snapshot later.
+//! reason, commit latency and ingest lag (histograms), the incident backlog
+//! by state and priority, open API connections and feed watchers. Plain
+//! atomics, read with [`Metrics::snapshot`], logged periodically and
+//! exported on `/metrics`.
 
 use std::{
-    sync::atomic::{AtomicU64, Ordering::Relaxed},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering::Relaxed},
+    },
     time::Duration,
 };
+
+use vigil_proto::v1::{Incident, IncidentState, Priority};
+pub use vigil_telemetry::Histogram;
 
 /// Why an MQTT message was dropped (and acknowledged, so the broker does not
 /// send it again: it would never become valid).
@@ -23,48 +30,80 @@ pub enum Reject {
     PostMismatch,
 }
 
-/// Number of latency buckets: bucket `i` counts samples below 2^i µs.
-const BUCKETS: usize = 32;
+/// Priorities the backlog is counted by, in gauge order (unset counts as P4,
+/// as the engine's deadlines do).
+const PRIORITIES: [(Priority, &str); 4] = [
+    (Priority::P1, "P1"),
+    (Priority::P2, "P2"),
+    (Priority::P3, "P3"),
+    (Priority::P4, "P4"),
+];
 
-/// A log2 histogram of durations (µs resolution).
-#[derive(Debug)]
-pub struct Histogram {
-    buckets: [AtomicU64; BUCKETS],
+/// States of the backlog: open is the unacknowledged work.
+const STATES: [(IncidentState, &str); 2] = [
+    (IncidentState::Open, "open"),
+    (IncidentState::Acknowledged, "acknowledged"),
+];
+
+/// Incidents not yet resolved, by state and priority, as the engine last
+/// counted them after a commit.
+#[derive(Debug, Default)]
+pub struct Backlog {
+    counts: [[AtomicU64; 4]; 2],
 }
 
-impl Default for Histogram {
-    fn default() -> Self {
-        Self {
-            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+impl Backlog {
+    /// Recounts from the engine's incidents (resolved ones are skipped).
+    pub fn set<'a>(&self, incidents: impl Iterator<Item = &'a Incident>) {
+        let mut counts = [[0u64; 4]; 2];
+        for inc in incidents {
+            let Some(s) = STATES.iter().position(|(st, _)| *st as i32 == inc.state) else {
+                continue;
+            };
+            let p = PRIORITIES
+                .iter()
+                .position(|(p, _)| *p as i32 == inc.priority)
+                .unwrap_or(3);
+            counts[s][p] += 1;
         }
-    }
-}
-
-impl Histogram {
-    pub fn record(&self, d: Duration) {
-        let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
-        let i = (u64::BITS - us.leading_zeros()) as usize;
-        self.buckets[i.min(BUCKETS - 1)].fetch_add(1, Relaxed);
-    }
-
-    /// Upper bound of the bucket holding quantile `q` (0..=1), or zero when
-    /// empty. Coarse (a factor of two) by design: it is for dashboards; the
-    /// benchmark measures exactly.
-    pub fn quantile(&self, q: f64) -> Duration {
-        let counts: Vec<u64> = self.buckets.iter().map(|b| b.load(Relaxed)).collect();
-        let total: u64 = counts.iter().sum();
-        if total == 0 {
-            return Duration::ZERO;
-        }
-        let rank = ((total as f64) * q).ceil().max(1.0) as u64;
-        let mut seen = 0;
-        for (i, c) in counts.iter().enumerate() {
-            seen += c;
-            if seen >= rank {
-                return Duration::from_micros(1u64 << i);
+        for (row, new) in self.counts.iter().zip(counts) {
+            for (cell, n) in row.iter().zip(new) {
+                cell.store(n, Relaxed);
             }
         }
-        Duration::from_micros(1u64 << (BUCKETS - 1))
+    }
+
+    /// `(state, priority, count)` for every pair.
+    pub fn get(&self) -> Vec<(&'static str, &'static str, u64)> {
+        let mut out = Vec::new();
+        for (s, (_, state)) in STATES.iter().enumerate() {
+            for (p, (_, priority)) in PRIORITIES.iter().enumerate() {
+                out.push((*state, *priority, self.counts[s][p].load(Relaxed)));
+            }
+        }
+        out
+    }
+}
+
+/// Which gauge an [`Open`] guard holds up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenKind {
+    /// A TLS connection to the gRPC API.
+    ApiConnection,
+    /// A `WatchIncidents` stream.
+    Watcher,
+}
+
+/// One open connection or watcher, counted in its gauge while it lives.
+#[derive(Debug)]
+pub struct Open {
+    metrics: Arc<Metrics>,
+    kind: OpenKind,
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.metrics.gauge(self.kind).fetch_sub(1, Relaxed);
     }
 }
 
@@ -93,6 +132,14 @@ pub struct Metrics {
     pub commit_latency: Histogram,
     /// The API listener's counters (`vigil_listener_*{listener="api"}`).
     pub api_listener: std::sync::Arc<vigil_net::Stats>,
+    /// Arrival-to-commit time of each committed group's oldest message.
+    pub lag: Histogram,
+    pub backlog: Backlog,
+    /// API connections open now, and accepted since start.
+    pub api_connections: AtomicU64,
+    pub api_connections_total: AtomicU64,
+    /// `WatchIncidents` streams open now.
+    pub watchers: AtomicU64,
 }
 
 impl Metrics {
@@ -106,7 +153,27 @@ impl Metrics {
         counter.fetch_add(1, Relaxed);
     }
 
+    /// Counts one more open `kind` until the guard drops.
+    pub fn open(self: &Arc<Self>, kind: OpenKind) -> Open {
+        self.gauge(kind).fetch_add(1, Relaxed);
+        if kind == OpenKind::ApiConnection {
+            self.api_connections_total.fetch_add(1, Relaxed);
+        }
+        Open {
+            metrics: self.clone(),
+            kind,
+        }
+    }
+
+    fn gauge(&self, kind: OpenKind) -> &AtomicU64 {
+        match kind {
+            OpenKind::ApiConnection => &self.api_connections,
+            OpenKind::Watcher => &self.watchers,
+        }
+    }
+
     pub fn record_lag(&self, lag: Duration) {
+        self.lag.record(lag);
         let ms = u64::try_from(lag.as_millis()).unwrap_or(u64::MAX);
         self.lag_last_ms.store(ms, Relaxed);
         self.lag_max_ms.fetch_max(ms, Relaxed);
@@ -133,10 +200,51 @@ impl Metrics {
             api_listener: self.api_listener.snapshot(),
         }
     }
+
+    /// Adds everything to a Prometheus exposition (`vigil_ops_*`): the
+    /// snapshot's counters, the latency histograms, the backlog and the API
+    /// gauges.
+    pub fn export(&self, out: &mut vigil_telemetry::Exposition) {
+        self.snapshot().export(out);
+        out.histogram(
+            "vigil_ops_commit_duration_seconds",
+            "Time to commit one group of messages and workflow changes.",
+            &self.commit_latency,
+        );
+        out.histogram(
+            "vigil_ops_ingest_lag_duration_seconds",
+            "Time from a committed group's oldest message arriving to its commit.",
+            &self.lag,
+        );
+        for (state, priority, n) in self.backlog.get() {
+            out.gauge_with(
+                "vigil_ops_incidents",
+                "Incidents not yet resolved, by state (open = not acknowledged) and priority.",
+                &[("state", state), ("priority", priority)],
+                n as f64,
+            );
+        }
+        out.gauge(
+            "vigil_ops_api_connections",
+            "gRPC API connections open now.",
+            self.api_connections.load(Relaxed) as f64,
+        );
+        out.counter(
+            "vigil_ops_api_connections_total",
+            "gRPC API connections accepted (TLS handshake done) since start.",
+            self.api_connections_total.load(Relaxed),
+        );
+        out.gauge(
+            "vigil_ops_watchers",
+            "Live incident feeds (WatchIncidents streams) open now.",
+            self.watchers.load(Relaxed) as f64,
+        );
+    }
 }
 
 impl MetricsSnapshot {
-    /// Adds the counters to a Prometheus exposition (`vigil_ops_*`).
+    /// Adds the counters to a Prometheus exposition (`vigil_ops_*`). The
+    /// histograms and gauges are added by [`Metrics::export`].
     pub fn export(&self, out: &mut vigil_telemetry::Exposition) {
         out.listener("api", &self.api_listener);
         out.counter(
@@ -198,16 +306,6 @@ impl MetricsSnapshot {
             "Highest arrival-to-commit time since start.",
             self.lag_max_ms as f64 / 1e3,
         );
-        out.gauge(
-            "vigil_ops_commit_p50_seconds",
-            "Median commit time (upper bound of its power-of-two bucket).",
-            self.commit_p50.as_secs_f64(),
-        );
-        out.gauge(
-            "vigil_ops_commit_p99_seconds",
-            "99th percentile commit time (upper bound of its bucket).",
-            self.commit_p99.as_secs_f64(),
-        );
     }
 }
 
@@ -238,16 +336,42 @@ mod tests {
     use super::*;
 
     #[test]
-    fn histogram_quantiles_are_bucket_bounds() {
-        let h = Histogram::default();
-        assert_eq!(h.quantile(0.5), Duration::ZERO);
-        for _ in 0..90 {
-            h.record(Duration::from_micros(100)); // bucket < 128 µs
+    fn backlog_counts_unresolved_incidents_by_state_and_priority() {
+        let inc = |state: IncidentState, priority: Priority| Incident {
+            state: state as i32,
+            priority: priority as i32,
+            ..Default::default()
+        };
+        let all = [
+            inc(IncidentState::Open, Priority::P1),
+            inc(IncidentState::Open, Priority::P1),
+            inc(IncidentState::Acknowledged, Priority::P3),
+            inc(IncidentState::Resolved, Priority::P1),
+            inc(IncidentState::Open, Priority::Unspecified),
+        ];
+        let m = Arc::new(Metrics::default());
+        m.backlog.set(all.iter());
+        let _conn = m.open(OpenKind::ApiConnection);
+        {
+            let _watch = m.open(OpenKind::Watcher);
+            let mut out = vigil_telemetry::Exposition::new();
+            m.export(&mut out);
+            let text = out.render();
+            for line in [
+                "vigil_ops_incidents{state=\"open\",priority=\"P1\"} 2\n",
+                "vigil_ops_incidents{state=\"open\",priority=\"P4\"} 1\n",
+                "vigil_ops_incidents{state=\"acknowledged\",priority=\"P3\"} 1\n",
+                "vigil_ops_incidents{state=\"acknowledged\",priority=\"P1\"} 0\n",
+                "vigil_ops_api_connections 1\n",
+                "vigil_ops_watchers 1\n",
+                "# TYPE vigil_ops_commit_duration_seconds histogram\n",
+            ] {
+                assert!(text.contains(line), "{line} in\n{text}");
+            }
         }
-        for _ in 0..10 {
-            h.record(Duration::from_millis(5)); // bucket < 8192 µs
-        }
-        assert_eq!(h.quantile(0.5), Duration::from_micros(128));
-        assert_eq!(h.quantile(0.99), Duration::from_micros(8192));
+        // The watcher left; the connection is still open.
+        assert_eq!(m.watchers.load(Relaxed), 0);
+        assert_eq!(m.api_connections.load(Relaxed), 1);
+        assert_eq!(m.api_connections_total.load(Relaxed), 1);
     }
 }

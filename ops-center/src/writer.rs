@@ -147,6 +147,9 @@ pub fn spawn_notifying(
     done: mpsc::Sender<Committed>,
     changed: Arc<Notify>,
 ) -> WriterHandle {
+    // The backlog as it stands on start; every commit that changes an
+    // incident recounts it.
+    metrics.backlog.set(engine.incidents());
     let mut writer = Writer {
         store,
         engine,
@@ -314,6 +317,7 @@ impl Writer {
         };
 
         if !changes.audit.is_empty() {
+            self.metrics.backlog.set(self.engine.incidents());
             self.changed.notify_one();
         }
         for reply in replies {

@@ -1,251 +1,20 @@
 //! The gRPC API over real mutual TLS on 127.0.0.1:0, with the generated
-//! tonic client. Incidents are made by submitting events to the writer, as
-//! ingest would.
+//! tonic client, on the shared operations center without MQTT
+//! (`vigil_tests::center`). Incidents are made by submitting events to the
+//! writer, as ingest would.
 
-use std::{
-    path::{Path, PathBuf},
-    sync::Arc,
-    time::{Duration, SystemTime},
-};
+use std::time::{Duration, SystemTime};
 
-use tokio::{
-    net::TcpListener,
-    sync::{Mutex, Notify, mpsc},
-};
-use tokio_util::sync::CancellationToken;
-use tonic::{
-    Code, Request,
-    transport::{Certificate, Channel, ClientTlsConfig, Identity as TlsIdentity},
-};
-use vigil_ops::{
-    api,
-    engine::{Engine, EngineConfig},
-    metrics::Metrics,
-    store::{SqliteStore, Store},
-    writer::{self, Committed, Job},
-};
-use vigil_pki::{Identity, Role, TlsConfig, authority};
+use tonic::{Code, Request};
+use vigil_ops::api;
+use vigil_pki::Role;
 use vigil_proto::v1::{
-    AcknowledgeRequest, AddNoteRequest, AlarmSignal, AssignRequest, EscalateRequest, Event,
-    EventCategory, FeedItem, GetIncidentRequest, IncidentState, ListIncidentsRequest,
-    ListPostsRequest, ReopenRequest, ReplayRequest, ResolveRequest, SetTestModeRequest,
-    WatchIncidentsRequest, event::Body, feed_item::Item, ops_center_client::OpsCenterClient,
+    AcknowledgeRequest, AddNoteRequest, AssignRequest, EscalateRequest, FeedItem,
+    GetIncidentRequest, IncidentState, ListIncidentsRequest, ListPostsRequest, ReopenRequest,
+    ReplayRequest, ResolveRequest, SetTestModeRequest, WatchIncidentsRequest, feed_item::Item,
+    ops_center_client::OpsCenterClient,
 };
-
-type Client = OpsCenterClient<Channel>;
-
-fn issue(pki: &Path, role: Role, id: &str) {
-    let sans = if role.is_server() {
-        vec!["localhost".to_string(), "127.0.0.1".to_string()]
-    } else {
-        Vec::new()
-    };
-    authority::issue(pki, role, &Identity::new(id).unwrap(), &sans, 30, false).unwrap();
-}
-
-/// The writer and the API, without MQTT.
-struct Center {
-    _dir: tempfile::TempDir,
-    pki: PathBuf,
-    port: u16,
-    jobs: mpsc::Sender<Job>,
-    done: Mutex<mpsc::Receiver<Committed>>,
-    next_token: std::sync::atomic::AtomicU64,
-    shutdown: CancellationToken,
-    api: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
-    writer: writer::WriterHandle,
-}
-
-impl Center {
-    async fn start() -> Center {
-        vigil_pki::install_crypto_provider();
-        let dir = tempfile::tempdir().unwrap();
-        let pki = dir.path().join("pki");
-        authority::init(&pki, "test CA").unwrap();
-        issue(&pki, Role::Ops, "ops-1");
-        // An analyst whose certificate was revoked before the API started.
-        issue(&pki, Role::Analyst, "mallory");
-        authority::revoke(&pki, &Identity::new("mallory").unwrap()).unwrap();
-        let data = dir.path().join("data");
-        let store = SqliteStore::open(&data).unwrap();
-        let engine = Engine::new(
-            EngineConfig::default(),
-            store.engine_snapshot(SystemTime::UNIX_EPOCH).unwrap(),
-        );
-        let changed = Arc::new(Notify::new());
-        let (jobs, jobs_rx) = mpsc::channel(writer::QUEUE_CAPACITY);
-        let (done_tx, done) = mpsc::channel(writer::DONE_CAPACITY);
-        let writer = writer::spawn_notifying(
-            Box::new(store),
-            engine,
-            Arc::new(Metrics::default()),
-            jobs_rx,
-            done_tx,
-            changed.clone(),
-        );
-        let tls = TlsConfig {
-            ca: pki.join("ca.pem"),
-            cert: pki.join("ops-1.pem"),
-            key: pki.join("ops-1.key"),
-            crl: Some(pki.join("crl.pem")),
-        }
-        .load()
-        .unwrap();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let shutdown = CancellationToken::new();
-        let api = tokio::spawn(api::serve(
-            api::ApiContext {
-                jobs: jobs.clone(),
-                reader: Arc::new(std::sync::Mutex::new(Box::new(
-                    SqliteStore::open(&data).unwrap(),
-                ))),
-                changed,
-            },
-            vigil_net::Front::new("api", vigil_ops::config::ApiConfig::default().limits()),
-            listener,
-            tls.server_config().unwrap(),
-            shutdown.clone(),
-        ));
-        Center {
-            _dir: dir,
-            pki,
-            port,
-            jobs,
-            done: Mutex::new(done),
-            next_token: 1.into(),
-            shutdown,
-            api,
-            writer,
-        }
-    }
-
-    /// A client with a fresh certificate of `role` named `id`.
-    async fn client(&self, role: Role, id: &str) -> Client {
-        self.try_client(role, id).await.unwrap()
-    }
-
-    /// Like [`Center::client`], but a refused connection is an error.
-    async fn try_client(&self, role: Role, id: &str) -> Result<Client, tonic::transport::Error> {
-        Ok(OpsCenterClient::new(self.channel(role, id, None).await?))
-    }
-
-    /// A channel with a certificate of `role` named `id`; `window` sets the
-    /// HTTP/2 receive windows (how much the server may send unread).
-    async fn channel(
-        &self,
-        role: Role,
-        id: &str,
-        window: Option<u32>,
-    ) -> Result<Channel, tonic::transport::Error> {
-        if !self.pki.join(format!("{id}.pem")).exists() {
-            issue(&self.pki, role, id);
-        }
-        let read = |name: String| std::fs::read(self.pki.join(name)).unwrap();
-        let tls = ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(read("ca.pem".into())))
-            .identity(TlsIdentity::from_pem(
-                read(format!("{id}.pem")),
-                read(format!("{id}.key")),
-            ))
-            .domain_name("localhost");
-        Channel::from_shared(format!("https://127.0.0.1:{}", self.port))
-            .unwrap()
-            .tls_config(tls)
-            .unwrap()
-            .initial_stream_window_size(window)
-            .initial_connection_window_size(window)
-            .connect()
-            .await
-    }
-
-    /// Submits events to the writer and waits for their commit.
-    async fn submit(&self, events: Vec<Event>) {
-        let token = self
-            .next_token
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let post_id = events[0].post_id.clone();
-        self.jobs
-            .send(Job::Batch {
-                post_id,
-                events,
-                at: SystemTime::now(),
-                token,
-            })
-            .await
-            .unwrap();
-        let mut done = self.done.lock().await;
-        loop {
-            let c = done.recv().await.expect("writer alive");
-            if c.tokens.contains(&token) {
-                return;
-            }
-        }
-    }
-
-    /// Submits many batches (one job each) at once and waits until every
-    /// one is committed.
-    async fn submit_all(&self, batches: Vec<Vec<Event>>) {
-        use std::sync::atomic::Ordering::Relaxed;
-        let n = batches.len() as u64;
-        let first = self.next_token.fetch_add(n, Relaxed);
-        let send = async {
-            for (token, events) in (first..).zip(batches) {
-                let job = Job::Batch {
-                    post_id: events[0].post_id.clone(),
-                    events,
-                    at: SystemTime::now(),
-                    token,
-                };
-                self.jobs.send(job).await.unwrap();
-            }
-        };
-        let wait = async {
-            let mut left: std::collections::BTreeSet<u64> = (first..first + n).collect();
-            let mut done = self.done.lock().await;
-            while !left.is_empty() {
-                let c = done.recv().await.expect("writer alive");
-                for t in c.tokens {
-                    left.remove(&t);
-                }
-            }
-        };
-        tokio::join!(send, wait);
-    }
-
-    async fn stop(self) {
-        self.shutdown.cancel();
-        self.api.await.unwrap().unwrap();
-        drop(self.jobs);
-        let writer = self.writer;
-        tokio::task::spawn_blocking(move || writer.join())
-            .await
-            .unwrap()
-            .unwrap();
-    }
-}
-
-fn alarm(post: &str, seq: u64, zone: u32, received_secs: u64) -> Event {
-    Event {
-        post_id: post.into(),
-        seq,
-        category: EventCategory::Burglary as i32,
-        received_at: Some((SystemTime::UNIX_EPOCH + Duration::from_secs(received_secs)).into()),
-        body: Some(Body::Alarm(AlarmSignal {
-            account: "1234".into(),
-            zone,
-            ..Default::default()
-        })),
-        ..Default::default()
-    }
-}
-
-fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
+use vigil_tests::center::{Center, Client, alarm, now_secs};
 
 /// Every RPC once, as a role; the status code it got (Ok = `Code::Ok`).
 async fn call(client: &mut Client, rpc: &str, me: &str) -> Code {
@@ -677,7 +446,8 @@ async fn replay_returns_exactly_the_stored_events_in_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_certificate_is_refused() {
-    let ops = Center::start().await;
+    // An analyst whose certificate was revoked before the API started.
+    let ops = Center::builder().revoked("mallory").start().await;
     // With TLS 1.3 the client may finish its side of the handshake before
     // the server refuses the certificate: the refusal shows either at
     // connect or on the first call. Either way nothing is answered.
@@ -902,5 +672,131 @@ async fn health_and_reflection_answer_over_mutual_tls() {
         })
         .collect();
     assert!(names.iter().any(|n| n == "vigil/v1/ops.proto"), "{names:?}");
+
+    // v1alpha, which Python's grpcio-reflection and older clients speak:
+    // the same services, the same descriptors.
+    {
+        use tonic_reflection::pb::v1alpha::{
+            ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+            server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+        };
+        let channel = ops.channel(Role::Analyst, "alma", None).await.unwrap();
+        let ask = |m: MessageRequest| ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(m),
+        };
+        let requests = tokio_stream::iter(vec![
+            ask(MessageRequest::ListServices(String::new())),
+            ask(MessageRequest::FileContainingSymbol(
+                "vigil.v1.FeedItem".into(),
+            )),
+        ]);
+        let mut answers = ServerReflectionClient::new(channel)
+            .server_reflection_info(requests)
+            .await
+            .expect("v1alpha reflection is served")
+            .into_inner();
+        let listed = answers.message().await.unwrap().unwrap();
+        let Some(MessageResponse::ListServicesResponse(list)) = listed.message_response else {
+            panic!("{listed:?}");
+        };
+        let names: Vec<&str> = list.service.iter().map(|s| s.name.as_str()).collect();
+        assert!(names.contains(&"vigil.v1.OpsCenter"), "{names:?}");
+        assert!(names.contains(&"grpc.health.v1.Health"), "{names:?}");
+        let file = answers.message().await.unwrap().unwrap();
+        let Some(MessageResponse::FileDescriptorResponse(files)) = file.message_response else {
+            panic!("{file:?}");
+        };
+        let names: Vec<String> = files
+            .file_descriptor_proto
+            .iter()
+            .map(|b| {
+                <prost_types::FileDescriptorProto as prost::Message>::decode(b.as_slice())
+                    .unwrap()
+                    .name()
+                    .to_owned()
+            })
+            .collect();
+        assert!(names.iter().any(|n| n == "vigil/v1/ops.proto"), "{names:?}");
+    }
+    ops.stop().await;
+}
+
+/// `/metrics` of the ops-center as it would be scraped now.
+fn scrape(ops: &Center) -> String {
+    let mut out = vigil_telemetry::Exposition::new();
+    ops.metrics.export(&mut out);
+    out.render()
+}
+
+/// Waits (bounded) until `scrape` shows `line`.
+async fn until_scraped(ops: &Center, line: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = scrape(ops);
+        if text.contains(line) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{line:?} never in\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_the_backlog_connections_and_watchers() {
+    let ops = Center::start().await;
+    let open_p2 = "vigil_ops_incidents{state=\"open\",priority=\"P2\"}";
+    let acked_p2 = "vigil_ops_incidents{state=\"acknowledged\",priority=\"P2\"}";
+    assert!(scrape(&ops).contains(&format!("{open_p2} 0\n")));
+    // A burglary opens a P2 incident; the gauge counts it once committed.
+    ops.submit(vec![alarm("p-1", 1, 1, now_secs())]).await;
+    assert!(scrape(&ops).contains(&format!("{open_p2} 1\n")));
+
+    let mut client = ops.client(Role::Analyst, "alice").await;
+    let mut feed = client
+        .watch_incidents(WatchIncidentsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let first = next_update(&mut feed).await;
+    let (id, version) = incident_of(&first);
+    until_scraped(&ops, "vigil_ops_watchers 1\n").await;
+    until_scraped(&ops, "vigil_ops_api_connections 1\n").await;
+
+    // Acknowledged: no longer open work, still backlog.
+    client
+        .acknowledge(AcknowledgeRequest {
+            incident_id: id.clone(),
+            expected_version: version,
+            note: String::new(),
+        })
+        .await
+        .unwrap();
+    let text = scrape(&ops);
+    assert!(text.contains(&format!("{open_p2} 0\n")), "{text}");
+    assert!(text.contains(&format!("{acked_p2} 1\n")), "{text}");
+    // The commit went through the histogram.
+    assert!(
+        !text.contains("vigil_ops_commit_duration_seconds_count 0\n"),
+        "{text}"
+    );
+
+    // The watcher leaves; the feed notices at its next item (a change).
+    drop(feed);
+    client
+        .add_note(AddNoteRequest {
+            incident_id: id,
+            expected_version: version + 1,
+            text: "calling the post".into(),
+        })
+        .await
+        .unwrap();
+    until_scraped(&ops, "vigil_ops_watchers 0\n").await;
+    // The client goes: its connection closes.
+    drop(client);
+    until_scraped(&ops, "vigil_ops_api_connections 0\n").await;
     ops.stop().await;
 }

@@ -5,6 +5,10 @@
 //! - [`Exposition`]: collects samples, then writes each metric family once,
 //!   with its `# HELP` and `# TYPE`, whatever order they were added in (so
 //!   `vigil dev` can add every post's gateway under a `post` label).
+//! - [`Histogram`]: a lock-free latency histogram with power-of-two
+//!   buckets, exported as a Prometheus histogram by
+//!   [`Exposition::histogram`].
+//! - [`Exposition::build_info`]: the `vigil_build_info` gauge.
 //! - [`serve`]: the HTTP endpoint, on a listener the caller bound, through
 //!   the shared listener plumbing (`vigil-net`).
 //! - [`MetricsConfig`]: the `[metrics]` table of every daemon's config. The
@@ -12,7 +16,14 @@
 //!   post is, so exposing them is the operator's choice.
 
 use std::{
-    collections::BTreeMap, convert::Infallible, fmt::Write as _, net::SocketAddr, sync::Arc,
+    collections::BTreeMap,
+    convert::Infallible,
+    fmt::Write as _,
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering::Relaxed},
+    },
     time::Duration,
 };
 
@@ -64,14 +75,78 @@ pub fn limits() -> Limits {
 enum Kind {
     Counter,
     Gauge,
+    Histogram,
 }
 
 #[derive(Debug)]
 struct Family {
     help: &'static str,
     kind: Kind,
-    /// Label pairs already rendered (`post="p-1"`), and the value.
-    samples: Vec<(String, f64)>,
+    /// Suffix of the sample's name (`_bucket`, `_sum`, `_count` for a
+    /// histogram, else empty), label pairs already rendered (`post="p-1"`),
+    /// and the value.
+    samples: Vec<(&'static str, String, f64)>,
+}
+
+/// Number of buckets of a [`Histogram`]: bucket `i` counts samples of at
+/// least 2^(i-1) µs and below 2^i µs; the last also takes everything longer.
+const BUCKETS: usize = 32;
+
+/// The bucket bounds [`Exposition::histogram`] writes out: 2^6 µs (64 µs)
+/// to 2^26 µs (67 s). Finer or coarser buckets exist inside; a dashboard
+/// needs no more than these 21 (each bound is cumulative, so nothing is
+/// lost below the first, and `+Inf` holds the rest).
+const EXPORTED: std::ops::RangeInclusive<usize> = 6..=26;
+
+/// A latency histogram: power-of-two buckets of microseconds, plain atomics,
+/// so recording never blocks. Coarse (a factor of two) by design: it is for
+/// dashboards and alerts; the benchmark measures exactly.
+#[derive(Debug)]
+pub struct Histogram {
+    buckets: [AtomicU64; BUCKETS],
+    sum_us: AtomicU64,
+}
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Self {
+            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+            sum_us: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Histogram {
+    pub fn record(&self, d: Duration) {
+        let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        let i = (u64::BITS - us.leading_zeros()) as usize;
+        self.buckets[i.min(BUCKETS - 1)].fetch_add(1, Relaxed);
+        self.sum_us.fetch_add(us, Relaxed);
+    }
+
+    /// Samples recorded.
+    pub fn count(&self) -> u64 {
+        self.buckets.iter().map(|b| b.load(Relaxed)).sum()
+    }
+
+    /// Upper bound of the bucket holding quantile `q` (0..=1), or zero when
+    /// empty.
+    pub fn quantile(&self, q: f64) -> Duration {
+        let counts: Vec<u64> = self.buckets.iter().map(|b| b.load(Relaxed)).collect();
+        let total: u64 = counts.iter().sum();
+        if total == 0 {
+            return Duration::ZERO;
+        }
+        let rank = ((total as f64) * q).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (i, c) in counts.iter().enumerate() {
+            seen += c;
+            if seen >= rank {
+                return Duration::from_micros(1u64 << i);
+            }
+        }
+        Duration::from_micros(1u64 << (BUCKETS - 1))
+    }
 }
 
 /// A set of samples, written out as Prometheus text by [`Exposition::render`].
@@ -120,11 +195,80 @@ impl Exposition {
         self.add(name, help, Kind::Counter, labels, value as f64);
     }
 
+    /// A value that goes up and down, with labels of its own.
+    pub fn gauge_with(
+        &mut self,
+        name: &str,
+        help: &'static str,
+        labels: &[(&str, &str)],
+        value: f64,
+    ) {
+        self.add(name, help, Kind::Gauge, labels, value);
+    }
+
+    /// A histogram of durations in seconds: `name_bucket{le=...}` for the
+    /// bounds 64 µs to 67 s and `+Inf`, `name_sum` and `name_count`.
+    /// `name` should end in `_seconds`.
+    pub fn histogram(&mut self, name: &str, help: &'static str, h: &Histogram) {
+        let counts: Vec<u64> = h.buckets.iter().map(|b| b.load(Relaxed)).collect();
+        let mut cumulative = 0;
+        for (i, c) in counts.iter().enumerate() {
+            cumulative += c;
+            if EXPORTED.contains(&i) {
+                // Bucket i holds samples below 2^i µs: at most that bound.
+                let le = ((1u64 << i) as f64 / 1e6).to_string();
+                self.add_sample(
+                    name,
+                    help,
+                    Kind::Histogram,
+                    "_bucket",
+                    &[("le", &le)],
+                    cumulative as f64,
+                );
+            }
+        }
+        let total: u64 = counts.iter().sum();
+        self.add_sample(
+            name,
+            help,
+            Kind::Histogram,
+            "_bucket",
+            &[("le", "+Inf")],
+            total as f64,
+        );
+        let sum = h.sum_us.load(Relaxed) as f64 / 1e6;
+        self.add_sample(name, help, Kind::Histogram, "_sum", &[], sum);
+        self.add_sample(name, help, Kind::Histogram, "_count", &[], total as f64);
+    }
+
+    /// `vigil_build_info{part, version} 1`: which build of which part is
+    /// answering, to graph upgrades and to join on.
+    pub fn build_info(&mut self, part: &str, version: &str) {
+        self.gauge_with(
+            "vigil_build_info",
+            "Build of the running part; always 1.",
+            &[("part", part), ("version", version)],
+            1.0,
+        );
+    }
+
     fn add(
         &mut self,
         name: &str,
         help: &'static str,
         kind: Kind,
+        own: &[(&str, &str)],
+        value: f64,
+    ) {
+        self.add_sample(name, help, kind, "", own, value);
+    }
+
+    fn add_sample(
+        &mut self,
+        name: &str,
+        help: &'static str,
+        kind: Kind,
+        suffix: &'static str,
         own: &[(&str, &str)],
         value: f64,
     ) {
@@ -149,7 +293,7 @@ impl Exposition {
                 samples: Vec::new(),
             })
             .samples
-            .push((labels, value));
+            .push((suffix, labels, value));
     }
 
     /// The counters and gauges of one listener (`vigil_net`), labelled
@@ -190,14 +334,15 @@ impl Exposition {
             let kind = match family.kind {
                 Kind::Counter => "counter",
                 Kind::Gauge => "gauge",
+                Kind::Histogram => "histogram",
             };
             let _ = writeln!(out, "# HELP {name} {}", escape_help(family.help));
             let _ = writeln!(out, "# TYPE {name} {kind}");
-            for (labels, value) in &family.samples {
+            for (suffix, labels, value) in &family.samples {
                 if labels.is_empty() {
-                    let _ = writeln!(out, "{name} {value}");
+                    let _ = writeln!(out, "{name}{suffix} {value}");
                 } else {
-                    let _ = writeln!(out, "{name}{{{labels}}} {value}");
+                    let _ = writeln!(out, "{name}{suffix}{{{labels}}} {value}");
                 }
             }
         }
@@ -296,6 +441,56 @@ mod tests {
              # HELP vigil_events_total Events.\n# TYPE vigil_events_total counter\n\
              vigil_events_total{post=\"p-1\"} 3\n\
              vigil_events_total{post=\"p-\\\"2\\\"\",kind=\"a\"} 4\n"
+        );
+    }
+
+    #[test]
+    fn histograms_are_cumulative_with_sum_and_count() {
+        let h = Histogram::default();
+        assert_eq!(h.quantile(0.5), Duration::ZERO);
+        for _ in 0..90 {
+            h.record(Duration::from_micros(100)); // below 128 µs
+        }
+        for _ in 0..10 {
+            h.record(Duration::from_millis(5)); // below 8192 µs
+        }
+        h.record(Duration::from_secs(3600)); // beyond every exported bound
+        assert_eq!(h.count(), 101);
+        assert_eq!(h.quantile(0.5), Duration::from_micros(128));
+        assert_eq!(h.quantile(0.99), Duration::from_micros(8192));
+
+        let mut e = Exposition::new();
+        e.scoped(&[("post", "p-1")], |e| {
+            e.histogram("vigil_x_seconds", "X.", &h);
+        });
+        let text = e.render();
+        assert!(
+            text.starts_with("# HELP vigil_x_seconds X.\n# TYPE vigil_x_seconds histogram\n"),
+            "{text}"
+        );
+        for line in [
+            "vigil_x_seconds_bucket{post=\"p-1\",le=\"0.000064\"} 0\n",
+            "vigil_x_seconds_bucket{post=\"p-1\",le=\"0.000128\"} 90\n",
+            "vigil_x_seconds_bucket{post=\"p-1\",le=\"0.004096\"} 90\n",
+            "vigil_x_seconds_bucket{post=\"p-1\",le=\"0.008192\"} 100\n",
+            "vigil_x_seconds_bucket{post=\"p-1\",le=\"67.108864\"} 100\n",
+            "vigil_x_seconds_bucket{post=\"p-1\",le=\"+Inf\"} 101\n",
+            "vigil_x_seconds_sum{post=\"p-1\"} 3600.059\n",
+            "vigil_x_seconds_count{post=\"p-1\"} 101\n",
+        ] {
+            assert!(text.contains(line), "{line} in\n{text}");
+        }
+        // 21 bounds and +Inf.
+        assert_eq!(text.matches("_bucket{").count(), 22);
+    }
+
+    #[test]
+    fn build_info_is_one_labelled_gauge() {
+        let mut e = Exposition::new();
+        e.build_info("ops", "1.2.3");
+        assert!(
+            e.render()
+                .contains("vigil_build_info{part=\"ops\",version=\"1.2.3\"} 1\n")
         );
     }
 

@@ -67,7 +67,7 @@ def raw(data):
 
 
 def check_standard_services(channel):
-    """grpc.health.v1 and grpc.reflection.v1, spoken in raw bytes."""
+    """grpc.health.v1 and grpc.reflection (v1 and v1alpha), in raw bytes."""
     check = channel.unary_unary(
         "/grpc.health.v1.Health/Check",
         request_serializer=raw,
@@ -78,16 +78,19 @@ def check_standard_services(channel):
     if answer != b"\x08\x01":
         sys.exit(f"ops_client: health check answered {answer!r}")
     print("health: SERVING")
-    reflect = channel.stream_stream(
-        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
-        request_serializer=raw,
-        response_deserializer=raw,
-    )
-    # ServerReflectionRequest{list_services: ""} (field 7, length 0)
-    answers = list(reflect(iter([b"\x3a\x00"]), timeout=TIMEOUT))
-    wanted = ("vigil.v1.OpsCenter", "grpc.health.v1.Health")
-    names = [n for n in wanted if n.encode() in answers[0]]
-    print(f"reflection lists: {' '.join(names)}")
+    # The same request in both versions of the reflection protocol: v1, and
+    # v1alpha, which grpcio-reflection's client and older tools speak.
+    for version, label in (("v1", "reflection"), ("v1alpha", "reflection v1alpha")):
+        reflect = channel.stream_stream(
+            f"/grpc.reflection.{version}.ServerReflection/ServerReflectionInfo",
+            request_serializer=raw,
+            response_deserializer=raw,
+        )
+        # ServerReflectionRequest{list_services: ""} (field 7, length 0)
+        answers = list(reflect(iter([b"\x3a\x00"]), timeout=TIMEOUT))
+        wanted = ("vigil.v1.OpsCenter", "grpc.health.v1.Health")
+        names = [n for n in wanted if n.encode() in answers[0]]
+        print(f"{label} lists: {' '.join(names)}")
 
 
 def main():

@@ -35,12 +35,10 @@ use tokio::{
     sync::watch,
 };
 use tokio_util::sync::CancellationToken;
-use vigil_gateway::{
-    dc09::Token,
-    simulator::{self, Delivery, PanelConfig, Protocol, Summary, Transport},
-};
+use vigil_dc09::Token;
 use vigil_ops::store::Store;
 use vigil_proto::v1::event;
+use vigil_sim::panel::{self as simulator, Delivery, PanelConfig, Protocol, Summary, Transport};
 
 /// True when `VIGIL_FAULT_LONG` asks for long runs.
 pub fn long_run() -> bool {

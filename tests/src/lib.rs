@@ -4,8 +4,17 @@
 //! through its library entry point, exactly as the `vigil` binary does.
 //!
 //! Every wait is bounded ([`WAIT`]); a test that would hang fails instead.
+//!
+//! Layout:
+//! - this file: [`Region`], the whole region with MQTT (broker, ops center,
+//!   gateways), for the end-to-end tests.
+//! - [`center`]: an operations center without MQTT (writer and gRPC API),
+//!   built with [`center::Center::builder`], for the API's tests and the
+//!   command line's.
+//! - [`faults`]: the fault-injection scenarios and their accounting.
 
 pub mod abuse;
+pub mod center;
 pub mod faults;
 
 use std::{

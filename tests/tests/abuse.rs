@@ -22,7 +22,7 @@ use tokio::{
 };
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity as TlsIdentity};
-use vigil_gateway::dc09::{KeyLookup, Message, Token, decode, encode};
+use vigil_dc09::{KeyLookup, Message, Token, decode, encode};
 use vigil_pki::Role;
 use vigil_proto::v1::{ListPostsRequest, ops_center_client::OpsCenterClient};
 use vigil_tests::{
@@ -280,9 +280,9 @@ async fn metrics_and_camera_simulator_serve_through_a_flood() {
 
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let camera_stop = CancellationToken::new();
-    let camera = vigil_gateway::camera::sim::OnvifCamera::start(
+    let camera = vigil_sim::camera::OnvifCamera::start(
         listener,
-        vigil_gateway::camera::sim::SimConfig::new("vigil", "camera-password"),
+        vigil_sim::camera::SimConfig::new("vigil", "camera-password"),
         camera_stop.clone(),
     );
     let cam = camera.addr();

@@ -5,9 +5,9 @@ use std::sync::atomic::Ordering;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use vigil_gateway::camera::sim::{self, OnvifCamera, SimConfig};
 use vigil_ops::store::Store;
 use vigil_proto::v1::{CameraEventKind, CameraEventState, Event, event};
+use vigil_sim::camera::{self as sim, OnvifCamera, SimConfig};
 use vigil_tests::{Region, eventually, open_store};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,16 +5,16 @@
 
 use tokio_util::sync::CancellationToken;
 use tonic::Streaming;
-use vigil_gateway::{
-    camera::sim,
-    dc09::{Message, Token},
-    simulator::{Panel, PanelConfig},
-};
+use vigil_dc09::{Message, Token};
 use vigil_pki::Role;
 use vigil_proto::v1::{
     AcknowledgeRequest, AuditAction, Disposition, EventKind, FeedItem, GetIncidentRequest,
     Incident, IncidentState, ListPostsRequest, Pacing, PostState, ReplayRequest, ResolveRequest,
     WatchIncidentsRequest, event, feed_item::Item,
+};
+use vigil_sim::{
+    camera as sim,
+    panel::{Panel, PanelConfig},
 };
 use vigil_tests::{Region, WAIT};
 

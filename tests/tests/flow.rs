@@ -4,9 +4,9 @@
 use std::collections::BTreeMap;
 
 use tokio_util::sync::CancellationToken;
-use vigil_gateway::simulator::{self, PanelConfig, Protocol};
 use vigil_ops::store::Store;
 use vigil_proto::v1::{Event, event};
+use vigil_sim::panel::{self as simulator, PanelConfig, Protocol};
 use vigil_tests::{Region, eventually, open_store};
 
 /// Sends `count` messages from panel account 1234 to `dc09` and returns
@@ -29,7 +29,7 @@ async fn panel(
     assert_eq!(summary.counts.failed, 0, "{summary}");
     summary
         .acked_events()
-        .filter(|id| id.token != vigil_gateway::dc09::Token::Null)
+        .filter(|id| id.token != vigil_dc09::Token::Null)
         .map(|id| (id.seq, id.payload.clone()))
         .collect()
 }

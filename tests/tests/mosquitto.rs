@@ -18,13 +18,13 @@ use std::{
 
 use rand::Rng;
 use tokio_util::sync::CancellationToken;
-use vigil_gateway::simulator::{self, PanelConfig};
 use vigil_ops::store::Store;
 use vigil_pki::{Identity, authority};
 use vigil_proto::{
     Message,
     v1::{AlarmSignal, Event, EventBatch, event},
 };
+use vigil_sim::panel::{self as simulator, PanelConfig};
 use vigil_tests::{
     Region,
     faults::{self, Accounting, eventually_within},

@@ -21,11 +21,9 @@ use std::{
 use anyhow::{Context, Result, bail};
 use tokio::{sync::watch, time::Instant};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
-use vigil_gateway::{
-    dc09::{Message, Token},
-    simulator::{Panel, PanelConfig},
-};
+use vigil_dc09::{Message, Token};
 use vigil_proto::v1::{WatchIncidentsRequest, feed_item::Item};
+use vigil_sim::panel::{Panel, PanelConfig};
 
 use crate::region::{tls_table, write_config};
 

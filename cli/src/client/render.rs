@@ -17,8 +17,9 @@ use prost_reflect::{DescriptorPool, DynamicMessage, SerializeOptions};
 use prost_types::Timestamp;
 use time::{OffsetDateTime, format_description::well_known::Rfc3339, macros::format_description};
 use vigil_proto::v1::{
-    AuditAction, AuditEntry, Disposition, FeedItem, Incident, IncidentDetail, IncidentState, Note,
-    PostInfo, PostState, Priority, Severity, StoredEvent, event::Body, feed_item::Item,
+    AuditAction, AuditEntry, CameraEventKind, CameraEventState, ContactIdQualifier, Disposition,
+    FeedItem, Incident, IncidentDetail, IncidentState, Note, PostInfo, PostState, Priority,
+    Severity, StoredEvent, event::Body, feed_item::Item,
 };
 
 // ---------------------------------------------------------------- JSON
@@ -136,31 +137,105 @@ fn or_dash(s: &str) -> &str {
 
 // ---------------------------------------------------------------- lines
 
+/// Whether lines carry colour: only for a person at a terminal, and never
+/// when `NO_COLOR` is set (no-color.org).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Paint {
+    colour: bool,
+}
+
+impl Paint {
+    /// Colour if stdout is a terminal and `NO_COLOR` is unset or empty.
+    pub(crate) fn for_stdout() -> Self {
+        use std::io::IsTerminal;
+        Self {
+            colour: std::io::stdout().is_terminal() && !crate::no_color(),
+        }
+    }
+
+    /// `text` in the SGR colour `code`, or as it is.
+    fn paint(self, code: &str, text: &str) -> String {
+        if self.colour {
+            format!("\x1b[{code}m{text}\x1b[0m")
+        } else {
+            text.to_owned()
+        }
+    }
+}
+
+/// SGR colour of a priority: P1 bold red, P2 yellow, P3 cyan, P4 dim.
+fn priority_colour(v: i32) -> &'static str {
+    match Priority::try_from(v) {
+        Ok(Priority::P1) => "1;31",
+        Ok(Priority::P2) => "33",
+        Ok(Priority::P3) => "36",
+        _ => "2",
+    }
+}
+
+/// SGR colour of a state: open bold, acknowledged green, resolved dim.
+fn state_colour(v: i32) -> &'static str {
+    match IncidentState::try_from(v) {
+        Ok(IncidentState::Open) => "1",
+        Ok(IncidentState::Acknowledged) => "32",
+        _ => "2",
+    }
+}
+
+/// Sort key putting the most urgent incident first: priority (P1 first,
+/// unset last), then the highest escalation level, then the oldest.
+pub(crate) fn urgency(inc: &Incident) -> (i32, std::cmp::Reverse<u32>, i64, i32, String) {
+    let rank = match Priority::try_from(inc.priority) {
+        Ok(Priority::Unspecified) | Err(_) => i32::MAX,
+        Ok(p) => p as i32,
+    };
+    let opened = inc.opened_at.as_ref();
+    (
+        rank,
+        std::cmp::Reverse(inc.escalation_level),
+        opened.map_or(i64::MAX, |t| t.seconds),
+        opened.map_or(0, |t| t.nanos),
+        inc.id.clone(),
+    )
+}
+
 /// One live-feed item as a terminal line: time of the change, incident,
-/// post, state, priority and severity, summary, assignee, and what changed.
+/// post, state, priority and severity, escalation level, summary, assignee,
+/// and what changed (for the first screen: that this is how it stands).
 /// `None` for heartbeats (nothing to show).
-pub(crate) fn feed_line(item: &FeedItem) -> Option<String> {
+pub(crate) fn feed_line(item: &FeedItem, paint: Paint) -> Option<String> {
     match item.item.as_ref()? {
         Item::Update(u) => {
             let inc = u.incident.as_ref()?;
             let cause = if u.snapshot {
-                "open".to_owned()
+                "as it stands".to_owned()
             } else {
                 action(u.cause)
             };
+            let escalated = if inc.escalation_level > 0 {
+                paint.paint("35", &format!("  esc {}", inc.escalation_level))
+            } else {
+                String::new()
+            };
             Some(format!(
-                "{}  {}  {:<8} {:<12} {} {:<8} {}  [{}]  ({cause})",
+                "{}  {}  {:<8} {} {} {:<8} {}{escalated}  [{}]  ({cause})",
                 clock(inc.updated_at.as_ref()),
                 inc.id,
                 inc.post_id,
-                state(inc.state),
-                priority(inc.priority),
+                paint.paint(
+                    state_colour(inc.state),
+                    &format!("{:<12}", state(inc.state))
+                ),
+                paint.paint(priority_colour(inc.priority), &priority(inc.priority)),
                 severity(inc.severity),
                 inc.title,
                 assignee(inc),
             ))
         }
-        Item::SnapshotComplete(_) => Some("-- live changes follow --".into()),
+        Item::SnapshotComplete(_) => Some(format!(
+            "-- live changes follow (cursor {}) --",
+            or_dash(&item.cursor)
+        )),
         Item::Resync(r) => Some(format!("-- resynchronising: {} --", r.reason)),
         Item::Heartbeat(_) => None,
     }
@@ -194,11 +269,16 @@ pub(crate) fn incident_row(inc: &Incident) -> String {
     )
 }
 
-/// One incident in a sentence: for workflow results and conflicts.
+/// One incident in a sentence: for conflicts, where the id is news.
 pub(crate) fn incident_summary(inc: &Incident) -> String {
+    format!("{} {}", inc.id, incident_state(inc))
+}
+
+/// What an incident is now, without its id (a workflow result line has
+/// just named it): post, state, priority and title, version, assignee...
+pub(crate) fn incident_state(inc: &Incident) -> String {
     let mut s = format!(
-        "{} at {}: {}, {} {}, version {}, {}",
-        inc.id,
+        "at {}: {}, {} {}, version {}, {}",
         inc.post_id,
         state(inc.state),
         priority(inc.priority),
@@ -298,21 +378,56 @@ pub(crate) fn event_line(e: &StoredEvent) -> String {
     let Some(ev) = &e.event else {
         return "(empty event)".into();
     };
+    let described = |fallback: &str| {
+        if ev.description.is_empty() {
+            fallback.to_owned()
+        } else {
+            ev.description.clone()
+        }
+    };
     let what = match &ev.body {
-        Some(Body::Alarm(a)) => format!(
-            "alarm account {} zone {} {}{}",
-            a.account,
-            a.zone,
-            a.sia_code,
-            if a.text.is_empty() {
+        Some(Body::Alarm(a)) => {
+            // The code as the panel sent it: SIA `BA`, or Contact ID `E130`
+            // (`R` for a restore, as installers write it).
+            let code = match &a.contact_id {
+                Some(cid) if a.sia_code.is_empty() => {
+                    let q = match ContactIdQualifier::try_from(cid.qualifier) {
+                        Ok(ContactIdQualifier::Restore) => 'R',
+                        Ok(ContactIdQualifier::Status) => 'S',
+                        _ => 'E',
+                    };
+                    format!("{q}{:03}", cid.event_code)
+                }
+                _ => or_dash(&a.sia_code).to_owned(),
+            };
+            format!(
+                "alarm: {} [{code}, account {}]",
+                described(&format!("zone {}", a.zone)),
+                a.account
+            )
+        }
+        Some(Body::Camera(c)) => {
+            let kind = CameraEventKind::try_from(c.kind).map_or_else(
+                |_| format!("kind-{}", c.kind),
+                |k| short(k.as_str_name(), "CAMERA_EVENT_KIND_"),
+            );
+            let phase = match CameraEventState::try_from(c.state) {
+                Ok(CameraEventState::Start) => " started",
+                Ok(CameraEventState::Stop) => " stopped",
+                _ => "",
+            };
+            let region = if c.region.is_empty() {
                 String::new()
             } else {
-                format!(" {}", a.text)
-            }
+                format!(" in {}", c.region)
+            };
+            format!("camera {}: {kind}{phase}{region}", c.camera_id)
+        }
+        Some(Body::Health(h)) => format!(
+            "health: {}",
+            described(&format!("{} {}", h.subject, h.detail))
         ),
-        Some(Body::Camera(c)) => format!("camera {} kind {}", c.camera_id, c.kind),
-        Some(Body::Health(h)) => format!("health {} {}", h.subject, h.detail),
-        None => "event".into(),
+        None => described("event"),
     };
     format!(
         "{} {}#{} {} {}{}",
@@ -408,7 +523,8 @@ mod tests {
                 snapshot: false,
             })),
         };
-        let line = feed_line(&item).unwrap();
+        let line = feed_line(&item, Paint::default()).unwrap();
+        assert!(!line.contains('\x1b'), "no colour unless asked: {line:?}");
         for part in [
             "03:04:05",
             "inc-000007",
@@ -426,7 +542,120 @@ mod tests {
             cursor: "42".into(),
             item: Some(Item::Heartbeat(Heartbeat::default())),
         };
-        assert_eq!(feed_line(&beat), None);
+        assert_eq!(feed_line(&beat, Paint::default()), None);
+    }
+
+    #[test]
+    fn the_first_screen_says_how_it_stands_and_shows_escalation() {
+        let mut inc = incident();
+        inc.escalation_level = 2;
+        let item = FeedItem {
+            cursor: String::new(),
+            item: Some(Item::Update(IncidentUpdate {
+                incident: Some(inc),
+                cause: 0,
+                snapshot: true,
+            })),
+        };
+        let line = feed_line(&item, Paint::default()).unwrap();
+        assert!(line.contains("acknowledged"), "{line}");
+        assert!(line.contains("esc 2"), "{line}");
+        assert!(line.ends_with("(as it stands)"), "{line}");
+        assert!(!line.contains("(open)"), "{line}");
+        let coloured = feed_line(&item, Paint { colour: true }).unwrap();
+        assert!(coloured.contains("\x1b[33mP2\x1b[0m"), "{coloured:?}");
+        let done = FeedItem {
+            cursor: "17".into(),
+            item: Some(Item::SnapshotComplete(Default::default())),
+        };
+        assert_eq!(
+            feed_line(&done, Paint::default()).unwrap(),
+            "-- live changes follow (cursor 17) --"
+        );
+    }
+
+    #[test]
+    fn urgency_puts_p1_first_then_escalated_then_oldest() {
+        let at = |s: i64| {
+            Some(Timestamp {
+                seconds: s,
+                nanos: 0,
+            })
+        };
+        let make = |id: &str, p: Priority, esc: u32, opened: i64| Incident {
+            id: id.into(),
+            priority: p as i32,
+            escalation_level: esc,
+            opened_at: at(opened),
+            ..Default::default()
+        };
+        let mut list = [
+            make("p3-old", Priority::P3, 0, 1),
+            make("p1-new", Priority::P1, 0, 9),
+            make("p2-esc", Priority::P2, 1, 8),
+            make("p1-old", Priority::P1, 0, 2),
+            make("p2", Priority::P2, 0, 3),
+            make("none", Priority::Unspecified, 3, 0),
+        ];
+        list.sort_by_key(urgency);
+        let ids: Vec<&str> = list.iter().map(|i| i.id.as_str()).collect();
+        assert_eq!(ids, ["p1-old", "p1-new", "p2-esc", "p2", "p3-old", "none"]);
+    }
+
+    #[test]
+    fn events_read_as_words_not_numbers() {
+        use vigil_proto::v1::{AlarmSignal, CameraEvent, ContactId, Event};
+        let stored = |body: Body, description: &str| StoredEvent {
+            event: Some(Event {
+                post_id: "p-1".into(),
+                seq: 4,
+                description: description.into(),
+                body: Some(body),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let camera = event_line(&stored(
+            Body::Camera(CameraEvent {
+                camera_id: "cam-2".into(),
+                kind: CameraEventKind::LineCrossing as i32,
+                state: CameraEventState::OneShot as i32,
+                region: "Gate".into(),
+                ..Default::default()
+            }),
+            "",
+        ));
+        assert!(
+            camera.contains("camera cam-2: line-crossing in Gate"),
+            "{camera}"
+        );
+        let sia = event_line(&stored(
+            Body::Alarm(AlarmSignal {
+                account: "1001".into(),
+                sia_code: "BA".into(),
+                zone: 7,
+                ..Default::default()
+            }),
+            "Burglary alarm, zone 7",
+        ));
+        assert!(
+            sia.contains("alarm: Burglary alarm, zone 7 [BA, account 1001]"),
+            "{sia}"
+        );
+        let cid = event_line(&stored(
+            Body::Alarm(AlarmSignal {
+                account: "1002".into(),
+                contact_id: Some(ContactId {
+                    qualifier: ContactIdQualifier::Restore as i32,
+                    event_code: 130,
+                    partition: 1,
+                    zone_or_user: 3,
+                }),
+                ..Default::default()
+            }),
+            "Burglary alarm, zone 3",
+        ));
+        assert!(cid.contains("[R130, account 1002]"), "{cid}");
     }
 
     #[test]

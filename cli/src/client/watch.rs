@@ -13,6 +13,13 @@
 //! Refusals (a bad certificate, a bad cursor) end the watch with an error,
 //! and so does any failure before the first item arrived: retrying cannot
 //! fix a server that never answered us.
+//!
+//! The first screen (the open and acknowledged incidents) is printed most
+//! urgent first: by priority, then escalation level, then oldest. The line
+//! that ends it names the cursor, and so does the last word of a watch
+//! stopped with Ctrl-C or `--count`, so a person can resume by hand with
+//! `--cursor`. Colour only when stdout is a terminal and `NO_COLOR` is not
+//! set.
 
 use std::time::Duration;
 
@@ -20,6 +27,8 @@ use anyhow::{Result, anyhow};
 use clap::Args;
 use tonic::Status;
 use vigil_proto::v1::{FeedItem, WatchIncidentsRequest, feed_item::Item};
+
+use tokio_util::sync::CancellationToken;
 
 use super::{Connection, connect::connect, fail, render, status_message, transient};
 
@@ -60,12 +69,48 @@ enum End {
     Lost(String),
 }
 
+/// `vigil watch`: follows the feed until `--count` or Ctrl-C, then says on
+/// stderr which cursor resumes it.
 pub(crate) async fn run(args: WatchArgs) -> Result<()> {
+    let stop = CancellationToken::new();
+    let on_ctrl_c = stop.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            on_ctrl_c.cancel();
+        }
+    });
+    let mut cursor = args.cursor.clone().unwrap_or_default();
+    let result = run_until(&args, &mut cursor, &stop).await;
+    if !args.json && !cursor.is_empty() {
+        eprintln!("vigil watch: at cursor {cursor}; resume with: vigil watch --cursor {cursor}");
+    }
+    result
+}
+
+/// Follows the feed from `cursor` (empty: a fresh snapshot) until `--count`
+/// updates were printed or `stop`; `cursor` is left at the last item
+/// printed. `vigil dev` runs its feed through this too.
+pub(crate) async fn run_until(
+    args: &WatchArgs,
+    cursor: &mut String,
+    stop: &CancellationToken,
+) -> Result<()> {
+    tokio::select! {
+        () = stop.cancelled() => Ok(()),
+        result = follow_feed(args, cursor) => result,
+    }
+}
+
+async fn follow_feed(args: &WatchArgs, cursor: &mut String) -> Result<()> {
     if args.count == Some(0) {
         return Ok(());
     }
     let mut s = connect(&args.conn).await?;
-    let mut cursor = args.cursor.clone().unwrap_or_default();
+    let paint = if args.json {
+        render::Paint::default()
+    } else {
+        render::Paint::for_stdout()
+    };
     let mut shown = 0u64;
     // Reset to MIN_BACKOFF by every item received; `None` until the first.
     let mut backoff = None;
@@ -81,7 +126,13 @@ pub(crate) async fn run(args: WatchArgs) -> Result<()> {
             Ok(Err(status)) => End::Lost(status_message(&status, &s)),
             Ok(Ok(response)) => {
                 let mut stream = response.into_inner();
-                match follow(&args, &mut stream, &mut cursor, &mut shown, &mut backoff).await {
+                let mut out = Printer {
+                    args,
+                    paint,
+                    shown: &mut shown,
+                    snapshot: Vec::new(),
+                };
+                match follow(&mut out, &mut stream, cursor, &mut backoff).await {
                     Ok(end) => end,
                     Err(status) if transient(&status) => {
                         End::Lost(format!("feed interrupted: {}", status_message(&status, &s)))
@@ -113,14 +164,62 @@ pub(crate) async fn run(args: WatchArgs) -> Result<()> {
     }
 }
 
+/// Where one stream's items go: stdout, the snapshot held back until it is
+/// complete so that it can be printed most urgent first.
+struct Printer<'a> {
+    args: &'a WatchArgs,
+    paint: render::Paint,
+    shown: &'a mut u64,
+    snapshot: Vec<FeedItem>,
+}
+
+impl Printer<'_> {
+    /// Prints `item` (or holds it back if it is part of the snapshot);
+    /// `true` once `--count` updates are out.
+    fn print(&mut self, item: FeedItem) -> bool {
+        match &item.item {
+            Some(Item::Update(u)) if u.snapshot => {
+                self.snapshot.push(item);
+                false
+            }
+            Some(Item::SnapshotComplete(_)) => {
+                let mut held = std::mem::take(&mut self.snapshot);
+                held.sort_by_key(|i| match &i.item {
+                    Some(Item::Update(u)) => u.incident.as_ref().map(render::urgency),
+                    _ => None,
+                });
+                for one in held {
+                    if self.print_one(&one) {
+                        return true;
+                    }
+                }
+                self.print_one(&item)
+            }
+            _ => self.print_one(&item),
+        }
+    }
+
+    fn print_one(&mut self, item: &FeedItem) -> bool {
+        if self.args.json {
+            println!("{}", render::json_line(item, "FeedItem"));
+        } else if let Some(line) = render::feed_line(item, self.paint) {
+            println!("{line}");
+        }
+        if matches!(item.item, Some(Item::Update(_))) {
+            *self.shown += 1;
+            return self.args.count.is_some_and(|n| *self.shown >= n);
+        }
+        false
+    }
+}
+
 /// Prints one stream's items until it ends. `cursor` follows what was
 /// printed: snapshot items only move it once the snapshot is complete (a
 /// reconnect in the middle of a snapshot must start a fresh one).
 async fn follow(
-    args: &WatchArgs,
+    out: &mut Printer<'_>,
     stream: &mut tonic::Streaming<FeedItem>,
     cursor: &mut String,
-    shown: &mut u64,
     backoff: &mut Option<Duration>,
 ) -> Result<End, Status> {
     loop {
@@ -140,20 +239,12 @@ async fn follow(
         if !in_snapshot && !item.cursor.is_empty() {
             cursor.clone_from(&item.cursor);
         }
-        if args.json {
-            println!("{}", render::json_line(&item, "FeedItem"));
-        } else if let Some(line) = render::feed_line(&item) {
-            println!("{line}");
+        let resync = matches!(item.item, Some(Item::Resync(_)));
+        if out.print(item) {
+            return Ok(End::Done);
         }
-        match &item.item {
-            Some(Item::Update(_)) => {
-                *shown += 1;
-                if args.count.is_some_and(|n| *shown >= n) {
-                    return Ok(End::Done);
-                }
-            }
-            Some(Item::Resync(_)) => return Ok(End::Resync),
-            _ => {}
+        if resync {
+            return Ok(End::Resync);
         }
     }
 }

@@ -280,7 +280,7 @@ async fn act(conn: &Connection, target: &Target, act: Act) -> Result<()> {
             if target.json {
                 println!("{}", render::json(&inc, "Incident"));
             } else {
-                println!("{id} {done}: {}", render::incident_summary(&inc));
+                println!("{id} {done} {}", render::incident_state(&inc));
             }
             Ok(())
         }
@@ -314,7 +314,8 @@ pub(crate) struct TestModeArgs {
     conn: Connection,
     /// The post, e.g. p-017.
     post: String,
-    /// How long: seconds, or with a unit: 90s, 30m, 8h (capped by the server).
+    /// How long: seconds, or with a unit: 90s, 30m, 8h; longer than the
+    /// server's max_test_mode_secs is refused.
     #[arg(long = "for", value_name = "DURATION", required_unless_present = "end")]
     duration: Option<String>,
     /// End test mode now.

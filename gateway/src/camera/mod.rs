@@ -15,12 +15,11 @@
 //! - [`stale`]: the stale-state timer.
 //! - [`push`]: the HTTP push endpoint.
 //! - [`onvif`]: the ONVIF PullPoint client, one subscription per camera.
-//! - [`sim`]: a simulated camera (ONVIF device and HTTP pusher) for tests,
-//!   `vigil simulate camera` and `vigil dev`.
+//!
+//! The simulated camera (ONVIF device and HTTP pusher) is in `vigil-sim`.
 
 pub mod onvif;
 pub mod push;
-pub mod sim;
 pub mod stale;
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};

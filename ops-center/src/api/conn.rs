@@ -30,6 +30,8 @@ use tracing::{debug, info};
 use vigil_net::{Conn, Front};
 use vigil_pki::Peer;
 
+use crate::metrics::{Metrics, Open, OpenKind};
+
 /// Finished connections waiting for tonic to pick them up. When full, the
 /// connection tasks wait (tonic takes connections as fast as it can).
 pub const ACCEPTED_CAPACITY: usize = 32;
@@ -48,6 +50,8 @@ pub struct ConnInfo {
 pub struct ApiConn {
     conn: Conn<TlsStream<TcpStream>>,
     info: ConnInfo,
+    /// Counts it in `vigil_ops_api_connections` while it is open.
+    _open: Open,
 }
 
 impl Connected for ApiConn {
@@ -102,12 +106,14 @@ pub fn incoming(
     acceptor: TlsAcceptor,
     shutdown: CancellationToken,
     tracker: &TaskTracker,
+    metrics: std::sync::Arc<Metrics>,
 ) -> mpsc::Receiver<Result<ApiConn, io::Error>> {
     let (tx, rx) = mpsc::channel(ACCEPTED_CAPACITY);
     tracker.spawn(async move {
         front
             .serve_tls(listener, acceptor, shutdown, move |conn| {
                 let tx = tx.clone();
+                let metrics = metrics.clone();
                 async move {
                     // rustls verified the chain against the CA and the
                     // CRL; identity and role come from that certificate.
@@ -126,7 +132,12 @@ pub fn incoming(
                         addr: conn.peer_addr(),
                         peer,
                     };
-                    let _ = tx.send(Ok(ApiConn { conn, info })).await;
+                    let conn = ApiConn {
+                        conn,
+                        info,
+                        _open: metrics.open(OpenKind::ApiConnection),
+                    };
+                    let _ = tx.send(Ok(conn)).await;
                 }
             })
             .await;

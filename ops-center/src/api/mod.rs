@@ -137,6 +137,8 @@ pub struct ApiContext {
     pub reader: Arc<Mutex<Box<dyn Store>>>,
     /// Woken by the writer after each commit with incident changes.
     pub changed: Arc<Notify>,
+    /// Where open connections and watchers are counted.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl std::fmt::Debug for ApiContext {
@@ -173,26 +175,38 @@ pub async fn serve(
             }
         }
     });
-    let incoming = conn::incoming(front, listener, acceptor, shutdown.clone(), &tracker);
+    let incoming = conn::incoming(
+        front,
+        listener,
+        acceptor,
+        shutdown.clone(),
+        &tracker,
+        ctx.metrics.clone(),
+    );
     tracker.close();
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<OpsCenterServer<Api>>().await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(vigil_proto::FILE_DESCRIPTOR_SET)
-        // So `grpcurl list` shows the health service too, and can describe it.
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    // Reflection in both versions: `v1` for grpcurl and current clients,
+    // `v1alpha` for the many that still ask only for it (Python's
+    // grpcio-reflection, older grpcurl, Postman). Same descriptors in each.
+    let reflection = reflection_builder()
         .build_v1()
+        .expect("the compiled-in descriptor set is valid");
+    let reflection_v1alpha = reflection_builder()
+        .build_v1alpha()
         .expect("the compiled-in descriptor set is valid");
     let api = Api {
         jobs: ctx.jobs,
         reader: ctx.reader,
         feed,
         shutdown: shutdown.clone(),
+        metrics: ctx.metrics,
     };
     let server = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection)
+        .add_service(reflection_v1alpha)
         .add_service(OpsCenterServer::new(api))
         .serve_with_incoming_shutdown(
             ReceiverStream::new(incoming),
@@ -217,12 +231,21 @@ pub async fn serve(
     result
 }
 
+/// The descriptors reflection serves: ours and the health service's (so
+/// `grpcurl list` shows it too, and can describe it).
+fn reflection_builder() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(vigil_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+}
+
 /// The `OpsCenter` service.
 pub struct Api {
     jobs: mpsc::Sender<Job>,
     reader: Reader,
     feed: Feed,
     shutdown: CancellationToken,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl std::fmt::Debug for Api {
@@ -252,7 +275,12 @@ fn authorize<T>(req: &Request<T>, op: Op) -> Result<Peer, Status> {
     if allowed(peer.role, op) {
         Ok(peer)
     } else {
-        tracing::info!(identity = %peer.identity, role = %peer.role, ?op, "api: permission denied");
+        tracing::info!(
+            identity = %peer.identity,
+            role = %peer.role,
+            op = op_name(op),
+            "api: permission denied"
+        );
         Err(Status::permission_denied(format!(
             "role {} may not {}",
             peer.role,
@@ -357,8 +385,12 @@ impl OpsCenter for Api {
             self.reader.clone(),
             self.shutdown.clone(),
         );
+        // Counted as a watcher until its feed ends (the client left, or
+        // shutdown).
+        let watching = self.metrics.open(crate::metrics::OpenKind::Watcher);
         tokio::spawn(async move {
             feed.watch(reader, cursor, req.post_ids, tx, shutdown).await;
+            drop(watching);
         });
         Ok(Response::new(ReceiverStream::new(rx)))
     }
@@ -409,6 +441,7 @@ impl OpsCenter for Api {
     ) -> Result<Response<IncidentDetail>, Status> {
         authorize(&request, Op::Read)?;
         let id = request.into_inner().incident_id;
+        let wanted = id.clone();
         let detail = self
             .read(move |s| {
                 let Some(incident) = s.incident(&id)? else {
@@ -424,7 +457,7 @@ impl OpsCenter for Api {
             .await?;
         detail
             .map(Response::new)
-            .ok_or_else(|| Status::not_found("no such incident"))
+            .ok_or_else(|| Status::not_found(format!("no incident {wanted}")))
     }
 
     async fn acknowledge(

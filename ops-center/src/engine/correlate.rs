@@ -394,7 +394,7 @@ impl Engine {
         let raised = raise(Priority::try_from(inc.priority).unwrap_or(Priority::P4));
         let detail = format!(
             "panel alarm and camera detection agree; priority {}",
-            raised.as_str_name()
+            raised.as_str_name().trim_start_matches("PRIORITY_")
         );
         if more_urgent(raised as i32, inc.priority) {
             inc.priority = raised as i32;

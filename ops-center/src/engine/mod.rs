@@ -60,7 +60,7 @@ pub struct EngineConfig {
     /// Life-safety (P1) events are never folded.
     pub flood_limit: u32,
     pub flood_window_secs: u64,
-    /// Longest test mode an analyst may set.
+    /// Longest test mode a supervisor may set; longer requests are refused.
     pub max_test_mode_secs: u64,
     /// Standard operating procedure text per event category (`fire`,
     /// `burglary`, `video_detection`, …) and `default` for the others.

@@ -336,6 +336,11 @@ fn panel_alarm_and_mapped_camera_make_one_verified_incident() {
             AuditAction::Verified
         ]
     );
+    // The audit line names the priority as people write it.
+    assert_eq!(
+        out.audit[2].detail,
+        "panel alarm and camera detection agree; priority P1"
+    );
     // Versions chain without gaps.
     for pair in out.audit.windows(2) {
         assert_eq!(pair[0].to_version, pair[1].from_version);
@@ -616,11 +621,27 @@ fn losing_panel_or_camera_supervision_opens_an_incident() {
 fn test_mode_stores_but_opens_nothing_until_it_expires() {
     let mut e = engine();
     let mut out = Changes::default();
-    // Asked for 2 h, capped at 1 h.
-    let until = e
+    // Asked for 2 h, over the 1 h cap: refused, naming the cap, nothing set.
+    let refused = e
         .set_test_mode(
             POST,
             Duration::from_secs(7200),
+            "panel service",
+            &analyst(),
+            t(0),
+            &mut out,
+        )
+        .unwrap_err();
+    let WorkflowError::InvalidArgument(why) = refused else {
+        panic!("{refused:?}");
+    };
+    assert!(why.contains("at most 1h") && why.contains("2h"), "{why}");
+    assert!(out.audit.is_empty() && out.test_modes.is_empty());
+    // The cap itself is allowed.
+    let until = e
+        .set_test_mode(
+            POST,
+            Duration::from_secs(3600),
             "panel service",
             &analyst(),
             t(0),
@@ -1018,7 +1039,10 @@ fn workflow_uses_compare_and_set_and_audits_every_step() {
     );
     let who: Vec<_> = out.audit.iter().map(|a| a.actor.as_str()).collect();
     assert_eq!(who, ["alice", "bob", "bob", "bob", "alice", "bob"]);
-    assert_eq!(out.audit[4].detail, "disposition GENUINE; with note");
+    assert_eq!(
+        out.audit[4].detail,
+        "disposition GENUINE; note: intruder detained"
+    );
     for pair in out.audit.windows(2) {
         assert_eq!(pair[0].to_version, pair[1].from_version);
     }

@@ -256,10 +256,13 @@ impl Engine {
                     at: Some(now.into()),
                     text: text.to_owned(),
                 });
+                // The note's words in the audit line too: an audit trail
+                // read on its own must say what was written, not that
+                // something was.
                 if detail.is_empty() {
-                    "with note".to_owned()
+                    format!("note: {text}")
                 } else {
-                    format!("{detail}; with note")
+                    format!("{detail}; note: {text}")
                 }
             }
             _ => detail,
@@ -280,9 +283,10 @@ impl Engine {
         Ok(inc)
     }
 
-    /// Puts `post` into test mode for `duration` (capped by
-    /// `max_test_mode_secs`), or ends it when `duration` is zero. Returns
-    /// until when test mode now lasts.
+    /// Puts `post` into test mode for `duration` (at most
+    /// `max_test_mode_secs`: a longer one is refused, naming the cap, so
+    /// nobody believes a post is quiet for longer than it is), or ends it
+    /// when `duration` is zero. Returns until when test mode now lasts.
     pub fn set_test_mode(
         &mut self,
         post: &str,
@@ -316,7 +320,14 @@ impl Engine {
             }
             return Ok(None);
         }
-        let duration = duration.min(Duration::from_secs(self.cfg.max_test_mode_secs));
+        let cap = self.cfg.max_test_mode_secs;
+        if duration > Duration::from_secs(cap) {
+            return Err(WorkflowError::InvalidArgument(format!(
+                "test mode lasts at most {} (max_test_mode_secs = {cap}); asked for {}",
+                human_secs(cap),
+                human_secs(duration.as_secs())
+            )));
+        }
         let until = now + duration;
         self.test_modes.insert(post.to_owned(), until);
         out.test_modes.push(TestModeWrite {
@@ -348,6 +359,22 @@ fn check_note(text: &str, may_be_empty: bool) -> Result<(), WorkflowError> {
         )));
     }
     Ok(())
+}
+
+/// `600` → `10m`, `5400` → `1h30m`, `45` → `45s`.
+fn human_secs(secs: u64) -> String {
+    let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);
+    let mut out = String::new();
+    if h > 0 {
+        out.push_str(&format!("{h}h"));
+    }
+    if m > 0 {
+        out.push_str(&format!("{m}m"));
+    }
+    if s > 0 || out.is_empty() {
+        out.push_str(&format!("{s}s"));
+    }
+    out
 }
 
 fn disposition_name(d: Disposition) -> &'static str {

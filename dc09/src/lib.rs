@@ -1,11 +1,13 @@
 //! SIA DC-09 ("Internet Protocol Event Reporting", ANSI/SIA DC-09-2013 and
-//! later revisions) codec for the gateway's receiver and the panel simulator.
+//! later revisions) codec for the gateway's receiver and the panel simulator
+//! (`vigil-sim`), and the alarm event taxonomy.
 //!
-//! This module is pure code: no sockets, no clocks, no global randomness.
+//! This crate is pure code: no async runtime, no sockets, no clocks, no
+//! global randomness.
 //! Everything that depends on the outside world (current time, pad bytes,
 //! per-account keys) is passed in by the caller so that tests are exact.
 //!
-//! # Pieces
+//! # Layout
 //!
 //! * [`crc`]: CRC-16/ARC as used by the frame header.
 //! * [`crypto`]: account keys (AES-128/192/256) and the CBC/zero-IV cipher
@@ -21,7 +23,8 @@
 //! * [`contact_id`]: the Ademco Contact ID payload of `ADM-CID` messages.
 //! * [`sia_dcs`]: the SIA DC-03 style payload of `SIA-DCS` messages.
 //! * [`taxonomy`]: table-driven mapping of event codes to a category,
-//!   default severity, description and restore flag.
+//!   default severity, description and restore flag. It depends on no
+//!   parser: [`contact_id`] and [`sia_dcs`] call into it, never the reverse.
 //!
 //! # Receiver flow
 //!
@@ -35,7 +38,9 @@
 //! 5. Interpret the data block with [`ContactId::parse`] or
 //!    [`parse_sia_dcs`] and classify the events with the [`taxonomy`].
 //!
-//! `tests::receiver_flow` below walks through exactly this.
+//! `tests::receiver_flow` below walks through exactly this. The property
+//! tests are in `proptests`; the fuzz target is in `fuzz/` (built with
+//! `cargo fuzz`, outside the workspace).
 
 pub mod contact_id;
 pub mod crc;

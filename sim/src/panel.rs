@@ -29,7 +29,7 @@
 //! stored.
 //!
 //! All DC-09 framing, encryption and payload formatting is done by
-//! [`crate::dc09`]; this module only composes messages and moves bytes.
+//! [`vigil_dc09`]; this module only composes messages and moves bytes.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -48,8 +48,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info_span, warn};
 
-use crate::dc09::{
-    self, ContactId, EncodeError, Framer, Key, KeyLookup, Message, Qualifier, Token,
+use vigil_dc09::{
+    self as dc09, ContactId, EncodeError, Framer, Key, KeyLookup, Message, Qualifier, Token,
 };
 
 /// How long a panel waits for an answer unless told otherwise. DC-09 panels
@@ -105,6 +105,11 @@ pub enum ScenarioKind {
     Mixed,
     /// `NULL` link tests only (a quiet, supervised panel).
     Null,
+    /// A site on an ordinary day, as `vigil dev` shows it: mostly openings,
+    /// closings, test reports and link tests; now and then an AC-loss or
+    /// low-battery trouble; a burglary alarm about once in 40 messages; fire
+    /// and panic rarer still. Every alarm and trouble is restored later.
+    Quiet,
 }
 
 /// Everything a simulated panel needs. Build with [`PanelConfig::new`] and
@@ -537,10 +542,23 @@ impl Scenario {
             return self.pending.remove(i).map(|p| p.signal);
         }
         let open = self.pending.len() < MAX_OPEN;
-        let roll = self.rng.random_range(0..100u32);
+        // Per mille: the mixed scenario exercises every path; the quiet one
+        // is what a watched site sends.
+        let (burglary, fire, panic, ac, battery) = match self.kind {
+            ScenarioKind::Quiet => (25, 5, 3, 15, 15),
+            _ => (300, 100, 50, 70, 60),
+        };
+        let roll = self.rng.random_range(0..1000u32);
+        let pick = [burglary, fire, panic, ac, battery]
+            .iter()
+            .scan(0, |upto, w| {
+                *upto += w;
+                Some(*upto)
+            })
+            .position(|upto| roll < upto);
         let rng = &mut self.rng;
-        let (alarm, restore, delay) = match roll {
-            0..30 if open => {
+        let (alarm, restore, delay) = match pick {
+            Some(0) if open => {
                 let zone = rng.random_range(1..=16);
                 (
                     Signal::new(New, 130, "BA", 1, zone),
@@ -548,7 +566,7 @@ impl Scenario {
                     rng.random_range(2..=6),
                 )
             }
-            30..40 if open => {
+            Some(1) if open => {
                 let zone = rng.random_range(17..=24);
                 (
                     Signal::new(New, 110, "FA", 1, zone),
@@ -556,7 +574,7 @@ impl Scenario {
                     rng.random_range(3..=8),
                 )
             }
-            40..45 if open => {
+            Some(2) if open => {
                 let zone = rng.random_range(25..=28);
                 (
                     Signal::new(New, 120, "PA", 1, zone),
@@ -564,12 +582,12 @@ impl Scenario {
                     rng.random_range(2..=5),
                 )
             }
-            45..52 if open => (
+            Some(3) if open => (
                 Signal::new(New, 301, "AT", 0, 0),
                 Signal::new(Restore, 301, "AR", 0, 0),
                 rng.random_range(4..=10),
             ),
-            52..58 if open => (
+            Some(4) if open => (
                 Signal::new(New, 302, "YT", 0, 0),
                 Signal::new(Restore, 302, "YR", 0, 0),
                 rng.random_range(4..=10),
@@ -1024,7 +1042,7 @@ async fn resolve(server: &str) -> Result<SocketAddr, SimError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dc09::parse_sia_dcs;
+    use vigil_dc09::parse_sia_dcs;
 
     fn header(account: &str) -> Message {
         PanelConfig::new("127.0.0.1:7000", account).header()
@@ -1080,6 +1098,41 @@ mod tests {
         assert_eq!(tests, 10);
         assert!(alarms > 50, "{alarms} alarms");
         assert!(open.len() <= MAX_OPEN);
+    }
+
+    #[test]
+    fn quiet_scenario_raises_alarms_rarely_and_restores_them() {
+        // Alarms (burglary, fire, panic) and troubles among 2,000 messages.
+        let count = |kind| {
+            let (mut alarms, mut troubles, mut open) = (0, 0, 0i32);
+            for msg in Scenario::new(kind, Protocol::Cid, header("12AB"), 1, 11).take(2000) {
+                let Ok(cid) = ContactId::parse(&msg.data) else {
+                    continue;
+                };
+                match (cid.event, cid.qualifier) {
+                    (110 | 120 | 130, Qualifier::New) => alarms += 1,
+                    (301 | 302, Qualifier::New) => troubles += 1,
+                    _ => {}
+                }
+                match (cid.event, cid.qualifier) {
+                    (401 | 602, _) => {}
+                    (_, Qualifier::New) => open += 1,
+                    (_, Qualifier::Restore) => open -= 1,
+                    _ => {}
+                }
+                assert!((0..=MAX_OPEN as i32).contains(&open));
+            }
+            (alarms, troubles)
+        };
+        let (quiet_alarms, quiet_troubles) = count(ScenarioKind::Quiet);
+        let (mixed_alarms, _) = count(ScenarioKind::Mixed);
+        // About 3 % of the messages that are neither NULL nor test report.
+        assert!((20..=110).contains(&quiet_alarms), "{quiet_alarms}");
+        assert!(quiet_troubles > 0, "troubles happen too");
+        assert!(
+            mixed_alarms > 5 * quiet_alarms,
+            "{mixed_alarms} vs {quiet_alarms}"
+        );
     }
 
     #[test]

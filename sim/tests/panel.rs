@@ -9,11 +9,12 @@ use time::OffsetDateTime;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio_util::sync::CancellationToken;
-use vigil_gateway::dc09::{
+use vigil_dc09::{
     ContactId, Framer, Key, KeyLookup, Message, Token, ack_for, decode, duh_for, encode, nak,
 };
-use vigil_gateway::simulator::{
-    self, Delivery, EventId, FailReason, PanelConfig, Protocol, ScenarioKind, Summary, Transport,
+use vigil_sim::panel::{
+    self as simulator, Delivery, EventId, FailReason, PanelConfig, Protocol, ScenarioKind, Summary,
+    Transport,
 };
 
 const ACCOUNT: &str = "1234";

@@ -1,15 +1,25 @@
-//! An operations center for client tests, in process: a real PKI, the real
-//! writer (SQLite store and incident engine) and the real gRPC API over
-//! mutual TLS on 127.0.0.1, without MQTT. Incidents are made by submitting
+//! An operations center without MQTT, in process, for the API's own tests
+//! (ops-center/tests/api.rs) and the command line's (cli/tests): a real
+//! PKI, the real writer (SQLite store and incident engine) and the real
+//! gRPC API over mutual TLS on 127.0.0.1. Incidents are made by submitting
 //! events to the writer, exactly as ingest does; the API can be stopped and
 //! started again on the same port while the writer keeps running.
-
-#![allow(dead_code, unreachable_pub)]
+//!
+//! ```no_run
+//! # async fn demo() {
+//! use vigil_pki::Role;
+//! use vigil_tests::center::{Center, alarm, now_secs};
+//! let center = Center::builder().revoked("mallory").start().await;
+//! center.submit(vec![alarm("p-1", 1, 7, now_secs())]).await;
+//! let mut client = center.client(Role::Analyst, "alice").await;
+//! # let _ = &mut client;
+//! center.stop().await;
+//! # }
+//! ```
 
 use std::{
     collections::BTreeSet,
     path::{Path, PathBuf},
-    process::{Command, Output},
     sync::{Arc, Mutex},
     time::{Duration, SystemTime},
 };
@@ -20,6 +30,7 @@ use tokio::{
     task::JoinHandle,
 };
 use tokio_util::sync::CancellationToken;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity as TlsIdentity};
 use vigil_ops::{
     api,
     engine::{Engine, EngineConfig},
@@ -28,11 +39,43 @@ use vigil_ops::{
     writer::{self, Job, WriterHandle},
 };
 use vigil_pki::{Identity, Role, TlsConfig, authority};
-use vigil_proto::v1::{AlarmSignal, Event, EventCategory, event::Body};
+use vigil_proto::v1::{
+    AlarmSignal, Event, EventCategory, event::Body, ops_center_client::OpsCenterClient,
+};
 
-/// Longest any single expectation waits.
-pub const WAIT: Duration = Duration::from_secs(30);
+pub use crate::WAIT;
 
+/// A generated API client over one channel.
+pub type Client = OpsCenterClient<Channel>;
+
+/// How to start a [`Center`]: [`Center::builder`], adjust, then
+/// [`CenterBuilder::start`].
+#[derive(Debug, Default)]
+pub struct CenterBuilder {
+    engine: EngineConfig,
+    revoked: Vec<String>,
+}
+
+impl CenterBuilder {
+    /// The incident engine's settings (default: `EngineConfig::default()`).
+    pub fn engine(mut self, engine: EngineConfig) -> Self {
+        self.engine = engine;
+        self
+    }
+
+    /// An analyst certificate for `id`, issued and revoked before the API
+    /// starts (so its CRL already lists it).
+    pub fn revoked(mut self, id: &str) -> Self {
+        self.revoked.push(id.to_owned());
+        self
+    }
+
+    pub async fn start(self) -> Center {
+        Center::start_with(self).await
+    }
+}
+
+/// The running writer and API. See the module docs.
 pub struct Center {
     dir: tempfile::TempDir,
     pub pki: PathBuf,
@@ -42,6 +85,7 @@ pub struct Center {
     committed: Arc<(Mutex<BTreeSet<u64>>, Notify)>,
     next_token: std::sync::atomic::AtomicU64,
     changed: Arc<Notify>,
+    pub metrics: Arc<Metrics>,
     api: Option<(
         CancellationToken,
         JoinHandle<Result<(), tonic::transport::Error>>,
@@ -59,26 +103,49 @@ fn issue(pki: &Path, role: Role, id: &str) {
     authority::issue(pki, role, &Identity::new(id).unwrap(), &sans, 30, false).unwrap();
 }
 
+impl std::fmt::Debug for Center {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Center")
+            .field("pki", &self.pki)
+            .field("port", &self.port)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Center {
+    /// A center with the default engine and nothing revoked.
     pub async fn start() -> Center {
+        Self::builder().start().await
+    }
+
+    pub fn builder() -> CenterBuilder {
+        CenterBuilder::default()
+    }
+
+    async fn start_with(options: CenterBuilder) -> Center {
         vigil_pki::install_crypto_provider();
         let dir = tempfile::tempdir().unwrap();
         let pki = dir.path().join("pki");
-        authority::init(&pki, "client test CA").unwrap();
+        authority::init(&pki, "test CA").unwrap();
         issue(&pki, Role::Ops, "ops-1");
+        for id in &options.revoked {
+            issue(&pki, Role::Analyst, id);
+            authority::revoke(&pki, &Identity::new(id).unwrap()).unwrap();
+        }
         let data = dir.path().join("data");
         let store = SqliteStore::open(&data).unwrap();
         let engine = Engine::new(
-            EngineConfig::default(),
+            options.engine,
             store.engine_snapshot(SystemTime::UNIX_EPOCH).unwrap(),
         );
         let changed = Arc::new(Notify::new());
+        let metrics = Arc::new(Metrics::default());
         let (jobs, jobs_rx) = mpsc::channel(writer::QUEUE_CAPACITY);
         let (done_tx, mut done) = mpsc::channel(writer::DONE_CAPACITY);
         let writer = writer::spawn_notifying(
             Box::new(store),
             engine,
-            Arc::new(Metrics::default()),
+            metrics.clone(),
             jobs_rx,
             done_tx,
             changed.clone(),
@@ -106,6 +173,7 @@ impl Center {
             committed,
             next_token: 1.into(),
             changed,
+            metrics,
             api: None,
             drain,
             writer,
@@ -131,6 +199,7 @@ impl Center {
                     SqliteStore::open(&self.data).unwrap(),
                 ))),
                 changed: self.changed.clone(),
+                metrics: self.metrics.clone(),
             },
             vigil_net::Front::new("api", vigil_ops::config::ApiConfig::default().limits()),
             listener,
@@ -179,7 +248,8 @@ impl Center {
         format!("127.0.0.1:{}", self.port)
     }
 
-    fn file(&self, name: &str) -> String {
+    /// A file of the PKI folder, as a string for flags.
+    pub fn file(&self, name: &str) -> String {
         self.pki.join(name).display().to_string()
     }
 
@@ -207,6 +277,47 @@ impl Center {
             ("VIGIL_CERT".into(), self.file(&format!("{id}.pem"))),
             ("VIGIL_KEY".into(), self.file(&format!("{id}.key"))),
         ]
+    }
+
+    /// A gRPC client with a certificate of `role` named `id` (issued once).
+    pub async fn client(&self, role: Role, id: &str) -> Client {
+        self.try_client(role, id).await.unwrap()
+    }
+
+    /// Like [`Center::client`], but a refused connection is an error.
+    pub async fn try_client(
+        &self,
+        role: Role,
+        id: &str,
+    ) -> Result<Client, tonic::transport::Error> {
+        Ok(OpsCenterClient::new(self.channel(role, id, None).await?))
+    }
+
+    /// A channel with a certificate of `role` named `id`; `window` sets the
+    /// HTTP/2 receive windows (how much the server may send unread).
+    pub async fn channel(
+        &self,
+        role: Role,
+        id: &str,
+        window: Option<u32>,
+    ) -> Result<Channel, tonic::transport::Error> {
+        self.issue(role, id);
+        let read = |name: String| std::fs::read(self.pki.join(name)).unwrap();
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(read("ca.pem".into())))
+            .identity(TlsIdentity::from_pem(
+                read(format!("{id}.pem")),
+                read(format!("{id}.key")),
+            ))
+            .domain_name("localhost");
+        Channel::from_shared(format!("https://127.0.0.1:{}", self.port))
+            .unwrap()
+            .tls_config(tls)
+            .unwrap()
+            .initial_stream_window_size(window)
+            .initial_connection_window_size(window)
+            .connect()
+            .await
     }
 
     /// Submits events to the writer and waits until they are committed.
@@ -307,45 +418,10 @@ pub fn alarm(post: &str, seq: u64, zone: u32, received_secs: u64) -> Event {
     }
 }
 
+/// Seconds since the epoch, now.
 pub fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap()
         .as_secs()
-}
-
-/// `vigil ARGS` with `env` set and no `VIGIL_*` inherited from the test's
-/// own environment.
-pub fn command<S: AsRef<std::ffi::OsStr>>(args: &[S], env: &[(String, String)]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_vigil"));
-    for var in [
-        "VIGIL_SERVER",
-        "VIGIL_CA",
-        "VIGIL_CERT",
-        "VIGIL_KEY",
-        "VIGIL_CRL",
-    ] {
-        cmd.env_remove(var);
-    }
-    cmd.args(args).envs(env.iter().map(|(k, v)| (k, v)));
-    cmd
-}
-
-/// Runs `vigil ARGS` to completion off the async runtime (the ops center
-/// in this process keeps serving meanwhile).
-pub async fn run_vigil(args: Vec<String>, env: Vec<(String, String)>) -> Output {
-    let out = tokio::time::timeout(
-        WAIT,
-        tokio::task::spawn_blocking(move || command(&args, &env).output().expect("run vigil")),
-    )
-    .await
-    .expect("vigil finishes in time")
-    .unwrap();
-    eprintln!(
-        "vigil exit {:?}\n--- stdout\n{}--- stderr\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
 }

@@ -24,30 +24,11 @@ use std::fmt;
 
 use thiserror::Error;
 
-use super::message::split_account;
-use super::taxonomy::{self, Classification};
-
-/// Contact ID event qualifier.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Qualifier {
-    /// `1`: new event; for open/close codes, an opening (disarm).
-    New,
-    /// `3`: restore; for open/close codes, a closing (arm).
-    Restore,
-    /// `6`: previously reported condition still present.
-    Status,
-}
-
-impl Qualifier {
-    /// The wire digit.
-    pub fn digit(self) -> char {
-        match self {
-            Self::New => '1',
-            Self::Restore => '3',
-            Self::Status => '6',
-        }
-    }
-}
+use crate::message::split_account;
+// The qualifier lives with the taxonomy, which reads it; this module parses
+// it. The dependency runs one way: contact_id -> taxonomy.
+pub use crate::taxonomy::Qualifier;
+use crate::taxonomy::{self, Classification};
 
 /// A parsed Contact ID event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -125,7 +106,7 @@ impl ContactId {
 
     /// Category, severity, description and restore flag of this event.
     pub fn classify(&self) -> Classification {
-        taxonomy::classify_contact_id(self)
+        taxonomy::classify_contact_id_code(self.event, self.qualifier)
     }
 }
 
@@ -146,6 +127,16 @@ impl fmt::Display for ContactId {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::taxonomy::EventCategory;
+
+    #[test]
+    fn classifies_through_the_taxonomy() {
+        let c = ContactId::parse("#1234|1110 00 129").unwrap().classify();
+        assert_eq!(
+            (c.category, c.description),
+            (EventCategory::Fire, "Fire alarm")
+        );
+    }
 
     #[test]
     fn parses_with_and_without_account() {

@@ -10,7 +10,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use vigil_gateway::dc09::{
+use vigil_dc09::{
     ContactId, EncodeError, Framer, Key, KeyLookup, Message, crc16_arc, decode, encode,
     parse_sia_dcs,
 };

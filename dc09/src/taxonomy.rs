@@ -18,7 +18,28 @@
 //! [`EventCategory`] and [`Severity`] deliberately mirror the Vigil protobuf
 //! enums so they can be swapped for the generated types later.
 
-use super::contact_id::{ContactId, Qualifier};
+/// Contact ID event qualifier (parsed by [`crate::contact_id`]; kept here
+/// so that the taxonomy depends on no parser).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Qualifier {
+    /// `1`: new event; for open/close codes, an opening (disarm).
+    New,
+    /// `3`: restore; for open/close codes, a closing (arm).
+    Restore,
+    /// `6`: previously reported condition still present.
+    Status,
+}
+
+impl Qualifier {
+    /// The wire digit.
+    pub fn digit(self) -> char {
+        match self {
+            Self::New => '1',
+            Self::Restore => '3',
+            Self::Status => '6',
+        }
+    }
+}
 
 /// Category of an alarm event (mirrors the Vigil protobuf enum).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -126,11 +147,6 @@ const UNKNOWN: Classification = Classification {
     transition: Transition::Activation,
     known: false,
 };
-
-/// Classifies a Contact ID event (code plus qualifier).
-pub fn classify_contact_id(cid: &ContactId) -> Classification {
-    classify_contact_id_code(cid.event, cid.qualifier)
-}
 
 /// Classifies a Contact ID event code with the given qualifier.
 pub fn classify_contact_id_code(event: u16, qualifier: Qualifier) -> Classification {
@@ -1091,12 +1107,6 @@ mod tests {
         }
         let r = cid_class(750, Qualifier::Restore);
         assert_eq!((r.category, r.restore, r.known), (C::Other, true, false));
-    }
-
-    #[test]
-    fn contact_id_via_parsed_event() {
-        let c = ContactId::parse("#1234|1110 00 129").unwrap().classify();
-        assert_eq!((c.category, c.description), (C::Fire, "Fire alarm"));
     }
 
     #[test]

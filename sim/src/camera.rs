@@ -35,7 +35,7 @@ use time::OffsetDateTime;
 use tokio::{net::TcpListener, sync::Notify, task::JoinHandle, time::Instant};
 use tokio_util::sync::CancellationToken;
 
-use super::onvif::soap::{self, Credentials, Notification};
+use vigil_gateway::camera::onvif::soap::{self, Credentials, Notification};
 
 /// Path of the device service.
 pub const DEVICE_PATH: &str = "/onvif/device_service";
@@ -328,7 +328,7 @@ fn xml(status: StatusCode, body: String) -> Response<Full<Bytes>> {
 }
 
 fn fault(status: StatusCode, code: &str, subcode: &str, reason: &str) -> Response<Full<Bytes>> {
-    xml(status, soap::fault_xml(code, subcode, reason))
+    xml(status, crate::soap::fault_xml(code, subcode, reason))
 }
 
 fn ok(body: &str) -> Response<Full<Bytes>> {
@@ -388,7 +388,7 @@ async fn handle(
             "not well-formed XML",
         );
     };
-    if let Err(why) = soap::check_security(
+    if let Err(why) = crate::soap::check_security(
         &envelope,
         &shared.config.credentials,
         OffsetDateTime::now_utc(),
@@ -634,7 +634,7 @@ async fn subscription_op(
                 .get(&id)
                 .map(|s| s.terminates.saturating_duration_since(Instant::now()))
                 .unwrap_or_default();
-            let items: String = messages.iter().map(soap::notification_xml).collect();
+            let items: String = messages.iter().map(crate::soap::notification_xml).collect();
             return ok(&format!(
                 "<tev:PullMessagesResponse><tev:CurrentTime>{}</tev:CurrentTime>\
                  <tev:TerminationTime>{}</tev:TerminationTime>{items}</tev:PullMessagesResponse>",
@@ -769,7 +769,7 @@ pub fn by_name(name: &str, active: bool) -> Option<Notification> {
     })
 }
 
-/// The JSON body of one pushed event (see [`super::push`]).
+/// The JSON body of one pushed event (see `vigil_gateway::camera::push`).
 pub fn push_body(camera: &str, kind: &str, state: &str, region: Option<&str>) -> serde_json::Value {
     let mut body = serde_json::json!({ "camera": camera, "kind": kind, "state": state });
     if let Some(region) = region {
