@@ -950,16 +950,21 @@ impl Conn<'_> {
         // already dropped this link and never reads its buffer again.
         // A ring still waiting for room is superseded by the one below.
         self.ringing = None;
-        self.to_router.clear();
-        let will = self
-            .will
-            .take()
-            .filter(|_| end.publishes_will())
-            .map(|will| {
-                debug!(topic = will.topic, "publishing the will");
-                mqtt::router_publish(Bytes::from(will.topic), will.payload, will.retain)
-            });
-        if let Ring::Wait(ringing) = self.link.detach(will) {
+        // What the client sent before it left was answered (PUBACK) and
+        // must reach the router: a gateway's goodbye is "OFFLINE" then
+        // DISCONNECT, often in one read.
+        let mut last: Vec<Packet> = self.to_router.drain(..).collect();
+        if end.publishes_will()
+            && let Some(will) = self.will.take()
+        {
+            debug!(topic = will.topic, "publishing the will");
+            last.push(mqtt::router_publish(
+                Bytes::from(will.topic),
+                will.payload,
+                will.retain,
+            ));
+        }
+        if let Ring::Wait(ringing) = self.link.detach(last) {
             // This ring must arrive, however long the router's channel
             // stays full: without it the router never reads the end of the
             // link and keeps its slot for good. It needs nothing of this

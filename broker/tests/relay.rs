@@ -639,3 +639,35 @@ async fn receipts_and_commands_reach_their_post_in_order() {
     .await;
     quiet.expect_no_publish().await;
 }
+
+/// A gateway's goodbye is a retained OFFLINE status then DISCONNECT, often
+/// in one TCP segment: the status must reach the ops center all the same.
+#[tokio::test]
+async fn a_publish_right_before_disconnect_is_delivered() {
+    let b = TestBroker::start().await;
+    let mut ops = b.client(Mqtt::V4, "ops-1", "ops-1").connect().await;
+    ops.subscribe_ok(&all_posts(TopicKind::Status)).await;
+    let connector = tokio_rustls::TlsConnector::from(b.pki.client("p-1"));
+    let tcp = TcpStream::connect(b.addr()).await.unwrap();
+    let mut tls = connector
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap();
+    // MQTT 3.1.1 CONNECT, client id "p-1", clean session, keep-alive 30 s.
+    let mut bytes = vec![0x10, 15, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 30, 0, 3];
+    bytes.extend_from_slice(b"p-1");
+    // QoS 1 retained PUBLISH of "offline" on p-1's status, packet id 1.
+    let topic = status("p-1");
+    let payload = b"offline";
+    bytes.push(0x33);
+    bytes.push((2 + topic.len() + 2 + payload.len()) as u8);
+    bytes.extend_from_slice(&(topic.len() as u16).to_be_bytes());
+    bytes.extend_from_slice(topic.as_bytes());
+    bytes.extend_from_slice(&[0, 1]);
+    bytes.extend_from_slice(payload);
+    // DISCONNECT.
+    bytes.extend_from_slice(&[0xE0, 0]);
+    tls.write_all(&bytes).await.unwrap();
+    tls.flush().await.unwrap();
+    assert_eq!(expect_publish(&mut ops, &status("p-1")).await, b"offline");
+}
