@@ -30,6 +30,7 @@ use tokio::{
 };
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{Instrument, debug, info, info_span, warn};
+use vigil_telemetry::log_limit::{LogLimiter, PEER_ERROR_INTERVAL};
 
 use crate::{
     config::Account,
@@ -128,7 +129,9 @@ impl Receiver {
         };
         if msg.token.is_response() || matches!(msg.token, Token::Unknown(_)) {
             bump(&self.metrics.duh);
-            warn!(%peer, account = %msg.account, token = msg.token.as_str(), "unsupported token: DUH");
+            if let Some(count) = LOG_DUH.hit() {
+                warn!(%peer, count, account = %msg.account, token = msg.token.as_str(), "unsupported token: DUH");
+            }
             return self.answer(&duh_for(&msg), None);
         }
         // decode() only admits configured accounts.
@@ -137,7 +140,9 @@ impl Receiver {
             && let Err(e) = check_window(ts, now, account.window_behind, account.window_ahead)
         {
             bump(&self.metrics.nak_stale);
-            warn!(%peer, account = %msg.account, seq = msg.seq, error = %e, "timestamp outside window: NAK");
+            if let Some(count) = LOG_STALE.hit() {
+                warn!(%peer, count, account = %msg.account, seq = msg.seq, error = %e, "timestamp outside window: NAK");
+            }
             return self.answer(&nak(now), None);
         }
         self.supervisor.heard_from(&account.account).await;
@@ -146,7 +151,9 @@ impl Receiver {
             Ok(events) => events,
             Err(e) => {
                 bump(&self.metrics.duh);
-                warn!(%peer, account = %msg.account, seq = msg.seq, error = %e, "unsupported payload: DUH");
+                if let Some(count) = LOG_DUH.hit() {
+                    warn!(%peer, count, account = %msg.account, seq = msg.seq, error = %e, "unsupported payload: DUH");
+                }
                 return self.answer(&duh_for(&msg), None);
             }
         };
@@ -184,7 +191,9 @@ impl Receiver {
         match err.reply() {
             Reply::None => {
                 bump(&self.metrics.dropped_damaged);
-                warn!(%peer, error = %err, "damaged frame dropped");
+                if let Some(count) = LOG_DAMAGED.hit() {
+                    warn!(%peer, count, error = %err, "damaged frame dropped");
+                }
                 None
             }
             Reply::Nak => {
@@ -193,12 +202,16 @@ impl Receiver {
                     _ => &self.metrics.nak_undecryptable,
                 };
                 bump(counter);
-                warn!(%peer, error = %err, "frame refused: NAK");
+                if let Some(count) = LOG_REFUSED.hit() {
+                    warn!(%peer, count, error = %err, "frame refused: NAK");
+                }
                 self.answer(&nak(now), None)
             }
             Reply::Duh(header) => {
                 bump(&self.metrics.duh);
-                warn!(%peer, error = %err, "frame not understood: DUH");
+                if let Some(count) = LOG_DUH.hit() {
+                    warn!(%peer, count, error = %err, "frame not understood: DUH");
+                }
                 self.answer(&duh_for(header), None)
             }
         }
@@ -215,6 +228,17 @@ impl Receiver {
         }
     }
 }
+
+// Peer errors are logged at most once per interval per kind, with the count
+// since the previous line: a peer sending garbage as fast as it can must not
+// fill the disk with log lines (every occurrence is still counted in the
+// metrics).
+static LOG_DAMAGED: LogLimiter = LogLimiter::new(PEER_ERROR_INTERVAL);
+static LOG_REFUSED: LogLimiter = LogLimiter::new(PEER_ERROR_INTERVAL);
+static LOG_DUH: LogLimiter = LogLimiter::new(PEER_ERROR_INTERVAL);
+static LOG_STALE: LogLimiter = LogLimiter::new(PEER_ERROR_INTERVAL);
+static LOG_BUSY: LogLimiter = LogLimiter::new(PEER_ERROR_INTERVAL);
+static LOG_GARBAGE: LogLimiter = LogLimiter::new(PEER_ERROR_INTERVAL);
 
 /// Serves panels on `tcp` and `udp` until `shutdown`, then waits for the
 /// connections in progress to finish their current frame.
@@ -233,7 +257,9 @@ pub async fn serve(
     while let Some((stream, peer)) = vigil_pki::accept::accept(&tcp, &shutdown, |_| {}).await {
         let Ok(permit) = connections.clone().try_acquire_owned() else {
             bump(&receiver.metrics.tcp_refused_busy);
-            warn!(%peer, "too many panel connections: closing");
+            if let Some(count) = LOG_BUSY.hit() {
+                warn!(%peer, count, "too many panel connections: closing");
+            }
             drop(stream);
             continue;
         };
@@ -299,7 +325,9 @@ async fn handle_tcp(
                         .metrics
                         .dropped_garbage_bytes
                         .fetch_add(discarded(&e), Ordering::Relaxed);
-                    warn!(error = %e, "discarded bytes from panel");
+                    if let Some(count) = LOG_GARBAGE.hit() {
+                        warn!(count, error = %e, "discarded bytes from panel");
+                    }
                 }
             }
         }

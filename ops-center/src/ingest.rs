@@ -46,6 +46,7 @@ use vigil_proto::{
     topics::{self, TopicKind},
     v1::{EventBatch, PostCommand, PostState, PostStatus, ResendUnreceipted, post_command},
 };
+use vigil_telemetry::log_limit::{LogLimiter, PEER_ERROR_INTERVAL};
 
 use crate::{
     config::MqttConfig,
@@ -83,6 +84,9 @@ pub const MAX_RECEIPTS_IN_FLIGHT: u16 = 8192;
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// How long shutdown waits for queued batches to commit and be acknowledged.
 const DRAIN_GRACE: Duration = Duration::from_secs(5);
+
+/// Invalid messages: one log line per interval, with a count.
+static LOG_DROPPED: LogLimiter = LogLimiter::new(PEER_ERROR_INTERVAL);
 
 /// Why ingest stopped other than by shutdown.
 #[derive(Debug, thiserror::Error)]
@@ -383,7 +387,11 @@ impl Ingest {
             }
             Err((why, detail)) => {
                 self.metrics.reject(why);
-                tracing::warn!(topic = %publish.topic, reason = ?why, detail, "message dropped");
+                // Counted every time; logged once per interval (a post
+                // sending garbage as fast as it can must not fill the disk).
+                if let Some(count) = LOG_DROPPED.hit() {
+                    tracing::warn!(topic = %publish.topic, reason = ?why, detail, count, "message dropped");
+                }
                 self.acks.push_back(publish);
                 None
             }
