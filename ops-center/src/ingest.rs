@@ -32,7 +32,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque},
     sync::{Arc, atomic::Ordering::Relaxed},
-    time::{Duration, SystemTime},
+    time::{Duration, Instant, SystemTime},
 };
 
 use prost::Message;
@@ -49,6 +49,7 @@ use vigil_proto::{
 use vigil_telemetry::log_limit::{LogLimiter, PEER_ERROR_INTERVAL};
 
 use crate::{
+    budget::{BudgetConfig, Budgets},
     config::MqttConfig,
     metrics::{Metrics, Reject},
     writer::{Committed, Job, Token},
@@ -87,6 +88,8 @@ const DRAIN_GRACE: Duration = Duration::from_secs(5);
 
 /// Invalid messages: one log line per interval, with a count.
 static LOG_DROPPED: LogLimiter = LogLimiter::new(PEER_ERROR_INTERVAL);
+/// Batches over their post's budget, likewise.
+static LOG_DEFERRED: LogLimiter = LogLimiter::new(PEER_ERROR_INTERVAL);
 
 /// Why ingest stopped other than by shutdown.
 #[derive(Debug, thiserror::Error)]
@@ -101,6 +104,8 @@ pub enum IngestError {
 #[derive(Debug, Clone)]
 pub struct IngestConfig {
     pub mqtt: MqttConfig,
+    /// Per-post budgets of what may be stored.
+    pub budget: BudgetConfig,
     /// MQTT client id: the ops-center's identity.
     pub client_id: String,
 }
@@ -128,6 +133,7 @@ pub async fn run(
     let (client, eventloop) = AsyncClient::new(options, REQUEST_CAPACITY);
     let mut ingest = Ingest {
         client,
+        budgets: Budgets::new(cfg.budget.clone()),
         cfg,
         metrics,
         pending: HashMap::new(),
@@ -144,6 +150,7 @@ pub async fn run(
 struct Ingest {
     client: AsyncClient,
     cfg: IngestConfig,
+    budgets: Budgets,
     metrics: Arc<Metrics>,
     /// Messages queued for the writer, by token, with the session they came
     /// in.
@@ -371,12 +378,28 @@ impl Ingest {
                 self.next_token += 1;
                 let token = self.next_token;
                 let job = match job {
-                    Checked::Batch(batch) => Job::Batch {
-                        post_id: batch.post_id,
-                        events: batch.events,
-                        at,
-                        token,
-                    },
+                    Checked::Batch(mut batch) => {
+                        let admitted =
+                            self.budgets
+                                .admit(&batch.post_id, &batch.events, Instant::now());
+                        if admitted.deferred > 0 {
+                            self.defer(&batch, admitted.deferred);
+                        }
+                        if admitted.events == 0 {
+                            // Nothing fits: acknowledged (so the broker's
+                            // window is not held) but neither stored nor
+                            // receipted; the gateway sends it again later.
+                            self.acks.push_back(publish);
+                            return None;
+                        }
+                        batch.events.truncate(admitted.events);
+                        Job::Batch {
+                            post_id: batch.post_id,
+                            events: batch.events,
+                            at,
+                            token,
+                        }
+                    }
                     Checked::Status(status) => {
                         self.maybe_ask_resend(&status, publish.retain);
                         Job::Status { status, at, token }
@@ -395,6 +418,27 @@ impl Ingest {
                 self.acks.push_back(publish);
                 None
             }
+        }
+    }
+}
+
+impl Ingest {
+    /// Counts (and logs, at most once per interval) events of a batch that
+    /// are over their post's budget.
+    fn defer(&self, batch: &EventBatch, deferred: usize) {
+        self.metrics
+            .budget_deferred_events
+            .fetch_add(deferred as u64, Relaxed);
+        self.metrics.budget_deferred_batches.fetch_add(1, Relaxed);
+        if let Some(count) = LOG_DEFERRED.hit() {
+            let first = batch.events[batch.events.len() - deferred].seq;
+            tracing::warn!(
+                post = %batch.post_id,
+                deferred,
+                from_seq = first,
+                count,
+                "post over its budget: events deferred (not stored, not receipted; the gateway re-sends them)"
+            );
         }
     }
 }

@@ -17,9 +17,11 @@
 //! - [`engine`]: the incident engine: correlation rules, timers, workflow.
 //! - [`writer`]: the thread that owns store and engine; group commit.
 //! - [`ingest`]: MQTT: subscribe, check, queue, acknowledge, receipt.
+//! - [`budget`]: per-post budgets of what may be stored (token buckets).
 //! - [`metrics`]: counters of ingest and commits.
 
 pub mod api;
+pub mod budget;
 pub mod config;
 pub mod engine;
 pub mod ingest;
@@ -131,12 +133,13 @@ pub async fn run_with_api(
         "api listening"
     );
     let api_stop = shutdown.child_token();
-    let api = tokio::spawn(api::serve(
+    let api = tokio::spawn(api::serve_with_health(
         api::ApiContext {
             jobs: jobs_tx.clone(),
             reader: Arc::new(std::sync::Mutex::new(reader)),
             changed,
         },
+        metrics.store_health.subscribe(),
         api_listener,
         server_config,
         api_stop.clone(),
@@ -157,6 +160,7 @@ pub async fn run_with_api(
     let ingest_result = ingest::run(
         ingest::IngestConfig {
             mqtt: config.mqtt.clone(),
+            budget: config.budget.clone(),
             client_id,
         },
         client_config,

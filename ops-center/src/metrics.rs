@@ -91,6 +91,41 @@ pub struct Metrics {
     pub lag_last_ms: AtomicU64,
     pub lag_max_ms: AtomicU64,
     pub commit_latency: Histogram,
+    /// Events over their post's budget: not stored, not receipted (the
+    /// gateway re-sends them).
+    pub budget_deferred_events: AtomicU64,
+    /// Batches with at least one deferred event.
+    pub budget_deferred_batches: AtomicU64,
+    /// Group commits that failed (and were tried again).
+    pub commit_failures: AtomicU64,
+    /// Whether the store can write (the gRPC health service follows it).
+    pub store_health: StoreHealth,
+}
+
+/// Whether the store can write: set by the writer, watched by the gRPC
+/// health service. Healthy until a commit fails.
+#[derive(Debug)]
+pub struct StoreHealth(tokio::sync::watch::Sender<bool>);
+
+impl Default for StoreHealth {
+    fn default() -> Self {
+        Self(tokio::sync::watch::Sender::new(true))
+    }
+}
+
+impl StoreHealth {
+    pub fn is_healthy(&self) -> bool {
+        *self.0.borrow()
+    }
+
+    pub fn set(&self, healthy: bool) {
+        self.0.send_replace(healthy);
+    }
+
+    /// A receiver that sees every change.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.0.subscribe()
+    }
 }
 
 impl Metrics {
@@ -128,6 +163,10 @@ impl Metrics {
             lag_max_ms: self.lag_max_ms.load(Relaxed),
             commit_p50: self.commit_latency.quantile(0.5),
             commit_p99: self.commit_latency.quantile(0.99),
+            budget_deferred_events: self.budget_deferred_events.load(Relaxed),
+            budget_deferred_batches: self.budget_deferred_batches.load(Relaxed),
+            commit_failures: self.commit_failures.load(Relaxed),
+            store_healthy: self.store_health.is_healthy(),
         }
     }
 }
@@ -184,6 +223,26 @@ impl MetricsSnapshot {
             "Posts asked to re-send what is not receipted, after (re)subscribing.",
             self.resend_requests,
         );
+        out.counter(
+            "vigil_ops_commit_failures_total",
+            "Group commits that failed (e.g. a full disk); each is tried again.",
+            self.commit_failures,
+        );
+        out.gauge(
+            "vigil_ops_store_healthy",
+            "1 while the store can write; 0 after a failed commit, until one succeeds.",
+            if self.store_healthy { 1.0 } else { 0.0 },
+        );
+        out.counter(
+            "vigil_ops_budget_deferred_events_total",
+            "Events over their post's budget: neither stored nor receipted; the gateway re-sends them.",
+            self.budget_deferred_events,
+        );
+        out.counter(
+            "vigil_ops_budget_deferred_batches_total",
+            "Event batches with at least one event over their post's budget.",
+            self.budget_deferred_batches,
+        );
         out.gauge(
             "vigil_ops_ingest_lag_seconds",
             "Time from the last message's arrival to its commit.",
@@ -226,6 +285,10 @@ pub struct MetricsSnapshot {
     pub lag_max_ms: u64,
     pub commit_p50: Duration,
     pub commit_p99: Duration,
+    pub budget_deferred_events: u64,
+    pub budget_deferred_batches: u64,
+    pub commit_failures: u64,
+    pub store_healthy: bool,
 }
 
 #[cfg(test)]
