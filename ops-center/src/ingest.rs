@@ -491,6 +491,25 @@ pub fn check(publish: &Publish, max_batch_bytes: usize) -> Result<Checked, (Reje
                         format!("seq {} after {last}: not increasing", ev.seq),
                     ));
                 }
+                // The store keeps seqs as SQLite integers (i64).
+                if i64::try_from(ev.seq).is_err() {
+                    return Err((Reject::OutOfRange, format!("seq {} above 2^63-1", ev.seq)));
+                }
+                // Times that RFC 3339 cannot write would break every client
+                // that prints them.
+                for (name, t) in [
+                    ("occurred_at", &ev.occurred_at),
+                    ("received_at", &ev.received_at),
+                ] {
+                    if let Some(t) = t
+                        && !vigil_proto::time_in_range(t)
+                    {
+                        return Err((
+                            Reject::OutOfRange,
+                            format!("event {} {name} outside years 1-9999", ev.seq),
+                        ));
+                    }
+                }
                 last = ev.seq;
             }
             Ok(Checked::Batch(batch))
@@ -604,6 +623,22 @@ mod tests {
             Reject::Topic
         );
         assert_eq!(reason(&publish("other/topic", vec![])), Reject::Topic);
+        let seq_too_big = batch("p-1", &[1, 1 << 63], "p-1");
+        assert_eq!(reason(&publish(t, seq_too_big)), Reject::OutOfRange);
+        let at_max = batch("p-1", &[1, i64::MAX as u64], "p-1");
+        assert!(check(&publish(t, at_max), 4096).is_ok(), "2^63-1 is a seq");
+        for (seconds, nanos) in [(-62_135_596_801, 0), (253_402_300_800, 0), (0, -1)] {
+            let mut b = EventBatch::decode(batch("p-1", &[1], "p-1").as_slice()).unwrap();
+            b.events[0].occurred_at = Some(vigil_proto::Timestamp { seconds, nanos });
+            assert_eq!(
+                reason(&publish(t, b.encode_to_vec())),
+                Reject::OutOfRange,
+                "{seconds}.{nanos}"
+            );
+            b.events[0].occurred_at = None;
+            b.events[0].received_at = Some(vigil_proto::Timestamp { seconds, nanos });
+            assert_eq!(reason(&publish(t, b.encode_to_vec())), Reject::OutOfRange);
+        }
         let s = PostStatus {
             post_id: "p-9".into(),
             ..Default::default()

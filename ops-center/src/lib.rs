@@ -226,6 +226,7 @@ async fn log_metrics(metrics: Arc<Metrics>, cancel: CancellationToken) {
                     rejected_malformed = m.rejected_malformed,
                     rejected_oversize = m.rejected_oversize,
                     rejected_post_mismatch = m.rejected_post_mismatch,
+                    rejected_out_of_range = m.rejected_out_of_range,
                     rejected_topic = m.rejected_topic,
                     commits = m.commits,
                     commit_p50_us = m.commit_p50.as_micros() as u64,

@@ -21,6 +21,8 @@ pub enum Reject {
     Oversize,
     /// A `post_id` in the message differs from the topic's post.
     PostMismatch,
+    /// A seq above 2^63-1, or an event time outside years 1-9999.
+    OutOfRange,
 }
 
 /// Number of latency buckets: bucket `i` counts samples below 2^i µs.
@@ -83,6 +85,7 @@ pub struct Metrics {
     pub rejected_malformed: AtomicU64,
     pub rejected_oversize: AtomicU64,
     pub rejected_post_mismatch: AtomicU64,
+    pub rejected_out_of_range: AtomicU64,
     pub commits: AtomicU64,
     pub receipts_published: AtomicU64,
     /// Posts asked to re-send what is not receipted (after a reconnect).
@@ -135,6 +138,7 @@ impl Metrics {
             Reject::Malformed => &self.rejected_malformed,
             Reject::Oversize => &self.rejected_oversize,
             Reject::PostMismatch => &self.rejected_post_mismatch,
+            Reject::OutOfRange => &self.rejected_out_of_range,
         };
         counter.fetch_add(1, Relaxed);
     }
@@ -156,6 +160,7 @@ impl Metrics {
             rejected_malformed: self.rejected_malformed.load(Relaxed),
             rejected_oversize: self.rejected_oversize.load(Relaxed),
             rejected_post_mismatch: self.rejected_post_mismatch.load(Relaxed),
+            rejected_out_of_range: self.rejected_out_of_range.load(Relaxed),
             commits: self.commits.load(Relaxed),
             receipts_published: self.receipts_published.load(Relaxed),
             resend_requests: self.resend_requests.load(Relaxed),
@@ -204,6 +209,7 @@ impl MetricsSnapshot {
             ("malformed", self.rejected_malformed),
             ("oversize", self.rejected_oversize),
             ("post_mismatch", self.rejected_post_mismatch),
+            ("out_of_range", self.rejected_out_of_range),
         ] {
             out.counter_with(
                 "vigil_ops_messages_rejected_total",
@@ -278,6 +284,7 @@ pub struct MetricsSnapshot {
     pub rejected_malformed: u64,
     pub rejected_oversize: u64,
     pub rejected_post_mismatch: u64,
+    pub rejected_out_of_range: u64,
     pub commits: u64,
     pub receipts_published: u64,
     pub resend_requests: u64,
