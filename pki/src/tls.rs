@@ -83,6 +83,15 @@ impl TlsConfig {
         let chain = read_certs("cert", &self.cert)?;
         let key =
             PrivateKeyDer::from_pem_file(&self.key).map_err(|e| file_err("key", &self.key, e))?;
+        if let Ok(mode) = key_exposure(&self.key)
+            && mode != 0
+        {
+            tracing::warn!(
+                path = %self.key.display(),
+                group_other_mode = format!("{mode:03o}"),
+                "private key is accessible to its group or others; `chmod 600` it"
+            );
+        }
         let peer = Peer::from_cert(&chain[0]).map_err(|source| TlsError::Identity {
             path: self.cert.clone(),
             source,
@@ -199,6 +208,22 @@ impl TlsMaterial {
     }
 }
 
+/// The permission bits of the file at `path` that give its group or others
+/// any access (`0o077` at most; 0 when none, and always 0 where files have
+/// no Unix permissions). A private key should show 0: [`TlsConfig::load`]
+/// warns otherwise.
+pub fn key_exposure(path: &Path) -> std::io::Result<u32> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        Ok(std::fs::metadata(path)?.permissions().mode() & 0o077)
+    }
+    #[cfg(not(unix))]
+    {
+        std::fs::metadata(path).map(|_| 0)
+    }
+}
+
 fn read_certs(field: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let certs = CertificateDer::pem_file_iter(path)
         .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
@@ -220,6 +245,26 @@ fn file_err(field: &'static str, path: &Path, e: impl std::fmt::Display) -> TlsE
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(unix)]
+    #[test]
+    fn keys_open_to_group_or_others_are_noticed() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("k.key");
+        std::fs::write(&key, "not a key").unwrap();
+        for (mode, exposed) in [
+            (0o600, 0),
+            (0o400, 0),
+            (0o640, 0o040),
+            (0o644, 0o044),
+            (0o606, 0o006),
+        ] {
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(mode)).unwrap();
+            assert_eq!(key_exposure(&key).unwrap(), exposed, "{mode:o}");
+        }
+        assert!(key_exposure(&dir.path().join("missing")).is_err());
+    }
 
     #[test]
     fn relative_paths_follow_the_config_file() {
