@@ -181,10 +181,7 @@ fn a_private_key_open_to_others_is_warned_about_at_start() {
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let mut warned = false;
     let mut seen = Vec::new();
-    loop {
-        let Some(Ok(line)) = lines.next() else {
-            break;
-        };
+    while let Some(Ok(line)) = lines.next() {
         warned |= line.contains("private key is accessible to its group or others")
             && line.contains("p-017.key")
             && line.contains("044");
