@@ -105,6 +105,7 @@ fn main() -> ExitCode {
     };
     init_tracing(cli.log_format, default_filter);
     vigil_pki::install_crypto_provider();
+    quiet_on_closed_stdout();
 
     let result = match cli.command {
         Command::Pki(cmd) => pki::run(cmd),
@@ -153,6 +154,36 @@ fn command_with_plain_usage() -> clap::Command {
     }
     cmd
 }
+
+/// `vigil incidents | head`: when whoever reads our output goes away, stop
+/// quietly with status 0, as there is no one left to tell.
+///
+/// Rust ignores SIGPIPE, so a write to a closed pipe fails with EPIPE, and
+/// `println!` turns that into a panic ("failed printing to stdout: Broken
+/// pipe"), exit 101. Restoring SIGPIPE's default would need `unsafe` (which
+/// the workspace forbids), and every output line of every command goes
+/// through `println!`; so a panic hook recognises exactly that panic and
+/// exits 0 before anything unwinds. Any other panic is reported as before.
+fn quiet_on_closed_stdout() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or_default();
+        if message.starts_with("failed printing to stdout")
+            && message.contains(&std::io::Error::from_raw_os_error(EPIPE).to_string())
+        {
+            std::process::exit(0);
+        }
+        default(info);
+    }));
+}
+
+/// EPIPE on Linux and the BSDs.
+const EPIPE: i32 = 32;
 
 /// Marks an error as the user's to fix (exit status 64).
 #[derive(Debug)]

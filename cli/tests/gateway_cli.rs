@@ -54,6 +54,11 @@ fn bad_gateway_configs_exit_64_with_one_line() {
                 .replace("pki/p-017.key", "pki/alice.key"),
             "needs a post certificate",
         ),
+        (
+            default.clone()
+                + "\n[[onvif]]\ncamera = \"cam-1\"\nurl = \"http://host:38001x/onvif/device_service\"\nusername = \"a\"\npassword = \"b\"\n",
+            "onvif[0].url",
+        ),
     ];
     for (text, want) in cases {
         let path = dir.path().join("gateway.toml");
@@ -167,4 +172,41 @@ fn json_logs_are_one_object_per_line() {
     }
     let status = sigterm_and_wait(&mut child);
     assert!(status.success(), "{status:?}");
+}
+
+#[cfg(unix)]
+#[test]
+fn a_private_key_open_to_others_is_warned_about_at_start() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    pki(dir.path());
+    let key = dir.path().join("pki/p-017.key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let text = default_config()
+        .replace("broker.example:8883", "127.0.0.1:1")
+        .replace("0.0.0.0:7000", "127.0.0.1:0");
+    let path = dir.path().join("gateway.toml");
+    std::fs::write(&path, text).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args(["gateway", "--config", path.to_str().unwrap()])
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut warned = false;
+    let mut seen = Vec::new();
+    while let Some(Ok(line)) = lines.next() {
+        warned |= line.contains("private key is accessible to its group or others")
+            && line.contains("p-017.key")
+            && line.contains("044");
+        let started = line.contains("DC-09 receiver listening");
+        seen.push(line);
+        if started {
+            break;
+        }
+    }
+    // Stopped before asserting, so a failure leaves no gateway behind.
+    assert!(sigterm_and_wait(&mut child).success());
+    assert!(warned, "a warning before the receiver starts: {seen:#?}");
 }

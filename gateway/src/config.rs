@@ -487,6 +487,14 @@ impl GatewayConfig {
                         ),
                     ));
                 }
+                // hyper takes `host:38001x` as a host without a port (and
+                // would dial port 80); the port, when given, must be a
+                // number from 1 to 65535.
+                if let Some(authority) = url.authority() {
+                    check_url_port(authority.as_str()).map_err(|reason| {
+                        invalid(key_name("url"), format!("{:?}: {reason}", c.url))
+                    })?;
+                }
                 if c.username.is_empty() {
                     return Err(invalid(key_name("username"), "must not be empty"));
                 }
@@ -759,6 +767,25 @@ stale_secs = 300
 # request_timeout_secs = 10
 "#;
 
+/// Checks the port part of a URL's authority (`HOST`, `HOST:PORT`,
+/// `[V6]:PORT`, possibly with `USER@` in front): absent, or 1 to 65535.
+fn check_url_port(authority: &str) -> Result<(), String> {
+    if authority.contains('@') {
+        return Err("credentials go in username and password, not in the URL".into());
+    }
+    // After an IPv6 literal's closing bracket, or anywhere in a name.
+    let after_host = authority
+        .rfind(']')
+        .map_or(authority, |i| &authority[i + 1..]);
+    let Some((_, port)) = after_host.rsplit_once(':') else {
+        return Ok(());
+    };
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 && port.bytes().all(|b| b.is_ascii_digit()) => Ok(()),
+        _ => Err(format!("port {port:?} is not a number from 1 to 65535")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -830,6 +857,24 @@ mod tests {
     }
 
     #[test]
+    fn url_ports_are_checked_whole() {
+        for ok in ["host", "host:80", "192.0.2.1:65535", "[::1]", "[::1]:8080"] {
+            assert_eq!(check_url_port(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "host:38001x",
+            "host:",
+            "host:0",
+            "host:65536",
+            "[::1]:x",
+            "host:+80",
+            "a@host",
+        ] {
+            assert!(check_url_port(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn onvif_mistakes_name_their_key() {
         let with = |from: &str, to: &str| with_cameras().replacen(from, to, 1);
         let cases = [
@@ -838,6 +883,26 @@ mod tests {
                 "onvif[0].url",
             ),
             (with("http://192.0.2.10:80", "not a url"), "onvif[0].url"),
+            (
+                with("http://192.0.2.10:80", "http://host:38001x"),
+                "onvif[0].url",
+            ),
+            (
+                with("http://192.0.2.10:80", "http://host:99999"),
+                "onvif[0].url",
+            ),
+            (
+                with("http://192.0.2.10:80", "http://host:0"),
+                "onvif[0].url",
+            ),
+            (
+                with("http://192.0.2.10:80", "http://[::1]:8o"),
+                "onvif[0].url",
+            ),
+            (
+                with("http://192.0.2.10:80", "http://u:p@host:80"),
+                "onvif[0].url",
+            ),
             (
                 with("password = \"change-me\"", "password = \"\""),
                 "onvif[0].password",

@@ -46,6 +46,7 @@ use vigil_dc09::{
     DecodeError, Framer, KeyLookup, Message, Reply, Token, ack_for, check_window, decode, duh_for,
     encode, nak,
 };
+use vigil_telemetry::log_limit::{LogLimiter, PEER_ERROR_INTERVAL};
 
 use crate::{
     config::Account,
@@ -187,7 +188,9 @@ impl Receiver {
         *valid = true;
         if msg.token.is_response() || matches!(msg.token, Token::Unknown(_)) {
             bump(&self.metrics.duh);
-            warn!(%peer, account = %msg.account, token = msg.token.as_str(), "unsupported token: DUH");
+            if let Some(count) = LOG_DUH.hit() {
+                warn!(%peer, count, account = %msg.account, token = msg.token.as_str(), "unsupported token: DUH");
+            }
             return self.answer(&duh_for(&msg), None);
         }
         // decode() only admits configured accounts.
@@ -201,7 +204,9 @@ impl Receiver {
             && let Err(e) = check_window(ts, now, account.window_behind, account.window_ahead)
         {
             bump(&self.metrics.nak_stale);
-            warn!(%peer, account = %msg.account, seq = msg.seq, error = %e, "timestamp outside window: NAK");
+            if let Some(count) = LOG_STALE.hit() {
+                warn!(%peer, count, account = %msg.account, seq = msg.seq, error = %e, "timestamp outside window: NAK");
+            }
             return self.answer(&nak(now), None);
         }
         self.supervisor.heard_from(&account.account).await;
@@ -210,7 +215,9 @@ impl Receiver {
             Ok(events) => events,
             Err(e) => {
                 bump(&self.metrics.duh);
-                warn!(%peer, account = %msg.account, seq = msg.seq, error = %e, "unsupported payload: DUH");
+                if let Some(count) = LOG_DUH.hit() {
+                    warn!(%peer, count, account = %msg.account, seq = msg.seq, error = %e, "unsupported payload: DUH");
+                }
                 return self.answer(&duh_for(&msg), None);
             }
         };
@@ -250,7 +257,9 @@ impl Receiver {
         match err.reply() {
             Reply::None => {
                 bump(&self.metrics.dropped_damaged);
-                warn!(%peer, error = %err, "damaged frame dropped");
+                if let Some(count) = LOG_DAMAGED.hit() {
+                    warn!(%peer, count, error = %err, "damaged frame dropped");
+                }
                 None
             }
             Reply::Nak => {
@@ -259,12 +268,16 @@ impl Receiver {
                     _ => &self.metrics.nak_undecryptable,
                 };
                 bump(counter);
-                warn!(%peer, error = %err, "frame refused: NAK");
+                if let Some(count) = LOG_REFUSED.hit() {
+                    warn!(%peer, count, error = %err, "frame refused: NAK");
+                }
                 self.answer(&nak(now), None)
             }
             Reply::Duh(header) => {
                 bump(&self.metrics.duh);
-                warn!(%peer, error = %err, "frame not understood: DUH");
+                if let Some(count) = LOG_DUH.hit() {
+                    warn!(%peer, count, error = %err, "frame not understood: DUH");
+                }
                 self.answer(&duh_for(header), None)
             }
         }
@@ -281,6 +294,16 @@ impl Receiver {
         }
     }
 }
+
+// Peer errors are logged at most once per interval per kind, with the count
+// since the previous line: a peer sending garbage as fast as it can must not
+// fill the disk with log lines (every occurrence is still counted in the
+// metrics).
+static LOG_DAMAGED: LogLimiter = LogLimiter::new(PEER_ERROR_INTERVAL);
+static LOG_REFUSED: LogLimiter = LogLimiter::new(PEER_ERROR_INTERVAL);
+static LOG_DUH: LogLimiter = LogLimiter::new(PEER_ERROR_INTERVAL);
+static LOG_STALE: LogLimiter = LogLimiter::new(PEER_ERROR_INTERVAL);
+static LOG_GARBAGE: LogLimiter = LogLimiter::new(PEER_ERROR_INTERVAL);
 
 /// Serves panels on `tcp` and `udp` until `shutdown`, then waits for the
 /// connections in progress to finish their current frame.
@@ -351,7 +374,9 @@ async fn handle_tcp(receiver: &Receiver, mut conn: Conn<TcpStream>, max_frame_by
                         .metrics
                         .dropped_garbage_bytes
                         .fetch_add(discarded(&e), Ordering::Relaxed);
-                    warn!(error = %e, "discarded bytes from panel");
+                    if let Some(count) = LOG_GARBAGE.hit() {
+                        warn!(count, error = %e, "discarded bytes from panel");
+                    }
                 }
             }
         }

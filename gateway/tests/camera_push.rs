@@ -271,6 +271,25 @@ async fn bad_requests_get_clear_answers_and_store_nothing() {
             "POST",
             PATH,
             &both,
+            r#"{"camera": "cam-2", "kind": "motion", "state": "start", "time": "0000-01-01T00:00:00Z"}"#
+                .into(),
+            400,
+            "outside years 1-9999",
+        ),
+        (
+            "POST",
+            PATH,
+            &both,
+            // Year 1 in its own zone, year 0 in UTC.
+            r#"{"camera": "cam-2", "kind": "motion", "state": "start", "time": "0001-01-01T00:30:00+01:00"}"#
+                .into(),
+            400,
+            "outside years 1-9999",
+        ),
+        (
+            "POST",
+            PATH,
+            &both,
             r#"{"camera": "cam-2", "kind": "motion", "state": "start", "attributes": {"a": [1]}}"#
                 .into(),
             400,

@@ -484,3 +484,71 @@ async fn bytes_that_never_make_a_valid_frame_do_not_keep_a_connection() {
     assert_eq!(stats.preauth_timeouts, 1, "{stats:?}");
     assert_eq!(stats.authenticated, 1, "{stats:?}");
 }
+
+/// Captured log output of the current thread (see `garbage_...` below).
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+// Current-thread runtime: the receiver's tasks log on this thread, into the
+// thread-local subscriber; other tests of this binary are not captured.
+#[tokio::test]
+async fn garbage_datagrams_are_counted_each_but_logged_once_per_interval() {
+    let captured = Captured::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer({
+            let c = captured.clone();
+            move || c.clone()
+        })
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let h = start(OutboxLimits::default(), Duration::from_secs(30)).await;
+    let began = std::time::Instant::now();
+    let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    // Frames with a bad CRC: dropped without an answer.
+    let garbage = b"\nFFFF0030\"SIA-DCS\"0001L0#1234[#1234|Nri1/BA01]\r";
+    const SENT: u64 = 2000;
+    for _ in 0..SENT {
+        udp.send_to(garbage, h.addr).await.unwrap();
+    }
+    let counted = || {
+        h.metrics
+            .dropped_damaged
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    // Bounded wait; loopback may shed a few datagrams, the receiver none.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while counted() < SENT / 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {} counted",
+            counted()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("damaged frame dropped"))
+        .collect();
+    // At most one line per 10 s interval (the process-wide limiter may
+    // already have spent its line on another test of this binary: zero is
+    // fine too), against thousands of datagrams.
+    let intervals = began.elapsed().as_secs() / 10 + 1;
+    assert!(
+        lines.len() as u64 <= intervals,
+        "{} datagrams counted, {} lines: {lines:?}",
+        counted(),
+        lines.len()
+    );
+}

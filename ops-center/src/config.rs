@@ -13,7 +13,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 use vigil_pki::TlsConfig;
 
-use crate::engine::EngineConfig;
+use crate::{budget::BudgetConfig, engine::EngineConfig};
 
 /// A commented default config, printed by `vigil config default ops`.
 pub const DEFAULT_TOML: &str = include_str!("default.toml");
@@ -33,6 +33,9 @@ pub struct OpsConfig {
     pub tls: TlsConfig,
     #[serde(default)]
     pub engine: EngineConfig,
+    /// `[budget]`: what one post may make the operations center store.
+    #[serde(default)]
+    pub budget: BudgetConfig,
     /// `[metrics]`: the Prometheus endpoint; off when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics: Option<vigil_telemetry::MetricsConfig>,
@@ -205,6 +208,18 @@ impl OpsConfig {
                 "must be at least 1".into(),
             ));
         }
+        self.budget.validate()?;
+        // A batch of the largest accepted size must fit a full budget, or it
+        // would be deferred for ever.
+        if self.budget.burst_bytes < self.mqtt.max_batch_bytes as u64 {
+            return Err((
+                "budget.burst_bytes".into(),
+                format!(
+                    "must be at least mqtt.max_batch_bytes ({})",
+                    self.mqtt.max_batch_bytes
+                ),
+            ));
+        }
         self.engine
             .validate()
             .map_err(|e| (format!("engine.{}", e.field), e.reason))
@@ -245,6 +260,7 @@ mod tests {
         assert_eq!(cfg.tls.ca, dir.path().join("pki/ca.pem"));
         assert_eq!(cfg.mqtt.host_port().unwrap(), ("localhost".into(), 8883));
         assert_eq!(cfg.api, ApiConfig::default());
+        assert_eq!(cfg.budget, BudgetConfig::default());
         let mut engine = cfg.engine.clone();
         engine.procedures.clear();
         engine.zone_cameras.clear();
@@ -283,6 +299,14 @@ mod tests {
             (
                 "[mqtt]\nserver = \"h:1\"\n[api]\nlisten = \"127.0.0.1:1\"\npreauth_timeout_secs = 0\n",
                 "api.preauth_timeout_secs",
+            ),
+            (
+                "[mqtt]\nserver = \"h:1\"\n[budget]\nevents_per_sec = 0\n",
+                "budget.events_per_sec",
+            ),
+            (
+                "[mqtt]\nserver = \"h:1\"\n[budget]\nburst_bytes = 2048\n",
+                "budget.burst_bytes",
             ),
         ] {
             std::fs::write(&path, format!("{base}{extra}")).unwrap();

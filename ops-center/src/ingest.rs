@@ -32,7 +32,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque},
     sync::{Arc, atomic::Ordering::Relaxed},
-    time::{Duration, SystemTime},
+    time::{Duration, Instant, SystemTime},
 };
 
 use prost::Message;
@@ -46,8 +46,10 @@ use vigil_proto::{
     topics::{self, TopicKind},
     v1::{EventBatch, PostCommand, PostState, PostStatus, ResendUnreceipted, post_command},
 };
+use vigil_telemetry::log_limit::{LogLimiter, PEER_ERROR_INTERVAL};
 
 use crate::{
+    budget::{BudgetConfig, Budgets},
     config::MqttConfig,
     metrics::{Metrics, Reject},
     writer::{Committed, Job, Token},
@@ -84,6 +86,11 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// How long shutdown waits for queued batches to commit and be acknowledged.
 const DRAIN_GRACE: Duration = Duration::from_secs(5);
 
+/// Invalid messages: one log line per interval, with a count.
+static LOG_DROPPED: LogLimiter = LogLimiter::new(PEER_ERROR_INTERVAL);
+/// Batches over their post's budget, likewise.
+static LOG_DEFERRED: LogLimiter = LogLimiter::new(PEER_ERROR_INTERVAL);
+
 /// Why ingest stopped other than by shutdown.
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
@@ -97,6 +104,8 @@ pub enum IngestError {
 #[derive(Debug, Clone)]
 pub struct IngestConfig {
     pub mqtt: MqttConfig,
+    /// Per-post budgets of what may be stored.
+    pub budget: BudgetConfig,
     /// MQTT client id: the ops-center's identity.
     pub client_id: String,
 }
@@ -124,6 +133,7 @@ pub async fn run(
     let (client, eventloop) = AsyncClient::new(options, REQUEST_CAPACITY);
     let mut ingest = Ingest {
         client,
+        budgets: Budgets::new(cfg.budget.clone()),
         cfg,
         metrics,
         pending: HashMap::new(),
@@ -140,6 +150,7 @@ pub async fn run(
 struct Ingest {
     client: AsyncClient,
     cfg: IngestConfig,
+    budgets: Budgets,
     metrics: Arc<Metrics>,
     /// Messages queued for the writer, by token, with the session they came
     /// in.
@@ -367,12 +378,28 @@ impl Ingest {
                 self.next_token += 1;
                 let token = self.next_token;
                 let job = match job {
-                    Checked::Batch(batch) => Job::Batch {
-                        post_id: batch.post_id,
-                        events: batch.events,
-                        at,
-                        token,
-                    },
+                    Checked::Batch(mut batch) => {
+                        let admitted =
+                            self.budgets
+                                .admit(&batch.post_id, &batch.events, Instant::now());
+                        if admitted.deferred > 0 {
+                            self.defer(&batch, admitted.deferred);
+                        }
+                        if admitted.events == 0 {
+                            // Nothing fits: acknowledged (so the broker's
+                            // window is not held) but neither stored nor
+                            // receipted; the gateway sends it again later.
+                            self.acks.push_back(publish);
+                            return None;
+                        }
+                        batch.events.truncate(admitted.events);
+                        Job::Batch {
+                            post_id: batch.post_id,
+                            events: batch.events,
+                            at,
+                            token,
+                        }
+                    }
                     Checked::Status(status) => {
                         self.maybe_ask_resend(&status, publish.retain);
                         Job::Status { status, at, token }
@@ -383,10 +410,35 @@ impl Ingest {
             }
             Err((why, detail)) => {
                 self.metrics.reject(why);
-                tracing::warn!(topic = %publish.topic, reason = ?why, detail, "message dropped");
+                // Counted every time; logged once per interval (a post
+                // sending garbage as fast as it can must not fill the disk).
+                if let Some(count) = LOG_DROPPED.hit() {
+                    tracing::warn!(topic = %publish.topic, reason = ?why, detail, count, "message dropped");
+                }
                 self.acks.push_back(publish);
                 None
             }
+        }
+    }
+}
+
+impl Ingest {
+    /// Counts (and logs, at most once per interval) events of a batch that
+    /// are over their post's budget.
+    fn defer(&self, batch: &EventBatch, deferred: usize) {
+        self.metrics
+            .budget_deferred_events
+            .fetch_add(deferred as u64, Relaxed);
+        self.metrics.budget_deferred_batches.fetch_add(1, Relaxed);
+        if let Some(count) = LOG_DEFERRED.hit() {
+            let first = batch.events[batch.events.len() - deferred].seq;
+            tracing::warn!(
+                post = %batch.post_id,
+                deferred,
+                from_seq = first,
+                count,
+                "post over its budget: events deferred (not stored, not receipted; the gateway re-sends them)"
+            );
         }
     }
 }
@@ -438,6 +490,25 @@ pub fn check(publish: &Publish, max_batch_bytes: usize) -> Result<Checked, (Reje
                         Reject::Malformed,
                         format!("seq {} after {last}: not increasing", ev.seq),
                     ));
+                }
+                // The store keeps seqs as SQLite integers (i64).
+                if i64::try_from(ev.seq).is_err() {
+                    return Err((Reject::OutOfRange, format!("seq {} above 2^63-1", ev.seq)));
+                }
+                // Times that RFC 3339 cannot write would break every client
+                // that prints them.
+                for (name, t) in [
+                    ("occurred_at", &ev.occurred_at),
+                    ("received_at", &ev.received_at),
+                ] {
+                    if let Some(t) = t
+                        && !vigil_proto::time_in_range(t)
+                    {
+                        return Err((
+                            Reject::OutOfRange,
+                            format!("event {} {name} outside years 1-9999", ev.seq),
+                        ));
+                    }
                 }
                 last = ev.seq;
             }
@@ -552,6 +623,22 @@ mod tests {
             Reject::Topic
         );
         assert_eq!(reason(&publish("other/topic", vec![])), Reject::Topic);
+        let seq_too_big = batch("p-1", &[1, 1 << 63], "p-1");
+        assert_eq!(reason(&publish(t, seq_too_big)), Reject::OutOfRange);
+        let at_max = batch("p-1", &[1, i64::MAX as u64], "p-1");
+        assert!(check(&publish(t, at_max), 4096).is_ok(), "2^63-1 is a seq");
+        for (seconds, nanos) in [(-62_135_596_801, 0), (253_402_300_800, 0), (0, -1)] {
+            let mut b = EventBatch::decode(batch("p-1", &[1], "p-1").as_slice()).unwrap();
+            b.events[0].occurred_at = Some(vigil_proto::Timestamp { seconds, nanos });
+            assert_eq!(
+                reason(&publish(t, b.encode_to_vec())),
+                Reject::OutOfRange,
+                "{seconds}.{nanos}"
+            );
+            b.events[0].occurred_at = None;
+            b.events[0].received_at = Some(vigil_proto::Timestamp { seconds, nanos });
+            assert_eq!(reason(&publish(t, b.encode_to_vec())), Reject::OutOfRange);
+        }
         let s = PostStatus {
             post_id: "p-9".into(),
             ..Default::default()

@@ -17,9 +17,11 @@
 //! - [`engine`]: the incident engine: correlation rules, timers, workflow.
 //! - [`writer`]: the thread that owns store and engine; group commit.
 //! - [`ingest`]: MQTT: subscribe, check, queue, acknowledge, receipt.
+//! - [`budget`]: per-post budgets of what may be stored (token buckets).
 //! - [`metrics`]: counters of ingest and commits.
 
 pub mod api;
+pub mod budget;
 pub mod config;
 pub mod engine;
 pub mod ingest;
@@ -133,13 +135,14 @@ pub async fn run_with_api(
     let api_stop = shutdown.child_token();
     let front =
         vigil_net::Front::with_stats("api", config.api.limits(), metrics.api_listener.clone());
-    let api = tokio::spawn(api::serve(
+    let api = tokio::spawn(api::serve_with_health(
         api::ApiContext {
             jobs: jobs_tx.clone(),
             reader: Arc::new(std::sync::Mutex::new(reader)),
             changed,
             metrics: metrics.clone(),
         },
+        metrics.store_health.subscribe(),
         front,
         api_listener,
         server_config,
@@ -161,6 +164,7 @@ pub async fn run_with_api(
     let ingest_result = ingest::run(
         ingest::IngestConfig {
             mqtt: config.mqtt.clone(),
+            budget: config.budget.clone(),
             client_id,
         },
         client_config,
@@ -226,6 +230,7 @@ async fn log_metrics(metrics: Arc<Metrics>, cancel: CancellationToken) {
                     rejected_malformed = m.rejected_malformed,
                     rejected_oversize = m.rejected_oversize,
                     rejected_post_mismatch = m.rejected_post_mismatch,
+                    rejected_out_of_range = m.rejected_out_of_range,
                     rejected_topic = m.rejected_topic,
                     commits = m.commits,
                     commit_p50_us = m.commit_p50.as_micros() as u64,

@@ -28,6 +28,8 @@ pub enum Reject {
     Oversize,
     /// A `post_id` in the message differs from the topic's post.
     PostMismatch,
+    /// A seq above 2^63-1, or an event time outside years 1-9999.
+    OutOfRange,
 }
 
 /// Priorities the backlog is counted by, in gauge order (unset counts as P4,
@@ -122,6 +124,7 @@ pub struct Metrics {
     pub rejected_malformed: AtomicU64,
     pub rejected_oversize: AtomicU64,
     pub rejected_post_mismatch: AtomicU64,
+    pub rejected_out_of_range: AtomicU64,
     pub commits: AtomicU64,
     pub receipts_published: AtomicU64,
     /// Posts asked to re-send what is not receipted (after a reconnect).
@@ -140,6 +143,41 @@ pub struct Metrics {
     pub api_connections_total: AtomicU64,
     /// `WatchIncidents` streams open now.
     pub watchers: AtomicU64,
+    /// Events over their post's budget: not stored, not receipted (the
+    /// gateway re-sends them).
+    pub budget_deferred_events: AtomicU64,
+    /// Batches with at least one deferred event.
+    pub budget_deferred_batches: AtomicU64,
+    /// Group commits that failed (and were tried again).
+    pub commit_failures: AtomicU64,
+    /// Whether the store can write (the gRPC health service follows it).
+    pub store_health: StoreHealth,
+}
+
+/// Whether the store can write: set by the writer, watched by the gRPC
+/// health service. Healthy until a commit fails.
+#[derive(Debug)]
+pub struct StoreHealth(tokio::sync::watch::Sender<bool>);
+
+impl Default for StoreHealth {
+    fn default() -> Self {
+        Self(tokio::sync::watch::Sender::new(true))
+    }
+}
+
+impl StoreHealth {
+    pub fn is_healthy(&self) -> bool {
+        *self.0.borrow()
+    }
+
+    pub fn set(&self, healthy: bool) {
+        self.0.send_replace(healthy);
+    }
+
+    /// A receiver that sees every change.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.0.subscribe()
+    }
 }
 
 impl Metrics {
@@ -149,6 +187,7 @@ impl Metrics {
             Reject::Malformed => &self.rejected_malformed,
             Reject::Oversize => &self.rejected_oversize,
             Reject::PostMismatch => &self.rejected_post_mismatch,
+            Reject::OutOfRange => &self.rejected_out_of_range,
         };
         counter.fetch_add(1, Relaxed);
     }
@@ -190,6 +229,7 @@ impl Metrics {
             rejected_malformed: self.rejected_malformed.load(Relaxed),
             rejected_oversize: self.rejected_oversize.load(Relaxed),
             rejected_post_mismatch: self.rejected_post_mismatch.load(Relaxed),
+            rejected_out_of_range: self.rejected_out_of_range.load(Relaxed),
             commits: self.commits.load(Relaxed),
             receipts_published: self.receipts_published.load(Relaxed),
             resend_requests: self.resend_requests.load(Relaxed),
@@ -198,6 +238,10 @@ impl Metrics {
             commit_p50: self.commit_latency.quantile(0.5),
             commit_p99: self.commit_latency.quantile(0.99),
             api_listener: self.api_listener.snapshot(),
+            budget_deferred_events: self.budget_deferred_events.load(Relaxed),
+            budget_deferred_batches: self.budget_deferred_batches.load(Relaxed),
+            commit_failures: self.commit_failures.load(Relaxed),
+            store_healthy: self.store_health.is_healthy(),
         }
     }
 
@@ -277,6 +321,7 @@ impl MetricsSnapshot {
             ("malformed", self.rejected_malformed),
             ("oversize", self.rejected_oversize),
             ("post_mismatch", self.rejected_post_mismatch),
+            ("out_of_range", self.rejected_out_of_range),
         ] {
             out.counter_with(
                 "vigil_ops_messages_rejected_total",
@@ -295,6 +340,26 @@ impl MetricsSnapshot {
             "vigil_ops_resend_requests_total",
             "Posts asked to re-send what is not receipted, after (re)subscribing.",
             self.resend_requests,
+        );
+        out.counter(
+            "vigil_ops_commit_failures_total",
+            "Group commits that failed (e.g. a full disk); each is tried again.",
+            self.commit_failures,
+        );
+        out.gauge(
+            "vigil_ops_store_healthy",
+            "1 while the store can write; 0 after a failed commit, until one succeeds.",
+            if self.store_healthy { 1.0 } else { 0.0 },
+        );
+        out.counter(
+            "vigil_ops_budget_deferred_events_total",
+            "Events over their post's budget: neither stored nor receipted; the gateway re-sends them.",
+            self.budget_deferred_events,
+        );
+        out.counter(
+            "vigil_ops_budget_deferred_batches_total",
+            "Event batches with at least one event over their post's budget.",
+            self.budget_deferred_batches,
         );
         out.gauge(
             "vigil_ops_ingest_lag_seconds",
@@ -321,6 +386,7 @@ pub struct MetricsSnapshot {
     pub rejected_malformed: u64,
     pub rejected_oversize: u64,
     pub rejected_post_mismatch: u64,
+    pub rejected_out_of_range: u64,
     pub commits: u64,
     pub receipts_published: u64,
     pub resend_requests: u64,
@@ -329,6 +395,10 @@ pub struct MetricsSnapshot {
     pub commit_p50: Duration,
     pub commit_p99: Duration,
     pub api_listener: vigil_net::StatsSnapshot,
+    pub budget_deferred_events: u64,
+    pub budget_deferred_batches: u64,
+    pub commit_failures: u64,
+    pub store_healthy: bool,
 }
 
 #[cfg(test)]

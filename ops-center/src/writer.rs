@@ -10,11 +10,19 @@
 //! [`Committed`] message tells ingest which MQTT messages it may acknowledge
 //! and which receipts to publish, and workflow callers get their results.
 //!
-//! The engine and the store must agree. If a transaction fails, the engine's
-//! memory already holds changes the store does not; the writer then answers
-//! every waiting caller with an error and stops, and the service stops with
-//! it. Nothing acknowledged is lost: no PUBACK or receipt went out for the
-//! failed group, so gateways re-send it to the restarted ops-center.
+//! The engine and the store must agree. If a transaction fails (a full disk,
+//! an I/O error), the engine's memory already holds changes the store does
+//! not. The writer then answers waiting workflow callers with an error
+//! (UNAVAILABLE), marks the store unhealthy ([`StoreHealth`]: the gRPC health
+//! service says NOT_SERVING, `vigil_ops_store_healthy` is 0), rebuilds the
+//! engine from the store, and tries the same group of events and statuses
+//! again, backing off up to [`RETRY_MAX`]. It takes no new job meanwhile, so
+//! the queue fills and ingest stops reading from MQTT: nothing is receipted
+//! while the store cannot write. When a commit succeeds again it marks the
+//! store healthy and carries on. Nothing acknowledged is lost: no PUBACK or
+//! receipt went out for a group before its commit. Only when every job
+//! sender is gone (shutdown) does a failing writer give up and return the
+//! error.
 
 use std::{
     collections::HashMap,
@@ -26,11 +34,16 @@ use std::{
 use tokio::sync::{Notify, mpsc, oneshot};
 use vigil_proto::v1::{Event, Incident, PostStatus, Receipt};
 
+pub use crate::metrics::StoreHealth;
 use crate::{
     engine::{Action, Actor, Engine, WorkflowError},
     metrics::Metrics,
     store::{Changes, Store, StoreError},
 };
+
+/// Failed commits: one log line per interval, with a count.
+static LOG_COMMIT_FAILED: vigil_telemetry::log_limit::LogLimiter =
+    vigil_telemetry::log_limit::LogLimiter::new(Duration::from_secs(10));
 
 /// Capacity of the job queue. When it is full, ingest stops reading from
 /// MQTT (the broker holds further messages) and API calls wait.
@@ -42,6 +55,11 @@ pub const DONE_CAPACITY: usize = 64;
 pub const MAX_GROUP_EVENTS: usize = 50_000;
 /// ...and at most this many jobs.
 pub const MAX_GROUP_JOBS: usize = 4096;
+
+/// First wait before a failed group commit is tried again...
+pub const RETRY_MIN: Duration = Duration::from_millis(50);
+/// ...doubling up to this.
+pub const RETRY_MAX: Duration = Duration::from_secs(2);
 
 /// Identifies an MQTT message waiting for its commit (ingest's own key).
 pub type Token = u64;
@@ -199,9 +217,7 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            let committed = self.commit_group(group).inspect_err(|e| {
-                tracing::error!(error = %e, "group commit failed; the writer stops");
-            })?;
+            let committed = self.commit_until_done(group, &jobs)?;
             if !committed.tokens.is_empty() || !committed.receipts.is_empty() {
                 // Ingest gone (shutting down): the commit stands; receipts
                 // will be re-sent when the gateways re-send.
@@ -211,7 +227,76 @@ impl Writer {
         Ok(())
     }
 
-    fn commit_group(&mut self, group: Vec<Job>) -> Result<Committed, StoreError> {
+    /// Commits `group`, trying again after a failure until it succeeds (see
+    /// the module docs). Gives up with the error only when every job sender
+    /// is gone.
+    fn commit_until_done(
+        &mut self,
+        mut group: Vec<Job>,
+        jobs: &mpsc::Receiver<Job>,
+    ) -> Result<Committed, StoreError> {
+        let mut backoff = RETRY_MIN;
+        let mut engine_stale = false;
+        loop {
+            let attempt = if engine_stale {
+                self.rebuild_engine()
+                    .map_err(|e| (e, std::mem::take(&mut group)))
+            } else {
+                Ok(())
+            };
+            let attempt = attempt.and_then(|()| {
+                engine_stale = true;
+                self.commit_group(std::mem::take(&mut group))
+            });
+            match attempt {
+                Ok(committed) => {
+                    if !self.metrics.store_health.is_healthy() {
+                        tracing::warn!("the store can write again: commits and receipts resume");
+                        self.metrics.store_health.set(true);
+                    }
+                    return Ok(committed);
+                }
+                Err((e, kept)) => {
+                    self.metrics.commit_failures.fetch_add(1, Relaxed);
+                    if self.metrics.store_health.is_healthy() {
+                        self.metrics.store_health.set(false);
+                    }
+                    if let Some(count) = LOG_COMMIT_FAILED.hit() {
+                        tracing::error!(
+                            error = %e,
+                            count,
+                            retry_in_ms = backoff.as_millis() as u64,
+                            "group commit failed: not receipting; unhealthy until the store can write"
+                        );
+                    }
+                    if jobs.is_closed() {
+                        tracing::error!(error = %e, "shutting down with a failing store");
+                        return Err(e);
+                    }
+                    group = kept;
+                    thread::sleep(backoff);
+                    backoff = (backoff * 2).min(RETRY_MAX);
+                }
+            }
+        }
+    }
+
+    /// Replaces the engine with one rebuilt from what the store holds (after
+    /// a failed transaction left the engine ahead of the store).
+    fn rebuild_engine(&mut self) -> Result<(), StoreError> {
+        let cfg = self.engine.config().clone();
+        let since = SystemTime::now()
+            .checked_sub(Duration::from_secs(cfg.reactivation_window_secs))
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        let snapshot = self.store.engine_snapshot(since)?;
+        self.engine = Engine::new(cfg, snapshot);
+        Ok(())
+    }
+
+    /// One group commit. On failure, returns the error with the jobs worth
+    /// trying again (events, statuses, timer ticks); workflow callers are
+    /// answered UNAVAILABLE.
+    fn commit_group(&mut self, group: Vec<Job>) -> Result<Committed, (StoreError, Vec<Job>)> {
         let started = Instant::now();
         // Incidents the engine no longer holds are read before the
         // transaction starts (the transaction borrows the store).
@@ -220,19 +305,28 @@ impl Writer {
             if let Job::Workflow { incident_id, .. } = job
                 && self.engine.incident(incident_id).is_none()
             {
-                stored.insert(incident_id.clone(), self.store.incident(incident_id)?);
+                match self.store.incident(incident_id) {
+                    Ok(inc) => stored.insert(incident_id.clone(), inc),
+                    Err(e) => return Err((e, unavailable(group))),
+                };
             }
         }
 
         let mut changes = Changes::default();
         let mut committed = Committed::default();
         let mut replies = Vec::new();
+        let mut kept = Vec::with_capacity(group.len());
         let mut oldest: Option<SystemTime> = None;
         let mut events_in = 0u64;
         let mut batches = 0u64;
         let mut statuses = 0u64;
-        let mut tx = self.store.begin()?;
-        for job in group {
+        let mut tx = match self.store.begin() {
+            Ok(tx) => tx,
+            Err(e) => return Err((e, unavailable(group))),
+        };
+        let mut failed = None;
+        let mut jobs = group.into_iter();
+        for job in jobs.by_ref() {
             match job {
                 Job::Batch {
                     post_id,
@@ -240,22 +334,38 @@ impl Writer {
                     at,
                     token,
                 } => {
-                    let new = tx.insert_events(&post_id, &events, at)?;
-                    for (event, new) in events.iter().zip(new) {
-                        if new {
-                            self.engine.on_event(event, at, &mut changes);
+                    let inserted = tx.insert_events(&post_id, &events, at);
+                    let ok = inserted.is_ok();
+                    match inserted {
+                        Ok(new) => {
+                            for (event, new) in events.iter().zip(new) {
+                                if new {
+                                    self.engine.on_event(event, at, &mut changes);
+                                }
+                            }
+                            events_in += events.len() as u64;
+                            batches += 1;
+                            oldest = Some(oldest.map_or(at, |o| o.min(at)));
+                            committed.tokens.push(token);
                         }
+                        Err(e) => failed = Some(e),
                     }
-                    events_in += events.len() as u64;
-                    batches += 1;
-                    oldest = Some(oldest.map_or(at, |o| o.min(at)));
-                    committed.tokens.push(token);
+                    kept.push(Job::Batch {
+                        post_id,
+                        events,
+                        at,
+                        token,
+                    });
+                    if !ok {
+                        break;
+                    }
                 }
                 Job::Status { status, at, token } => {
                     self.engine.on_status(&status, at, &mut changes);
                     statuses += 1;
                     oldest = Some(oldest.map_or(at, |o| o.min(at)));
                     committed.tokens.push(token);
+                    kept.push(Job::Status { status, at, token });
                 }
                 Job::Workflow {
                     incident_id,
@@ -295,13 +405,16 @@ impl Writer {
                     );
                     replies.push(Reply::TestMode(reply, result));
                 }
-                Job::Tick { at } => self.engine.tick(at, &mut changes),
+                Job::Tick { at } => {
+                    self.engine.tick(at, &mut changes);
+                    kept.push(Job::Tick { at });
+                }
             }
         }
-        let outcome = (|| {
-            tx.apply(&changes)?;
-            tx.commit()
-        })();
+        let outcome = match failed {
+            Some(e) => Err(e),
+            None => tx.apply(&changes).and_then(|()| tx.commit()),
+        };
         let result = match outcome {
             Ok(result) => result,
             Err(e) => {
@@ -312,7 +425,8 @@ impl Writer {
                         Reply::TestMode(tx, _) => drop(tx.send(Err(why()))),
                     }
                 }
-                return Err(e);
+                kept.extend(unavailable(jobs.collect()));
+                return Err((e, kept));
             }
         };
 
@@ -356,6 +470,26 @@ impl Writer {
         );
         Ok(committed)
     }
+}
+
+/// Answers the workflow jobs of a group that cannot be committed with
+/// UNAVAILABLE; returns the others (worth trying again).
+fn unavailable(group: Vec<Job>) -> Vec<Job> {
+    let why = || WorkflowError::Unavailable("the store failed".into());
+    group
+        .into_iter()
+        .filter_map(|job| match job {
+            Job::Workflow { reply, .. } => {
+                let _ = reply.send(Err(why()));
+                None
+            }
+            Job::TestMode { reply, .. } => {
+                let _ = reply.send(Err(why()));
+                None
+            }
+            job => Some(job),
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -129,6 +129,7 @@ fn ops_config(data_dir: PathBuf, pki: &Path, port: u16) -> OpsConfig {
         },
         tls: tls(pki, "ops-1"),
         engine: EngineConfig::default(),
+        budget: Default::default(),
     }
 }
 

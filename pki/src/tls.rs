@@ -94,6 +94,15 @@ impl TlsConfig {
         // Reads the pair and checks that the key belongs to the
         // certificate now, not at the first handshake.
         let own = OwnCert::load(self.cert.clone(), self.key.clone(), provider(), every)?;
+        if let Ok(mode) = key_exposure(&self.key)
+            && mode != 0
+        {
+            tracing::warn!(
+                path = %self.key.display(),
+                group_other_mode = format!("{mode:03o}"),
+                "private key is accessible to its group or others; `chmod 600` it"
+            );
+        }
         let crls = match &self.crl {
             Some(path) => CertificateRevocationListDer::pem_file_iter(path)
                 .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
@@ -208,6 +217,22 @@ fn provider() -> Arc<CryptoProvider> {
         .unwrap_or_else(|| Arc::new(rustls::crypto::ring::default_provider()))
 }
 
+/// The permission bits of the file at `path` that give its group or others
+/// any access (`0o077` at most; 0 when none, and always 0 where files have
+/// no Unix permissions). A private key should show 0: [`TlsConfig::load`]
+/// warns otherwise.
+pub fn key_exposure(path: &Path) -> std::io::Result<u32> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        Ok(std::fs::metadata(path)?.permissions().mode() & 0o077)
+    }
+    #[cfg(not(unix))]
+    {
+        std::fs::metadata(path).map(|_| 0)
+    }
+}
+
 pub(crate) fn read_certs(
     field: &'static str,
     path: &Path,
@@ -232,6 +257,26 @@ pub(crate) fn file_err(field: &'static str, path: &Path, e: impl std::fmt::Displ
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(unix)]
+    #[test]
+    fn keys_open_to_group_or_others_are_noticed() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("k.key");
+        std::fs::write(&key, "not a key").unwrap();
+        for (mode, exposed) in [
+            (0o600, 0),
+            (0o400, 0),
+            (0o640, 0o040),
+            (0o644, 0o044),
+            (0o606, 0o006),
+        ] {
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(mode)).unwrap();
+            assert_eq!(key_exposure(&key).unwrap(), exposed, "{mode:o}");
+        }
+        assert!(key_exposure(&dir.path().join("missing")).is_err());
+    }
 
     #[test]
     fn relative_paths_follow_the_config_file() {

@@ -14,6 +14,10 @@
 //! - [`MetricsConfig`]: the `[metrics]` table of every daemon's config. The
 //!   endpoint is off unless the table is present: counters say how busy a
 //!   post is, so exposing them is the operator's choice.
+//! - [`log_limit`]: rate-limited logging of repeated peer errors (one line
+//!   per interval with a count).
+
+pub mod log_limit;
 
 use std::{
     collections::BTreeMap,

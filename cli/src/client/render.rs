@@ -13,7 +13,7 @@
 use std::sync::OnceLock;
 
 use prost::Message;
-use prost_reflect::{DescriptorPool, DynamicMessage, SerializeOptions};
+use prost_reflect::{DescriptorPool, DynamicMessage, ReflectMessage, SerializeOptions, Value};
 use prost_types::Timestamp;
 use time::{OffsetDateTime, format_description::well_known::Rfc3339, macros::format_description};
 use vigil_proto::v1::{
@@ -44,9 +44,73 @@ pub(crate) fn json<M: Message>(msg: &M, name: &str) -> serde_json::Value {
         .use_proto_field_name(true)
         .skip_default_fields(false)
         .stringify_64_bit_integers(false);
-    dynamic
-        .serialize_with_options(serde_json::value::Serializer, &options)
-        .expect("protobuf messages serialize to JSON")
+    let mut dynamic = dynamic;
+    match dynamic.serialize_with_options(serde_json::value::Serializer, &options) {
+        Ok(value) => value,
+        // Proto3 JSON has no form for a time outside years 1-9999, and the
+        // API may hold one from before ingest refused them: leave such
+        // times out rather than fail the whole output.
+        Err(_) => {
+            clear_unprintable_times(&mut dynamic);
+            dynamic
+                .serialize_with_options(serde_json::value::Serializer, &options)
+                .unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() }))
+        }
+    }
+}
+
+/// Whether a `google.protobuf.Timestamp` can be written as RFC 3339.
+fn printable_time(ts: &DynamicMessage) -> bool {
+    let field = |name: &str| {
+        ts.get_field_by_name(name)
+            .and_then(|v| v.as_i64().or_else(|| v.as_i32().map(i64::from)))
+            .unwrap_or(0)
+    };
+    vigil_proto::time_in_range(&Timestamp {
+        seconds: field("seconds"),
+        nanos: i32::try_from(field("nanos")).unwrap_or(-1),
+    })
+}
+
+/// Clears, at any depth, the timestamps that [`printable_time`] refuses.
+fn clear_unprintable_times(msg: &mut DynamicMessage) {
+    let is_time = |m: &DynamicMessage| m.descriptor().full_name() == "google.protobuf.Timestamp";
+    let fields: Vec<_> = msg.fields().map(|(f, _)| f).collect();
+    for field in fields {
+        let clear = match msg.get_field_mut(&field) {
+            Value::Message(m) if is_time(m) => !printable_time(m),
+            Value::Message(m) => {
+                clear_unprintable_times(m);
+                false
+            }
+            Value::List(items) => {
+                items.retain(
+                    |v| !matches!(v, Value::Message(m) if is_time(m) && !printable_time(m)),
+                );
+                for v in items.iter_mut() {
+                    if let Value::Message(m) = v {
+                        clear_unprintable_times(m);
+                    }
+                }
+                false
+            }
+            Value::Map(entries) => {
+                entries.retain(
+                    |_, v| !matches!(v, Value::Message(m) if is_time(m) && !printable_time(m)),
+                );
+                for v in entries.values_mut() {
+                    if let Value::Message(m) = v {
+                        clear_unprintable_times(m);
+                    }
+                }
+                false
+            }
+            _ => false,
+        };
+        if clear {
+            msg.clear_field(&field);
+        }
+    }
 }
 
 /// `msg` as one line of JSON.

@@ -25,7 +25,7 @@ use std::{
 use prost::Message;
 use tokio::{
     net::TcpListener,
-    sync::{Notify, mpsc, oneshot},
+    sync::{Notify, mpsc, oneshot, watch},
 };
 use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::ReceiverStream;
@@ -155,6 +155,31 @@ pub async fn serve(
     ctx: ApiContext,
     front: vigil_net::Front,
     listener: TcpListener,
+    server_config: rustls::ServerConfig,
+    shutdown: CancellationToken,
+) -> Result<(), tonic::transport::Error> {
+    let healthy = crate::metrics::StoreHealth::default();
+    serve_with_health(
+        ctx,
+        healthy.subscribe(),
+        front,
+        listener,
+        server_config,
+        shutdown,
+    )
+    .await
+}
+
+/// [`serve`], with the gRPC health service following `store_ok` (from
+/// [`crate::metrics::StoreHealth`]): SERVING while the store can write,
+/// NOT_SERVING after a failed commit until one succeeds. Meanwhile changes
+/// (workflow actions, test mode) are refused with UNAVAILABLE at once
+/// instead of waiting in the writer's queue; reads go on.
+pub async fn serve_with_health(
+    ctx: ApiContext,
+    store_ok: watch::Receiver<bool>,
+    front: vigil_net::Front,
+    listener: TcpListener,
     mut server_config: rustls::ServerConfig,
     shutdown: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
@@ -187,6 +212,30 @@ pub async fn serve(
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<OpsCenterServer<Api>>().await;
+    tracker.spawn({
+        let (mut store_ok, cancel) = (store_ok.clone(), shutdown.clone());
+        async move {
+            loop {
+                let ok = *store_ok.borrow_and_update();
+                // Both the service and the server as a whole ("").
+                if ok {
+                    health.set_serving::<OpsCenterServer<Api>>().await;
+                    health
+                        .set_service_status("", tonic_health::ServingStatus::Serving)
+                        .await;
+                } else {
+                    health.set_not_serving::<OpsCenterServer<Api>>().await;
+                    health
+                        .set_service_status("", tonic_health::ServingStatus::NotServing)
+                        .await;
+                }
+                tokio::select! {
+                    () = cancel.cancelled() => return,
+                    changed = store_ok.changed() => if changed.is_err() { return },
+                }
+            }
+        }
+    });
     // Reflection in both versions: `v1` for grpcurl and current clients,
     // `v1alpha` for the many that still ask only for it (Python's
     // grpcio-reflection, older grpcurl, Postman). Same descriptors in each.
@@ -197,6 +246,7 @@ pub async fn serve(
         .build_v1alpha()
         .expect("the compiled-in descriptor set is valid");
     let api = Api {
+        store_ok,
         jobs: ctx.jobs,
         reader: ctx.reader,
         feed,
@@ -241,6 +291,8 @@ fn reflection_builder() -> tonic_reflection::server::Builder<'static> {
 
 /// The `OpsCenter` service.
 pub struct Api {
+    /// False while the store cannot write.
+    store_ok: watch::Receiver<bool>,
     jobs: mpsc::Sender<Job>,
     reader: Reader,
     feed: Feed,
@@ -310,6 +362,17 @@ fn actor(peer: &Peer) -> Actor {
 }
 
 impl Api {
+    /// Refuses a change at once while the store cannot write.
+    fn check_store(&self) -> Result<(), Status> {
+        if *self.store_ok.borrow() {
+            Ok(())
+        } else {
+            Err(Status::unavailable(
+                "operations center cannot write to its store; try again later",
+            ))
+        }
+    }
+
     async fn read<T: Send + 'static>(
         &self,
         f: impl FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
@@ -333,6 +396,7 @@ impl Api {
                 "expected_version is required: pass the version of the incident you saw",
             ));
         }
+        self.check_store()?;
         let (reply, rx) = oneshot::channel();
         let job = Job::Workflow {
             incident_id,
@@ -581,6 +645,13 @@ impl OpsCenter for Api {
     ) -> Result<Response<PostInfo>, Status> {
         let peer = authorize(&request, Op::SetTestMode)?;
         let r = request.into_inner();
+        self.check_store()?;
+        // Only a post the operations center has heard from: a typo must not
+        // create a phantom post.
+        let id = r.post_id.clone();
+        if self.read(move |s| s.post(&id)).await?.is_none() {
+            return Err(Status::not_found(format!("no post {:?}", r.post_id)));
+        }
         let (reply, rx) = oneshot::channel();
         let job = Job::TestMode {
             post_id: r.post_id.clone(),

@@ -18,9 +18,14 @@
 //!    unresolved and its last event is within the correlation window;
 //!    reopens it if it was resolved within the reactivation window; and
 //!    otherwise opens a new incident.
-//! 5. Opening is limited per source: past `flood_limit` openings in the
-//!    flood window, the source's events fold into one `flood:SOURCE`
-//!    incident. Life-safety (P1) events are never folded.
+//! 5. Opening is limited per source, per post and category, and per post:
+//!    past `flood_limit` openings of one source in the flood window, that
+//!    source's events fold into one `flood:SOURCE` incident; past
+//!    `flood_post_category_limit` openings of one category by any sources of
+//!    the post, they fold into one `flood:category:CATEGORY` incident; past
+//!    `flood_post_limit` openings of the post in all, into one `flood:post`
+//!    incident. The narrowest level that is full decides. Life-safety (P1)
+//!    events are never folded.
 //! 6. A panel alarm and a camera detection in one incident within the
 //!    verification window make it verified, one priority more urgent.
 //!
@@ -42,6 +47,26 @@ enum Evidence {
     PanelAlarm,
     CameraDetection,
     Other,
+}
+
+/// The levels at which opening incidents is limited (rule 5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FloodLevel {
+    Source,
+    Category,
+    Post,
+}
+
+impl FloodLevel {
+    /// The flood-accounting key of `sig` at this level (the post is the other
+    /// half of the key).
+    fn key(self, sig: &Signal) -> String {
+        match self {
+            FloodLevel::Source => format!("source:{}", sig.source),
+            FloodLevel::Category => format!("category:{}", category_name(sig.category)),
+            FloodLevel::Post => "post".into(),
+        }
+    }
 }
 
 /// An event or status reduced to what correlation needs.
@@ -184,8 +209,10 @@ impl Engine {
                 _ => {}
             }
         }
-        if sig.priority != Priority::P1 && self.flooding(&sig) {
-            return Some(self.fold(sig, now, out));
+        if sig.priority != Priority::P1
+            && let Some(level) = self.flooding(&sig)
+        {
+            return Some(self.fold(sig, level, now, out));
         }
         Some(self.open(&sig, now, out, false))
     }
@@ -197,27 +224,61 @@ impl Engine {
             .filter(|i| i.state != IncidentState::Resolved as i32)
     }
 
-    /// Counts an opening for the signal's source; true when the source is
-    /// past its flood limit.
-    fn flooding(&mut self, sig: &Signal) -> bool {
+    /// Counts an opening at every flood level of the signal (its source, its
+    /// post and category, its post); returns the narrowest level that is
+    /// already past its limit, in which case nothing is counted.
+    fn flooding(&mut self, sig: &Signal) -> Option<FloodLevel> {
         let window = Duration::from_secs(self.cfg.flood_window_secs);
-        let times = self
-            .flood
-            .entry((sig.post.clone(), sig.source.clone()))
-            .or_default();
-        while times.front().is_some_and(|&t| t + window <= sig.at) {
-            times.pop_front();
+        let levels = [
+            (FloodLevel::Source, self.cfg.flood_limit),
+            (FloodLevel::Category, self.cfg.flood_post_category_limit),
+            (FloodLevel::Post, self.cfg.flood_post_limit),
+        ];
+        let mut full = None;
+        for (level, limit) in levels {
+            let times = self
+                .flood
+                .entry((sig.post.clone(), level.key(sig)))
+                .or_default();
+            while times.front().is_some_and(|&t| t + window <= sig.at) {
+                times.pop_front();
+            }
+            if full.is_none() && times.len() >= limit as usize {
+                full = Some(level);
+            }
         }
-        if times.len() >= self.cfg.flood_limit as usize {
-            return true;
+        if full.is_none() {
+            for (level, _) in levels {
+                if let Some(times) = self.flood.get_mut(&(sig.post.clone(), level.key(sig))) {
+                    times.push_back(sig.at);
+                }
+            }
         }
-        times.push_back(sig.at);
-        false
+        full
     }
 
-    fn fold(&mut self, mut sig: Signal, now: SystemTime, out: &mut Changes) -> String {
-        sig.subject = format!("flood:{}", sig.source);
-        sig.title = format!("Event flood from {} folded", sig.source);
+    fn fold(
+        &mut self,
+        mut sig: Signal,
+        level: FloodLevel,
+        now: SystemTime,
+        out: &mut Changes,
+    ) -> String {
+        match level {
+            FloodLevel::Source => {
+                sig.subject = format!("flood:{}", sig.source);
+                sig.title = format!("Event flood from {} folded", sig.source);
+            }
+            FloodLevel::Category => {
+                let name = category_name(sig.category);
+                sig.subject = format!("flood:category:{name}");
+                sig.title = format!("Flood of {name} events from many sources folded");
+            }
+            FloodLevel::Post => {
+                sig.subject = "flood:post".into();
+                sig.title = format!("Event flood at post {} folded", sig.post);
+            }
+        }
         sig.condition = None;
         // The flood incident gathers events of any category; it stays at the
         // priority of what it holds, at most P2 (P1 events are never folded).

@@ -59,6 +59,14 @@ pub struct EngineConfig {
     /// flood window; beyond that its events fold into one flood incident.
     /// Life-safety (P1) events are never folded.
     pub flood_limit: u32,
+    /// All sources of one post together may open at most this many incidents
+    /// of one category per flood window (many devices reporting the same
+    /// thing); beyond that they fold into one incident per post and category.
+    pub flood_post_category_limit: u32,
+    /// All sources of one post together may open at most this many incidents
+    /// per flood window, whatever the category; beyond that they fold into
+    /// one incident per post.
+    pub flood_post_limit: u32,
     pub flood_window_secs: u64,
     /// Longest test mode a supervisor may set; longer requests are refused.
     pub max_test_mode_secs: u64,
@@ -102,6 +110,8 @@ impl Default for EngineConfig {
             },
             max_escalation_level: 3,
             flood_limit: 10,
+            flood_post_category_limit: 20,
+            flood_post_limit: 40,
             flood_window_secs: 60,
             max_test_mode_secs: 8 * 3600,
             procedures: BTreeMap::new(),
@@ -139,8 +149,14 @@ impl EngineConfig {
                 return Err(err(field, "must be at least 1"));
             }
         }
-        if self.flood_limit == 0 {
-            return Err(err("flood_limit", "must be at least 1"));
+        for (field, v) in [
+            ("flood_limit", self.flood_limit),
+            ("flood_post_category_limit", self.flood_post_category_limit),
+            ("flood_post_limit", self.flood_post_limit),
+        ] {
+            if v == 0 {
+                return Err(err(field, "must be at least 1"));
+            }
         }
         for key in self.procedures.keys() {
             if key != "default" && category_from_name(key).is_none() {
@@ -208,7 +224,8 @@ pub struct Engine {
     /// Last status per post: (state, at, boot id), to ignore repeats of a
     /// retained status.
     statuses: HashMap<String, (i32, Option<prost_types::Timestamp>, String)>,
-    /// (post, source) → event times of the incidents it opened recently.
+    /// (post, flood key) → event times of the incidents opened recently under
+    /// that key (`source:DEVICE`, `category:NAME`, `post`).
     flood: HashMap<(String, String), VecDeque<SystemTime>>,
     last_number: u64,
 }

@@ -1162,3 +1162,82 @@ fn config_validation_names_the_field() {
     c.zone_cameras[0].zone = 0;
     assert_eq!(c.validate().unwrap_err().field, "zone_cameras.zone");
 }
+
+fn alarm_from(seq: u64, device: &str, category: EventCategory, at: SystemTime) -> Event {
+    // Each device its own panel account: every alarm has its own subject.
+    let mut ev = alarm(seq, 0, category, false, at);
+    ev.source = Some(Source {
+        device_id: device.into(),
+        kind: SourceKind::AlarmPanel as i32,
+    });
+    ev.body = Some(Body::Alarm(AlarmSignal {
+        account: device.into(),
+        ..Default::default()
+    }));
+    ev
+}
+
+#[test]
+fn many_devices_of_one_post_fold_per_category_then_per_post() {
+    let mut e = Engine::new(
+        EngineConfig {
+            flood_post_category_limit: 5,
+            flood_post_limit: 8,
+            ..cfg()
+        },
+        EngineSnapshot::default(),
+    );
+    let mut out = Changes::default();
+    // 2,000 burglary alarms, each from its own device, within the window.
+    let mut ids = std::collections::BTreeSet::new();
+    for n in 0..2000u64 {
+        let at = t(n / 100);
+        let ev = alarm_from(n + 1, &format!("dev-{n}"), EventCategory::Burglary, at);
+        ids.insert(e.on_event(&ev, at, &mut out).unwrap());
+    }
+    assert_eq!(ids.len(), 6, "5 incidents + 1 per-category flood incident");
+    let folded: Vec<_> = ids.iter().filter(|id| get(&e, id).flood_folded).collect();
+    assert_eq!(folded.len(), 1);
+    let flood = get(&e, folded[0]);
+    assert_eq!(flood.subject, "flood:category:burglary");
+    assert_eq!(flood.event_count, 1995);
+    // Another category from fresh devices opens until the post's limit (8
+    // openings in all), then folds per post.
+    let mut more = std::collections::BTreeSet::new();
+    for n in 0..10u64 {
+        let at = t(30);
+        let ev = alarm_from(3000 + n, &format!("cam-{n}"), EventCategory::Tamper, at);
+        more.insert(e.on_event(&ev, at, &mut out).unwrap());
+    }
+    assert_eq!(more.len(), 4, "3 incidents + 1 per-post flood incident");
+    let post_flood: Vec<_> = more.iter().filter(|id| get(&e, id).flood_folded).collect();
+    assert_eq!(get(&e, post_flood[0]).subject, "flood:post");
+    // Life safety still opens its own incident from a flooding post.
+    let fire = alarm_from(4000, "dev-x", EventCategory::Fire, t(31));
+    let fire = e.on_event(&fire, t(31), &mut out).unwrap();
+    assert!(!get(&e, &fire).flood_folded);
+    // After the window, the post may open incidents again.
+    let later = alarm_from(5000, "dev-y", EventCategory::Burglary, t(200));
+    let later = e.on_event(&later, t(200), &mut out).unwrap();
+    assert!(!get(&e, &later).flood_folded);
+}
+
+#[test]
+fn default_flood_limits_keep_two_thousand_devices_to_a_handful_of_incidents() {
+    let mut e = Engine::new(
+        EngineConfig {
+            flood_window_secs: 60,
+            ..EngineConfig::default()
+        },
+        EngineSnapshot::default(),
+    );
+    let mut out = Changes::default();
+    let mut ids = std::collections::BTreeSet::new();
+    for n in 0..2000u64 {
+        let at = t(n / 100);
+        let ev = alarm_from(n + 1, &format!("dev-{n}"), EventCategory::Burglary, at);
+        ids.insert(e.on_event(&ev, at, &mut out).unwrap());
+    }
+    let cfg = EngineConfig::default();
+    assert_eq!(ids.len(), cfg.flood_post_category_limit as usize + 1);
+}

@@ -1,0 +1,467 @@
+//! The operations center when its store cannot write, and API values that
+//! must be refused: real SQLite files, the real writer, the gRPC API over
+//! real mutual TLS on 127.0.0.1:0.
+//!
+//! The disk-full scenario puts the store on a small tmpfs and fills it with
+//! a ballast file, as the fault suite does for the gateway; where this
+//! machine does not let us mount (not root, no CAP_SYS_ADMIN) it prints
+//! `SKIPPED …` and returns.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use tokio::{
+    net::TcpListener,
+    sync::{Notify, mpsc},
+};
+use tokio_util::sync::CancellationToken;
+use tonic::{
+    Code,
+    transport::{Certificate, Channel, ClientTlsConfig, Identity as TlsIdentity},
+};
+use vigil_ops::{
+    api,
+    engine::{Engine, EngineConfig},
+    metrics::Metrics,
+    store::{SqliteStore, Store},
+    writer::{self, Committed, Job},
+};
+use vigil_pki::{Identity, Role, TlsConfig, authority};
+use vigil_proto::v1::{
+    AcknowledgeRequest, AlarmSignal, Event, EventCategory, GetIncidentRequest, Pacing,
+    ReplayRequest, SetTestModeRequest, event::Body, ops_center_client::OpsCenterClient,
+};
+
+/// Longest any expectation waits; a test that would hang fails instead.
+const WAIT: Duration = Duration::from_secs(30);
+
+fn issue(pki: &Path, role: Role, id: &str) {
+    let sans = if role.is_server() {
+        vec!["localhost".to_string(), "127.0.0.1".to_string()]
+    } else {
+        Vec::new()
+    };
+    authority::issue(pki, role, &Identity::new(id).unwrap(), &sans, 30, false).unwrap();
+}
+
+/// The writer and the API on a store in `data`, without MQTT.
+struct Center {
+    pki: PathBuf,
+    port: u16,
+    jobs: mpsc::Sender<Job>,
+    done: mpsc::Receiver<Committed>,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+    api: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    writer: writer::WriterHandle,
+}
+
+impl Center {
+    async fn start(pki: PathBuf, data: &Path) -> Center {
+        vigil_pki::install_crypto_provider();
+        authority::init(&pki, "test CA").unwrap();
+        issue(&pki, Role::Ops, "ops-1");
+        let store = SqliteStore::open(data).unwrap();
+        let engine = Engine::new(
+            EngineConfig::default(),
+            store.engine_snapshot(SystemTime::UNIX_EPOCH).unwrap(),
+        );
+        let metrics = Arc::new(Metrics::default());
+        let changed = Arc::new(Notify::new());
+        let (jobs, jobs_rx) = mpsc::channel(writer::QUEUE_CAPACITY);
+        let (done_tx, done) = mpsc::channel(writer::DONE_CAPACITY);
+        let writer = writer::spawn_notifying(
+            Box::new(store),
+            engine,
+            metrics.clone(),
+            jobs_rx,
+            done_tx,
+            changed.clone(),
+        );
+        let tls = TlsConfig {
+            ca: pki.join("ca.pem"),
+            cert: pki.join("ops-1.pem"),
+            key: pki.join("ops-1.key"),
+            crl: None,
+        }
+        .load()
+        .unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let shutdown = CancellationToken::new();
+        let api = tokio::spawn(api::serve_with_health(
+            api::ApiContext {
+                jobs: jobs.clone(),
+                reader: Arc::new(std::sync::Mutex::new(Box::new(
+                    SqliteStore::open(data).unwrap(),
+                ))),
+                changed,
+                metrics: metrics.clone(),
+            },
+            metrics.store_health.subscribe(),
+            vigil_net::Front::new("api", vigil_ops::config::ApiConfig::default().limits()),
+            listener,
+            tls.server_config().unwrap(),
+            shutdown.clone(),
+        ));
+        Center {
+            pki,
+            port,
+            jobs,
+            done,
+            metrics,
+            shutdown,
+            api,
+            writer,
+        }
+    }
+
+    async fn channel(&self, role: Role, id: &str) -> Channel {
+        if !self.pki.join(format!("{id}.pem")).exists() {
+            issue(&self.pki, role, id);
+        }
+        let read = |name: String| std::fs::read(self.pki.join(name)).unwrap();
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(read("ca.pem".into())))
+            .identity(TlsIdentity::from_pem(
+                read(format!("{id}.pem")),
+                read(format!("{id}.key")),
+            ))
+            .domain_name("localhost");
+        Channel::from_shared(format!("https://127.0.0.1:{}", self.port))
+            .unwrap()
+            .tls_config(tls)
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    }
+
+    async fn client(&self, role: Role, id: &str) -> OpsCenterClient<Channel> {
+        OpsCenterClient::new(self.channel(role, id).await)
+    }
+
+    async fn send(&self, post: &str, seqs: std::ops::RangeInclusive<u64>, token: u64) {
+        let events = seqs.map(|seq| alarm(post, seq)).collect();
+        self.jobs
+            .send(Job::Batch {
+                post_id: post.into(),
+                events,
+                at: SystemTime::now(),
+                token,
+            })
+            .await
+            .unwrap();
+    }
+
+    /// Waits for the commit that acknowledges `token`; returns the receipt
+    /// of `post` in it.
+    async fn committed(&mut self, token: u64, post: &str) -> u64 {
+        tokio::time::timeout(WAIT, async {
+            loop {
+                let c = self.done.recv().await.expect("writer alive");
+                if c.tokens.contains(&token) {
+                    return c
+                        .receipts
+                        .iter()
+                        .find(|r| r.post_id == post)
+                        .map_or(0, |r| r.durable_through_seq);
+                }
+            }
+        })
+        .await
+        .expect("committed in time")
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        let _ = self.api.await;
+        drop(self.jobs);
+        tokio::task::spawn_blocking(move || self.writer.join())
+            .await
+            .unwrap()
+            .unwrap();
+    }
+}
+
+/// A burglary alarm of `post` with a long text, so that a few thousand of
+/// them need more room than a full disk has.
+fn alarm(post: &str, seq: u64) -> Event {
+    Event {
+        post_id: post.into(),
+        seq,
+        category: EventCategory::Burglary as i32,
+        description: format!("burglary zone {} {}", seq % 50 + 1, "x".repeat(400)),
+        received_at: Some(SystemTime::now().into()),
+        body: Some(Body::Alarm(AlarmSignal {
+            account: "1234".into(),
+            zone: (seq % 50 + 1) as u32,
+            ..Default::default()
+        })),
+        ..Default::default()
+    }
+}
+
+async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !check() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn health(channel: Channel) -> tonic_health::pb::health_check_response::ServingStatus {
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: "vigil.v1.OpsCenter".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status()
+}
+
+/// A tmpfs mounted for the length of a test; unmounted when dropped.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, size: &str) -> Result<Self, String> {
+        std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+        let out = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(dir)
+            .output()
+            .map_err(|e| format!("cannot run mount: {e}"))?;
+        if out.status.success() {
+            Ok(Self(dir.to_owned()))
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
+        }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+const TMPFS_BYTES: usize = 8 << 20;
+
+/// Fills the filesystem of `dir` with a ballast file until it is full.
+fn fill(dir: &Path) -> PathBuf {
+    use std::io::Write;
+    let path = dir.join("ballast");
+    let mut file = std::fs::File::create(&path).expect("ballast");
+    let chunk = vec![0u8; 16 * 1024];
+    // Never more than twice the tmpfs: if the mount were not what we think,
+    // this must not fill a real disk.
+    let mut written = 0usize;
+    while file
+        .write_all(&chunk)
+        .and_then(|()| file.sync_all())
+        .is_ok()
+    {
+        written += chunk.len();
+        assert!(written < 2 * TMPFS_BYTES, "the tmpfs did not fill");
+    }
+    let small = [0u8; 512];
+    while file
+        .write_all(&small)
+        .and_then(|()| file.sync_all())
+        .is_ok()
+    {}
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_stops_receipts_and_health_until_the_store_can_write_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let _tmpfs = match Tmpfs::mount(&data, &format!("{}k", TMPFS_BYTES >> 10)) {
+        Ok(t) => t,
+        Err(why) => {
+            eprintln!(
+                "SKIPPED a_full_disk_stops_receipts_and_health_until_the_store_can_write_again: \
+                 cannot mount a tmpfs ({why})"
+            );
+            return;
+        }
+    };
+    let mut ops = Center::start(dir.path().join("pki"), &data).await;
+    let engineer = ops.channel(Role::Engineer, "eve").await;
+    let mut analyst = ops.client(Role::Analyst, "ann").await;
+
+    // Healthy: stored and receipted.
+    ops.send("p-1", 1..=10, 1).await;
+    assert_eq!(ops.committed(1, "p-1").await, 10);
+    use tonic_health::pb::health_check_response::ServingStatus;
+    assert_eq!(health(engineer.clone()).await, ServingStatus::Serving);
+
+    // The disk fills; a large batch cannot be committed.
+    let ballast = fill(&data);
+    ops.send("p-1", 11..=3000, 2).await;
+    let metrics = ops.metrics.clone();
+    eventually("a failed commit is reported", || {
+        !metrics.store_health.is_healthy()
+    })
+    .await;
+    assert!(
+        metrics
+            .commit_failures
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 1
+    );
+    eventually_async_health(&engineer, ServingStatus::NotServing).await;
+    // Changes are refused at once; reads go on.
+    let refused = analyst
+        .acknowledge(AcknowledgeRequest {
+            incident_id: "inc-000001".into(),
+            expected_version: 1,
+            note: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    assert!(
+        ops.done.try_recv().is_err(),
+        "nothing is receipted while the store cannot write"
+    );
+    // Another post's events wait too (the writer takes nothing new).
+    ops.send("p-2", 1..=5, 3).await;
+    assert!(ops.done.try_recv().is_err());
+
+    // Room again: the same batch is committed, receipted, and health is back.
+    std::fs::remove_file(&ballast).unwrap();
+    assert_eq!(ops.committed(2, "p-1").await, 3000);
+    assert_eq!(ops.committed(3, "p-2").await, 5);
+    assert!(metrics.store_health.is_healthy());
+    eventually_async_health(&engineer, ServingStatus::Serving).await;
+    // Changes are taken again (the incident grew with the late events).
+    let seen = analyst
+        .get_incident(GetIncidentRequest {
+            incident_id: "inc-000001".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .incident
+        .unwrap();
+    let acked = analyst
+        .acknowledge(AcknowledgeRequest {
+            incident_id: seen.id.clone(),
+            expected_version: seen.version,
+            note: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(acked.version, seen.version + 1);
+    ops.stop().await;
+
+    // Every event once; the incidents the engine rebuilt agree with the store.
+    let store = SqliteStore::open(&data).unwrap();
+    assert_eq!(store.event_count().unwrap(), 3005);
+    assert_eq!(store.durable_through("p-1").unwrap(), 3000);
+}
+
+async fn eventually_async_health(
+    channel: &Channel,
+    want: tonic_health::pb::health_check_response::ServingStatus,
+) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if health(channel.clone()).await == want {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "health never became {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_mode_is_only_for_known_posts() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut ops = Center::start(dir.path().join("pki"), &dir.path().join("data")).await;
+    ops.send("p-1", 1..=1, 1).await;
+    ops.committed(1, "p-1").await;
+    let mut sup = ops.client(Role::Supervisor, "sue").await;
+    let ask = |post: &str| SetTestModeRequest {
+        post_id: post.into(),
+        duration_seconds: 600,
+        reason: "maintenance".into(),
+    };
+    let unknown = sup.set_test_mode(ask("p-404")).await.unwrap_err();
+    assert_eq!(unknown.code(), Code::NotFound, "{unknown:?}");
+    let known = sup.set_test_mode(ask("p-1")).await.unwrap().into_inner();
+    assert!(known.test_mode_until.is_some());
+    ops.stop().await;
+    let store = SqliteStore::open(&dir.path().join("data")).unwrap();
+    assert!(store.post("p-404").unwrap().is_none(), "no phantom post");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_pace_out_of_bounds_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut ops = Center::start(dir.path().join("pki"), &dir.path().join("data")).await;
+    ops.send("p-1", 1..=3, 1).await;
+    ops.committed(1, "p-1").await;
+    let mut eng = ops.client(Role::Engineer, "eve").await;
+    for speed in [1e-300, 0.0, -1.0, f64::NAN, f64::INFINITY, 1e300] {
+        let status = eng
+            .replay(ReplayRequest {
+                post_ids: vec!["p-1".into()],
+                pacing: Pacing::Speedup as i32,
+                speed,
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(
+            status.code(),
+            Code::InvalidArgument,
+            "speed {speed}: {status:?}"
+        );
+    }
+    // The bounds themselves replay every event, as does PACING_FAST.
+    for (pacing, speed) in [
+        (Pacing::Speedup, vigil_ops::api::replay::MAX_SPEED),
+        (Pacing::Speedup, vigil_ops::api::replay::MIN_SPEED),
+        (Pacing::AsFastAsPossible, 0.0),
+    ] {
+        let mut stream = eng
+            .replay(ReplayRequest {
+                post_ids: vec!["p-1".into()],
+                pacing: pacing as i32,
+                speed,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let mut n = 0;
+        while let Some(item) = stream.message().await.unwrap() {
+            if item.event.is_some() {
+                n += 1;
+            }
+        }
+        assert_eq!(n, 3, "{pacing:?} {speed}");
+    }
+    ops.stop().await;
+}
