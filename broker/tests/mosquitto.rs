@@ -110,6 +110,28 @@ fn wait_bounded(child: &mut Child) -> std::process::ExitStatus {
     }
 }
 
+/// A gateway stand-in: `mosquitto_sub` as `post` on its commands, with a
+/// retained "offline" will on its status (and `extra` arguments), killed
+/// with SIGKILL once connected: no DISCONNECT, the socket just closes.
+async fn die_with_will(b: &TestBroker, version: &str, post: &str, extra: &[&str]) {
+    let status = topic(post, TopicKind::Status);
+    let before = b.metrics().authenticated;
+    let mut gateway = Command::new("mosquitto_sub")
+        .args(conn_args(b, version, Some(post), post))
+        .args(["-q", "1", "-t", &topic(post, TopicKind::Commands)])
+        .args(["--will-topic", &status, "--will-payload", "offline"])
+        .args(["--will-qos", "1", "--will-retain"])
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    b.wait_metrics("gateway connected", |m| m.authenticated > before)
+        .await;
+    gateway.kill().unwrap();
+    blocking(|| wait_bounded(&mut gateway));
+}
+
 /// Runs blocking client processes without stalling the broker's runtime.
 fn blocking<T>(f: impl FnOnce() -> T) -> T {
     tokio::task::block_in_place(f)
@@ -261,21 +283,7 @@ async fn mosquitto_last_will_on_abrupt_disconnect() {
     ops.subscribe_ok(&all_posts(TopicKind::Status)).await;
     for (version, post) in [("mqttv311", "p-1"), ("mqttv5", "p-2")] {
         let status = topic(post, TopicKind::Status);
-        let before = b.metrics().authenticated;
-        let mut gateway = Command::new("mosquitto_sub")
-            .args(conn_args(&b, version, Some(post), post))
-            .args(["-q", "1", "-t", &topic(post, TopicKind::Commands)])
-            .args(["--will-topic", &status, "--will-payload", "offline"])
-            .args(["--will-qos", "1", "--will-retain"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        b.wait_metrics("gateway connected", |m| m.authenticated > before)
-            .await;
-        // kill -9: no DISCONNECT, the socket just closes.
-        gateway.kill().unwrap();
-        blocking(|| wait_bounded(&mut gateway));
+        die_with_will(&b, version, post, &[]).await;
         assert_eq!(expect_publish(&mut ops, &status).await, b"offline");
     }
 }
@@ -393,23 +401,28 @@ async fn mqtt5_properties_never_reach_other_clients() {
     }
     // A will carrying properties, from a v5 post that dies.
     let p2_status = topic("p-2", TopicKind::Status);
-    let before = b.metrics().authenticated;
-    let mut gateway = Command::new("mosquitto_sub")
-        .args(conn_args(&b, "mqttv5", Some("p-2"), "p-2"))
-        .args(["-q", "1", "-t", &topic("p-2", TopicKind::Commands)])
-        .args(["--will-topic", &p2_status, "--will-payload", "offline"])
-        .args(["--will-qos", "1", "--will-retain"])
-        .args(["-D", "will", "user-property", "k", "v"])
-        .args(["-D", "will", "content-type", "text/plain"])
-        .args(["-D", "connect", "user-property", "k", "v"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    b.wait_metrics("gateway connected", |m| m.authenticated > before)
-        .await;
-    gateway.kill().unwrap();
-    blocking(|| wait_bounded(&mut gateway));
+    die_with_will(
+        &b,
+        "mqttv5",
+        "p-2",
+        &[
+            "-D",
+            "will",
+            "user-property",
+            "k",
+            "v",
+            "-D",
+            "will",
+            "content-type",
+            "text/plain",
+            "-D",
+            "connect",
+            "user-property",
+            "k",
+            "v",
+        ],
+    )
+    .await;
     for ops in [&mut ops4, &mut ops5] {
         assert_eq!(expect_publish(ops, &p2_status).await, b"offline");
     }

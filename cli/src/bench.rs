@@ -690,7 +690,7 @@ async fn start_daemons(
         dir,
         &format!("{tag}-ops.toml"),
         &format!(
-            "# Written by `vigil bench`.\ndata_dir = \"{tag}/ops-data\"\n{}\n[mqtt]\nserver = \"{broker_addr}\"\n\n[api]\nlisten = \"{api}\"\n\n[metrics]\nlisten = \"{metrics}\"\n",
+            "# Written by `vigil bench`.\ndata_dir = \"{tag}/ops-data\"\n{}\n[mqtt]\nserver = \"{broker_addr}\"\n\n[api]\nlisten = \"{api}\"\n\n# Capacity is measured: the per-post budget out of reach.\n[budget]\nevents_per_sec = 1000000000\nburst_events = 1000000000\nbytes_per_sec = 1000000000000\nburst_bytes = 1000000000000\n\n[metrics]\nlisten = \"{metrics}\"\n",
             tls_table("ops")
         ),
     )?;
