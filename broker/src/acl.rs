@@ -8,7 +8,7 @@
 //!   (`vigil/v1/posts/+/events`, `…/+/status`) or of one concrete post, each
 //!   also as a shared subscription `$share/{group}/…`; it publishes
 //!   `receipts` and `commands` to concrete posts.
-//! - Every other role may do nothing on MQTT; the relay refuses them at
+//! - Every other role may do nothing on MQTT; the session refuses them at
 //!   CONNECT ([`may_connect`]).
 //!
 //! A last will is a publish made on the client's behalf later, so it follows

@@ -1,4 +1,5 @@
-//! Counters for connections, refusals by reason, and relayed messages.
+//! Counters for connections, refusals by reason, and messages taken and
+//! delivered.
 //!
 //! Plain relaxed atomics: each is a monotonic count read only for reports,
 //! so no ordering between them is needed, and an increment on the message
@@ -128,7 +129,7 @@ pub struct Metrics {
 pub struct MetricsSnapshot {
     /// TCP connections accepted.
     pub accepted: u64,
-    /// Connections whose CONNECT was accepted and relayed to the router.
+    /// Connections whose CONNECT was accepted (CONNACK sent).
     pub authenticated: u64,
     /// Connections open now (accepted and not yet closed).
     pub active: u64,
@@ -136,13 +137,13 @@ pub struct MetricsSnapshot {
     pub handshakes_in_progress: u64,
     /// Failed `accept` calls (e.g. EMFILE), each followed by a back-off.
     pub accept_errors: u64,
-    /// PUBLISH packets relayed from clients to the router.
+    /// PUBLISH packets taken from clients.
     pub publishes_in: u64,
-    /// PUBLISH packets relayed from the router to clients.
+    /// PUBLISH packets delivered to clients.
     pub publishes_out: u64,
-    /// Bytes relayed from clients to the router.
+    /// Bytes of PUBLISH packets taken from clients.
     pub bytes_in: u64,
-    /// Bytes relayed from the router to clients.
+    /// Bytes of PUBLISH packets delivered to clients.
     pub bytes_out: u64,
     /// Sessions replaced by a newer connection with the same identity.
     pub takeovers: u64,
