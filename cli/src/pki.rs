@@ -256,7 +256,13 @@ fn list(dir: &DirArg, json: bool, within: u32) -> Result<()> {
         .certs
         .iter()
         .filter(|c| c.due_within(now, within))
-        .map(|c| format!("{} ({} days left)", c.identity, c.days_left(now)))
+        .map(|c| {
+            if c.not_after <= now {
+                format!("{} (expired)", c.identity)
+            } else {
+                format!("{} ({} days left)", c.identity, c.days_left(now))
+            }
+        })
         .collect();
     if due.is_empty() {
         return Ok(());
@@ -264,7 +270,7 @@ fn list(dir: &DirArg, json: bool, within: u32) -> Result<()> {
     Err(Status(
         EXIT_DUE,
         format!(
-            "{} certificate(s) expire within {within} days: {}",
+            "{} certificate(s) expired or expiring within {within} days: {}",
             due.len(),
             due.join(", ")
         ),
@@ -291,6 +297,7 @@ fn classify(err: AuthorityError) -> anyhow::Error {
         | AuthorityError::NoCa(_)
         | AuthorityError::NoSuchCert { .. }
         | AuthorityError::ForeignCert(_)
+        | AuthorityError::RevokedCert(_)
         | AuthorityError::NoKey(_)
         | AuthorityError::KeyMismatch(_)
         | AuthorityError::MissingSan(_)

@@ -456,6 +456,13 @@ fn list_and_renew_refusals_exit_64() {
     for f in ["p-9.pem", "p-9.key"] {
         std::fs::copy(other.path().join(f), tmp.path().join(f)).unwrap();
     }
+    let out = vigil(&["pki", "issue", "--dir", d, "--role", "post", "--id", "p-1"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        vigil(&["pki", "revoke", "--dir", d, "--id", "p-1"])
+            .status
+            .success()
+    );
     let missing = tmp.path().join("missing");
 
     let cases: &[(&[&str], &str)] = &[
@@ -472,6 +479,7 @@ fn list_and_renew_refusals_exit_64() {
             &["pki", "renew", "--dir", p(&missing), "--id", "p-9"],
             "vigil pki init",
         ),
+        (&["pki", "renew", "--dir", d, "--id", "p-1"], "is revoked"),
     ];
     for (args, message) in cases {
         let out = vigil(args);
@@ -483,7 +491,9 @@ fn list_and_renew_refusals_exit_64() {
 
     // The foreign certificate is not listed, and said to be skipped.
     let (code, rows) = list_json(d, &[]);
-    assert_eq!((code, rows.len()), (Some(0), 0));
+    assert_eq!((code, rows.len()), (Some(0), 1));
+    assert_eq!(rows[0]["identity"], "p-1");
+    assert_eq!(rows[0]["status"], "revoked");
     let out = vigil(&["pki", "list", "--dir", d]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(

@@ -65,6 +65,10 @@ pub enum AuthorityError {
     BadValidity(u32),
     #[error("{0}: was not issued by this CA")]
     ForeignCert(PathBuf),
+    #[error(
+        "{0} is revoked; renewing it would bring it back (run `vigil pki issue --force` if that is meant)"
+    )]
+    RevokedCert(PathBuf),
     #[error("{0} does not exist; pass --new-key to make a new key")]
     NoKey(PathBuf),
     #[error("{0} is not the key of the certificate beside it; pass --new-key to make a new key")]
@@ -445,7 +449,8 @@ pub struct Renewed {
 /// both files keeps its last good pair until the certificate lands.
 ///
 /// The old certificate is not revoked: it stays valid until its own
-/// not-after. Revoke it (before renewing) if its key may be compromised.
+/// not-after. A certificate already revoked is refused: renewing it would
+/// undo the revocation; `issue --force` is the deliberate way back.
 pub fn renew(
     dir: &Path,
     id: &Identity,
@@ -478,6 +483,17 @@ pub fn renew(
             &cert_path,
             format!("its identity is {}, not {id}", peer.identity),
         ));
+    }
+    // A revoked certificate stays revoked: a renewal under a new serial
+    // would quietly undo `revoke` (with the same, perhaps stolen, key).
+    if files.crl.exists() {
+        let (revoked, _) = read_crl(&files.crl)?;
+        if revoked
+            .iter()
+            .any(|r| r.serial_number.to_bytes() == old.raw_serial())
+        {
+            return Err(AuthorityError::RevokedCert(cert_path));
+        }
     }
     let sans = sans_of(&old).map_err(|e| bad(&cert_path, e))?;
 
@@ -906,6 +922,13 @@ mod tests {
             Err(AuthorityError::NoKey(_))
         ));
         renew(dir, &id("p-3"), 30, true).unwrap();
+        revoke(dir, &id("p-3")).unwrap();
+        let before = fs::read(dir.join("p-3.pem")).unwrap();
+        assert!(matches!(
+            renew(dir, &id("p-3"), 30, true),
+            Err(AuthorityError::RevokedCert(_))
+        ));
+        assert_eq!(fs::read(dir.join("p-3.pem")).unwrap(), before);
         assert!(matches!(
             renew(dir, &id("p-3"), 0, false),
             Err(AuthorityError::BadValidity(0))
