@@ -3,7 +3,7 @@
 //!
 //! Layout:
 //! - `main`: flags, logging, exit codes.
-//! - [`pki`]: `vigil pki init | issue | revoke`.
+//! - [`pki`]: `vigil pki init | issue | revoke | list | renew`.
 //! - [`broker`]: `vigil broker --config FILE`.
 //! - [`gateway`]: `vigil gateway --config FILE`.
 //! - [`ops`]: `vigil ops --config FILE`.
@@ -122,7 +122,9 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("vigil: {err:#}");
-            if err.is::<Usage>() {
+            if let Some(Status(code, _)) = err.downcast_ref::<Status>() {
+                ExitCode::from(*code)
+            } else if err.is::<Usage>() {
                 ExitCode::from(EXIT_USAGE)
             } else {
                 ExitCode::FAILURE
@@ -196,6 +198,20 @@ impl std::fmt::Display for Usage {
 }
 
 impl std::error::Error for Usage {}
+
+/// A command that ran to the end but has something to report through its
+/// exit status (e.g. `vigil pki list`: a certificate is due): the status,
+/// and the line printed on stderr.
+#[derive(Debug)]
+pub(crate) struct Status(pub(crate) u8, pub(crate) String);
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.1)
+    }
+}
+
+impl std::error::Error for Status {}
 
 fn init_tracing(format: LogFormat, default_filter: &str) {
     use tracing_subscriber::{EnvFilter, fmt};

@@ -1,15 +1,26 @@
-//! `vigil pki`: create the region CA, issue and revoke certificates.
+//! `vigil pki`: create the region CA, issue, revoke, list and renew
+//! certificates.
 
 use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::{Args, Subcommand};
+use time::{OffsetDateTime, format_description::well_known::Rfc3339, macros::format_description};
 use vigil_pki::{
     Identity, Role,
-    authority::{self, AuthorityError, DEFAULT_VALIDITY_DAYS},
+    authority::{self, AuthorityError, CertEntry, DEFAULT_VALIDITY_DAYS},
 };
 
-use crate::Usage;
+use crate::{Status, Usage};
+
+/// Exit status of `vigil pki list` when a certificate that is not revoked
+/// has expired or expires within `--within` days. Not 1: that is any other
+/// failure (an unreadable file), which a monitor must not mistake for "all
+/// certificates read, some due".
+pub(crate) const EXIT_DUE: u8 = 2;
+
+/// Default `--within` of `vigil pki list`, in days.
+const DEFAULT_WITHIN_DAYS: u32 = 30;
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum PkiCommand {
@@ -48,6 +59,34 @@ pub(crate) enum PkiCommand {
         dir: DirArg,
         #[arg(long)]
         id: String,
+    },
+    /// List the certificates issued from DIR, soonest expiry first. Exits 2
+    /// when one that is not revoked expires within --within days.
+    List {
+        #[command(flatten)]
+        dir: DirArg,
+        /// One JSON array of objects instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Exit 2 when a certificate that is not revoked expires within
+        /// this many days (or has expired).
+        #[arg(long, value_name = "DAYS", default_value_t = DEFAULT_WITHIN_DAYS)]
+        within: u32,
+    },
+    /// Renew DIR/ID.pem: a new certificate for the same identity, role and
+    /// SANs, replacing the old file atomically; the key is kept unless
+    /// --new-key.
+    Renew {
+        #[command(flatten)]
+        dir: DirArg,
+        #[arg(long)]
+        id: String,
+        /// Validity in days, from now.
+        #[arg(long, default_value_t = DEFAULT_VALIDITY_DAYS)]
+        days: u32,
+        /// Also replace DIR/ID.key with a new key.
+        #[arg(long)]
+        new_key: bool,
     },
 }
 
@@ -99,8 +138,151 @@ pub(crate) fn run(cmd: PkiCommand) -> Result<()> {
                 println!("{id} (serial {}) was already revoked", revoked.serial);
             }
         }
+        PkiCommand::List { dir, json, within } => list(&dir, json, within)?,
+        PkiCommand::Renew {
+            dir,
+            id,
+            days,
+            new_key,
+        } => {
+            let id = identity(&id)?;
+            let renewed = authority::renew(&dir.dir, &id, days, new_key).map_err(classify)?;
+            println!(
+                "renewed {} certificate for {id}: {} (serial {}, was {}), valid until {}",
+                renewed.role,
+                renewed.cert.display(),
+                renewed.serial,
+                renewed.old_serial,
+                text_time(renewed.not_after)
+            );
+            if renewed.new_key {
+                println!("        new key {}", renewed.key.display());
+            } else {
+                println!("        key {} kept", renewed.key.display());
+            }
+        }
     }
     Ok(())
+}
+
+fn list(dir: &DirArg, json: bool, within: u32) -> Result<()> {
+    let inventory = authority::list(&dir.dir).map_err(classify)?;
+    for (path, reason) in &inventory.skipped {
+        eprintln!("vigil: skipped {}: {reason}", path.display());
+    }
+    let now = OffsetDateTime::now_utc();
+    let status = |c: &CertEntry| {
+        if c.revoked {
+            "revoked"
+        } else if c.not_after <= now {
+            "expired"
+        } else if c.due_within(now, within) {
+            "due"
+        } else {
+            "ok"
+        }
+    };
+    if json {
+        let rows: Vec<_> = inventory
+            .certs
+            .iter()
+            .map(|c| {
+                serde_json::json!({
+                    "identity": c.identity.as_str(),
+                    "role": c.role.as_str(),
+                    "serial": c.serial,
+                    "not_after": c.not_after.format(&Rfc3339).unwrap_or_default(),
+                    "days_left": c.days_left(now),
+                    "revoked": c.revoked,
+                    "status": status(c),
+                    "file": c.file.display().to_string(),
+                })
+            })
+            .collect();
+        println!("{}", serde_json::Value::Array(rows));
+    } else {
+        let header = [
+            "IDENTITY",
+            "ROLE",
+            "SERIAL",
+            "NOT AFTER (UTC)",
+            "DAYS",
+            "STATUS",
+        ];
+        let rows: Vec<[String; 6]> = inventory
+            .certs
+            .iter()
+            .map(|c| {
+                [
+                    c.identity.to_string(),
+                    c.role.to_string(),
+                    c.serial.clone(),
+                    text_time(c.not_after),
+                    c.days_left(now).to_string(),
+                    status(c).to_owned(),
+                ]
+            })
+            .collect();
+        let mut widths = header.map(str::len);
+        for row in &rows {
+            for (w, cell) in widths.iter_mut().zip(row) {
+                *w = (*w).max(cell.len());
+            }
+        }
+        let line = |cells: [&str; 6]| {
+            // Days are numbers: right-aligned; the last column is not padded.
+            format!(
+                "{:<w0$}  {:<w1$}  {:<w2$}  {:<w3$}  {:>w4$}  {}",
+                cells[0],
+                cells[1],
+                cells[2],
+                cells[3],
+                cells[4],
+                cells[5],
+                w0 = widths[0],
+                w1 = widths[1],
+                w2 = widths[2],
+                w3 = widths[3],
+                w4 = widths[4],
+            )
+        };
+        println!("{}", line(header));
+        for row in &rows {
+            println!("{}", line(row.each_ref().map(String::as_str)));
+        }
+    }
+
+    let due: Vec<_> = inventory
+        .certs
+        .iter()
+        .filter(|c| c.due_within(now, within))
+        .map(|c| {
+            if c.not_after <= now {
+                format!("{} (expired)", c.identity)
+            } else {
+                format!("{} ({} days left)", c.identity, c.days_left(now))
+            }
+        })
+        .collect();
+    if due.is_empty() {
+        return Ok(());
+    }
+    Err(Status(
+        EXIT_DUE,
+        format!(
+            "{} certificate(s) expired or expiring within {within} days: {}",
+            due.len(),
+            due.join(", ")
+        ),
+    )
+    .into())
+}
+
+fn text_time(t: OffsetDateTime) -> String {
+    t.format(format_description!(
+        "[year]-[month]-[day] [hour]:[minute]:[second]Z"
+    ))
+    .unwrap_or_default()
 }
 
 fn identity(id: &str) -> Result<Identity> {
@@ -114,6 +296,10 @@ fn classify(err: AuthorityError) -> anyhow::Error {
         | AuthorityError::CertExists(_)
         | AuthorityError::NoCa(_)
         | AuthorityError::NoSuchCert { .. }
+        | AuthorityError::ForeignCert(_)
+        | AuthorityError::RevokedCert(_)
+        | AuthorityError::NoKey(_)
+        | AuthorityError::KeyMismatch(_)
         | AuthorityError::MissingSan(_)
         | AuthorityError::BadSan(_)
         | AuthorityError::BadValidity(_) => Usage(err.to_string()).into(),

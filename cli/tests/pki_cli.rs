@@ -227,3 +227,277 @@ fn bad_arguments_exit_64_and_help_exits_0() {
         assert!(!out.stdout.is_empty(), "{args:?}");
     }
 }
+
+fn list_json(dir: &str, extra: &[&str]) -> (Option<i32>, Vec<serde_json::Value>) {
+    let mut args = vec!["pki", "list", "--dir", dir, "--json"];
+    args.extend_from_slice(extra);
+    let out = vigil(&args);
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON array");
+    (
+        out.status.code(),
+        rows.as_array().expect("an array").clone(),
+    )
+}
+
+#[test]
+fn list_shows_what_was_issued_soonest_expiry_first() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("pki");
+    let d = p(&dir);
+    assert!(vigil(&["pki", "init", "--dir", d]).status.success());
+    for args in [
+        &["--role", "analyst", "--id", "alice"][..],
+        &["--role", "post", "--id", "p-017", "--days", "10"],
+        &["--role", "post", "--id", "p-018", "--days", "5"],
+        &[
+            "--role",
+            "broker",
+            "--id",
+            "broker",
+            "--san",
+            "localhost",
+            "--days",
+            "90",
+        ],
+    ] {
+        let mut full = vec!["pki", "issue", "--dir", d];
+        full.extend_from_slice(args);
+        let out = vigil(&full);
+        assert!(out.status.success(), "{out:?}");
+    }
+    assert!(
+        vigil(&["pki", "revoke", "--dir", d, "--id", "p-018"])
+            .status
+            .success()
+    );
+
+    // Default threshold, 30 days: p-017 is due (p-018 too, but revoked).
+    let out = vigil(&["pki", "list", "--dir", d]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("p-017") && !stderr.contains("p-018") && !stderr.contains("broker"),
+        "{stderr}"
+    );
+    let table = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<Vec<&str>> = table
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(lines[0][..3], ["IDENTITY", "ROLE", "SERIAL"], "{table}");
+    let rows: Vec<(&str, &str, &str)> = lines[1..]
+        .iter()
+        .map(|l| (l[0], l[1], *l.last().unwrap()))
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            ("p-018", "post", "revoked"),
+            ("p-017", "post", "due"),
+            ("broker", "broker", "ok"),
+            ("alice", "analyst", "ok"),
+        ],
+        "{table}"
+    );
+    // Aligned: every row's status column starts where the header's does.
+    let at = table.lines().next().unwrap().find("STATUS").unwrap();
+    for line in table.lines().skip(1) {
+        assert!(
+            line[at..].starts_with(|c: char| c.is_ascii_alphabetic())
+                && line.as_bytes()[at - 1] == b' ',
+            "{table}"
+        );
+    }
+
+    let (code, rows) = list_json(d, &[]);
+    assert_eq!(code, Some(2));
+    let field = |i: usize, k: &str| rows[i][k].clone();
+    let ids: Vec<_> = (0..4).map(|i| field(i, "identity")).collect();
+    assert_eq!(ids, ["p-018", "p-017", "broker", "alice"]);
+    assert_eq!(field(0, "revoked"), true);
+    assert_eq!(field(1, "revoked"), false);
+    assert_eq!(field(1, "role"), "post");
+    // Issued for 10 days a moment ago: 9 whole days and some hours left.
+    assert_eq!(field(1, "days_left"), 9);
+    assert_eq!(field(3, "days_left"), 364);
+    let not_after: Vec<String> = (0..4)
+        .map(|i| field(i, "not_after").as_str().unwrap().to_owned())
+        .collect();
+    assert!(not_after.is_sorted(), "{not_after:?}");
+
+    // Tighter and looser thresholds.
+    assert_eq!(list_json(d, &["--within", "5"]).0, Some(0));
+    assert_eq!(list_json(d, &["--within", "0"]).0, Some(0));
+    let out = vigil(&["pki", "list", "--dir", d, "--within", "100"]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("p-017") && stderr.contains("broker"),
+        "{stderr}"
+    );
+
+    // OpenSSL reads the same serial and expiry.
+    let Some(out) = openssl(&[
+        "x509",
+        "-in",
+        p(&dir.join("p-017.pem")),
+        "-noout",
+        "-serial",
+        "-enddate",
+    ]) else {
+        return;
+    };
+    let text = String::from_utf8_lossy(&out.stdout).to_lowercase();
+    let serial = field(1, "serial");
+    assert!(
+        text.contains(&format!("serial={}", serial.as_str().unwrap())),
+        "{text} vs {serial}"
+    );
+}
+
+#[test]
+fn renew_keeps_identity_role_sans_and_openssl_agrees() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("pki");
+    let d = p(&dir);
+    assert!(vigil(&["pki", "init", "--dir", d]).status.success());
+    let out = vigil(&[
+        "pki",
+        "issue",
+        "--dir",
+        d,
+        "--role",
+        "ops",
+        "--id",
+        "ops-1",
+        "--san",
+        "ops.region.example",
+        "--san",
+        "127.0.0.1",
+        "--days",
+        "10",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let cert = dir.join("ops-1.pem");
+    let key = dir.join("ops-1.key");
+    let key_before = std::fs::read(&key).unwrap();
+    let (_, before) = list_json(d, &[]);
+
+    let out = vigil(&["pki", "renew", "--dir", d, "--id", "ops-1", "--days", "200"]);
+    assert!(out.status.success(), "{out:?}");
+    let (code, after) = list_json(d, &[]);
+    assert_eq!(code, Some(0), "nothing due after the renewal");
+    assert_eq!(after.len(), 1);
+    assert_eq!(after[0]["identity"], "ops-1");
+    assert_eq!(after[0]["role"], "ops");
+    assert_ne!(after[0]["serial"], before[0]["serial"]);
+    assert_ne!(after[0]["not_after"], before[0]["not_after"]);
+    assert_eq!(after[0]["days_left"], 199);
+    assert_eq!(std::fs::read(&key).unwrap(), key_before, "key kept");
+    let names: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(!names.iter().any(|n| n.ends_with(".tmp")), "{names:?}");
+
+    let out = vigil(&["pki", "renew", "--dir", d, "--id", "ops-1", "--new-key"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_ne!(std::fs::read(&key).unwrap(), key_before, "new key");
+    let (_, renewed) = list_json(d, &[]);
+    assert_ne!(renewed[0]["serial"], after[0]["serial"]);
+
+    let ca = dir.join("ca.pem");
+    let Some(out) = openssl(&["verify", "-CAfile", p(&ca), p(&cert)]) else {
+        return;
+    };
+    assert!(out.status.success(), "{out:?}");
+    let out = openssl(&[
+        "x509",
+        "-in",
+        p(&cert),
+        "-noout",
+        "-subject",
+        "-nameopt",
+        "RFC2253",
+        "-ext",
+        "subjectAltName,extendedKeyUsage",
+    ])
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    for want in [
+        "CN=ops-1",
+        "OU=ops",
+        "DNS:ops.region.example",
+        "IP Address:127.0.0.1",
+        "Server Authentication",
+        "Client Authentication",
+    ] {
+        assert!(text.contains(want), "{want}: {text}");
+    }
+    // The new key is the certificate's key.
+    let from_cert = openssl(&["x509", "-in", p(&cert), "-noout", "-pubkey"]).unwrap();
+    let from_key = openssl(&["pkey", "-in", p(&key), "-pubout"]).unwrap();
+    assert!(from_key.status.success(), "{from_key:?}");
+    assert_eq!(from_cert.stdout, from_key.stdout);
+}
+
+#[test]
+fn list_and_renew_refusals_exit_64() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = p(tmp.path());
+    let other = tempfile::tempdir().unwrap();
+    let o = p(other.path());
+    for dir in [d, o] {
+        assert!(vigil(&["pki", "init", "--dir", dir]).status.success());
+    }
+    // Same default CA name, another key: not ours.
+    let out = vigil(&["pki", "issue", "--dir", o, "--role", "post", "--id", "p-9"]);
+    assert!(out.status.success(), "{out:?}");
+    for f in ["p-9.pem", "p-9.key"] {
+        std::fs::copy(other.path().join(f), tmp.path().join(f)).unwrap();
+    }
+    let out = vigil(&["pki", "issue", "--dir", d, "--role", "post", "--id", "p-1"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        vigil(&["pki", "revoke", "--dir", d, "--id", "p-1"])
+            .status
+            .success()
+    );
+    let missing = tmp.path().join("missing");
+
+    let cases: &[(&[&str], &str)] = &[
+        (&["pki", "list", "--dir", p(&missing)], "vigil pki init"),
+        (
+            &["pki", "renew", "--dir", d, "--id", "nobody"],
+            "no certificate for nobody",
+        ),
+        (
+            &["pki", "renew", "--dir", d, "--id", "p-9"],
+            "was not issued by this CA",
+        ),
+        (
+            &["pki", "renew", "--dir", p(&missing), "--id", "p-9"],
+            "vigil pki init",
+        ),
+        (&["pki", "renew", "--dir", d, "--id", "p-1"], "is revoked"),
+    ];
+    for (args, message) in cases {
+        let out = vigil(args);
+        assert_eq!(out.status.code(), Some(64), "{args:?}: {out:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(message), "{args:?}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    }
+
+    // The foreign certificate is not listed, and said to be skipped.
+    let (code, rows) = list_json(d, &[]);
+    assert_eq!((code, rows.len()), (Some(0), 1));
+    assert_eq!(rows[0]["identity"], "p-1");
+    assert_eq!(rows[0]["status"], "revoked");
+    let out = vigil(&["pki", "list", "--dir", d]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("p-9.pem") && stderr.contains("not issued by this CA"),
+        "{stderr}"
+    );
+}

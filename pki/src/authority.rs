@@ -11,6 +11,8 @@
 //! Keys are ECDSA P-256. The CRL is the only record of revocations: `revoke`
 //! reads it, adds the certificate's serial and signs a new one with the next
 //! CRL number, so there is no second list that could disagree with it.
+//! Likewise the folder is the only record of what was issued: `list` reads
+//! every `*.pem` the CA signed, and `renew` replaces one in place.
 
 use std::{
     fs,
@@ -28,7 +30,7 @@ use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, pem::PemObj
 use time::{Duration, OffsetDateTime};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use crate::identity::{Identity, Role};
+use crate::identity::{Identity, Peer, Role};
 
 /// Validity of the CA certificate.
 pub const CA_VALIDITY_DAYS: u32 = 3650;
@@ -61,6 +63,16 @@ pub enum AuthorityError {
     BadSan(String),
     #[error("validity must be between 1 and {max} days, got {0}", max = CA_VALIDITY_DAYS)]
     BadValidity(u32),
+    #[error("{0}: was not issued by this CA")]
+    ForeignCert(PathBuf),
+    #[error(
+        "{0} is revoked; renewing it would bring it back (run `vigil pki issue --force` if that is meant)"
+    )]
+    RevokedCert(PathBuf),
+    #[error("{0} does not exist; pass --new-key to make a new key")]
+    NoKey(PathBuf),
+    #[error("{0} is not the key of the certificate beside it; pass --new-key to make a new key")]
+    KeyMismatch(PathBuf),
     #[error("{path}: {reason}")]
     BadFile { path: PathBuf, reason: String },
     #[error("certificate generation failed: {0}")]
@@ -179,6 +191,27 @@ pub fn issue(
     }
 
     let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+    let (params, serial_hex) = leaf_params(role, id, subject_alt_names, validity_days);
+    let cert = params.signed_by(&key, &issuer)?;
+
+    write_replace(&key_path, key.serialize_pem().as_bytes(), 0o600)?;
+    write_replace(&cert_path, cert.pem().as_bytes(), 0o644)?;
+    Ok(Issued {
+        cert: cert_path,
+        key: key_path,
+        serial: serial_hex,
+    })
+}
+
+/// The parameters of an end-entity certificate for `id` in `role`, with a
+/// fresh serial (returned as lowercase hex). `issue` and `renew` share it,
+/// so a renewed certificate has exactly the extensions a new one would.
+fn leaf_params(
+    role: Role,
+    id: &Identity,
+    subject_alt_names: Vec<SanType>,
+    validity_days: u32,
+) -> (CertificateParams, String) {
     let mut params = CertificateParams::default();
     params.distinguished_name = DistinguishedName::new();
     params
@@ -209,15 +242,7 @@ pub fn issue(
     let serial_hex = hex(&serial.to_bytes());
     params.serial_number = Some(serial);
     set_validity(&mut params, validity_days);
-    let cert = params.signed_by(&key, &issuer)?;
-
-    write_replace(&key_path, key.serialize_pem().as_bytes(), 0o600)?;
-    write_replace(&cert_path, cert.pem().as_bytes(), 0o644)?;
-    Ok(Issued {
-        cert: cert_path,
-        key: key_path,
-        serial: serial_hex,
-    })
+    (params, serial_hex)
 }
 
 /// Revokes the certificate `dir/ID.pem`: adds its serial to `dir/crl.pem`
@@ -236,11 +261,8 @@ pub fn revoke(dir: &Path, id: &Identity) -> Result<Revoked, AuthorityError> {
     let ca_der = read_cert(&files.cert)?;
     let (_, cert) = X509Certificate::from_der(cert_der.as_ref()).map_err(|e| bad(&cert_path, e))?;
     let (_, ca) = X509Certificate::from_der(ca_der.as_ref()).map_err(|e| bad(&files.cert, e))?;
-    if cert.issuer() != ca.subject() {
-        return Err(AuthorityError::BadFile {
-            path: cert_path,
-            reason: "was not issued by this CA".into(),
-        });
+    if !issued_by(&cert, &ca) {
+        return Err(AuthorityError::ForeignCert(cert_path));
     }
     let serial = cert.raw_serial().to_vec();
 
@@ -267,6 +289,271 @@ pub fn revoke(dir: &Path, id: &Identity) -> Result<Revoked, AuthorityError> {
         revoked_count: revoked.len(),
         crl: files.crl,
     })
+}
+
+/// One certificate of the CA's folder, as `list` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertEntry {
+    /// The file it was read from (`DIR/ID.pem`).
+    pub file: PathBuf,
+    /// Subject CN.
+    pub identity: Identity,
+    /// Subject OU.
+    pub role: Role,
+    /// Serial number, as lowercase hex.
+    pub serial: String,
+    pub not_after: OffsetDateTime,
+    /// Whether `crl.pem` lists its serial.
+    pub revoked: bool,
+}
+
+impl CertEntry {
+    /// Whole days from `now` to `not_after`, rounded down: 0 on its last
+    /// day, negative once it has expired.
+    pub fn days_left(&self, now: OffsetDateTime) -> i64 {
+        let left = self.not_after - now;
+        let days = left.whole_days();
+        if left.is_negative() && left != Duration::days(days) {
+            days - 1
+        } else {
+            days
+        }
+    }
+
+    /// Whether it still needs attention within `days` of `now`: not
+    /// revoked, and expired or expiring by then.
+    pub fn due_within(&self, now: OffsetDateTime, days: u32) -> bool {
+        !self.revoked && self.not_after <= now + Duration::days(i64::from(days))
+    }
+}
+
+/// What `list` found in a CA folder.
+#[derive(Debug, Clone, Default)]
+pub struct Inventory {
+    /// Certificates issued by this CA, soonest expiry first.
+    pub certs: Vec<CertEntry>,
+    /// `*.pem` files that are not certificates of this CA, with the reason.
+    pub skipped: Vec<(PathBuf, String)>,
+}
+
+/// Lists every certificate in `dir` that the CA in `dir` signed (the
+/// `*.pem` files beside `ca.pem`, other than `ca.pem` and `crl.pem`), with
+/// its revocation status from `crl.pem`, soonest expiry first.
+///
+/// Needs `ca.pem` only, not `ca.key`: an inventory can run wherever a copy
+/// of the folder's public files is. A file whose signature does not verify
+/// against `ca.pem` (another region's certificate, a stray PEM) is skipped
+/// and reported in [`Inventory::skipped`], never listed.
+pub fn list(dir: &Path) -> Result<Inventory, AuthorityError> {
+    let files = CaFiles::in_dir(dir);
+    if !files.cert.exists() {
+        return Err(AuthorityError::NoCa(dir.to_owned()));
+    }
+    let ca_der = read_cert(&files.cert)?;
+    let (_, ca) = X509Certificate::from_der(ca_der.as_ref()).map_err(|e| bad(&files.cert, e))?;
+    let revoked: Vec<Vec<u8>> = if files.crl.exists() {
+        read_crl(&files.crl)?
+            .0
+            .iter()
+            .map(|r| r.serial_number.to_bytes())
+            .collect()
+    } else {
+        Vec::new()
+    };
+
+    let io = |source| AuthorityError::Io {
+        path: dir.to_owned(),
+        source,
+    };
+    let mut paths = Vec::new();
+    for entry in fs::read_dir(dir).map_err(io)? {
+        let path = entry.map_err(io)?.path();
+        if path.extension().is_some_and(|e| e == "pem")
+            && path != files.cert
+            && path != files.crl
+            && path.is_file()
+        {
+            paths.push(path);
+        }
+    }
+    paths.sort();
+
+    let mut inventory = Inventory::default();
+    for path in paths {
+        match entry_of(&path, &ca, &revoked) {
+            Ok(entry) => inventory.certs.push(entry),
+            Err(reason) => inventory.skipped.push((path, reason)),
+        }
+    }
+    inventory
+        .certs
+        .sort_by(|a, b| (a.not_after, &a.identity).cmp(&(b.not_after, &b.identity)));
+    Ok(inventory)
+}
+
+/// Reads one listed file; the error is why it is not a certificate of `ca`.
+fn entry_of(
+    path: &Path,
+    ca: &X509Certificate<'_>,
+    revoked: &[Vec<u8>],
+) -> Result<CertEntry, String> {
+    let der = CertificateDer::from_pem_file(path).map_err(|e| e.to_string())?;
+    let (_, cert) = X509Certificate::from_der(der.as_ref()).map_err(|e| e.to_string())?;
+    if !issued_by(&cert, ca) {
+        return Err("not issued by this CA".into());
+    }
+    let peer = Peer::from_cert(&der).map_err(|e| e.to_string())?;
+    let not_after = OffsetDateTime::from_unix_timestamp(cert.validity().not_after.timestamp())
+        .map_err(|e| e.to_string())?;
+    Ok(CertEntry {
+        file: path.to_owned(),
+        identity: peer.identity,
+        role: peer.role,
+        serial: hex(cert.raw_serial()),
+        not_after,
+        revoked: revoked.iter().any(|s| s == cert.raw_serial()),
+    })
+}
+
+/// Whether `ca` signed `cert`. The names alone would not do: every CA made
+/// with the default `--name` has the same subject, so a certificate of
+/// another region would pass for ours.
+fn issued_by(cert: &X509Certificate<'_>, ca: &X509Certificate<'_>) -> bool {
+    cert.issuer() == ca.subject() && cert.verify_signature(Some(ca.public_key())).is_ok()
+}
+
+/// Result of a renewal.
+#[derive(Debug, Clone)]
+pub struct Renewed {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub role: Role,
+    /// Serial of the certificate replaced, as lowercase hex.
+    pub old_serial: String,
+    /// Serial of the new certificate, as lowercase hex.
+    pub serial: String,
+    pub not_after: OffsetDateTime,
+    /// Whether a new key was written; otherwise `ID.key` is untouched.
+    pub new_key: bool,
+}
+
+/// Renews `dir/ID.pem`: a new certificate, signed by the CA in `dir`, with
+/// the same identity, role and SANs, a new serial and `validity_days` from
+/// now; written over `ID.pem` atomically (a temporary file in `dir`, then a
+/// rename), so a daemon following the file reads the old or the new one,
+/// never a torn one.
+///
+/// The key in `ID.key` is kept (and must match the certificate), so a
+/// daemon that follows its files switches with nothing else to copy. With
+/// `new_key` a fresh key replaces it, written first: a daemon following
+/// both files keeps its last good pair until the certificate lands.
+///
+/// The old certificate is not revoked: it stays valid until its own
+/// not-after. A certificate already revoked is refused: renewing it would
+/// undo the revocation; `issue --force` is the deliberate way back.
+pub fn renew(
+    dir: &Path,
+    id: &Identity,
+    validity_days: u32,
+    new_key: bool,
+) -> Result<Renewed, AuthorityError> {
+    if validity_days == 0 || validity_days > CA_VALIDITY_DAYS {
+        return Err(AuthorityError::BadValidity(validity_days));
+    }
+    let issuer = load_issuer(dir)?;
+    let files = CaFiles::in_dir(dir);
+    let cert_path = dir.join(format!("{id}.pem"));
+    let key_path = dir.join(format!("{id}.key"));
+    if !cert_path.exists() {
+        return Err(AuthorityError::NoSuchCert {
+            id: id.clone(),
+            dir: dir.to_owned(),
+        });
+    }
+    let cert_der = read_cert(&cert_path)?;
+    let ca_der = read_cert(&files.cert)?;
+    let (_, old) = X509Certificate::from_der(cert_der.as_ref()).map_err(|e| bad(&cert_path, e))?;
+    let (_, ca) = X509Certificate::from_der(ca_der.as_ref()).map_err(|e| bad(&files.cert, e))?;
+    if !issued_by(&old, &ca) {
+        return Err(AuthorityError::ForeignCert(cert_path));
+    }
+    let peer = Peer::from_cert(&cert_der).map_err(|e| bad(&cert_path, e))?;
+    if peer.identity != *id {
+        return Err(bad(
+            &cert_path,
+            format!("its identity is {}, not {id}", peer.identity),
+        ));
+    }
+    // A revoked certificate stays revoked: a renewal under a new serial
+    // would quietly undo `revoke` (with the same, perhaps stolen, key).
+    if files.crl.exists() {
+        let (revoked, _) = read_crl(&files.crl)?;
+        if revoked
+            .iter()
+            .any(|r| r.serial_number.to_bytes() == old.raw_serial())
+        {
+            return Err(AuthorityError::RevokedCert(cert_path));
+        }
+    }
+    let sans = sans_of(&old).map_err(|e| bad(&cert_path, e))?;
+
+    let key = if new_key {
+        KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?
+    } else {
+        if !key_path.exists() {
+            return Err(AuthorityError::NoKey(key_path));
+        }
+        let key = KeyPair::from_pem(&read_to_string(&key_path)?).map_err(|e| bad(&key_path, e))?;
+        if key.public_key_raw() != old.public_key().subject_public_key.data.as_ref() {
+            return Err(AuthorityError::KeyMismatch(key_path));
+        }
+        key
+    };
+    let (params, serial) = leaf_params(peer.role, id, sans, validity_days);
+    let not_after = params.not_after;
+    let cert = params.signed_by(&key, &issuer)?;
+
+    if new_key {
+        write_replace(&key_path, key.serialize_pem().as_bytes(), 0o600)?;
+    }
+    write_replace(&cert_path, cert.pem().as_bytes(), 0o644)?;
+    Ok(Renewed {
+        cert: cert_path,
+        key: key_path,
+        role: peer.role,
+        old_serial: hex(old.raw_serial()),
+        serial,
+        not_after,
+        new_key,
+    })
+}
+
+/// The DNS and IP subject alternative names of `cert`, the only kinds
+/// `issue` writes.
+fn sans_of(cert: &X509Certificate<'_>) -> Result<Vec<SanType>, String> {
+    use x509_parser::extensions::GeneralName;
+    let Some(ext) = cert.subject_alternative_name().map_err(|e| e.to_string())? else {
+        return Ok(Vec::new());
+    };
+    ext.value
+        .general_names
+        .iter()
+        .map(|name| match name {
+            GeneralName::DNSName(dns) => parse_san(dns).map_err(|e| e.to_string()),
+            GeneralName::IPAddress(bytes) => match bytes.len() {
+                4 => Ok(SanType::IpAddress(IpAddr::from(
+                    <[u8; 4]>::try_from(*bytes).expect("length checked"),
+                ))),
+                16 => Ok(SanType::IpAddress(IpAddr::from(
+                    <[u8; 16]>::try_from(*bytes).expect("length checked"),
+                ))),
+                n => Err(format!("subject alternative name: IP address of {n} bytes")),
+            },
+            other => Err(format!(
+                "subject alternative name {other:?}: only DNS names and IP addresses are renewed"
+            )),
+        })
+        .collect()
 }
 
 fn load_issuer(dir: &Path) -> Result<Issuer<'static, KeyPair>, AuthorityError> {
@@ -445,5 +732,206 @@ mod tests {
             assert_eq!(s.len(), 16);
             assert!(s[0] & 0x80 == 0 && s[0] != 0);
         }
+    }
+
+    fn id(s: &str) -> Identity {
+        Identity::new(s).unwrap()
+    }
+
+    fn ca() -> tempfile::TempDir {
+        let tmp = tempfile::tempdir().unwrap();
+        init(tmp.path(), "Vigil region CA").unwrap();
+        tmp
+    }
+
+    #[test]
+    fn list_sorts_by_expiry_and_marks_revocations() {
+        let tmp = ca();
+        let dir = tmp.path();
+        let broker = issue(
+            dir,
+            Role::Broker,
+            &id("broker"),
+            &["localhost".into()],
+            90,
+            false,
+        )
+        .unwrap();
+        let post = issue(dir, Role::Post, &id("p-017"), &[], 10, false).unwrap();
+        let alice = issue(dir, Role::Analyst, &id("alice"), &[], 400, false).unwrap();
+        issue(dir, Role::Post, &id("p-018"), &[], 5, false).unwrap();
+        revoke(dir, &id("p-018")).unwrap();
+
+        let inventory = list(dir).unwrap();
+        assert!(inventory.skipped.is_empty(), "{:?}", inventory.skipped);
+        let got: Vec<_> = inventory
+            .certs
+            .iter()
+            .map(|c| (c.identity.as_str(), c.role, c.revoked))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("p-018", Role::Post, true),
+                ("p-017", Role::Post, false),
+                ("broker", Role::Broker, false),
+                ("alice", Role::Analyst, false),
+            ]
+        );
+        let serials: Vec<_> = inventory.certs.iter().map(|c| c.serial.as_str()).collect();
+        assert_eq!(serials[1..], [&post.serial, &broker.serial, &alice.serial]);
+        assert_eq!(inventory.certs[3].file, alice.cert);
+
+        // Days left and "due" against a fixed instant, not the clock.
+        let p017 = &inventory.certs[1];
+        let now = p017.not_after - Duration::days(10);
+        assert_eq!(p017.days_left(now), 10);
+        assert_eq!(p017.days_left(now + Duration::seconds(1)), 9);
+        assert_eq!(p017.days_left(p017.not_after), 0);
+        assert_eq!(p017.days_left(p017.not_after + Duration::seconds(1)), -1);
+        assert!(p017.due_within(now, 10));
+        assert!(!p017.due_within(now, 9));
+        assert!(p017.due_within(p017.not_after + Duration::days(3), 0));
+        // A revoked certificate is never due.
+        let p018 = &inventory.certs[0];
+        assert!(!p018.due_within(p018.not_after, 30));
+    }
+
+    #[test]
+    fn list_skips_what_this_ca_did_not_sign() {
+        let tmp = ca();
+        let other = ca(); // same CA name, another key
+        issue(tmp.path(), Role::Post, &id("p-1"), &[], 30, false).unwrap();
+        issue(other.path(), Role::Post, &id("p-2"), &[], 30, false).unwrap();
+        fs::copy(other.path().join("p-2.pem"), tmp.path().join("p-2.pem")).unwrap();
+        fs::write(tmp.path().join("notes.pem"), "not a certificate\n").unwrap();
+
+        let inventory = list(tmp.path()).unwrap();
+        assert_eq!(inventory.certs.len(), 1);
+        assert_eq!(inventory.certs[0].identity, id("p-1"));
+        let mut skipped: Vec<_> = inventory
+            .skipped
+            .iter()
+            .map(|(p, _)| p.file_name().unwrap().to_str().unwrap())
+            .collect();
+        skipped.sort_unstable();
+        assert_eq!(skipped, ["notes.pem", "p-2.pem"]);
+
+        let empty = tempfile::tempdir().unwrap();
+        assert!(matches!(list(empty.path()), Err(AuthorityError::NoCa(_))));
+    }
+
+    fn parsed(path: &Path) -> (Peer, String, i64, Vec<String>, Vec<u8>) {
+        let der = read_cert(path).unwrap();
+        let (_, cert) = X509Certificate::from_der(der.as_ref()).unwrap();
+        let sans = cert
+            .subject_alternative_name()
+            .unwrap()
+            .map(|e| {
+                e.value
+                    .general_names
+                    .iter()
+                    .map(|n| format!("{n:?}"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        (
+            Peer::from_cert(&der).unwrap(),
+            hex(cert.raw_serial()),
+            cert.validity().not_after.timestamp(),
+            sans,
+            cert.public_key().subject_public_key.data.to_vec(),
+        )
+    }
+
+    #[test]
+    fn renew_keeps_identity_role_sans_and_key() {
+        let tmp = ca();
+        let dir = tmp.path();
+        let sans = [
+            "ops.region.example".to_owned(),
+            "10.0.0.5".into(),
+            "::1".into(),
+        ];
+        let issued = issue(dir, Role::Ops, &id("ops-1"), &sans, 30, false).unwrap();
+        let key_before = fs::read(&issued.key).unwrap();
+        let (peer, serial, not_after, old_sans, public) = parsed(&issued.cert);
+        assert_eq!(old_sans.len(), 3);
+
+        let renewed = renew(dir, &id("ops-1"), 400, false).unwrap();
+        assert!(!renewed.new_key);
+        assert_eq!(renewed.old_serial, serial);
+        assert_eq!(renewed.cert, issued.cert);
+        let (peer2, serial2, not_after2, sans2, public2) = parsed(&renewed.cert);
+        assert_eq!(peer2, peer);
+        assert_eq!(sans2, old_sans);
+        assert_eq!(public2, public);
+        assert_eq!(serial2, renewed.serial);
+        assert_ne!(serial2, serial);
+        assert!(not_after2 > not_after);
+        assert_eq!(not_after2, renewed.not_after.unix_timestamp());
+        assert_eq!(fs::read(&issued.key).unwrap(), key_before);
+        // No temporary file left behind.
+        assert!(!dir.join("ops-1.tmp").exists());
+
+        // The renewed certificate is the one `list` sees.
+        let inventory = list(dir).unwrap();
+        assert_eq!(inventory.certs.len(), 1);
+        assert_eq!(inventory.certs[0].serial, renewed.serial);
+
+        let renewed = renew(dir, &id("ops-1"), 30, true).unwrap();
+        assert!(renewed.new_key);
+        let (peer3, _, _, sans3, public3) = parsed(&renewed.cert);
+        assert_eq!((peer3, sans3), (peer, old_sans));
+        assert_ne!(public3, public);
+        assert_ne!(fs::read(&issued.key).unwrap(), key_before);
+        let key = KeyPair::from_pem(&fs::read_to_string(&issued.key).unwrap()).unwrap();
+        assert_eq!(key.public_key_raw(), public3.as_slice());
+    }
+
+    #[test]
+    fn renew_refuses_what_it_cannot_renew() {
+        let tmp = ca();
+        let dir = tmp.path();
+        assert!(matches!(
+            renew(dir, &id("nobody"), 30, false),
+            Err(AuthorityError::NoSuchCert { .. })
+        ));
+
+        let other = ca();
+        issue(other.path(), Role::Post, &id("p-2"), &[], 30, false).unwrap();
+        fs::copy(other.path().join("p-2.pem"), dir.join("p-2.pem")).unwrap();
+        fs::copy(other.path().join("p-2.key"), dir.join("p-2.key")).unwrap();
+        let before = fs::read(dir.join("p-2.pem")).unwrap();
+        assert!(matches!(
+            renew(dir, &id("p-2"), 30, true),
+            Err(AuthorityError::ForeignCert(_))
+        ));
+        assert_eq!(fs::read(dir.join("p-2.pem")).unwrap(), before);
+
+        issue(dir, Role::Post, &id("p-3"), &[], 30, false).unwrap();
+        issue(dir, Role::Post, &id("p-4"), &[], 30, false).unwrap();
+        fs::copy(dir.join("p-4.key"), dir.join("p-3.key")).unwrap();
+        assert!(matches!(
+            renew(dir, &id("p-3"), 30, false),
+            Err(AuthorityError::KeyMismatch(_))
+        ));
+        fs::remove_file(dir.join("p-3.key")).unwrap();
+        assert!(matches!(
+            renew(dir, &id("p-3"), 30, false),
+            Err(AuthorityError::NoKey(_))
+        ));
+        renew(dir, &id("p-3"), 30, true).unwrap();
+        revoke(dir, &id("p-3")).unwrap();
+        let before = fs::read(dir.join("p-3.pem")).unwrap();
+        assert!(matches!(
+            renew(dir, &id("p-3"), 30, true),
+            Err(AuthorityError::RevokedCert(_))
+        ));
+        assert_eq!(fs::read(dir.join("p-3.pem")).unwrap(), before);
+        assert!(matches!(
+            renew(dir, &id("p-3"), 0, false),
+            Err(AuthorityError::BadValidity(0))
+        ));
     }
 }

@@ -8,7 +8,8 @@
 //!
 //! Layout:
 //! - [`identity`]: identities, roles, and reading them from a peer certificate.
-//! - [`authority`]: the CA on disk: `init`, `issue`, `revoke` (rcgen, ECDSA P-256).
+//! - [`authority`]: the CA on disk: `init`, `issue`, `revoke`, `list`, `renew`
+//!   (rcgen, ECDSA P-256).
 //! - [`accept`]: re-exported from `vigil-net`, where the accept loop now
 //!   lives; kept so older callers (the broker front) still compile.
 //! - [`reload`]: our own certificate and key, following their files.
