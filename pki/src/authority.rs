@@ -250,20 +250,8 @@ fn leaf_params(
 pub fn revoke(dir: &Path, id: &Identity) -> Result<Revoked, AuthorityError> {
     let issuer = load_issuer(dir)?;
     let files = CaFiles::in_dir(dir);
-    let cert_path = dir.join(format!("{id}.pem"));
-    if !cert_path.exists() {
-        return Err(AuthorityError::NoSuchCert {
-            id: id.clone(),
-            dir: dir.to_owned(),
-        });
-    }
-    let cert_der = read_cert(&cert_path)?;
-    let ca_der = read_cert(&files.cert)?;
+    let (cert_path, cert_der) = read_issued(dir, id)?;
     let (_, cert) = X509Certificate::from_der(cert_der.as_ref()).map_err(|e| bad(&cert_path, e))?;
-    let (_, ca) = X509Certificate::from_der(ca_der.as_ref()).map_err(|e| bad(&files.cert, e))?;
-    if !issued_by(&cert, &ca) {
-        return Err(AuthorityError::ForeignCert(cert_path));
-    }
     let serial = cert.raw_serial().to_vec();
 
     let (mut revoked, number) = if files.crl.exists() {
@@ -418,6 +406,30 @@ fn entry_of(
 /// Whether `ca` signed `cert`. The names alone would not do: every CA made
 /// with the default `--name` has the same subject, so a certificate of
 /// another region would pass for ours.
+/// `dir/ID.pem`, its path and DER, once it is known to exist and to be
+/// signed by this folder's CA (`revoke` and `renew` act on nothing else).
+fn read_issued(
+    dir: &Path,
+    id: &Identity,
+) -> Result<(PathBuf, CertificateDer<'static>), AuthorityError> {
+    let files = CaFiles::in_dir(dir);
+    let cert_path = dir.join(format!("{id}.pem"));
+    if !cert_path.exists() {
+        return Err(AuthorityError::NoSuchCert {
+            id: id.clone(),
+            dir: dir.to_owned(),
+        });
+    }
+    let cert_der = read_cert(&cert_path)?;
+    let ca_der = read_cert(&files.cert)?;
+    let (_, cert) = X509Certificate::from_der(cert_der.as_ref()).map_err(|e| bad(&cert_path, e))?;
+    let (_, ca) = X509Certificate::from_der(ca_der.as_ref()).map_err(|e| bad(&files.cert, e))?;
+    if !issued_by(&cert, &ca) {
+        return Err(AuthorityError::ForeignCert(cert_path));
+    }
+    Ok((cert_path, cert_der))
+}
+
 fn issued_by(cert: &X509Certificate<'_>, ca: &X509Certificate<'_>) -> bool {
     cert.issuer() == ca.subject() && cert.verify_signature(Some(ca.public_key())).is_ok()
 }
@@ -462,21 +474,9 @@ pub fn renew(
     }
     let issuer = load_issuer(dir)?;
     let files = CaFiles::in_dir(dir);
-    let cert_path = dir.join(format!("{id}.pem"));
     let key_path = dir.join(format!("{id}.key"));
-    if !cert_path.exists() {
-        return Err(AuthorityError::NoSuchCert {
-            id: id.clone(),
-            dir: dir.to_owned(),
-        });
-    }
-    let cert_der = read_cert(&cert_path)?;
-    let ca_der = read_cert(&files.cert)?;
+    let (cert_path, cert_der) = read_issued(dir, id)?;
     let (_, old) = X509Certificate::from_der(cert_der.as_ref()).map_err(|e| bad(&cert_path, e))?;
-    let (_, ca) = X509Certificate::from_der(ca_der.as_ref()).map_err(|e| bad(&files.cert, e))?;
-    if !issued_by(&old, &ca) {
-        return Err(AuthorityError::ForeignCert(cert_path));
-    }
     let peer = Peer::from_cert(&cert_der).map_err(|e| bad(&cert_path, e))?;
     if peer.identity != *id {
         return Err(bad(
