@@ -145,14 +145,14 @@ struct Ingress {
     bell: std::sync::Mutex<Bell>,
     /// Kept so that the router's sends to it do not fail; nothing arrives
     /// but its CONNACK, since it never subscribes or publishes at QoS > 0.
-    _rx: LinkRx,
+    rx: LinkRx,
 }
 
 impl std::fmt::Debug for Link {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let id = match &self.way {
             Way::Own { rx, .. } => rx.id(),
-            Way::Shared(ingress) => ingress._rx.id(),
+            Way::Shared(ingress) => ingress.rx.id(),
         };
         f.debug_struct("Link")
             .field("id", &id)
@@ -303,7 +303,7 @@ impl Router {
                     Ok(Arc::new(Ingress {
                         tx,
                         bell: std::sync::Mutex::new(bell),
-                        _rx: rx,
+                        rx,
                     }))
                 })
                 .collect::<Result<Vec<_>, RouterError>>()
@@ -319,10 +319,7 @@ impl Router {
     /// The way into the router for a post: one of the shared ingress links,
     /// always the same for one identity.
     pub(crate) fn ingress(&self, identity: &str) -> Link {
-        // FNV-1a: any stable spread will do.
-        let hash = identity.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-        });
+        let hash = fnv1a(identity.as_bytes());
         let ingress = self.ingress[(hash % self.ingress.len() as u64) as usize].clone();
         Link {
             way: Way::Shared(ingress),
@@ -351,4 +348,13 @@ impl Router {
         });
         rx.await.map_err(|_| RouterError::Gone)?
     }
+}
+
+/// FNV-1a, 64 bits: a hash that is the same in every process and build
+/// (std's is seeded per process), for choices that must agree across
+/// restarts and broker processes.
+pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }

@@ -1115,10 +1115,7 @@ pub(crate) fn router_filter(filter: &str) -> String {
     else {
         return filter.to_owned();
     };
-    // FNV-1a: stable across processes and builds, unlike std's hasher.
-    let hash = path.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    });
+    let hash = crate::router::fnv1a(path.as_bytes());
     format!("$share/{group}.{hash:016x}/{path}")
 }
 
