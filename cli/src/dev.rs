@@ -260,7 +260,7 @@ async fn run_region(args: &DevArgs, dir: &Path, posts: &[String], fresh: bool) -
         async move {
             if let Err(e) = vigil_ops::run_with_api(
                 ops_config,
-                Box::new(store),
+                store,
                 engine,
                 &ops_tls,
                 ops_metrics,

@@ -69,7 +69,7 @@ pub(crate) fn run(args: &OpsArgs) -> Result<()> {
             shutdown.clone(),
         )
         .await?;
-        vigil_ops::run(cfg, Box::new(store), engine, &material, metrics, shutdown)
+        vigil_ops::run(cfg, store, engine, &material, metrics, shutdown)
             .await
             .map_err(anyhow::Error::from)
     })?;

@@ -114,7 +114,7 @@ async fn main() {
                 let now = SystemTime::now();
                 let first = next_seq[p];
                 let events = (first..first + batch)
-                    .map(|s| event(&posts[p], s, now))
+                    .map(|s| event(&posts[p], s, now).into())
                     .collect();
                 next_seq[p] += batch;
                 // Bench bookkeeping only: bounded by `batches`.

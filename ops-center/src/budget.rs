@@ -20,9 +20,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use prost::Message;
 use serde::{Deserialize, Serialize};
-use vigil_proto::v1::Event;
 
 /// The `[budget]` table of the ops config: what one post may make the
 /// operations center store.
@@ -112,9 +110,14 @@ impl Budgets {
         }
     }
 
-    /// Takes what fits of `events` (one post's batch, in seq order) from the
-    /// post's budget at `now`.
-    pub fn admit(&mut self, post: &str, events: &[Event], now: Instant) -> Admitted {
+    /// Takes what fits of a batch of one post's events (their encoded sizes,
+    /// in seq order) from the post's budget at `now`.
+    pub fn admit(
+        &mut self,
+        post: &str,
+        sizes: impl ExactSizeIterator<Item = usize>,
+        now: Instant,
+    ) -> Admitted {
         self.sweep(now);
         let cfg = &self.cfg;
         let (ev, by) = self.posts.entry(post.to_owned()).or_insert_with(|| {
@@ -126,9 +129,10 @@ impl Budgets {
         });
         ev.refill(now, cfg.events_per_sec, cfg.burst_events);
         by.refill(now, cfg.bytes_per_sec, cfg.burst_bytes);
+        let total = sizes.len();
         let mut fit = 0;
-        for event in events {
-            let bytes = event.encoded_len() as f64;
+        for size in sizes {
+            let bytes = size as f64;
             if ev.tokens < 1.0 || by.tokens < bytes {
                 break;
             }
@@ -138,7 +142,7 @@ impl Budgets {
         }
         Admitted {
             events: fit,
-            deferred: events.len() - fit,
+            deferred: total - fit,
         }
     }
 
@@ -164,16 +168,23 @@ impl Budgets {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use prost::Message;
+    use vigil_proto::v1::Event;
 
-    fn events(n: usize, text: &str) -> Vec<Event> {
+    /// Encoded sizes of `n` events carrying `text`.
+    fn events(n: usize, text: &str) -> std::vec::IntoIter<usize> {
         (1..=n as u64)
-            .map(|seq| Event {
-                post_id: "p-1".into(),
-                seq,
-                description: text.into(),
-                ..Default::default()
+            .map(|seq| {
+                Event {
+                    post_id: "p-1".into(),
+                    seq,
+                    description: text.into(),
+                    ..Default::default()
+                }
+                .encoded_len()
             })
-            .collect()
+            .collect::<Vec<_>>()
+            .into_iter()
     }
 
     fn cfg() -> BudgetConfig {
@@ -189,7 +200,7 @@ mod tests {
     fn a_post_gets_its_burst_then_its_rate_and_others_are_untouched() {
         let mut b = Budgets::new(cfg());
         let t0 = Instant::now();
-        let a = b.admit("p-1", &events(150, "x"), t0);
+        let a = b.admit("p-1", events(150, "x"), t0);
         assert_eq!(
             a,
             Admitted {
@@ -197,11 +208,11 @@ mod tests {
                 deferred: 50
             }
         );
-        assert_eq!(b.admit("p-1", &events(5, "x"), t0).events, 0);
+        assert_eq!(b.admit("p-1", events(5, "x"), t0).events, 0);
         // Another post has its own budget.
-        assert_eq!(b.admit("p-2", &events(100, "x"), t0).deferred, 0);
+        assert_eq!(b.admit("p-2", events(100, "x"), t0).deferred, 0);
         // Two seconds later: 20 more.
-        let a = b.admit("p-1", &events(50, "x"), t0 + Duration::from_secs(2));
+        let a = b.admit("p-1", events(50, "x"), t0 + Duration::from_secs(2));
         assert_eq!(
             a,
             Admitted {
@@ -211,7 +222,7 @@ mod tests {
         );
         // Never more than the burst, however long the quiet.
         let later = t0 + Duration::from_secs(3600);
-        assert_eq!(b.admit("p-1", &events(500, "x"), later).events, 100);
+        assert_eq!(b.admit("p-1", events(500, "x"), later).events, 100);
     }
 
     #[test]
@@ -222,7 +233,7 @@ mod tests {
             ..cfg()
         });
         let big = events(10, &"y".repeat(1000));
-        let a = b.admit("p-1", &big, Instant::now());
+        let a = b.admit("p-1", big, Instant::now());
         assert_eq!(a.events, 4, "about 1 kB each, 4 kB of burst");
         assert_eq!(a.deferred, 6);
     }
@@ -232,13 +243,13 @@ mod tests {
         let mut b = Budgets::new(cfg());
         let t0 = Instant::now();
         for n in 0..50 {
-            b.admit(&format!("p-{n}"), &events(1, "x"), t0);
+            b.admit(&format!("p-{n}"), events(1, "x"), t0);
         }
         assert_eq!(b.tracked(), 50);
         // After the sweep interval every bucket is full again (1 event at 10/s).
         b.admit(
             "p-0",
-            &events(1, "x"),
+            events(1, "x"),
             t0 + SWEEP_EVERY + Duration::from_secs(1),
         );
         assert_eq!(b.tracked(), 1);

@@ -33,6 +33,9 @@ pub struct OpsConfig {
     pub tls: TlsConfig,
     #[serde(default)]
     pub engine: EngineConfig,
+    /// `[store]`: which database; SQLite in `data_dir` when absent.
+    #[serde(default)]
+    pub store: StoreConfig,
     /// `[budget]`: what one post may make the operations center store.
     #[serde(default)]
     pub budget: BudgetConfig,
@@ -58,6 +61,34 @@ pub struct MqttConfig {
     /// Larger event batches are dropped and counted (`oversize`).
     #[serde(default = "default_max_batch_bytes")]
     pub max_batch_bytes: usize,
+}
+
+/// The `[store]` table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `postgresql://USER@/DB?host=SOCKET_DIR&port=PORT` (or
+    /// `postgresql://USER:PASSWORD@HOST:PORT/DB`); absent: SQLite,
+    /// `ops.db` in `data_dir`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// Reader connections for the API (queries, the feed's catch-up,
+    /// replays); at most this many reads run at once.
+    #[serde(default = "default_readers")]
+    pub readers: usize,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            readers: default_readers(),
+        }
+    }
+}
+
+fn default_readers() -> usize {
+    crate::store::DEFAULT_READERS
 }
 
 /// The `[api]` table: where the gRPC API listens, and its listener's caps.
@@ -208,6 +239,25 @@ impl OpsConfig {
                 "must be at least 1".into(),
             ));
         }
+        if self.mqtt.share_group.is_some() && self.store.url.is_none() {
+            // Replicas sharing the posts' messages must share one store:
+            // each would otherwise receipt events only it holds.
+            return Err((
+                "mqtt.share_group".into(),
+                "needs a shared store ([store] url): with SQLite each replica would receipt events the others never see".into(),
+            ));
+        }
+        if !(1..=64).contains(&self.store.readers) {
+            return Err(("store.readers".into(), "must be between 1 and 64".into()));
+        }
+        if let Some(url) = &self.store.url
+            && !(url.starts_with("postgresql://") || url.starts_with("postgres://"))
+        {
+            return Err((
+                "store.url".into(),
+                "must be a postgresql:// URL (leave it out for SQLite in data_dir)".into(),
+            ));
+        }
         self.budget.validate()?;
         // A batch of the largest accepted size must fit a full budget, or it
         // would be deferred for ever.
@@ -299,6 +349,18 @@ mod tests {
             (
                 "[mqtt]\nserver = \"h:1\"\n[api]\nlisten = \"127.0.0.1:1\"\npreauth_timeout_secs = 0\n",
                 "api.preauth_timeout_secs",
+            ),
+            (
+                "[mqtt]\nserver = \"h:1\"\nshare_group = \"ops\"\n",
+                "mqtt.share_group",
+            ),
+            (
+                "[mqtt]\nserver = \"h:1\"\n[store]\nreaders = 0\n",
+                "store.readers",
+            ),
+            (
+                "[mqtt]\nserver = \"h:1\"\n[store]\nurl = \"mysql://x\"\n",
+                "store.url",
             ),
             (
                 "[mqtt]\nserver = \"h:1\"\n[budget]\nevents_per_sec = 0\n",

@@ -48,10 +48,13 @@ use vigil_proto::{
 };
 use vigil_telemetry::log_limit::{LogLimiter, PEER_ERROR_INTERVAL};
 
+use bytes::Bytes;
+
 use crate::{
     budget::{BudgetConfig, Budgets},
     config::MqttConfig,
     metrics::{Metrics, Reject},
+    store::Received,
     writer::{Committed, Job, Token},
 };
 
@@ -379,9 +382,11 @@ impl Ingest {
                 let token = self.next_token;
                 let job = match job {
                     Checked::Batch(mut batch) => {
-                        let admitted =
-                            self.budgets
-                                .admit(&batch.post_id, &batch.events, Instant::now());
+                        let admitted = self.budgets.admit(
+                            &batch.post_id,
+                            batch.events.iter().map(|r| r.raw.len()),
+                            Instant::now(),
+                        );
                         if admitted.deferred > 0 {
                             self.defer(&batch, admitted.deferred);
                         }
@@ -425,13 +430,13 @@ impl Ingest {
 impl Ingest {
     /// Counts (and logs, at most once per interval) events of a batch that
     /// are over their post's budget.
-    fn defer(&self, batch: &EventBatch, deferred: usize) {
+    fn defer(&self, batch: &Batch, deferred: usize) {
         self.metrics
             .budget_deferred_events
             .fetch_add(deferred as u64, Relaxed);
         self.metrics.budget_deferred_batches.fetch_add(1, Relaxed);
         if let Some(count) = LOG_DEFERRED.hit() {
-            let first = batch.events[batch.events.len() - deferred].seq;
+            let first = batch.events[batch.events.len() - deferred].event.seq;
             tracing::warn!(
                 post = %batch.post_id,
                 deferred,
@@ -446,8 +451,61 @@ impl Ingest {
 /// A message that passed the checks.
 #[derive(Debug, PartialEq)]
 pub enum Checked {
-    Batch(EventBatch),
+    Batch(Batch),
     Status(PostStatus),
+}
+
+/// A checked batch of one post's events, each with the bytes it came as
+/// (what the store keeps).
+#[derive(Debug, PartialEq)]
+pub struct Batch {
+    pub post_id: String,
+    pub events: Vec<Received>,
+}
+
+/// The encoded `Event`s of an `EventBatch` payload (field 2), in order, as
+/// slices of the payload: no copy, and every byte as the post sent it.
+fn event_slices(payload: &Bytes) -> Result<Vec<Bytes>, String> {
+    fn varint(buf: &mut &[u8]) -> Result<u64, String> {
+        let mut value = 0u64;
+        for shift in (0..64).step_by(7) {
+            let (&b, rest) = buf.split_first().ok_or("truncated varint")?;
+            *buf = rest;
+            value |= u64::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                return Ok(value);
+            }
+        }
+        Err("varint too long".into())
+    }
+    fn skip<'a>(buf: &mut &'a [u8], n: usize) -> Result<&'a [u8], String> {
+        if buf.len() < n {
+            return Err("truncated field".into());
+        }
+        let (head, rest) = buf.split_at(n);
+        *buf = rest;
+        Ok(head)
+    }
+    let mut out = Vec::new();
+    let mut buf: &[u8] = payload;
+    while !buf.is_empty() {
+        let key = varint(&mut buf)?;
+        match key & 7 {
+            0 => drop(varint(&mut buf)?),
+            1 => drop(skip(&mut buf, 8)?),
+            2 => {
+                let len = usize::try_from(varint(&mut buf)?).map_err(|e| e.to_string())?;
+                let start = payload.len() - buf.len();
+                skip(&mut buf, len)?;
+                if key >> 3 == 2 {
+                    out.push(payload.slice(start..start + len));
+                }
+            }
+            5 => drop(skip(&mut buf, 4)?),
+            w => return Err(format!("wire type {w} in an event batch")),
+        }
+    }
+    Ok(out)
 }
 
 /// Checks one incoming message: topic, size, decoding, `post_id`s, seqs.
@@ -486,6 +544,7 @@ pub fn check(publish: &Publish, max_batch_bytes: usize) -> Result<Checked, (Reje
                     ));
                 }
                 if ev.seq <= last {
+                    // (also covers seq 0)
                     return Err((
                         Reject::Malformed,
                         format!("seq {} after {last}: not increasing", ev.seq),
@@ -512,7 +571,19 @@ pub fn check(publish: &Publish, max_batch_bytes: usize) -> Result<Checked, (Reje
                 }
                 last = ev.seq;
             }
-            Ok(Checked::Batch(batch))
+            let raw = event_slices(&publish.payload).map_err(|e| (Reject::Malformed, e))?;
+            if raw.len() != batch.events.len() {
+                return Err((Reject::Malformed, "events cannot be delimited".into()));
+            }
+            Ok(Checked::Batch(Batch {
+                post_id: batch.post_id,
+                events: batch
+                    .events
+                    .into_iter()
+                    .zip(raw)
+                    .map(|(event, raw)| Received { event, raw })
+                    .collect(),
+            }))
         }
         TopicKind::Status => {
             let status = PostStatus::decode(publish.payload.as_ref())

@@ -2,18 +2,20 @@
 //! once and become incidents that people act on.
 //!
 //! ```text
-//!  MQTT ──► ingest ──(bounded queue of Jobs)──► writer thread ──► SQLite
+//!  MQTT ──► ingest ──(bounded queue of Jobs)──► writer thread ──► store
 //!    ▲        │                                  (store + engine,
 //!    │        ◄────────(Committed: acks, receipts)  group commit)
-//!    └── PUBACK + Receipt after commit                ▲  │ wakes
+//!    └── PUBACK + Receipt after commit                ▲  │ publishes
 //!                     timer ticks, workflow (gRPC API) ┘  ▼ incident feed
+//!                     reads (reader pool) ◄── API
 //! ```
 //!
 //! Layout:
 //! - [`api`]: the gRPC API over mTLS: feed, queries, workflow, replay.
 //! - [`config`]: the config file (`vigil ops --config FILE`).
-//! - [`store`]: the narrow storage interface ([`store::Store`]) and its SQLite
-//!   implementation; idempotent events, per-post `durable_through_seq`.
+//! - [`store`]: the storage port ([`store::Backend`]: one writer, a pool of
+//!   readers) and its SQLite backend; idempotent events, per-post
+//!   `durable_through_seq`.
 //! - [`engine`]: the incident engine: correlation rules, timers, workflow.
 //! - [`writer`]: the thread that owns store and engine; group commit.
 //! - [`ingest`]: MQTT: subscribe, check, queue, acknowledge, receipt.
@@ -42,9 +44,35 @@ use crate::{
     config::OpsConfig,
     engine::Engine,
     metrics::Metrics,
-    store::{SqliteStore, Store, StoreError},
+    store::{Backend, Readers, SqliteBackend, StoreError, StoreWriter},
     writer::Job,
 };
+
+/// The store as the ops center opened it: its backend (for readers) and
+/// the one writer's connection.
+pub struct Storage {
+    pub backend: Arc<dyn Backend>,
+    pub writer: Box<dyn StoreWriter>,
+}
+
+impl std::fmt::Debug for Storage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Storage")
+            .field("backend", &self.backend)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Opens the backend `[store]` names (SQLite in `data_dir` by default).
+pub fn open_backend(config: &OpsConfig) -> Result<Arc<dyn Backend>, StoreError> {
+    match &config.store.url {
+        None => Ok(Arc::new(SqliteBackend::open(&config.data_dir)?)),
+        Some(_) => Err(StoreError::Backend {
+            backend: "postgresql",
+            message: "this build has no PostgreSQL backend yet".into(),
+        }),
+    }
+}
 
 /// How often the engine's timers run (escalation, test mode expiry).
 const TICK_EVERY: Duration = Duration::from_secs(1);
@@ -72,13 +100,14 @@ pub enum OpsError {
 /// Opens the store and rebuilds the engine from it. Separate from [`run`] so
 /// a binary can report a store that cannot be opened before it does
 /// anything else.
-pub fn open(config: &OpsConfig) -> Result<(SqliteStore, Engine), StoreError> {
-    let store = SqliteStore::open(&config.data_dir)?;
+pub fn open(config: &OpsConfig) -> Result<(Storage, Engine), StoreError> {
+    let backend = open_backend(config)?;
+    let writer = backend.writer()?;
     let since = SystemTime::now()
         .checked_sub(Duration::from_secs(config.engine.reactivation_window_secs))
         .unwrap_or(SystemTime::UNIX_EPOCH);
-    let engine = Engine::new(config.engine.clone(), store.engine_snapshot(since)?);
-    Ok((store, engine))
+    let engine = Engine::new(config.engine.clone(), writer.engine_snapshot(since)?);
+    Ok((Storage { backend, writer }, engine))
 }
 
 /// Runs the ops-center until `shutdown` is cancelled: ingest over MQTT, the
@@ -87,7 +116,7 @@ pub fn open(config: &OpsConfig) -> Result<(SqliteStore, Engine), StoreError> {
 /// writer stopped.
 pub async fn run(
     config: OpsConfig,
-    store: Box<dyn Store>,
+    store: Storage,
     engine: Engine,
     tls: &TlsMaterial,
     metrics: Arc<Metrics>,
@@ -104,7 +133,7 @@ pub async fn run(
 /// `127.0.0.1:0`).
 pub async fn run_with_api(
     config: OpsConfig,
-    store: Box<dyn Store>,
+    store: Storage,
     engine: Engine,
     tls: &TlsMaterial,
     metrics: Arc<Metrics>,
@@ -114,19 +143,20 @@ pub async fn run_with_api(
     let client_config = Arc::new(tls.client_config()?);
     let server_config = tls.server_config()?;
     let client_id = tls.own_peer().identity.to_string();
-    // The API reads through a connection of its own; the writer's is busy
+    let store_location = format!("{} {}", store.backend.name(), store.backend.location());
+    // The API reads through connections of its own; the writer's is busy
     // writing.
-    let reader: Box<dyn Store> = Box::new(SqliteStore::open(&config.data_dir)?);
-    let changed = Arc::new(tokio::sync::Notify::new());
+    let readers = Readers::new(store.backend.clone(), config.store.readers);
+    let feed = api::feed::Feed::new();
     let (jobs_tx, jobs_rx) = mpsc::channel(writer::QUEUE_CAPACITY);
     let (done_tx, done_rx) = mpsc::channel(writer::DONE_CAPACITY);
-    let writer = writer::spawn_notifying(
-        store,
+    let writer = writer::spawn_publishing(
+        store.writer,
         engine,
         metrics.clone(),
         jobs_rx,
         done_tx,
-        changed.clone(),
+        feed.publisher(),
     );
     tracing::info!(
         addr = %api_listener.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string()),
@@ -138,8 +168,8 @@ pub async fn run_with_api(
     let api = tokio::spawn(api::serve_with_health(
         api::ApiContext {
             jobs: jobs_tx.clone(),
-            reader: Arc::new(std::sync::Mutex::new(reader)),
-            changed,
+            readers,
+            feed,
             metrics: metrics.clone(),
         },
         metrics.store_health.subscribe(),
@@ -151,7 +181,7 @@ pub async fn run_with_api(
     tracing::info!(
         identity = %client_id,
         server = %config.mqtt.server,
-        data_dir = %config.data_dir.display(),
+        store = %store_location,
         "operations center starting"
     );
 

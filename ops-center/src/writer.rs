@@ -31,14 +31,15 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use tokio::sync::{Notify, mpsc, oneshot};
-use vigil_proto::v1::{Event, Incident, PostStatus, Receipt};
+use tokio::sync::{mpsc, oneshot};
+use vigil_proto::v1::{Incident, PostStatus, Receipt};
 
 pub use crate::metrics::StoreHealth;
 use crate::{
+    api::feed::{Feed, FeedPublisher},
     engine::{Action, Actor, Engine, WorkflowError},
     metrics::Metrics,
-    store::{Changes, Store, StoreError},
+    store::{Changes, Received, StoreError, StoreWriter},
 };
 
 /// Failed commits: one log line per interval, with a count.
@@ -70,7 +71,7 @@ pub enum Job {
     /// A validated batch of one post's events, received at `at`.
     Batch {
         post_id: String,
-        events: Vec<Event>,
+        events: Vec<Received>,
         at: SystemTime,
         token: Token,
     },
@@ -144,26 +145,25 @@ impl WriterHandle {
 /// Starts the writer thread. It runs until every [`Job`] sender is dropped
 /// (then it finishes the queue and returns) or the store fails.
 pub fn spawn(
-    store: Box<dyn Store>,
+    store: Box<dyn StoreWriter>,
     engine: Engine,
     metrics: Arc<Metrics>,
     jobs: mpsc::Receiver<Job>,
     done: mpsc::Sender<Committed>,
 ) -> WriterHandle {
-    spawn_notifying(store, engine, metrics, jobs, done, Arc::new(Notify::new()))
+    spawn_publishing(store, engine, metrics, jobs, done, Feed::new().publisher())
 }
 
-/// Like [`spawn`], and wakes `changed` after every commit that wrote
-/// incident or audit changes (the API's incident feed waits on it). A
-/// `Notify` keeps one pending wake-up, so none is lost and a busy writer
-/// costs the feed one read per burst, not one per commit.
-pub fn spawn_notifying(
-    store: Box<dyn Store>,
+/// Like [`spawn`], and publishes every commit's incident changes, with
+/// their audit positions, to the incident feed. The feed stops when the
+/// writer does.
+pub fn spawn_publishing(
+    store: Box<dyn StoreWriter>,
     engine: Engine,
     metrics: Arc<Metrics>,
     jobs: mpsc::Receiver<Job>,
     done: mpsc::Sender<Committed>,
-    changed: Arc<Notify>,
+    feed: FeedPublisher,
 ) -> WriterHandle {
     // The backlog as it stands on start; every commit that changes an
     // incident recounts it.
@@ -172,7 +172,7 @@ pub fn spawn_notifying(
         store,
         engine,
         metrics,
-        changed,
+        feed,
     };
     let thread = thread::Builder::new()
         .name("vigil-ops-writer".into())
@@ -182,10 +182,10 @@ pub fn spawn_notifying(
 }
 
 struct Writer {
-    store: Box<dyn Store>,
+    store: Box<dyn StoreWriter>,
     engine: Engine,
     metrics: Arc<Metrics>,
-    changed: Arc<Notify>,
+    feed: FeedPublisher,
 }
 
 enum Reply {
@@ -338,9 +338,9 @@ impl Writer {
                     let ok = inserted.is_ok();
                     match inserted {
                         Ok(new) => {
-                            for (event, new) in events.iter().zip(new) {
+                            for (received, new) in events.iter().zip(new) {
                                 if new {
-                                    self.engine.on_event(event, at, &mut changes);
+                                    self.engine.on_event(&received.event, at, &mut changes);
                                 }
                             }
                             events_in += events.len() as u64;
@@ -413,9 +413,11 @@ impl Writer {
         }
         let outcome = match failed {
             Some(e) => Err(e),
-            None => tx.apply(&changes).and_then(|()| tx.commit()),
+            None => tx
+                .apply(&changes)
+                .and_then(|positions| Ok((positions, tx.commit()?))),
         };
-        let result = match outcome {
+        let (positions, result) = match outcome {
             Ok(result) => result,
             Err(e) => {
                 let why = || WorkflowError::Unavailable("the store failed".into());
@@ -432,7 +434,7 @@ impl Writer {
 
         if !changes.audit.is_empty() {
             self.metrics.backlog.set(self.engine.incidents());
-            self.changed.notify_one();
+            self.feed.publish(&changes, &positions);
         }
         for reply in replies {
             // A caller that went away does not undo the change.
@@ -497,9 +499,9 @@ mod tests {
     use super::*;
     use crate::{
         engine::EngineConfig,
-        store::{IncidentFilter, SqliteStore},
+        store::{IncidentFilter, SqliteStore, Store},
     };
-    use vigil_proto::v1::{AlarmSignal, EventCategory, IncidentState, event::Body};
+    use vigil_proto::v1::{AlarmSignal, Event, EventCategory, IncidentState, event::Body};
 
     fn alarm(post: &str, seq: u64, zone: u32) -> Event {
         Event {
@@ -538,7 +540,10 @@ mod tests {
     fn batch(post: &str, seqs: &[u64], token: Token) -> Job {
         Job::Batch {
             post_id: post.into(),
-            events: seqs.iter().map(|&s| alarm(post, s, s as u32)).collect(),
+            events: seqs
+                .iter()
+                .map(|&s| alarm(post, s, s as u32).into())
+                .collect(),
             at: SystemTime::now(),
             token,
         }

@@ -22,7 +22,6 @@ use vigil_ops::{
     config::{ApiConfig, MqttConfig, OpsConfig},
     engine::EngineConfig,
     metrics::Metrics,
-    store::Store,
 };
 use vigil_pki::{Identity, Role, TlsConfig, authority};
 use vigil_proto::{
@@ -117,7 +116,7 @@ fn ops_config(data_dir: PathBuf, pki: &Path, port: u16) -> OpsConfig {
         data_dir,
         mqtt: MqttConfig {
             server: format!("127.0.0.1:{port}"),
-            share_group: Some("ops".into()),
+            share_group: None,
             keep_alive_secs: 30,
             max_batch_bytes: 64 * 1024,
         },
@@ -130,6 +129,7 @@ fn ops_config(data_dir: PathBuf, pki: &Path, port: u16) -> OpsConfig {
         tls: tls(pki, "ops-1"),
         engine: EngineConfig::default(),
         budget: Default::default(),
+        store: Default::default(),
     }
 }
 
@@ -149,7 +149,7 @@ fn start_ops(cfg: &OpsConfig) -> RunningOps {
         let metrics = metrics.clone();
         let shutdown = shutdown.clone();
         async move {
-            vigil_ops::run(cfg, Box::new(store), engine, &material, metrics, shutdown)
+            vigil_ops::run(cfg, store, engine, &material, metrics, shutdown)
                 .await
                 .unwrap();
         }
@@ -310,7 +310,8 @@ async fn events_through_mosquitto_are_stored_once_and_receipted() {
     let m = ops.stop().await.snapshot();
     assert_eq!(m.events_stored, 1, "only seq 7 is new");
 
-    let (store, _) = vigil_ops::open(&cfg).unwrap();
+    let (storage, _) = vigil_ops::open(&cfg).unwrap();
+    let store = storage.writer;
     assert_eq!(store.event_count().unwrap(), 7);
     assert_eq!(store.durable_through("p-1").unwrap(), 7);
     let seqs: Vec<u64> = store

@@ -13,10 +13,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use tokio::{
-    net::TcpListener,
-    sync::{Notify, mpsc},
-};
+use tokio::{net::TcpListener, sync::mpsc};
 use tokio_util::sync::CancellationToken;
 use tonic::{
     Code,
@@ -70,16 +67,16 @@ impl Center {
             store.engine_snapshot(SystemTime::UNIX_EPOCH).unwrap(),
         );
         let metrics = Arc::new(Metrics::default());
-        let changed = Arc::new(Notify::new());
+        let feed = vigil_ops::api::feed::Feed::new();
         let (jobs, jobs_rx) = mpsc::channel(writer::QUEUE_CAPACITY);
         let (done_tx, done) = mpsc::channel(writer::DONE_CAPACITY);
-        let writer = writer::spawn_notifying(
+        let writer = writer::spawn_publishing(
             Box::new(store),
             engine,
             metrics.clone(),
             jobs_rx,
             done_tx,
-            changed.clone(),
+            feed.publisher(),
         );
         let tls = TlsConfig {
             ca: pki.join("ca.pem"),
@@ -95,10 +92,11 @@ impl Center {
         let api = tokio::spawn(api::serve_with_health(
             api::ApiContext {
                 jobs: jobs.clone(),
-                reader: Arc::new(std::sync::Mutex::new(Box::new(
-                    SqliteStore::open(data).unwrap(),
-                ))),
-                changed,
+                readers: vigil_ops::store::Readers::new(
+                    Arc::new(vigil_ops::store::SqliteBackend::open(data).unwrap()),
+                    4,
+                ),
+                feed,
                 metrics: metrics.clone(),
             },
             metrics.store_health.subscribe(),
@@ -145,7 +143,7 @@ impl Center {
     }
 
     async fn send(&self, post: &str, seqs: std::ops::RangeInclusive<u64>, token: u64) {
-        let events = seqs.map(|seq| alarm(post, seq)).collect();
+        let events = seqs.map(|seq| alarm(post, seq).into()).collect();
         self.jobs
             .send(Job::Batch {
                 post_id: post.into(),

@@ -33,9 +33,10 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity as TlsIdentity};
 use vigil_ops::{
     api,
+    api::feed::Feed,
     engine::{Engine, EngineConfig},
     metrics::Metrics,
-    store::{SqliteStore, Store},
+    store::{Readers, SqliteBackend, SqliteStore, Store},
     writer::{self, Job, WriterHandle},
 };
 use vigil_pki::{Identity, Role, TlsConfig, authority};
@@ -84,7 +85,8 @@ pub struct Center {
     jobs: mpsc::Sender<Job>,
     committed: Arc<(Mutex<BTreeSet<u64>>, Notify)>,
     next_token: std::sync::atomic::AtomicU64,
-    changed: Arc<Notify>,
+    feed: Feed,
+    readers: Arc<Readers>,
     pub metrics: Arc<Metrics>,
     api: Option<(
         CancellationToken,
@@ -138,17 +140,18 @@ impl Center {
             options.engine,
             store.engine_snapshot(SystemTime::UNIX_EPOCH).unwrap(),
         );
-        let changed = Arc::new(Notify::new());
+        let feed = Feed::new();
+        let readers = Readers::new(Arc::new(SqliteBackend::open(&data).unwrap()), 4);
         let metrics = Arc::new(Metrics::default());
         let (jobs, jobs_rx) = mpsc::channel(writer::QUEUE_CAPACITY);
         let (done_tx, mut done) = mpsc::channel(writer::DONE_CAPACITY);
-        let writer = writer::spawn_notifying(
+        let writer = writer::spawn_publishing(
             Box::new(store),
             engine,
             metrics.clone(),
             jobs_rx,
             done_tx,
-            changed.clone(),
+            feed.publisher(),
         );
         // Ingest's part: take every commit report, so the writer never
         // waits on a full channel, and remember which batches committed.
@@ -172,7 +175,8 @@ impl Center {
             jobs,
             committed,
             next_token: 1.into(),
-            changed,
+            feed,
+            readers,
             metrics,
             api: None,
             drain,
@@ -195,10 +199,8 @@ impl Center {
         let task = tokio::spawn(api::serve(
             api::ApiContext {
                 jobs: self.jobs.clone(),
-                reader: Arc::new(std::sync::Mutex::new(Box::new(
-                    SqliteStore::open(&self.data).unwrap(),
-                ))),
-                changed: self.changed.clone(),
+                readers: self.readers.clone(),
+                feed: self.feed.clone(),
                 metrics: self.metrics.clone(),
             },
             vigil_net::Front::new("api", vigil_ops::config::ApiConfig::default().limits()),
@@ -329,7 +331,7 @@ impl Center {
         self.jobs
             .send(Job::Batch {
                 post_id,
-                events,
+                events: events.into_iter().map(Into::into).collect(),
                 at: SystemTime::now(),
                 token,
             })
@@ -360,7 +362,7 @@ impl Center {
             let post_id = events[0].post_id.clone();
             let job = Job::Batch {
                 post_id,
-                events,
+                events: events.into_iter().map(Into::into).collect(),
                 at: SystemTime::now(),
                 token,
             };
@@ -382,7 +384,7 @@ impl Center {
 
     /// A reader of the store, as the test's own connection.
     pub fn store(&self) -> SqliteStore {
-        SqliteStore::open(&self.data).unwrap()
+        SqliteStore::open_reader(&self.data).unwrap()
     }
 
     pub async fn stop(mut self) {

@@ -119,7 +119,7 @@ impl Region {
             async move {
                 vigil_ops::run_with_api(
                     config,
-                    Box::new(store),
+                    store,
                     engine,
                     &tls,
                     metrics,

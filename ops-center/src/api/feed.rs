@@ -6,18 +6,21 @@
 //! seen": resuming reads the audit trail from the store, and nothing is
 //! missed or repeated. Each item carries the incident as it is now.
 //!
-//! One hub task follows the audit trail: the writer wakes it after each
-//! commit, it reads the new entries and publishes them on a bounded
-//! [`broadcast`] channel. Publishing never waits, so a slow client cannot
-//! slow ingest: a watcher that falls more than [`BROADCAST_CAPACITY`] items
-//! behind is told to resync (and its cursor still works).
+//! The writer publishes each commit's changes, with their positions, on a
+//! bounded [`broadcast`] channel right after the commit ([`FeedPublisher`]);
+//! the store serves only catch-up (a resumed cursor, a snapshot).
+//! Publishing never waits, so a slow client cannot slow ingest: a watcher
+//! that falls more than [`BROADCAST_CAPACITY`] items behind is told to
+//! resync (and its cursor still works). When the publisher goes away (the
+//! writer stopped) every watcher ends with UNAVAILABLE, so clients
+//! reconnect rather than hear heartbeats over a feed that no longer moves.
 
 use std::{
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::{Duration, SystemTime},
 };
 
-use tokio::sync::{Notify, broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 use vigil_proto::v1::{
@@ -25,7 +28,7 @@ use vigil_proto::v1::{
     feed_item::Item,
 };
 
-use crate::store::{IncidentFilter, Store, StoreError};
+use crate::store::{self, IncidentFilter, Readers, Store, StoreError};
 
 /// Feed items held for watchers. A watcher more than this many behind gets
 /// a `Resync` item and its stream ends; the hub never waits for anyone.
@@ -48,51 +51,55 @@ pub struct Change {
     pub cause: i32,
 }
 
-/// Shared by the service and the hub.
+/// The feed's channel, shared by the writer (through a [`FeedPublisher`])
+/// and the watchers.
 #[derive(Debug, Clone)]
 pub struct Feed {
     tx: broadcast::Sender<Arc<Change>>,
+    stopped: CancellationToken,
 }
 
-pub(crate) type Reader = Arc<Mutex<Box<dyn Store>>>;
+/// The writer's end of the feed. Dropping it stops the feed.
+#[derive(Debug)]
+pub struct FeedPublisher {
+    feed: Feed,
+}
+
+impl FeedPublisher {
+    /// Publishes the changes of one commit, given the positions the store
+    /// gave its audit entries.
+    pub fn publish(&self, changes: &store::Changes, positions: &[u64]) {
+        for change in commit_changes(changes, positions) {
+            // No receivers is fine: nobody is watching.
+            let _ = self.feed.tx.send(Arc::new(change));
+        }
+    }
+}
+
+impl Drop for FeedPublisher {
+    fn drop(&mut self) {
+        self.feed.stopped.cancel();
+    }
+}
+
+pub(crate) type Reader = Arc<Readers>;
 
 impl Feed {
     pub fn new() -> Self {
         Self {
             tx: broadcast::channel(BROADCAST_CAPACITY).0,
+            stopped: CancellationToken::new(),
         }
     }
 
-    /// Follows the audit trail until `shutdown`: woken by `changed`, reads
-    /// what is new, publishes it.
-    pub(crate) async fn hub(
-        self,
-        reader: Reader,
-        changed: Arc<Notify>,
-        shutdown: CancellationToken,
-    ) -> Result<(), StoreError> {
-        let r = reader.clone();
-        let mut position =
-            blocking(move || r.lock().expect("reader").last_audit_position()).await?;
-        loop {
-            tokio::select! {
-                () = shutdown.cancelled() => return Ok(()),
-                () = changed.notified() => {}
-            }
-            loop {
-                let (r, after) = (reader.clone(), position);
-                let changes =
-                    blocking(move || changes_after(&**r.lock().expect("reader"), after)).await?;
-                let Some(last) = changes.last_position else {
-                    break;
-                };
-                position = last;
-                for change in changes.items {
-                    // No receivers is fine: nobody is watching.
-                    let _ = self.tx.send(Arc::new(change));
-                }
-            }
-        }
+    /// The writer's end. One per feed: when it is dropped, watchers end.
+    pub fn publisher(&self) -> FeedPublisher {
+        FeedPublisher { feed: self.clone() }
+    }
+
+    /// Whether the publisher went away.
+    pub fn is_stopped(&self) -> bool {
+        self.stopped.is_cancelled()
     }
 
     /// Serves one `WatchIncidents` call into `out` until the client leaves,
@@ -113,26 +120,26 @@ impl Feed {
             None => {
                 // Position first, incidents second: a change in between is
                 // then sent twice (harmless) rather than missed.
-                let (r, p) = (reader.clone(), posts.clone());
-                let snapshot = blocking(move || {
-                    let store = r.lock().expect("reader");
-                    let position = store.last_audit_position()?;
-                    let incidents = store.incidents(&IncidentFilter {
-                        states: vec![
-                            IncidentState::Open as i32,
-                            IncidentState::Acknowledged as i32,
-                        ],
-                        post_ids: p,
-                        before_number: None,
-                        limit: MAX_SNAPSHOT,
-                    })?;
-                    Ok((position, incidents))
-                })
-                .await;
+                let p = posts.clone();
+                let snapshot = reader
+                    .read(move |store| {
+                        let position = store.last_audit_position()?;
+                        let incidents = store.incidents(&IncidentFilter {
+                            states: vec![
+                                IncidentState::Open as i32,
+                                IncidentState::Acknowledged as i32,
+                            ],
+                            post_ids: p,
+                            before_number: None,
+                            limit: MAX_SNAPSHOT,
+                        })?;
+                        Ok((position, incidents))
+                    })
+                    .await;
                 let Ok((position, mut incidents)) = snapshot.inspect_err(|e| {
                     tracing::error!(error = %e, "feed snapshot failed");
                 }) else {
-                    let _ = out.send(Err(Status::internal("internal error"))).await;
+                    let _ = out.send(Err(unavailable())).await;
                     return;
                 };
                 incidents.reverse(); // oldest first
@@ -152,16 +159,12 @@ impl Feed {
                 position
             }
             Some(mut position) => loop {
-                let (r, after) = (reader.clone(), position);
-                let changes = match blocking(move || {
-                    changes_after(&**r.lock().expect("reader"), after)
-                })
-                .await
-                {
+                let after = position;
+                let changes = match reader.read(move |store| changes_after(store, after)).await {
                     Ok(c) => c,
                     Err(e) => {
                         tracing::error!(error = %e, "feed catch-up failed");
-                        let _ = out.send(Err(Status::internal("internal error"))).await;
+                        let _ = out.send(Err(unavailable())).await;
                         return;
                     }
                 };
@@ -182,13 +185,11 @@ impl Feed {
         heartbeat.reset();
         loop {
             let item = tokio::select! {
+                biased;
                 () = shutdown.cancelled() => return,
                 () = out.closed() => return,
-                _ = heartbeat.tick() => FeedItem {
-                    cursor: position.to_string(),
-                    item: Some(Item::Heartbeat(Heartbeat { at: Some(SystemTime::now().into()) })),
-                },
                 r = rx.recv() => match r {
+
                     Ok(change) => {
                         if change.position <= position {
                             continue;
@@ -211,7 +212,18 @@ impl Feed {
                         let _ = out.send(Ok(item)).await;
                         return;
                     }
-                    Err(broadcast::error::RecvError::Closed) => return,
+                    Err(broadcast::error::RecvError::Closed) => {
+                        let _ = out.send(Err(unavailable())).await;
+                        return;
+                    }
+                },
+                () = self.stopped.cancelled() => {
+                    let _ = out.send(Err(unavailable())).await;
+                    return;
+                }
+                _ = heartbeat.tick() => FeedItem {
+                    cursor: position.to_string(),
+                    item: Some(Item::Heartbeat(Heartbeat { at: Some(SystemTime::now().into()) })),
                 },
             };
             if out.send(Ok(item)).await.is_err() {
@@ -282,11 +294,120 @@ pub(crate) fn changes_after(store: &dyn Store, after: u64) -> Result<Changes, St
     Ok(out)
 }
 
-/// Runs a store read on the blocking pool.
-pub(crate) async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
-) -> Result<T, StoreError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .unwrap_or_else(|_| Err(StoreError::Corrupt("store read panicked".into())))
+/// What a watcher gets when the feed cannot go on: reconnect and resume.
+fn unavailable() -> Status {
+    Status::unavailable("the incident feed stopped; reconnect and resume from the last cursor")
+}
+
+/// The feed items of one commit: its audit entries with their positions,
+/// consecutive entries of one incident folded as [`changes_after`] folds
+/// them, each with the incident's state after the commit.
+fn commit_changes(changes: &store::Changes, positions: &[u64]) -> Vec<Change> {
+    let mut out: Vec<Change> = Vec::new();
+    for (entry, &position) in changes.audit.iter().zip(positions) {
+        if entry.incident_id.is_empty() {
+            continue;
+        }
+        match out.last_mut() {
+            Some(last) if last.incident.id == entry.incident_id => {
+                last.position = position;
+                last.cause = entry.action;
+            }
+            _ => {
+                if let Some(incident) = changes.incident(&entry.incident_id) {
+                    out.push(Change {
+                        position,
+                        incident: incident.clone(),
+                        cause: entry.action,
+                    });
+                }
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{Readers, SqliteBackend, StoreWriter};
+    use tonic::Code;
+    use vigil_proto::v1::{AuditAction, AuditEntry};
+
+    fn opened(n: u64) -> (Incident, AuditEntry) {
+        let inc = Incident {
+            id: store::incident_id(n),
+            post_id: "p-1".into(),
+            state: IncidentState::Open as i32,
+            version: 1,
+            ..Default::default()
+        };
+        let entry = AuditEntry {
+            incident_id: inc.id.clone(),
+            post_id: "p-1".into(),
+            action: AuditAction::Opened as i32,
+            to_version: 1,
+            ..Default::default()
+        };
+        (inc, entry)
+    }
+
+    fn commit(w: &mut dyn StoreWriter, pub_: &FeedPublisher, n: u64) {
+        let (inc, entry) = opened(n);
+        let mut c = store::Changes::default();
+        c.put_incident(inc, None);
+        c.audit.push(entry);
+        let mut tx = w.begin().unwrap();
+        let positions = tx.apply(&c).unwrap();
+        tx.commit().unwrap();
+        pub_.publish(&c, &positions);
+    }
+
+    async fn next(rx: &mut mpsc::Receiver<Result<FeedItem, Status>>) -> Result<FeedItem, Status> {
+        tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("an item within 10 s")
+            .expect("stream open")
+    }
+
+    /// What the writer publishes reaches a watcher with the audit position
+    /// as its cursor; when the publisher goes away the watcher ends with
+    /// UNAVAILABLE instead of heartbeats for ever.
+    #[tokio::test]
+    async fn published_changes_arrive_and_a_stopped_feed_ends_watchers_unavailable() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = Arc::new(SqliteBackend::open(dir.path()).unwrap());
+        let readers = Readers::new(backend.clone(), 2);
+        let mut writer = crate::store::Backend::writer(&*backend).unwrap();
+        let feed = Feed::new();
+        let publisher = feed.publisher();
+        commit(&mut *writer, &publisher, 1);
+
+        let (tx, mut rx) = mpsc::channel(16);
+        let shutdown = CancellationToken::new();
+        let watcher = tokio::spawn({
+            let (feed, readers, shutdown) = (feed.clone(), readers.clone(), shutdown.clone());
+            async move { feed.watch(readers, None, Vec::new(), tx, shutdown).await }
+        });
+        // The snapshot: incident 1, then its end with the cursor.
+        let first = next(&mut rx).await.unwrap();
+        assert!(matches!(first.item, Some(Item::Update(ref u)) if u.snapshot));
+        let done = next(&mut rx).await.unwrap();
+        assert!(matches!(done.item, Some(Item::SnapshotComplete(_))));
+        let cursor: u64 = done.cursor.parse().unwrap();
+
+        commit(&mut *writer, &publisher, 2);
+        let live = next(&mut rx).await.unwrap();
+        let Some(Item::Update(update)) = live.item else {
+            panic!("an update, got {live:?}");
+        };
+        assert_eq!(update.incident.unwrap().id, store::incident_id(2));
+        assert!(live.cursor.parse::<u64>().unwrap() > cursor);
+
+        drop(publisher);
+        let end = next(&mut rx).await.unwrap_err();
+        assert_eq!(end.code(), Code::Unavailable);
+        watcher.await.unwrap();
+        assert!(feed.is_stopped());
+    }
 }

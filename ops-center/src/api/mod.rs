@@ -1,7 +1,7 @@
 //! The operations-center gRPC API (`vigil.v1.OpsCenter`), with gRPC health
 //! and server reflection, over mutual TLS.
 //!
-//! Reads go to the store through a reader connection of their own (on the
+//! Reads go to the store through the pool of reader connections (on the
 //! blocking pool); every change goes through the writer queue as a
 //! [`Job`], and the reply comes only after the writer committed it. Who may
 //! do what is decided in one place, [`allowed`]; workflow errors become gRPC
@@ -18,14 +18,14 @@ pub mod feed;
 pub mod replay;
 
 use std::{
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::{Duration, SystemTime},
 };
 
 use prost::Message;
 use tokio::{
     net::TcpListener,
-    sync::{Notify, mpsc, oneshot, watch},
+    sync::{mpsc, oneshot, watch},
 };
 use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::ReceiverStream;
@@ -46,7 +46,7 @@ use crate::{
     writer::Job,
 };
 use conn::ConnInfo;
-use feed::{Feed, Reader, blocking};
+use feed::{Feed, Reader};
 
 /// Default `page_size` of ListIncidents...
 pub const DEFAULT_PAGE_SIZE: usize = 50;
@@ -119,6 +119,18 @@ pub fn internal(e: &StoreError) -> Status {
     Status::internal("internal error")
 }
 
+/// A failed read as a status: UNAVAILABLE (try again) when the database
+/// cannot be reached, INTERNAL otherwise.
+pub fn store_status(e: &StoreError) -> Status {
+    match e {
+        StoreError::Unavailable(_) => {
+            tracing::warn!(error = %e, "api: store unavailable");
+            Status::unavailable("the store cannot be reached; try again")
+        }
+        _ => internal(e),
+    }
+}
+
 /// The current incident attached to a FAILED_PRECONDITION for a version
 /// mismatch, if any.
 pub fn current_incident(status: &Status) -> Option<Incident> {
@@ -133,10 +145,10 @@ pub fn current_incident(status: &Status) -> Option<Incident> {
 pub struct ApiContext {
     /// The writer queue.
     pub jobs: mpsc::Sender<Job>,
-    /// A store connection for reads (not the writer's).
-    pub reader: Arc<Mutex<Box<dyn Store>>>,
-    /// Woken by the writer after each commit with incident changes.
-    pub changed: Arc<Notify>,
+    /// Reader connections (never the writer's).
+    pub readers: Arc<crate::store::Readers>,
+    /// The incident feed the writer publishes to.
+    pub feed: Feed,
     /// Where open connections and watchers are counted.
     pub metrics: Arc<crate::metrics::Metrics>,
 }
@@ -186,20 +198,6 @@ pub async fn serve_with_health(
     server_config.alpn_protocols = vec![b"h2".to_vec()];
     let acceptor = TlsAcceptor::from(Arc::new(server_config));
     let tracker = TaskTracker::new();
-    let feed = Feed::new();
-    tracker.spawn({
-        let (feed, reader, changed, cancel) = (
-            feed.clone(),
-            ctx.reader.clone(),
-            ctx.changed.clone(),
-            shutdown.clone(),
-        );
-        async move {
-            if let Err(e) = feed.hub(reader, changed, cancel).await {
-                tracing::error!(error = %e, "incident feed stopped: store read failed");
-            }
-        }
-    });
     let incoming = conn::incoming(
         front,
         listener,
@@ -248,8 +246,8 @@ pub async fn serve_with_health(
     let api = Api {
         store_ok,
         jobs: ctx.jobs,
-        reader: ctx.reader,
-        feed,
+        reader: ctx.readers,
+        feed: ctx.feed,
         shutdown: shutdown.clone(),
         metrics: ctx.metrics,
     };
@@ -377,10 +375,7 @@ impl Api {
         &self,
         f: impl FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, Status> {
-        let reader = self.reader.clone();
-        blocking(move || f(&**reader.lock().expect("reader")))
-            .await
-            .map_err(|e| internal(&e))
+        self.reader.read(f).await.map_err(|e| store_status(&e))
     }
 
     /// Queues a workflow action and waits until the writer committed it.

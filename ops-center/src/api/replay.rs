@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::Status;
 use vigil_proto::v1::{EventKind, Pacing, ReplayItem, ReplayRequest, StoredEvent, event::Body};
 
-use super::feed::{Reader, blocking};
+use super::feed::Reader;
 use crate::store::{ReceivedFilter, ReceivedKey, StoreError};
 
 /// Items queued towards one client; when full, reading the store waits.
@@ -136,8 +136,7 @@ impl Plan {
             let page = match self.page(&reader, &cursor).await {
                 Ok(page) => page,
                 Err(e) => {
-                    tracing::error!(error = %e, "replay: store read failed");
-                    let _ = out.send(Err(Status::internal("internal error"))).await;
+                    let _ = out.send(Err(super::store_status(&e))).await;
                     return;
                 }
             };
@@ -191,8 +190,7 @@ impl Plan {
             if from > to {
                 return Ok(None);
             }
-            let mut events =
-                blocking(move || r.lock().expect("reader").events(&post, from, PAGE)).await?;
+            let mut events = r.read(move |s| s.events(&post, from, PAGE)).await?;
             let Some(last) = events.last().and_then(|e| e.event.as_ref()).map(|e| e.seq) else {
                 return Ok(None);
             };
@@ -211,12 +209,9 @@ impl Plan {
             Cursor::Received(k) => Some(k.clone()),
             _ => None,
         };
-        let rows = blocking(move || {
-            r.lock()
-                .expect("reader")
-                .events_received(&filter, after.as_ref(), PAGE)
-        })
-        .await?;
+        let rows = r
+            .read(move |s| s.events_received(&filter, after.as_ref(), PAGE))
+            .await?;
         let Some(last) = rows.last().map(|(k, _)| k.clone()) else {
             return Ok(None);
         };

@@ -7,25 +7,47 @@
 //! incident [`Changes`] the engine derived from the events that were new, and
 //! commits once. Only after `commit` returns are receipts published.
 //!
-//! The SQLite implementation is [`sqlite::SqliteStore`]. A PostgreSQL store
-//! implements the same two traits (`INSERT … ON CONFLICT DO NOTHING` for
-//! events, `UPDATE … WHERE version = $n` for incidents).
+//! A [`Backend`] opens connections: exactly one writer ([`StoreWriter`],
+//! owned by the writer thread) and any number of readers ([`Store`]), which
+//! the API borrows from a bounded pool ([`Readers`]) so that one long read
+//! never holds up another, and no read holds up the writer. Errors are
+//! backend-neutral ([`StoreError`]).
+//!
+//! The SQLite backend ([`sqlite::SqliteBackend`]) is the embedded default.
 
 pub mod sqlite;
+#[doc(hidden)]
+pub mod suite;
 pub mod watermark;
 
-use std::{collections::HashMap, time::SystemTime};
+use std::{
+    collections::HashMap,
+    fmt,
+    sync::{Arc, Mutex},
+    time::SystemTime,
+};
 
+use bytes::Bytes;
+use prost::Message;
 use vigil_proto::v1::{AuditEntry, Event, Incident, Note, PostInfo, PostStatus, StoredEvent};
 
-pub use sqlite::SqliteStore;
+pub use sqlite::{SqliteBackend, SqliteStore};
 
 /// Why a store operation failed. Any error inside a transaction aborts it;
 /// nothing of it is stored.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("sqlite: {0}")]
-    Sqlite(#[from] rusqlite::Error),
+    /// The database refused or failed an operation (a full disk, a
+    /// constraint, an I/O error): `backend` names it, `message` is its own.
+    #[error("{backend}: {message}")]
+    Backend {
+        backend: &'static str,
+        message: String,
+    },
+    /// The database cannot be reached (connection refused or lost). The
+    /// connection that said so is not reused.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
     #[error("{path}: {source}")]
     Io {
         path: std::path::PathBuf,
@@ -104,6 +126,11 @@ impl Changes {
         &self.incidents
     }
 
+    /// The state an incident has after these changes, if they touch it.
+    pub fn incident(&self, id: &str) -> Option<&Incident> {
+        self.index.get(id).map(|&i| &self.incidents[i].incident)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.incidents.is_empty()
             && self.audit.is_empty()
@@ -172,14 +199,105 @@ pub struct ReceivedKey {
     pub seq: u64,
 }
 
-/// The store: reads, and [`Store::begin`] for the one writer.
-///
-/// Implementations are used from one thread at a time (the writer thread owns
-/// its store); readers that need concurrency open their own instance.
-pub trait Store: Send {
-    /// Starts a group-commit transaction.
-    fn begin(&mut self) -> Result<Box<dyn StoreTx + '_>, StoreError>;
+/// One event as a post sent it: decoded, and the exact bytes it arrived
+/// as, which are what the store keeps (fields this version does not know
+/// are kept too).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Received {
+    pub event: Event,
+    pub raw: Bytes,
+}
 
+impl From<Event> for Received {
+    /// Encodes an event made here (tests, tools).
+    fn from(event: Event) -> Self {
+        let raw = Bytes::from(event.encode_to_vec());
+        Self { event, raw }
+    }
+}
+
+/// Opens connections to one database.
+pub trait Backend: Send + Sync + fmt::Debug {
+    /// `sqlite` or `postgresql`.
+    fn name(&self) -> &'static str;
+    /// Where the data is, for logs (never a password).
+    fn location(&self) -> String;
+    /// The writer's connection. Only one may be open at a time.
+    fn writer(&self) -> Result<Box<dyn StoreWriter>, StoreError>;
+    /// A reader's connection.
+    fn reader(&self) -> Result<Box<dyn Store>, StoreError>;
+}
+
+/// A bounded pool of reader connections, opened as needed. Each read runs on
+/// the blocking pool with a connection of its own; at most `size` run at
+/// once, the others wait their turn.
+pub struct Readers {
+    backend: Arc<dyn Backend>,
+    idle: Mutex<Vec<Box<dyn Store>>>,
+    permits: Arc<tokio::sync::Semaphore>,
+}
+
+impl fmt::Debug for Readers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Readers")
+            .field("backend", &self.backend)
+            .field("available", &self.permits.available_permits())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Reader connections per ops center unless configured.
+pub const DEFAULT_READERS: usize = 4;
+
+impl Readers {
+    pub fn new(backend: Arc<dyn Backend>, size: usize) -> Arc<Self> {
+        Arc::new(Self {
+            backend,
+            idle: Mutex::new(Vec::new()),
+            permits: Arc::new(tokio::sync::Semaphore::new(size.max(1))),
+        })
+    }
+
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.backend
+    }
+
+    /// Runs `f` with a reader connection. A connection that reported the
+    /// database unavailable is dropped, the next read opens a fresh one.
+    pub async fn read<T: Send + 'static>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let permit = self
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| StoreError::Unavailable("reader pool closed".into()))?;
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            let idle = this.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+            let conn = match idle {
+                Some(conn) => conn,
+                None => this.backend.reader()?,
+            };
+            let result = f(&*conn);
+            if !matches!(result, Err(StoreError::Unavailable(_))) {
+                this.idle
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(conn);
+            }
+            result
+        })
+        .await
+        .unwrap_or_else(|_| Err(StoreError::Corrupt("store read panicked".into())))
+    }
+}
+
+/// Reads. Every connection answers them from what is committed.
+pub trait Store: Send {
     /// Highest seq up to which every event of `post_id` is stored (0 = none).
     fn durable_through(&self, post_id: &str) -> Result<u64, StoreError>;
     /// One stored event.
@@ -191,6 +309,9 @@ pub trait Store: Send {
         from_seq: u64,
         limit: usize,
     ) -> Result<Vec<StoredEvent>, StoreError>;
+    /// One stored event exactly as it was received (its protobuf encoding,
+    /// with any field this version does not know).
+    fn event_bytes(&self, post_id: &str, seq: u64) -> Result<Option<Vec<u8>>, StoreError>;
     /// Number of events stored (all posts).
     fn event_count(&self) -> Result<u64, StoreError>;
 
@@ -231,6 +352,12 @@ pub trait Store: Send {
     fn engine_snapshot(&self, resolved_since: SystemTime) -> Result<EngineSnapshot, StoreError>;
 }
 
+/// The writer's connection: reads, and [`StoreWriter::begin`].
+pub trait StoreWriter: Store {
+    /// Starts a group-commit transaction.
+    fn begin(&mut self) -> Result<Box<dyn StoreTx + '_>, StoreError>;
+}
+
 /// One group commit. Dropping it without `commit` rolls everything back.
 pub trait StoreTx {
     /// Stores events of one post idempotently by `(post_id, seq)`. Returns,
@@ -238,12 +365,13 @@ pub trait StoreTx {
     fn insert_events(
         &mut self,
         post_id: &str,
-        events: &[Event],
+        events: &[Received],
         stored_at: SystemTime,
     ) -> Result<Vec<bool>, StoreError>;
     /// Writes incidents (compare-and-set on their version), audit entries,
-    /// notes, event links, post statuses and test modes.
-    fn apply(&mut self, changes: &Changes) -> Result<(), StoreError>;
+    /// notes, event links, post statuses and test modes. Returns the
+    /// position given to each audit entry, in order (the feed's cursors).
+    fn apply(&mut self, changes: &Changes) -> Result<Vec<u64>, StoreError>;
     /// Makes everything durable (fsync) and returns each touched post's
     /// `durable_through_seq`.
     fn commit(self: Box<Self>) -> Result<CommitResult, StoreError>;

@@ -28,9 +28,53 @@ use vigil_proto::v1::{
 };
 
 use super::{
-    Changes, CommitResult, EngineSnapshot, IncidentFilter, ReceivedFilter, ReceivedKey, Store,
-    StoreError, StoreTx, incident_id, incident_number, watermark::SeqWatermark,
+    Backend, Changes, CommitResult, EngineSnapshot, IncidentFilter, Received, ReceivedFilter,
+    ReceivedKey, Store, StoreError, StoreTx, StoreWriter, incident_id, incident_number,
+    watermark::SeqWatermark,
 };
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Backend {
+            backend: "sqlite",
+            message: e.to_string(),
+        }
+    }
+}
+
+/// The embedded backend: `data_dir/ops.db`.
+#[derive(Debug, Clone)]
+pub struct SqliteBackend {
+    data_dir: PathBuf,
+}
+
+impl SqliteBackend {
+    /// Creates the folder and the schema, so that readers can open at once.
+    pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
+        drop(SqliteStore::open_reader_or_create(data_dir, true)?);
+        Ok(Self {
+            data_dir: data_dir.to_owned(),
+        })
+    }
+}
+
+impl Backend for SqliteBackend {
+    fn name(&self) -> &'static str {
+        "sqlite"
+    }
+
+    fn location(&self) -> String {
+        self.data_dir.join(DB_FILE).display().to_string()
+    }
+
+    fn writer(&self) -> Result<Box<dyn StoreWriter>, StoreError> {
+        Ok(Box::new(SqliteStore::open(&self.data_dir)?))
+    }
+
+    fn reader(&self) -> Result<Box<dyn Store>, StoreError> {
+        Ok(Box::new(SqliteStore::open_reader(&self.data_dir)?))
+    }
+}
 
 /// Name of the database file inside `data_dir`.
 pub const DB_FILE: &str = "ops.db";
@@ -88,21 +132,36 @@ CREATE TABLE IF NOT EXISTS notes (
 CREATE INDEX IF NOT EXISTS notes_incident ON notes (number);
 ";
 
-/// The SQLite store. Owns one connection; see the module docs.
+/// One connection to the SQLite store: the writer's (with the watermarks
+/// in memory) or a reader's; see the module docs.
 #[derive(Debug)]
 pub struct SqliteStore {
     conn: Connection,
     path: PathBuf,
-    marks: HashMap<String, SeqWatermark>,
+    /// The writer's watermarks; `None` on a reader's connection.
+    marks: Option<HashMap<String, SeqWatermark>>,
 }
 
 impl SqliteStore {
-    /// Opens (creating if needed) `data_dir/ops.db`.
+    /// Opens (creating if needed) `data_dir/ops.db` as the writer.
     pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(data_dir).map_err(|source| StoreError::Io {
-            path: data_dir.to_owned(),
-            source,
-        })?;
+        let mut store = Self::open_reader_or_create(data_dir, true)?;
+        store.marks = Some(load_marks(&store.conn)?);
+        Ok(store)
+    }
+
+    /// Opens `data_dir/ops.db` for reading only.
+    pub fn open_reader(data_dir: &Path) -> Result<Self, StoreError> {
+        Self::open_reader_or_create(data_dir, false)
+    }
+
+    fn open_reader_or_create(data_dir: &Path, create: bool) -> Result<Self, StoreError> {
+        if create {
+            std::fs::create_dir_all(data_dir).map_err(|source| StoreError::Io {
+                path: data_dir.to_owned(),
+                source,
+            })?;
+        }
         let path = data_dir.join(DB_FILE);
         let conn = Connection::open(&path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -118,10 +177,17 @@ impl SqliteStore {
                 supported: SCHEMA_VERSION,
             });
         }
-        conn.execute_batch(SCHEMA)?;
-        conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
-        let marks = load_marks(&conn)?;
-        Ok(Self { conn, path, marks })
+        if create {
+            conn.execute_batch(SCHEMA)?;
+            conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        } else {
+            conn.pragma_update(None, "query_only", true)?;
+        }
+        Ok(Self {
+            conn,
+            path,
+            marks: None,
+        })
     }
 
     /// Path of the database file.
@@ -233,25 +299,38 @@ const EVENT_COLUMNS: &str = "SELECT e.body, e.stored_at,
     (SELECT ie.number FROM incident_events ie WHERE ie.post_id = e.post_id AND ie.seq = e.seq LIMIT 1)
     FROM events e";
 
-impl Store for SqliteStore {
+impl StoreWriter for SqliteStore {
     fn begin(&mut self) -> Result<Box<dyn StoreTx + '_>, StoreError> {
+        let Some(marks) = self.marks.as_mut() else {
+            return Err(StoreError::Backend {
+                backend: "sqlite",
+                message: "a reader's connection cannot write".into(),
+            });
+        };
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         Ok(Box::new(SqliteTx {
             tx,
-            marks: &mut self.marks,
+            marks,
             work: BTreeMap::new(),
             inserted: 0,
             duplicates: 0,
         }))
     }
+}
 
+impl Store for SqliteStore {
     fn durable_through(&self, post_id: &str) -> Result<u64, StoreError> {
-        Ok(self
-            .marks
-            .get(post_id)
-            .map_or(0, SeqWatermark::durable_through))
+        if let Some(marks) = &self.marks {
+            return Ok(marks.get(post_id).map_or(0, SeqWatermark::durable_through));
+        }
+        let d: Option<i64> = self
+            .conn
+            .prepare_cached("SELECT durable_through FROM posts WHERE post_id = ?1")?
+            .query_row(params![post_id], |r| r.get(0))
+            .optional()?;
+        Ok(d.unwrap_or(0) as u64)
     }
 
     fn event(&self, post_id: &str, seq: u64) -> Result<Option<StoredEvent>, StoreError> {
@@ -270,6 +349,14 @@ impl Store for SqliteStore {
         let sql =
             format!("{EVENT_COLUMNS} WHERE e.post_id = ?1 AND e.seq >= ?2 ORDER BY e.seq LIMIT ?3");
         self.stored_events(&sql, params![post_id, from_seq as i64, limit as i64])
+    }
+
+    fn event_bytes(&self, post_id: &str, seq: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT body FROM events WHERE post_id = ?1 AND seq = ?2")?
+            .query_row(params![post_id, seq as i64], |r| r.get(0))
+            .optional()?)
     }
 
     fn event_count(&self) -> Result<u64, StoreError> {
@@ -486,7 +573,7 @@ impl StoreTx for SqliteTx<'_> {
     fn insert_events(
         &mut self,
         post_id: &str,
-        events: &[Event],
+        events: &[Received],
         stored_at: SystemTime,
     ) -> Result<Vec<bool>, StoreError> {
         if !self.work.contains_key(post_id) {
@@ -501,7 +588,7 @@ impl StoreTx for SqliteTx<'_> {
         )?;
         let stored_ms = millis(stored_at);
         let mut new = Vec::with_capacity(events.len());
-        for event in events {
+        for Received { event, raw } in events {
             // The watermark knows every stored seq of this post, so a re-sent
             // event costs no database work at all.
             if mark.contains(event.seq) {
@@ -518,7 +605,7 @@ impl StoreTx for SqliteTx<'_> {
                 event.seq as i64,
                 received,
                 stored_ms,
-                event.encode_to_vec()
+                &raw[..]
             ])?;
             mark.add(event.seq);
             if changed == 1 {
@@ -532,7 +619,7 @@ impl StoreTx for SqliteTx<'_> {
         Ok(new)
     }
 
-    fn apply(&mut self, changes: &Changes) -> Result<(), StoreError> {
+    fn apply(&mut self, changes: &Changes) -> Result<Vec<u64>, StoreError> {
         for write in changes.incidents() {
             let inc = &write.incident;
             let number = incident_number(&inc.id)
@@ -589,6 +676,7 @@ impl StoreTx for SqliteTx<'_> {
                 });
             }
         }
+        let mut positions = Vec::with_capacity(changes.audit.len());
         {
             let mut stmt = self
                 .tx
@@ -596,6 +684,7 @@ impl StoreTx for SqliteTx<'_> {
             for entry in &changes.audit {
                 let number = incident_number(&entry.incident_id).map(|n| n as i64);
                 stmt.execute(params![number, entry.post_id, entry.encode_to_vec()])?;
+                positions.push(self.tx.last_insert_rowid() as u64);
             }
         }
         {
@@ -644,7 +733,7 @@ impl StoreTx for SqliteTx<'_> {
                 stmt.execute(params![tm.post_id, tm.until.map(millis)])?;
             }
         }
-        Ok(())
+        Ok(positions)
     }
 
     fn commit(self: Box<Self>) -> Result<CommitResult, StoreError> {
@@ -747,238 +836,23 @@ fn ts(t: SystemTime) -> prost_types::Timestamp {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{EventLink, TestModeWrite};
-    use vigil_proto::v1::{AuditAction, PostState};
 
-    fn ev(post: &str, seq: u64) -> Event {
-        Event {
-            post_id: post.into(),
-            seq,
-            description: format!("event {seq}"),
-            ..Default::default()
+    #[test]
+    fn the_store_suite_passes_on_sqlite() {
+        for (name, case) in crate::store::suite::CASES {
+            let dir = tempfile::tempdir().unwrap();
+            let backend = SqliteBackend::open(dir.path()).unwrap();
+            eprintln!("store suite on sqlite: {name}");
+            case(&backend);
         }
     }
 
-    fn t(secs: u64) -> SystemTime {
-        UNIX_EPOCH + Duration::from_secs(1_700_000_000 + secs)
-    }
-
-    fn insert(store: &mut SqliteStore, post: &str, seqs: &[u64]) -> (Vec<bool>, CommitResult) {
-        let events: Vec<_> = seqs.iter().map(|&s| ev(post, s)).collect();
-        let mut tx = store.begin().unwrap();
-        let new = tx.insert_events(post, &events, t(0)).unwrap();
-        (new, tx.commit().unwrap())
-    }
-
     #[test]
-    fn events_are_idempotent_and_watermark_follows_gaps() {
+    fn a_reader_cannot_write() {
         let dir = tempfile::tempdir().unwrap();
-        let mut store = SqliteStore::open(dir.path()).unwrap();
-        let (new, res) = insert(&mut store, "p-1", &[1, 2, 3]);
-        assert_eq!(new, [true, true, true]);
-        assert_eq!(res.durable, [("p-1".to_string(), 3)]);
-        let (new, res) = insert(&mut store, "p-1", &[2, 3, 5, 6]);
-        assert_eq!(new, [false, false, true, true]);
-        assert_eq!((res.inserted, res.duplicates), (2, 2));
-        assert_eq!(res.durable, [("p-1".to_string(), 3)], "gap at 4");
-        let info = store.post("p-1").unwrap().unwrap();
-        assert_eq!(
-            (info.last_seq, info.durable_through_seq, info.missing_events),
-            (6, 3, 1)
-        );
-        let (_, res) = insert(&mut store, "p-1", &[4]);
-        assert_eq!(res.durable, [("p-1".to_string(), 6)]);
-        assert_eq!(store.event_count().unwrap(), 6);
-        let got = store.events("p-1", 1, 100).unwrap();
-        let seqs: Vec<u64> = got.iter().map(|e| e.event.as_ref().unwrap().seq).collect();
-        assert_eq!(seqs, [1, 2, 3, 4, 5, 6]);
-    }
-
-    #[test]
-    fn duplicates_inside_one_transaction_are_counted_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut store = SqliteStore::open(dir.path()).unwrap();
-        let mut tx = store.begin().unwrap();
-        let a = tx
-            .insert_events("p-1", &[ev("p-1", 1), ev("p-1", 2)], t(0))
-            .unwrap();
-        let b = tx
-            .insert_events("p-1", &[ev("p-1", 2), ev("p-1", 3)], t(0))
-            .unwrap();
-        let c = tx.insert_events("p-2", &[ev("p-2", 7)], t(0)).unwrap();
-        let res = tx.commit().unwrap();
-        assert_eq!((a, b, c), (vec![true, true], vec![false, true], vec![true]));
-        assert_eq!(
-            res.durable,
-            [("p-1".to_string(), 3), ("p-2".to_string(), 0)]
-        );
-        assert_eq!((res.inserted, res.duplicates), (4, 1));
-    }
-
-    #[test]
-    fn another_connection_sees_current_post_seqs() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut writer = SqliteStore::open(dir.path()).unwrap();
-        let reader = SqliteStore::open(dir.path()).unwrap();
-        insert(&mut writer, "p-1", &[1, 2, 5]);
-        let info = reader.post("p-1").unwrap().unwrap();
-        assert_eq!(
-            (info.last_seq, info.durable_through_seq, info.missing_events),
-            (5, 2, 2)
-        );
-        assert_eq!(reader.posts().unwrap()[0].last_seq, 5);
-    }
-
-    #[test]
-    fn rollback_leaves_nothing_and_watermarks_exact() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut store = SqliteStore::open(dir.path()).unwrap();
-        insert(&mut store, "p-1", &[1]);
-        {
-            let mut tx = store.begin().unwrap();
-            tx.insert_events("p-1", &[ev("p-1", 2)], t(0)).unwrap();
-            // dropped: rolled back
-        }
-        assert_eq!(store.durable_through("p-1").unwrap(), 1);
-        assert_eq!(store.event_count().unwrap(), 1);
-        let (new, res) = insert(&mut store, "p-1", &[2]);
-        assert_eq!((new, res.durable[0].1), (vec![true], 2));
-    }
-
-    #[test]
-    fn everything_survives_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        let inc = Incident {
-            id: incident_id(7),
-            post_id: "p-1".into(),
-            state: IncidentState::Open as i32,
-            version: 1,
-            title: "Burglary".into(),
-            ..Default::default()
-        };
-        {
-            let mut store = SqliteStore::open(dir.path()).unwrap();
-            insert(&mut store, "p-1", &[1, 2, 4]);
-            let mut changes = Changes::default();
-            changes.put_incident(inc.clone(), None);
-            changes.audit.push(AuditEntry {
-                incident_id: inc.id.clone(),
-                post_id: "p-1".into(),
-                action: AuditAction::Opened as i32,
-                actor: "system".into(),
-                to_version: 1,
-                ..Default::default()
-            });
-            changes.notes.push(Note {
-                incident_id: inc.id.clone(),
-                author: "alice".into(),
-                text: "on it".into(),
-                ..Default::default()
-            });
-            changes.links.push(EventLink {
-                incident_id: inc.id.clone(),
-                post_id: "p-1".into(),
-                seq: 2,
-            });
-            changes.statuses.push((
-                PostStatus {
-                    post_id: "p-1".into(),
-                    state: PostState::Online as i32,
-                    ..Default::default()
-                },
-                t(5),
-            ));
-            changes.test_modes.push(TestModeWrite {
-                post_id: "p-1".into(),
-                until: Some(t(3600)),
-            });
-            let mut tx = store.begin().unwrap();
-            tx.apply(&changes).unwrap();
-            tx.commit().unwrap();
-        }
-        let mut store = SqliteStore::open(dir.path()).unwrap();
-        assert_eq!(store.durable_through("p-1").unwrap(), 2);
-        let info = store.post("p-1").unwrap().unwrap();
-        assert_eq!((info.last_seq, info.missing_events), (4, 1));
-        assert_eq!(info.open_incidents, 1);
-        assert_eq!(info.status.unwrap().state, PostState::Online as i32);
-        assert_eq!(info.test_mode_until, Some(ts(t(3600))));
-        assert_eq!(store.incident(&inc.id).unwrap(), Some(inc.clone()));
-        assert_eq!(store.audit(&inc.id).unwrap().len(), 1);
-        assert_eq!(store.notes(&inc.id).unwrap()[0].text, "on it");
-        let linked = store.incident_events(&inc.id).unwrap();
-        assert_eq!(linked.len(), 1);
-        assert_eq!(linked[0].incident_id, inc.id);
-        assert_eq!(store.event("p-1", 2).unwrap().unwrap().incident_id, inc.id);
-        let snap = store.engine_snapshot(t(0)).unwrap();
-        assert_eq!(snap.incidents, [inc]);
-        assert_eq!(snap.last_incident_number, 7);
-        assert_eq!(snap.test_modes, [("p-1".to_string(), t(3600))]);
-        assert_eq!(snap.statuses.len(), 1);
-        // The gap fills after the restart.
-        let (_, res) = insert(&mut store, "p-1", &[3]);
-        assert_eq!(res.durable[0].1, 4);
-        let (new, _) = insert(&mut store, "p-1", &[1, 2, 3, 4]);
-        assert_eq!(new, [false; 4]);
-    }
-
-    #[test]
-    fn incident_writes_are_compare_and_set() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut store = SqliteStore::open(dir.path()).unwrap();
-        let mut inc = Incident {
-            id: incident_id(1),
-            post_id: "p-1".into(),
-            state: IncidentState::Open as i32,
-            version: 1,
-            ..Default::default()
-        };
-        let mut c = Changes::default();
-        c.put_incident(inc.clone(), None);
-        let mut tx = store.begin().unwrap();
-        tx.apply(&c).unwrap();
-        tx.commit().unwrap();
-
-        inc.version = 2;
-        let mut stale = Changes::default();
-        stale.put_incident(inc.clone(), Some(5));
-        let mut tx = store.begin().unwrap();
-        let err = tx.apply(&stale).unwrap_err();
-        assert!(
-            matches!(
-                err,
-                StoreError::VersionConflict {
-                    expected: 5,
-                    found: Some(1),
-                    ..
-                }
-            ),
-            "{err}"
-        );
-        drop(tx);
-        let mut ok = Changes::default();
-        ok.put_incident(inc.clone(), Some(1));
-        let mut tx = store.begin().unwrap();
-        tx.apply(&ok).unwrap();
-        tx.commit().unwrap();
-        assert_eq!(store.incident(&inc.id).unwrap().unwrap().version, 2);
-
-        let listed = store
-            .incidents(&IncidentFilter {
-                states: vec![IncidentState::Open as i32],
-                post_ids: vec!["p-1".into()],
-                limit: 10,
-                ..Default::default()
-            })
-            .unwrap();
-        assert_eq!(listed.len(), 1);
-        let none = store
-            .incidents(&IncidentFilter {
-                post_ids: vec!["p-2".into()],
-                limit: 10,
-                ..Default::default()
-            })
-            .unwrap();
-        assert!(none.is_empty());
+        let backend = SqliteBackend::open(dir.path()).unwrap();
+        let mut reader = SqliteStore::open_reader(dir.path()).unwrap();
+        assert!(matches!(reader.begin(), Err(StoreError::Backend { .. })));
+        drop(backend);
     }
 }

@@ -1,0 +1,453 @@
+//! One behaviour suite for every storage backend: each case takes a fresh,
+//! empty [`Backend`] and checks what the port promises (idempotent events
+//! and watermarks, compare-and-set incidents, audit positions, readers that
+//! see only what is committed, events kept as the bytes received). The
+//! SQLite backend runs it in its unit tests, the PostgreSQL backend against
+//! a real server in `ops-center/tests/postgres.rs`.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use prost::Message;
+use vigil_proto::v1::{
+    AuditAction, AuditEntry, Event, Incident, IncidentState, Note, PostState, PostStatus,
+};
+
+use super::{
+    Backend, Changes, CommitResult, EventLink, IncidentFilter, Received, ReceivedFilter,
+    StoreError, StoreWriter, TestModeWrite, incident_id,
+};
+
+/// One case: a fresh, empty backend in, panics on a failed check.
+pub type Case = fn(&dyn Backend);
+
+/// Every case, by name.
+pub const CASES: &[(&str, Case)] = &[
+    (
+        "events_are_idempotent_and_watermark_follows_gaps",
+        events_are_idempotent_and_watermark_follows_gaps,
+    ),
+    (
+        "duplicates_inside_one_transaction_are_counted_once",
+        duplicates_inside_one_transaction_are_counted_once,
+    ),
+    (
+        "a_reader_sees_what_is_committed_and_nothing_else",
+        a_reader_sees_what_is_committed_and_nothing_else,
+    ),
+    (
+        "rollback_leaves_nothing_and_watermarks_exact",
+        rollback_leaves_nothing_and_watermarks_exact,
+    ),
+    ("everything_survives_reopen", everything_survives_reopen),
+    (
+        "incident_writes_are_compare_and_set",
+        incident_writes_are_compare_and_set,
+    ),
+    (
+        "audit_positions_grow_and_page",
+        audit_positions_grow_and_page,
+    ),
+    (
+        "events_are_kept_as_the_bytes_received",
+        events_are_kept_as_the_bytes_received,
+    ),
+    (
+        "received_order_pages_by_time_post_and_seq",
+        received_order_pages_by_time_post_and_seq,
+    ),
+];
+
+fn ev(post: &str, seq: u64) -> Received {
+    Event {
+        post_id: post.into(),
+        seq,
+        description: format!("event {seq}"),
+        ..Default::default()
+    }
+    .into()
+}
+
+fn t(secs: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(1_700_000_000 + secs)
+}
+
+fn insert(store: &mut dyn StoreWriter, post: &str, seqs: &[u64]) -> (Vec<bool>, CommitResult) {
+    let events: Vec<_> = seqs.iter().map(|&s| ev(post, s)).collect();
+    let mut tx = store.begin().unwrap();
+    let new = tx.insert_events(post, &events, t(0)).unwrap();
+    (new, tx.commit().unwrap())
+}
+
+fn seqs(events: &[vigil_proto::v1::StoredEvent]) -> Vec<u64> {
+    events
+        .iter()
+        .map(|e| e.event.as_ref().unwrap().seq)
+        .collect()
+}
+
+fn events_are_idempotent_and_watermark_follows_gaps(b: &dyn Backend) {
+    let mut store = b.writer().unwrap();
+    let (new, res) = insert(&mut *store, "p-1", &[1, 2, 3]);
+    assert_eq!(new, [true, true, true]);
+    assert_eq!(res.durable, [("p-1".to_string(), 3)]);
+    let (new, res) = insert(&mut *store, "p-1", &[2, 3, 5, 6]);
+    assert_eq!(new, [false, false, true, true]);
+    assert_eq!((res.inserted, res.duplicates), (2, 2));
+    assert_eq!(res.durable, [("p-1".to_string(), 3)], "gap at 4");
+    let info = store.post("p-1").unwrap().unwrap();
+    assert_eq!(
+        (info.last_seq, info.durable_through_seq, info.missing_events),
+        (6, 3, 1)
+    );
+    let (_, res) = insert(&mut *store, "p-1", &[4]);
+    assert_eq!(res.durable, [("p-1".to_string(), 6)]);
+    assert_eq!(store.event_count().unwrap(), 6);
+    assert_eq!(
+        seqs(&store.events("p-1", 1, 100).unwrap()),
+        [1, 2, 3, 4, 5, 6]
+    );
+    assert_eq!(seqs(&store.events("p-1", 3, 2).unwrap()), [3, 4]);
+    // The largest seq a post may use.
+    let (new, _) = insert(&mut *store, "p-2", &[i64::MAX as u64]);
+    assert_eq!(new, [true]);
+    let got = store.event("p-2", i64::MAX as u64).unwrap().unwrap();
+    assert_eq!(got.event.unwrap().seq, i64::MAX as u64);
+}
+
+fn duplicates_inside_one_transaction_are_counted_once(b: &dyn Backend) {
+    let mut store = b.writer().unwrap();
+    let mut tx = store.begin().unwrap();
+    let a = tx
+        .insert_events("p-1", &[ev("p-1", 1), ev("p-1", 2)], t(0))
+        .unwrap();
+    let bb = tx
+        .insert_events("p-1", &[ev("p-1", 2), ev("p-1", 3)], t(0))
+        .unwrap();
+    let c = tx.insert_events("p-2", &[ev("p-2", 7)], t(0)).unwrap();
+    let res = tx.commit().unwrap();
+    assert_eq!(
+        (a, bb, c),
+        (vec![true, true], vec![false, true], vec![true])
+    );
+    assert_eq!(
+        res.durable,
+        [("p-1".to_string(), 3), ("p-2".to_string(), 0)]
+    );
+    assert_eq!((res.inserted, res.duplicates), (4, 1));
+}
+
+fn a_reader_sees_what_is_committed_and_nothing_else(b: &dyn Backend) {
+    let mut writer = b.writer().unwrap();
+    let reader = b.reader().unwrap();
+    insert(&mut *writer, "p-1", &[1, 2, 5]);
+    let info = reader.post("p-1").unwrap().unwrap();
+    assert_eq!(
+        (info.last_seq, info.durable_through_seq, info.missing_events),
+        (5, 2, 2)
+    );
+    assert_eq!(reader.posts().unwrap()[0].last_seq, 5);
+    assert_eq!(reader.durable_through("p-1").unwrap(), 2);
+    assert_eq!(reader.durable_through("p-9").unwrap(), 0);
+    {
+        let mut tx = writer.begin().unwrap();
+        tx.insert_events("p-1", &[ev("p-1", 3)], t(0)).unwrap();
+        // Not committed yet: the reader does not see it.
+        assert_eq!(reader.event_count().unwrap(), 3);
+        assert!(reader.event("p-1", 3).unwrap().is_none());
+        tx.commit().unwrap();
+    }
+    assert_eq!(reader.event_count().unwrap(), 4);
+    assert_eq!(reader.durable_through("p-1").unwrap(), 3);
+}
+
+fn rollback_leaves_nothing_and_watermarks_exact(b: &dyn Backend) {
+    let mut store = b.writer().unwrap();
+    insert(&mut *store, "p-1", &[1]);
+    {
+        let mut tx = store.begin().unwrap();
+        tx.insert_events("p-1", &[ev("p-1", 2)], t(0)).unwrap();
+        // dropped: rolled back
+    }
+    assert_eq!(store.durable_through("p-1").unwrap(), 1);
+    assert_eq!(store.event_count().unwrap(), 1);
+    let (new, res) = insert(&mut *store, "p-1", &[2]);
+    assert_eq!((new, res.durable[0].1), (vec![true], 2));
+}
+
+fn everything_survives_reopen(b: &dyn Backend) {
+    let inc = Incident {
+        id: incident_id(7),
+        post_id: "p-1".into(),
+        state: IncidentState::Open as i32,
+        version: 1,
+        title: "Burglary".into(),
+        ..Default::default()
+    };
+    {
+        let mut store = b.writer().unwrap();
+        insert(&mut *store, "p-1", &[1, 2, 4]);
+        let mut changes = Changes::default();
+        changes.put_incident(inc.clone(), None);
+        changes.audit.push(AuditEntry {
+            incident_id: inc.id.clone(),
+            post_id: "p-1".into(),
+            action: AuditAction::Opened as i32,
+            actor: "system".into(),
+            to_version: 1,
+            ..Default::default()
+        });
+        changes.audit.push(AuditEntry {
+            post_id: "p-1".into(),
+            action: AuditAction::TestModeStarted as i32,
+            actor: "alice".into(),
+            ..Default::default()
+        });
+        changes.notes.push(Note {
+            incident_id: inc.id.clone(),
+            author: "alice".into(),
+            text: "on it".into(),
+            ..Default::default()
+        });
+        changes.links.push(EventLink {
+            incident_id: inc.id.clone(),
+            post_id: "p-1".into(),
+            seq: 2,
+        });
+        changes.statuses.push((
+            PostStatus {
+                post_id: "p-1".into(),
+                state: PostState::Online as i32,
+                ..Default::default()
+            },
+            t(5),
+        ));
+        changes.test_modes.push(TestModeWrite {
+            post_id: "p-1".into(),
+            until: Some(t(3600)),
+        });
+        let mut tx = store.begin().unwrap();
+        tx.apply(&changes).unwrap();
+        tx.commit().unwrap();
+    }
+    let mut store = b.writer().unwrap();
+    assert_eq!(store.durable_through("p-1").unwrap(), 2);
+    let info = store.post("p-1").unwrap().unwrap();
+    assert_eq!((info.last_seq, info.missing_events), (4, 1));
+    assert_eq!(info.open_incidents, 1);
+    assert_eq!(info.status.unwrap().state, PostState::Online as i32);
+    assert_eq!(info.test_mode_until, Some(t(3600).into()));
+    assert_eq!(store.incident(&inc.id).unwrap(), Some(inc.clone()));
+    assert_eq!(store.audit(&inc.id).unwrap().len(), 1);
+    assert_eq!(store.post_audit("p-1").unwrap().len(), 1);
+    assert_eq!(store.notes(&inc.id).unwrap()[0].text, "on it");
+    let linked = store.incident_events(&inc.id).unwrap();
+    assert_eq!(linked.len(), 1);
+    assert_eq!(linked[0].incident_id, inc.id);
+    assert_eq!(store.event("p-1", 2).unwrap().unwrap().incident_id, inc.id);
+    assert_eq!(store.event("p-1", 1).unwrap().unwrap().incident_id, "");
+    let snap = store.engine_snapshot(t(0)).unwrap();
+    assert_eq!(snap.incidents, [inc]);
+    assert_eq!(snap.last_incident_number, 7);
+    assert_eq!(snap.test_modes, [("p-1".to_string(), t(3600))]);
+    assert_eq!(snap.statuses.len(), 1);
+    // The gap fills after the restart.
+    let (_, res) = insert(&mut *store, "p-1", &[3]);
+    assert_eq!(res.durable[0].1, 4);
+    let (new, _) = insert(&mut *store, "p-1", &[1, 2, 3, 4]);
+    assert_eq!(new, [false; 4]);
+}
+
+fn incident_writes_are_compare_and_set(b: &dyn Backend) {
+    let mut store = b.writer().unwrap();
+    let mut inc = Incident {
+        id: incident_id(1),
+        post_id: "p-1".into(),
+        state: IncidentState::Open as i32,
+        version: 1,
+        ..Default::default()
+    };
+    let mut c = Changes::default();
+    c.put_incident(inc.clone(), None);
+    let mut tx = store.begin().unwrap();
+    tx.apply(&c).unwrap();
+    tx.commit().unwrap();
+
+    inc.version = 2;
+    let mut stale = Changes::default();
+    stale.put_incident(inc.clone(), Some(5));
+    let mut tx = store.begin().unwrap();
+    let err = tx.apply(&stale).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::VersionConflict {
+                expected: 5,
+                found: Some(1),
+                ..
+            }
+        ),
+        "{err}"
+    );
+    drop(tx);
+    let mut ok = Changes::default();
+    ok.put_incident(inc.clone(), Some(1));
+    let mut tx = store.begin().unwrap();
+    tx.apply(&ok).unwrap();
+    tx.commit().unwrap();
+    assert_eq!(store.incident(&inc.id).unwrap().unwrap().version, 2);
+
+    let listed = store
+        .incidents(&IncidentFilter {
+            states: vec![IncidentState::Open as i32],
+            post_ids: vec!["p-1".into()],
+            limit: 10,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(listed.len(), 1);
+    let none = store
+        .incidents(&IncidentFilter {
+            post_ids: vec!["p-2".into()],
+            limit: 10,
+            ..Default::default()
+        })
+        .unwrap();
+    assert!(none.is_empty());
+    let resolved = store
+        .incidents(&IncidentFilter {
+            states: vec![IncidentState::Resolved as i32],
+            limit: 10,
+            ..Default::default()
+        })
+        .unwrap();
+    assert!(resolved.is_empty());
+}
+
+fn audit_positions_grow_and_page(b: &dyn Backend) {
+    let mut store = b.writer().unwrap();
+    let reader = b.reader().unwrap();
+    assert_eq!(reader.last_audit_position().unwrap(), 0);
+    let mut all = Vec::new();
+    for round in 0..3u64 {
+        let mut c = Changes::default();
+        for i in 0..4u64 {
+            let number = round * 4 + i + 1;
+            let inc = Incident {
+                id: incident_id(number),
+                post_id: format!("p-{i}"),
+                state: IncidentState::Open as i32,
+                version: 1,
+                ..Default::default()
+            };
+            c.put_incident(inc.clone(), None);
+            c.audit.push(AuditEntry {
+                incident_id: inc.id.clone(),
+                post_id: inc.post_id.clone(),
+                action: AuditAction::Opened as i32,
+                to_version: 1,
+                ..Default::default()
+            });
+        }
+        let mut tx = store.begin().unwrap();
+        let positions = tx.apply(&c).unwrap();
+        tx.commit().unwrap();
+        assert_eq!(positions.len(), 4);
+        all.extend(positions);
+    }
+    assert!(all.windows(2).all(|w| w[0] < w[1]), "{all:?}");
+    assert_eq!(reader.last_audit_position().unwrap(), *all.last().unwrap());
+    let page = reader.audit_after(all[2], 5).unwrap();
+    let got: Vec<u64> = page.iter().map(|(p, _)| *p).collect();
+    assert_eq!(got, all[3..8]);
+    assert_eq!(page[0].1.incident_id, incident_id(4));
+    assert!(reader.audit_after(all[11], 5).unwrap().is_empty());
+    // Newest first, and paged by number.
+    let listed = reader
+        .incidents(&IncidentFilter {
+            before_number: Some(6),
+            limit: 3,
+            ..Default::default()
+        })
+        .unwrap();
+    let ids: Vec<&str> = listed.iter().map(|i| i.id.as_str()).collect();
+    assert_eq!(ids, [incident_id(5), incident_id(4), incident_id(3)]);
+}
+
+fn events_are_kept_as_the_bytes_received(b: &dyn Backend) {
+    let event = Event {
+        post_id: "p-1".into(),
+        seq: 1,
+        description: "door".into(),
+        ..Default::default()
+    };
+    // A field this version does not know (number 999, a string), as a
+    // newer gateway might send.
+    let mut raw = event.encode_to_vec();
+    prost::encoding::string::encode(999, &"from the future".to_string(), &mut raw);
+    let received = Received {
+        event,
+        raw: Bytes::from(raw.clone()),
+    };
+    let mut store = b.writer().unwrap();
+    let mut tx = store.begin().unwrap();
+    tx.insert_events("p-1", &[received], t(0)).unwrap();
+    tx.commit().unwrap();
+    let reader = b.reader().unwrap();
+    let stored = reader.event("p-1", 1).unwrap().unwrap();
+    assert_eq!(stored.event.unwrap().description, "door");
+    // The store holds exactly what was received, the unknown field too.
+    assert_eq!(reader.event_bytes("p-1", 1).unwrap(), Some(raw));
+    assert_eq!(reader.event_bytes("p-1", 2).unwrap(), None);
+}
+
+fn received_order_pages_by_time_post_and_seq(b: &dyn Backend) {
+    let mut store = b.writer().unwrap();
+    let at = |post: &str, seq: u64, secs: u64| -> Received {
+        Event {
+            post_id: post.into(),
+            seq,
+            received_at: Some(t(secs).into()),
+            ..Default::default()
+        }
+        .into()
+    };
+    let mut tx = store.begin().unwrap();
+    tx.insert_events("p-1", &[at("p-1", 1, 10), at("p-1", 2, 30)], t(0))
+        .unwrap();
+    tx.insert_events("p-2", &[at("p-2", 1, 10), at("p-2", 2, 20)], t(0))
+        .unwrap();
+    tx.commit().unwrap();
+    let reader = b.reader().unwrap();
+    let key =
+        |r: &(super::ReceivedKey, vigil_proto::v1::StoredEvent)| (r.0.post_id.clone(), r.0.seq);
+    let all = reader
+        .events_received(&ReceivedFilter::default(), None, 10)
+        .unwrap();
+    let order: Vec<_> = all.iter().map(key).collect();
+    assert_eq!(
+        order,
+        [
+            ("p-1".to_string(), 1),
+            ("p-2".to_string(), 1),
+            ("p-2".to_string(), 2),
+            ("p-1".to_string(), 2)
+        ]
+    );
+    // Keyset paging: after the second, two more.
+    let next = reader
+        .events_received(&ReceivedFilter::default(), Some(&all[1].0), 2)
+        .unwrap();
+    assert_eq!(next.iter().map(key).collect::<Vec<_>>(), order[2..4]);
+    // One post, from a time (inclusive) to a time (exclusive).
+    let filter = ReceivedFilter {
+        post_ids: vec!["p-2".into()],
+        from: Some(t(15)),
+        to: Some(t(25)),
+    };
+    let some = reader.events_received(&filter, None, 10).unwrap();
+    assert_eq!(
+        some.iter().map(key).collect::<Vec<_>>(),
+        [("p-2".to_string(), 2)]
+    );
+}
