@@ -67,10 +67,7 @@ impl std::fmt::Debug for Storage {
 pub fn open_backend(config: &OpsConfig) -> Result<Arc<dyn Backend>, StoreError> {
     match &config.store.url {
         None => Ok(Arc::new(SqliteBackend::open(&config.data_dir)?)),
-        Some(_) => Err(StoreError::Backend {
-            backend: "postgresql",
-            message: "this build has no PostgreSQL backend yet".into(),
-        }),
+        Some(url) => Ok(Arc::new(store::PostgresBackend::open(url)?)),
     }
 }
 
@@ -101,13 +98,17 @@ pub enum OpsError {
 /// a binary can report a store that cannot be opened before it does
 /// anything else.
 pub fn open(config: &OpsConfig) -> Result<(Storage, Engine), StoreError> {
-    let backend = open_backend(config)?;
-    let writer = backend.writer()?;
-    let since = SystemTime::now()
-        .checked_sub(Duration::from_secs(config.engine.reactivation_window_secs))
-        .unwrap_or(SystemTime::UNIX_EPOCH);
-    let engine = Engine::new(config.engine.clone(), writer.engine_snapshot(since)?);
-    Ok((Storage { backend, writer }, engine))
+    // Blocking work (connecting, reading the snapshot): off any async
+    // runtime the caller may be on.
+    store::postgres::off_runtime(|| {
+        let backend = open_backend(config)?;
+        let writer = backend.writer()?;
+        let since = SystemTime::now()
+            .checked_sub(Duration::from_secs(config.engine.reactivation_window_secs))
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        let engine = Engine::new(config.engine.clone(), writer.engine_snapshot(since)?);
+        Ok((Storage { backend, writer }, engine))
+    })
 }
 
 /// Runs the ops-center until `shutdown` is cancelled: ingest over MQTT, the

@@ -276,6 +276,11 @@ impl Writer {
                     group = kept;
                     thread::sleep(backoff);
                     backoff = (backoff * 2).min(RETRY_MAX);
+                    if matches!(e, StoreError::Unavailable(_))
+                        && let Err(e) = self.store.reconnect()
+                    {
+                        tracing::debug!(error = %e, "store still unreachable");
+                    }
                 }
             }
         }

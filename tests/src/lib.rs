@@ -16,6 +16,7 @@
 pub mod abuse;
 pub mod center;
 pub mod faults;
+pub mod postgres;
 
 use std::{
     net::SocketAddr,

@@ -15,6 +15,7 @@
 //!
 //! The SQLite backend ([`sqlite::SqliteBackend`]) is the embedded default.
 
+pub mod postgres;
 pub mod sqlite;
 #[doc(hidden)]
 pub mod suite;
@@ -31,6 +32,7 @@ use bytes::Bytes;
 use prost::Message;
 use vigil_proto::v1::{AuditEntry, Event, Incident, Note, PostInfo, PostStatus, StoredEvent};
 
+pub use postgres::PostgresBackend;
 pub use sqlite::{SqliteBackend, SqliteStore};
 
 /// Why a store operation failed. Any error inside a transaction aborts it;
@@ -356,6 +358,14 @@ pub trait Store: Send {
 pub trait StoreWriter: Store {
     /// Starts a group-commit transaction.
     fn begin(&mut self) -> Result<Box<dyn StoreTx + '_>, StoreError>;
+
+    /// Opens the connection again after the database said it was
+    /// [`StoreError::Unavailable`] (an embedded file has nothing to redo).
+    /// Whatever the writer keeps in memory is read again: a commit whose
+    /// answer was lost may have happened.
+    fn reconnect(&mut self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 /// One group commit. Dropping it without `commit` rolls everything back.

@@ -1,0 +1,927 @@
+//! The store on PostgreSQL: the same tables as SQLite's, for a region that
+//! runs several operations-center replicas on one database server, or that
+//! wants PostgreSQL's own replication and backups.
+//!
+//! The client is `postgres`, the blocking face of `tokio-postgres`: the
+//! store's interface is synchronous (the writer is a thread of its own and
+//! API reads run on the blocking pool), and each connection drives its own
+//! small runtime. A Unix socket (`?host=/run/postgresql`) needs no TLS; a TCP
+//! host must say `sslmode=disable` for now (see docs/ops-center.md).
+//!
+//! Schema migrations are numbered and applied in order, each in its own
+//! transaction under a transaction-scoped advisory lock, so replicas that
+//! start together migrate once. Events are inserted a batch at a time
+//! (`unnest` of arrays, `ON CONFLICT DO NOTHING`): one round trip per batch,
+//! not per event. Commits are durable when they return
+//! (`synchronous_commit` as the server has it; `on` by default).
+
+use std::{
+    cell::RefCell,
+    collections::{BTreeMap, HashMap},
+    str::FromStr,
+    time::{Duration, SystemTime},
+};
+
+use postgres::{Client, GenericClient, NoTls, Row, Statement, Transaction, config::Host};
+use prost::Message;
+use vigil_proto::v1::{
+    AuditEntry, Event, Incident, IncidentState, Note, PostInfo, PostStatus, StoredEvent,
+};
+
+use super::{
+    Backend, Changes, CommitResult, EngineSnapshot, IncidentFilter, Received, ReceivedFilter,
+    ReceivedKey, Store, StoreError, StoreTx, StoreWriter, incident_id, incident_number,
+    sqlite::{from_millis, millis},
+    watermark::SeqWatermark,
+};
+
+/// How long a connection attempt may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Numbered migrations; the position in this list is the version.
+const MIGRATIONS: &[&str] = &["
+CREATE TABLE posts (
+    post_id         TEXT PRIMARY KEY,
+    durable_through BIGINT NOT NULL DEFAULT 0,
+    last_seq        BIGINT NOT NULL DEFAULT 0,
+    last_seen       BIGINT,
+    status          BYTEA,
+    test_mode_until BIGINT
+);
+CREATE TABLE events (
+    post_id     TEXT NOT NULL,
+    seq         BIGINT NOT NULL,
+    received_at BIGINT,
+    stored_at   BIGINT NOT NULL,
+    body        BYTEA NOT NULL,
+    PRIMARY KEY (post_id, seq)
+);
+CREATE INDEX events_received ON events (received_at);
+CREATE TABLE incidents (
+    number      BIGINT PRIMARY KEY,
+    post_id     TEXT NOT NULL,
+    state       INTEGER NOT NULL,
+    version     BIGINT NOT NULL,
+    resolved_at BIGINT,
+    body        BYTEA NOT NULL
+);
+CREATE INDEX incidents_state ON incidents (state, number);
+CREATE INDEX incidents_post ON incidents (post_id, state);
+CREATE TABLE incident_events (
+    number  BIGINT NOT NULL,
+    post_id TEXT NOT NULL,
+    seq     BIGINT NOT NULL,
+    PRIMARY KEY (number, post_id, seq)
+);
+CREATE INDEX incident_events_event ON incident_events (post_id, seq);
+CREATE TABLE audit (
+    id      BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    number  BIGINT,
+    post_id TEXT NOT NULL,
+    body    BYTEA NOT NULL
+);
+CREATE INDEX audit_incident ON audit (number);
+CREATE INDEX audit_post ON audit (post_id) WHERE number IS NULL;
+CREATE TABLE notes (
+    id     BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    number BIGINT NOT NULL,
+    body   BYTEA NOT NULL
+);
+CREATE INDEX notes_incident ON notes (number);
+"];
+
+/// Key of the advisory lock held while migrating (any constant of ours).
+const MIGRATION_LOCK: i64 = 0x5649_4749_4c00_0001;
+
+impl From<postgres::Error> for StoreError {
+    fn from(e: postgres::Error) -> Self {
+        // No server error code: the connection itself failed (refused,
+        // closed, timed out). Class 08 is "connection exception"; 57P01-03
+        // are the server shutting down or crashing.
+        let lost = match e.code() {
+            None => true,
+            Some(code) => {
+                let c = code.code();
+                c.starts_with("08") || c.starts_with("57P")
+            }
+        };
+        if lost || e.is_closed() {
+            StoreError::Unavailable(format!("postgresql: {e}"))
+        } else {
+            StoreError::Backend {
+                backend: "postgresql",
+                message: match e.as_db_error() {
+                    Some(db) => format!("{} ({})", db.message(), db.code().code()),
+                    None => e.to_string(),
+                },
+            }
+        }
+    }
+}
+
+/// A PostgreSQL database named by a `postgresql://` URL.
+#[derive(Debug, Clone)]
+pub struct PostgresBackend {
+    config: postgres::Config,
+    location: String,
+}
+
+impl PostgresBackend {
+    /// Parses `url`, connects once and brings the schema up to date.
+    pub fn open(url: &str) -> Result<Self, StoreError> {
+        let mut config = postgres::Config::from_str(url).map_err(|e| StoreError::Backend {
+            backend: "postgresql",
+            message: format!("store url: {e}"),
+        })?;
+        config.connect_timeout(CONNECT_TIMEOUT);
+        config.application_name("vigil-ops");
+        let hosts: Vec<String> = config
+            .get_hosts()
+            .iter()
+            .map(|h| match h {
+                Host::Tcp(name) => name.clone(),
+                Host::Unix(path) => path.display().to_string(),
+            })
+            .collect();
+        let tcp = config.get_hosts().iter().any(|h| matches!(h, Host::Tcp(_)));
+        if tcp && config.get_ssl_mode() != postgres::config::SslMode::Disable {
+            return Err(StoreError::Backend {
+                backend: "postgresql",
+                message: "store url: a TCP host needs sslmode=disable (TLS to PostgreSQL is not \
+                          supported yet); or use a Unix socket, ?host=/run/postgresql"
+                    .into(),
+            });
+        }
+        let location = format!(
+            "postgresql://{}@{}/{} (port {})",
+            config.get_user().unwrap_or(""),
+            hosts.join(","),
+            config.get_dbname().unwrap_or(""),
+            config
+                .get_ports()
+                .iter()
+                .map(u16::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        let backend = Self { config, location };
+        off_runtime(|| migrate(&mut backend.connect()?))?;
+        Ok(backend)
+    }
+
+    fn connect(&self) -> Result<Client, StoreError> {
+        Ok(off_runtime(|| self.config.connect(NoTls))?)
+    }
+}
+
+impl Backend for PostgresBackend {
+    fn name(&self) -> &'static str {
+        "postgresql"
+    }
+
+    fn location(&self) -> String {
+        self.location.clone()
+    }
+
+    fn writer(&self) -> Result<Box<dyn StoreWriter>, StoreError> {
+        let mut client = self.connect()?;
+        let marks = off_runtime(|| load_marks(&mut client))?;
+        Ok(Box::new(PostgresStore {
+            client: RefCell::new(Some(client)),
+            stmts: RefCell::default(),
+            marks: Some(marks),
+            backend: self.clone(),
+        }))
+    }
+
+    fn reader(&self) -> Result<Box<dyn Store>, StoreError> {
+        let client = self.connect()?;
+        Ok(Box::new(PostgresStore {
+            client: RefCell::new(Some(client)),
+            stmts: RefCell::default(),
+            marks: None,
+            backend: self.clone(),
+        }))
+    }
+}
+
+/// Runs `f` on a thread of its own when called from inside an async
+/// runtime: each `postgres` call blocks on a runtime of its connection,
+/// which a thread already driving tasks must not do. (The writer thread and
+/// the blocking pool, where the store normally runs, need no detour.)
+pub(crate) fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    if tokio::runtime::Handle::try_current().is_err() {
+        return f();
+    }
+    std::thread::scope(|s| s.spawn(f).join().expect("store thread panicked"))
+}
+
+/// Applies every migration the database has not had yet.
+fn migrate(client: &mut Client) -> Result<(), StoreError> {
+    client.batch_execute(
+        "CREATE TABLE IF NOT EXISTS vigil_schema (version INTEGER NOT NULL);
+         INSERT INTO vigil_schema (version)
+           SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM vigil_schema);",
+    )?;
+    let supported = MIGRATIONS.len() as i64;
+    loop {
+        let mut tx = client.transaction()?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])?;
+        let found: i32 = tx
+            .query_one("SELECT version FROM vigil_schema", &[])?
+            .get(0);
+        let found = i64::from(found);
+        if found > supported {
+            return Err(StoreError::SchemaTooNew { found, supported });
+        }
+        if found == supported {
+            return Ok(());
+        }
+        tx.batch_execute(MIGRATIONS[found as usize])?;
+        tx.execute(
+            "UPDATE vigil_schema SET version = $1",
+            &[&(found as i32 + 1)],
+        )?;
+        tx.commit()?;
+        tracing::info!(version = found + 1, "postgresql schema migrated");
+    }
+}
+
+/// One connection: the writer's (with the watermarks in memory) or a
+/// reader's.
+pub struct PostgresStore {
+    /// Always `Some` until dropped (see the `Drop` impl).
+    client: RefCell<Option<Client>>,
+    /// Prepared statements of this connection, by their text.
+    stmts: RefCell<Statements>,
+    marks: Option<HashMap<String, SeqWatermark>>,
+    /// Where to connect again.
+    backend: PostgresBackend,
+}
+
+type Statements = HashMap<&'static str, Statement>;
+
+/// The prepared form of `sql` on this connection, prepared on first use.
+fn prepared(
+    client: &mut impl GenericClient,
+    stmts: &RefCell<Statements>,
+    sql: &'static str,
+) -> Result<Statement, StoreError> {
+    if let Some(stmt) = stmts.borrow().get(sql) {
+        return Ok(stmt.clone());
+    }
+    let stmt = client.prepare(sql)?;
+    stmts.borrow_mut().insert(sql, stmt.clone());
+    Ok(stmt)
+}
+
+impl std::fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresStore")
+            .field("writer", &self.marks.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for PostgresStore {
+    fn drop(&mut self) {
+        // Closing blocks on the connection's runtime: not on a thread that
+        // drives async tasks (a pool dropped by an async task, say).
+        if let Some(client) = self.client.get_mut().take() {
+            off_runtime(move || drop(client));
+        }
+    }
+}
+
+impl PostgresStore {
+    fn client(&self) -> std::cell::RefMut<'_, Client> {
+        std::cell::RefMut::map(self.client.borrow_mut(), |c| {
+            c.as_mut().expect("open until dropped")
+        })
+    }
+
+    fn query(
+        &self,
+        sql: &'static str,
+        params: &[&(dyn postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<Row>, StoreError> {
+        let mut client = self.client();
+        let stmt = prepared(&mut *client, &self.stmts, sql)?;
+        Ok(client.query(&stmt, params)?)
+    }
+
+    fn bodies<M: Message + Default>(
+        &self,
+        sql: &'static str,
+        params: &[&(dyn postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<M>, StoreError> {
+        self.query(sql, params)?
+            .iter()
+            .map(|r| decode::<M>(r.get::<_, &[u8]>(0)))
+            .collect()
+    }
+
+    fn stored_events(
+        &self,
+        sql: &'static str,
+        params: &[&(dyn postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        self.query(sql, params)?.iter().map(stored_event).collect()
+    }
+
+    fn post_info(&self, row: &Row) -> Result<PostInfo, StoreError> {
+        let post_id: String = row.get(0);
+        let durable: i64 = row.get(4);
+        let above: Vec<u64> = self
+            .query(
+                "SELECT seq FROM events WHERE post_id = $1 AND seq > $2",
+                &[&post_id, &durable],
+            )?
+            .iter()
+            .map(|r| r.get::<_, i64>(0) as u64)
+            .collect();
+        let mark = SeqWatermark::restore(durable as u64, above);
+        let open: i64 = self.query(
+            "SELECT count(*) FROM incidents WHERE post_id = $1 AND state <> $2",
+            &[&post_id, &(IncidentState::Resolved as i32)],
+        )?[0]
+            .get(0);
+        let status = match row.get::<_, Option<&[u8]>>(2) {
+            Some(bytes) => Some(decode::<PostStatus>(bytes)?),
+            None => None,
+        };
+        Ok(PostInfo {
+            post_id,
+            status,
+            last_seen: row
+                .get::<_, Option<i64>>(1)
+                .map(|ms| from_millis(ms).into()),
+            last_seq: mark.last_seq(),
+            durable_through_seq: mark.durable_through(),
+            missing_events: mark.missing(),
+            test_mode_until: row
+                .get::<_, Option<i64>>(3)
+                .map(|ms| from_millis(ms).into()),
+            open_incidents: u32::try_from(open).unwrap_or(u32::MAX),
+        })
+    }
+}
+
+/// Selects a stored event with the incident it joined, then `$tail`.
+macro_rules! event_query {
+    ($tail:literal) => {
+        concat!(
+            "SELECT e.body, e.stored_at,
+               (SELECT ie.number FROM incident_events ie
+                 WHERE ie.post_id = e.post_id AND ie.seq = e.seq LIMIT 1)
+             FROM events e ",
+            $tail
+        )
+    };
+}
+
+/// Selects posts, then `$tail`.
+macro_rules! post_query {
+    ($tail:literal) => {
+        concat!(
+            "SELECT post_id, last_seen, status, test_mode_until, durable_through FROM posts ",
+            $tail
+        )
+    };
+}
+
+fn stored_event(row: &Row) -> Result<StoredEvent, StoreError> {
+    let number: Option<i64> = row.get(2);
+    Ok(StoredEvent {
+        event: Some(decode::<Event>(row.get::<_, &[u8]>(0))?),
+        stored_at: Some(from_millis(row.get(1)).into()),
+        incident_id: number.map(|n| incident_id(n as u64)).unwrap_or_default(),
+    })
+}
+
+fn decode<M: Message + Default>(bytes: &[u8]) -> Result<M, StoreError> {
+    M::decode(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+impl Store for PostgresStore {
+    fn durable_through(&self, post_id: &str) -> Result<u64, StoreError> {
+        if let Some(marks) = &self.marks {
+            return Ok(marks.get(post_id).map_or(0, SeqWatermark::durable_through));
+        }
+        Ok(self
+            .query(
+                "SELECT durable_through FROM posts WHERE post_id = $1",
+                &[&post_id],
+            )?
+            .first()
+            .map_or(0, |r| r.get::<_, i64>(0) as u64))
+    }
+
+    fn event(&self, post_id: &str, seq: u64) -> Result<Option<StoredEvent>, StoreError> {
+        let sql = event_query!("WHERE e.post_id = $1 AND e.seq = $2");
+        Ok(self.stored_events(sql, &[&post_id, &(seq as i64)])?.pop())
+    }
+
+    fn event_bytes(&self, post_id: &str, seq: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .query(
+                "SELECT body FROM events WHERE post_id = $1 AND seq = $2",
+                &[&post_id, &(seq as i64)],
+            )?
+            .first()
+            .map(|r| r.get::<_, Vec<u8>>(0)))
+    }
+
+    fn events(
+        &self,
+        post_id: &str,
+        from_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let sql = event_query!("WHERE e.post_id = $1 AND e.seq >= $2 ORDER BY e.seq LIMIT $3");
+        self.stored_events(sql, &[&post_id, &(from_seq as i64), &(limit as i64)])
+    }
+
+    fn event_count(&self) -> Result<u64, StoreError> {
+        let n: i64 = self.query("SELECT count(*) FROM events", &[])?[0].get(0);
+        Ok(n as u64)
+    }
+
+    fn incident(&self, id: &str) -> Result<Option<Incident>, StoreError> {
+        let Some(number) = incident_number(id) else {
+            return Ok(None);
+        };
+        Ok(self
+            .bodies(
+                "SELECT body FROM incidents WHERE number = $1",
+                &[&(number as i64)],
+            )?
+            .pop())
+    }
+
+    fn incidents(&self, filter: &IncidentFilter) -> Result<Vec<Incident>, StoreError> {
+        self.bodies(
+            "SELECT body FROM incidents
+             WHERE (cardinality($1::int4[]) = 0 OR state = ANY($1))
+               AND (cardinality($2::text[]) = 0 OR post_id = ANY($2))
+               AND ($3::int8 IS NULL OR number < $3)
+             ORDER BY number DESC LIMIT $4",
+            &[
+                &filter.states,
+                &filter.post_ids,
+                &filter.before_number.map(|n| n as i64),
+                &(filter.limit as i64),
+            ],
+        )
+    }
+
+    fn incident_events(&self, id: &str) -> Result<Vec<StoredEvent>, StoreError> {
+        let Some(number) = incident_number(id) else {
+            return Ok(Vec::new());
+        };
+        let sql = event_query!(
+            "JOIN incident_events l ON l.post_id = e.post_id AND l.seq = e.seq
+             WHERE l.number = $1 ORDER BY e.post_id, e.seq"
+        );
+        self.stored_events(sql, &[&(number as i64)])
+    }
+
+    fn audit(&self, incident_id: &str) -> Result<Vec<AuditEntry>, StoreError> {
+        let Some(number) = incident_number(incident_id) else {
+            return Ok(Vec::new());
+        };
+        self.bodies(
+            "SELECT body FROM audit WHERE number = $1 ORDER BY id",
+            &[&(number as i64)],
+        )
+    }
+
+    fn post_audit(&self, post_id: &str) -> Result<Vec<AuditEntry>, StoreError> {
+        self.bodies(
+            "SELECT body FROM audit WHERE post_id = $1 AND number IS NULL ORDER BY id",
+            &[&post_id],
+        )
+    }
+
+    fn notes(&self, incident_id: &str) -> Result<Vec<Note>, StoreError> {
+        let Some(number) = incident_number(incident_id) else {
+            return Ok(Vec::new());
+        };
+        self.bodies(
+            "SELECT body FROM notes WHERE number = $1 ORDER BY id",
+            &[&(number as i64)],
+        )
+    }
+
+    fn post(&self, post_id: &str) -> Result<Option<PostInfo>, StoreError> {
+        let sql = post_query!("WHERE post_id = $1");
+        match self.query(sql, &[&post_id])?.first() {
+            Some(row) => Ok(Some(self.post_info(row)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn posts(&self) -> Result<Vec<PostInfo>, StoreError> {
+        let sql = post_query!("ORDER BY post_id");
+        self.query(sql, &[])?
+            .iter()
+            .map(|row| self.post_info(row))
+            .collect()
+    }
+
+    fn last_audit_position(&self) -> Result<u64, StoreError> {
+        let n: Option<i64> = self.query("SELECT max(id) FROM audit", &[])?[0].get(0);
+        Ok(n.unwrap_or(0) as u64)
+    }
+
+    fn audit_after(&self, after: u64, limit: usize) -> Result<Vec<(u64, AuditEntry)>, StoreError> {
+        self.query(
+            "SELECT id, body FROM audit WHERE id > $1 ORDER BY id LIMIT $2",
+            &[&(after as i64), &(limit as i64)],
+        )?
+        .iter()
+        .map(|r| Ok((r.get::<_, i64>(0) as u64, decode(r.get::<_, &[u8]>(1))?)))
+        .collect()
+    }
+
+    fn events_received(
+        &self,
+        filter: &ReceivedFilter,
+        after: Option<&ReceivedKey>,
+        limit: usize,
+    ) -> Result<Vec<(ReceivedKey, StoredEvent)>, StoreError> {
+        // An event without a gateway time sorts by when it was stored.
+        let rows = self.query(
+            "SELECT e.body, e.stored_at,
+                (SELECT ie.number FROM incident_events ie
+                  WHERE ie.post_id = e.post_id AND ie.seq = e.seq LIMIT 1),
+                coalesce(e.received_at, e.stored_at) AS t, e.post_id, e.seq
+             FROM events e
+             WHERE (cardinality($1::text[]) = 0 OR e.post_id = ANY($1))
+               AND ($2::int8 IS NULL OR coalesce(e.received_at, e.stored_at) >= $2)
+               AND ($3::int8 IS NULL OR coalesce(e.received_at, e.stored_at) < $3)
+               AND ($4::int8 IS NULL
+                    OR (coalesce(e.received_at, e.stored_at), e.post_id, e.seq) > ($4, $5::text, $6::int8))
+             ORDER BY t, e.post_id, e.seq LIMIT $7",
+            &[
+                &filter.post_ids,
+                &filter.from.map(millis),
+                &filter.to.map(millis),
+                &after.map(|k| k.received_ms),
+                &after.map(|k| k.post_id.as_str()),
+                &after.map(|k| k.seq as i64),
+                &(limit as i64),
+            ],
+        )?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    ReceivedKey {
+                        received_ms: r.get(3),
+                        post_id: r.get(4),
+                        seq: r.get::<_, i64>(5) as u64,
+                    },
+                    stored_event(r)?,
+                ))
+            })
+            .collect()
+    }
+
+    fn engine_snapshot(&self, resolved_since: SystemTime) -> Result<EngineSnapshot, StoreError> {
+        let incidents = self.bodies(
+            "SELECT body FROM incidents WHERE state <> $1 OR resolved_at >= $2 ORDER BY number",
+            &[&(IncidentState::Resolved as i32), &millis(resolved_since)],
+        )?;
+        let test_modes = self
+            .query(
+                "SELECT post_id, test_mode_until FROM posts WHERE test_mode_until IS NOT NULL",
+                &[],
+            )?
+            .iter()
+            .map(|r| (r.get::<_, String>(0), from_millis(r.get(1))))
+            .collect();
+        let last: Option<i64> = self.query("SELECT max(number) FROM incidents", &[])?[0].get(0);
+        let statuses = self.bodies("SELECT status FROM posts WHERE status IS NOT NULL", &[])?;
+        Ok(EngineSnapshot {
+            incidents,
+            test_modes,
+            last_incident_number: last.unwrap_or(0) as u64,
+            statuses,
+        })
+    }
+}
+
+impl StoreWriter for PostgresStore {
+    fn reconnect(&mut self) -> Result<(), StoreError> {
+        let mut client = self.backend.connect()?;
+        let marks = off_runtime(|| load_marks(&mut client))?;
+        if let Some(old) = self.client.get_mut().replace(client) {
+            off_runtime(move || drop(old));
+        }
+        self.stmts.get_mut().clear();
+        self.marks = Some(marks);
+        Ok(())
+    }
+
+    fn begin(&mut self) -> Result<Box<dyn StoreTx + '_>, StoreError> {
+        let Some(marks) = self.marks.as_mut() else {
+            return Err(StoreError::Backend {
+                backend: "postgresql",
+                message: "a reader's connection cannot write".into(),
+            });
+        };
+        let tx = self
+            .client
+            .get_mut()
+            .as_mut()
+            .expect("open until dropped")
+            .transaction()?;
+        Ok(Box::new(PostgresTx {
+            tx,
+            stmts: &self.stmts,
+            marks,
+            work: BTreeMap::new(),
+            inserted: 0,
+            duplicates: 0,
+        }))
+    }
+}
+
+struct PostgresTx<'a> {
+    tx: Transaction<'a>,
+    stmts: &'a RefCell<Statements>,
+    marks: &'a mut HashMap<String, SeqWatermark>,
+    /// Working copies of the watermarks this transaction touches, with the
+    /// time their post was last heard from.
+    work: BTreeMap<String, (SeqWatermark, SystemTime)>,
+    inserted: u64,
+    duplicates: u64,
+}
+
+impl PostgresTx<'_> {
+    fn exec(
+        &mut self,
+        sql: &'static str,
+        params: &[&(dyn postgres::types::ToSql + Sync)],
+    ) -> Result<u64, StoreError> {
+        let stmt = prepared(&mut self.tx, self.stmts, sql)?;
+        Ok(self.tx.execute(&stmt, params)?)
+    }
+
+    fn rows(
+        &mut self,
+        sql: &'static str,
+        params: &[&(dyn postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<Row>, StoreError> {
+        let stmt = prepared(&mut self.tx, self.stmts, sql)?;
+        Ok(self.tx.query(&stmt, params)?)
+    }
+}
+
+impl StoreTx for PostgresTx<'_> {
+    fn insert_events(
+        &mut self,
+        post_id: &str,
+        events: &[Received],
+        stored_at: SystemTime,
+    ) -> Result<Vec<bool>, StoreError> {
+        if !self.work.contains_key(post_id) {
+            let mark = self.marks.get(post_id).cloned().unwrap_or_default();
+            self.work.insert(post_id.to_owned(), (mark, stored_at));
+        }
+        let (mark, seen) = self.work.get_mut(post_id).expect("inserted above");
+        *seen = stored_at;
+        let mark: &SeqWatermark = mark;
+        // The watermark knows every stored seq of this post, so a re-sent
+        // event costs no database work; the rest go in one statement.
+        let mut seqs = Vec::new();
+        let mut received = Vec::new();
+        let mut bodies: Vec<&[u8]> = Vec::new();
+        let mut offered = std::collections::HashSet::new();
+        for Received { event, raw } in events {
+            if mark.contains(event.seq) || !offered.insert(event.seq) {
+                continue;
+            }
+            seqs.push(event.seq as i64);
+            received.push(
+                event
+                    .received_at
+                    .and_then(|t| SystemTime::try_from(t).ok())
+                    .map(millis),
+            );
+            bodies.push(&raw[..]);
+        }
+        let mut new_seqs = std::collections::HashSet::new();
+        if !seqs.is_empty() {
+            let rows = self.rows(
+                "INSERT INTO events (post_id, seq, received_at, stored_at, body)
+                 SELECT $1, u.seq, u.received_at, $2, u.body
+                 FROM unnest($3::int8[], $4::int8[], $5::bytea[]) AS u(seq, received_at, body)
+                 ON CONFLICT (post_id, seq) DO NOTHING
+                 RETURNING seq",
+                &[&post_id, &millis(stored_at), &seqs, &received, &bodies],
+            )?;
+            new_seqs.extend(rows.iter().map(|r| r.get::<_, i64>(0) as u64));
+        }
+        let (mark, _) = self.work.get_mut(post_id).expect("inserted above");
+        let mut out = Vec::with_capacity(events.len());
+        for Received { event, .. } in events {
+            // Only the first offer of a seq in this call can be new.
+            if new_seqs.remove(&event.seq) {
+                mark.add(event.seq);
+                self.inserted += 1;
+                out.push(true);
+            } else {
+                mark.add(event.seq);
+                self.duplicates += 1;
+                out.push(false);
+            }
+        }
+        Ok(out)
+    }
+
+    fn apply(&mut self, changes: &Changes) -> Result<Vec<u64>, StoreError> {
+        for write in changes.incidents() {
+            let inc = &write.incident;
+            let number = incident_number(&inc.id)
+                .ok_or_else(|| StoreError::Corrupt(format!("bad incident id {:?}", inc.id)))?
+                as i64;
+            let resolved_at = inc
+                .resolved_at
+                .filter(|_| inc.state == IncidentState::Resolved as i32)
+                .and_then(|t| SystemTime::try_from(t).ok())
+                .map(millis);
+            let body = inc.encode_to_vec();
+            let changed = match write.prev_version {
+                None => self.exec(
+                    "INSERT INTO incidents (number, post_id, state, version, resolved_at, body)
+                     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (number) DO NOTHING",
+                    &[
+                        &number,
+                        &inc.post_id,
+                        &inc.state,
+                        &(inc.version as i64),
+                        &resolved_at,
+                        &body,
+                    ],
+                )?,
+                Some(prev) => self.exec(
+                    "UPDATE incidents SET state = $2, version = $3, resolved_at = $4, body = $5
+                     WHERE number = $1 AND version = $6",
+                    &[
+                        &number,
+                        &inc.state,
+                        &(inc.version as i64),
+                        &resolved_at,
+                        &body,
+                        &(prev as i64),
+                    ],
+                )?,
+            };
+            if changed != 1 {
+                let found = self
+                    .rows(
+                        "SELECT version FROM incidents WHERE number = $1",
+                        &[&number],
+                    )?
+                    .first()
+                    .map(|r| r.get::<_, i64>(0) as u64);
+                return Err(StoreError::VersionConflict {
+                    id: inc.id.clone(),
+                    expected: write.prev_version.unwrap_or(0),
+                    found,
+                });
+            }
+        }
+        let mut positions = Vec::with_capacity(changes.audit.len());
+        if !changes.audit.is_empty() {
+            // Positions are taken from the sequence first (ascending, in
+            // one statement), then given to the entries in their order:
+            // the feed pairs each entry with its position.
+            let n = changes.audit.len() as i64;
+            positions.extend(
+                self.rows(
+                    "SELECT nextval(pg_get_serial_sequence('audit', 'id'))
+                     FROM generate_series(1, $1::int8)",
+                    &[&n],
+                )?
+                .iter()
+                .map(|r| r.get::<_, i64>(0)),
+            );
+            positions.sort_unstable();
+            let numbers: Vec<Option<i64>> = changes
+                .audit
+                .iter()
+                .map(|e| incident_number(&e.incident_id).map(|n| n as i64))
+                .collect();
+            let posts: Vec<&str> = changes.audit.iter().map(|e| e.post_id.as_str()).collect();
+            let bodies: Vec<Vec<u8>> = changes.audit.iter().map(Message::encode_to_vec).collect();
+            self.exec(
+                "INSERT INTO audit (id, number, post_id, body) OVERRIDING SYSTEM VALUE
+                 SELECT * FROM unnest($1::int8[], $2::int8[], $3::text[], $4::bytea[])",
+                &[&positions, &numbers, &posts, &bodies],
+            )?;
+        }
+        for note in &changes.notes {
+            let number = incident_number(&note.incident_id).ok_or_else(|| {
+                StoreError::Corrupt(format!("note for bad incident id {:?}", note.incident_id))
+            })? as i64;
+            self.exec(
+                "INSERT INTO notes (number, body) VALUES ($1, $2)",
+                &[&number, &note.encode_to_vec()],
+            )?;
+        }
+        for link in &changes.links {
+            let number = incident_number(&link.incident_id).ok_or_else(|| {
+                StoreError::Corrupt(format!("link to bad incident id {:?}", link.incident_id))
+            })? as i64;
+            self.exec(
+                "INSERT INTO incident_events (number, post_id, seq) VALUES ($1, $2, $3)
+                 ON CONFLICT DO NOTHING",
+                &[&number, &link.post_id, &(link.seq as i64)],
+            )?;
+        }
+        for (status, seen) in &changes.statuses {
+            self.exec(
+                "INSERT INTO posts (post_id, last_seen, status) VALUES ($1, $2, $3)
+                 ON CONFLICT (post_id) DO UPDATE SET
+                   last_seen = greatest(coalesce(posts.last_seen, 0), excluded.last_seen),
+                   status = excluded.status",
+                &[&status.post_id, &millis(*seen), &status.encode_to_vec()],
+            )?;
+        }
+        for tm in &changes.test_modes {
+            self.exec(
+                "INSERT INTO posts (post_id, test_mode_until) VALUES ($1, $2)
+                 ON CONFLICT (post_id) DO UPDATE SET test_mode_until = excluded.test_mode_until",
+                &[&tm.post_id, &tm.until.map(millis)],
+            )?;
+        }
+        Ok(positions.into_iter().map(|p| p as u64).collect())
+    }
+
+    fn commit(self: Box<Self>) -> Result<CommitResult, StoreError> {
+        let mut this = *self;
+        if !this.work.is_empty() {
+            let posts: Vec<String> = this.work.keys().cloned().collect();
+            let durable: Vec<i64> = this
+                .work
+                .values()
+                .map(|(m, _)| m.durable_through() as i64)
+                .collect();
+            let last: Vec<i64> = this
+                .work
+                .values()
+                .map(|(m, _)| m.last_seq() as i64)
+                .collect();
+            let seen: Vec<i64> = this.work.values().map(|(_, s)| millis(*s)).collect();
+            this.exec(
+                "INSERT INTO posts (post_id, durable_through, last_seq, last_seen)
+                 SELECT * FROM unnest($1::text[], $2::int8[], $3::int8[], $4::int8[])
+                 ON CONFLICT (post_id) DO UPDATE SET
+                   durable_through = excluded.durable_through,
+                   last_seq = excluded.last_seq,
+                   last_seen = greatest(coalesce(posts.last_seen, 0), excluded.last_seen)",
+                &[&posts, &durable, &last, &seen],
+            )?;
+        }
+        this.tx.commit()?;
+        let mut durable = Vec::with_capacity(this.work.len());
+        for (post, (mark, _)) in this.work {
+            durable.push((post.clone(), mark.durable_through()));
+            this.marks.insert(post, mark);
+        }
+        Ok(CommitResult {
+            durable,
+            inserted: this.inserted,
+            duplicates: this.duplicates,
+        })
+    }
+}
+
+fn load_marks(client: &mut Client) -> Result<HashMap<String, SeqWatermark>, StoreError> {
+    let mut durable: HashMap<String, u64> = HashMap::new();
+    for row in client.query("SELECT post_id, durable_through FROM posts", &[])? {
+        durable.insert(row.get(0), row.get::<_, i64>(1) as u64);
+    }
+    // Events stored above a post's watermark: those waiting for a gap to
+    // fill. Normally none.
+    let mut above: HashMap<String, Vec<u64>> = HashMap::new();
+    for row in client.query(
+        "SELECT e.post_id, e.seq FROM posts p JOIN events e
+         ON e.post_id = p.post_id AND e.seq > p.durable_through",
+        &[],
+    )? {
+        above
+            .entry(row.get(0))
+            .or_default()
+            .push(row.get::<_, i64>(1) as u64);
+    }
+    Ok(durable
+        .into_iter()
+        .map(|(post, d)| {
+            let mark = SeqWatermark::restore(d, above.remove(&post).unwrap_or_default());
+            (post, mark)
+        })
+        .collect())
+}
