@@ -120,12 +120,13 @@ impl Front {
         };
         // rustls has verified the chain against the CA and the CRL; the
         // identity and role come from that certificate only.
-        let peer = tls
+        let leaf = tls
             .get_ref()
             .1
             .peer_certificates()
-            .and_then(|chain| chain.first())
-            .map(Peer::from_cert);
+            .and_then(|chain| chain.first());
+        let not_after = leaf.and_then(|cert| vigil_pki::reload::not_after(cert).ok());
+        let peer = leaf.map(Peer::from_cert);
         let peer = match peer {
             Some(Ok(peer)) => peer,
             Some(Err(error)) => {
@@ -143,6 +144,12 @@ impl Front {
         span.record("identity", peer.identity.as_str());
         span.record("role", peer.role.as_str());
         debug!("authenticated");
+        // In the expiry figures while the session lasts.
+        let _expiry = not_after.map(|t| {
+            metrics
+                .peer_expiry
+                .connected(peer.identity.as_str(), peer.role.as_str(), t)
+        });
         session::run(tls, peer, &self.session, shutdown).await;
     }
 }

@@ -122,6 +122,9 @@ pub struct Metrics {
     takeovers: AtomicU64,
     direct_dropped: AtomicU64,
     rejects: [AtomicU64; Reject::ALL.len()],
+    /// Certificate expiry of the clients connected now; exported beside
+    /// the snapshot (`vigil_tls_peer_*`).
+    pub peer_expiry: vigil_telemetry::peer_expiry::PeerExpiry,
 }
 
 /// A copy of the counters at one moment.

@@ -45,6 +45,7 @@ pub(crate) fn run(args: &BrokerArgs) -> Result<()> {
             "broker",
             move |out| {
                 counters.snapshot().export(out);
+                counters.peer_expiry.export(out);
                 out.own_certificate_expiry(own.not_after());
             },
             shutdown.clone(),

@@ -3,7 +3,8 @@
 //!
 //! Layout:
 //! - `main`: flags, logging, exit codes.
-//! - [`pki`]: `vigil pki init | issue | revoke | list | renew`.
+//! - [`pki`]: `vigil pki init | issue | revoke | crl | list | renew`.
+//! - [`tty`]: a passphrase read from the terminal with echo off.
 //! - [`broker`]: `vigil broker --config FILE`.
 //! - [`gateway`]: `vigil gateway --config FILE`.
 //! - [`ops`]: `vigil ops --config FILE`.
@@ -27,6 +28,7 @@ mod pki;
 mod region;
 mod signals;
 mod simulate;
+mod tty;
 
 use std::process::ExitCode;
 

@@ -1,14 +1,19 @@
 //! `vigil pki`: create the region CA, issue, revoke, list and renew
-//! certificates.
+//! certificates, re-sign the CRL.
+//!
+//! Commands that sign (`issue`, `revoke`, `renew`, `crl`) open the CA key;
+//! when it is encrypted (`init --encrypt`) the passphrase comes from
+//! [`PASSPHRASE_ENV`] or, when that is not set, from the terminal with echo
+//! off. A plain key still works, with a warning once the command is done.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use clap::{Args, Subcommand};
 use time::{OffsetDateTime, format_description::well_known::Rfc3339, macros::format_description};
 use vigil_pki::{
     Identity, Role,
-    authority::{self, AuthorityError, CertEntry, DEFAULT_VALIDITY_DAYS},
+    authority::{self, Authority, AuthorityError, CertEntry, DEFAULT_VALIDITY_DAYS},
 };
 
 use crate::{Status, Usage};
@@ -18,6 +23,10 @@ use crate::{Status, Usage};
 /// failure (an unreadable file), which a monitor must not mistake for "all
 /// certificates read, some due".
 pub(crate) const EXIT_DUE: u8 = 2;
+
+/// The environment variable that holds the CA key's passphrase (for
+/// scripts; a person at a terminal is asked instead when it is not set).
+pub(crate) const PASSPHRASE_ENV: &str = "VIGIL_CA_PASSPHRASE";
 
 /// Default `--within` of `vigil pki list`, in days.
 const DEFAULT_WITHIN_DAYS: u32 = 30;
@@ -31,6 +40,11 @@ pub(crate) enum PkiCommand {
         /// Common name of the CA certificate.
         #[arg(long, default_value = "Vigil region CA")]
         name: String,
+        /// Store DIR/ca.key encrypted (PKCS#8, PBKDF2 and AES-256) under a
+        /// passphrase: from VIGIL_CA_PASSPHRASE, else asked twice on the
+        /// terminal. Every command that signs then needs it.
+        #[arg(long)]
+        encrypt: bool,
     },
     /// Issue a certificate: DIR/ID.pem and DIR/ID.key.
     Issue {
@@ -59,6 +73,13 @@ pub(crate) enum PkiCommand {
         dir: DirArg,
         #[arg(long)]
         id: String,
+    },
+    /// Re-sign DIR/crl.pem before its next update: the same revoked
+    /// certificates, the next CRL number, valid for another year. Run it
+    /// from a timer; servers follow the file.
+    Crl {
+        #[command(flatten)]
+        dir: DirArg,
     },
     /// List the certificates issued from DIR, soonest expiry first. Exits 2
     /// when one that is not revoked expires within --within days.
@@ -99,10 +120,23 @@ pub(crate) struct DirArg {
 
 pub(crate) fn run(cmd: PkiCommand) -> Result<()> {
     match cmd {
-        PkiCommand::Init { dir, name } => {
-            let files = authority::init(&dir.dir, &name).map_err(classify)?;
+        PkiCommand::Init { dir, name, encrypt } => {
+            let files = if encrypt {
+                let passphrase = new_passphrase()?;
+                authority::init_encrypted(&dir.dir, &name, &passphrase)
+            } else {
+                authority::init(&dir.dir, &name)
+            }
+            .map_err(classify)?;
             println!("created CA {}", files.cert.display());
-            println!("        key {} (keep it offline)", files.key.display());
+            if encrypt {
+                println!(
+                    "        key {} (encrypted; keep it offline)",
+                    files.key.display()
+                );
+            } else {
+                println!("        key {} (keep it offline)", files.key.display());
+            }
             println!("        CRL {}", files.crl.display());
         }
         PkiCommand::Issue {
@@ -115,18 +149,20 @@ pub(crate) fn run(cmd: PkiCommand) -> Result<()> {
         } => {
             let role: Role = role.parse().map_err(|e| Usage(format!("--role: {e}")))?;
             let id = identity(&id)?;
-            let issued =
-                authority::issue(&dir.dir, role, &id, &sans, days, force).map_err(classify)?;
+            let ca = open(&dir.dir)?;
+            let issued = ca.issue(role, &id, &sans, days, force).map_err(classify)?;
             println!(
                 "issued {role} certificate for {id}: {} (serial {})",
                 issued.cert.display(),
                 issued.serial
             );
             println!("       key {}", issued.key.display());
+            warn_plain(&ca, &dir.dir);
         }
         PkiCommand::Revoke { dir, id } => {
             let id = identity(&id)?;
-            let revoked = authority::revoke(&dir.dir, &id).map_err(classify)?;
+            let ca = open(&dir.dir)?;
+            let revoked = ca.revoke(&id).map_err(classify)?;
             if revoked.newly_revoked {
                 println!(
                     "revoked {id} (serial {}); {} now lists {} certificate(s): copy it to every server",
@@ -137,6 +173,19 @@ pub(crate) fn run(cmd: PkiCommand) -> Result<()> {
             } else {
                 println!("{id} (serial {}) was already revoked", revoked.serial);
             }
+            warn_plain(&ca, &dir.dir);
+        }
+        PkiCommand::Crl { dir } => {
+            let ca = open(&dir.dir)?;
+            let refreshed = ca.refresh_crl().map_err(classify)?;
+            println!(
+                "re-signed {} (number {}, {} revoked), next update {}",
+                refreshed.crl.display(),
+                refreshed.number,
+                refreshed.revoked_count,
+                text_time(refreshed.next_update)
+            );
+            warn_plain(&ca, &dir.dir);
         }
         PkiCommand::List { dir, json, within } => list(&dir, json, within)?,
         PkiCommand::Renew {
@@ -146,7 +195,8 @@ pub(crate) fn run(cmd: PkiCommand) -> Result<()> {
             new_key,
         } => {
             let id = identity(&id)?;
-            let renewed = authority::renew(&dir.dir, &id, days, new_key).map_err(classify)?;
+            let ca = open(&dir.dir)?;
+            let renewed = ca.renew(&id, days, new_key).map_err(classify)?;
             println!(
                 "renewed {} certificate for {id}: {} (serial {}, was {}), valid until {}",
                 renewed.role,
@@ -160,9 +210,73 @@ pub(crate) fn run(cmd: PkiCommand) -> Result<()> {
             } else {
                 println!("        key {} kept", renewed.key.display());
             }
+            warn_plain(&ca, &dir.dir);
         }
     }
     Ok(())
+}
+
+/// Opens the CA of `dir`, asking for the passphrase if its key is
+/// encrypted.
+fn open(dir: &Path) -> Result<Authority> {
+    Authority::open(dir, &mut passphrase).map_err(classify)
+}
+
+/// Said after the command's work (so an error stays the one line on
+/// stderr): a plain CA key is accepted, not recommended.
+fn warn_plain(ca: &Authority, dir: &Path) {
+    if !ca.key_encrypted() {
+        eprintln!(
+            "vigil: warning: {} is not encrypted; a region CA should have a passphrase (see `vigil pki init --encrypt`)",
+            dir.join("ca.key").display()
+        );
+    }
+}
+
+/// The passphrase of the encrypted key at `key`: [`PASSPHRASE_ENV`], else
+/// asked on the terminal.
+fn passphrase(key: &Path) -> Result<String, AuthorityError> {
+    if let Some(value) = std::env::var_os(PASSPHRASE_ENV) {
+        return value
+            .into_string()
+            .ok()
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| {
+                AuthorityError::Passphrase(format!("{PASSPHRASE_ENV} is empty or not UTF-8"))
+            });
+    }
+    let prompt = format!("passphrase for {}: ", key.display());
+    match crate::tty::read_hidden(&prompt) {
+        Ok(Some(line)) => Ok(line),
+        Ok(None) => Err(AuthorityError::NoPassphrase(key.to_owned())),
+        Err(e) => Err(AuthorityError::Passphrase(format!(
+            "reading the terminal: {e}"
+        ))),
+    }
+}
+
+/// The passphrase for a new encrypted CA key: [`PASSPHRASE_ENV`], else
+/// typed twice on the terminal.
+fn new_passphrase() -> Result<String> {
+    if std::env::var_os(PASSPHRASE_ENV).is_some() {
+        return passphrase(Path::new("ca.key")).map_err(classify);
+    }
+    let ask = |prompt: &str| match crate::tty::read_hidden(prompt) {
+        Ok(Some(line)) => Ok(line),
+        Ok(None) => Err(Usage(format!(
+            "--encrypt needs a passphrase: set {PASSPHRASE_ENV} or run from a terminal"
+        ))),
+        Err(e) => Err(Usage(format!("reading the terminal: {e}"))),
+    };
+    let first = ask("passphrase for the new CA key: ")?;
+    if first.is_empty() {
+        return Err(Usage("an empty passphrase protects nothing".into()).into());
+    }
+    let second = ask("the same passphrase again: ")?;
+    if first != second {
+        return Err(Usage("the two passphrases differ; nothing was written".into()).into());
+    }
+    Ok(first)
 }
 
 fn list(dir: &DirArg, json: bool, within: u32) -> Result<()> {
@@ -302,7 +416,11 @@ fn classify(err: AuthorityError) -> anyhow::Error {
         | AuthorityError::KeyMismatch(_)
         | AuthorityError::MissingSan(_)
         | AuthorityError::BadSan(_)
-        | AuthorityError::BadValidity(_) => Usage(err.to_string()).into(),
+        | AuthorityError::BadValidity(_)
+        | AuthorityError::NoPassphrase(_)
+        | AuthorityError::WrongPassphrase(_)
+        | AuthorityError::Passphrase(_)
+        | AuthorityError::CaKeyMismatch(_) => Usage(err.to_string()).into(),
         other => other.into(),
     }
 }

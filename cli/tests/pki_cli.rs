@@ -501,3 +501,224 @@ fn list_and_renew_refusals_exit_64() {
         "{stderr}"
     );
 }
+
+/// `vigil` with `VIGIL_CA_PASSPHRASE` set to `passphrase` (or unset), and
+/// no stdin.
+fn vigil_with(passphrase: Option<&str>, args: &[&str]) -> std::process::Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_vigil"));
+    cmd.args(args).stdin(std::process::Stdio::null());
+    match passphrase {
+        Some(p) => cmd.env("VIGIL_CA_PASSPHRASE", p),
+        None => cmd.env_remove("VIGIL_CA_PASSPHRASE"),
+    };
+    cmd.output().expect("run vigil")
+}
+
+/// The CRL's fields as OpenSSL prints them, after OpenSSL checked its
+/// signature against the CA.
+fn openssl_crl(ca: &Path, crl: &Path) -> Option<String> {
+    let out = openssl(&[
+        "crl",
+        "-in",
+        p(crl),
+        "-CAfile",
+        p(ca),
+        "-verify",
+        "-noout",
+        "-text",
+    ])?;
+    assert!(out.status.success(), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("verify OK"), "{stderr}");
+    Some(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The value after `label` on its line in OpenSSL's CRL text, or on the
+/// next line (CRL Number is printed below its label).
+fn crl_field(text: &str, label: &str) -> String {
+    let mut lines = text.lines();
+    while let Some(line) = lines.next() {
+        if let Some(rest) = line.trim().strip_prefix(label) {
+            let rest = rest.trim();
+            if rest.is_empty() {
+                return lines.next().unwrap_or_default().trim().to_owned();
+            }
+            return rest.to_owned();
+        }
+    }
+    panic!("{label} not in {text}");
+}
+
+#[test]
+fn crl_refresh_keeps_revocations_and_openssl_verifies_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let d = p(dir);
+    assert!(vigil(&["pki", "init", "--dir", d]).status.success());
+    for id in ["p-1", "p-2"] {
+        let out = vigil(&["pki", "issue", "--dir", d, "--role", "post", "--id", id]);
+        assert!(out.status.success(), "{out:?}");
+    }
+    assert!(
+        vigil(&["pki", "revoke", "--dir", d, "--id", "p-1"])
+            .status
+            .success()
+    );
+    let (ca, crl) = (dir.join("ca.pem"), dir.join("crl.pem"));
+    let Some(before) = openssl_crl(&ca, &crl) else {
+        return;
+    };
+    // The this-update of a CRL has a one-second resolution.
+    let first_update = crl_field(&before, "Last Update:");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let after = loop {
+        let out = vigil(&["pki", "crl", "--dir", d]);
+        assert!(out.status.success(), "{out:?}");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(stdout.contains("1 revoked"), "{stdout}");
+        // The key is plain: said, once the work is done.
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("not encrypted"), "{stderr}");
+        let after = openssl_crl(&ca, &crl).unwrap();
+        if crl_field(&after, "Last Update:") != first_update || std::time::Instant::now() > deadline
+        {
+            break after;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    assert_ne!(crl_field(&after, "Last Update:"), first_update);
+    assert_ne!(
+        crl_field(&after, "Next Update:"),
+        crl_field(&before, "Next Update:")
+    );
+    let number = |t: &str| crl_field(t, "X509v3 CRL Number:").parse::<u64>().unwrap();
+    assert!(number(&after) > number(&before));
+    // The same revoked serial, with its original revocation date.
+    let revoked = |t: &str| {
+        let tail = &t[t.find("Revoked Certificates:").expect("revoked list")..];
+        (
+            crl_field(tail, "Serial Number:"),
+            crl_field(tail, "Revocation Date:"),
+        )
+    };
+    assert_eq!(revoked(&after), revoked(&before));
+    let out = openssl(&["x509", "-noout", "-serial", "-in", p(&dir.join("p-1.pem"))]).unwrap();
+    let serial_hex = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .trim_start_matches("serial=")
+        .to_owned();
+    assert_eq!(revoked(&after).0, serial_hex);
+    assert!(!dir.join("crl.tmp").exists());
+
+    // p-1 stays refused by OpenSSL with the fresh CRL; p-2 passes.
+    let verify = |id: &str| {
+        openssl(&[
+            "verify",
+            "-crl_check",
+            "-CRLfile",
+            p(&crl),
+            "-CAfile",
+            p(&ca),
+            p(&dir.join(format!("{id}.pem"))),
+        ])
+        .unwrap()
+        .status
+        .success()
+    };
+    assert!(!verify("p-1"));
+    assert!(verify("p-2"));
+}
+
+#[test]
+fn an_encrypted_ca_key_asks_for_its_passphrase_and_openssl_reads_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("pki");
+    let d = p(&dir);
+    let secret = "correct horse battery";
+
+    let out = vigil_with(Some(secret), &["pki", "init", "--dir", d, "--encrypt"]);
+    assert!(out.status.success(), "{out:?}");
+    let key = std::fs::read_to_string(dir.join("ca.key")).unwrap();
+    assert!(
+        key.starts_with("-----BEGIN ENCRYPTED PRIVATE KEY-----"),
+        "{key}"
+    );
+
+    // Every command that signs needs the passphrase: a wrong one exits 64
+    // with one clear line and writes nothing.
+    let crl_before = std::fs::read(dir.join("crl.pem")).unwrap();
+    let issue = ["pki", "issue", "--dir", d, "--role", "post", "--id", "p-1"];
+    let cases: &[&[&str]] = &[
+        &issue,
+        &["pki", "revoke", "--dir", d, "--id", "p-1"],
+        &["pki", "renew", "--dir", d, "--id", "p-1"],
+        &["pki", "crl", "--dir", d],
+    ];
+    for args in cases {
+        let out = vigil_with(Some("correct horse battery!"), args);
+        assert_eq!(out.status.code(), Some(64), "{args:?}: {out:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("wrong passphrase"), "{args:?}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+        let out = vigil_with(Some(""), args);
+        assert_eq!(out.status.code(), Some(64), "{args:?}: {out:?}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("VIGIL_CA_PASSPHRASE"));
+    }
+    assert!(!dir.join("p-1.pem").exists());
+    assert_eq!(std::fs::read(dir.join("crl.pem")).unwrap(), crl_before);
+
+    // With the right one, all of them work, and say nothing about a plain key.
+    let out = vigil_with(Some(secret), &issue);
+    assert!(out.status.success(), "{out:?}");
+    assert!(out.stderr.is_empty(), "{out:?}");
+    for args in [
+        &["pki", "renew", "--dir", d, "--id", "p-1"][..],
+        &["pki", "revoke", "--dir", d, "--id", "p-1"],
+        &["pki", "crl", "--dir", d],
+    ] {
+        let out = vigil_with(Some(secret), args);
+        assert!(out.status.success(), "{args:?}: {out:?}");
+    }
+    // The key stayed encrypted; listing needs no passphrase.
+    assert_eq!(std::fs::read_to_string(dir.join("ca.key")).unwrap(), key);
+    let out = vigil_with(None, &["pki", "list", "--dir", d, "--json"]);
+    assert!(out.status.success(), "{out:?}");
+
+    let ca = dir.join("ca.pem");
+    let Some(out) = openssl(&["verify", "-CAfile", p(&ca), p(&dir.join("p-1.pem"))]) else {
+        return;
+    };
+    assert!(out.status.success(), "{out:?}");
+    // OpenSSL reads the key as PBES2-encrypted PKCS#8 with the passphrase,
+    // finds the CA certificate's public key in it, and refuses a wrong one.
+    let out = openssl(&["asn1parse", "-in", p(&dir.join("ca.key"))]).unwrap();
+    let asn1 = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        asn1.contains(":PBES2") && asn1.contains(":PBKDF2") && asn1.contains("aes-256-cbc"),
+        "{asn1}"
+    );
+    let pass = format!("pass:{secret}");
+    let out = openssl(&[
+        "pkey",
+        "-in",
+        p(&dir.join("ca.key")),
+        "-passin",
+        &pass,
+        "-pubout",
+    ])
+    .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let from_key = String::from_utf8_lossy(&out.stdout).into_owned();
+    let out = openssl(&["x509", "-in", p(&ca), "-noout", "-pubkey"]).unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), from_key);
+    let out = openssl(&[
+        "pkey",
+        "-in",
+        p(&dir.join("ca.key")),
+        "-passin",
+        "pass:wrong",
+        "-noout",
+    ])
+    .unwrap();
+    assert!(!out.status.success(), "{out:?}");
+}

@@ -10,6 +10,8 @@
 //! - [`receiver`]: the DC-09 listeners (TCP and UDP on one port) and the
 //!   ACK/NAK/DUH decision for each frame.
 //! - [`supervision`]: panel silence and storage faults as health events.
+//! - [`cert_expiry`]: the gateway's own certificate coming to its end, as
+//!   health events at 30, 14 and 3 days.
 //! - [`outbox`]: the durable outbox (SQLite, group commit, gap-free seqs).
 //! - [`camera`]: camera events (ONVIF topics, HTTP push) to
 //!   `vigil.v1.Event`s through one table, the stale-state timer, the
@@ -19,6 +21,7 @@
 //! camera simulators are in `vigil-sim`.
 
 pub mod camera;
+pub mod cert_expiry;
 pub mod config;
 pub mod outbox;
 pub mod publisher;
@@ -368,6 +371,11 @@ pub async fn run(
     });
     let supervisor = supervision::Supervisor::new(&accounts, outbox.clone());
     tracker.spawn(supervisor.clone().run(shutdown.clone()));
+    tracker.spawn(cert_expiry::run(
+        tls.own_cert().clone(),
+        outbox.clone(),
+        shutdown.clone(),
+    ));
     let receiver = Arc::new(receiver::Receiver::new(
         accounts,
         outbox.clone(),

@@ -239,13 +239,17 @@ impl OpsConfig {
                 "must be at least 1".into(),
             ));
         }
-        if self.mqtt.share_group.is_some() && self.store.url.is_none() {
-            // Replicas sharing the posts' messages must share one store:
-            // each would otherwise receipt events only it holds.
-            return Err((
-                "mqtt.share_group".into(),
-                "needs a shared store ([store] url): with SQLite each replica would receipt events the others never see".into(),
-            ));
+        if self.mqtt.share_group.is_some() {
+            // Replicas sharing the posts' messages must share one store
+            // (with SQLite each would receipt events the others never
+            // see), and only one may run the incident engine: that needs
+            // the leader lease, which is not built yet.
+            let why = if self.store.url.is_none() {
+                "needs a shared store ([store] url): with SQLite each replica would receipt events the others never see"
+            } else {
+                "several replicas on one database need a leader lease, which this version does not have yet: run one operations center"
+            };
+            return Err(("mqtt.share_group".into(), why.into()));
         }
         if !(1..=64).contains(&self.store.readers) {
             return Err(("store.readers".into(), "must be between 1 and 64".into()));

@@ -138,6 +138,9 @@ pub struct Metrics {
     /// Arrival-to-commit time of each committed group's oldest message.
     pub lag: Histogram,
     pub backlog: Backlog,
+    /// Certificate expiry of the API clients connected now
+    /// (`vigil_tls_peer_*`).
+    pub peer_expiry: vigil_telemetry::peer_expiry::PeerExpiry,
     /// API connections open now, and accepted since start.
     pub api_connections: AtomicU64,
     pub api_connections_total: AtomicU64,
@@ -250,6 +253,7 @@ impl Metrics {
     /// gauges.
     pub fn export(&self, out: &mut vigil_telemetry::Exposition) {
         self.snapshot().export(out);
+        self.peer_expiry.export(out);
         out.histogram(
             "vigil_ops_commit_duration_seconds",
             "Time to commit one group of messages and workflow changes.",

@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! DIR/ca.pem    CA certificate (distribute to every party)
-//! DIR/ca.key    CA private key (mode 0600; keep the folder offline)
+//! DIR/ca.key    CA private key (mode 0600; keep the folder offline), plain
+//!               or encrypted PKCS#8 (see [`crate::ca_key`])
 //! DIR/crl.pem   certificate revocation list signed by the CA
 //! DIR/ID.pem    certificate of identity ID
 //! DIR/ID.key    its private key (mode 0600)
@@ -13,6 +14,10 @@
 //! CRL number, so there is no second list that could disagree with it.
 //! Likewise the folder is the only record of what was issued: `list` reads
 //! every `*.pem` the CA signed, and `renew` replaces one in place.
+//!
+//! What signs opens an [`Authority`] (reading the key, asking for its
+//! passphrase when it is encrypted); the free functions `issue`, `revoke`
+//! and `renew` do the same for a plain key.
 
 use std::{
     fs,
@@ -30,7 +35,10 @@ use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, pem::PemObj
 use time::{Duration, OffsetDateTime};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use crate::identity::{Identity, Peer, Role};
+use crate::{
+    ca_key::{self, KeyFileError},
+    identity::{Identity, Peer, Role},
+};
 
 /// Validity of the CA certificate.
 pub const CA_VALIDITY_DAYS: u32 = 3650;
@@ -75,6 +83,16 @@ pub enum AuthorityError {
     KeyMismatch(PathBuf),
     #[error("{path}: {reason}")]
     BadFile { path: PathBuf, reason: String },
+    #[error(
+        "{0} is encrypted: set VIGIL_CA_PASSPHRASE or run the command from a terminal to be asked"
+    )]
+    NoPassphrase(PathBuf),
+    #[error("{0}: wrong passphrase for the CA key")]
+    WrongPassphrase(PathBuf),
+    #[error("passphrase: {0}")]
+    Passphrase(String),
+    #[error("{0}: the CA key does not belong to the CA certificate beside it")]
+    CaKeyMismatch(PathBuf),
     #[error("certificate generation failed: {0}")]
     Rcgen(#[from] rcgen::Error),
 }
@@ -119,8 +137,22 @@ pub struct Revoked {
 }
 
 /// Creates a new CA in `dir` (created if missing): `ca.pem`, `ca.key` and an
-/// empty `crl.pem`. Refuses to touch an existing CA.
+/// empty `crl.pem`. Refuses to touch an existing CA. The key is written in
+/// plain PKCS#8; [`init_encrypted`] writes it under a passphrase.
 pub fn init(dir: &Path, name: &str) -> Result<CaFiles, AuthorityError> {
+    init_with(dir, name, None)
+}
+
+/// [`init`], with `ca.key` encrypted under `passphrase` (see
+/// [`crate::ca_key`]).
+pub fn init_encrypted(dir: &Path, name: &str, passphrase: &str) -> Result<CaFiles, AuthorityError> {
+    if passphrase.is_empty() {
+        return Err(AuthorityError::Passphrase("empty".into()));
+    }
+    init_with(dir, name, Some(passphrase))
+}
+
+fn init_with(dir: &Path, name: &str, passphrase: Option<&str>) -> Result<CaFiles, AuthorityError> {
     let files = CaFiles::in_dir(dir);
     for path in [&files.cert, &files.key] {
         if path.exists() {
@@ -151,7 +183,11 @@ pub fn init(dir: &Path, name: &str) -> Result<CaFiles, AuthorityError> {
 
     // Key first: if writing the certificate fails, a retry sees no ca.pem
     // and no half-made CA is left that `issue` would use.
-    write_new(&files.key, key.serialize_pem().as_bytes(), 0o600)?;
+    let key_pem = match passphrase {
+        Some(passphrase) => ca_key::encrypt(&key, passphrase).map_err(|e| bad(&files.key, e))?,
+        None => key.serialize_pem(),
+    };
+    write_new(&files.key, key_pem.as_bytes(), 0o600)?;
     write_new(&files.cert, cert.pem().as_bytes(), 0o644)?;
     let issuer = Issuer::new(params, key);
     write_crl(&files.crl, &issuer, Vec::new(), 1)?;
@@ -172,6 +208,18 @@ pub fn issue(
     validity_days: u32,
     force: bool,
 ) -> Result<Issued, AuthorityError> {
+    Authority::open(dir, &mut no_passphrase)?.issue(role, id, sans, validity_days, force)
+}
+
+fn issue_with(
+    dir: &Path,
+    issuer: &Issuer<'_, KeyPair>,
+    role: Role,
+    id: &Identity,
+    sans: &[String],
+    validity_days: u32,
+    force: bool,
+) -> Result<Issued, AuthorityError> {
     if validity_days == 0 || validity_days > CA_VALIDITY_DAYS {
         return Err(AuthorityError::BadValidity(validity_days));
     }
@@ -183,7 +231,6 @@ pub fn issue(
         .map(|s| parse_san(s))
         .collect::<Result<_, _>>()?;
 
-    let issuer = load_issuer(dir)?;
     let cert_path = dir.join(format!("{id}.pem"));
     let key_path = dir.join(format!("{id}.key"));
     if !force && (cert_path.exists() || key_path.exists()) {
@@ -192,7 +239,7 @@ pub fn issue(
 
     let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
     let (params, serial_hex) = leaf_params(role, id, subject_alt_names, validity_days);
-    let cert = params.signed_by(&key, &issuer)?;
+    let cert = params.signed_by(&key, issuer)?;
 
     write_replace(&key_path, key.serialize_pem().as_bytes(), 0o600)?;
     write_replace(&cert_path, cert.pem().as_bytes(), 0o644)?;
@@ -248,7 +295,14 @@ fn leaf_params(
 /// Revokes the certificate `dir/ID.pem`: adds its serial to `dir/crl.pem`
 /// and re-signs the CRL with the next CRL number.
 pub fn revoke(dir: &Path, id: &Identity) -> Result<Revoked, AuthorityError> {
-    let issuer = load_issuer(dir)?;
+    Authority::open(dir, &mut no_passphrase)?.revoke(id)
+}
+
+fn revoke_with(
+    dir: &Path,
+    issuer: &Issuer<'_, KeyPair>,
+    id: &Identity,
+) -> Result<Revoked, AuthorityError> {
     let files = CaFiles::in_dir(dir);
     let (cert_path, cert_der) = read_issued(dir, id)?;
     let (_, cert) = X509Certificate::from_der(cert_der.as_ref()).map_err(|e| bad(&cert_path, e))?;
@@ -269,7 +323,7 @@ pub fn revoke(dir: &Path, id: &Identity) -> Result<Revoked, AuthorityError> {
             reason_code: Some(RevocationReason::CessationOfOperation),
             invalidity_date: None,
         });
-        write_crl(&files.crl, &issuer, revoked.clone(), number + 1)?;
+        write_crl(&files.crl, issuer, revoked.clone(), number + 1)?;
     }
     Ok(Revoked {
         serial: hex(&serial),
@@ -469,10 +523,19 @@ pub fn renew(
     validity_days: u32,
     new_key: bool,
 ) -> Result<Renewed, AuthorityError> {
+    Authority::open(dir, &mut no_passphrase)?.renew(id, validity_days, new_key)
+}
+
+fn renew_with(
+    dir: &Path,
+    issuer: &Issuer<'_, KeyPair>,
+    id: &Identity,
+    validity_days: u32,
+    new_key: bool,
+) -> Result<Renewed, AuthorityError> {
     if validity_days == 0 || validity_days > CA_VALIDITY_DAYS {
         return Err(AuthorityError::BadValidity(validity_days));
     }
-    let issuer = load_issuer(dir)?;
     let files = CaFiles::in_dir(dir);
     let key_path = dir.join(format!("{id}.key"));
     let (cert_path, cert_der) = read_issued(dir, id)?;
@@ -511,7 +574,7 @@ pub fn renew(
     };
     let (params, serial) = leaf_params(peer.role, id, sans, validity_days);
     let not_after = params.not_after;
-    let cert = params.signed_by(&key, &issuer)?;
+    let cert = params.signed_by(&key, issuer)?;
 
     if new_key {
         write_replace(&key_path, key.serialize_pem().as_bytes(), 0o600)?;
@@ -556,15 +619,143 @@ fn sans_of(cert: &X509Certificate<'_>) -> Result<Vec<SanType>, String> {
         .collect()
 }
 
-fn load_issuer(dir: &Path) -> Result<Issuer<'static, KeyPair>, AuthorityError> {
-    let files = CaFiles::in_dir(dir);
-    if !files.cert.exists() || !files.key.exists() {
-        return Err(AuthorityError::NoCa(dir.to_owned()));
+/// Answers "no passphrase": for callers that only handle plain CA keys.
+pub fn no_passphrase(key: &Path) -> Result<String, AuthorityError> {
+    Err(AuthorityError::NoPassphrase(key.to_owned()))
+}
+
+/// The CA of a folder with its key read (and decrypted): what signs
+/// certificates and CRLs. Open it once per command; the key is not
+/// written anywhere in the clear.
+pub struct Authority {
+    dir: PathBuf,
+    issuer: Issuer<'static, KeyPair>,
+    encrypted: bool,
+}
+
+impl std::fmt::Debug for Authority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key.
+        f.debug_struct("Authority")
+            .field("dir", &self.dir)
+            .field("encrypted", &self.encrypted)
+            .finish_non_exhaustive()
     }
-    let key_pem = read_to_string(&files.key)?;
-    let key = KeyPair::from_pem(&key_pem).map_err(|e| bad(&files.key, e))?;
-    let cert_pem = read_to_string(&files.cert)?;
-    Issuer::from_ca_cert_pem(&cert_pem, key).map_err(|e| bad(&files.cert, e))
+}
+
+impl Authority {
+    /// Reads `dir/ca.pem` and `dir/ca.key`. When the key is encrypted,
+    /// `passphrase` is called once, with the key's path, for the
+    /// passphrase; a plain key never calls it.
+    pub fn open(
+        dir: &Path,
+        passphrase: &mut dyn FnMut(&Path) -> Result<String, AuthorityError>,
+    ) -> Result<Self, AuthorityError> {
+        let files = CaFiles::in_dir(dir);
+        if !files.cert.exists() || !files.key.exists() {
+            return Err(AuthorityError::NoCa(dir.to_owned()));
+        }
+        let key_pem = read_to_string(&files.key)?;
+        let encrypted = ca_key::is_encrypted(&key_pem);
+        let key = if encrypted {
+            let secret = passphrase(&files.key)?;
+            ca_key::decrypt(&key_pem, &secret).map_err(|e| match e {
+                KeyFileError::WrongPassphrase => AuthorityError::WrongPassphrase(files.key.clone()),
+                KeyFileError::Malformed(reason) => AuthorityError::BadFile {
+                    path: files.key.clone(),
+                    reason,
+                },
+            })?
+        } else {
+            KeyPair::from_pem(&key_pem).map_err(|e| bad(&files.key, e))?
+        };
+        let cert_der = read_cert(&files.cert)?;
+        let (_, cert) =
+            X509Certificate::from_der(cert_der.as_ref()).map_err(|e| bad(&files.cert, e))?;
+        if cert.public_key().subject_public_key.data.as_ref() != key.public_key_raw() {
+            return Err(AuthorityError::CaKeyMismatch(files.key));
+        }
+        let cert_pem = read_to_string(&files.cert)?;
+        let issuer = Issuer::from_ca_cert_pem(&cert_pem, key).map_err(|e| bad(&files.cert, e))?;
+        Ok(Self {
+            dir: dir.to_owned(),
+            issuer,
+            encrypted,
+        })
+    }
+
+    /// Whether `ca.key` is stored encrypted.
+    pub fn key_encrypted(&self) -> bool {
+        self.encrypted
+    }
+
+    /// See [`issue`].
+    pub fn issue(
+        &self,
+        role: Role,
+        id: &Identity,
+        sans: &[String],
+        validity_days: u32,
+        force: bool,
+    ) -> Result<Issued, AuthorityError> {
+        issue_with(
+            &self.dir,
+            &self.issuer,
+            role,
+            id,
+            sans,
+            validity_days,
+            force,
+        )
+    }
+
+    /// See [`revoke`].
+    pub fn revoke(&self, id: &Identity) -> Result<Revoked, AuthorityError> {
+        revoke_with(&self.dir, &self.issuer, id)
+    }
+
+    /// See [`renew`].
+    pub fn renew(
+        &self,
+        id: &Identity,
+        validity_days: u32,
+        new_key: bool,
+    ) -> Result<Renewed, AuthorityError> {
+        renew_with(&self.dir, &self.issuer, id, validity_days, new_key)
+    }
+
+    /// Re-signs `crl.pem`: the same revoked certificates (serials and
+    /// revocation dates as they were), the next CRL number, this update now and
+    /// the next one [`CRL_VALIDITY_DAYS`] from now. Written atomically, so
+    /// a server following the file never reads a torn one. A folder without
+    /// `crl.pem` gets an empty one.
+    pub fn refresh_crl(&self) -> Result<CrlRefreshed, AuthorityError> {
+        let files = CaFiles::in_dir(&self.dir);
+        let (revoked, number) = if files.crl.exists() {
+            read_crl(&files.crl)?
+        } else {
+            (Vec::new(), 0)
+        };
+        let revoked_count = revoked.len();
+        let next_update = write_crl(&files.crl, &self.issuer, revoked, number + 1)?;
+        Ok(CrlRefreshed {
+            crl: files.crl,
+            number: number + 1,
+            revoked_count,
+            next_update,
+        })
+    }
+}
+
+/// Result of [`Authority::refresh_crl`].
+#[derive(Debug, Clone)]
+pub struct CrlRefreshed {
+    pub crl: PathBuf,
+    /// The new CRL number.
+    pub number: u64,
+    /// Serials on the CRL (unchanged by a refresh).
+    pub revoked_count: usize,
+    pub next_update: OffsetDateTime,
 }
 
 fn write_crl(
@@ -572,18 +763,20 @@ fn write_crl(
     issuer: &Issuer<'_, KeyPair>,
     revoked_certs: Vec<RevokedCertParams>,
     number: u64,
-) -> Result<(), AuthorityError> {
+) -> Result<OffsetDateTime, AuthorityError> {
     let now = OffsetDateTime::now_utc();
+    let next_update = now + Duration::days(CRL_VALIDITY_DAYS);
     let crl = CertificateRevocationListParams {
         this_update: now,
-        next_update: now + Duration::days(CRL_VALIDITY_DAYS),
+        next_update,
         crl_number: SerialNumber::from_slice(&number.to_be_bytes()),
         issuing_distribution_point: None,
         revoked_certs,
         key_identifier_method: KeyIdMethod::Sha256,
     }
     .signed_by(issuer)?;
-    write_replace(path, crl.pem()?.as_bytes(), 0o644)
+    write_replace(path, crl.pem()?.as_bytes(), 0o644)?;
+    Ok(next_update)
 }
 
 /// Reads the revoked entries and the CRL number of an existing CRL.
@@ -933,5 +1126,89 @@ mod tests {
             renew(dir, &id("p-3"), 0, false),
             Err(AuthorityError::BadValidity(0))
         ));
+    }
+    #[test]
+    fn refresh_crl_keeps_the_revoked_set_and_moves_the_dates() {
+        let tmp = ca();
+        let dir = tmp.path();
+        issue(dir, Role::Post, &id("p-1"), &[], 30, false).unwrap();
+        issue(dir, Role::Post, &id("p-2"), &[], 30, false).unwrap();
+        revoke(dir, &id("p-1")).unwrap();
+        let crl = CaFiles::in_dir(dir).crl;
+        let (before, number) = read_crl(&crl).unwrap();
+        assert_eq!(number, 2);
+
+        let ca = Authority::open(dir, &mut no_passphrase).unwrap();
+        assert!(!ca.key_encrypted());
+        let refreshed = ca.refresh_crl().unwrap();
+        assert_eq!((refreshed.number, refreshed.revoked_count), (3, 1));
+        let (after, number) = read_crl(&crl).unwrap();
+        assert_eq!(number, 3);
+        let serials = |v: &[RevokedCertParams]| {
+            v.iter()
+                .map(|r| (r.serial_number.to_bytes(), r.revocation_time))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(serials(&after), serials(&before));
+        assert!(!dir.join("crl.tmp").exists());
+        // A folder that lost its CRL gets an empty one.
+        fs::remove_file(&crl).unwrap();
+        let refreshed = ca.refresh_crl().unwrap();
+        assert_eq!((refreshed.number, refreshed.revoked_count), (1, 0));
+        assert!(read_crl(&crl).unwrap().0.is_empty());
+    }
+
+    #[test]
+    fn an_encrypted_ca_key_needs_its_passphrase() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        assert!(matches!(
+            init_encrypted(dir, "Vigil region CA", ""),
+            Err(AuthorityError::Passphrase(_))
+        ));
+        init_encrypted(dir, "Vigil region CA", "s3cret phrase").unwrap();
+        let pem = fs::read_to_string(dir.join("ca.key")).unwrap();
+        assert!(ca_key::is_encrypted(&pem));
+        // The plain-key entry points refuse it, naming the file.
+        assert!(matches!(
+            issue(dir, Role::Post, &id("p-1"), &[], 30, false),
+            Err(AuthorityError::NoPassphrase(p)) if p == dir.join("ca.key")
+        ));
+        let mut asked = 0;
+        let mut wrong = |_: &Path| {
+            asked += 1;
+            Ok("s3cret phrasE".to_owned())
+        };
+        assert!(matches!(
+            Authority::open(dir, &mut wrong),
+            Err(AuthorityError::WrongPassphrase(_))
+        ));
+        assert_eq!(asked, 1);
+        let ca = Authority::open(dir, &mut |_: &Path| Ok("s3cret phrase".to_owned())).unwrap();
+        assert!(ca.key_encrypted());
+        let issued = ca.issue(Role::Post, &id("p-1"), &[], 30, false).unwrap();
+        ca.revoke(&id("p-1")).unwrap();
+        assert!(list(dir).unwrap().certs[0].revoked);
+        assert_eq!(list(dir).unwrap().certs[0].serial, issued.serial);
+    }
+
+    #[test]
+    fn a_plain_key_never_asks_and_a_foreign_key_is_refused() {
+        let tmp = ca();
+        let dir = tmp.path();
+        let ca = Authority::open(dir, &mut |_: &Path| panic!("asked for a passphrase")).unwrap();
+        assert!(!ca.key_encrypted());
+        let other = ca_dir_key();
+        fs::write(dir.join("ca.key"), other).unwrap();
+        assert!(matches!(
+            Authority::open(dir, &mut no_passphrase),
+            Err(AuthorityError::CaKeyMismatch(_))
+        ));
+    }
+
+    fn ca_dir_key() -> String {
+        KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)
+            .unwrap()
+            .serialize_pem()
     }
 }

@@ -8,8 +8,9 @@
 //!
 //! Layout:
 //! - [`identity`]: identities, roles, and reading them from a peer certificate.
-//! - [`authority`]: the CA on disk: `init`, `issue`, `revoke`, `list`, `renew`
-//!   (rcgen, ECDSA P-256).
+//! - [`authority`]: the CA on disk: `init`, `issue`, `revoke`, `list`, `renew`,
+//!   CRL refresh (rcgen, ECDSA P-256).
+//! - [`ca_key`]: the CA key file, plain or encrypted PKCS#8.
 //! - [`accept`]: re-exported from `vigil-net`, where the accept loop now
 //!   lives; kept so older callers (the broker front) still compile.
 //! - [`reload`]: our own certificate and key, following their files.
@@ -20,6 +21,7 @@
 /// front until it adopts `vigil_net` directly.
 pub use vigil_net::accept;
 pub mod authority;
+pub mod ca_key;
 pub mod crl;
 pub mod identity;
 pub mod reload;

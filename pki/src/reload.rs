@@ -86,7 +86,9 @@ pub(crate) fn read_pair(
     })
 }
 
-fn not_after(cert: &CertificateDer<'_>) -> Result<i64, String> {
+/// The notAfter of `cert`, in seconds since the Unix epoch: the expiry
+/// gauges of our own certificate and of connected peers.
+pub fn not_after(cert: &CertificateDer<'_>) -> Result<i64, String> {
     let (_, x509) = X509Certificate::from_der(cert.as_ref()).map_err(|e| e.to_string())?;
     Ok(x509.validity().not_after.timestamp())
 }

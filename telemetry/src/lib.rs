@@ -16,8 +16,11 @@
 //!   post is, so exposing them is the operator's choice.
 //! - [`log_limit`]: rate-limited logging of repeated peer errors (one line
 //!   per interval with a count).
+//! - [`peer_expiry`]: the certificate expiry of connected peers (earliest,
+//!   how many expire soon), logged when soon.
 
 pub mod log_limit;
+pub mod peer_expiry;
 
 use std::{
     collections::BTreeMap,

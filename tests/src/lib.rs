@@ -30,6 +30,11 @@ use tokio::{net::TcpListener, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 use vigil_pki::{Identity, Role, authority};
 
+/// Validity of the harness's certificates: far from the 30 days at which
+/// gateways report their certificate's expiry (a test that wants that
+/// issues a short one itself).
+pub const CERT_DAYS: u32 = 365;
+
 /// Longest any single expectation waits.
 pub const WAIT: Duration = Duration::from_secs(30);
 
@@ -55,8 +60,15 @@ impl Region {
         authority::init(&pki, "test region CA").expect("CA");
         let issue = |role, id: &str, sans: &[&str]| {
             let sans: Vec<String> = sans.iter().map(|s| (*s).to_owned()).collect();
-            authority::issue(&pki, role, &Identity::new(id).expect("id"), &sans, 2, false)
-                .expect("issue");
+            authority::issue(
+                &pki,
+                role,
+                &Identity::new(id).expect("id"),
+                &sans,
+                CERT_DAYS,
+                false,
+            )
+            .expect("issue");
         };
         issue(Role::Broker, "broker-1", &["localhost", "127.0.0.1"]);
         issue(Role::Ops, "ops-1", &["localhost", "127.0.0.1"]);
@@ -147,8 +159,15 @@ impl Region {
         if pki.join(format!("{id}.pem")).exists() {
             return;
         }
-        authority::issue(&pki, role, &Identity::new(id).expect("id"), &[], 2, false)
-            .expect("issue");
+        authority::issue(
+            &pki,
+            role,
+            &Identity::new(id).expect("id"),
+            &[],
+            CERT_DAYS,
+            false,
+        )
+        .expect("issue");
     }
 
     /// A gRPC client of the API at `api`, authenticated as `id` (issued

@@ -52,6 +52,8 @@ pub struct ApiConn {
     info: ConnInfo,
     /// Counts it in `vigil_ops_api_connections` while it is open.
     _open: Open,
+    /// Its certificate in the peer expiry figures while it is open.
+    _expiry: Option<vigil_telemetry::peer_expiry::PeerCert>,
 }
 
 impl Connected for ApiConn {
@@ -117,9 +119,20 @@ pub fn incoming(
                 async move {
                     // rustls verified the chain against the CA and the
                     // CRL; identity and role come from that certificate.
-                    let peer = match conn.get_ref().get_ref().1.peer_certificates() {
-                        Some([leaf, ..]) => Peer::from_cert(leaf).map_err(|e| e.to_string()),
-                        _ => Err("no client certificate".to_owned()),
+                    let (peer, not_after) = match conn.get_ref().get_ref().1.peer_certificates() {
+                        Some([leaf, ..]) => (
+                            Peer::from_cert(leaf).map_err(|e| e.to_string()),
+                            vigil_pki::reload::not_after(leaf).ok(),
+                        ),
+                        _ => (Err("no client certificate".to_owned()), None),
+                    };
+                    let expiry = match (&peer, not_after) {
+                        (Ok(p), Some(t)) => Some(metrics.peer_expiry.connected(
+                            p.identity.as_str(),
+                            p.role.as_str(),
+                            t,
+                        )),
+                        _ => None,
                     };
                     match &peer {
                         Ok(p) => {
@@ -136,6 +149,7 @@ pub fn incoming(
                         conn,
                         info,
                         _open: metrics.open(OpenKind::ApiConnection),
+                        _expiry: expiry,
                     };
                     let _ = tx.send(Ok(conn)).await;
                 }

@@ -508,6 +508,9 @@ impl Engine {
         let mut category = ev.category();
         let mut restore = ev.restore;
         let mut evidence = Evidence::Other;
+        // A certificate coming to its end is work for the week, not the
+        // hour: the lowest priority, whatever category the gateway gave.
+        let mut low_priority = false;
         let (subject, condition) = match &ev.body {
             Some(Body::Alarm(a)) => {
                 if category == EventCategory::Unspecified {
@@ -563,10 +566,12 @@ impl Engine {
             }
             Some(Body::Health(h)) => {
                 restore |= h.state() == HealthState::Restored;
+                low_priority = h.kind() == HealthKind::CertificateExpiry;
                 let subject = match h.kind() {
                     HealthKind::PanelSupervision => format!("supervision:panel:{}", h.subject),
                     HealthKind::CameraUnreachable => format!("supervision:camera:{}", h.subject),
                     HealthKind::Storage => "gateway:storage".to_owned(),
+                    HealthKind::CertificateExpiry => "gateway:certificate".to_owned(),
                     HealthKind::GatewayStart | HealthKind::Unspecified => return None,
                 };
                 if category == EventCategory::Unspecified {
@@ -585,7 +590,10 @@ impl Engine {
                 )
             }
         };
-        let priority = category_priority(category)?;
+        let priority = match category_priority(category)? {
+            _ if low_priority => Priority::P4,
+            p => p,
+        };
         let title = if ev.description.is_empty() {
             format!("{} at {subject}", category_name(category).replace('_', " "))
         } else {

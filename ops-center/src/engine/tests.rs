@@ -618,6 +618,29 @@ fn losing_panel_or_camera_supervision_opens_an_incident() {
 }
 
 #[test]
+fn a_post_certificate_expiring_opens_one_low_priority_incident() {
+    let mut e = engine();
+    let mut out = Changes::default();
+    // As the gateway sends it: category supervisory, at 30 then 14 days.
+    let expiry = |seq, state, at| Event {
+        category: EventCategory::Supervisory as i32,
+        ..health(seq, HealthKind::CertificateExpiry, state, at)
+    };
+    let a = e
+        .on_event(&expiry(1, HealthState::Fault, t(0)), t(0), &mut out)
+        .unwrap();
+    let inc = get(&e, &a);
+    assert_eq!(inc.subject, "gateway:certificate");
+    assert_eq!(inc.priority(), Priority::P4);
+    let b = e
+        .on_event(&expiry(2, HealthState::Fault, t(60)), t(60), &mut out)
+        .unwrap();
+    assert_eq!(a, b, "the next stage folds into the open incident");
+    e.on_event(&expiry(3, HealthState::Restored, t(120)), t(120), &mut out);
+    assert!(get(&e, &a).restored);
+}
+
+#[test]
 fn test_mode_stores_but_opens_nothing_until_it_expires() {
     let mut e = engine();
     let mut out = Changes::default();
