@@ -3,7 +3,9 @@
 //!
 //! 1. Read the first packet under `limits.connect_timeout`: a CONNECT for
 //!    MQTT 3.1.1 or 5. Check the role, that the client id is the certificate
-//!    identity (an empty one becomes the identity), and the will topic.
+//!    identity (an empty one becomes the identity), and the will topic. A
+//!    CONNECT that passes is the end of pre-authentication: the listener is
+//!    told, and no longer sheds the connection or holds it to its deadline.
 //! 2. Claim the identity in the [`Registry`] (a takeover, or a refusal when
 //!    two clients fight over one identity), attach a link to the router and
 //!    answer CONNACK.
@@ -111,9 +113,15 @@ pub(crate) struct Context {
     pub(crate) next_id: AtomicU64,
 }
 
-/// Runs one authenticated client connection to its end.
-pub(crate) async fn run<S>(mut stream: S, peer: Peer, ctx: &Context, shutdown: CancellationToken)
-where
+/// Runs one client connection, TLS done, to its end; `authenticated` is
+/// called once its CONNECT passed every check.
+pub(crate) async fn run<S>(
+    mut stream: S,
+    peer: Peer,
+    ctx: &Context,
+    shutdown: CancellationToken,
+    authenticated: impl FnOnce(),
+) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let mut inbuf = BytesMut::with_capacity(READ_BUFFER);
@@ -203,6 +211,7 @@ where
         .await;
         return;
     }
+    authenticated();
 
     let id = ctx.next_id.fetch_add(1, Ordering::Relaxed);
     let (mailbox_tx, mailbox) = if peer.role == vigil_pki::Role::Post {

@@ -417,9 +417,10 @@ async fn idle_sockets_do_not_delay_a_valid_client() {
 }
 
 #[tokio::test]
-async fn idle_sockets_time_out_and_connections_are_capped() {
+async fn idle_sockets_are_shed_at_the_cap_and_time_out() {
     let b = TestBroker::with_limits(Limits {
         max_connections: 4,
+        max_connections_per_source: 4,
         max_handshakes: 2,
         handshake_timeout_ms: 300,
         ..Limits::default()
@@ -429,19 +430,100 @@ async fn idle_sockets_time_out_and_connections_are_capped() {
     for _ in 0..6 {
         idle.push(TcpStream::connect(b.addr()).await.unwrap());
     }
-    // Two over the cap are closed at once; the four others time out
+    // The two oldest make room for the last two (nothing is refused while
+    // a connection is still unauthenticated); the four others time out
     // (two waiting for a handshake slot, two in the handshake).
-    b.wait_metrics("capacity and timeouts", |m| {
-        m.rejected(Reject::Capacity) == 2 && m.rejected(Reject::HandshakeTimeout) == 4
+    b.wait_metrics("shedding and timeouts", |m| {
+        m.rejected(Reject::Shed) == 2 && m.rejected(Reject::HandshakeTimeout) == 4
     })
     .await;
     b.wait_metrics("slots freed", |m| m.active == 0).await;
+    let m = b.metrics();
+    assert_eq!(m.rejected(Reject::Capacity), 0, "{m:?}");
+    assert_eq!((m.accepted, m.listener.shed), (6, 2), "{m:?}");
+    // The server closed every one of them.
+    for mut socket in idle {
+        let mut byte = [0u8; 1];
+        let read = tokio::time::timeout(support::WAIT, socket.read(&mut byte)).await;
+        assert!(matches!(read, Ok(Ok(0) | Err(_))), "{read:?}");
+    }
     // Slots are free again.
     let mut ops = ops_on_events(&b, Mqtt::V4).await;
     let post = b.client(Mqtt::V5, "p-1", "").connect().await;
     post.publish(&events("p-1"), b"after", false).await;
     assert_eq!(expect_publish(&mut ops, &events("p-1")).await, b"after");
-    drop(idle);
+}
+
+#[tokio::test]
+async fn valid_clients_get_in_while_idle_sockets_hold_every_slot() {
+    let b = TestBroker::with_limits(Limits {
+        max_connections: 8,
+        max_connections_per_source: 8,
+        max_handshakes: 8,
+        ..Limits::default()
+    })
+    .await;
+    let mut idle = Vec::new();
+    for _ in 0..8 {
+        idle.push(TcpStream::connect(b.addr()).await.unwrap());
+    }
+    b.wait_metrics("every slot held", |m| m.handshakes_in_progress == 8)
+        .await;
+    // Each client takes the place of the oldest idle socket, which could
+    // otherwise hold it for the whole handshake timeout.
+    let mut clients = Vec::new();
+    for (version, ops_id, post_id) in [(Mqtt::V4, "ops-1", "p-1"), (Mqtt::V5, "ops-2", "p-2")] {
+        let mut ops = b.client(version, ops_id, ops_id).connect().await;
+        ops.subscribe_ok(&all_posts(TopicKind::Events)).await;
+        let post = b.client(version, post_id, post_id).connect().await;
+        post.publish(&events(post_id), b"through", false).await;
+        assert_eq!(expect_publish(&mut ops, &events(post_id)).await, b"through");
+        clients.extend([ops, post]);
+    }
+    let m = b.metrics();
+    assert_eq!(m.rejected(Reject::Shed), 4, "{m:?}");
+    assert_eq!(m.rejected(Reject::HandshakeTimeout), 0, "{m:?}");
+    assert_eq!(m.rejected(Reject::Capacity), 0, "{m:?}");
+    // The four oldest idle sockets were the ones closed.
+    for socket in &mut idle[..4] {
+        let mut byte = [0u8; 1];
+        let read = tokio::time::timeout(support::WAIT, socket.read(&mut byte)).await;
+        assert!(matches!(read, Ok(Ok(0) | Err(_))), "{read:?}");
+    }
+}
+
+#[tokio::test]
+async fn connected_clients_are_never_shed_and_a_newcomer_is_refused() {
+    let b = TestBroker::with_limits(Limits {
+        max_connections: 2,
+        max_connections_per_source: 2,
+        max_handshakes: 2,
+        ..Limits::default()
+    })
+    .await;
+    let mut ops = ops_on_events(&b, Mqtt::V4).await;
+    let post = b.client(Mqtt::V5, "p-1", "p-1").connect().await;
+    // Both slots are held by authenticated clients: the third is closed at
+    // once, and the two keep working.
+    let mut third = b.client(Mqtt::V4, "p-2", "p-2").start();
+    third.expect_closed().await;
+    b.wait_metrics("the newcomer refused", |m| {
+        m.rejected(Reject::Capacity) >= 1
+    })
+    .await;
+    post.publish(&events("p-1"), b"still here", false).await;
+    assert_eq!(
+        expect_publish(&mut ops, &events("p-1")).await,
+        b"still here"
+    );
+    let m = b.metrics();
+    assert_eq!(m.rejected(Reject::Shed), 0, "{m:?}");
+    // Counted at the per-source cap (all three come from 127.0.0.1).
+    assert_eq!(
+        m.listener.refused_source + m.listener.refused_full,
+        m.rejected(Reject::Capacity),
+        "{m:?}"
+    );
 }
 
 #[tokio::test]
