@@ -48,7 +48,8 @@ pub struct Limits {
     /// room; when all of them are authenticated, the newcomer is closed.
     /// Raise it when many posts reach the broker through one NAT.
     pub max_connections_per_source: usize,
-    /// TLS handshakes in progress at once. A socket waiting for a slot
+    /// TLS handshakes doing their cryptography at once (a handshake takes
+    /// a slot once its ClientHello arrived). A socket waiting for a slot
     /// spends its own handshake time waiting.
     pub max_handshakes: usize,
     /// Time from accept to a finished TLS handshake (waiting for a slot
@@ -289,7 +290,8 @@ max_connections = 1024
 # that address's own oldest unauthenticated connection makes room. Raise it
 # when many posts come through one NAT.
 max_connections_per_source = 256
-# TLS handshakes in progress at once; more wait (within their timeout).
+# TLS handshakes past their ClientHello at once; more wait (within their
+# timeout). A socket that has not sent a whole ClientHello takes no slot.
 max_handshakes = 256
 # From accept to finished TLS handshake, slot wait included (ms).
 handshake_timeout_ms = 10000

@@ -9,11 +9,14 @@
 //! its accept loop, where one idle socket stalls every client behind it).
 //!
 //! In that task the broker does its own TLS handshake, so that it keeps
-//! its failure classes and timeout: at most `limits.max_handshakes` run at
-//! once (a socket waits for a slot within its own handshake timeout), each
-//! under `limits.handshake_timeout_ms`, and a failure is counted under its
-//! reason (no certificate, revoked, bad certificate, other TLS error,
-//! timeout). A connection counts as authenticated once its CONNECT passed
+//! its failure classes and timeout: each runs under
+//! `limits.handshake_timeout_ms`, and a failure is counted under its reason
+//! (no certificate, revoked, bad certificate, other TLS error, timeout).
+//! At most `limits.max_handshakes` do their cryptography at once: a socket
+//! takes a slot once its whole ClientHello arrived, and waits for one
+//! within its own handshake timeout. Waiting for the ClientHello costs
+//! nothing, so it takes no slot: idle sockets and half-sent ClientHellos
+//! cannot hold the slots and make valid clients queue behind them. A connection counts as authenticated once its CONNECT passed
 //! the ACL (see `session`): from then on it is never shed. The listener's
 //! pre-authentication deadline is only a backstop behind the broker's own
 //! handshake and CONNECT timeouts (see [`crate::Limits::listener`]).
@@ -21,7 +24,7 @@
 use std::{io, sync::Arc};
 
 use tokio::{net::TcpListener, net::TcpStream, sync::Semaphore};
-use tokio_rustls::{TlsAcceptor, server::TlsStream};
+use tokio_rustls::{LazyConfigAcceptor, server::TlsStream};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, field, info, info_span, warn};
 use vigil_net::Conn;
@@ -34,7 +37,7 @@ use crate::{
 
 /// Everything a connection task shares with the others.
 pub(crate) struct Front {
-    pub(crate) acceptor: TlsAcceptor,
+    pub(crate) tls: Arc<rustls::ServerConfig>,
     pub(crate) session: Context,
     pub(crate) handshakes: Semaphore,
 }
@@ -75,15 +78,17 @@ impl Front {
         .await;
     }
 
-    /// The TLS handshake of one admitted socket, under the handshake slot
-    /// and timeout; a failure is counted and logged under its reason.
+    /// The TLS handshake of one admitted socket, under the handshake
+    /// timeout, its cryptography under a slot; a failure is counted and
+    /// logged under its reason.
     async fn handshake(&self, tcp: TcpStream) -> io::Result<TlsStream<TcpStream>> {
         let metrics = &self.session.metrics;
         let handshake = async {
+            let _running = metrics.handshaking();
+            let hello = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp).await?;
             // The semaphore is never closed, so `acquire` cannot fail.
             let _slot = self.handshakes.acquire().await;
-            let _running = metrics.handshaking();
-            self.acceptor.accept(tcp).await
+            hello.into_stream(self.tls.clone()).await
         };
         match tokio::time::timeout(self.session.limits.handshake_timeout(), handshake).await {
             Ok(Ok(tls)) => Ok(tls),

@@ -45,7 +45,6 @@ mod session;
 use std::{net::SocketAddr, sync::Arc};
 
 use tokio::{net::TcpListener, sync::Semaphore, task::JoinHandle};
-use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 pub use config::{BrokerConfig, ConfigError, DEFAULT_CONFIG, Limits};
@@ -95,7 +94,7 @@ impl Broker {
             metrics.listener().clone(),
         );
         let front = Arc::new(front::Front {
-            acceptor: TlsAcceptor::from(Arc::new(tls)),
+            tls: Arc::new(tls),
             handshakes: Semaphore::new(limits.max_handshakes),
             session: session::Context {
                 limits: limits.clone(),

@@ -82,7 +82,17 @@ impl Region {
 
     /// Starts the broker on `addr` (`127.0.0.1:0` for a fresh port).
     pub async fn start_broker(&self, addr: SocketAddr) -> RunningBroker {
+        self.start_broker_with(addr, "").await
+    }
+
+    /// Starts the broker with `limits_toml` (lines of its `[limits]` table,
+    /// e.g. `max_connections = 64`) added to its config.
+    pub async fn start_broker_with(&self, addr: SocketAddr, limits_toml: &str) -> RunningBroker {
         let path = self.write_broker_config("127.0.0.1:0".parse().expect("addr"));
+        if !limits_toml.is_empty() {
+            let text = std::fs::read_to_string(&path).expect("broker config") + limits_toml + "\n";
+            std::fs::write(&path, text).expect("write broker config");
+        }
         let config = vigil_broker::BrokerConfig::load(&path).expect("broker config");
         let listener = bind_retrying(addr).await;
         let shutdown = CancellationToken::new();
