@@ -30,8 +30,12 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity as TlsIde
 use vigil_dc09::{KeyLookup, Message, Token, decode, encode};
 use vigil_pki::Role;
 use vigil_proto::{
+    Timestamp,
     topics::{TopicKind, topic},
-    v1::{ListPostsRequest, ops_center_client::OpsCenterClient},
+    v1::{
+        AlarmSignal, Event, EventBatch, ListPostsRequest, Receipt, event::Body,
+        ops_center_client::OpsCenterClient,
+    },
 };
 use vigil_tests::{
     Region,
@@ -403,4 +407,128 @@ async fn broker_serves_posts_through_a_flood() {
     // out once it was.
     assert!(m.authenticated >= 2 * n as u64, "{m:?}");
     broker.stop().await;
+}
+
+/// A post (its own certificate, on its own topic) whose events carry times
+/// outside years 1-9999: the operations center clears those times, stores
+/// and receipts the events, and its receipts keep up with what follows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_times_outside_years_1_to_9999_are_cleared_and_receipted() {
+    use prost::Message as _;
+    use vigil_ops::store::Store as _;
+
+    let region = Region::new();
+    let broker = region.start_broker("127.0.0.1:0".parse().unwrap()).await;
+    let ops = region.start_ops(broker.addr()).await;
+    region.issue(Role::Post, "p-7");
+    let pki = region.path("pki");
+    let tls = vigil_pki::TlsConfig {
+        ca: pki.join("ca.pem"),
+        cert: pki.join("p-7.pem"),
+        key: pki.join("p-7.key"),
+        crl: None,
+    }
+    .load()
+    .expect("post tls");
+    let mut options = MqttOptions::new("p-7", "127.0.0.1", broker.addr().port());
+    options.set_transport(Transport::Tls(TlsConfiguration::Rustls(Arc::new(
+        tls.client_config().expect("client config"),
+    ))));
+    let (client, mut eventloop) = AsyncClient::new(options, 16);
+    client
+        .subscribe(topic("p-7", TopicKind::Receipts), QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    let year_0 = Timestamp {
+        seconds: -62_167_219_200,
+        nanos: 0,
+    };
+    let year_10000 = Timestamp {
+        seconds: 253_402_300_800,
+        nanos: 0,
+    };
+    let now = Timestamp {
+        seconds: OffsetDateTime::now_utc().unix_timestamp(),
+        nanos: 0,
+    };
+    let alarm = |seq: u64, occurred_at, received_at| Event {
+        post_id: "p-7".into(),
+        seq,
+        occurred_at: Some(occurred_at),
+        received_at: Some(received_at),
+        description: format!("alarm {seq}"),
+        body: Some(Body::Alarm(AlarmSignal {
+            account: "1234".into(),
+            zone: 1,
+            ..Default::default()
+        })),
+        ..Default::default()
+    };
+    let batch = EventBatch {
+        post_id: "p-7".into(),
+        events: vec![
+            alarm(1, year_0, now),
+            alarm(2, now, year_10000),
+            alarm(3, now, now),
+        ],
+    };
+    // Sent again every second until receipted, as a gateway re-sends (the
+    // operations center may not have subscribed yet).
+    let receipted = async {
+        let mut resend = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            let polled = tokio::select! {
+                _ = resend.tick() => {
+                    client
+                        .publish(
+                            topic("p-7", TopicKind::Events),
+                            QoS::AtLeastOnce,
+                            false,
+                            batch.encode_to_vec(),
+                        )
+                        .await
+                        .unwrap();
+                    continue;
+                }
+                polled = eventloop.poll() => polled,
+            };
+            match polled {
+                Ok(MqttEvent::Incoming(Packet::Publish(p))) => {
+                    let r = Receipt::decode(p.payload.as_ref()).expect("a receipt");
+                    if r.durable_through_seq >= 3 {
+                        return r.durable_through_seq;
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => panic!("post connection: {e}"),
+            }
+        }
+    };
+    let through = tokio::time::timeout(vigil_tests::WAIT, receipted)
+        .await
+        .expect("a receipt covering every event");
+    assert_eq!(through, 3);
+    // Two bad times per copy of the batch received (it may have been sent
+    // again before the receipt came); nothing dropped.
+    let m = ops.metrics.snapshot();
+    assert!(m.event_times_cleared >= 2, "{m:?}");
+    assert_eq!(m.rejected_out_of_range, 0, "{m:?}");
+    drop(client);
+    let data = ops.stop().await;
+    broker.stop().await;
+    let store = vigil_tests::open_store(&data);
+    let times: Vec<_> = (1..=3)
+        .map(|seq| {
+            let e = store
+                .event("p-7", seq)
+                .unwrap()
+                .and_then(|s| s.event)
+                .expect("stored");
+            (e.occurred_at, e.received_at)
+        })
+        .collect();
+    assert_eq!(
+        times,
+        [(None, Some(now)), (Some(now), None), (Some(now), Some(now))]
+    );
 }
