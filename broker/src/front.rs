@@ -29,11 +29,18 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, field, info, info_span, warn};
 use vigil_net::Conn;
 use vigil_pki::Peer;
+use vigil_telemetry::log_limit::{LogLimiter, PEER_ERROR_INTERVAL};
 
 use crate::{
     metrics::Reject,
     session::{self, Context},
 };
+
+/// Failed and timed-out handshakes: anyone can cause them, as fast as they
+/// can open sockets. Each is counted; one line per interval is logged, with
+/// the count since the last one.
+static LOG_TLS_FAILED: LogLimiter = LogLimiter::new(PEER_ERROR_INTERVAL);
+static LOG_HANDSHAKE_TIMEOUT: LogLimiter = LogLimiter::new(PEER_ERROR_INTERVAL);
 
 /// Everything a connection task shares with the others.
 pub(crate) struct Front {
@@ -95,12 +102,16 @@ impl Front {
             Ok(Err(error)) => {
                 let reason = classify_tls_error(&error);
                 metrics.reject(reason);
-                info!(%error, %reason, "refused: TLS handshake failed");
+                if let Some(count) = LOG_TLS_FAILED.hit() {
+                    info!(%error, %reason, count, "refused: TLS handshake failed");
+                }
                 Err(error)
             }
             Err(_) => {
                 metrics.reject(Reject::HandshakeTimeout);
-                info!(reason = %Reject::HandshakeTimeout, "refused: TLS handshake timed out");
+                if let Some(count) = LOG_HANDSHAKE_TIMEOUT.hit() {
+                    info!(reason = %Reject::HandshakeTimeout, count, "refused: TLS handshake timed out");
+                }
                 Err(io::ErrorKind::TimedOut.into())
             }
         }

@@ -102,6 +102,11 @@ const THROTTLE_LOG_EVERY: Duration = Duration::from_secs(60);
 /// clients as the receive maximum; a 3.1.1 client over it is closed).
 const INBOUND_QOS2_MAX: u16 = 128;
 
+/// Connections that sent no CONNECT in time: one log line per interval,
+/// with a count (each is counted in the metrics).
+static LOG_CONNECT_TIMEOUT: vigil_telemetry::log_limit::LogLimiter =
+    vigil_telemetry::log_limit::LogLimiter::new(vigil_telemetry::log_limit::PEER_ERROR_INTERVAL);
+
 /// What every session shares.
 #[derive(Debug)]
 pub(crate) struct Context {
@@ -135,7 +140,9 @@ pub(crate) async fn run<S>(
     let frame = match first {
         Err(_) => {
             ctx.metrics.reject(Reject::ConnectTimeout);
-            info!(reason = %Reject::ConnectTimeout, "refused: no CONNECT in time");
+            if let Some(count) = LOG_CONNECT_TIMEOUT.hit() {
+                info!(reason = %Reject::ConnectTimeout, count, "refused: no CONNECT in time");
+            }
             return;
         }
         Ok(Ok(Some(frame))) => frame,

@@ -754,3 +754,51 @@ async fn a_publish_right_before_disconnect_is_delivered() {
     tls.flush().await.unwrap();
     assert_eq!(expect_publish(&mut ops, &status("p-1")).await, b"offline");
 }
+
+/// A writer that keeps what the broker logs, for counting lines.
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+// Current-thread runtime: the broker's tasks log through this thread's
+// subscriber.
+#[tokio::test]
+async fn failed_handshakes_are_each_counted_but_logged_once_per_interval() {
+    let b = TestBroker::start().await;
+    let captured = Captured::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer({
+            let c = captured.clone();
+            move || c.clone()
+        })
+        .with_max_level(tracing::Level::INFO)
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    // Not TLS at all: each handshake fails at its first record.
+    for _ in 0..50 {
+        let mut tcp = TcpStream::connect(b.addr()).await.unwrap();
+        tcp.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        let mut sink = Vec::new();
+        let _ = tokio::time::timeout(support::WAIT, tcp.read_to_end(&mut sink)).await;
+    }
+    b.wait_metrics("50 failed handshakes", |m| m.rejected(Reject::Tls) == 50)
+        .await;
+    let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let lines = text
+        .lines()
+        .filter(|l| l.contains("TLS handshake failed"))
+        .count();
+    // At most one: the limiter is the process's, so another test of this
+    // file may have taken this interval's line already.
+    assert!(lines <= 1, "{lines} lines: {text}");
+}
