@@ -39,9 +39,17 @@ pub struct BrokerConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     /// Open client connections, all states included (one file descriptor
-    /// each, against the process's open-file limit).
+    /// each, against the process's open-file limit). At the cap, the oldest
+    /// connection that has not yet finished its handshake and CONNECT is
+    /// closed to make room; when every one has, the newcomer is closed.
     pub max_connections: usize,
-    /// TLS handshakes in progress at once. A socket waiting for a slot
+    /// Open connections from one IP address, at most `max_connections`. At
+    /// this cap, the address's own oldest unauthenticated connection makes
+    /// room; when all of them are authenticated, the newcomer is closed.
+    /// Raise it when many posts reach the broker through one NAT.
+    pub max_connections_per_source: usize,
+    /// TLS handshakes doing their cryptography at once (a handshake takes
+    /// a slot once its ClientHello arrived). A socket waiting for a slot
     /// spends its own handshake time waiting.
     pub max_handshakes: usize,
     /// Time from accept to a finished TLS handshake (waiting for a slot
@@ -73,6 +81,7 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             max_connections: 1024,
+            max_connections_per_source: 256,
             max_handshakes: 256,
             handshake_timeout_ms: 10_000,
             connect_timeout_ms: 10_000,
@@ -99,10 +108,36 @@ impl Limits {
         Duration::from_millis(self.shutdown_grace_ms)
     }
 
+    /// The public listener's caps and deadlines for `vigil-net`. Before a
+    /// client counts as authenticated it has `handshake_timeout_ms` for its
+    /// TLS handshake, then `connect_timeout_ms` for a CONNECT the ACL
+    /// accepts; the listener's own pre-authentication deadline is their sum
+    /// plus [`PREAUTH_MARGIN`], a backstop the broker's own timeouts (each
+    /// counted under its reason) always beat. An authenticated client has
+    /// no idle timeout here: MQTT keep-alive is the session's business.
+    pub fn listener(&self) -> vigil_net::Limits {
+        vigil_net::Limits {
+            max_connections: self.max_connections,
+            max_per_source: self.max_connections_per_source,
+            preauth_deadline: self.handshake_timeout() + self.connect_timeout() + PREAUTH_MARGIN,
+            idle_timeout: None,
+            grace: self.shutdown_grace(),
+        }
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
         let bad = |key: &'static str, reason: String| Err(ConfigError::Limit { key, reason });
         if self.max_connections == 0 {
             return bad("max_connections", "must be at least 1".into());
+        }
+        if !(1..=self.max_connections).contains(&self.max_connections_per_source) {
+            return bad(
+                "max_connections_per_source",
+                format!(
+                    "must be between 1 and max_connections ({})",
+                    self.max_connections
+                ),
+            );
         }
         if self.max_handshakes == 0 || self.max_handshakes > self.max_connections {
             return bad(
@@ -157,6 +192,10 @@ impl Limits {
         self.max_payload_bytes + FRAME_OVERHEAD
     }
 }
+
+/// Added to the handshake and CONNECT timeouts to make the listener's
+/// pre-authentication deadline (see [`Limits::listener`]).
+pub const PREAUTH_MARGIN: Duration = Duration::from_secs(1);
 
 /// Room for everything in a PUBLISH but the payload: a topic of up to
 /// 65535 bytes with its length, a packet id, and up to 64 KiB of v5
@@ -243,9 +282,16 @@ key = "pki/broker.key"
 crl = "pki/crl.pem"
 
 [limits]
-# Open client connections (one open file each: mind ulimit -n).
+# Open client connections (one open file each: mind ulimit -n). At the cap
+# the oldest connection still in its TLS handshake or before its CONNECT
+# makes room for the newcomer; connected clients are never pushed out.
 max_connections = 1024
-# TLS handshakes in progress at once; more wait (within their timeout).
+# Open connections from one IP address, at most max_connections; at the cap
+# that address's own oldest unauthenticated connection makes room. Raise it
+# when many posts come through one NAT.
+max_connections_per_source = 256
+# TLS handshakes past their ClientHello at once; more wait (within their
+# timeout). A socket that has not sent a whole ClientHello takes no slot.
 max_handshakes = 256
 # From accept to finished TLS handshake, slot wait included (ms).
 handshake_timeout_ms = 10000
@@ -305,11 +351,26 @@ mod tests {
     #[test]
     fn limits_are_checked() {
         let ok = Limits::default();
-        let cases: [(&str, Limits); 8] = [
+        let cases: [(&str, Limits); 10] = [
             (
                 "max_connections",
                 Limits {
                     max_connections: 0,
+                    ..ok.clone()
+                },
+            ),
+            (
+                "max_connections_per_source",
+                Limits {
+                    max_connections_per_source: 0,
+                    ..ok.clone()
+                },
+            ),
+            (
+                "max_connections_per_source",
+                Limits {
+                    max_connections: 100,
+                    max_handshakes: 100,
                     ..ok.clone()
                 },
             ),
@@ -369,6 +430,29 @@ mod tests {
                 other => panic!("{key}: {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn listener_limits_come_from_the_config() {
+        let limits = Limits {
+            max_connections: 64,
+            max_connections_per_source: 8,
+            max_handshakes: 16,
+            handshake_timeout_ms: 2_000,
+            connect_timeout_ms: 3_000,
+            shutdown_grace_ms: 700,
+            ..Limits::default()
+        };
+        limits.validate().unwrap();
+        let net = limits.listener();
+        net.validate().unwrap();
+        assert_eq!((net.max_connections, net.max_per_source), (64, 8));
+        assert_eq!(
+            net.preauth_deadline,
+            Duration::from_millis(5_000) + PREAUTH_MARGIN
+        );
+        assert_eq!(net.idle_timeout, None);
+        assert_eq!(net.grace, Duration::from_millis(700));
     }
 
     #[test]

@@ -1,40 +1,51 @@
-//! The public TLS listener: accept, cap, handshake, identify, then the
-//! MQTT session.
+//! The public TLS listener: the broker's handshake, identity and MQTT
+//! session, on the shared listener plumbing (`vigil-net`).
 //!
-//! The accept loop does nothing but accept: every socket is handed at once
-//! to its own task, which does the TLS handshake under
-//! `limits.handshake_timeout`, so an idle or slow socket only ever delays
-//! itself (rumqttd's own listener handshakes inside its accept loop, where
-//! one idle socket stalls every client behind it).
+//! `vigil-net` accepts (backing off on EMFILE and the like), applies the
+//! caps (`limits.max_connections` in all, `max_connections_per_source` per
+//! IP address; at a cap the oldest unauthenticated connection is shed for
+//! the newcomer) and gives every socket its own task, so an idle or slow
+//! socket only ever delays itself (rumqttd's own listener handshakes inside
+//! its accept loop, where one idle socket stalls every client behind it).
 //!
-//! Two semaphores bound the cost: one permit per open connection
-//! (`max_connections`; over the cap a socket is closed at once, since
-//! leaving it in the kernel backlog would only make the client wait for
-//! nothing), and one per handshake in progress (`max_handshakes`; a socket
-//! waits for a slot within its own handshake timeout). Accept errors such as
-//! EMFILE are logged, counted and backed off, never fatal.
+//! In that task the broker does its own TLS handshake, so that it keeps
+//! its failure classes and timeout: each runs under
+//! `limits.handshake_timeout_ms`, and a failure is counted under its reason
+//! (no certificate, revoked, bad certificate, other TLS error, timeout).
+//! At most `limits.max_handshakes` do their cryptography at once: a socket
+//! takes a slot once its whole ClientHello arrived, and waits for one
+//! within its own handshake timeout. Waiting for the ClientHello costs
+//! nothing, so it takes no slot: idle sockets and half-sent ClientHellos
+//! cannot hold the slots and make valid clients queue behind them. A connection counts as authenticated once its CONNECT passed
+//! the ACL (see `session`): from then on it is never shed. The listener's
+//! pre-authentication deadline is only a backstop behind the broker's own
+//! handshake and CONNECT timeouts (see [`crate::Limits::listener`]).
 
 use std::{io, sync::Arc};
 
-use tokio::{
-    net::{TcpListener, TcpStream},
-    sync::{OwnedSemaphorePermit, Semaphore},
-};
-use tokio_rustls::TlsAcceptor;
-use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tokio::{net::TcpListener, net::TcpStream, sync::Semaphore};
+use tokio_rustls::{LazyConfigAcceptor, server::TlsStream};
+use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, field, info, info_span, warn};
+use vigil_net::Conn;
 use vigil_pki::Peer;
+use vigil_telemetry::log_limit::{LogLimiter, PEER_ERROR_INTERVAL};
 
 use crate::{
     metrics::Reject,
     session::{self, Context},
 };
 
+/// Failed and timed-out handshakes: anyone can cause them, as fast as they
+/// can open sockets. Each is counted; one line per interval is logged, with
+/// the count since the last one.
+static LOG_TLS_FAILED: LogLimiter = LogLimiter::new(PEER_ERROR_INTERVAL);
+static LOG_HANDSHAKE_TIMEOUT: LogLimiter = LogLimiter::new(PEER_ERROR_INTERVAL);
+
 /// Everything a connection task shares with the others.
 pub(crate) struct Front {
-    pub(crate) acceptor: TlsAcceptor,
+    pub(crate) tls: Arc<rustls::ServerConfig>,
     pub(crate) session: Context,
-    pub(crate) connections: Arc<Semaphore>,
     pub(crate) handshakes: Semaphore,
 }
 
@@ -42,85 +53,77 @@ impl std::fmt::Debug for Front {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Front")
             .field("session", &self.session)
-            .field("connections", &self.connections)
             .field("handshakes", &self.handshakes)
             .finish_non_exhaustive()
     }
 }
 
 impl Front {
-    /// Accepts until `shutdown`, spawning one task per connection on
-    /// `tracker`. Returns when it has stopped accepting (the listener is
-    /// dropped then, so new clients are refused by the kernel).
-    pub(crate) async fn accept_loop(
+    /// Serves `listener` through `net` until `shutdown`; returns once every
+    /// connection closed or the grace period (`limits.shutdown_grace_ms`)
+    /// ran out. The listener is dropped when accepting stops, so new
+    /// clients are refused by the kernel.
+    pub(crate) async fn serve(
         self: Arc<Self>,
+        net: vigil_net::Front,
         listener: TcpListener,
         shutdown: CancellationToken,
-        tracker: TaskTracker,
     ) {
-        let metrics = &self.session.metrics;
-        while let Some((tcp, addr)) =
-            vigil_pki::accept::accept(&listener, &shutdown, |_| metrics.accept_error()).await
-        {
-            metrics.accepted();
-            let Ok(permit) = self.connections.clone().try_acquire_owned() else {
-                metrics.reject(Reject::Capacity);
-                debug!(peer.addr = %addr, "refused: max_connections reached");
-                drop(tcp);
-                continue;
-            };
-            let span = info_span!(
-                "conn",
-                peer.addr = %addr,
-                identity = field::Empty,
-                role = field::Empty,
-                mqtt = field::Empty,
-            );
-            let front = self.clone();
-            let token = shutdown.child_token();
-            tracker
-                .spawn(async move { front.connection(tcp, token, permit).await }.instrument(span));
-        }
-        debug!("stopped accepting");
+        let (shaker, runner) = (self.clone(), self);
+        net.serve_with_handshake(
+            listener,
+            shutdown,
+            move |tcp| {
+                let front = shaker.clone();
+                async move { front.handshake(tcp).await }
+            },
+            move |conn| {
+                let front = runner.clone();
+                async move { front.connection(conn).await }
+            },
+        )
+        .await;
     }
 
-    /// One connection, from the TCP socket to its end.
-    async fn connection(
-        &self,
-        tcp: TcpStream,
-        shutdown: CancellationToken,
-        _permit: OwnedSemaphorePermit,
-    ) {
+    /// The TLS handshake of one admitted socket, under the handshake
+    /// timeout, its cryptography under a slot; a failure is counted and
+    /// logged under its reason.
+    async fn handshake(&self, tcp: TcpStream) -> io::Result<TlsStream<TcpStream>> {
         let metrics = &self.session.metrics;
-        let _open = metrics.open_connection();
-        let _ = tcp.set_nodelay(true);
         let handshake = async {
+            let _running = metrics.handshaking();
+            let hello = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp).await?;
             // The semaphore is never closed, so `acquire` cannot fail.
             let _slot = self.handshakes.acquire().await;
-            let _running = metrics.handshaking();
-            self.acceptor.accept(tcp).await
+            hello.into_stream(self.tls.clone()).await
         };
-        let result = tokio::select! {
-            () = shutdown.cancelled() => return,
-            r = tokio::time::timeout(self.session.limits.handshake_timeout(), handshake) => r,
-        };
-        let tls = match result {
-            Ok(Ok(tls)) => tls,
+        match tokio::time::timeout(self.session.limits.handshake_timeout(), handshake).await {
+            Ok(Ok(tls)) => Ok(tls),
             Ok(Err(error)) => {
                 let reason = classify_tls_error(&error);
                 metrics.reject(reason);
-                info!(%error, %reason, "refused: TLS handshake failed");
-                return;
+                if let Some(count) = LOG_TLS_FAILED.hit() {
+                    info!(%error, %reason, count, "refused: TLS handshake failed");
+                }
+                Err(error)
             }
             Err(_) => {
                 metrics.reject(Reject::HandshakeTimeout);
-                info!(reason = %Reject::HandshakeTimeout, "refused: TLS handshake timed out");
-                return;
+                if let Some(count) = LOG_HANDSHAKE_TIMEOUT.hit() {
+                    info!(reason = %Reject::HandshakeTimeout, count, "refused: TLS handshake timed out");
+                }
+                Err(io::ErrorKind::TimedOut.into())
             }
-        };
+        }
+    }
+
+    /// One connection after its handshake: identity, then the session.
+    async fn connection(&self, mut conn: Conn<TlsStream<TcpStream>>) {
+        let metrics = &self.session.metrics;
         // rustls has verified the chain against the CA and the CRL; the
         // identity and role come from that certificate only.
-        let leaf = tls
+        let leaf = conn
+            .get_ref()
             .get_ref()
             .1
             .peer_certificates()
@@ -140,17 +143,33 @@ impl Front {
                 return;
             }
         };
-        let span = tracing::Span::current();
-        span.record("identity", peer.identity.as_str());
-        span.record("role", peer.role.as_str());
-        debug!("authenticated");
+        let span = info_span!(
+            "client",
+            identity = peer.identity.as_str(),
+            role = peer.role.as_str(),
+            mqtt = field::Empty,
+        );
         // In the expiry figures while the session lasts.
         let _expiry = not_after.map(|t| {
             metrics
                 .peer_expiry
                 .connected(peer.identity.as_str(), peer.role.as_str(), t)
         });
-        session::run(tls, peer, &self.session, shutdown).await;
+        let authenticator = conn.authenticator();
+        let shutdown = conn.shutdown().clone();
+        // The session gets the TLS stream itself: the message path is the
+        // same as before the shared plumbing (no wrapper on each read and
+        // write). `conn` still holds the connection's place under the caps
+        // until the session ends.
+        let session = session::run(conn.get_mut(), peer, &self.session, shutdown, move || {
+            authenticator.authenticated()
+        });
+        async {
+            debug!("handshake done");
+            session.await;
+        }
+        .instrument(span)
+        .await;
     }
 }
 

@@ -21,8 +21,9 @@
 //! - [`config`]: the TOML config (`listen`, `[tls]`, `[limits]`), validated
 //!   before anything binds.
 //! - [`acl`]: the topic ACL as pure functions.
-//! - `front`: accept loop, connection and handshake caps, TLS handshake and
-//!   identity, one task per connection.
+//! - `front`: the public listener on `vigil-net` (accept, caps, shedding,
+//!   one task per connection), with the broker's own TLS handshake (slots,
+//!   timeout, failure reasons) and identity.
 //! - `session`: one client's MQTT session: checks, answers, deliveries.
 //! - `registry`: connected identities, takeovers and fights over one.
 //! - `mqtt`: framing, decoding and encoding per protocol version.
@@ -44,8 +45,7 @@ mod session;
 use std::{net::SocketAddr, sync::Arc};
 
 use tokio::{net::TcpListener, sync::Semaphore, task::JoinHandle};
-use tokio_rustls::TlsAcceptor;
-use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tokio_util::sync::CancellationToken;
 
 pub use config::{BrokerConfig, ConfigError, DEFAULT_CONFIG, Limits};
 pub use metrics::{Metrics, MetricsSnapshot, Reject};
@@ -88,9 +88,13 @@ impl Broker {
         let limits = config.limits.clone();
         let router = router::Router::start(&limits).await?;
         let metrics = Arc::new(Metrics::default());
+        let net = vigil_net::Front::with_stats(
+            metrics::LISTENER,
+            limits.listener(),
+            metrics.listener().clone(),
+        );
         let front = Arc::new(front::Front {
-            acceptor: TlsAcceptor::from(Arc::new(tls)),
-            connections: Arc::new(Semaphore::new(limits.max_connections)),
+            tls: Arc::new(tls),
             handshakes: Semaphore::new(limits.max_handshakes),
             session: session::Context {
                 limits: limits.clone(),
@@ -100,25 +104,32 @@ impl Broker {
                 next_id: Default::default(),
             },
         });
-        let tracker = TaskTracker::new();
         let grace = limits.shutdown_grace();
         let token = shutdown.clone();
         let task_metrics = metrics.clone();
         let task = tokio::spawn(async move {
-            front.accept_loop(listener, token, tracker.clone()).await;
-            // Stopped accepting: every connection has seen the same token
-            // (v5 clients get DISCONNECT "server shutting down"). Wait for
-            // them, within the grace period.
-            tracker.close();
-            let open = tracker.len();
-            if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
-                tracing::warn!(
-                    open = tracker.len(),
-                    ?grace,
-                    "connections still open after the grace period; dropping them"
-                );
-            } else {
-                tracing::info!(closed = open, "all connections closed");
+            // Returns once accepting stopped and every connection, having
+            // seen the same token (v5 clients get DISCONNECT "server
+            // shutting down"), closed, or the grace period ran out (the
+            // stragglers are dropped then).
+            let serving = front.serve(net, listener, token.clone());
+            tokio::pin!(serving);
+            tokio::select! {
+                () = &mut serving => {}
+                () = token.cancelled() => {
+                    let open = task_metrics.snapshot().active;
+                    let stopping = tokio::time::Instant::now();
+                    serving.await;
+                    if stopping.elapsed() >= grace {
+                        tracing::warn!(
+                            open,
+                            ?grace,
+                            "connections still open after the grace period were dropped"
+                        );
+                    } else {
+                        tracing::info!(closed = open, "all connections closed");
+                    }
+                }
             }
             let m = task_metrics.snapshot();
             tracing::info!(

@@ -5,14 +5,27 @@
 //! so no ordering between them is needed, and an increment on the message
 //! path costs one uncontended atomic add. [`Metrics::snapshot`] copies them
 //! into a plain struct for logs and tests.
+//!
+//! The connection counts before TLS (accepted, open, refused or shed at a
+//! cap, accept errors) are the public listener's, kept by `vigil-net`
+//! ([`Metrics::listener`]); the snapshot reads them from there, so the
+//! broker's own names (`accepted`, `active`, `capacity`, `shed`) stay.
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{
+    Arc,
+    atomic::{AtomicU64, Ordering::Relaxed},
+};
 
 /// Why a connection, a packet or a subscription was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Reject {
-    /// `limits.max_connections` reached; the socket was closed at once.
+    /// `limits.max_connections` or `max_connections_per_source` reached
+    /// with every connection there authenticated: the newcomer was closed
+    /// at once.
     Capacity,
+    /// At a cap, this connection was the oldest one not yet authenticated
+    /// (TLS handshake and CONNECT): it was closed to admit a newer one.
+    Shed,
     /// TLS handshake not finished within `limits.handshake_timeout`.
     HandshakeTimeout,
     /// The client presented no certificate.
@@ -53,8 +66,9 @@ pub enum Reject {
 
 impl Reject {
     /// Every reason, in the order of [`MetricsSnapshot::rejects`].
-    pub const ALL: [Reject; 17] = [
+    pub const ALL: [Reject; 18] = [
         Reject::Capacity,
+        Reject::Shed,
         Reject::HandshakeTimeout,
         Reject::NoCertificate,
         Reject::Revoked,
@@ -77,6 +91,7 @@ impl Reject {
     pub fn as_str(self) -> &'static str {
         match self {
             Reject::Capacity => "capacity",
+            Reject::Shed => "shed",
             Reject::HandshakeTimeout => "handshake_timeout",
             Reject::NoCertificate => "no_certificate",
             Reject::Revoked => "revoked",
@@ -110,11 +125,9 @@ impl std::fmt::Display for Reject {
 /// The broker's live counters.
 #[derive(Debug, Default)]
 pub struct Metrics {
-    accepted: AtomicU64,
+    listener: Arc<vigil_net::Stats>,
     authenticated: AtomicU64,
-    active: AtomicU64,
     handshakes_in_progress: AtomicU64,
-    accept_errors: AtomicU64,
     publishes_in: AtomicU64,
     publishes_out: AtomicU64,
     bytes_in: AtomicU64,
@@ -130,7 +143,7 @@ pub struct Metrics {
 /// A copy of the counters at one moment.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MetricsSnapshot {
-    /// TCP connections accepted.
+    /// TCP connections accepted (admitted, or closed at once at a cap).
     pub accepted: u64,
     /// Connections whose CONNECT was accepted (CONNACK sent).
     pub authenticated: u64,
@@ -155,6 +168,8 @@ pub struct MetricsSnapshot {
     pub post_messages_dropped: u64,
     /// Refusals, indexed like [`Reject::ALL`]; see [`MetricsSnapshot::rejected`].
     pub rejects: [u64; Reject::ALL.len()],
+    /// The public listener's own counters (`vigil_listener_*{listener="mqtt"}`).
+    pub listener: vigil_net::StatsSnapshot,
 }
 
 impl MetricsSnapshot {
@@ -235,33 +250,45 @@ impl MetricsSnapshot {
                 self.rejected(reason),
             );
         }
+        out.listener(LISTENER, &self.listener);
     }
 }
 
+/// The public listener's name in logs and in `vigil_listener_*` metrics.
+pub const LISTENER: &str = "mqtt";
+
 impl Metrics {
     pub fn snapshot(&self) -> MetricsSnapshot {
+        let listener = self.listener.snapshot();
+        let refused = listener.refused_source + listener.refused_full;
+        let mut rejects: [u64; Reject::ALL.len()] =
+            std::array::from_fn(|i| self.rejects[i].load(Relaxed));
+        rejects[Reject::Capacity.index()] += refused;
+        rejects[Reject::Shed.index()] += listener.shed;
         MetricsSnapshot {
-            accepted: self.accepted.load(Relaxed),
+            accepted: listener.accepted + refused,
             authenticated: self.authenticated.load(Relaxed),
-            active: self.active.load(Relaxed),
+            active: listener.open,
             handshakes_in_progress: self.handshakes_in_progress.load(Relaxed),
-            accept_errors: self.accept_errors.load(Relaxed),
+            accept_errors: listener.accept_errors,
             publishes_in: self.publishes_in.load(Relaxed),
             publishes_out: self.publishes_out.load(Relaxed),
             bytes_in: self.bytes_in.load(Relaxed),
             bytes_out: self.bytes_out.load(Relaxed),
             takeovers: self.takeovers.load(Relaxed),
             post_messages_dropped: self.direct_dropped.load(Relaxed),
-            rejects: std::array::from_fn(|i| self.rejects[i].load(Relaxed)),
+            rejects,
+            listener,
         }
+    }
+
+    /// The counters the public listener (`vigil-net`) keeps.
+    pub(crate) fn listener(&self) -> &Arc<vigil_net::Stats> {
+        &self.listener
     }
 
     pub(crate) fn reject(&self, reason: Reject) {
         self.rejects[reason.index()].fetch_add(1, Relaxed);
-    }
-
-    pub(crate) fn accepted(&self) {
-        self.accepted.fetch_add(1, Relaxed);
     }
 
     pub(crate) fn authenticated(&self) {
@@ -276,10 +303,6 @@ impl Metrics {
         self.takeovers.fetch_add(1, Relaxed);
     }
 
-    pub(crate) fn accept_error(&self) {
-        self.accept_errors.fetch_add(1, Relaxed);
-    }
-
     pub(crate) fn relayed_in(&self, publishes: u64, bytes: u64) {
         if publishes > 0 {
             self.publishes_in.fetch_add(publishes, Relaxed);
@@ -292,11 +315,6 @@ impl Metrics {
             self.publishes_out.fetch_add(publishes, Relaxed);
         }
         self.bytes_out.fetch_add(bytes, Relaxed);
-    }
-
-    /// Counts an open connection until the guard drops.
-    pub(crate) fn open_connection(&self) -> Gauge<'_> {
-        Gauge::up(&self.active)
     }
 
     /// Counts a running handshake until the guard drops.
@@ -344,11 +362,11 @@ mod tests {
         m.reject(Reject::Publish);
         m.relayed_in(3, 600);
         {
-            let _open = m.open_connection();
-            assert_eq!(m.snapshot().active, 1);
+            let _running = m.handshaking();
+            assert_eq!(m.snapshot().handshakes_in_progress, 1);
         }
         let s = m.snapshot();
-        assert_eq!(s.active, 0);
+        assert_eq!(s.handshakes_in_progress, 0);
         assert_eq!(s.rejected(Reject::Publish), 2);
         assert_eq!(s.rejected_total(), 2);
         assert_eq!((s.publishes_in, s.bytes_in), (3, 600));

@@ -3,7 +3,9 @@
 //!
 //! 1. Read the first packet under `limits.connect_timeout`: a CONNECT for
 //!    MQTT 3.1.1 or 5. Check the role, that the client id is the certificate
-//!    identity (an empty one becomes the identity), and the will topic.
+//!    identity (an empty one becomes the identity), and the will topic. A
+//!    CONNECT that passes is the end of pre-authentication: the listener is
+//!    told, and no longer sheds the connection or holds it to its deadline.
 //! 2. Claim the identity in the [`Registry`] (a takeover, or a refusal when
 //!    two clients fight over one identity), attach a link to the router and
 //!    answer CONNACK.
@@ -100,6 +102,11 @@ const THROTTLE_LOG_EVERY: Duration = Duration::from_secs(60);
 /// clients as the receive maximum; a 3.1.1 client over it is closed).
 const INBOUND_QOS2_MAX: u16 = 128;
 
+/// Connections that sent no CONNECT in time: one log line per interval,
+/// with a count (each is counted in the metrics).
+static LOG_CONNECT_TIMEOUT: vigil_telemetry::log_limit::LogLimiter =
+    vigil_telemetry::log_limit::LogLimiter::new(vigil_telemetry::log_limit::PEER_ERROR_INTERVAL);
+
 /// What every session shares.
 #[derive(Debug)]
 pub(crate) struct Context {
@@ -111,9 +118,15 @@ pub(crate) struct Context {
     pub(crate) next_id: AtomicU64,
 }
 
-/// Runs one authenticated client connection to its end.
-pub(crate) async fn run<S>(mut stream: S, peer: Peer, ctx: &Context, shutdown: CancellationToken)
-where
+/// Runs one client connection, TLS done, to its end; `authenticated` is
+/// called once its CONNECT passed every check.
+pub(crate) async fn run<S>(
+    mut stream: S,
+    peer: Peer,
+    ctx: &Context,
+    shutdown: CancellationToken,
+    authenticated: impl FnOnce(),
+) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let mut inbuf = BytesMut::with_capacity(READ_BUFFER);
@@ -127,7 +140,9 @@ where
     let frame = match first {
         Err(_) => {
             ctx.metrics.reject(Reject::ConnectTimeout);
-            info!(reason = %Reject::ConnectTimeout, "refused: no CONNECT in time");
+            if let Some(count) = LOG_CONNECT_TIMEOUT.hit() {
+                info!(reason = %Reject::ConnectTimeout, count, "refused: no CONNECT in time");
+            }
             return;
         }
         Ok(Ok(Some(frame))) => frame,
@@ -203,6 +218,7 @@ where
         .await;
         return;
     }
+    authenticated();
 
     let id = ctx.next_id.fetch_add(1, Ordering::Relaxed);
     let (mailbox_tx, mailbox) = if peer.role == vigil_pki::Role::Post {

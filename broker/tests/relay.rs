@@ -417,9 +417,10 @@ async fn idle_sockets_do_not_delay_a_valid_client() {
 }
 
 #[tokio::test]
-async fn idle_sockets_time_out_and_connections_are_capped() {
+async fn idle_sockets_are_shed_at_the_cap_and_time_out() {
     let b = TestBroker::with_limits(Limits {
         max_connections: 4,
+        max_connections_per_source: 4,
         max_handshakes: 2,
         handshake_timeout_ms: 300,
         ..Limits::default()
@@ -429,19 +430,101 @@ async fn idle_sockets_time_out_and_connections_are_capped() {
     for _ in 0..6 {
         idle.push(TcpStream::connect(b.addr()).await.unwrap());
     }
-    // Two over the cap are closed at once; the four others time out
-    // (two waiting for a handshake slot, two in the handshake).
-    b.wait_metrics("capacity and timeouts", |m| {
-        m.rejected(Reject::Capacity) == 2 && m.rejected(Reject::HandshakeTimeout) == 4
+    // The two oldest make room for the last two (nothing is refused while
+    // a connection is still unauthenticated); the four others time out
+    // waiting for their ClientHello.
+    b.wait_metrics("shedding and timeouts", |m| {
+        m.rejected(Reject::Shed) == 2 && m.rejected(Reject::HandshakeTimeout) == 4
     })
     .await;
     b.wait_metrics("slots freed", |m| m.active == 0).await;
+    let m = b.metrics();
+    assert_eq!(m.rejected(Reject::Capacity), 0, "{m:?}");
+    assert_eq!((m.accepted, m.listener.shed), (6, 2), "{m:?}");
+    // The server closed every one of them.
+    for mut socket in idle {
+        let mut byte = [0u8; 1];
+        let read = tokio::time::timeout(support::WAIT, socket.read(&mut byte)).await;
+        assert!(matches!(read, Ok(Ok(0) | Err(_))), "{read:?}");
+    }
     // Slots are free again.
     let mut ops = ops_on_events(&b, Mqtt::V4).await;
     let post = b.client(Mqtt::V5, "p-1", "").connect().await;
     post.publish(&events("p-1"), b"after", false).await;
     assert_eq!(expect_publish(&mut ops, &events("p-1")).await, b"after");
-    drop(idle);
+}
+
+#[tokio::test]
+async fn valid_clients_get_in_while_idle_sockets_hold_every_slot() {
+    let b = TestBroker::with_limits(Limits {
+        max_connections: 8,
+        max_connections_per_source: 8,
+        max_handshakes: 2,
+        ..Limits::default()
+    })
+    .await;
+    let mut idle = Vec::new();
+    for _ in 0..8 {
+        idle.push(TcpStream::connect(b.addr()).await.unwrap());
+    }
+    b.wait_metrics("every connection held", |m| m.handshakes_in_progress == 8)
+        .await;
+    // Each client takes the place of the oldest idle socket, which could
+    // otherwise hold it for the whole handshake timeout; and the idle ones,
+    // without a ClientHello, hold none of the two handshake slots.
+    let mut clients = Vec::new();
+    for (version, ops_id, post_id) in [(Mqtt::V4, "ops-1", "p-1"), (Mqtt::V5, "ops-2", "p-2")] {
+        let mut ops = b.client(version, ops_id, ops_id).connect().await;
+        ops.subscribe_ok(&all_posts(TopicKind::Events)).await;
+        let post = b.client(version, post_id, post_id).connect().await;
+        post.publish(&events(post_id), b"through", false).await;
+        assert_eq!(expect_publish(&mut ops, &events(post_id)).await, b"through");
+        clients.extend([ops, post]);
+    }
+    let m = b.metrics();
+    assert_eq!(m.rejected(Reject::Shed), 4, "{m:?}");
+    assert_eq!(m.rejected(Reject::HandshakeTimeout), 0, "{m:?}");
+    assert_eq!(m.rejected(Reject::Capacity), 0, "{m:?}");
+    // The four oldest idle sockets were the ones closed.
+    for socket in &mut idle[..4] {
+        let mut byte = [0u8; 1];
+        let read = tokio::time::timeout(support::WAIT, socket.read(&mut byte)).await;
+        assert!(matches!(read, Ok(Ok(0) | Err(_))), "{read:?}");
+    }
+}
+
+#[tokio::test]
+async fn connected_clients_are_never_shed_and_a_newcomer_is_refused() {
+    let b = TestBroker::with_limits(Limits {
+        max_connections: 2,
+        max_connections_per_source: 2,
+        max_handshakes: 2,
+        ..Limits::default()
+    })
+    .await;
+    let mut ops = ops_on_events(&b, Mqtt::V4).await;
+    let post = b.client(Mqtt::V5, "p-1", "p-1").connect().await;
+    // Both slots are held by authenticated clients: the third is closed at
+    // once, and the two keep working.
+    let mut third = b.client(Mqtt::V4, "p-2", "p-2").start();
+    third.expect_closed().await;
+    b.wait_metrics("the newcomer refused", |m| {
+        m.rejected(Reject::Capacity) >= 1
+    })
+    .await;
+    post.publish(&events("p-1"), b"still here", false).await;
+    assert_eq!(
+        expect_publish(&mut ops, &events("p-1")).await,
+        b"still here"
+    );
+    let m = b.metrics();
+    assert_eq!(m.rejected(Reject::Shed), 0, "{m:?}");
+    // Counted at the per-source cap (all three come from 127.0.0.1).
+    assert_eq!(
+        m.listener.refused_source + m.listener.refused_full,
+        m.rejected(Reject::Capacity),
+        "{m:?}"
+    );
 }
 
 #[tokio::test]
@@ -670,4 +753,52 @@ async fn a_publish_right_before_disconnect_is_delivered() {
     tls.write_all(&bytes).await.unwrap();
     tls.flush().await.unwrap();
     assert_eq!(expect_publish(&mut ops, &status("p-1")).await, b"offline");
+}
+
+/// A writer that keeps what the broker logs, for counting lines.
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+// Current-thread runtime: the broker's tasks log through this thread's
+// subscriber.
+#[tokio::test]
+async fn failed_handshakes_are_each_counted_but_logged_once_per_interval() {
+    let b = TestBroker::start().await;
+    let captured = Captured::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer({
+            let c = captured.clone();
+            move || c.clone()
+        })
+        .with_max_level(tracing::Level::INFO)
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    // Not TLS at all: each handshake fails at its first record.
+    for _ in 0..50 {
+        let mut tcp = TcpStream::connect(b.addr()).await.unwrap();
+        tcp.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        let mut sink = Vec::new();
+        let _ = tokio::time::timeout(support::WAIT, tcp.read_to_end(&mut sink)).await;
+    }
+    b.wait_metrics("50 failed handshakes", |m| m.rejected(Reject::Tls) == 50)
+        .await;
+    let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let lines = text
+        .lines()
+        .filter(|l| l.contains("TLS handshake failed"))
+        .count();
+    // At most one: the limiter is the process's, so another test of this
+    // file may have taken this interval's line already.
+    assert!(lines <= 1, "{lines} lines: {text}");
 }

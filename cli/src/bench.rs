@@ -651,6 +651,7 @@ async fn start_daemons(
         BrokerKind::Vigil => {
             // Room for every post, the probes and the ops center; at least
             // the default 1024 (handshakes in flight are capped at 256).
+            // Every post dials from loopback: one source holds them all.
             let max = (args.posts + args.probes + 64).max(1024);
             let metrics = procs::free_port()?;
             broker_metrics = Some(metrics);
@@ -658,7 +659,7 @@ async fn start_daemons(
                 dir,
                 &format!("{tag}-broker.toml"),
                 &format!(
-                    "# Written by `vigil bench`.\nlisten = \"{broker_addr}\"\n{}\n[limits]\nmax_connections = {max}\nshutdown_grace_ms = 1000\n# Capacity is measured: no per-post budget (Mosquitto has none).\npost_publish_rate = 0\npost_byte_rate = 0\n\n[metrics]\nlisten = \"{metrics}\"\n",
+                    "# Written by `vigil bench`.\nlisten = \"{broker_addr}\"\n{}\n[limits]\nmax_connections = {max}\nmax_connections_per_source = {max}\nshutdown_grace_ms = 1000\n# Capacity is measured: no per-post budget (Mosquitto has none).\npost_publish_rate = 0\npost_byte_rate = 0\n\n[metrics]\nlisten = \"{metrics}\"\n",
                     tls_table("broker")
                 ),
             )?;

@@ -1,5 +1,9 @@
 //! [`Front`]: accept, admit, spawn, (TLS), deadlines, then the handler.
 //!
+//! `serve` is plain TCP, `serve_tls` a rustls handshake, and
+//! `serve_with_handshake` a handshake the server writes itself (the broker
+//! keeps its own handshake slots, timeout and failure reasons that way).
+//!
 //! One task per connection, in its own span (`listener`, `peer.addr`). The
 //! accept loop only accepts and admits (see [`crate::table`]); the TLS
 //! handshake runs inside the connection's task, under the
@@ -103,20 +107,41 @@ impl Front {
         H: Fn(Conn<TlsStream<TcpStream>>) -> F + Send + Sync + 'static,
         F: Future<Output = ()> + Send + 'static,
     {
-        let stats = self.stats();
-        let upgrade = move |tcp: TcpStream| {
+        let handshake = move |tcp: TcpStream| {
             let accepting = acceptor.accept(tcp);
-            let stats = stats.clone();
             async move {
                 let tls = accepting.await;
                 if let Err(error) = &tls {
-                    bump(&stats.tls_failures);
                     debug!(%error, "TLS handshake failed");
                 }
                 tls
             }
         };
-        self.run(listener, shutdown, upgrade, handler).await;
+        self.run(listener, shutdown, handshake, handler).await;
+    }
+
+    /// Like [`Front::serve_tls`], with the handshake in the server's hands:
+    /// `handshake` turns each admitted TCP stream into the handler's stream
+    /// (a TLS handshake under the server's own timeout, concurrency bound
+    /// and failure classes, say). It runs inside the connection's task,
+    /// under the pre-authentication deadline, and may be shed like the rest
+    /// of an unauthenticated connection. An error closes the connection and
+    /// counts as a failed handshake (`tls_failures`); report its details
+    /// from inside `handshake`.
+    pub async fn serve_with_handshake<S, HS, HF, H, F>(
+        &self,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+        handshake: HS,
+        handler: H,
+    ) where
+        S: Send + 'static,
+        HS: Fn(TcpStream) -> HF + Send + Sync + 'static,
+        HF: Future<Output = io::Result<S>> + Send + 'static,
+        H: Fn(Conn<S>) -> F + Send + Sync + 'static,
+        F: Future<Output = ()> + Send + 'static,
+    {
+        self.run(listener, shutdown, handshake, handler).await;
     }
 
     async fn run<S, U, UF, H, F>(
@@ -170,7 +195,12 @@ impl Front {
                         () = shutdown.cancelled() => return,
                         s = upgrade(tcp) => match s {
                             Ok(s) => s,
-                            Err(_) => return,
+                            Err(_) => {
+                                // Plain TCP never fails here: this is a
+                                // handshake that did.
+                                bump(&stats.tls_failures);
+                                return;
+                            }
                         },
                     };
                     let conn = Conn::new(stream, addr, shared.clone(), slot, shutdown.clone());

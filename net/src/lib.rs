@@ -1,9 +1,9 @@
 //! The one listener plumbing of every Vigil server.
 //!
-//! Every server (the ops-center gRPC API, the gateway's DC-09 and camera
-//! push listeners, `/metrics`, the camera simulator, and later the broker
-//! front) accepts connections the same way, as a stack of layers around a
-//! protocol handler:
+//! Every server (the broker's MQTT front, the ops-center gRPC API, the
+//! gateway's DC-09 and camera push listeners, `/metrics`, the camera
+//! simulator) accepts connections the same way, as a stack of layers
+//! around a protocol handler:
 //!
 //! ```text
 //! accept (back off on EMFILE…)                         accept
@@ -11,6 +11,7 @@
 //!    shed the oldest unauthenticated connection
 //!     └ its own task, in its own span                  front
 //!        └ TLS handshake (optional)                    front::Front::serve_tls
+//!          (or the server's own: serve_with_handshake)
 //!           └ pre-authentication deadline until the handler calls
 //!             Conn::authenticated(); then the idle timeout
 //!              └ the protocol handler (DC-09 framing, MQTT, hyper, tonic)

@@ -403,3 +403,42 @@ async fn shutdown_lets_handlers_finish_then_drops_the_stuck_ones() {
     assert!(closed(&mut stuck).await);
     assert_eq!(stats.snapshot().open, 0);
 }
+
+#[tokio::test]
+async fn a_handshake_of_the_servers_own_runs_per_connection_and_its_failures_count() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let front = Front::new("own-handshake", limits(8, 8, 5_000));
+    let shutdown = CancellationToken::new();
+    // The server's own "handshake": the first line must be `v1`; anything
+    // else fails it (and the handler never runs).
+    let handshake = |tcp: TcpStream| async move {
+        let mut tcp = BufReader::new(tcp);
+        let mut line = String::new();
+        tcp.read_line(&mut line).await?;
+        if line.trim() != "v1" {
+            return Err(std::io::Error::other("unknown version"));
+        }
+        Ok(tcp)
+    };
+    let task = tokio::spawn({
+        let (front, shutdown) = (front.clone(), shutdown.clone());
+        async move {
+            front
+                .serve_with_handshake(listener, shutdown, handshake, hello)
+                .await
+        }
+    });
+    // An idle socket stuck in its handshake delays nobody.
+    let _idle = connect_from([127, 0, 0, 2], addr).await;
+    let mut bad = TcpStream::connect(addr).await.unwrap();
+    bad.write_all(b"v0\nHELLO\n").await.unwrap();
+    assert!(closed(&mut bad).await, "a failed handshake closes");
+    let mut good = TcpStream::connect(addr).await.unwrap();
+    good.write_all(b"v1\n").await.unwrap();
+    valid_exchange(good).await.unwrap();
+    let s = front.stats().snapshot();
+    assert_eq!((s.tls_failures, s.authenticated), (1, 1), "{s:?}");
+    shutdown.cancel();
+    tokio::time::timeout(WAIT, task).await.unwrap().unwrap();
+}

@@ -6,6 +6,11 @@
 //! the topic, seqs), and queues valid ones for the writer. Invalid ones are
 //! counted by reason, logged, and acknowledged at once: they would never
 //! become valid, and an unacknowledged message would be sent again forever.
+//! An event time outside years 1-9999 (a device or gateway clock gone
+//! wrong) does not make its event invalid: the time is cleared, counted
+//! and logged, and the event stored and receipted like any other. Dropping
+//! it would lose an alarm, and, since a receipt covers seqs without a gap,
+//! hold back every receipt of that post after it.
 //!
 //! Acknowledgments are manual. A valid message is acknowledged (PUBACK) only
 //! after the writer committed it, in the same step as its post's `Receipt` is
@@ -93,6 +98,8 @@ const DRAIN_GRACE: Duration = Duration::from_secs(5);
 static LOG_DROPPED: LogLimiter = LogLimiter::new(PEER_ERROR_INTERVAL);
 /// Batches over their post's budget, likewise.
 static LOG_DEFERRED: LogLimiter = LogLimiter::new(PEER_ERROR_INTERVAL);
+/// Event times cleared, logged at most once per interval.
+static LOG_TIMES_CLEARED: LogLimiter = LogLimiter::new(PEER_ERROR_INTERVAL);
 
 /// Why ingest stopped other than by shutdown.
 #[derive(Debug, thiserror::Error)]
@@ -381,7 +388,23 @@ impl Ingest {
                 self.next_token += 1;
                 let token = self.next_token;
                 let job = match job {
-                    Checked::Batch(mut batch) => {
+                    Checked::Batch {
+                        mut batch,
+                        times_cleared,
+                    } => {
+                        if times_cleared > 0 {
+                            self.metrics
+                                .event_times_cleared
+                                .fetch_add(u64::from(times_cleared), Relaxed);
+                            if let Some(count) = LOG_TIMES_CLEARED.hit() {
+                                tracing::warn!(
+                                    post = %batch.post_id,
+                                    times_cleared,
+                                    count,
+                                    "event times outside years 1-9999 cleared (events stored without them)"
+                                );
+                            }
+                        }
                         let admitted = self.budgets.admit(
                             &batch.post_id,
                             batch.events.iter().map(|r| r.raw.len()),
@@ -451,7 +474,11 @@ impl Ingest {
 /// A message that passed the checks.
 #[derive(Debug, PartialEq)]
 pub enum Checked {
-    Batch(Batch),
+    /// `times_cleared`: event times outside years 1-9999, cleared.
+    Batch {
+        batch: Batch,
+        times_cleared: u32,
+    },
     Status(PostStatus),
 }
 
@@ -524,7 +551,7 @@ pub fn check(publish: &Publish, max_batch_bytes: usize) -> Result<Checked, (Reje
     }
     match kind {
         TopicKind::Events => {
-            let batch = EventBatch::decode(publish.payload.as_ref())
+            let mut batch = EventBatch::decode(publish.payload.as_ref())
                 .map_err(|e| (Reject::Malformed, e.to_string()))?;
             if batch.post_id != post {
                 return Err((
@@ -536,7 +563,9 @@ pub fn check(publish: &Publish, max_batch_bytes: usize) -> Result<Checked, (Reje
                 return Err((Reject::Malformed, "empty batch".into()));
             }
             let mut last = 0;
-            for ev in &batch.events {
+            let mut times_cleared = 0;
+            let mut cleared = vec![false; batch.events.len()];
+            for (ev, cleared) in batch.events.iter_mut().zip(&mut cleared) {
                 if ev.post_id != post {
                     return Err((
                         Reject::PostMismatch,
@@ -555,18 +584,12 @@ pub fn check(publish: &Publish, max_batch_bytes: usize) -> Result<Checked, (Reje
                     return Err((Reject::OutOfRange, format!("seq {} above 2^63-1", ev.seq)));
                 }
                 // Times that RFC 3339 cannot write would break every client
-                // that prints them.
-                for (name, t) in [
-                    ("occurred_at", &ev.occurred_at),
-                    ("received_at", &ev.received_at),
-                ] {
-                    if let Some(t) = t
-                        && !vigil_proto::time_in_range(t)
-                    {
-                        return Err((
-                            Reject::OutOfRange,
-                            format!("event {} {name} outside years 1-9999", ev.seq),
-                        ));
+                // that prints them: cleared (see the module docs).
+                for t in [&mut ev.occurred_at, &mut ev.received_at] {
+                    if t.as_ref().is_some_and(|t| !vigil_proto::time_in_range(t)) {
+                        *t = None;
+                        times_cleared += 1;
+                        *cleared = true;
                     }
                 }
                 last = ev.seq;
@@ -575,15 +598,25 @@ pub fn check(publish: &Publish, max_batch_bytes: usize) -> Result<Checked, (Reje
             if raw.len() != batch.events.len() {
                 return Err((Reject::Malformed, "events cannot be delimited".into()));
             }
-            Ok(Checked::Batch(Batch {
-                post_id: batch.post_id,
-                events: batch
-                    .events
-                    .into_iter()
-                    .zip(raw)
-                    .map(|(event, raw)| Received { event, raw })
-                    .collect(),
-            }))
+            let events = batch
+                .events
+                .into_iter()
+                .zip(raw)
+                .zip(cleared)
+                .map(|((event, raw), cleared)| match cleared {
+                    // A cleared time is a changed event: stored as it is now
+                    // (fields unknown here are lost with the bad time).
+                    true => Received::from(event),
+                    false => Received { event, raw },
+                })
+                .collect();
+            Ok(Checked::Batch {
+                batch: Batch {
+                    post_id: batch.post_id,
+                    events,
+                },
+                times_cleared,
+            })
         }
         TopicKind::Status => {
             let status = PostStatus::decode(publish.payload.as_ref())
@@ -642,7 +675,9 @@ mod tests {
     #[test]
     fn valid_batches_and_statuses_pass() {
         let p = publish("vigil/v1/posts/p-1/events", batch("p-1", &[1, 2, 5], "p-1"));
-        assert!(matches!(check(&p, 4096), Ok(Checked::Batch(b)) if b.events.len() == 3));
+        assert!(
+            matches!(check(&p, 4096), Ok(Checked::Batch { batch, times_cleared: 0 }) if batch.events.len() == 3)
+        );
         let s = PostStatus {
             post_id: "p-1".into(),
             ..Default::default()
@@ -698,17 +733,37 @@ mod tests {
         assert_eq!(reason(&publish(t, seq_too_big)), Reject::OutOfRange);
         let at_max = batch("p-1", &[1, i64::MAX as u64], "p-1");
         assert!(check(&publish(t, at_max), 4096).is_ok(), "2^63-1 is a seq");
+        // Times outside years 1-9999 are cleared; the events pass.
+        let good = vigil_proto::Timestamp {
+            seconds: 1_800_000_000,
+            nanos: 0,
+        };
         for (seconds, nanos) in [(-62_135_596_801, 0), (253_402_300_800, 0), (0, -1)] {
-            let mut b = EventBatch::decode(batch("p-1", &[1], "p-1").as_slice()).unwrap();
-            b.events[0].occurred_at = Some(vigil_proto::Timestamp { seconds, nanos });
-            assert_eq!(
-                reason(&publish(t, b.encode_to_vec())),
-                Reject::OutOfRange,
-                "{seconds}.{nanos}"
-            );
-            b.events[0].occurred_at = None;
-            b.events[0].received_at = Some(vigil_proto::Timestamp { seconds, nanos });
-            assert_eq!(reason(&publish(t, b.encode_to_vec())), Reject::OutOfRange);
+            let bad = vigil_proto::Timestamp { seconds, nanos };
+            let mut b = EventBatch::decode(batch("p-1", &[1, 2], "p-1").as_slice()).unwrap();
+            b.events[0].occurred_at = Some(bad);
+            b.events[0].received_at = Some(good);
+            b.events[1].occurred_at = Some(good);
+            b.events[1].received_at = Some(bad);
+            let Ok(Checked::Batch {
+                batch,
+                times_cleared,
+            }) = check(&publish(t, b.encode_to_vec()), 4096)
+            else {
+                panic!("{seconds}.{nanos}: refused");
+            };
+            assert_eq!(times_cleared, 2, "{seconds}.{nanos}");
+            let times: Vec<_> = batch
+                .events
+                .iter()
+                .map(|e| (e.event.occurred_at, e.event.received_at))
+                .collect();
+            assert_eq!(times, [(None, Some(good)), (Some(good), None)]);
+            // What the store gets is the event as it is now, without the
+            // bad time.
+            for r in &batch.events {
+                assert_eq!(Event::decode(r.raw.clone()).unwrap(), r.event);
+            }
         }
         let s = PostStatus {
             post_id: "p-9".into(),

@@ -28,7 +28,8 @@ pub enum Reject {
     Oversize,
     /// A `post_id` in the message differs from the topic's post.
     PostMismatch,
-    /// A seq above 2^63-1, or an event time outside years 1-9999.
+    /// A seq above 2^63-1. (An event time outside years 1-9999 does not
+    /// drop its message: the time is cleared, see `event_times_cleared`.)
     OutOfRange,
 }
 
@@ -125,6 +126,9 @@ pub struct Metrics {
     pub rejected_oversize: AtomicU64,
     pub rejected_post_mismatch: AtomicU64,
     pub rejected_out_of_range: AtomicU64,
+    /// Event times (`occurred_at`, `received_at`) outside years 1-9999,
+    /// cleared at ingest; their events were stored without them.
+    pub event_times_cleared: AtomicU64,
     pub commits: AtomicU64,
     pub receipts_published: AtomicU64,
     /// Posts asked to re-send what is not receipted (after a reconnect).
@@ -233,6 +237,7 @@ impl Metrics {
             rejected_oversize: self.rejected_oversize.load(Relaxed),
             rejected_post_mismatch: self.rejected_post_mismatch.load(Relaxed),
             rejected_out_of_range: self.rejected_out_of_range.load(Relaxed),
+            event_times_cleared: self.event_times_cleared.load(Relaxed),
             commits: self.commits.load(Relaxed),
             receipts_published: self.receipts_published.load(Relaxed),
             resend_requests: self.resend_requests.load(Relaxed),
@@ -316,6 +321,11 @@ impl MetricsSnapshot {
             self.batches,
         );
         out.counter(
+            "vigil_ops_event_times_cleared_total",
+            "Event times outside years 1-9999 cleared at ingest (the events were stored without them).",
+            self.event_times_cleared,
+        );
+        out.counter(
             "vigil_ops_statuses_total",
             "Post status messages accepted.",
             self.statuses,
@@ -391,6 +401,7 @@ pub struct MetricsSnapshot {
     pub rejected_oversize: u64,
     pub rejected_post_mismatch: u64,
     pub rejected_out_of_range: u64,
+    pub event_times_cleared: u64,
     pub commits: u64,
     pub receipts_published: u64,
     pub resend_requests: u64,

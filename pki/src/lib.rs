@@ -11,15 +11,10 @@
 //! - [`authority`]: the CA on disk: `init`, `issue`, `revoke`, `list`, `renew`,
 //!   CRL refresh (rcgen, ECDSA P-256).
 //! - [`ca_key`]: the CA key file, plain or encrypted PKCS#8.
-//! - [`accept`]: re-exported from `vigil-net`, where the accept loop now
-//!   lives; kept so older callers (the broker front) still compile.
 //! - [`reload`]: our own certificate and key, following their files.
 //! - [`tls`]: the `[tls]` config table and building rustls server and client
 //!   configs from it, with CRL checks.
 
-/// The accept loop moved to `vigil-net`; this path stays for the broker
-/// front until it adopts `vigil_net` directly.
-pub use vigil_net::accept;
 pub mod authority;
 pub mod ca_key;
 pub mod crl;

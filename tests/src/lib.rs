@@ -95,7 +95,17 @@ impl Region {
 
     /// Starts the broker on `addr` (`127.0.0.1:0` for a fresh port).
     pub async fn start_broker(&self, addr: SocketAddr) -> RunningBroker {
+        self.start_broker_with(addr, "").await
+    }
+
+    /// Starts the broker with `limits_toml` (lines of its `[limits]` table,
+    /// e.g. `max_connections = 64`) added to its config.
+    pub async fn start_broker_with(&self, addr: SocketAddr, limits_toml: &str) -> RunningBroker {
         let path = self.write_broker_config("127.0.0.1:0".parse().expect("addr"));
+        if !limits_toml.is_empty() {
+            let text = std::fs::read_to_string(&path).expect("broker config") + limits_toml + "\n";
+            std::fs::write(&path, text).expect("write broker config");
+        }
         let config = vigil_broker::BrokerConfig::load(&path).expect("broker config");
         let listener = bind_retrying(addr).await;
         let shutdown = CancellationToken::new();
@@ -116,7 +126,10 @@ impl Region {
     pub async fn start_ops_with(&self, broker: SocketAddr, extra_toml: &str) -> RunningOps {
         let path = self.write_ops_config(broker);
         if !extra_toml.is_empty() {
-            let text = std::fs::read_to_string(&path).expect("ops config") + "\n" + extra_toml;
+            let text = merge_toml(
+                &std::fs::read_to_string(&path).expect("ops config"),
+                extra_toml,
+            );
             std::fs::write(&path, text).expect("write ops config");
         }
         let config = vigil_ops::config::OpsConfig::load(&path).expect("ops config");
@@ -400,6 +413,24 @@ pub async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// `base` with `extra` laid over it, table by table: `extra` may add keys
+/// to a table `base` already has (`[api]`) as well as new tables.
+pub fn merge_toml(base: &str, extra: &str) -> String {
+    fn merge(into: &mut toml::Table, from: toml::Table) {
+        for (key, value) in from {
+            match (into.get_mut(&key), value) {
+                (Some(toml::Value::Table(a)), toml::Value::Table(b)) => merge(a, b),
+                (_, value) => {
+                    into.insert(key, value);
+                }
+            }
+        }
+    }
+    let mut table: toml::Table = base.parse().expect("base TOML");
+    merge(&mut table, extra.parse().expect("extra TOML"));
+    toml::to_string(&table).expect("TOML")
 }
 
 /// Reads a stopped operations center's store.

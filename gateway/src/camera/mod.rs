@@ -181,6 +181,20 @@ pub struct Detection {
     pub dedup_key: Option<String>,
 }
 
+/// A camera's event time as the gateway keeps it: within years 1-9999 in
+/// UTC (what RFC 3339, proto3 JSON and every client can write). `None` for
+/// a time outside: the HTTP push refuses such a request (400), an ONVIF
+/// notification keeps its event but not its time (the event then carries
+/// only the gateway's receive time), so a camera with a broken clock can
+/// never put a time in the outbox that stalls it downstream.
+pub fn device_time(t: OffsetDateTime) -> Option<OffsetDateTime> {
+    let utc = vigil_proto::Timestamp {
+        seconds: t.unix_timestamp(),
+        nanos: 0,
+    };
+    vigil_proto::time_in_range(&utc).then_some(t)
+}
+
 impl Detection {
     /// The outbox event for this detection, received `now`.
     pub fn to_event(&self, now: OffsetDateTime) -> NewEvent {
@@ -201,7 +215,7 @@ impl Detection {
         }
         NewEvent {
             event: Event {
-                occurred_at: self.occurred_at.map(timestamp),
+                occurred_at: self.occurred_at.and_then(device_time).map(timestamp),
                 received_at: Some(timestamp(now)),
                 source: Some(Source {
                     device_id: self.camera.clone(),

@@ -348,15 +348,8 @@ fn detection(body: PushBody) -> Result<Detection, String> {
                 .map_err(|e| format!("time: {t:?} is not RFC 3339: {e}"))?;
             // In UTC, as stored: years 1-9999 only (what every client can
             // print).
-            let utc = vigil_proto::Timestamp {
-                seconds: parsed.unix_timestamp(),
-                nanos: 0,
-            };
-            if vigil_proto::time_in_range(&utc) {
-                Ok(parsed)
-            } else {
-                Err(format!("time: {t:?} is outside years 1-9999 (UTC)"))
-            }
+            super::device_time(parsed)
+                .ok_or_else(|| format!("time: {t:?} is outside years 1-9999 (UTC)"))
         })
         .transpose()?;
     if body.attributes.len() > MAX_ATTRIBUTES {

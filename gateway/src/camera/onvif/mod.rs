@@ -452,7 +452,12 @@ pub fn detection(camera: &str, n: &Notification) -> Option<Detection> {
         region,
         confidence: None,
         video_source,
-        occurred_at: n.utc_time.as_deref().and_then(soap::parse_time),
+        // A camera clock outside years 1-9999 (UTC) is ignored, not stored.
+        occurred_at: n
+            .utc_time
+            .as_deref()
+            .and_then(soap::parse_time)
+            .and_then(super::device_time),
         attributes,
         dedup_key: None,
     })
@@ -746,6 +751,39 @@ mod tests {
             property_operation: op.map(str::to_owned),
             source: pairs(source),
             data: pairs(data),
+        }
+    }
+
+    #[test]
+    fn camera_times_outside_years_1_to_9999_are_dropped_not_stored() {
+        let motion = |utc: &str| {
+            let mut n = note(
+                "tns1:RuleEngine/CellMotionDetector/Motion",
+                Some("Changed"),
+                &[],
+                &[("IsMotion", "true")],
+            );
+            n.utc_time = Some(utc.into());
+            detection("cam-1", &n).unwrap()
+        };
+        let now = time::macros::datetime!(2026-11-26 09:00:01 UTC);
+        for bad in [
+            "0000-01-01T00:00:00Z",
+            // Year 1 in its own offset, year 0 in UTC.
+            "0001-01-01T00:30:00+01:00",
+            // Year 9999 in its own offset, year 10000 in UTC.
+            "9999-12-31T23:30:00-01:00",
+        ] {
+            let d = motion(bad);
+            assert_eq!(d.occurred_at, None, "{bad}");
+            let event = d.to_event(now).event;
+            assert_eq!(event.occurred_at, None, "{bad}");
+            assert_eq!(event.received_at.unwrap().seconds, now.unix_timestamp());
+        }
+        for good in ["0001-01-01T00:00:00Z", "9999-12-31T23:59:59Z"] {
+            let d = motion(good);
+            let t = d.to_event(now).event.occurred_at.unwrap();
+            assert!(vigil_proto::time_in_range(&t), "{good}");
         }
     }
 
