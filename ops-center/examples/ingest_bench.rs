@@ -2,13 +2,13 @@
 //! durably and receipts, with many posts sending at once.
 //!
 //! It drives the real writer (SQLite store, WAL, synchronous=FULL, group
-//! commit, incident engine) through its bounded job queue, as ingest does,
-//! minus MQTT. Per batch it measures the time from queueing to the receipt
+//! commit, incident engine; or a PostgreSQL database with `--pg URL`)
+//! through its bounded job queue, as ingest does, minus MQTT. Per batch it measures the time from queueing to the receipt
 //! that covers it (queue wait + commit), and prints one result line.
 //!
 //! ```sh
 //! cargo run --release -p vigil-ops --example ingest_bench -- \
-//!     --posts 2000 --batch 50 --events 2000000 [--dir PATH]
+//!     --posts 2000 --batch 50 --events 2000000 [--dir PATH | --pg URL]
 //! ```
 
 use std::{
@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 use vigil_ops::{
     engine::{Engine, EngineConfig},
     metrics::Metrics,
-    store::{SqliteStore, Store},
+    store::{Backend, PostgresBackend, SqliteBackend},
     writer::{self, Committed, Job},
 };
 use vigil_proto::v1::{AlarmSignal, Event, EventCategory, Source, SourceKind, event::Body};
@@ -31,6 +31,7 @@ struct Args {
     batch: u64,
     events: u64,
     dir: Option<std::path::PathBuf>,
+    pg: Option<String>,
 }
 
 fn args() -> Args {
@@ -39,6 +40,7 @@ fn args() -> Args {
         batch: 50,
         events: 1_000_000,
         dir: None,
+        pg: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -48,6 +50,7 @@ fn args() -> Args {
             "--batch" => a.batch = value().parse().expect("--batch N"),
             "--events" => a.events = value().parse().expect("--events N"),
             "--dir" => a.dir = Some(value().into()),
+            "--pg" => a.pg = Some(value()),
             other => panic!("unknown flag {other}"),
         }
     }
@@ -90,15 +93,27 @@ async fn main() {
     let args = args();
     let tmp = tempfile::tempdir().unwrap();
     let dir = args.dir.clone().unwrap_or_else(|| tmp.path().to_owned());
-    let store = SqliteStore::open(&dir).unwrap();
-    let engine = Engine::new(
-        EngineConfig::default(),
-        store.engine_snapshot(SystemTime::UNIX_EPOCH).unwrap(),
-    );
+    // Opened off the async threads: the PostgreSQL client blocks.
+    let (backend, store, engine) = std::thread::scope(|sc| {
+        sc.spawn(|| {
+            let backend: Box<dyn Backend> = match &args.pg {
+                Some(url) => Box::new(PostgresBackend::open(url).unwrap()),
+                None => Box::new(SqliteBackend::open(&dir).unwrap()),
+            };
+            let store = backend.writer().unwrap();
+            let engine = Engine::new(
+                EngineConfig::default(),
+                store.engine_snapshot(SystemTime::UNIX_EPOCH).unwrap(),
+            );
+            (backend, store, engine)
+        })
+        .join()
+        .unwrap()
+    });
     let metrics = Arc::new(Metrics::default());
     let (jobs_tx, jobs_rx) = mpsc::channel(writer::QUEUE_CAPACITY);
     let (done_tx, mut done_rx) = mpsc::channel::<Committed>(writer::DONE_CAPACITY);
-    let handle = writer::spawn(Box::new(store), engine, metrics.clone(), jobs_rx, done_tx);
+    let handle = writer::spawn(store, engine, metrics.clone(), jobs_rx, done_tx);
 
     let posts: Vec<String> = (0..args.posts).map(|i| format!("p-{i:05}")).collect();
     let batches = args.events.div_ceil(args.batch);
@@ -158,9 +173,10 @@ async fn main() {
     let pct = |q: f64| latencies[((latencies.len() as f64 - 1.0) * q) as usize];
     let m = metrics.snapshot();
     println!(
-        "ops ingest: {} posts, {} events/batch, {} events stored and receipted in {:.2} s = {:.0} events/s; \
+        "ops ingest ({}): {} posts, {} events/batch, {} events stored and receipted in {:.2} s = {:.0} events/s; \
          {} commits ({:.0} events/commit); batch queue+commit latency p50 {} p99 {} max {}; \
          commit duration p50 < {} p99 < {}",
+        backend.name(),
         args.posts,
         args.batch,
         stored,

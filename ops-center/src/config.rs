@@ -76,6 +76,10 @@ pub struct StoreConfig {
     /// replays); at most this many reads run at once.
     #[serde(default = "default_readers")]
     pub readers: usize,
+    /// PostgreSQL: how long the leader lease lasts without renewal. A
+    /// standby takes over within about this long after the leader dies.
+    #[serde(default = "default_lease_secs")]
+    pub lease_secs: u64,
 }
 
 impl Default for StoreConfig {
@@ -83,8 +87,13 @@ impl Default for StoreConfig {
         Self {
             url: None,
             readers: default_readers(),
+            lease_secs: default_lease_secs(),
         }
     }
+}
+
+fn default_lease_secs() -> u64 {
+    5
 }
 
 fn default_readers() -> usize {
@@ -250,6 +259,12 @@ impl OpsConfig {
                 "several replicas on one database need a leader lease, which this version does not have yet: run one operations center"
             };
             return Err(("mqtt.share_group".into(), why.into()));
+        }
+        if !(2..=300).contains(&self.store.lease_secs) {
+            return Err((
+                "store.lease_secs".into(),
+                "must be between 2 and 300".into(),
+            ));
         }
         if !(1..=64).contains(&self.store.readers) {
             return Err(("store.readers".into(), "must be between 1 and 64".into()));

@@ -52,7 +52,9 @@ use crate::{
 /// the one writer's connection.
 pub struct Storage {
     pub backend: Arc<dyn Backend>,
-    pub writer: Box<dyn StoreWriter>,
+    /// The writer's connection (SQLite). `None` on PostgreSQL, where a
+    /// replica opens a fenced one each time it takes the leader lease.
+    pub writer: Option<Box<dyn StoreWriter>>,
 }
 
 impl std::fmt::Debug for Storage {
@@ -102,13 +104,38 @@ pub fn open(config: &OpsConfig) -> Result<(Storage, Engine), StoreError> {
     // runtime the caller may be on.
     store::postgres::off_runtime(|| {
         let backend = open_backend(config)?;
+        if backend.as_postgres().is_some() {
+            // The engine is rebuilt whenever this replica takes the lease.
+            let engine = Engine::new(config.engine.clone(), Default::default());
+            return Ok((
+                Storage {
+                    backend,
+                    writer: None,
+                },
+                engine,
+            ));
+        }
         let writer = backend.writer()?;
-        let since = SystemTime::now()
-            .checked_sub(Duration::from_secs(config.engine.reactivation_window_secs))
-            .unwrap_or(SystemTime::UNIX_EPOCH);
-        let engine = Engine::new(config.engine.clone(), writer.engine_snapshot(since)?);
-        Ok((Storage { backend, writer }, engine))
+        let engine = Engine::new(
+            config.engine.clone(),
+            writer.engine_snapshot(resolved_since(config))?,
+        );
+        Ok((
+            Storage {
+                backend,
+                writer: Some(writer),
+            },
+            engine,
+        ))
     })
+}
+
+/// Incidents resolved since then may still reactivate: the engine keeps
+/// them.
+fn resolved_since(config: &OpsConfig) -> SystemTime {
+    SystemTime::now()
+        .checked_sub(Duration::from_secs(config.engine.reactivation_window_secs))
+        .unwrap_or(SystemTime::UNIX_EPOCH)
 }
 
 /// Runs the ops-center until `shutdown` is cancelled: ingest over MQTT, the
@@ -149,29 +176,25 @@ pub async fn run_with_api(
     // writing.
     let readers = Readers::new(store.backend.clone(), config.store.readers);
     let feed = api::feed::Feed::new();
+    let publisher = feed.publisher();
     let (jobs_tx, jobs_rx) = mpsc::channel(writer::QUEUE_CAPACITY);
-    let (done_tx, done_rx) = mpsc::channel(writer::DONE_CAPACITY);
-    let writer = writer::spawn_publishing(
-        store.writer,
-        engine,
-        metrics.clone(),
-        jobs_rx,
-        done_tx,
-        feed.publisher(),
-    );
+    let (leading_tx, leading) = tokio::sync::watch::channel(store.writer.is_some());
     tracing::info!(
         addr = %api_listener.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string()),
         "api listening"
     );
     let api_stop = shutdown.child_token();
+    // Dropped (this future dropped without a shutdown): the API stops too.
+    let _api_guard = api_stop.clone().drop_guard();
     let front =
         vigil_net::Front::with_stats("api", config.api.limits(), metrics.api_listener.clone());
     let api = tokio::spawn(api::serve_with_health(
         api::ApiContext {
             jobs: jobs_tx.clone(),
-            readers,
+            readers: readers.clone(),
             feed,
             metrics: metrics.clone(),
+            leading: Some(leading),
         },
         metrics.store_health.subscribe(),
         front,
@@ -188,33 +211,73 @@ pub async fn run_with_api(
 
     let tracker = TaskTracker::new();
     let tasks = shutdown.child_token();
-    tracker.spawn(tick(jobs_tx.clone(), tasks.clone()));
     tracker.spawn(log_metrics(metrics.clone(), tasks.clone()));
     tracker.close();
+    let ingest_config = ingest::IngestConfig {
+        mqtt: config.mqtt.clone(),
+        budget: config.budget.clone(),
+        client_id: client_id.clone(),
+    };
 
-    let ingest_result = ingest::run(
-        ingest::IngestConfig {
-            mqtt: config.mqtt.clone(),
-            budget: config.budget.clone(),
-            client_id,
-        },
-        client_config,
-        jobs_tx,
-        done_rx,
-        metrics.clone(),
-        shutdown.clone(),
-    )
-    .await;
-
-    // Ingest has returned (shutdown, or the writer died): stop the API and
-    // the timers so the last job sender goes away and the writer can finish.
-    tasks.cancel();
-    api_stop.cancel();
+    let (ingest_result, writer_result) = match store.writer {
+        Some(store_writer) => {
+            let (done_tx, done_rx) = mpsc::channel(writer::DONE_CAPACITY);
+            let writer = writer::spawn_publishing(
+                store_writer,
+                engine,
+                metrics.clone(),
+                jobs_rx,
+                done_tx,
+                publisher,
+            );
+            tracker.reopen();
+            tracker.spawn(tick(jobs_tx.clone(), tasks.clone()));
+            tracker.close();
+            let ingest_result = ingest::run(
+                ingest_config,
+                client_config,
+                jobs_tx,
+                done_rx,
+                metrics.clone(),
+                shutdown.clone(),
+            )
+            .await;
+            // Ingest has returned (shutdown, or the writer died): stop the
+            // API and the timers so the last job sender goes away and the
+            // writer can finish.
+            tasks.cancel();
+            api_stop.cancel();
+            let writer_result = tokio::task::spawn_blocking(move || writer.join())
+                .await
+                .unwrap_or_else(|_| Err(StoreError::Corrupt("writer join failed".into())));
+            (ingest_result, writer_result)
+        }
+        None => {
+            drop(jobs_tx);
+            let replica = Replica {
+                backend: store
+                    .backend
+                    .as_postgres()
+                    .expect("only PostgreSQL opens without a writer")
+                    .clone(),
+                holder: format!("{client_id}/{}/{:08x}", std::process::id(), rand_u32()),
+                lease: Duration::from_secs(config.store.lease_secs),
+                config: config.clone(),
+                ingest_config,
+                client_config,
+                metrics: metrics.clone(),
+                readers,
+                publisher,
+                leading: leading_tx,
+            };
+            let result = replica.run(jobs_rx, shutdown.clone()).await;
+            tasks.cancel();
+            api_stop.cancel();
+            (Ok(()), result)
+        }
+    };
     let api_result = api.await.unwrap_or(Ok(()));
     tracker.wait().await;
-    let writer_result = tokio::task::spawn_blocking(move || writer.join())
-        .await
-        .unwrap_or_else(|_| Err(StoreError::Corrupt("writer join failed".into())));
     let m = metrics.snapshot();
     tracing::info!(
         events_stored = m.events_stored,
@@ -226,6 +289,235 @@ pub async fn run_with_api(
     ingest_result?;
     api_result?;
     Ok(())
+}
+
+/// A few random bits, to tell two processes with one certificate apart.
+fn rand_u32() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos(),
+    );
+    h.finish() as u32
+}
+
+/// One operations center among several on one PostgreSQL database. It
+/// serves the API all along; it runs the incident engine, and listens to
+/// the brokers, only while it holds the leader lease. Standing by, it
+/// follows the leader's commits into its own incident feed.
+struct Replica {
+    backend: store::PostgresBackend,
+    holder: String,
+    lease: Duration,
+    config: OpsConfig,
+    ingest_config: ingest::IngestConfig,
+    client_config: Arc<rustls::ClientConfig>,
+    metrics: Arc<Metrics>,
+    readers: Arc<Readers>,
+    publisher: api::feed::FeedPublisher,
+    leading: tokio::sync::watch::Sender<bool>,
+}
+
+impl Replica {
+    async fn run(
+        &self,
+        mut jobs: mpsc::Receiver<Job>,
+        shutdown: CancellationToken,
+    ) -> Result<(), StoreError> {
+        // Announcements of the leader's commits wake the follower at once;
+        // it also reads every second without them.
+        let wake = Arc::new(tokio::sync::Notify::new());
+        let listening = shutdown.child_token();
+        let _listening_guard = listening.clone().drop_guard();
+        let listener = {
+            let (backend, wake, stop) = (self.backend.clone(), wake.clone(), listening.clone());
+            std::thread::Builder::new()
+                .name("vigil-ops-feed-listen".into())
+                .spawn(move || listen(&backend, &wake, &stop))
+                .expect("spawn the feed listener")
+        };
+        let result = self.terms(&mut jobs, &wake, &shutdown).await;
+        listening.cancel();
+        let _ = tokio::task::spawn_blocking(move || listener.join()).await;
+        result
+    }
+
+    /// Stands by until it takes the lease, leads until it loses it, again,
+    /// until `shutdown`.
+    async fn terms(
+        &self,
+        jobs: &mut mpsc::Receiver<Job>,
+        wake: &Arc<tokio::sync::Notify>,
+        shutdown: &CancellationToken,
+    ) -> Result<(), StoreError> {
+        loop {
+            self.leading.send_replace(false);
+            // A standby's store is fine: it only does not write.
+            self.metrics.store_health.set(true);
+            // Following the leader's commits while trying for the lease;
+            // dropping this future (a replica stopped) stops both.
+            let following =
+                self.publisher
+                    .follow(self.readers.clone(), wake.clone(), CancellationToken::new());
+            let acquiring = async {
+                loop {
+                    let (backend, holder, lease) =
+                        (self.backend.clone(), self.holder.clone(), self.lease);
+                    let tried =
+                        tokio::task::spawn_blocking(move || backend.try_lead(&holder, lease)).await;
+                    match tried {
+                        Ok(Ok(Some(fence))) => break Some(fence),
+                        Ok(Ok(None)) => {}
+                        Ok(Err(e)) => {
+                            tracing::warn!(error = %e, "leader lease: cannot reach the store")
+                        }
+                        Err(_) => tracing::error!("leader lease: the attempt panicked"),
+                    }
+                    tokio::select! {
+                        () = shutdown.cancelled() => break None,
+                        () = tokio::time::sleep(self.lease / 3) => {}
+                        // Drain actions sent to a standby: the API refuses them
+                        // first, this only answers what slipped through.
+                        Some(job) = jobs.recv() => refuse(job),
+                    }
+                }
+            };
+            let fence = tokio::select! {
+                fence = acquiring => fence,
+                () = following => None,
+            };
+            let Some(fence) = fence else { return Ok(()) };
+            // One more read of the audit trail: with the lease taken,
+            // nobody else can commit, so the feed misses nothing between
+            // the leader's last commit and this replica's first.
+            if let Err(e) = self.publisher.catch_up(&self.readers).await {
+                tracing::warn!(error = %e, "feed: the last read before leading failed");
+            }
+            tracing::info!(holder = %fence.holder, epoch = fence.epoch, "leading: the incident engine runs here");
+            match self.lead(fence, jobs, shutdown).await {
+                Ok(()) => return Ok(()),
+                Err(StoreError::NotLeader(why)) => {
+                    tracing::warn!(%why, "standing by: another replica leads");
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "the writer stopped; standing by");
+                }
+            }
+            if shutdown.is_cancelled() {
+                return Ok(());
+            }
+        }
+    }
+
+    /// One term as leader: a fenced writer, the engine rebuilt from the
+    /// store, ingest from the brokers. Returns `Ok` on shutdown, the
+    /// writer's error when it stopped (a lost lease: `NotLeader`).
+    async fn lead(
+        &self,
+        fence: store::postgres::Fence,
+        jobs: &mut mpsc::Receiver<Job>,
+        shutdown: &CancellationToken,
+    ) -> Result<(), StoreError> {
+        let (backend, config) = (self.backend.clone(), self.config.clone());
+        let opened = tokio::task::spawn_blocking(move || {
+            let writer = backend.fenced_writer(fence)?;
+            let snapshot = writer.engine_snapshot(resolved_since(&config))?;
+            Ok::<_, StoreError>((writer, Engine::new(config.engine.clone(), snapshot)))
+        })
+        .await
+        .unwrap_or_else(|_| Err(StoreError::Corrupt("opening the writer panicked".into())));
+        let (store_writer, engine) = opened?;
+        let (term_tx, term_rx) = mpsc::channel(writer::QUEUE_CAPACITY);
+        let (done_tx, done_rx) = mpsc::channel(writer::DONE_CAPACITY);
+        let writer = writer::spawn_publishing(
+            store_writer,
+            engine,
+            self.metrics.clone(),
+            term_rx,
+            done_tx,
+            self.publisher.clone(),
+        );
+        self.leading.send_replace(true);
+        let term = shutdown.child_token();
+        let ticking = tick(term_tx.clone(), term.clone());
+        let ingest = ingest::run(
+            self.ingest_config.clone(),
+            self.client_config.clone(),
+            term_tx.clone(),
+            done_rx,
+            self.metrics.clone(),
+            term.clone(),
+        );
+        // Actions from the API go to this term's writer.
+        let forward = async {
+            while let Some(job) = jobs.recv().await {
+                if term_tx.send(job).await.is_err() {
+                    break;
+                }
+            }
+            std::future::pending::<()>().await;
+        };
+        // Everything of the term in this one future: dropped, it leaves
+        // nothing behind that could keep the writer (and the lease) alive.
+        let ingest_result = tokio::select! {
+            r = ingest => r,
+            () = forward => Ok(()),
+            () = ticking => Ok(()),
+        };
+        self.leading.send_replace(false);
+        term.cancel();
+        drop(term_tx);
+        let writer_result = tokio::task::spawn_blocking(move || writer.join())
+            .await
+            .unwrap_or_else(|_| Err(StoreError::Corrupt("writer join failed".into())));
+        if let Err(e) = ingest_result {
+            tracing::warn!(error = %e, "ingest stopped");
+        }
+        writer_result
+    }
+}
+
+/// Answers an action that reached a standby: UNAVAILABLE.
+fn refuse(job: Job) {
+    let why = || {
+        engine::WorkflowError::Unavailable(
+            "this replica is standing by: the leading replica takes changes".into(),
+        )
+    };
+    match job {
+        Job::Workflow { reply, .. } => drop(reply.send(Err(why()))),
+        Job::TestMode { reply, .. } => drop(reply.send(Err(why()))),
+        _ => {}
+    }
+}
+
+/// Follows the leader's announcements on a connection of its own until
+/// `stop`, waking the feed's follower for each; connects again after a
+/// failure.
+fn listen(backend: &store::PostgresBackend, wake: &tokio::sync::Notify, stop: &CancellationToken) {
+    while !stop.is_cancelled() {
+        match backend.listen_feed() {
+            Ok(mut listener) => {
+                while !stop.is_cancelled() {
+                    match listener.wait(Duration::from_millis(500)) {
+                        Ok(true) => wake.notify_one(),
+                        Ok(false) => {}
+                        Err(e) => {
+                            tracing::debug!(error = %e, "feed announcements lost; listening again");
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot listen for feed announcements");
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        }
+    }
 }
 
 async fn tick(jobs: mpsc::Sender<Job>, cancel: CancellationToken) {

@@ -273,6 +273,12 @@ impl Writer {
                         tracing::error!(error = %e, "shutting down with a failing store");
                         return Err(e);
                     }
+                    if matches!(e, StoreError::NotLeader(_)) {
+                        // Another replica leads: nothing of this group was
+                        // stored or receipted; it will hear it again.
+                        drop(kept);
+                        return Err(e);
+                    }
                     group = kept;
                     thread::sleep(backoff);
                     backoff = (backoff * 2).min(RETRY_MAX);

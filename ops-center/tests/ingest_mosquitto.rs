@@ -311,7 +311,7 @@ async fn events_through_mosquitto_are_stored_once_and_receipted() {
     assert_eq!(m.events_stored, 1, "only seq 7 is new");
 
     let (storage, _) = vigil_ops::open(&cfg).unwrap();
-    let store = storage.writer;
+    let store = storage.writer.expect("SQLite opens its writer");
     assert_eq!(store.event_count().unwrap(), 7);
     assert_eq!(store.durable_through("p-1").unwrap(), 7);
     let seqs: Vec<u64> = store

@@ -73,3 +73,29 @@ async fn readers_recover_after_the_server_restarts() {
     assert_eq!(readers.read(|s| s.event_count()).await.unwrap(), 0);
     drop(pg);
 }
+
+#[test]
+fn the_leader_lease_fences_a_deposed_writer() {
+    use std::time::Duration;
+    let Some(pg) = Postgres::start() else { return };
+    let backend = PostgresBackend::open(&pg.create_db()).unwrap();
+    let ttl = Duration::from_secs(2);
+    let a = backend.try_lead("a", ttl).unwrap().expect("a free lease");
+    assert_eq!(a.epoch, 1);
+    assert_eq!(backend.try_lead("b", ttl).unwrap(), None, "a holds it");
+    let mut writer_a = backend.fenced_writer(a).unwrap();
+    let tx = writer_a.begin().unwrap();
+    tx.commit().unwrap();
+    // A live leader renews in every transaction; one that stops lets it
+    // expire, and then another takes it with a new epoch.
+    std::thread::sleep(ttl + Duration::from_millis(500));
+    let b = backend.try_lead("b", ttl).unwrap().expect("expired lease");
+    assert_eq!(b.epoch, 2);
+    let (holder, epoch, live) = backend.leader().unwrap().unwrap();
+    assert_eq!((holder.as_str(), epoch, live), ("b", 2, true));
+    // The deposed writer cannot commit anything any more.
+    let err = writer_a.begin().err().expect("a is fenced off");
+    assert!(matches!(err, StoreError::NotLeader(_)), "{err}");
+    let mut writer_b = backend.fenced_writer(b).unwrap();
+    writer_b.begin().unwrap().commit().unwrap();
+}

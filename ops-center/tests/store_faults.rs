@@ -97,6 +97,7 @@ impl Center {
                     4,
                 ),
                 feed,
+                leading: None,
                 metrics: metrics.clone(),
             },
             metrics.store_health.subscribe(),

@@ -201,6 +201,7 @@ impl Center {
                 jobs: self.jobs.clone(),
                 readers: self.readers.clone(),
                 feed: self.feed.clone(),
+                leading: None,
                 metrics: self.metrics.clone(),
             },
             vigil_net::Front::new("api", vigil_ops::config::ApiConfig::default().limits()),

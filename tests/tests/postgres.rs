@@ -149,3 +149,127 @@ async fn postgresql_killed_mid_ingest_loses_and_duplicates_nothing() {
     assert_eq!(seqs, (1..=last).collect::<Vec<_>>());
     drop(pg);
 }
+
+/// Two operations centers on one database: one leads (stores, runs the
+/// engine, receipts), the other stands by and serves the API, its feed
+/// following the leader's commits. The leader dies (its task is dropped
+/// mid-ingest; its lease is not given back): the standby takes over
+/// within the lease, and every event is stored once, every event joins at
+/// most one incident, and a watcher on the standby sees one unbroken
+/// sequence of cursors across the failover.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_takes_over_from_a_dead_leader_without_loss() {
+    use vigil_proto::v1::{WatchIncidentsRequest, feed_item::Item};
+
+    let Some(pg) = Postgres::start() else { return };
+    let url = pg.create_db();
+    let extra = format!("[store]\nurl = \"{url}\"\nlease_secs = 2\n");
+    let region = Region::new();
+    let broker = region.start_broker("127.0.0.1:0".parse().unwrap()).await;
+    let first = region.start_ops_with(broker.addr(), &extra).await;
+    // The first to start leads; the second stands by.
+    eventually("the first replica leads", || {
+        first.metrics.commits.load(Relaxed) > 0
+    })
+    .await;
+    let second = region.start_ops_with(broker.addr(), &extra).await;
+    let gw = region.start_gateway("p-1", broker.addr(), "").await;
+
+    // A watcher on the standby.
+    let mut client = region
+        .api_client(vigil_pki::Role::Analyst, "analyst-1", second.api)
+        .await;
+    let mut feed = client
+        .watch_incidents(WatchIncidentsRequest::default())
+        .await
+        .expect("watch on the standby")
+        .into_inner();
+    let cursors = std::sync::Arc::new(std::sync::Mutex::new(Vec::<u64>::new()));
+    let watcher = tokio::spawn({
+        let cursors = cursors.clone();
+        async move {
+            while let Ok(Some(item)) = feed.message().await {
+                if matches!(item.item, Some(Item::Update(ref u)) if !u.snapshot) {
+                    cursors.lock().unwrap().push(item.cursor.parse().unwrap());
+                }
+            }
+        }
+    });
+
+    let sent = panel(gw.dc09, 20, 1, std::time::Duration::from_millis(10)).await;
+    assert!(sent >= 20);
+    eventually("the leader receipts the first events", || {
+        let (last, receipted, _) = gw.outbox();
+        last > 0 && receipted == last
+    })
+    .await;
+    eventually("the standby's feed follows the leader", || {
+        !cursors.lock().unwrap().is_empty()
+    })
+    .await;
+    assert_eq!(
+        second.metrics.commits.load(Relaxed),
+        0,
+        "a standby writes nothing"
+    );
+
+    // The leader dies while the panel keeps sending.
+    let sending = tokio::spawn(panel(
+        gw.dc09,
+        40,
+        100,
+        std::time::Duration::from_millis(25),
+    ));
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    first.task.abort();
+    let _ = first.task.await;
+    let failed_over = std::time::Instant::now();
+    eventually("the standby leads", || {
+        second.metrics.commits.load(Relaxed) > 0
+    })
+    .await;
+    eprintln!(
+        "standby committing {:?} after the leader died",
+        failed_over.elapsed()
+    );
+    sending.await.unwrap();
+    eventually("everything receipted by the new leader", || {
+        let (last, receipted, depth) = gw.outbox();
+        last > 0 && receipted == last && depth == 0
+    })
+    .await;
+    let (last, ..) = gw.outbox();
+
+    gw.stop().await;
+    second.stop().await;
+    broker.stop().await;
+    watcher.abort();
+    let cursors = cursors.lock().unwrap().clone();
+    assert!(
+        cursors.windows(2).all(|w| w[0] < w[1]),
+        "cursors only grow: {cursors:?}"
+    );
+    let url2 = url.clone();
+    let (seqs, max_links) = tokio::task::spawn_blocking(move || {
+        let seqs = stored_seqs(&url2, "p-1");
+        let mut db = postgres::Client::connect(&url2, postgres::NoTls).unwrap();
+        let max_links: i64 = db
+            .query_one(
+                "SELECT coalesce(max(n), 0) FROM
+                   (SELECT count(*) AS n FROM incident_events GROUP BY post_id, seq) c",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        (seqs, max_links)
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        seqs,
+        (1..=last).collect::<Vec<_>>(),
+        "lost = 0, duplicated = 0"
+    );
+    assert!(max_links <= 1, "an event joined {max_links} incidents");
+    drop(pg);
+}

@@ -16,7 +16,10 @@
 //! reconnect rather than hear heartbeats over a feed that no longer moves.
 
 use std::{
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, SystemTime},
 };
 
@@ -38,6 +41,9 @@ pub const BROADCAST_CAPACITY: usize = 1024;
 pub const CLIENT_CAPACITY: usize = 64;
 /// Audit entries read per store query.
 const PAGE: usize = 512;
+/// A replica following the leader's commits reads the audit trail at least
+/// this often, announcement or not.
+pub const FOLLOW_EVERY: Duration = Duration::from_secs(1);
 /// A quiet feed sends a heartbeat this often.
 pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(15);
 /// Largest snapshot sent (open and acknowledged incidents).
@@ -57,12 +63,27 @@ pub struct Change {
 pub struct Feed {
     tx: broadcast::Sender<Arc<Change>>,
     stopped: CancellationToken,
+    /// The last audit position published.
+    last: Arc<AtomicU64>,
 }
 
-/// The writer's end of the feed. Dropping it stops the feed.
-#[derive(Debug)]
+/// The publishing end of the feed: the writer's, and a replica's
+/// [`FeedPublisher::follow`]. Clones share one end; when the last clone is
+/// dropped the feed stops.
+#[derive(Debug, Clone)]
 pub struct FeedPublisher {
+    inner: Arc<PublisherEnd>,
+}
+
+#[derive(Debug)]
+struct PublisherEnd {
     feed: Feed,
+}
+
+impl Drop for PublisherEnd {
+    fn drop(&mut self) {
+        self.feed.stopped.cancel();
+    }
 }
 
 impl FeedPublisher {
@@ -70,15 +91,72 @@ impl FeedPublisher {
     /// gave its audit entries.
     pub fn publish(&self, changes: &store::Changes, positions: &[u64]) {
         for change in commit_changes(changes, positions) {
-            // No receivers is fine: nobody is watching.
-            let _ = self.feed.tx.send(Arc::new(change));
+            self.send(change);
+        }
+        if let Some(&last) = positions.iter().max() {
+            self.inner.feed.last.fetch_max(last, Ordering::Relaxed);
         }
     }
-}
 
-impl Drop for FeedPublisher {
-    fn drop(&mut self) {
-        self.feed.stopped.cancel();
+    fn send(&self, change: Change) {
+        self.inner
+            .feed
+            .last
+            .fetch_max(change.position, Ordering::Relaxed);
+        // No receivers is fine: nobody is watching.
+        let _ = self.inner.feed.tx.send(Arc::new(change));
+    }
+
+    /// The last audit position published.
+    pub fn last_position(&self) -> u64 {
+        self.inner.feed.last.load(Ordering::Relaxed)
+    }
+
+    /// Publishes what others commit: reads the audit trail after the last
+    /// position published, whenever `wake` is notified (a replica hears the
+    /// leader's announcements) and at least every [`FOLLOW_EVERY`], until
+    /// `stop`. Returns after one last read once stopped, so that whoever
+    /// publishes next starts where this left off.
+    pub async fn follow(
+        &self,
+        readers: Reader,
+        wake: Arc<tokio::sync::Notify>,
+        stop: CancellationToken,
+    ) {
+        loop {
+            if let Err(e) = self.catch_up(&readers).await {
+                tracing::warn!(error = %e, "feed: reading the audit trail failed; trying again");
+            }
+            if stop.is_cancelled() {
+                return;
+            }
+            tokio::select! {
+                () = stop.cancelled() => {}
+                () = wake.notified() => {}
+                () = tokio::time::sleep(FOLLOW_EVERY) => {}
+            }
+        }
+    }
+
+    /// Publishes every change after the last position published.
+    pub async fn catch_up(&self, readers: &Reader) -> Result<(), StoreError> {
+        if self.last_position() == 0 {
+            // Nothing published yet: watchers read what came before from
+            // the store; start from its end.
+            let end = readers.read(|s| s.last_audit_position()).await?;
+            self.inner.feed.last.fetch_max(end, Ordering::Relaxed);
+        }
+        loop {
+            let after = self.last_position();
+            let changes = readers.read(move |s| changes_after(s, after)).await?;
+            let Some(last) = changes.last_position else {
+                return Ok(());
+            };
+            for change in changes.items {
+                self.send(change);
+            }
+            self.inner.feed.last.fetch_max(last, Ordering::Relaxed);
+        }
     }
 }
 
@@ -89,12 +167,16 @@ impl Feed {
         Self {
             tx: broadcast::channel(BROADCAST_CAPACITY).0,
             stopped: CancellationToken::new(),
+            last: Arc::new(AtomicU64::new(0)),
         }
     }
 
-    /// The writer's end. One per feed: when it is dropped, watchers end.
+    /// The publishing end. Call once per feed and clone the result: when
+    /// the last clone is dropped, watchers end.
     pub fn publisher(&self) -> FeedPublisher {
-        FeedPublisher { feed: self.clone() }
+        FeedPublisher {
+            inner: Arc::new(PublisherEnd { feed: self.clone() }),
+        }
     }
 
     /// Whether the publisher went away.

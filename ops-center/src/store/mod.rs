@@ -50,6 +50,10 @@ pub enum StoreError {
     /// connection that said so is not reused.
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    /// A fenced writer no longer holds the leader lease: another replica
+    /// runs the incident engine now. Nothing of the transaction is stored.
+    #[error("not the leader: {0}")]
+    NotLeader(String),
     #[error("{path}: {source}")]
     Io {
         path: std::path::PathBuf,
@@ -228,6 +232,11 @@ pub trait Backend: Send + Sync + fmt::Debug {
     fn writer(&self) -> Result<Box<dyn StoreWriter>, StoreError>;
     /// A reader's connection.
     fn reader(&self) -> Result<Box<dyn Store>, StoreError>;
+    /// The PostgreSQL backend, for what only it can do (the leader lease,
+    /// the feed's announcements).
+    fn as_postgres(&self) -> Option<&PostgresBackend> {
+        None
+    }
 }
 
 /// A bounded pool of reader connections, opened as needed. Each read runs on

@@ -39,7 +39,8 @@ use super::{
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Numbered migrations; the position in this list is the version.
-const MIGRATIONS: &[&str] = &["
+const MIGRATIONS: &[&str] = &[
+    "
 CREATE TABLE posts (
     post_id         TEXT PRIMARY KEY,
     durable_through BIGINT NOT NULL DEFAULT 0,
@@ -88,7 +89,31 @@ CREATE TABLE notes (
     body   BYTEA NOT NULL
 );
 CREATE INDEX notes_incident ON notes (number);
-"];
+",
+    "
+CREATE TABLE leader (
+    id         SMALLINT PRIMARY KEY CHECK (id = 1),
+    holder     TEXT NOT NULL,
+    epoch      BIGINT NOT NULL,
+    expires_at TIMESTAMPTZ NOT NULL
+);
+",
+];
+
+/// The channel on which the leader announces commits that changed the
+/// incident feed (the payload is the last audit position).
+pub const FEED_CHANNEL: &str = "vigil_feed";
+
+/// The right to run the incident engine: who holds it, in which epoch, and
+/// for how long each renewal lasts. Every transaction of a fenced writer
+/// renews it and fails if it no longer holds (a deposed leader's commit
+/// fails; see [`PostgresBackend::try_lead`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    pub holder: String,
+    pub epoch: u64,
+    pub ttl: Duration,
+}
 
 /// Key of the advisory lock held while migrating (any constant of ours).
 const MIGRATION_LOCK: i64 = 0x5649_4749_4c00_0001;
@@ -172,6 +197,69 @@ impl PostgresBackend {
     fn connect(&self) -> Result<Client, StoreError> {
         Ok(off_runtime(|| self.config.connect(NoTls))?)
     }
+
+    /// Takes the leader lease for `holder` if it is free (never taken,
+    /// expired, or `holder`'s own from before a restart): returns the new
+    /// epoch, or `None` while another replica holds it. Times are the
+    /// database server's, so replicas' clocks do not matter.
+    pub fn try_lead(&self, holder: &str, ttl: Duration) -> Result<Option<Fence>, StoreError> {
+        let secs = ttl.as_secs_f64();
+        let row = off_runtime(|| -> Result<_, StoreError> {
+            let mut client = self.connect()?;
+            Ok(client.query_opt(
+                "INSERT INTO leader (id, holder, epoch, expires_at)
+                 VALUES (1, $1, 1, now() + make_interval(secs => $2))
+                 ON CONFLICT (id) DO UPDATE SET
+                   holder = excluded.holder,
+                   epoch = leader.epoch + 1,
+                   expires_at = excluded.expires_at
+                 WHERE leader.expires_at < now() OR leader.holder = excluded.holder
+                 RETURNING epoch",
+                &[&holder, &secs],
+            )?)
+        })?;
+        Ok(row.map(|r| Fence {
+            holder: holder.to_owned(),
+            epoch: r.get::<_, i64>(0) as u64,
+            ttl,
+        }))
+    }
+
+    /// Who leads, in which epoch, and whether the lease is still live.
+    pub fn leader(&self) -> Result<Option<(String, u64, bool)>, StoreError> {
+        off_runtime(|| -> Result<_, StoreError> {
+            let mut client = self.connect()?;
+            Ok(client
+                .query_opt(
+                    "SELECT holder, epoch, expires_at > now() FROM leader WHERE id = 1",
+                    &[],
+                )?
+                .map(|r| (r.get(0), r.get::<_, i64>(1) as u64, r.get(2))))
+        })
+    }
+
+    /// The writer's connection under `fence`: every transaction renews the
+    /// lease and fails with [`StoreError::NotLeader`] once it is lost.
+    pub fn fenced_writer(&self, fence: Fence) -> Result<Box<dyn StoreWriter>, StoreError> {
+        let mut client = self.connect()?;
+        let marks = off_runtime(|| load_marks(&mut client))?;
+        Ok(Box::new(PostgresStore {
+            client: RefCell::new(Some(client)),
+            stmts: RefCell::default(),
+            marks: Some(marks),
+            backend: self.clone(),
+            fence: Some(fence),
+        }))
+    }
+
+    /// A connection that listens for the leader's feed announcements.
+    pub fn listen_feed(&self) -> Result<FeedListener, StoreError> {
+        let mut client = self.connect()?;
+        off_runtime(|| client.batch_execute(&format!("LISTEN {FEED_CHANNEL}")))?;
+        Ok(FeedListener {
+            client: Some(client),
+        })
+    }
 }
 
 impl Backend for PostgresBackend {
@@ -191,7 +279,12 @@ impl Backend for PostgresBackend {
             stmts: RefCell::default(),
             marks: Some(marks),
             backend: self.clone(),
+            fence: None,
         }))
+    }
+
+    fn as_postgres(&self) -> Option<&PostgresBackend> {
+        Some(self)
     }
 
     fn reader(&self) -> Result<Box<dyn Store>, StoreError> {
@@ -201,6 +294,7 @@ impl Backend for PostgresBackend {
             stmts: RefCell::default(),
             marks: None,
             backend: self.clone(),
+            fence: None,
         }))
     }
 }
@@ -257,6 +351,43 @@ pub struct PostgresStore {
     marks: Option<HashMap<String, SeqWatermark>>,
     /// Where to connect again.
     backend: PostgresBackend,
+    /// The leader lease this writer works under, if any.
+    fence: Option<Fence>,
+}
+
+/// Waits for the leader's announcements on [`FEED_CHANNEL`].
+pub struct FeedListener {
+    /// `Some` until dropped.
+    client: Option<Client>,
+}
+
+impl std::fmt::Debug for FeedListener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FeedListener").finish_non_exhaustive()
+    }
+}
+
+impl FeedListener {
+    /// Blocks until an announcement arrives (true) or `timeout` passes
+    /// (false). Call from a blocking thread.
+    pub fn wait(&mut self, timeout: Duration) -> Result<bool, StoreError> {
+        use postgres::fallible_iterator::FallibleIterator;
+        let client = self.client.as_mut().expect("open until dropped");
+        let mut notes = client.notifications();
+        let heard = notes.timeout_iter(timeout).next()?.is_some();
+        // Others already queued are taken at once: one read covers them.
+        let mut queued = notes.iter();
+        while queued.next()?.is_some() {}
+        Ok(heard)
+    }
+}
+
+impl Drop for FeedListener {
+    fn drop(&mut self) {
+        if let Some(client) = self.client.take() {
+            off_runtime(move || drop(client));
+        }
+    }
 }
 
 type Statements = HashMap<&'static str, Statement>;
@@ -630,12 +761,32 @@ impl StoreWriter for PostgresStore {
                 message: "a reader's connection cannot write".into(),
             });
         };
-        let tx = self
+        let mut tx = self
             .client
             .get_mut()
             .as_mut()
             .expect("open until dropped")
             .transaction()?;
+        if let Some(fence) = &self.fence {
+            // Renew and check in one: the row stays locked until this
+            // transaction ends, so a replica taking the lease over waits for
+            // it, and a deposed leader's transaction fails here.
+            let renewed = tx.execute(
+                "UPDATE leader SET expires_at = now() + make_interval(secs => $3)
+                 WHERE id = 1 AND holder = $1 AND epoch = $2 AND expires_at > now()",
+                &[
+                    &fence.holder,
+                    &(fence.epoch as i64),
+                    &fence.ttl.as_secs_f64(),
+                ],
+            )?;
+            if renewed != 1 {
+                return Err(StoreError::NotLeader(format!(
+                    "{} lost the leader lease of epoch {}",
+                    fence.holder, fence.epoch
+                )));
+            }
+        }
         Ok(Box::new(PostgresTx {
             tx,
             stmts: &self.stmts,
@@ -821,6 +972,9 @@ impl StoreTx for PostgresTx<'_> {
                  SELECT * FROM unnest($1::int8[], $2::int8[], $3::text[], $4::bytea[])",
                 &[&positions, &numbers, &posts, &bodies],
             )?;
+            // Replicas following the feed hear of it when this commits.
+            let last = positions.last().map(i64::to_string).unwrap_or_default();
+            self.exec("SELECT pg_notify('vigil_feed', $1)", &[&last])?;
         }
         for note in &changes.notes {
             let number = incident_number(&note.incident_id).ok_or_else(|| {
