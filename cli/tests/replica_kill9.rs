@@ -1,0 +1,133 @@
+//! `kill -9` of the leading operations-center process, with a second one
+//! standing by on the same PostgreSQL database, while a panel keeps
+//! sending: the standby takes the lease and carries on, and every event the
+//! gateway took is stored exactly once, none in two incidents.
+
+use std::{
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use tokio_util::sync::CancellationToken;
+use vigil_ops::store::{Backend, PostgresBackend};
+use vigil_sim::panel::{self as simulator, PanelConfig};
+use vigil_tests::{Region, eventually, merge_toml, postgres::Postgres};
+
+fn spawn_ops(config: &std::path::Path) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args(["ops", "--config", config.to_str().unwrap()])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start vigil ops")
+}
+
+/// The pid in the lease holder's name (`IDENTITY/PID/RANDOM`), if the
+/// lease is live.
+fn leader_pid(backend: &PostgresBackend) -> Option<u32> {
+    let (holder, _, live) = backend.leader().ok()??;
+    live.then(|| holder.split('/').nth(1)?.parse().ok())?
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_the_leading_replica_loses_nothing() {
+    let Some(pg) = Postgres::start() else { return };
+    let url = pg.create_db();
+    let region = Region::new();
+    let broker = region.start_broker("127.0.0.1:0".parse().unwrap()).await;
+    let base = std::fs::read_to_string(region.write_ops_config(broker.addr())).unwrap();
+    let config = region.path("ops-replica.toml");
+    std::fs::write(
+        &config,
+        merge_toml(
+            &base,
+            &format!("[store]\nurl = \"{url}\"\nlease_secs = 2\n"),
+        ),
+    )
+    .unwrap();
+    let backend = {
+        let url = url.clone();
+        tokio::task::spawn_blocking(move || PostgresBackend::open(&url).unwrap())
+            .await
+            .unwrap()
+    };
+    let leader = |b: &PostgresBackend| {
+        let b = b.clone();
+        std::thread::spawn(move || leader_pid(&b)).join().unwrap()
+    };
+
+    let mut first = spawn_ops(&config);
+    eventually("the first process leads", || {
+        leader(&backend) == Some(first.id())
+    })
+    .await;
+    let mut second = spawn_ops(&config);
+    let gw = region.start_gateway("p-1", broker.addr(), "").await;
+
+    let mut panel = PanelConfig::new(gw.dc09.to_string(), "1234");
+    panel.count = Some(80);
+    panel.interval = Duration::from_millis(25);
+    panel.seed = Some(7);
+    let sending = tokio::spawn(simulator::run(panel, CancellationToken::new()));
+    eventually("the leader receipts", || gw.outbox().1 >= 10).await;
+
+    // SIGKILL: no shutdown, no lease given back.
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let killed = Instant::now();
+    eventually("the standby leads", || {
+        leader(&backend) == Some(second.id())
+    })
+    .await;
+    eprintln!("standby leading {:?} after the kill", killed.elapsed());
+
+    let summary = sending.await.unwrap().expect("panel ran");
+    assert_eq!(summary.counts.failed, 0, "{summary}");
+    eventually("everything receipted", || {
+        let (last, receipted, depth) = gw.outbox();
+        last > 0 && receipted == last && depth == 0
+    })
+    .await;
+    let (last, ..) = gw.outbox();
+
+    gw.stop().await;
+    let _ = Command::new("kill")
+        .args(["-TERM", &second.id().to_string()])
+        .status();
+    let status = second.wait().unwrap();
+    assert!(
+        status.success(),
+        "the standby-turned-leader stops cleanly: {status}"
+    );
+    broker.stop().await;
+
+    let (seqs, max_links) = tokio::task::spawn_blocking(move || {
+        let reader = backend.reader().unwrap();
+        let seqs: Vec<u64> = reader
+            .events("p-1", 1, 1_000_000)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.event.unwrap().seq)
+            .collect();
+        let mut db = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+        let max_links: i64 = db
+            .query_one(
+                "SELECT coalesce(max(n), 0) FROM
+                   (SELECT count(*) AS n FROM incident_events GROUP BY post_id, seq) c",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        (seqs, max_links)
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        seqs,
+        (1..=last).collect::<Vec<_>>(),
+        "lost = 0, duplicated = 0"
+    );
+    assert!(max_links <= 1, "an event joined {max_links} incidents");
+    drop(pg);
+}
