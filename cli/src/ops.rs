@@ -15,6 +15,11 @@ pub(crate) struct OpsArgs {
     /// The ops-center config (TOML); `vigil config default ops` prints one.
     #[arg(long)]
     config: PathBuf,
+    /// Copy the SQLite store in this data folder (its `ops.db`) into the
+    /// PostgreSQL database of `[store] url`, then exit. The database must be
+    /// new, and no operations center may be running on it.
+    #[arg(long, value_name = "DATA_DIR")]
+    import_sqlite: Option<PathBuf>,
 }
 
 pub(crate) fn run(args: &OpsArgs) -> Result<()> {
@@ -32,6 +37,9 @@ pub(crate) fn run(args: &OpsArgs) -> Result<()> {
             args.config.display()
         ))
         .into());
+    }
+    if let Some(from) = &args.import_sqlite {
+        return import_sqlite(&cfg, &args.config, from);
     }
     let (store, engine) = vigil_ops::open(&cfg).context("opening the store")?;
 
@@ -73,5 +81,23 @@ pub(crate) fn run(args: &OpsArgs) -> Result<()> {
             .await
             .map_err(anyhow::Error::from)
     })?;
+    Ok(())
+}
+
+/// `vigil ops --config FILE --import-sqlite DATA_DIR`.
+fn import_sqlite(cfg: &OpsConfig, config: &std::path::Path, from: &std::path::Path) -> Result<()> {
+    let Some(url) = &cfg.store.url else {
+        return Err(Usage(format!(
+            "{}: --import-sqlite needs [store] url (the PostgreSQL database to fill)",
+            config.display()
+        ))
+        .into());
+    };
+    let backend =
+        vigil_ops::store::PostgresBackend::open(url).context("opening the PostgreSQL store")?;
+    let imported = backend
+        .import_sqlite(from)
+        .with_context(|| format!("importing {}", from.display()))?;
+    println!("imported {imported} from {}", from.display());
     Ok(())
 }

@@ -99,3 +99,156 @@ fn the_leader_lease_fences_a_deposed_writer() {
     let mut writer_b = backend.fenced_writer(b).unwrap();
     writer_b.begin().unwrap().commit().unwrap();
 }
+
+/// A SQLite store copied into PostgreSQL reads the same through the port:
+/// events (their bytes too), watermarks with their gaps, incidents, audit
+/// positions, notes, links, post status and test mode; and the imported
+/// store carries on (new positions after the old ones).
+#[test]
+fn a_sqlite_store_imports_into_postgresql_unchanged() {
+    use std::time::{Duration, UNIX_EPOCH};
+    use vigil_ops::store::{Changes, EventLink, SqliteBackend, TestModeWrite, incident_id};
+    use vigil_proto::v1::{
+        AuditAction, AuditEntry, Event, Incident, IncidentState, Note, PostState, PostStatus,
+    };
+    let Some(pg) = Postgres::start() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = SqliteBackend::open(dir.path()).unwrap();
+    let t = |s: u64| UNIX_EPOCH + Duration::from_secs(1_700_000_000 + s);
+    let ev = |post: &str, seq: u64| -> vigil_ops::store::Received {
+        Event {
+            post_id: post.into(),
+            seq,
+            received_at: Some(t(seq).into()),
+            description: format!("{post} {seq}"),
+            ..Default::default()
+        }
+        .into()
+    };
+    let inc = Incident {
+        id: incident_id(3),
+        post_id: "p-1".into(),
+        state: IncidentState::Open as i32,
+        version: 1,
+        ..Default::default()
+    };
+    {
+        let mut w = sqlite.writer().unwrap();
+        let mut tx = w.begin().unwrap();
+        tx.insert_events(
+            "p-1",
+            &(1..=5).map(|s| ev("p-1", s)).collect::<Vec<_>>(),
+            t(9),
+        )
+        .unwrap();
+        tx.insert_events("p-2", &[ev("p-2", 1), ev("p-2", 2), ev("p-2", 4)], t(9))
+            .unwrap();
+        let mut c = Changes::default();
+        c.put_incident(inc.clone(), None);
+        c.audit.push(AuditEntry {
+            incident_id: inc.id.clone(),
+            post_id: "p-1".into(),
+            action: AuditAction::Opened as i32,
+            to_version: 1,
+            ..Default::default()
+        });
+        c.audit.push(AuditEntry {
+            post_id: "p-2".into(),
+            action: AuditAction::TestModeStarted as i32,
+            ..Default::default()
+        });
+        c.notes.push(Note {
+            incident_id: inc.id.clone(),
+            text: "called the post".into(),
+            ..Default::default()
+        });
+        c.links.push(EventLink {
+            incident_id: inc.id.clone(),
+            post_id: "p-1".into(),
+            seq: 2,
+        });
+        c.statuses.push((
+            PostStatus {
+                post_id: "p-1".into(),
+                state: PostState::Online as i32,
+                ..Default::default()
+            },
+            t(20),
+        ));
+        c.test_modes.push(TestModeWrite {
+            post_id: "p-2".into(),
+            until: Some(t(3600)),
+        });
+        tx.apply(&c).unwrap();
+        tx.commit().unwrap();
+    }
+    let url = pg.create_db();
+    let postgres = PostgresBackend::open(&url).unwrap();
+    let n = postgres.import_sqlite(dir.path()).unwrap();
+    assert_eq!(
+        (n.posts, n.events, n.incidents, n.links, n.audit, n.notes),
+        (2, 8, 1, 1, 2, 1),
+        "{n}"
+    );
+    // Once is enough: a second import into a store that holds data is
+    // refused, and so is a folder without a SQLite store.
+    let again = postgres.import_sqlite(dir.path()).unwrap_err().to_string();
+    assert!(again.contains("not empty"), "{again}");
+    assert!(postgres.import_sqlite(&dir.path().join("nope")).is_err());
+
+    let (a, b) = (sqlite.reader().unwrap(), postgres.reader().unwrap());
+    let same = |what: &str, x: String, y: String| assert_eq!(x, y, "{what}");
+    same(
+        "posts",
+        format!("{:?}", a.posts().unwrap()),
+        format!("{:?}", b.posts().unwrap()),
+    );
+    for post in ["p-1", "p-2"] {
+        same(
+            "events",
+            format!("{:?}", a.events(post, 1, 100).unwrap()),
+            format!("{:?}", b.events(post, 1, 100).unwrap()),
+        );
+        for seq in 1..=5 {
+            assert_eq!(
+                a.event_bytes(post, seq).unwrap(),
+                b.event_bytes(post, seq).unwrap()
+            );
+        }
+    }
+    same(
+        "audit",
+        format!("{:?}", a.audit_after(0, 100).unwrap()),
+        format!("{:?}", b.audit_after(0, 100).unwrap()),
+    );
+    same(
+        "snapshot",
+        format!("{:?}", a.engine_snapshot(t(0)).unwrap()),
+        format!("{:?}", b.engine_snapshot(t(0)).unwrap()),
+    );
+    same(
+        "notes",
+        format!("{:?}", a.notes(&inc.id).unwrap()),
+        format!("{:?}", b.notes(&inc.id).unwrap()),
+    );
+    same(
+        "incident events",
+        format!("{:?}", a.incident_events(&inc.id).unwrap()),
+        format!("{:?}", b.incident_events(&inc.id).unwrap()),
+    );
+    // The imported store goes on: the gap fills, positions continue.
+    let last = b.last_audit_position().unwrap();
+    let mut w = postgres.writer().unwrap();
+    let mut tx = w.begin().unwrap();
+    tx.insert_events("p-2", &[ev("p-2", 3)], t(30)).unwrap();
+    let mut c = Changes::default();
+    c.audit.push(AuditEntry {
+        post_id: "p-2".into(),
+        action: AuditAction::TestModeEnded as i32,
+        ..Default::default()
+    });
+    let positions = tx.apply(&c).unwrap();
+    let result = tx.commit().unwrap();
+    assert_eq!(result.durable, [("p-2".to_string(), 4)]);
+    assert!(positions[0] > last, "{positions:?} after {last}");
+}

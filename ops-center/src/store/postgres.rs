@@ -18,6 +18,7 @@
 use std::{
     cell::RefCell,
     collections::{BTreeMap, HashMap},
+    path::Path,
     str::FromStr,
     time::{Duration, SystemTime},
 };
@@ -1078,4 +1079,227 @@ fn load_marks(client: &mut Client) -> Result<HashMap<String, SeqWatermark>, Stor
             (post, mark)
         })
         .collect())
+}
+
+/// What [`PostgresBackend::import_sqlite`] copied.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Imported {
+    pub posts: u64,
+    pub events: u64,
+    pub incidents: u64,
+    pub links: u64,
+    pub audit: u64,
+    pub notes: u64,
+}
+
+impl std::fmt::Display for Imported {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} posts, {} events, {} incidents, {} event links, {} audit entries, {} notes",
+            self.posts, self.events, self.incidents, self.links, self.audit, self.notes
+        )
+    }
+}
+
+/// Rows copied per statement.
+const IMPORT_CHUNK: usize = 5000;
+
+impl PostgresBackend {
+    /// Copies a SQLite store (`data_dir/ops.db`, as the embedded backend
+    /// writes it) into this database, in one transaction: every table with
+    /// its keys, audit positions (the feed's cursors) and the bytes of every
+    /// event as they were. Refused when this database already holds
+    /// anything, or while an operations center holds the leader lease:
+    /// stop every operations center first.
+    pub fn import_sqlite(&self, data_dir: &Path) -> Result<Imported, StoreError> {
+        let path = data_dir.join(super::sqlite::DB_FILE);
+        if !path.is_file() {
+            return Err(StoreError::Io {
+                path,
+                source: std::io::Error::new(std::io::ErrorKind::NotFound, "no SQLite store here"),
+            });
+        }
+        // Read through the SQLite backend's own checks (schema version).
+        drop(super::SqliteStore::open_reader(data_dir)?);
+        off_runtime(|| {
+            let src = rusqlite::Connection::open_with_flags(
+                &path,
+                rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+            )?;
+            let mut client = self.connect()?;
+            let mut tx = client.transaction()?;
+            let busy: i64 = tx
+                .query_one(
+                    "SELECT (SELECT count(*) FROM events) + (SELECT count(*) FROM incidents)
+                          + (SELECT count(*) FROM audit) + (SELECT count(*) FROM posts)",
+                    &[],
+                )?
+                .get(0);
+            if busy > 0 {
+                return Err(StoreError::Backend {
+                    backend: "postgresql",
+                    message: "the PostgreSQL store is not empty: import only into a new database"
+                        .into(),
+                });
+            }
+            let leading: bool = tx
+                .query_one(
+                    "SELECT exists (SELECT 1 FROM leader WHERE expires_at > now())",
+                    &[],
+                )?
+                .get(0);
+            if leading {
+                return Err(StoreError::Backend {
+                    backend: "postgresql",
+                    message: "an operations center holds the leader lease: stop it first".into(),
+                });
+            }
+            let posts = copy(
+                &src,
+                &mut tx,
+                "SELECT post_id, durable_through, last_seq, last_seen, status, test_mode_until FROM posts",
+                "INSERT INTO posts (post_id, durable_through, last_seq, last_seen, status, test_mode_until)
+                 SELECT * FROM unnest($1::text[], $2::int8[], $3::int8[], $4::int8[], $5::bytea[], $6::int8[])",
+                &[Col::Text, Col::Int, Col::Int, Col::OptInt, Col::OptBytes, Col::OptInt],
+            )?;
+            let events = copy(
+                &src,
+                &mut tx,
+                "SELECT post_id, seq, received_at, stored_at, body FROM events",
+                "INSERT INTO events (post_id, seq, received_at, stored_at, body)
+                 SELECT * FROM unnest($1::text[], $2::int8[], $3::int8[], $4::int8[], $5::bytea[])",
+                &[Col::Text, Col::Int, Col::OptInt, Col::Int, Col::OptBytes],
+            )?;
+            let incidents = copy(
+                &src,
+                &mut tx,
+                "SELECT number, post_id, state, version, resolved_at, body FROM incidents",
+                "INSERT INTO incidents (number, post_id, state, version, resolved_at, body)
+                 SELECT n, p, s::int4, v, r, b
+                 FROM unnest($1::int8[], $2::text[], $3::int8[], $4::int8[], $5::int8[], $6::bytea[])
+                   AS u(n, p, s, v, r, b)",
+                &[Col::Int, Col::Text, Col::Int, Col::Int, Col::OptInt, Col::OptBytes],
+            )?;
+            let links = copy(
+                &src,
+                &mut tx,
+                "SELECT number, post_id, seq FROM incident_events",
+                "INSERT INTO incident_events (number, post_id, seq)
+                 SELECT * FROM unnest($1::int8[], $2::text[], $3::int8[])",
+                &[Col::Int, Col::Text, Col::Int],
+            )?;
+            let audit = copy(
+                &src,
+                &mut tx,
+                "SELECT id, number, post_id, body FROM audit ORDER BY id",
+                "INSERT INTO audit (id, number, post_id, body) OVERRIDING SYSTEM VALUE
+                 SELECT * FROM unnest($1::int8[], $2::int8[], $3::text[], $4::bytea[])",
+                &[Col::Int, Col::OptInt, Col::Text, Col::OptBytes],
+            )?;
+            let notes = copy(
+                &src,
+                &mut tx,
+                "SELECT id, number, body FROM notes ORDER BY id",
+                "INSERT INTO notes (id, number, body) OVERRIDING SYSTEM VALUE
+                 SELECT * FROM unnest($1::int8[], $2::int8[], $3::bytea[])",
+                &[Col::Int, Col::Int, Col::OptBytes],
+            )?;
+            // New positions and note ids continue after the imported ones.
+            tx.batch_execute(
+                "SELECT setval(pg_get_serial_sequence('audit', 'id'),
+                               coalesce((SELECT max(id) FROM audit), 0) + 1, false);
+                 SELECT setval(pg_get_serial_sequence('notes', 'id'),
+                               coalesce((SELECT max(id) FROM notes), 0) + 1, false);",
+            )?;
+            tx.commit()?;
+            Ok(Imported {
+                posts,
+                events,
+                incidents,
+                links,
+                audit,
+                notes,
+            })
+        })
+    }
+}
+
+/// How a column is read from SQLite and bound as a PostgreSQL array.
+#[derive(Clone, Copy)]
+enum Col {
+    Text,
+    Int,
+    OptInt,
+    OptBytes,
+}
+
+enum Column {
+    Text(Vec<String>),
+    Int(Vec<i64>),
+    OptInt(Vec<Option<i64>>),
+    OptBytes(Vec<Option<Vec<u8>>>),
+}
+
+impl Column {
+    fn new(c: Col) -> Self {
+        match c {
+            Col::Text => Column::Text(Vec::new()),
+            Col::Int => Column::Int(Vec::new()),
+            Col::OptInt => Column::OptInt(Vec::new()),
+            Col::OptBytes => Column::OptBytes(Vec::new()),
+        }
+    }
+
+    fn push(&mut self, row: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<()> {
+        match self {
+            Column::Text(v) => v.push(row.get(i)?),
+            Column::Int(v) => v.push(row.get(i)?),
+            Column::OptInt(v) => v.push(row.get(i)?),
+            Column::OptBytes(v) => v.push(row.get(i)?),
+        }
+        Ok(())
+    }
+
+    fn param(&self) -> &(dyn postgres::types::ToSql + Sync) {
+        match self {
+            Column::Text(v) => v,
+            Column::Int(v) => v,
+            Column::OptInt(v) => v,
+            Column::OptBytes(v) => v,
+        }
+    }
+}
+
+/// Copies every row `select` gives into `insert` (which takes one array
+/// per column), [`IMPORT_CHUNK`] rows at a time. Returns the row count.
+fn copy(
+    src: &rusqlite::Connection,
+    tx: &mut Transaction<'_>,
+    select: &str,
+    insert: &str,
+    cols: &[Col],
+) -> Result<u64, StoreError> {
+    let insert = tx.prepare(insert)?;
+    let mut stmt = src.prepare(select)?;
+    let mut rows = stmt.query([])?;
+    let mut total = 0u64;
+    loop {
+        let mut columns: Vec<Column> = cols.iter().map(|&c| Column::new(c)).collect();
+        let mut n = 0;
+        while n < IMPORT_CHUNK {
+            let Some(row) = rows.next()? else { break };
+            for (i, col) in columns.iter_mut().enumerate() {
+                col.push(row, i)?;
+            }
+            n += 1;
+        }
+        if n == 0 {
+            return Ok(total);
+        }
+        let params: Vec<&(dyn postgres::types::ToSql + Sync)> =
+            columns.iter().map(Column::param).collect();
+        tx.execute(&insert, &params)?;
+        total += n as u64;
+    }
 }

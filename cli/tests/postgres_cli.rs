@@ -1,7 +1,5 @@
-//! `kill -9` of the leading operations-center process, with a second one
-//! standing by on the same PostgreSQL database, while a panel keeps
-//! sending: the standby takes the lease and carries on, and every event the
-//! gateway took is stored exactly once, none in two incidents.
+//! `vigil ops` on PostgreSQL as an operator runs it: `kill -9` of the
+//! leading process with a second one standing by, and `--import-sqlite`.
 
 use std::{
     process::{Child, Command, Stdio},
@@ -129,5 +127,72 @@ async fn kill_9_of_the_leading_replica_loses_nothing() {
         "lost = 0, duplicated = 0"
     );
     assert!(max_links <= 1, "an event joined {max_links} incidents");
+    drop(pg);
+}
+
+/// `vigil ops --import-sqlite DIR` copies a SQLite store into the database
+/// of `[store] url` once, says what it copied, and refuses a second time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn import_sqlite_fills_a_new_database_once() {
+    use vigil_ops::store::{Received, SqliteBackend};
+    let Some(pg) = Postgres::start() else { return };
+    let url = pg.create_db();
+    let region = Region::new();
+    let old = region.path("old-ops-data");
+    {
+        let sqlite = SqliteBackend::open(&old).unwrap();
+        let mut w = sqlite.writer().unwrap();
+        let mut tx = w.begin().unwrap();
+        let events: Vec<Received> = (1..=3)
+            .map(|seq| {
+                vigil_proto::v1::Event {
+                    post_id: "p-1".into(),
+                    seq,
+                    ..Default::default()
+                }
+                .into()
+            })
+            .collect();
+        tx.insert_events("p-1", &events, std::time::SystemTime::now())
+            .unwrap();
+        tx.commit().unwrap();
+    }
+    let base =
+        std::fs::read_to_string(region.write_ops_config("127.0.0.1:1".parse().unwrap())).unwrap();
+    let config = region.path("ops-pg.toml");
+    std::fs::write(
+        &config,
+        merge_toml(&base, &format!("[store]\nurl = \"{url}\"\n")),
+    )
+    .unwrap();
+    let import = || {
+        Command::new(env!("CARGO_BIN_EXE_vigil"))
+            .args([
+                "ops",
+                "--config",
+                config.to_str().unwrap(),
+                "--import-sqlite",
+            ])
+            .arg(&old)
+            .output()
+            .unwrap()
+    };
+    let first = import();
+    assert!(first.status.success(), "{first:?}");
+    let said = String::from_utf8_lossy(&first.stdout);
+    assert!(said.contains("1 posts, 3 events"), "{said}");
+    let second = import();
+    assert!(!second.status.success());
+    let said = String::from_utf8_lossy(&second.stderr);
+    assert!(said.contains("not empty"), "{said}");
+    let backend = tokio::task::spawn_blocking(move || PostgresBackend::open(&url).unwrap())
+        .await
+        .unwrap();
+    let durable = tokio::task::spawn_blocking(move || {
+        backend.reader().unwrap().durable_through("p-1").unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(durable, 3);
     drop(pg);
 }
