@@ -14,6 +14,20 @@
 //! post publish only under its own id, so there is nothing to configure.
 //! A retained `PostStatus` says ONLINE on connect; the last will (also
 //! retained) says OFFLINE when the connection drops without a goodbye.
+//!
+//! Several brokers (`[mqtt] servers`, in order of preference): the gateway
+//! is connected to one at a time. It starts with the first. Whenever a
+//! connection fails — an attempt that gets no CONNACK, or an established
+//! connection lost — it waits the reconnect backoff and tries the next
+//! broker of the list; after the last it starts again from the first. So
+//! it stays on a broker that works, moves on from one that does not, and
+//! comes back to the first broker the next time its connection fails
+//! anywhere else (once the first answers again, the gateway is on it after
+//! at most one pass through the list). Every broker's certificate is
+//! checked against the host name of its own entry. Nothing else changes
+//! with the broker: receipts are per post (the operations center publishes
+//! them on every broker it hears), and after every (re)connect, to any
+//! broker, the gateway re-sends everything not receipted.
 
 use std::{
     sync::{
@@ -66,8 +80,8 @@ const GOODBYE_GRACE: Duration = Duration::from_secs(2);
 /// Where and how to publish.
 #[derive(Debug, Clone)]
 pub struct PublisherConfig {
-    pub host: String,
-    pub port: u16,
+    /// `(host, port)` of each broker, in order of preference (at least one).
+    pub brokers: Vec<(String, u16)>,
     pub tls: Arc<rustls::ClientConfig>,
     pub post_id: String,
     pub keep_alive: Duration,
@@ -85,12 +99,20 @@ pub struct PublisherMetrics {
     pub resends: AtomicU64,
     pub receipts: AtomicU64,
     pub rejected_messages: AtomicU64,
+    /// Moves to another broker of the list after a failed connection.
+    pub failovers: AtomicU64,
+    /// Index in the broker list of the broker connected to, or being tried.
+    pub broker: AtomicU64,
 }
 
 enum Notice {
-    Connected,
+    /// Connected to the broker at this index of the list.
+    Connected(usize),
     Disconnected(String),
-    Message { topic: String, payload: Bytes },
+    Message {
+        topic: String,
+        payload: Bytes,
+    },
 }
 
 /// Runs until `shutdown`: publishes the outbox, applies receipts.
@@ -104,26 +126,37 @@ pub async fn run(
     let status_topic = topics::topic(&config.post_id, TopicKind::Status);
     let will = status(&config.post_id, &boot_id, PostState::Offline, &outbox);
 
-    let mut options = MqttOptions::new(config.post_id.clone(), config.host.clone(), config.port);
-    options
-        .set_keep_alive(config.keep_alive)
-        .set_clean_session(true)
-        .set_max_packet_size(MAX_PACKET, MAX_PACKET)
-        .set_last_will(LastWill::new(
-            &status_topic,
-            will.encode_to_vec(),
-            QoS::AtLeastOnce,
-            true,
-        ))
-        .set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
-            config.tls.clone(),
-        )));
-    let (client, eventloop) = AsyncClient::new(options, CLIENT_QUEUE);
+    // One set of options per broker; they differ only in the address
+    // (which is also the name its certificate must carry).
+    let brokers: Vec<MqttOptions> = config
+        .brokers
+        .iter()
+        .map(|(host, port)| {
+            let mut options = MqttOptions::new(config.post_id.clone(), host.clone(), *port);
+            options
+                .set_keep_alive(config.keep_alive)
+                .set_clean_session(true)
+                .set_max_packet_size(MAX_PACKET, MAX_PACKET)
+                .set_last_will(LastWill::new(
+                    &status_topic,
+                    will.encode_to_vec(),
+                    QoS::AtLeastOnce,
+                    true,
+                ))
+                .set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+                    config.tls.clone(),
+                )));
+            options
+        })
+        .collect();
+    assert!(!brokers.is_empty(), "the config lists at least one broker");
+    let (client, eventloop) = AsyncClient::new(brokers[0].clone(), CLIENT_QUEUE);
 
     let (notices_tx, notices) = mpsc::channel(NOTICE_QUEUE);
     let loop_stop = CancellationToken::new();
     let loop_task = tokio::spawn(drive(
         eventloop,
+        brokers,
         notices_tx,
         loop_stop.clone(),
         metrics.clone(),
@@ -176,15 +209,25 @@ pub async fn run(
     }
 }
 
+/// The broker to try after the one at `current` failed: the next one, and
+/// after the last the first again.
+fn next_broker(current: usize, count: usize) -> usize {
+    (current + 1) % count
+}
+
 /// Polls the MQTT event loop (which also reconnects), forwarding what the
-/// publisher needs to know.
+/// publisher needs to know. After a failed connection it points the event
+/// loop at the next broker of `brokers` (see the module's notes).
 async fn drive(
     mut eventloop: EventLoop,
+    brokers: Vec<MqttOptions>,
     notices: mpsc::Sender<Notice>,
     stop: CancellationToken,
     metrics: Arc<PublisherMetrics>,
 ) {
     let mut backoff = BACKOFF_MIN;
+    let mut current = 0;
+    metrics.broker.store(0, Ordering::Relaxed);
     loop {
         let event = tokio::select! {
             _ = stop.cancelled() => return,
@@ -194,7 +237,7 @@ async fn drive(
             Ok(MqttEvent::Incoming(Packet::ConnAck(_))) => {
                 backoff = BACKOFF_MIN;
                 metrics.connects.fetch_add(1, Ordering::Relaxed);
-                Notice::Connected
+                Notice::Connected(current)
             }
             Ok(MqttEvent::Incoming(Packet::Publish(p))) => Notice::Message {
                 topic: p.topic,
@@ -203,9 +246,19 @@ async fn drive(
             Ok(_) => continue,
             Err(e) => {
                 metrics.disconnects.fetch_add(1, Ordering::Relaxed);
-                let reason = e.to_string();
+                let (host, port) = eventloop.mqtt_options.broker_address();
+                let reason = format!("{host}:{port}: {e}");
                 if notices.send(Notice::Disconnected(reason)).await.is_err() {
                     return;
+                }
+                let next = next_broker(current, brokers.len());
+                if next != current {
+                    // The event loop has dropped its connection; its next
+                    // poll connects with these options.
+                    eventloop.mqtt_options = brokers[next].clone();
+                    current = next;
+                    metrics.failovers.fetch_add(1, Ordering::Relaxed);
+                    metrics.broker.store(current as u64, Ordering::Relaxed);
                 }
                 let wait = backoff.mul_f64(rand::random::<f64>()).max(BACKOFF_MIN);
                 backoff = (backoff * 2).min(BACKOFF_MAX);
@@ -284,8 +337,9 @@ impl Publisher {
 
     async fn on_notice(&mut self, notice: Notice) {
         match notice {
-            Notice::Connected => {
-                info!(post = %self.config.post_id, "connected to broker");
+            Notice::Connected(index) => {
+                let (host, port) = &self.config.brokers[index];
+                info!(post = %self.config.post_id, broker = %format!("{host}:{port}"), "connected to broker");
                 self.connected = true;
                 // Whatever the broker or the operations center lost while we
                 // were away is sent again.
@@ -420,5 +474,22 @@ fn status(post_id: &str, boot_id: &str, state: PostState, outbox: &Outbox) -> Po
         last_seq: o.last_seq,
         receipted_through_seq: o.receipted_through,
         boot_id: boot_id.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failover_goes_down_the_list_and_back_to_the_first() {
+        assert_eq!(next_broker(0, 1), 0, "one broker: always that one");
+        let mut at = 0;
+        let mut tried = Vec::new();
+        for _ in 0..7 {
+            at = next_broker(at, 3);
+            tried.push(at);
+        }
+        assert_eq!(tried, [1, 2, 0, 1, 2, 0, 1]);
     }
 }
