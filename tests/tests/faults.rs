@@ -101,6 +101,111 @@ async fn broker_stopped_and_restarted_while_panels_send() {
     report.check();
 }
 
+/// Two brokers, an operations center on both, and two gateways that list
+/// both in opposite orders. Mid-ingest the first broker stops: its gateway
+/// fails over to the second. The first comes back, then the second stops:
+/// both gateways end on the first, which the operations center still
+/// hears (it reconnected by itself). Every ACKed alarm is stored exactly
+/// once and every outbox drains, through whichever broker is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_of_two_brokers_stopped_while_gateways_fail_over() {
+    let (seed, mut rng) = seeded_rng("two brokers");
+    let region = Region::new();
+    let first = region.start_broker("127.0.0.1:0".parse().unwrap()).await;
+    let second = region.start_broker("127.0.0.1:0".parse().unwrap()).await;
+    let (a, b) = (first.addr(), second.addr());
+    let ops = region.start_ops_on(&[a, b], "").await;
+    let posts = [
+        ("p-1", ["1234", "1235"], [a, b]),
+        ("p-2", ["2234", "2235"], [b, a]),
+    ];
+    let mut gateways = Vec::new();
+    let mut panels = Vec::new();
+    let count = iterations(150, 1500);
+    for (post, accounts, brokers) in posts {
+        let gw = region
+            .start_gateway_on(post, &brokers, 5, &accounts_toml(&accounts))
+            .await;
+        panels.push(spawn_fleet(
+            gw.dc09,
+            &accounts,
+            count,
+            15..30,
+            panels.len(),
+            &mut rng,
+            |_, _| {},
+        ));
+        gateways.push(gw);
+    }
+    let failovers = |gw: &RunningGateway| gw.metrics.publisher.failovers.load(Ordering::Relaxed);
+    // Each gateway starts on the first broker of its own list.
+    for gw in &gateways {
+        eventually_within("gateways connected", Duration::from_secs(30), || {
+            gw.metrics.publisher.connects.load(Ordering::Relaxed) > 0
+        })
+        .await;
+        assert_eq!(failovers(gw), 0, "both brokers are up: no failover");
+    }
+
+    tokio::time::sleep(ms(&mut rng, 300..1200)).await;
+    first.stop().await;
+    eventually_within(
+        "p-1's gateway on its second broker",
+        Duration::from_secs(30),
+        || {
+            let p = &gateways[0].metrics.publisher;
+            failovers(&gateways[0]) > 0 && p.broker.load(Ordering::Relaxed) == 1
+        },
+    )
+    .await;
+    tokio::time::sleep(ms(&mut rng, 300..1500)).await;
+    let first = region.start_broker(a).await;
+    tokio::time::sleep(ms(&mut rng, 300..1500)).await;
+    second.stop().await;
+
+    let mut summaries = Vec::new();
+    for mine in panels {
+        summaries.push(join_panels(mine).await);
+    }
+    let mut lasts = Vec::new();
+    for gw in &gateways {
+        lasts.push(drained(gw, "backlog receipted through the broker left").await);
+    }
+    // Only the first broker is left: index 0 of p-1's list, 1 of p-2's.
+    for (gw, index) in gateways.iter().zip([0, 1]) {
+        assert!(failovers(gw) > 0, "each gateway lost a broker and moved on");
+        assert_eq!(gw.metrics.publisher.broker.load(Ordering::Relaxed), index);
+    }
+    let note = format!(
+        "gateways failed over {} and {} times, connected {} and {} times",
+        failovers(&gateways[0]),
+        failovers(&gateways[1]),
+        gateways[0]
+            .metrics
+            .publisher
+            .connects
+            .load(Ordering::Relaxed),
+        gateways[1]
+            .metrics
+            .publisher
+            .connects
+            .load(Ordering::Relaxed),
+    );
+    for gw in gateways {
+        gw.stop().await;
+    }
+    let data = ops.stop().await;
+    first.stop().await;
+
+    let store = open_store(&data);
+    let mut report = Accounting::new("one of two brokers stopped", seed);
+    report.note(note);
+    for (((post, _, _), summaries), last) in posts.iter().zip(&summaries).zip(lasts) {
+        report.add_post(&store, post, summaries, Some(last));
+    }
+    report.check();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_links_cut_refused_and_blackholed() {
     let (seed, mut rng) = seeded_rng("link faults");
