@@ -24,7 +24,11 @@
 //! comes back to the first broker the next time its connection fails
 //! anywhere else (once the first answers again, the gateway is on it after
 //! at most one pass through the list). Every broker's certificate is
-//! checked against the host name of its own entry. Nothing else changes
+//! checked against the host name of its own entry. Each connection attempt
+//! has a number (`PostStatus.connection`, from 1 at every start) that its
+//! ONLINE status and its last will both carry, so the operations center can
+//! tell a late will from a broker the post has left (an older connection)
+//! from a current one. Nothing else changes
 //! with the broker: receipts are per post (the operations center publishes
 //! them on every broker it hears), and after every (re)connect, to any
 //! broker, the gateway re-sends everything not receipted.
@@ -106,8 +110,12 @@ pub struct PublisherMetrics {
 }
 
 enum Notice {
-    /// Connected to the broker at this index of the list.
-    Connected(usize),
+    /// Connected to the broker at this index of the list, in the
+    /// connection attempt with this number.
+    Connected {
+        broker: usize,
+        connection: u64,
+    },
     Disconnected(String),
     Message {
         topic: String,
@@ -124,39 +132,22 @@ pub async fn run(
 ) {
     let boot_id = format!("{:016x}", rand::random::<u64>());
     let status_topic = topics::topic(&config.post_id, TopicKind::Status);
-    let will = status(&config.post_id, &boot_id, PostState::Offline, &outbox);
-
-    // One set of options per broker; they differ only in the address
-    // (which is also the name its certificate must carry).
-    let brokers: Vec<MqttOptions> = config
-        .brokers
-        .iter()
-        .map(|(host, port)| {
-            let mut options = MqttOptions::new(config.post_id.clone(), host.clone(), *port);
-            options
-                .set_keep_alive(config.keep_alive)
-                .set_clean_session(true)
-                .set_max_packet_size(MAX_PACKET, MAX_PACKET)
-                .set_last_will(LastWill::new(
-                    &status_topic,
-                    will.encode_to_vec(),
-                    QoS::AtLeastOnce,
-                    true,
-                ))
-                .set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
-                    config.tls.clone(),
-                )));
-            options
-        })
-        .collect();
-    assert!(!brokers.is_empty(), "the config lists at least one broker");
-    let (client, eventloop) = AsyncClient::new(brokers[0].clone(), CLIENT_QUEUE);
+    assert!(
+        !config.brokers.is_empty(),
+        "the config lists at least one broker"
+    );
+    let dialer = Dialer {
+        config: config.clone(),
+        boot_id: boot_id.clone(),
+        outbox: outbox.clone(),
+    };
+    let (client, eventloop) = AsyncClient::new(dialer.options(0, 1), CLIENT_QUEUE);
 
     let (notices_tx, notices) = mpsc::channel(NOTICE_QUEUE);
     let loop_stop = CancellationToken::new();
     let loop_task = tokio::spawn(drive(
         eventloop,
-        brokers,
+        dialer,
         notices_tx,
         loop_stop.clone(),
         metrics.clone(),
@@ -169,6 +160,7 @@ pub async fn run(
         metrics,
         boot_id,
         connected: false,
+        connection: 0,
         sent_through: 0,
         last_progress: Instant::now(),
     };
@@ -180,6 +172,7 @@ pub async fn run(
         let offline = status(
             &publisher.config.post_id,
             &publisher.boot_id,
+            publisher.connection,
             PostState::Offline,
             &publisher.outbox,
         );
@@ -215,18 +208,60 @@ fn next_broker(current: usize, count: usize) -> usize {
     (current + 1) % count
 }
 
+/// What it takes to connect to each broker of the list.
+struct Dialer {
+    config: PublisherConfig,
+    boot_id: String,
+    outbox: Outbox,
+}
+
+impl Dialer {
+    /// The options of connection attempt number `connection`, to the broker
+    /// at `index` of the list: its address (also the name its certificate
+    /// must carry) and a last will that names this connection.
+    fn options(&self, index: usize, connection: u64) -> MqttOptions {
+        let c = &self.config;
+        let (host, port) = &c.brokers[index];
+        let will = status(
+            &c.post_id,
+            &self.boot_id,
+            connection,
+            PostState::Offline,
+            &self.outbox,
+        );
+        let mut options = MqttOptions::new(c.post_id.clone(), host.clone(), *port);
+        options
+            .set_keep_alive(c.keep_alive)
+            .set_clean_session(true)
+            .set_max_packet_size(MAX_PACKET, MAX_PACKET)
+            .set_last_will(LastWill::new(
+                topics::topic(&c.post_id, TopicKind::Status),
+                will.encode_to_vec(),
+                QoS::AtLeastOnce,
+                true,
+            ))
+            .set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+                c.tls.clone(),
+            )));
+        options
+    }
+}
+
 /// Polls the MQTT event loop (which also reconnects), forwarding what the
 /// publisher needs to know. After a failed connection it points the event
-/// loop at the next broker of `brokers` (see the module's notes).
+/// loop at the next broker of the list (see the module's notes), with the
+/// next connection number in its will.
 async fn drive(
     mut eventloop: EventLoop,
-    brokers: Vec<MqttOptions>,
+    dialer: Dialer,
     notices: mpsc::Sender<Notice>,
     stop: CancellationToken,
     metrics: Arc<PublisherMetrics>,
 ) {
     let mut backoff = BACKOFF_MIN;
     let mut current = 0;
+    let mut connection = 1;
+    let count = dialer.config.brokers.len();
     metrics.broker.store(0, Ordering::Relaxed);
     loop {
         let event = tokio::select! {
@@ -237,7 +272,10 @@ async fn drive(
             Ok(MqttEvent::Incoming(Packet::ConnAck(_))) => {
                 backoff = BACKOFF_MIN;
                 metrics.connects.fetch_add(1, Ordering::Relaxed);
-                Notice::Connected(current)
+                Notice::Connected {
+                    broker: current,
+                    connection,
+                }
             }
             Ok(MqttEvent::Incoming(Packet::Publish(p))) => Notice::Message {
                 topic: p.topic,
@@ -251,11 +289,12 @@ async fn drive(
                 if notices.send(Notice::Disconnected(reason)).await.is_err() {
                     return;
                 }
-                let next = next_broker(current, brokers.len());
+                // The event loop has dropped its connection; its next poll
+                // connects with these options.
+                let next = next_broker(current, count);
+                connection += 1;
+                eventloop.mqtt_options = dialer.options(next, connection);
                 if next != current {
-                    // The event loop has dropped its connection; its next
-                    // poll connects with these options.
-                    eventloop.mqtt_options = brokers[next].clone();
                     current = next;
                     metrics.failovers.fetch_add(1, Ordering::Relaxed);
                     metrics.broker.store(current as u64, Ordering::Relaxed);
@@ -281,6 +320,8 @@ struct Publisher {
     metrics: Arc<PublisherMetrics>,
     boot_id: String,
     connected: bool,
+    /// Number of the current (or last) connection; its statuses carry it.
+    connection: u64,
     /// Highest seq handed to the broker in this connection.
     sent_through: u64,
     /// Last time receipts moved forward (or a resend started).
@@ -337,8 +378,9 @@ impl Publisher {
 
     async fn on_notice(&mut self, notice: Notice) {
         match notice {
-            Notice::Connected(index) => {
-                let (host, port) = &self.config.brokers[index];
+            Notice::Connected { broker, connection } => {
+                let (host, port) = &self.config.brokers[broker];
+                self.connection = connection;
                 info!(post = %self.config.post_id, broker = %format!("{host}:{port}"), "connected to broker");
                 self.connected = true;
                 // Whatever the broker or the operations center lost while we
@@ -422,6 +464,7 @@ impl Publisher {
         let online = status(
             &self.config.post_id,
             &self.boot_id,
+            self.connection,
             PostState::Online,
             &self.outbox,
         );
@@ -463,7 +506,13 @@ impl Publisher {
     }
 }
 
-fn status(post_id: &str, boot_id: &str, state: PostState, outbox: &Outbox) -> PostStatus {
+fn status(
+    post_id: &str,
+    boot_id: &str,
+    connection: u64,
+    state: PostState,
+    outbox: &Outbox,
+) -> PostStatus {
     let o = outbox.state();
     PostStatus {
         post_id: post_id.to_owned(),
@@ -474,6 +523,7 @@ fn status(post_id: &str, boot_id: &str, state: PostState, outbox: &Outbox) -> Po
         last_seq: o.last_seq,
         receipted_through_seq: o.receipted_through,
         boot_id: boot_id.to_owned(),
+        connection,
     }
 }
 
