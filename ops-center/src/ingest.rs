@@ -22,6 +22,13 @@
 //! keeps events by `(post_id, seq)`, so a batch heard twice (a gateway
 //! re-sending through another broker after a failover) is stored once.
 //!
+//! Statuses: a post's status comes through the broker it is on, but a
+//! broker it has left may deliver an older one later (its last will, or a
+//! retained status on resubscribing). Gateways number their connections
+//! (`PostStatus.connection`); the sessions share the newest number heard
+//! per post and boot, and a status of an older connection is acknowledged
+//! and dropped ([`StatusOrder`]).
+//!
 //! Acknowledgments are manual. A valid message is acknowledged (PUBACK) only
 //! after the writer committed it, in the same step as its post's `Receipt` is
 //! published. The receipt is what the guarantee rests on: a gateway deletes
@@ -153,6 +160,7 @@ pub async fn run(
         .map_err(|(key, reason)| IngestError::Server { key, reason })?;
     let mut routes = Vec::with_capacity(brokers.len());
     let mut sessions = Vec::with_capacity(brokers.len());
+    let statuses = Arc::new(std::sync::Mutex::new(StatusOrder::default()));
     for (index, (host, port)) in brokers.into_iter().enumerate() {
         let broker = format!("{host}:{port}");
         let mut options = MqttOptions::new(cfg.client_id.clone(), host, port);
@@ -169,6 +177,7 @@ pub async fn run(
         let mut ingest = Ingest {
             client,
             broker,
+            statuses: statuses.clone(),
             budgets: Budgets::new(cfg.budget.clone()),
             cfg: cfg.clone(),
             metrics: metrics.clone(),
@@ -249,11 +258,47 @@ async fn dispatch(mut done: mpsc::Receiver<Committed>, routes: Vec<mpsc::Sender<
     }
 }
 
+/// The newest connection heard of each post's gateway, by boot, shared by
+/// the sessions: statuses of older connections are out of date.
+#[derive(Debug, Default)]
+pub struct StatusOrder {
+    newest: HashMap<String, (String, u64)>,
+}
+
+impl StatusOrder {
+    /// Whether `status` is current: not from an older connection of the
+    /// same gateway boot than one already heard. Records it if so. A status
+    /// without a connection number (an older gateway), or from another
+    /// boot, is always current.
+    pub fn admit(&mut self, status: &PostStatus) -> bool {
+        if status.connection == 0 {
+            return true;
+        }
+        match self.newest.get_mut(&status.post_id) {
+            Some((boot, newest)) if *boot == status.boot_id => {
+                if status.connection < *newest {
+                    return false;
+                }
+                *newest = status.connection;
+            }
+            _ => {
+                self.newest.insert(
+                    status.post_id.clone(),
+                    (status.boot_id.clone(), status.connection),
+                );
+            }
+        }
+        true
+    }
+}
+
 /// One broker's session.
 struct Ingest {
     client: AsyncClient,
     /// `HOST:PORT`, for logs.
     broker: String,
+    /// Shared with the other sessions.
+    statuses: Arc<std::sync::Mutex<StatusOrder>>,
     cfg: IngestConfig,
     budgets: Budgets,
     metrics: Arc<Metrics>,
@@ -512,6 +557,21 @@ impl Ingest {
                         }
                     }
                     Checked::Status(status) => {
+                        let current = self
+                            .statuses
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .admit(&status);
+                        if !current {
+                            tracing::debug!(
+                                post = %status.post_id,
+                                connection = status.connection,
+                                broker = %self.broker,
+                                "status of an older connection dropped"
+                            );
+                            self.acks.push_back(publish);
+                            return None;
+                        }
                         self.maybe_ask_resend(&status, publish.retain);
                         Job::Status { status, at, token }
                     }
@@ -779,6 +839,34 @@ mod tests {
         );
         assert!(parts.iter().all(|p| p.tokens.is_empty()));
         assert_eq!(session_of(session_tokens(15) + (1 << 40)), 15);
+    }
+
+    #[test]
+    fn statuses_of_older_connections_are_out_of_date() {
+        let status = |boot: &str, connection, state: PostState| PostStatus {
+            post_id: "p-1".into(),
+            boot_id: boot.into(),
+            connection,
+            state: state.into(),
+            ..Default::default()
+        };
+        let mut order = StatusOrder::default();
+        assert!(order.admit(&status("a", 1, PostState::Online)));
+        assert!(order.admit(&status("a", 2, PostState::Online)));
+        // Connection 1's will, published late by the broker left behind.
+        assert!(!order.admit(&status("a", 1, PostState::Offline)));
+        // Connection 2's own will (or goodbye) is current.
+        assert!(order.admit(&status("a", 2, PostState::Offline)));
+        // A new boot starts again from 1; the old boot's numbers mean
+        // nothing for it.
+        assert!(order.admit(&status("b", 1, PostState::Online)));
+        assert!(order.admit(&status("b", 1, PostState::Offline)));
+        // Older gateways do not number connections: always taken.
+        assert!(order.admit(&status("", 0, PostState::Offline)));
+        // Other posts are on their own.
+        let mut other = status("a", 1, PostState::Online);
+        other.post_id = "p-2".into();
+        assert!(order.admit(&other));
     }
 
     fn reason(p: &Publish) -> Reject {

@@ -10,6 +10,8 @@
 use std::{sync::atomic::Ordering, time::Duration};
 
 use rand::Rng;
+use vigil_ops::store::Store;
+use vigil_proto::v1::PostState;
 use vigil_tests::{
     Region, RunningGateway,
     faults::{
@@ -208,6 +210,103 @@ async fn one_of_two_brokers_stopped_while_gateways_fail_over() {
         report.add_post(&store, post, summaries, Some(last));
     }
     report.check();
+}
+
+/// Sends `count` messages from a panel of `account` to `gw` and waits until
+/// the outbox has grown and is receipted through its last seq.
+async fn sent_and_receipted(gw: &RunningGateway, account: &str, count: u64, what: &str) {
+    let (before, ..) = gw.outbox();
+    let panel = spawn_panel(fault_panel(
+        gw.dc09,
+        account,
+        count,
+        Duration::from_millis(10),
+        rand::random(),
+    ));
+    join_panels(vec![panel]).await;
+    eventually_within(what, Duration::from_secs(60), || {
+        let (last, receipted, _) = gw.outbox();
+        last > before && receipted == last
+    })
+    .await;
+}
+
+/// With several brokers, a broker a post has left may deliver its last will
+/// late: here the operations center's link to broker A is down when A
+/// publishes p-1's will (retained), and p-1 is ONLINE through broker B by
+/// the time the operations center hears A again. That will is of an older
+/// connection than the ONLINE already heard, so the post stays ONLINE.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_will_from_a_broker_left_behind_does_not_take_the_post_offline() {
+    let region = Region::new();
+    let a = region.start_broker("127.0.0.1:0".parse().unwrap()).await;
+    let b = region.start_broker("127.0.0.1:0".parse().unwrap()).await;
+    let ops_link = FaultProxy::start(a.addr()).await;
+    let ops = region.start_ops_on(&[ops_link.addr(), b.addr()], "").await;
+    let gw_link = FaultProxy::start(a.addr()).await;
+    let gw = region
+        .start_gateway_on(
+            "p-1",
+            &[gw_link.addr(), b.addr()],
+            5,
+            &accounts_toml(&["1234", "1235", "1236"]),
+        )
+        .await;
+    // p-2 is on A only: its traffic shows when the operations center hears
+    // A again.
+    let marker = region
+        .start_gateway("p-2", a.addr(), &accounts_toml(&["1234", "1235"]))
+        .await;
+    sent_and_receipted(&gw, "1234", 5, "p-1 receipted through A").await;
+    sent_and_receipted(&marker, "1234", 5, "p-2 receipted through A").await;
+    assert_eq!(gw.metrics.publisher.broker.load(Ordering::Relaxed), 0);
+
+    // The operations center loses A; then p-1 loses A too, and A publishes
+    // p-1's will, which only the retained copy keeps.
+    ops_link.set(LinkMode::Refuse);
+    ops_link.cut();
+    eventually_within("the ops link to A down", Duration::from_secs(30), || {
+        ops_link.open_connections() == 0
+    })
+    .await;
+    gw_link.set(LinkMode::Refuse);
+    gw_link.cut();
+    eventually_within("p-1 on B", Duration::from_secs(30), || {
+        let p = &gw.metrics.publisher;
+        p.broker.load(Ordering::Relaxed) == 1 && p.connects.load(Ordering::Relaxed) >= 2
+    })
+    .await;
+    // Its ONLINE through B went before these events, so it is committed.
+    sent_and_receipted(&gw, "1235", 5, "p-1 receipted through B").await;
+
+    // The operations center hears A again: the retained will arrives (and
+    // p-2's retained ONLINE, which makes it ask p-2 to re-send).
+    let asked = ops.metrics.resend_requests.load(Ordering::Relaxed);
+    ops_link.set(LinkMode::Pass);
+    eventually_within(
+        "the ops session with A back",
+        Duration::from_secs(30),
+        || ops.metrics.resend_requests.load(Ordering::Relaxed) > asked,
+    )
+    .await;
+    // The retained statuses came before anything p-2 publishes now.
+    sent_and_receipted(&marker, "1235", 5, "p-2 receipted through A again").await;
+
+    // The operations center stops first: what it holds is what it heard
+    // while p-1 was up.
+    let data = ops.stop().await;
+    gw.stop().await;
+    marker.stop().await;
+    a.stop().await;
+    b.stop().await;
+    let store = open_store(&data);
+    let status = store
+        .post("p-1")
+        .expect("read post")
+        .and_then(|p| p.status)
+        .expect("p-1 has a status");
+    assert_eq!(status.state(), PostState::Online, "{status:?}");
+    assert!(status.connection >= 2, "the ONLINE through B: {status:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
