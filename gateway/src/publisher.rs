@@ -28,10 +28,10 @@
 //! has a number (`PostStatus.connection`, from 1 at every start) that its
 //! ONLINE status and its last will both carry, so the operations center can
 //! tell a late will from a broker the post has left (an older connection)
-//! from a current one. Nothing else changes
-//! with the broker: receipts are per post (the operations center publishes
-//! them on every broker it hears), and after every (re)connect, to any
-//! broker, the gateway re-sends everything not receipted.
+//! from a current one. Nothing else changes with the broker: receipts are
+//! per post (the operations center publishes them on every broker it
+//! hears), and after every (re)connect, to any broker, the gateway re-sends
+//! everything not receipted.
 
 use std::{
     sync::{
