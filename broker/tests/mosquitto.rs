@@ -2,17 +2,15 @@
 //! `mosquitto_sub` binaries, MQTT 3.1.1 and 5, over mTLS. Skipped, with a
 //! notice, when they are not installed (CI installs them, see `.ci/run`).
 
-mod support;
-
 use std::{
     io::Read,
     process::{Child, Command, Output, Stdio},
     time::{Duration, Instant},
 };
 
-use support::{Mqtt, TestBroker, WAIT, expect_publish};
 use vigil_broker::Reject;
 use vigil_proto::topics::{TopicKind, all_posts, topic};
+use vigil_tests::broker::{Mqtt, TestBroker, WAIT, expect_publish};
 
 const VERSIONS: [&str; 2] = ["mqttv311", "mqttv5"];
 
@@ -197,7 +195,7 @@ async fn mosquitto_refusals() {
         ..vigil_broker::Limits::default()
     })
     .await;
-    let other = support::Pki::new();
+    let other = vigil_tests::broker::Pki::new();
     let mut ops = b.client(Mqtt::V5, "ops-1", "ops-1").connect().await;
     ops.subscribe_ok(&all_posts(TopicKind::Events)).await;
     let forged = ["-t", &topic("p-2", TopicKind::Events), "-m", "forged"];

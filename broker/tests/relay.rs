@@ -1,19 +1,17 @@
 //! The broker against real MQTT clients (rumqttc, 3.1.1 and 5) over mTLS:
 //! authentication, the topic ACL, limits, retained status and the last will.
 
-mod support;
-
 use std::{sync::Arc, time::Duration};
 
 use rustls::RootCertStore;
 use rustls_pki_types::{CertificateDer, ServerName, pem::PemObject};
-use support::{BOTH, Ev, Mqtt, Pki, TestBroker, expect_publish};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,
 };
 use vigil_broker::{Limits, Reject};
 use vigil_proto::topics::{TopicKind, all_posts, topic};
+use vigil_tests::broker::{BOTH, Ev, Mqtt, Pki, TestBroker, expect_publish};
 
 fn events(post: &str) -> String {
     topic(post, TopicKind::Events)
@@ -28,7 +26,7 @@ fn receipts(post: &str) -> String {
 }
 
 /// An ops-center subscribed to every post's events.
-async fn ops_on_events(b: &TestBroker, version: Mqtt) -> support::Client {
+async fn ops_on_events(b: &TestBroker, version: Mqtt) -> vigil_tests::broker::Client {
     let mut ops = b.client(version, "ops-1", "ops-1").connect().await;
     ops.subscribe_ok(&all_posts(TopicKind::Events)).await;
     ops
@@ -96,7 +94,7 @@ async fn client_without_certificate_is_refused() {
             let _ = tls.write_all(&[0xC0, 0x00]).await;
             let mut buf = [0u8; 16];
             matches!(
-                tokio::time::timeout(support::WAIT, tls.read(&mut buf)).await,
+                tokio::time::timeout(vigil_tests::broker::WAIT, tls.read(&mut buf)).await,
                 Ok(Err(_) | Ok(0))
             )
         }
@@ -118,8 +116,13 @@ async fn certificate_from_another_ca_is_refused() {
     };
     let forged = Arc::new(forged.load().unwrap().client_config().unwrap());
     for version in BOTH {
-        let mut client =
-            support::ClientOptions::from_parts(version, b.addr(), forged.clone(), "p-1").start();
+        let mut client = vigil_tests::broker::ClientOptions::from_parts(
+            version,
+            b.addr(),
+            forged.clone(),
+            "p-1",
+        )
+        .start();
         let ev = client
             .expect_match("refusal", |ev| matches!(ev, Ev::Closed(_)))
             .await;
@@ -444,7 +447,7 @@ async fn idle_sockets_are_shed_at_the_cap_and_time_out() {
     // The server closed every one of them.
     for mut socket in idle {
         let mut byte = [0u8; 1];
-        let read = tokio::time::timeout(support::WAIT, socket.read(&mut byte)).await;
+        let read = tokio::time::timeout(vigil_tests::broker::WAIT, socket.read(&mut byte)).await;
         assert!(matches!(read, Ok(Ok(0) | Err(_))), "{read:?}");
     }
     // Slots are free again.
@@ -488,7 +491,7 @@ async fn valid_clients_get_in_while_idle_sockets_hold_every_slot() {
     // The four oldest idle sockets were the ones closed.
     for socket in &mut idle[..4] {
         let mut byte = [0u8; 1];
-        let read = tokio::time::timeout(support::WAIT, socket.read(&mut byte)).await;
+        let read = tokio::time::timeout(vigil_tests::broker::WAIT, socket.read(&mut byte)).await;
         assert!(matches!(read, Ok(Ok(0) | Err(_))), "{read:?}");
     }
 }
@@ -542,7 +545,7 @@ async fn shutdown_disconnects_clients_and_stops_accepting() {
         "{seen:?}"
     );
     v4.expect_closed().await;
-    tokio::time::timeout(support::WAIT, b.broker.wait())
+    tokio::time::timeout(vigil_tests::broker::WAIT, b.broker.wait())
         .await
         .expect("broker stops within the grace period");
     assert!(TcpStream::connect(addr).await.is_err());
@@ -664,7 +667,7 @@ async fn a_shared_group_over_two_filters_delivers_every_message_once() {
         }
     }
     let mut got = Vec::new();
-    let deadline = tokio::time::Instant::now() + support::WAIT;
+    let deadline = tokio::time::Instant::now() + vigil_tests::broker::WAIT;
     while got.len() < sent.len() && tokio::time::Instant::now() < deadline {
         for r in &mut replicas {
             if let Some(Ev::Publish { topic, payload }) =
@@ -789,7 +792,7 @@ async fn failed_handshakes_are_each_counted_but_logged_once_per_interval() {
         let mut tcp = TcpStream::connect(b.addr()).await.unwrap();
         tcp.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
         let mut sink = Vec::new();
-        let _ = tokio::time::timeout(support::WAIT, tcp.read_to_end(&mut sink)).await;
+        let _ = tokio::time::timeout(vigil_tests::broker::WAIT, tcp.read_to_end(&mut sink)).await;
     }
     b.wait_metrics("50 failed handshakes", |m| m.rejected(Reject::Tls) == 50)
         .await;

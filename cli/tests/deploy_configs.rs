@@ -56,6 +56,13 @@ fn deploy_examples_load() {
     assert_eq!(gateway.dc09.accounts.len(), 2);
     assert!(gateway.dc09.accounts[0].key.is_some());
     assert_eq!(gateway.push_cameras().unwrap().len(), 1);
+    assert_eq!(
+        gateway.mqtt_brokers().unwrap(),
+        [
+            ("mqtt-1.region.example".to_owned(), 8883),
+            ("mqtt-2.region.example".to_owned(), 8883)
+        ]
+    );
     gateway.tls.load().expect("the gateway's certificate loads");
 
     let ops = vigil_ops::config::OpsConfig::load(&localised(tmp.path(), "ops.toml"))
@@ -63,5 +70,6 @@ fn deploy_examples_load() {
     assert_eq!(ops.api.listen.port(), 50051);
     assert_eq!(ops.engine.zone_cameras.len(), 1);
     assert_eq!(ops.mqtt.share_group, None);
+    assert_eq!(ops.mqtt.brokers().unwrap().len(), 2);
     ops.tls.load().expect("the ops certificate loads");
 }

@@ -17,7 +17,11 @@ fn default_ops_config_is_valid_toml_with_the_stable_keys() {
     let text = String::from_utf8(out.stdout).unwrap();
     let value: toml::Table = toml::from_str(&text).unwrap();
     assert!(value.contains_key("data_dir"));
-    assert!(value["mqtt"].get("server").is_some());
+    assert!(
+        value["mqtt"]["servers"]
+            .as_array()
+            .is_some_and(|l| !l.is_empty())
+    );
     assert!(value["api"].get("listen").is_some());
     assert!(value["tls"].get("ca").is_some());
 }

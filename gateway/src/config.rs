@@ -163,8 +163,14 @@ impl Default for CameraConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MqttConfig {
-    /// Broker address, `HOST:PORT`.
-    pub server: String,
+    /// One broker, `HOST:PORT`. Give this or `servers`, not both.
+    #[serde(default)]
+    pub server: Option<String>,
+    /// Brokers in order of preference, `HOST:PORT` each: the publisher
+    /// connects to one at a time and fails over along the list (see
+    /// `publisher`). Give this or `server`, not both.
+    #[serde(default)]
+    pub servers: Option<Vec<String>>,
     /// MQTT keep-alive in seconds.
     #[serde(default = "defaults::keep_alive")]
     pub keep_alive_secs: u64,
@@ -375,7 +381,7 @@ impl GatewayConfig {
 
     /// Checks everything that can be checked without binding.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        self.mqtt_address()?;
+        self.mqtt_brokers()?;
         if self.mqtt.keep_alive_secs < 5 {
             return Err(invalid("mqtt.keep_alive_secs", "must be at least 5"));
         }
@@ -564,20 +570,39 @@ impl GatewayConfig {
         }
     }
 
-    /// `(host, port)` of `mqtt.server`.
-    pub fn mqtt_address(&self) -> Result<(String, u16), ConfigError> {
-        let server = &self.mqtt.server;
-        let (host, port) = server
-            .rsplit_once(':')
-            .ok_or_else(|| invalid("mqtt.server", format!("{server:?} is not HOST:PORT")))?;
-        let port = port
-            .parse::<u16>()
-            .map_err(|_| invalid("mqtt.server", format!("{server:?}: bad port")))?;
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        if host.is_empty() {
-            return Err(invalid("mqtt.server", format!("{server:?}: missing host")));
+    /// `(host, port)` of each broker, in the order of `mqtt.servers` (or
+    /// the one `mqtt.server`). Each host is also the name checked against
+    /// that broker's certificate.
+    pub fn mqtt_brokers(&self) -> Result<Vec<(String, u16)>, ConfigError> {
+        let list = match (&self.mqtt.server, &self.mqtt.servers) {
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "mqtt.servers",
+                    "give either mqtt.server or mqtt.servers, not both",
+                ));
+            }
+            (None, None) => {
+                return Err(invalid(
+                    "mqtt.servers",
+                    "missing: list the brokers (servers = [\"HOST:PORT\", ...]) or give one as server = \"HOST:PORT\"",
+                ));
+            }
+            (Some(one), None) => return Ok(vec![broker_address("mqtt.server", one)?]),
+            (None, Some(list)) => list,
+        };
+        if list.is_empty() {
+            return Err(invalid("mqtt.servers", "must list at least one broker"));
         }
-        Ok((host.to_owned(), port))
+        let mut out: Vec<(String, u16)> = Vec::with_capacity(list.len());
+        for (i, entry) in list.iter().enumerate() {
+            let key = format!("mqtt.servers[{i}]");
+            let broker = broker_address(&key, entry)?;
+            if out.contains(&broker) {
+                return Err(invalid(key, format!("{entry:?} is listed twice")));
+            }
+            out.push(broker);
+        }
+        Ok(out)
     }
 
     /// The configured panel accounts, keys parsed.
@@ -633,6 +658,23 @@ impl GatewayConfig {
     }
 }
 
+/// `HOST:PORT` (or `[V6]:PORT`) split into host and port; errors name `key`.
+fn broker_address(key: &str, server: &str) -> Result<(String, u16), ConfigError> {
+    let (host, port) = server
+        .rsplit_once(':')
+        .ok_or_else(|| invalid(key, format!("{server:?} is not HOST:PORT")))?;
+    let port = port
+        .parse::<u16>()
+        .ok()
+        .filter(|&p| p != 0)
+        .ok_or_else(|| invalid(key, format!("{server:?}: bad port")))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Err(invalid(key, format!("{server:?}: missing host")));
+    }
+    Ok((host.to_owned(), port))
+}
+
 /// Camera ids follow the identity rule: `[a-z0-9][a-z0-9-]{0,62}`.
 fn check_camera_id(id: &str) -> Result<(), String> {
     let ok = !id.is_empty()
@@ -678,9 +720,14 @@ key = "pki/p-017.key"
 # crl = "pki/crl.pem"
 
 [mqtt]
-# The regional broker.
-server = "broker.example:8883"
-# The broker certificate must name this host (DNS or IP SAN).
+# The region's brokers, in order of preference. The gateway connects to
+# one at a time: the first that answers. When its connection fails it
+# moves to the next (after the reconnect backoff); after the last it starts
+# again from the first, so it comes back to the first broker once that one
+# answers again. Each broker's certificate must name its host (DNS or IP
+# SAN). With one broker, `server = "HOST:PORT"` also works (give one of
+# the two keys, not both).
+servers = ["broker-1.example:8883", "broker-2.example:8883"]
 keep_alive_secs = 15
 # Most events in one published batch.
 batch_max_events = 256
@@ -805,6 +852,20 @@ mod tests {
         assert!(config.data_dir.ends_with("data") && config.data_dir.is_absolute());
         assert!(config.http.is_none(), "the push endpoint is off by default");
         assert_eq!(config.camera.stale_secs, 300);
+        assert_eq!(
+            config.mqtt_brokers().unwrap(),
+            [
+                ("broker-1.example".to_owned(), 8883),
+                ("broker-2.example".to_owned(), 8883)
+            ]
+        );
+        let one = DEFAULT_CONFIG.replacen(
+            "servers = [\"broker-1.example:8883\", \"broker-2.example:8883\"]",
+            "server = \"[::1]:1883\"",
+            1,
+        );
+        let config = parse(&one).unwrap();
+        assert_eq!(config.mqtt_brokers().unwrap(), [("::1".to_owned(), 1883)]);
     }
 
     /// The default config with its commented camera sections switched on.
@@ -994,7 +1055,47 @@ mod tests {
                 ),
                 "dc09.accounts[0].key",
             ),
-            (with("broker.example:8883", "broker.example"), "mqtt.server"),
+            (
+                with("broker-2.example:8883", "broker-2.example"),
+                "mqtt.servers[1]",
+            ),
+            (
+                with("broker-2.example:8883", "broker-2.example:0"),
+                "mqtt.servers[1]",
+            ),
+            (
+                with("broker-2.example:8883", "broker-1.example:8883"),
+                "mqtt.servers[1]: \"broker-1.example:8883\" is listed twice",
+            ),
+            (
+                with(
+                    "servers = [\"broker-1.example:8883\", \"broker-2.example:8883\"]",
+                    "servers = []",
+                ),
+                "mqtt.servers: must list",
+            ),
+            (
+                with(
+                    "servers = [\"broker-1.example:8883\", \"broker-2.example:8883\"]",
+                    "keep_alive = 1",
+                )
+                .replace("keep_alive = 1", ""),
+                "mqtt.servers: missing",
+            ),
+            (
+                with(
+                    "servers = [\"broker-1.example:8883\", \"broker-2.example:8883\"]",
+                    "servers = [\"b:1\"]\nserver = \"b:1\"",
+                ),
+                "mqtt.servers: give either",
+            ),
+            (
+                with(
+                    "servers = [\"broker-1.example:8883\", \"broker-2.example:8883\"]",
+                    "server = \"broker.example\"",
+                ),
+                "mqtt.server:",
+            ),
             (with("0.0.0.0:7000", "nowhere"), "listen"),
         ];
         for (text, expected) in cases {

@@ -199,9 +199,19 @@ impl Metrics {
                 "Incoming MQTT messages that were not valid receipts or commands.",
                 &p.rejected_messages,
             ),
+            (
+                "vigil_gateway_mqtt_failovers_total",
+                "Moves to another broker of mqtt.servers after a failed connection.",
+                &p.failovers,
+            ),
         ] {
             out.counter(name, help, counter.load(Relaxed));
         }
+        out.gauge(
+            "vigil_gateway_mqtt_broker",
+            "Index in mqtt.servers (from 0) of the broker in use or being tried.",
+            p.broker.load(Relaxed) as f64,
+        );
         let (last_seq, receipted, depth) = self.outbox.get();
         out.gauge(
             "vigil_gateway_outbox_last_seq",
@@ -331,7 +341,7 @@ pub async fn run(
     let accounts = config.accounts()?;
     let push_config = config.push_config()?;
     let onvif_cameras = config.onvif_cameras()?;
-    let (host, port) = config.mqtt_address()?;
+    let brokers = config.mqtt_brokers()?;
     std::fs::create_dir_all(&config.data_dir).map_err(|source| GatewayError::DataDir {
         path: config.data_dir.clone(),
         source,
@@ -413,8 +423,7 @@ pub async fn run(
         ));
     }
     let publisher_config = publisher::PublisherConfig {
-        host,
-        port,
+        brokers,
         tls: Arc::new(tls.client_config()?),
         post_id,
         keep_alive: Duration::from_secs(config.mqtt.keep_alive_secs),

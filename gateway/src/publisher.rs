@@ -14,6 +14,24 @@
 //! post publish only under its own id, so there is nothing to configure.
 //! A retained `PostStatus` says ONLINE on connect; the last will (also
 //! retained) says OFFLINE when the connection drops without a goodbye.
+//!
+//! Several brokers (`[mqtt] servers`, in order of preference): the gateway
+//! is connected to one at a time. It starts with the first. Whenever a
+//! connection fails — an attempt that gets no CONNACK, or an established
+//! connection lost — it waits the reconnect backoff and tries the next
+//! broker of the list; after the last it starts again from the first. So
+//! it stays on a broker that works, moves on from one that does not, and
+//! comes back to the first broker the next time its connection fails
+//! anywhere else (once the first answers again, the gateway is on it after
+//! at most one pass through the list). Every broker's certificate is
+//! checked against the host name of its own entry. Each connection attempt
+//! has a number (`PostStatus.connection`, from 1 at every start) that its
+//! ONLINE status and its last will both carry, so the operations center can
+//! tell a late will from a broker the post has left (an older connection)
+//! from a current one. Nothing else changes with the broker: receipts are
+//! per post (the operations center publishes them on every broker it
+//! hears), and after every (re)connect, to any broker, the gateway re-sends
+//! everything not receipted.
 
 use std::{
     sync::{
@@ -66,8 +84,8 @@ const GOODBYE_GRACE: Duration = Duration::from_secs(2);
 /// Where and how to publish.
 #[derive(Debug, Clone)]
 pub struct PublisherConfig {
-    pub host: String,
-    pub port: u16,
+    /// `(host, port)` of each broker, in order of preference (at least one).
+    pub brokers: Vec<(String, u16)>,
     pub tls: Arc<rustls::ClientConfig>,
     pub post_id: String,
     pub keep_alive: Duration,
@@ -85,12 +103,24 @@ pub struct PublisherMetrics {
     pub resends: AtomicU64,
     pub receipts: AtomicU64,
     pub rejected_messages: AtomicU64,
+    /// Moves to another broker of the list after a failed connection.
+    pub failovers: AtomicU64,
+    /// Index in the broker list of the broker connected to, or being tried.
+    pub broker: AtomicU64,
 }
 
 enum Notice {
-    Connected,
+    /// Connected to the broker at this index of the list, in the
+    /// connection attempt with this number.
+    Connected {
+        broker: usize,
+        connection: u64,
+    },
     Disconnected(String),
-    Message { topic: String, payload: Bytes },
+    Message {
+        topic: String,
+        payload: Bytes,
+    },
 }
 
 /// Runs until `shutdown`: publishes the outbox, applies receipts.
@@ -102,28 +132,22 @@ pub async fn run(
 ) {
     let boot_id = format!("{:016x}", rand::random::<u64>());
     let status_topic = topics::topic(&config.post_id, TopicKind::Status);
-    let will = status(&config.post_id, &boot_id, PostState::Offline, &outbox);
-
-    let mut options = MqttOptions::new(config.post_id.clone(), config.host.clone(), config.port);
-    options
-        .set_keep_alive(config.keep_alive)
-        .set_clean_session(true)
-        .set_max_packet_size(MAX_PACKET, MAX_PACKET)
-        .set_last_will(LastWill::new(
-            &status_topic,
-            will.encode_to_vec(),
-            QoS::AtLeastOnce,
-            true,
-        ))
-        .set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
-            config.tls.clone(),
-        )));
-    let (client, eventloop) = AsyncClient::new(options, CLIENT_QUEUE);
+    assert!(
+        !config.brokers.is_empty(),
+        "the config lists at least one broker"
+    );
+    let dialer = Dialer {
+        config: config.clone(),
+        boot_id: boot_id.clone(),
+        outbox: outbox.clone(),
+    };
+    let (client, eventloop) = AsyncClient::new(dialer.options(0, 1), CLIENT_QUEUE);
 
     let (notices_tx, notices) = mpsc::channel(NOTICE_QUEUE);
     let loop_stop = CancellationToken::new();
     let loop_task = tokio::spawn(drive(
         eventloop,
+        dialer,
         notices_tx,
         loop_stop.clone(),
         metrics.clone(),
@@ -136,6 +160,7 @@ pub async fn run(
         metrics,
         boot_id,
         connected: false,
+        connection: 0,
         sent_through: 0,
         last_progress: Instant::now(),
     };
@@ -147,6 +172,7 @@ pub async fn run(
         let offline = status(
             &publisher.config.post_id,
             &publisher.boot_id,
+            publisher.connection,
             PostState::Offline,
             &publisher.outbox,
         );
@@ -176,15 +202,67 @@ pub async fn run(
     }
 }
 
+/// The broker to try after the one at `current` failed: the next one, and
+/// after the last the first again.
+fn next_broker(current: usize, count: usize) -> usize {
+    (current + 1) % count
+}
+
+/// What it takes to connect to each broker of the list.
+struct Dialer {
+    config: PublisherConfig,
+    boot_id: String,
+    outbox: Outbox,
+}
+
+impl Dialer {
+    /// The options of connection attempt number `connection`, to the broker
+    /// at `index` of the list: its address (also the name its certificate
+    /// must carry) and a last will that names this connection.
+    fn options(&self, index: usize, connection: u64) -> MqttOptions {
+        let c = &self.config;
+        let (host, port) = &c.brokers[index];
+        let will = status(
+            &c.post_id,
+            &self.boot_id,
+            connection,
+            PostState::Offline,
+            &self.outbox,
+        );
+        let mut options = MqttOptions::new(c.post_id.clone(), host.clone(), *port);
+        options
+            .set_keep_alive(c.keep_alive)
+            .set_clean_session(true)
+            .set_max_packet_size(MAX_PACKET, MAX_PACKET)
+            .set_last_will(LastWill::new(
+                topics::topic(&c.post_id, TopicKind::Status),
+                will.encode_to_vec(),
+                QoS::AtLeastOnce,
+                true,
+            ))
+            .set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+                c.tls.clone(),
+            )));
+        options
+    }
+}
+
 /// Polls the MQTT event loop (which also reconnects), forwarding what the
-/// publisher needs to know.
+/// publisher needs to know. After a failed connection it points the event
+/// loop at the next broker of the list (see the module's notes), with the
+/// next connection number in its will.
 async fn drive(
     mut eventloop: EventLoop,
+    dialer: Dialer,
     notices: mpsc::Sender<Notice>,
     stop: CancellationToken,
     metrics: Arc<PublisherMetrics>,
 ) {
     let mut backoff = BACKOFF_MIN;
+    let mut current = 0;
+    let mut connection = 1;
+    let count = dialer.config.brokers.len();
+    metrics.broker.store(0, Ordering::Relaxed);
     loop {
         let event = tokio::select! {
             _ = stop.cancelled() => return,
@@ -194,7 +272,10 @@ async fn drive(
             Ok(MqttEvent::Incoming(Packet::ConnAck(_))) => {
                 backoff = BACKOFF_MIN;
                 metrics.connects.fetch_add(1, Ordering::Relaxed);
-                Notice::Connected
+                Notice::Connected {
+                    broker: current,
+                    connection,
+                }
             }
             Ok(MqttEvent::Incoming(Packet::Publish(p))) => Notice::Message {
                 topic: p.topic,
@@ -203,9 +284,20 @@ async fn drive(
             Ok(_) => continue,
             Err(e) => {
                 metrics.disconnects.fetch_add(1, Ordering::Relaxed);
-                let reason = e.to_string();
+                let (host, port) = eventloop.mqtt_options.broker_address();
+                let reason = format!("{host}:{port}: {e}");
                 if notices.send(Notice::Disconnected(reason)).await.is_err() {
                     return;
+                }
+                // The event loop has dropped its connection; its next poll
+                // connects with these options.
+                let next = next_broker(current, count);
+                connection += 1;
+                eventloop.mqtt_options = dialer.options(next, connection);
+                if next != current {
+                    current = next;
+                    metrics.failovers.fetch_add(1, Ordering::Relaxed);
+                    metrics.broker.store(current as u64, Ordering::Relaxed);
                 }
                 let wait = backoff.mul_f64(rand::random::<f64>()).max(BACKOFF_MIN);
                 backoff = (backoff * 2).min(BACKOFF_MAX);
@@ -228,6 +320,8 @@ struct Publisher {
     metrics: Arc<PublisherMetrics>,
     boot_id: String,
     connected: bool,
+    /// Number of the current (or last) connection; its statuses carry it.
+    connection: u64,
     /// Highest seq handed to the broker in this connection.
     sent_through: u64,
     /// Last time receipts moved forward (or a resend started).
@@ -284,8 +378,10 @@ impl Publisher {
 
     async fn on_notice(&mut self, notice: Notice) {
         match notice {
-            Notice::Connected => {
-                info!(post = %self.config.post_id, "connected to broker");
+            Notice::Connected { broker, connection } => {
+                let (host, port) = &self.config.brokers[broker];
+                self.connection = connection;
+                info!(post = %self.config.post_id, broker = %format!("{host}:{port}"), "connected to broker");
                 self.connected = true;
                 // Whatever the broker or the operations center lost while we
                 // were away is sent again.
@@ -368,6 +464,7 @@ impl Publisher {
         let online = status(
             &self.config.post_id,
             &self.boot_id,
+            self.connection,
             PostState::Online,
             &self.outbox,
         );
@@ -409,7 +506,13 @@ impl Publisher {
     }
 }
 
-fn status(post_id: &str, boot_id: &str, state: PostState, outbox: &Outbox) -> PostStatus {
+fn status(
+    post_id: &str,
+    boot_id: &str,
+    connection: u64,
+    state: PostState,
+    outbox: &Outbox,
+) -> PostStatus {
     let o = outbox.state();
     PostStatus {
         post_id: post_id.to_owned(),
@@ -420,5 +523,23 @@ fn status(post_id: &str, boot_id: &str, state: PostState, outbox: &Outbox) -> Po
         last_seq: o.last_seq,
         receipted_through_seq: o.receipted_through,
         boot_id: boot_id.to_owned(),
+        connection,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failover_goes_down_the_list_and_back_to_the_first() {
+        assert_eq!(next_broker(0, 1), 0, "one broker: always that one");
+        let mut at = 0;
+        let mut tried = Vec::new();
+        for _ in 0..7 {
+            at = next_broker(at, 3);
+            tried.push(at);
+        }
+        assert_eq!(tried, [1, 2, 0, 1, 2, 0, 1]);
     }
 }

@@ -1,5 +1,6 @@
 //! The ops-center config file (TOML): stable keys from DESIGN.md
-//! (`data_dir`, `[mqtt] server`, `[api] listen`, `[tls]`) plus `[engine]`.
+//! (`data_dir`, `[mqtt] servers` or `server`, `[api] listen`, `[tls]`) plus
+//! `[engine]`.
 //!
 //! Unknown keys are rejected; relative paths are relative to the config
 //! file's folder; [`OpsConfig::load`] checks everything that can be checked
@@ -48,9 +49,15 @@ pub struct OpsConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MqttConfig {
-    /// Broker address, `HOST:PORT`. HOST is also the name checked against
-    /// the broker's certificate.
-    pub server: String,
+    /// One broker, `HOST:PORT`. HOST is also the name checked against the
+    /// broker's certificate. Give this or `servers`, not both.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<String>,
+    /// Several brokers, each `HOST:PORT`: the operations center holds one
+    /// session with every one of them at once (posts may be connected to
+    /// any). Give this or `server`, not both.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub servers: Option<Vec<String>>,
     /// Shared-subscription group: replicas with the same group share the
     /// posts' messages. `None` (the default) subscribes plainly; see the
     /// default config for why.
@@ -210,9 +217,7 @@ impl OpsConfig {
 
     /// Checks values; returns the offending key and why.
     pub fn validate(&self) -> Result<(), (String, String)> {
-        self.mqtt
-            .host_port()
-            .map_err(|reason| ("mqtt.server".to_owned(), reason))?;
+        self.mqtt.brokers()?;
         if let Some(g) = &self.mqtt.share_group
             && (g.is_empty() || g.contains(['/', '+', '#']))
         {
@@ -295,24 +300,94 @@ impl OpsConfig {
     }
 }
 
+/// Most brokers in `[mqtt] servers`.
+pub const MAX_BROKERS: usize = 16;
+
 impl MqttConfig {
-    /// `server` split into host and port.
-    pub fn host_port(&self) -> Result<(String, u16), String> {
-        let (host, port) = self
-            .server
-            .rsplit_once(':')
-            .ok_or_else(|| format!("{:?} is not HOST:PORT", self.server))?;
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        if host.is_empty() {
-            return Err(format!("{:?} has no host", self.server));
+    /// One broker at `server` (`HOST:PORT`), the form most tests and
+    /// single-broker regions use.
+    pub fn single(server: impl Into<String>) -> Self {
+        Self {
+            server: Some(server.into()),
+            servers: None,
+            share_group: None,
+            keep_alive_secs: default_keep_alive(),
+            max_batch_bytes: default_max_batch_bytes(),
         }
-        let port: u16 = port
-            .parse()
-            .ok()
-            .filter(|&p| p != 0)
-            .ok_or_else(|| format!("{:?} has no valid port", self.server))?;
-        Ok((host.to_owned(), port))
     }
+
+    /// The brokers to hear posts on, in the order given, each split into
+    /// host and port; or the offending key and why.
+    pub fn brokers(&self) -> Result<Vec<(String, u16)>, (String, String)> {
+        let list = match (&self.server, &self.servers) {
+            (Some(_), Some(_)) => {
+                return Err((
+                    "mqtt.servers".into(),
+                    "give either mqtt.server or mqtt.servers, not both".into(),
+                ));
+            }
+            (None, None) => {
+                return Err((
+                    "mqtt.servers".into(),
+                    "missing: list the brokers (servers = [\"HOST:PORT\", ...]) or give one as server = \"HOST:PORT\"".into(),
+                ));
+            }
+            (Some(one), None) => {
+                return host_port(one)
+                    .map(|b| vec![b])
+                    .map_err(|reason| ("mqtt.server".into(), reason));
+            }
+            (None, Some(list)) => list,
+        };
+        if list.is_empty() {
+            return Err((
+                "mqtt.servers".into(),
+                "must list at least one broker".into(),
+            ));
+        }
+        if list.len() > MAX_BROKERS {
+            return Err((
+                "mqtt.servers".into(),
+                format!("at most {MAX_BROKERS} brokers"),
+            ));
+        }
+        let mut out: Vec<(String, u16)> = Vec::with_capacity(list.len());
+        for (i, entry) in list.iter().enumerate() {
+            let key = format!("mqtt.servers[{i}]");
+            let broker = host_port(entry).map_err(|reason| (key.clone(), reason))?;
+            if out.contains(&broker) {
+                return Err((key, format!("{entry:?} is listed twice")));
+            }
+            out.push(broker);
+        }
+        Ok(out)
+    }
+
+    /// The brokers as written (`HOST:PORT`), for logs.
+    pub fn addresses(&self) -> Vec<String> {
+        match (&self.server, &self.servers) {
+            (_, Some(list)) => list.clone(),
+            (Some(one), None) => vec![one.clone()],
+            (None, None) => Vec::new(),
+        }
+    }
+}
+
+/// `HOST:PORT` split into host and port.
+fn host_port(server: &str) -> Result<(String, u16), String> {
+    let (host, port) = server
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{server:?} is not HOST:PORT"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Err(format!("{server:?} has no host"));
+    }
+    let port: u16 = port
+        .parse()
+        .ok()
+        .filter(|&p| p != 0)
+        .ok_or_else(|| format!("{server:?} has no valid port"))?;
+    Ok((host.to_owned(), port))
 }
 
 #[cfg(test)]
@@ -327,7 +402,10 @@ mod tests {
         let cfg = OpsConfig::load(&path).unwrap();
         assert_eq!(cfg.data_dir, dir.path().join("ops-data"));
         assert_eq!(cfg.tls.ca, dir.path().join("pki/ca.pem"));
-        assert_eq!(cfg.mqtt.host_port().unwrap(), ("localhost".into(), 8883));
+        assert_eq!(
+            cfg.mqtt.brokers().unwrap(),
+            vec![("localhost".into(), 8883)]
+        );
         assert_eq!(cfg.api, ApiConfig::default());
         assert_eq!(cfg.budget, BudgetConfig::default());
         let mut engine = cfg.engine.clone();
@@ -338,6 +416,32 @@ mod tests {
     }
 
     #[test]
+    fn one_server_or_a_list_of_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ops.toml");
+        let base = "data_dir = \"d\"\n[tls]\nca = \"a\"\ncert = \"b\"\nkey = \"c\"\n";
+        std::fs::write(&path, format!("{base}[mqtt]\nserver = \"b1:8883\"\n")).unwrap();
+        let one = OpsConfig::load(&path).unwrap();
+        assert_eq!(one.mqtt, MqttConfig::single("b1:8883"));
+        assert_eq!(one.mqtt.addresses(), ["b1:8883"]);
+        std::fs::write(
+            &path,
+            format!("{base}[mqtt]\nservers = [\"b2:8883\", \"[::1]:1883\", \"b1:8883\"]\n"),
+        )
+        .unwrap();
+        let three = OpsConfig::load(&path).unwrap();
+        assert_eq!(
+            three.mqtt.brokers().unwrap(),
+            vec![
+                ("b2".to_owned(), 8883),
+                ("::1".to_owned(), 1883),
+                ("b1".to_owned(), 8883)
+            ],
+            "in the order given"
+        );
+    }
+
+    #[test]
     fn bad_configs_name_the_key() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ops.toml");
@@ -345,6 +449,19 @@ mod tests {
         for (extra, want) in [
             ("[mqtt]\nserver = \"nohost\"\n", "mqtt.server"),
             ("[mqtt]\nserver = \"h:0\"\n", "mqtt.server"),
+            ("[mqtt]\nkeep_alive_secs = 30\n", "mqtt.servers: missing"),
+            ("[mqtt]\nservers = []\n", "mqtt.servers: must list"),
+            (
+                "[mqtt]\nserver = \"h:1\"\nservers = [\"h:2\"]\n",
+                "mqtt.servers: give either",
+            ),
+            ("[mqtt]\nservers = [\"h:1\", \"h\"]\n", "mqtt.servers[1]"),
+            ("[mqtt]\nservers = [\"h:1\", \":2\"]\n", "mqtt.servers[1]"),
+            (
+                "[mqtt]\nservers = [\"h:1\", \"h:1\"]\n",
+                "mqtt.servers[1]: \"h:1\" is listed twice",
+            ),
+            ("[mqtt]\nservers = \"h:1\"\n", "servers"),
             (
                 "[mqtt]\nserver = \"h:1\"\nshare_group = \"a/b\"\n",
                 "mqtt.share_group",

@@ -1,16 +1,39 @@
 //! Ingest: the MQTT side of the ops-center.
 //!
-//! One task owns the rumqttc event loop. It subscribes (QoS 1; through the
-//! shared subscription `$share/{group}/…` when `share_group` is set) to
-//! every post's `events` and `status`, checks each message (topic, size, protobuf, `post_id` against
-//! the topic, seqs), and queues valid ones for the writer. Invalid ones are
-//! counted by reason, logged, and acknowledged at once: they would never
-//! become valid, and an unacknowledged message would be sent again forever.
+//! One session per broker of `[mqtt] servers`, all at once: a post may be
+//! connected to any of them (gateways fail over along their own list), so
+//! the operations center listens on every one. Each session is a task that
+//! owns its rumqttc event loop. It subscribes (QoS 1; through the shared
+//! subscription `$share/{group}/…` when `share_group` is set) to every
+//! post's `events` and `status`, checks each message (topic, size,
+//! protobuf, `post_id` against the topic, seqs), and queues valid ones for
+//! the one writer that every session shares. Invalid ones are counted by
+//! reason, logged, and acknowledged at once: they would never become valid,
+//! and an unacknowledged message would be sent again forever.
+//!
+//! Routing commit results: a token carries the index of the session that
+//! made it in its top byte ([`SESSION_SHIFT`]), and a small dispatcher task
+//! hands each session the tokens that are its own to acknowledge. Receipts
+//! go to every session, so each is published on every broker: a post hears
+//! its receipts on whichever broker it is connected to now, which need not
+//! be the one its batch came through (it may have failed over between
+//! sending and the commit). A receipt on a broker where the post is not
+//! connected finds no subscriber and costs one small message. The store
+//! keeps events by `(post_id, seq)`, so a batch heard twice (a gateway
+//! re-sending through another broker after a failover) is stored once.
+//!
 //! An event time outside years 1-9999 (a device or gateway clock gone
 //! wrong) does not make its event invalid: the time is cleared, counted
 //! and logged, and the event stored and receipted like any other. Dropping
 //! it would lose an alarm, and, since a receipt covers seqs without a gap,
 //! hold back every receipt of that post after it.
+//!
+//! Statuses: a post's status comes through the broker it is on, but a
+//! broker it has left may deliver an older one later (its last will, or a
+//! retained status on resubscribing). Gateways number their connections
+//! (`PostStatus.connection`); the sessions share the newest number heard
+//! per post and boot, and a status of an older connection is acknowledged
+//! and dropped ([`StatusOrder`]).
 //!
 //! Acknowledgments are manual. A valid message is acknowledged (PUBACK) only
 //! after the writer committed it, in the same step as its post's `Receipt` is
@@ -91,6 +114,13 @@ pub const MAX_PACKET_BYTES: usize = 32 * 1024 * 1024;
 pub const MAX_RECEIPTS_IN_FLIGHT: u16 = 8192;
 /// Longest wait between reconnection attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// A token's bits above this one name the session (broker) it came in on;
+/// the bits below count that session's messages.
+pub const SESSION_SHIFT: u32 = 56;
+/// Commit results queued from the dispatcher to one session. Sessions
+/// drain theirs at every turn (also while their broker is away), so the
+/// dispatcher, and so the writer, never waits long on one.
+const ROUTE_CAPACITY: usize = 64;
 /// How long shutdown waits for queued batches to commit and be acknowledged.
 const DRAIN_GRACE: Duration = Duration::from_secs(5);
 
@@ -104,8 +134,8 @@ static LOG_TIMES_CLEARED: LogLimiter = LogLimiter::new(PEER_ERROR_INTERVAL);
 /// Why ingest stopped other than by shutdown.
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
-    #[error("mqtt.server: {0}")]
-    Server(String),
+    #[error("{key}: {reason}")]
+    Server { key: String, reason: String },
     #[error("the writer stopped")]
     WriterStopped,
 }
@@ -120,8 +150,9 @@ pub struct IngestConfig {
     pub client_id: String,
 }
 
-/// Runs ingest until `shutdown` is cancelled or the writer stops. On
-/// shutdown it stops reading, lets the writer finish what is queued (it
+/// Runs ingest until `shutdown` is cancelled or the writer stops: one
+/// session per broker, and the dispatcher of commit results. On shutdown
+/// each session stops reading, lets the writer finish what is queued (it
 /// drops its job sender), acknowledges and receipts it, and disconnects.
 pub async fn run(
     cfg: IngestConfig,
@@ -131,34 +162,151 @@ pub async fn run(
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) -> Result<(), IngestError> {
-    let (host, port) = cfg.mqtt.host_port().map_err(IngestError::Server)?;
-    let mut options = MqttOptions::new(cfg.client_id.clone(), host, port);
-    options
-        .set_transport(Transport::Tls(TlsConfiguration::Rustls(tls)))
-        .set_keep_alive(Duration::from_secs(cfg.mqtt.keep_alive_secs))
-        .set_manual_acks(true)
-        .set_inflight(MAX_RECEIPTS_IN_FLIGHT)
-        .set_clean_session(true)
-        .set_max_packet_size(MAX_PACKET_BYTES, 64 * 1024);
-    let (client, eventloop) = AsyncClient::new(options, REQUEST_CAPACITY);
-    let mut ingest = Ingest {
-        client,
-        budgets: Budgets::new(cfg.budget.clone()),
-        cfg,
-        metrics,
-        pending: HashMap::new(),
-        next_token: 0,
-        session: 0,
-        acks: VecDeque::new(),
-        receipts: BTreeMap::new(),
-        resend_asked: HashSet::new(),
-        resend_requests: BTreeSet::new(),
-    };
-    ingest.run(eventloop, jobs, done, shutdown).await
+    let brokers = cfg
+        .mqtt
+        .brokers()
+        .map_err(|(key, reason)| IngestError::Server { key, reason })?;
+    let mut routes = Vec::with_capacity(brokers.len());
+    let mut sessions = Vec::with_capacity(brokers.len());
+    let statuses = Arc::new(std::sync::Mutex::new(StatusOrder::default()));
+    for (index, (host, port)) in brokers.into_iter().enumerate() {
+        let broker = format!("{host}:{port}");
+        let mut options = MqttOptions::new(cfg.client_id.clone(), host, port);
+        options
+            .set_transport(Transport::Tls(TlsConfiguration::Rustls(tls.clone())))
+            .set_keep_alive(Duration::from_secs(cfg.mqtt.keep_alive_secs))
+            .set_manual_acks(true)
+            .set_inflight(MAX_RECEIPTS_IN_FLIGHT)
+            .set_clean_session(true)
+            .set_max_packet_size(MAX_PACKET_BYTES, 64 * 1024);
+        let (client, eventloop) = AsyncClient::new(options, REQUEST_CAPACITY);
+        let (route, routed) = mpsc::channel(ROUTE_CAPACITY);
+        routes.push(route);
+        let mut ingest = Ingest {
+            client,
+            broker,
+            statuses: statuses.clone(),
+            budgets: Budgets::new(cfg.budget.clone()),
+            cfg: cfg.clone(),
+            metrics: metrics.clone(),
+            pending: HashMap::new(),
+            next_token: session_tokens(index),
+            session: 0,
+            acks: VecDeque::new(),
+            receipts: BTreeMap::new(),
+            resend_asked: HashSet::new(),
+            resend_requests: BTreeSet::new(),
+        };
+        let jobs = jobs.clone();
+        let shutdown = shutdown.clone();
+        sessions.push(tokio::spawn(async move {
+            ingest.run(eventloop, jobs, routed, shutdown).await
+        }));
+    }
+    drop(jobs);
+    let dispatcher = tokio::spawn(dispatch(done, routes));
+    let mut result = Ok(());
+    for session in sessions {
+        match session.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                if result.is_ok() {
+                    result = Err(e);
+                }
+            }
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => {}
+        }
+    }
+    // Every session is gone: nothing is left to route to, and the writer
+    // must not wait on a full queue of results nobody reads.
+    dispatcher.abort();
+    result
 }
 
+/// The first token of session `index`: its index in the top bits.
+fn session_tokens(index: usize) -> Token {
+    (index as Token) << SESSION_SHIFT
+}
+
+/// The session a token belongs to.
+fn session_of(token: Token) -> usize {
+    (token >> SESSION_SHIFT) as usize
+}
+
+/// Splits one commit's result among the sessions: to each the tokens it
+/// made, and every receipt.
+fn route(c: Committed, sessions: usize) -> Vec<Committed> {
+    let mut out: Vec<Committed> = (0..sessions)
+        .map(|_| Committed {
+            tokens: Vec::new(),
+            receipts: c.receipts.clone(),
+        })
+        .collect();
+    for token in c.tokens {
+        match out.get_mut(session_of(token)) {
+            Some(to) => to.tokens.push(token),
+            None => tracing::error!(token, "a commit result for no session"),
+        }
+    }
+    out
+}
+
+/// Routes the writer's results until it stops (then every session sees its
+/// route close) or the sessions are gone.
+async fn dispatch(mut done: mpsc::Receiver<Committed>, routes: Vec<mpsc::Sender<Committed>>) {
+    while let Some(c) = done.recv().await {
+        for (to, part) in routes.iter().zip(route(c, routes.len())) {
+            if part.tokens.is_empty() && part.receipts.is_empty() {
+                continue;
+            }
+            // A session that has stopped takes nothing more; the others do.
+            let _ = to.send(part).await;
+        }
+    }
+}
+
+/// The newest connection heard of each post's gateway, by boot, shared by
+/// the sessions: statuses of older connections are out of date.
+#[derive(Debug, Default)]
+pub struct StatusOrder {
+    newest: HashMap<String, (String, u64)>,
+}
+
+impl StatusOrder {
+    /// Whether `status` is current: not from an older connection of the
+    /// same gateway boot than one already heard. Records it if so. A status
+    /// without a connection number (an older gateway), or from another
+    /// boot, is always current.
+    pub fn admit(&mut self, status: &PostStatus) -> bool {
+        if status.connection == 0 {
+            return true;
+        }
+        match self.newest.get_mut(&status.post_id) {
+            Some((boot, newest)) if *boot == status.boot_id => {
+                if status.connection < *newest {
+                    return false;
+                }
+                *newest = status.connection;
+            }
+            _ => {
+                self.newest.insert(
+                    status.post_id.clone(),
+                    (status.boot_id.clone(), status.connection),
+                );
+            }
+        }
+        true
+    }
+}
+
+/// One broker's session.
 struct Ingest {
     client: AsyncClient,
+    /// `HOST:PORT`, for logs.
+    broker: String,
+    /// Shared with the other sessions.
+    statuses: Arc<std::sync::Mutex<StatusOrder>>,
     cfg: IngestConfig,
     budgets: Budgets,
     metrics: Arc<Metrics>,
@@ -189,6 +337,9 @@ impl Ingest {
     ) -> Result<(), IngestError> {
         let mut waiting: Option<Job> = None;
         let mut backoff = Duration::from_millis(100);
+        // While the broker is away: when to try again. Commit results keep
+        // being taken meanwhile, so that the dispatcher never waits on us.
+        let mut retry_at: Option<tokio::time::Instant> = None;
         loop {
             self.flush();
             tokio::select! {
@@ -202,7 +353,9 @@ impl Ingest {
                     Ok(permit) => permit.send(waiting.take().expect("guarded")),
                     Err(_) => return Err(IngestError::WriterStopped),
                 },
-                event = eventloop.poll(), if waiting.is_none() => match event {
+                () = tokio::time::sleep_until(retry_at.unwrap_or_else(tokio::time::Instant::now)),
+                    if retry_at.is_some() => retry_at = None,
+                event = eventloop.poll(), if waiting.is_none() && retry_at.is_none() => match event {
                     Ok(event) => {
                         backoff = Duration::from_millis(100);
                         if let Some(job) = self.on_event(event) {
@@ -216,11 +369,8 @@ impl Ingest {
                         }
                     }
                     Err(e) => {
-                        log_connection_error(&e);
-                        tokio::select! {
-                            () = shutdown.cancelled() => break,
-                            () = tokio::time::sleep(backoff) => {}
-                        }
+                        log_connection_error(&self.broker, &e);
+                        retry_at = Some(tokio::time::Instant::now() + backoff);
                         backoff = (backoff * 2).min(MAX_BACKOFF);
                     }
                 },
@@ -242,7 +392,7 @@ impl Ingest {
                 },
                 event = eventloop.poll() => if event.is_err() { break },
                 () = &mut grace => {
-                    tracing::warn!("shutdown: gave up waiting for the writer");
+                    tracing::warn!(broker = %self.broker, "shutdown: gave up waiting for the writer");
                     break;
                 }
             }
@@ -330,7 +480,7 @@ impl Ingest {
             {
                 return;
             }
-            tracing::debug!(%post, "asked the post to re-send what is not receipted");
+            tracing::debug!(%post, broker = %self.broker, "asked the post to re-send what is not receipted");
             self.resend_requests.pop_first();
             self.metrics.resend_requests.fetch_add(1, Relaxed);
         }
@@ -356,9 +506,10 @@ impl Ingest {
                     )
                 });
                 if let Err(e) = self.client.try_subscribe_many(filters) {
-                    tracing::error!(error = %e, "cannot queue the subscription");
+                    tracing::error!(broker = %self.broker, error = %e, "cannot queue the subscription");
                 }
                 tracing::info!(
+                    broker = %self.broker,
                     session_present = ack.session_present,
                     "connected to the broker"
                 );
@@ -371,6 +522,7 @@ impl Ingest {
                     .any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure));
                 if refused {
                     tracing::error!(
+                        broker = %self.broker,
                         "the broker refused a subscription: check the ops certificate's role"
                     );
                 }
@@ -429,6 +581,21 @@ impl Ingest {
                         }
                     }
                     Checked::Status(status) => {
+                        let current = self
+                            .statuses
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .admit(&status);
+                        if !current {
+                            tracing::debug!(
+                                post = %status.post_id,
+                                connection = status.connection,
+                                broker = %self.broker,
+                                "status of an older connection dropped"
+                            );
+                            self.acks.push_back(publish);
+                            return None;
+                        }
                         self.maybe_ask_resend(&status, publish.retain);
                         Job::Status { status, at, token }
                     }
@@ -635,12 +802,12 @@ pub fn check(publish: &Publish, max_batch_bytes: usize) -> Result<Checked, (Reje
     }
 }
 
-fn log_connection_error(e: &ConnectionError) {
+fn log_connection_error(broker: &str, e: &ConnectionError) {
     match e {
         ConnectionError::ConnectionRefused(code) => {
-            tracing::error!(?code, "the broker refused the connection");
+            tracing::error!(broker, ?code, "the broker refused the connection");
         }
-        other => tracing::warn!(error = %other, "broker connection lost; reconnecting"),
+        other => tracing::warn!(broker, error = %other, "broker connection lost; reconnecting"),
     }
 }
 
@@ -666,6 +833,74 @@ mod tests {
                 .collect(),
         }
         .encode_to_vec()
+    }
+
+    #[test]
+    fn commit_results_go_to_the_session_that_made_each_token() {
+        let mut tokens = [session_tokens(0), session_tokens(1), session_tokens(2)];
+        for t in &mut tokens {
+            *t += 1;
+        }
+        let receipt = vigil_proto::v1::Receipt {
+            post_id: "p-1".into(),
+            durable_through_seq: 7,
+        };
+        let parts = route(
+            Committed {
+                tokens: vec![tokens[2], tokens[0], tokens[2] + 1],
+                receipts: vec![receipt.clone()],
+            },
+            3,
+        );
+        assert_eq!(parts.len(), 3);
+        assert_eq!(parts[0].tokens, [tokens[0]]);
+        assert!(parts[1].tokens.is_empty());
+        assert_eq!(parts[2].tokens, [tokens[2], tokens[2] + 1]);
+        for part in &parts {
+            assert_eq!(
+                part.receipts,
+                std::slice::from_ref(&receipt),
+                "receipts go everywhere"
+            );
+        }
+        // A token of no session is dropped (and logged), not misrouted.
+        let parts = route(
+            Committed {
+                tokens: vec![session_tokens(5) + 1],
+                receipts: Vec::new(),
+            },
+            2,
+        );
+        assert!(parts.iter().all(|p| p.tokens.is_empty()));
+        assert_eq!(session_of(session_tokens(15) + (1 << 40)), 15);
+    }
+
+    #[test]
+    fn statuses_of_older_connections_are_out_of_date() {
+        let status = |boot: &str, connection, state: PostState| PostStatus {
+            post_id: "p-1".into(),
+            boot_id: boot.into(),
+            connection,
+            state: state.into(),
+            ..Default::default()
+        };
+        let mut order = StatusOrder::default();
+        assert!(order.admit(&status("a", 1, PostState::Online)));
+        assert!(order.admit(&status("a", 2, PostState::Online)));
+        // Connection 1's will, published late by the broker left behind.
+        assert!(!order.admit(&status("a", 1, PostState::Offline)));
+        // Connection 2's own will (or goodbye) is current.
+        assert!(order.admit(&status("a", 2, PostState::Offline)));
+        // A new boot starts again from 1; the old boot's numbers mean
+        // nothing for it.
+        assert!(order.admit(&status("b", 1, PostState::Online)));
+        assert!(order.admit(&status("b", 1, PostState::Offline)));
+        // Older gateways do not number connections: always taken.
+        assert!(order.admit(&status("", 0, PostState::Offline)));
+        // Other posts are on their own.
+        let mut other = status("a", 1, PostState::Online);
+        other.post_id = "p-2".into();
+        assert!(order.admit(&other));
     }
 
     fn reason(p: &Publish) -> Reject {

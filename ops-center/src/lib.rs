@@ -204,7 +204,7 @@ pub async fn run_with_api(
     ));
     tracing::info!(
         identity = %client_id,
-        server = %config.mqtt.server,
+        brokers = ?config.mqtt.addresses(),
         store = %store_location,
         "operations center starting"
     );

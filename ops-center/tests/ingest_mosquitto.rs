@@ -115,10 +115,8 @@ fn ops_config(data_dir: PathBuf, pki: &Path, port: u16) -> OpsConfig {
         metrics: None,
         data_dir,
         mqtt: MqttConfig {
-            server: format!("127.0.0.1:{port}"),
-            share_group: None,
-            keep_alive_secs: 30,
             max_batch_bytes: 64 * 1024,
+            ..MqttConfig::single(format!("127.0.0.1:{port}"))
         },
         // Loopback, a port of the system's choosing: tests never take the
         // default 0.0.0.0:50051.

@@ -136,6 +136,7 @@ fn other_messages_round_trip() {
         last_seq: 99,
         receipted_through_seq: 87,
         boot_id: "b-1".into(),
+        connection: 3,
     };
     assert_eq!(
         PostStatus::decode(status.encode_to_vec().as_slice()).unwrap(),

@@ -14,6 +14,7 @@
 //! - [`faults`]: the fault-injection scenarios and their accounting.
 
 pub mod abuse;
+pub mod broker;
 pub mod center;
 pub mod faults;
 pub mod postgres;
@@ -124,7 +125,13 @@ impl Region {
     /// config (e.g. `[[engine.zone_cameras]]` tables); its API listens on a
     /// fresh loopback port ([`RunningOps::api`]).
     pub async fn start_ops_with(&self, broker: SocketAddr, extra_toml: &str) -> RunningOps {
-        let path = self.write_ops_config(broker);
+        self.start_ops_on(&[broker], extra_toml).await
+    }
+
+    /// [`Region::start_ops_with`] hearing posts on every broker of
+    /// `brokers` (`[mqtt] servers`, or `server` for one).
+    pub async fn start_ops_on(&self, brokers: &[SocketAddr], extra_toml: &str) -> RunningOps {
+        let path = self.write_ops_config_on(brokers);
         if !extra_toml.is_empty() {
             let text = merge_toml(
                 &std::fs::read_to_string(&path).expect("ops config"),
@@ -232,10 +239,23 @@ impl Region {
         resend_after_secs: u64,
         extra_toml: &str,
     ) -> RunningGateway {
+        self.start_gateway_on(post, &[broker], resend_after_secs, extra_toml)
+            .await
+    }
+
+    /// Starts the gateway of `post` with its brokers in the order of
+    /// `brokers` (`[mqtt] servers`, or `server` for one).
+    pub async fn start_gateway_on(
+        &self,
+        post: &str,
+        brokers: &[SocketAddr],
+        resend_after_secs: u64,
+        extra_toml: &str,
+    ) -> RunningGateway {
         let text = format!(
-            "data_dir = \"{post}-data\"\n{}\n[mqtt]\nserver = \"127.0.0.1:{}\"\nkeep_alive_secs = 5\nresend_after_secs = {resend_after_secs}\n\n[dc09]\nlisten = \"127.0.0.1:0\"\n\n[[dc09.accounts]]\naccount = \"1234\"\n{extra_toml}",
+            "data_dir = \"{post}-data\"\n{}\n[mqtt]\n{}keep_alive_secs = 5\nresend_after_secs = {resend_after_secs}\n\n[dc09]\nlisten = \"127.0.0.1:0\"\n\n[[dc09.accounts]]\naccount = \"1234\"\n{extra_toml}",
             Self::tls_table(post),
-            broker.port()
+            servers_lines(brokers),
         );
         let path = self.write(&format!("{post}.toml"), &text);
         let config = vigil_gateway::GatewayConfig::load(&path).expect("gateway config");
@@ -283,9 +303,14 @@ impl Region {
     /// Writes the operations center's config (data in `ops-data`) and
     /// returns its path.
     pub fn write_ops_config(&self, broker: SocketAddr) -> PathBuf {
+        self.write_ops_config_on(&[broker])
+    }
+
+    /// [`Region::write_ops_config`] with every broker of `brokers`.
+    pub fn write_ops_config_on(&self, brokers: &[SocketAddr]) -> PathBuf {
         let text = format!(
-            "data_dir = \"ops-data\"\n[mqtt]\nserver = \"127.0.0.1:{}\"\nkeep_alive_secs = 5\n[api]\nlisten = \"127.0.0.1:0\"\n{}",
-            broker.port(),
+            "data_dir = \"ops-data\"\n[mqtt]\n{}keep_alive_secs = 5\n[api]\nlisten = \"127.0.0.1:0\"\n{}",
+            servers_lines(brokers),
             Self::tls_table("ops-1")
         );
         self.write("ops.toml", &text)
@@ -312,6 +337,19 @@ impl Region {
 impl Default for Region {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// The `[mqtt]` line naming `brokers` on loopback: `server = …` for one (the
+/// form of single-broker regions), `servers = […]` for several.
+fn servers_lines(brokers: &[SocketAddr]) -> String {
+    let quoted: Vec<String> = brokers
+        .iter()
+        .map(|b| format!("\"127.0.0.1:{}\"", b.port()))
+        .collect();
+    match quoted.as_slice() {
+        [one] => format!("server = {one}\n"),
+        _ => format!("servers = [{}]\n", quoted.join(", ")),
     }
 }
 

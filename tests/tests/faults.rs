@@ -10,6 +10,8 @@
 use std::{sync::atomic::Ordering, time::Duration};
 
 use rand::Rng;
+use vigil_ops::store::Store;
+use vigil_proto::v1::PostState;
 use vigil_tests::{
     Region, RunningGateway,
     faults::{
@@ -99,6 +101,212 @@ async fn broker_stopped_and_restarted_while_panels_send() {
         report.add_post(&store, post, summaries, Some(last));
     }
     report.check();
+}
+
+/// Two brokers, an operations center on both, and two gateways that list
+/// both in opposite orders. Mid-ingest the first broker stops: its gateway
+/// fails over to the second. The first comes back, then the second stops:
+/// both gateways end on the first, which the operations center still
+/// hears (it reconnected by itself). Every ACKed alarm is stored exactly
+/// once and every outbox drains, through whichever broker is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_of_two_brokers_stopped_while_gateways_fail_over() {
+    let (seed, mut rng) = seeded_rng("two brokers");
+    let region = Region::new();
+    let first = region.start_broker("127.0.0.1:0".parse().unwrap()).await;
+    let second = region.start_broker("127.0.0.1:0".parse().unwrap()).await;
+    let (a, b) = (first.addr(), second.addr());
+    let ops = region.start_ops_on(&[a, b], "").await;
+    let posts = [
+        ("p-1", ["1234", "1235"], [a, b]),
+        ("p-2", ["2234", "2235"], [b, a]),
+    ];
+    let mut gateways = Vec::new();
+    let mut panels = Vec::new();
+    let count = iterations(150, 1500);
+    for (post, accounts, brokers) in posts {
+        let gw = region
+            .start_gateway_on(post, &brokers, 5, &accounts_toml(&accounts))
+            .await;
+        panels.push(spawn_fleet(
+            gw.dc09,
+            &accounts,
+            count,
+            15..30,
+            panels.len(),
+            &mut rng,
+            |_, _| {},
+        ));
+        gateways.push(gw);
+    }
+    let failovers = |gw: &RunningGateway| gw.metrics.publisher.failovers.load(Ordering::Relaxed);
+    // Each gateway is on the first broker of its own list (so one on each)
+    // and gets receipts there: the operations center hears both at once.
+    for gw in &gateways {
+        eventually_within(
+            "receipts through each gateway's first broker",
+            Duration::from_secs(30),
+            || gw.outbox().1 > 0,
+        )
+        .await;
+        assert_eq!(failovers(gw), 0, "both brokers are up: no failover");
+        assert_eq!(gw.metrics.publisher.broker.load(Ordering::Relaxed), 0);
+    }
+
+    tokio::time::sleep(ms(&mut rng, 300..1200)).await;
+    first.stop().await;
+    eventually_within(
+        "p-1's gateway on its second broker",
+        Duration::from_secs(30),
+        || {
+            let p = &gateways[0].metrics.publisher;
+            failovers(&gateways[0]) > 0 && p.broker.load(Ordering::Relaxed) == 1
+        },
+    )
+    .await;
+    tokio::time::sleep(ms(&mut rng, 300..1500)).await;
+    let first = region.start_broker(a).await;
+    tokio::time::sleep(ms(&mut rng, 300..1500)).await;
+    second.stop().await;
+
+    let mut summaries = Vec::new();
+    for mine in panels {
+        summaries.push(join_panels(mine).await);
+    }
+    let mut lasts = Vec::new();
+    for gw in &gateways {
+        lasts.push(drained(gw, "backlog receipted through the broker left").await);
+    }
+    // Only the first broker is left: index 0 of p-1's list, 1 of p-2's.
+    for (gw, index) in gateways.iter().zip([0, 1]) {
+        assert!(failovers(gw) > 0, "each gateway lost a broker and moved on");
+        assert_eq!(gw.metrics.publisher.broker.load(Ordering::Relaxed), index);
+    }
+    let note = format!(
+        "gateways failed over {} and {} times, connected {} and {} times",
+        failovers(&gateways[0]),
+        failovers(&gateways[1]),
+        gateways[0]
+            .metrics
+            .publisher
+            .connects
+            .load(Ordering::Relaxed),
+        gateways[1]
+            .metrics
+            .publisher
+            .connects
+            .load(Ordering::Relaxed),
+    );
+    for gw in gateways {
+        gw.stop().await;
+    }
+    let data = ops.stop().await;
+    first.stop().await;
+
+    let store = open_store(&data);
+    let mut report = Accounting::new("one of two brokers stopped", seed);
+    report.note(note);
+    for (((post, _, _), summaries), last) in posts.iter().zip(&summaries).zip(lasts) {
+        report.add_post(&store, post, summaries, Some(last));
+    }
+    report.check();
+}
+
+/// Sends `count` messages from a panel of `account` to `gw` and waits until
+/// the outbox has grown and is receipted through its last seq.
+async fn sent_and_receipted(gw: &RunningGateway, account: &str, count: u64, what: &str) {
+    let (before, ..) = gw.outbox();
+    let panel = spawn_panel(fault_panel(
+        gw.dc09,
+        account,
+        count,
+        Duration::from_millis(10),
+        rand::random(),
+    ));
+    join_panels(vec![panel]).await;
+    eventually_within(what, Duration::from_secs(60), || {
+        let (last, receipted, _) = gw.outbox();
+        last > before && receipted == last
+    })
+    .await;
+}
+
+/// With several brokers, a broker a post has left may deliver its last will
+/// late: here the operations center's link to broker A is down when A
+/// publishes p-1's will (retained), and p-1 is ONLINE through broker B by
+/// the time the operations center hears A again. That will is of an older
+/// connection than the ONLINE already heard, so the post stays ONLINE.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_will_from_a_broker_left_behind_does_not_take_the_post_offline() {
+    let region = Region::new();
+    let a = region.start_broker("127.0.0.1:0".parse().unwrap()).await;
+    let b = region.start_broker("127.0.0.1:0".parse().unwrap()).await;
+    let ops_link = FaultProxy::start(a.addr()).await;
+    let ops = region.start_ops_on(&[ops_link.addr(), b.addr()], "").await;
+    let gw_link = FaultProxy::start(a.addr()).await;
+    let gw = region
+        .start_gateway_on(
+            "p-1",
+            &[gw_link.addr(), b.addr()],
+            5,
+            &accounts_toml(&["1234", "1235", "1236"]),
+        )
+        .await;
+    // p-2 is on A only: its traffic shows when the operations center hears
+    // A again.
+    let marker = region
+        .start_gateway("p-2", a.addr(), &accounts_toml(&["1234", "1235"]))
+        .await;
+    sent_and_receipted(&gw, "1234", 5, "p-1 receipted through A").await;
+    sent_and_receipted(&marker, "1234", 5, "p-2 receipted through A").await;
+    assert_eq!(gw.metrics.publisher.broker.load(Ordering::Relaxed), 0);
+
+    // The operations center loses A; then p-1 loses A too, and A publishes
+    // p-1's will, which only the retained copy keeps.
+    ops_link.set(LinkMode::Refuse);
+    ops_link.cut();
+    eventually_within("the ops link to A down", Duration::from_secs(30), || {
+        ops_link.open_connections() == 0
+    })
+    .await;
+    gw_link.set(LinkMode::Refuse);
+    gw_link.cut();
+    eventually_within("p-1 on B", Duration::from_secs(30), || {
+        let p = &gw.metrics.publisher;
+        p.broker.load(Ordering::Relaxed) == 1 && p.connects.load(Ordering::Relaxed) >= 2
+    })
+    .await;
+    // Its ONLINE through B went before these events, so it is committed.
+    sent_and_receipted(&gw, "1235", 5, "p-1 receipted through B").await;
+
+    // The operations center hears A again: the retained will arrives (and
+    // p-2's retained ONLINE, which makes it ask p-2 to re-send).
+    let asked = ops.metrics.resend_requests.load(Ordering::Relaxed);
+    ops_link.set(LinkMode::Pass);
+    eventually_within(
+        "the ops session with A back",
+        Duration::from_secs(30),
+        || ops.metrics.resend_requests.load(Ordering::Relaxed) > asked,
+    )
+    .await;
+    // The retained statuses came before anything p-2 publishes now.
+    sent_and_receipted(&marker, "1235", 5, "p-2 receipted through A again").await;
+
+    // The operations center stops first: what it holds is what it heard
+    // while p-1 was up.
+    let data = ops.stop().await;
+    gw.stop().await;
+    marker.stop().await;
+    a.stop().await;
+    b.stop().await;
+    let store = open_store(&data);
+    let status = store
+        .post("p-1")
+        .expect("read post")
+        .and_then(|p| p.status)
+        .expect("p-1 has a status");
+    assert_eq!(status.state(), PostState::Online, "{status:?}");
+    assert!(status.connection >= 2, "the ONLINE through B: {status:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

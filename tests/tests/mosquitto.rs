@@ -122,8 +122,9 @@ impl Mosquitto {
         let p = |f: &str| pki.join(f).display().to_string();
         let acl = region.path("mosquitto.acl");
         std::fs::write(&acl, acl_rules).unwrap();
-        let log = region.path("mosquitto.log");
-        let conf = region.path("mosquitto.conf");
+        // Per port: two Mosquittos may run side by side.
+        let log = region.path(&format!("mosquitto-{port}.log"));
+        let conf = region.path(&format!("mosquitto-{port}.conf"));
         std::fs::write(
             &conf,
             format!(
@@ -460,6 +461,99 @@ async fn mosquitto_killed_at_random_points_loses_nothing() {
         "{kills} kill -9 of mosquitto, each restarted on the same port; the gateway re-sent {resends} times"
     ));
     report.add_post(&store, "p-1", &summaries, Some(last));
+    report.check();
+}
+
+/// Two different brokers in one region: `vigil broker` and Mosquitto. The
+/// operations center hears both; p-1 prefers Mosquitto, p-2 the other.
+/// Mosquitto is killed with SIGKILL mid-ingest and not restarted: p-1
+/// fails over, and every ACKed alarm of both posts is stored exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mosquitto_beside_vigil_broker_killed_while_its_posts_fail_over() {
+    if !mosquitto_available() {
+        return;
+    }
+    let (seed, mut rng) = faults::seeded_rng("mosquitto beside vigil broker");
+    let region = Region::new();
+    let mosquitto = Mosquitto::start(&region, ACL);
+    let ours = region.start_broker("127.0.0.1:0".parse().unwrap()).await;
+    let (m, v) = (mosquitto.addr, ours.addr());
+    let ops = region.start_ops_on(&[m, v], "").await;
+    let posts = [
+        ("p-1", ["1234", "1235"], [m, v]),
+        ("p-2", ["2234", "2235"], [v, m]),
+    ];
+    let count = faults::iterations(150, 1500);
+    let mut gateways = Vec::new();
+    let mut panels = Vec::new();
+    for (post, accounts, brokers) in posts {
+        let gw = region
+            .start_gateway_on(post, &brokers, 5, &faults::accounts_toml(&accounts))
+            .await;
+        panels.push(faults::spawn_fleet(
+            gw.dc09,
+            &accounts,
+            count,
+            15..30,
+            panels.len(),
+            &mut rng,
+            |_, _| {},
+        ));
+        gateways.push(gw);
+    }
+    for gw in &gateways {
+        eventually_within(
+            "receipts through each gateway's first broker",
+            Duration::from_secs(30),
+            || gw.outbox().1 > 0,
+        )
+        .await;
+        assert_eq!(gw.metrics.publisher.broker.load(Ordering::Relaxed), 0);
+    }
+
+    tokio::time::sleep(faults::ms(&mut rng, 200..1200)).await;
+    mosquitto.kill9();
+    let p1 = &gateways[0].metrics.publisher;
+    eventually_within(
+        "p-1 on vigil broker, its second",
+        Duration::from_secs(30),
+        || p1.failovers.load(Ordering::Relaxed) > 0 && p1.broker.load(Ordering::Relaxed) == 1,
+    )
+    .await;
+
+    let mut summaries = Vec::new();
+    for mine in panels {
+        summaries.push(faults::join_panels(mine).await);
+    }
+    let mut lasts = Vec::new();
+    for gw in &gateways {
+        eventually_within("backlog receipted", Duration::from_secs(90), || {
+            let (last, receipted, depth) = gw.outbox();
+            last > 0 && receipted == last && depth == 0
+        })
+        .await;
+        lasts.push(gw.outbox().0);
+    }
+    // Only vigil broker is left: index 1 of p-1's list, 0 of p-2's.
+    for (gw, index) in gateways.iter().zip([1, 0]) {
+        assert_eq!(gw.metrics.publisher.broker.load(Ordering::Relaxed), index);
+    }
+    let note = format!(
+        "p-1 failed over {} times",
+        p1.failovers.load(Ordering::Relaxed)
+    );
+    for gw in gateways {
+        gw.stop().await;
+    }
+    let data = ops.stop().await;
+    ours.stop().await;
+
+    let store = open_store(&data);
+    let mut report = Accounting::new("mosquitto beside vigil broker, killed", seed);
+    report.note(note);
+    for (((post, _, _), summaries), last) in posts.iter().zip(&summaries).zip(lasts) {
+        report.add_post(&store, post, summaries, Some(last));
+    }
     report.check();
 }
 

@@ -1,9 +1,12 @@
-//! Test harness: a fresh PKI in a temp dir, a broker on `127.0.0.1:0`, and
-//! MQTT clients (rumqttc 3.1.1 and 5) whose events arrive on a channel.
+//! The broker's own rig: a fresh PKI in a temp dir, a broker on
+//! `127.0.0.1:0`, and MQTT clients (rumqttc 3.1.1 and 5) whose events
+//! arrive on a channel. Used by the broker crate's integration tests.
 //!
 //! Every wait is bounded by [`WAIT`]; a test that would hang fails instead.
 
-#![allow(dead_code, unreachable_pub)]
+// The rig's clients hold rumqttc handles and tasks, which print nothing
+// useful.
+#![allow(missing_debug_implementations)]
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
@@ -21,8 +24,15 @@ pub const QUIET: Duration = Duration::from_millis(500);
 
 /// A region CA with a broker, two posts, an ops-center, an analyst, and a
 /// revoked post (`p-9`).
+#[derive(Debug)]
 pub struct Pki {
     pub dir: TempDir,
+}
+
+impl Default for Pki {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl Pki {
