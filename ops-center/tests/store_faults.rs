@@ -9,181 +9,29 @@
 
 use std::{
     path::{Path, PathBuf},
-    sync::Arc,
     time::{Duration, SystemTime},
 };
 
-use tokio::{net::TcpListener, sync::mpsc};
-use tokio_util::sync::CancellationToken;
-use tonic::{
-    Code,
-    transport::{Certificate, Channel, ClientTlsConfig, Identity as TlsIdentity},
-};
-use vigil_ops::{
-    api,
-    engine::{Engine, EngineConfig},
-    metrics::Metrics,
-    store::{SqliteStore, Store},
-    writer::{self, Committed, Job},
-};
-use vigil_pki::{Identity, Role, TlsConfig, authority};
+use tonic::{Code, transport::Channel};
+use vigil_ops::store::{SqliteStore, Store};
+use vigil_pki::Role;
 use vigil_proto::v1::{
     AcknowledgeRequest, AlarmSignal, Event, EventCategory, GetIncidentRequest, Pacing,
-    ReplayRequest, SetTestModeRequest, event::Body, ops_center_client::OpsCenterClient,
+    ReplayRequest, SetTestModeRequest, event::Body,
 };
+use vigil_tests::center::{Center, WAIT};
 
-/// Longest any expectation waits; a test that would hang fails instead.
-const WAIT: Duration = Duration::from_secs(30);
-
-fn issue(pki: &Path, role: Role, id: &str) {
-    let sans = if role.is_server() {
-        vec!["localhost".to_string(), "127.0.0.1".to_string()]
-    } else {
-        Vec::new()
-    };
-    authority::issue(pki, role, &Identity::new(id).unwrap(), &sans, 30, false).unwrap();
+/// Alarms of `post` with `seqs`.
+fn alarms(post: &str, seqs: std::ops::RangeInclusive<u64>) -> Vec<Event> {
+    seqs.map(|seq| alarm(post, seq)).collect()
 }
 
-/// The writer and the API on a store in `data`, without MQTT.
-struct Center {
-    pki: PathBuf,
-    port: u16,
-    jobs: mpsc::Sender<Job>,
-    done: mpsc::Receiver<Committed>,
-    metrics: Arc<Metrics>,
-    shutdown: CancellationToken,
-    api: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
-    writer: writer::WriterHandle,
-}
-
-impl Center {
-    async fn start(pki: PathBuf, data: &Path) -> Center {
-        vigil_pki::install_crypto_provider();
-        authority::init(&pki, "test CA").unwrap();
-        issue(&pki, Role::Ops, "ops-1");
-        let store = SqliteStore::open(data).unwrap();
-        let engine = Engine::new(
-            EngineConfig::default(),
-            store.engine_snapshot(SystemTime::UNIX_EPOCH).unwrap(),
-        );
-        let metrics = Arc::new(Metrics::default());
-        let feed = vigil_ops::api::feed::Feed::new();
-        let (jobs, jobs_rx) = mpsc::channel(writer::QUEUE_CAPACITY);
-        let (done_tx, done) = mpsc::channel(writer::DONE_CAPACITY);
-        let writer = writer::spawn_publishing(
-            Box::new(store),
-            engine,
-            metrics.clone(),
-            jobs_rx,
-            done_tx,
-            feed.publisher(),
-        );
-        let tls = TlsConfig {
-            ca: pki.join("ca.pem"),
-            cert: pki.join("ops-1.pem"),
-            key: pki.join("ops-1.key"),
-            crl: None,
-        }
-        .load()
-        .unwrap();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let shutdown = CancellationToken::new();
-        let api = tokio::spawn(api::serve_with_health(
-            api::ApiContext {
-                jobs: jobs.clone(),
-                readers: vigil_ops::store::Readers::new(
-                    Arc::new(vigil_ops::store::SqliteBackend::open(data).unwrap()),
-                    4,
-                ),
-                feed,
-                leading: None,
-                metrics: metrics.clone(),
-            },
-            metrics.store_health.subscribe(),
-            vigil_net::Front::new("api", vigil_ops::config::ApiConfig::default().limits()),
-            listener,
-            tls.server_config().unwrap(),
-            shutdown.clone(),
-        ));
-        Center {
-            pki,
-            port,
-            jobs,
-            done,
-            metrics,
-            shutdown,
-            api,
-            writer,
-        }
-    }
-
-    async fn channel(&self, role: Role, id: &str) -> Channel {
-        if !self.pki.join(format!("{id}.pem")).exists() {
-            issue(&self.pki, role, id);
-        }
-        let read = |name: String| std::fs::read(self.pki.join(name)).unwrap();
-        let tls = ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(read("ca.pem".into())))
-            .identity(TlsIdentity::from_pem(
-                read(format!("{id}.pem")),
-                read(format!("{id}.key")),
-            ))
-            .domain_name("localhost");
-        Channel::from_shared(format!("https://127.0.0.1:{}", self.port))
-            .unwrap()
-            .tls_config(tls)
-            .unwrap()
-            .connect()
-            .await
-            .unwrap()
-    }
-
-    async fn client(&self, role: Role, id: &str) -> OpsCenterClient<Channel> {
-        OpsCenterClient::new(self.channel(role, id).await)
-    }
-
-    async fn send(&self, post: &str, seqs: std::ops::RangeInclusive<u64>, token: u64) {
-        let events = seqs.map(|seq| alarm(post, seq).into()).collect();
-        self.jobs
-            .send(Job::Batch {
-                post_id: post.into(),
-                events,
-                at: SystemTime::now(),
-                token,
-            })
-            .await
-            .unwrap();
-    }
-
-    /// Waits for the commit that acknowledges `token`; returns the receipt
-    /// of `post` in it.
-    async fn committed(&mut self, token: u64, post: &str) -> u64 {
-        tokio::time::timeout(WAIT, async {
-            loop {
-                let c = self.done.recv().await.expect("writer alive");
-                if c.tokens.contains(&token) {
-                    return c
-                        .receipts
-                        .iter()
-                        .find(|r| r.post_id == post)
-                        .map_or(0, |r| r.durable_through_seq);
-                }
-            }
-        })
-        .await
-        .expect("committed in time")
-    }
-
-    async fn stop(self) {
-        self.shutdown.cancel();
-        let _ = self.api.await;
-        drop(self.jobs);
-        tokio::task::spawn_blocking(move || self.writer.join())
-            .await
-            .unwrap()
-            .unwrap();
-    }
+/// Sends `seqs` of `post` and waits for their commit; returns the post's
+/// receipt then.
+async fn committed(ops: &Center, post: &str, seqs: std::ops::RangeInclusive<u64>) -> u64 {
+    let token = ops.send(alarms(post, seqs)).await;
+    ops.wait_committed(token).await;
+    ops.receipt(post)
 }
 
 /// A burglary alarm of `post` with a long text, so that a few thousand of
@@ -300,19 +148,19 @@ async fn a_full_disk_stops_receipts_and_health_until_the_store_can_write_again()
             return;
         }
     };
-    let mut ops = Center::start(dir.path().join("pki"), &data).await;
-    let engineer = ops.channel(Role::Engineer, "eve").await;
+    let ops = Center::builder().data_dir(data.clone()).start().await;
+    let engineer = ops.channel(Role::Engineer, "eve", None).await.unwrap();
     let mut analyst = ops.client(Role::Analyst, "ann").await;
 
     // Healthy: stored and receipted.
-    ops.send("p-1", 1..=10, 1).await;
-    assert_eq!(ops.committed(1, "p-1").await, 10);
+    assert_eq!(committed(&ops, "p-1", 1..=10).await, 10);
     use tonic_health::pb::health_check_response::ServingStatus;
     assert_eq!(health(engineer.clone()).await, ServingStatus::Serving);
 
     // The disk fills; a large batch cannot be committed.
     let ballast = fill(&data);
-    ops.send("p-1", 11..=3000, 2).await;
+    let reports = ops.commit_reports();
+    let big = ops.send(alarms("p-1", 11..=3000)).await;
     let metrics = ops.metrics.clone();
     eventually("a failed commit is reported", || {
         !metrics.store_health.is_healthy()
@@ -335,18 +183,22 @@ async fn a_full_disk_stops_receipts_and_health_until_the_store_can_write_again()
         .await
         .unwrap_err();
     assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
-    assert!(
-        ops.done.try_recv().is_err(),
+    assert_eq!(
+        ops.commit_reports(),
+        reports,
         "nothing is receipted while the store cannot write"
     );
     // Another post's events wait too (the writer takes nothing new).
-    ops.send("p-2", 1..=5, 3).await;
-    assert!(ops.done.try_recv().is_err());
+    let other = ops.send(alarms("p-2", 1..=5)).await;
+    assert_eq!(ops.commit_reports(), reports);
+    assert_eq!(ops.receipt("p-2"), 0);
 
     // Room again: the same batch is committed, receipted, and health is back.
     std::fs::remove_file(&ballast).unwrap();
-    assert_eq!(ops.committed(2, "p-1").await, 3000);
-    assert_eq!(ops.committed(3, "p-2").await, 5);
+    ops.wait_committed(big).await;
+    ops.wait_committed(other).await;
+    assert_eq!(ops.receipt("p-1"), 3000);
+    assert_eq!(ops.receipt("p-2"), 5);
     assert!(metrics.store_health.is_healthy());
     eventually_async_health(&engineer, ServingStatus::Serving).await;
     // Changes are taken again (the incident grew with the late events).
@@ -397,9 +249,9 @@ async fn eventually_async_health(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn test_mode_is_only_for_known_posts() {
     let dir = tempfile::tempdir().unwrap();
-    let mut ops = Center::start(dir.path().join("pki"), &dir.path().join("data")).await;
-    ops.send("p-1", 1..=1, 1).await;
-    ops.committed(1, "p-1").await;
+    let data = dir.path().join("data");
+    let ops = Center::builder().data_dir(data.clone()).start().await;
+    committed(&ops, "p-1", 1..=1).await;
     let mut sup = ops.client(Role::Supervisor, "sue").await;
     let ask = |post: &str| SetTestModeRequest {
         post_id: post.into(),
@@ -411,16 +263,18 @@ async fn test_mode_is_only_for_known_posts() {
     let known = sup.set_test_mode(ask("p-1")).await.unwrap().into_inner();
     assert!(known.test_mode_until.is_some());
     ops.stop().await;
-    let store = SqliteStore::open(&dir.path().join("data")).unwrap();
+    let store = SqliteStore::open(&data).unwrap();
     assert!(store.post("p-404").unwrap().is_none(), "no phantom post");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replay_pace_out_of_bounds_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let mut ops = Center::start(dir.path().join("pki"), &dir.path().join("data")).await;
-    ops.send("p-1", 1..=3, 1).await;
-    ops.committed(1, "p-1").await;
+    let ops = Center::builder()
+        .data_dir(dir.path().join("data"))
+        .start()
+        .await;
+    committed(&ops, "p-1", 1..=3).await;
     let mut eng = ops.client(Role::Engineer, "eve").await;
     for speed in [1e-300, 0.0, -1.0, f64::NAN, f64::INFINITY, 1e300] {
         let status = eng

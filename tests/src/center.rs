@@ -55,6 +55,7 @@ pub type Client = OpsCenterClient<Channel>;
 pub struct CenterBuilder {
     engine: EngineConfig,
     revoked: Vec<String>,
+    data: Option<PathBuf>,
 }
 
 impl CenterBuilder {
@@ -71,9 +72,26 @@ impl CenterBuilder {
         self
     }
 
+    /// The store's folder (default: `data` in the center's own temporary
+    /// folder), e.g. on a small tmpfs to fill.
+    pub fn data_dir(mut self, data: PathBuf) -> Self {
+        self.data = Some(data);
+        self
+    }
+
     pub async fn start(self) -> Center {
         Center::start_with(self).await
     }
+}
+
+/// What the writer reported committed, as ingest would hear it.
+#[derive(Debug, Default)]
+struct Committed {
+    tokens: BTreeSet<u64>,
+    /// The latest receipt of each post.
+    receipts: std::collections::HashMap<String, u64>,
+    /// Commit reports heard.
+    reports: u64,
 }
 
 /// The running writer and API. See the module docs.
@@ -83,7 +101,7 @@ pub struct Center {
     pub data: PathBuf,
     pub port: u16,
     jobs: mpsc::Sender<Job>,
-    committed: Arc<(Mutex<BTreeSet<u64>>, Notify)>,
+    committed: Arc<(Mutex<Committed>, Notify)>,
     next_token: std::sync::atomic::AtomicU64,
     feed: Feed,
     readers: Arc<Readers>,
@@ -134,7 +152,7 @@ impl Center {
             issue(&pki, Role::Analyst, id);
             authority::revoke(&pki, &Identity::new(id).unwrap()).unwrap();
         }
-        let data = dir.path().join("data");
+        let data = options.data.unwrap_or_else(|| dir.path().join("data"));
         let store = SqliteStore::open(&data).unwrap();
         let engine = Engine::new(
             options.engine,
@@ -155,12 +173,18 @@ impl Center {
         );
         // Ingest's part: take every commit report, so the writer never
         // waits on a full channel, and remember which batches committed.
-        let committed = Arc::new((Mutex::new(BTreeSet::new()), Notify::new()));
+        let committed = Arc::new((Mutex::new(Committed::default()), Notify::new()));
         let drain = tokio::spawn({
             let committed = committed.clone();
             async move {
                 while let Some(c) = done.recv().await {
-                    committed.0.lock().unwrap().extend(c.tokens);
+                    let mut seen = committed.0.lock().unwrap();
+                    seen.tokens.extend(c.tokens);
+                    for r in c.receipts {
+                        seen.receipts.insert(r.post_id, r.durable_through_seq);
+                    }
+                    seen.reports += 1;
+                    drop(seen);
                     committed.1.notify_waiters();
                 }
             }
@@ -196,7 +220,8 @@ impl Center {
         .load()
         .unwrap();
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(api::serve(
+        // Health follows the store, as in the running operations center.
+        let task = tokio::spawn(api::serve_with_health(
             api::ApiContext {
                 jobs: self.jobs.clone(),
                 readers: self.readers.clone(),
@@ -204,6 +229,7 @@ impl Center {
                 leading: None,
                 metrics: self.metrics.clone(),
             },
+            self.metrics.store_health.subscribe(),
             vigil_net::Front::new("api", vigil_ops::config::ApiConfig::default().limits()),
             listener,
             tls.server_config().unwrap(),
@@ -325,6 +351,13 @@ impl Center {
 
     /// Submits events to the writer and waits until they are committed.
     pub async fn submit(&self, events: Vec<Event>) {
+        let token = self.send(events).await;
+        self.wait_committed(token).await;
+    }
+
+    /// Queues events for the writer (one job, as ingest queues one MQTT
+    /// message) without waiting; returns the job's token.
+    pub async fn send(&self, events: Vec<Event>) -> u64 {
         let token = self
             .next_token
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -338,11 +371,16 @@ impl Center {
             })
             .await
             .unwrap();
-        let (set, notify) = &*self.committed;
+        token
+    }
+
+    /// Waits until the job `token` is committed.
+    pub async fn wait_committed(&self, token: u64) {
+        let (seen, notify) = &*self.committed;
         tokio::time::timeout(WAIT, async {
             loop {
                 let wake = notify.notified();
-                if set.lock().unwrap().contains(&token) {
+                if seen.lock().unwrap().tokens.contains(&token) {
                     return;
                 }
                 wake.await;
@@ -350,6 +388,18 @@ impl Center {
         })
         .await
         .expect("batch committed in time");
+    }
+
+    /// The latest receipt of `post` (0: none yet).
+    pub fn receipt(&self, post: &str) -> u64 {
+        let seen = self.committed.0.lock().unwrap();
+        seen.receipts.get(post).copied().unwrap_or(0)
+    }
+
+    /// Commit reports the writer has sent so far (each carries acks and
+    /// receipts).
+    pub fn commit_reports(&self) -> u64 {
+        self.committed.0.lock().unwrap().reports
     }
 
     /// Submits many batches (one job each) at once and waits until every
@@ -373,7 +423,7 @@ impl Center {
         tokio::time::timeout(WAIT * 4, async {
             loop {
                 let wake = notify.notified();
-                if set.lock().unwrap().range(first..first + n).count() as u64 == n {
+                if set.lock().unwrap().tokens.range(first..first + n).count() as u64 == n {
                     return;
                 }
                 wake.await;
