@@ -17,10 +17,8 @@ use vigil_gateway::{
     },
     outbox::{Outbox, OutboxLimits},
 };
-use vigil_proto::{
-    Message as _,
-    v1::{CameraEventKind, CameraEventState, Event, EventCategory, event},
-};
+use vigil_proto::v1::{CameraEventKind, CameraEventState, EventCategory, event};
+use vigil_tests::gateway::stored;
 
 /// method, path, headers, body, expected status, words in the error.
 type Case<'a> = (
@@ -127,16 +125,6 @@ async fn post(addr: SocketAddr, token: Option<&str>, body: &str) -> (u16, serde_
         headers.push(("Authorization", auth));
     }
     request(addr, "POST", PATH, &headers, body).await
-}
-
-async fn stored(outbox: &Outbox) -> Vec<Event> {
-    outbox
-        .read_from(1, 1000, usize::MAX)
-        .await
-        .unwrap()
-        .iter()
-        .map(|s| Event::decode(s.bytes.as_slice()).unwrap())
-        .collect()
 }
 
 #[tokio::test]

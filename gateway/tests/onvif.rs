@@ -17,24 +17,12 @@ use vigil_gateway::{
     },
     outbox::{Outbox, OutboxLimits},
 };
-use vigil_proto::{
-    Message as _,
-    v1::{CameraEventKind, CameraEventState, Event, HealthKind, HealthState, event},
-};
+use vigil_proto::v1::{CameraEventKind, CameraEventState, Event, HealthKind, HealthState, event};
 use vigil_sim::camera::{self as sim, Breakage, OnvifCamera, SimConfig, SimHandle, SimStats};
-
-const WAIT: Duration = Duration::from_secs(30);
-
-async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !check() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
+use vigil_tests::{
+    WAIT, eventually,
+    gateway::{stored, wait_stored},
+};
 
 fn n(counter: &AtomicU64) -> u64 {
     counter.load(Ordering::Relaxed)
@@ -107,33 +95,6 @@ async fn start_with(
         camera_stop,
         client,
         _dir: dir,
-    }
-}
-
-async fn stored(outbox: &Outbox) -> Vec<Event> {
-    outbox
-        .read_from(1, 1000, usize::MAX)
-        .await
-        .unwrap()
-        .iter()
-        .map(|s| Event::decode(s.bytes.as_slice()).unwrap())
-        .collect()
-}
-
-/// Waits until the outbox holds at least `count` events and returns them.
-async fn wait_stored(outbox: &Outbox, count: usize) -> Vec<Event> {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let got = stored(outbox).await;
-        if got.len() >= count {
-            return got;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {count} events, have {}",
-            got.len()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

@@ -20,7 +20,7 @@ use vigil_gateway::{
     receiver::{self, Dc09Metrics, Receiver, ReceiverLimits},
     supervision::Supervisor,
 };
-use vigil_proto::{Message as _, v1::Event};
+use vigil_tests::gateway::stored;
 
 const KEY128: &str = "000102030405060708090a0b0c0d0e0f";
 const KEY256: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
@@ -148,16 +148,6 @@ fn answer(bytes: &[u8], key: Option<&str>) -> Message {
         None => KeyLookup::Plaintext,
     };
     decode(bytes, &lookup).unwrap_or_else(|e| panic!("undecodable answer {bytes:?}: {e}"))
-}
-
-async fn stored(outbox: &Outbox) -> Vec<Event> {
-    outbox
-        .read_from(1, 1000, usize::MAX)
-        .await
-        .unwrap()
-        .iter()
-        .map(|s| Event::decode(s.bytes.as_slice()).unwrap())
-        .collect()
 }
 
 #[tokio::test]

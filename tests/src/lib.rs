@@ -17,6 +17,7 @@ pub mod abuse;
 pub mod broker;
 pub mod center;
 pub mod faults;
+pub mod gateway;
 pub mod postgres;
 
 use std::{
