@@ -28,6 +28,8 @@ pub struct Postgres {
     run_as: Option<(u32, u32)>,
     child: Option<Child>,
     next_db: std::sync::atomic::AtomicU32,
+    /// The loopback TCP port it also listens on, if asked for.
+    tcp: Option<u16>,
 }
 
 impl std::fmt::Debug for Postgres {
@@ -80,6 +82,16 @@ impl Postgres {
     /// Starts a fresh server, or `None` when PostgreSQL is not installed
     /// (panics instead when `VIGIL_REQUIRE_POSTGRES` is set).
     pub fn start() -> Option<Postgres> {
+        Self::start_with(false)
+    }
+
+    /// [`Self::start`], listening on a loopback TCP port as well (for a
+    /// fault proxy in between: [`Self::tcp_addr`], [`Self::tcp_url`]).
+    pub fn start_tcp() -> Option<Postgres> {
+        Self::start_with(true)
+    }
+
+    fn start_with(tcp: bool) -> Option<Postgres> {
         let required = std::env::var_os("VIGIL_REQUIRE_POSTGRES").is_some();
         let Some(bin) = bin_dir() else {
             assert!(
@@ -105,6 +117,12 @@ impl Postgres {
             run_as,
             child: None,
             next_db: 0.into(),
+            tcp: tcp.then(|| {
+                std::net::TcpListener::bind("127.0.0.1:0")
+                    .and_then(|l| l.local_addr())
+                    .expect("a free port")
+                    .port()
+            }),
         };
         let status = pg
             .command("initdb")
@@ -180,8 +198,15 @@ impl Postgres {
             .arg(self.data_dir())
             .arg("-k")
             .arg(self.socket_dir())
-            .args(["-p", &PORT.to_string()])
-            .args(["-c", "listen_addresses="])
+            .args(["-p", &self.port().to_string()])
+            .args([
+                "-c",
+                if self.tcp.is_some() {
+                    "listen_addresses=127.0.0.1"
+                } else {
+                    "listen_addresses="
+                },
+            ])
             // Tests kill processes, not machines: no fsync needed.
             .args(["-c", "fsync=off", "-c", "full_page_writes=off"])
             .args(["-c", "max_connections=200"])
@@ -214,12 +239,35 @@ impl Postgres {
         }
     }
 
+    /// The port: the TCP one when listening on TCP (it names the socket
+    /// file too), otherwise a fixed number in a folder of our own.
+    fn port(&self) -> u16 {
+        self.tcp.unwrap_or(PORT)
+    }
+
     /// The store URL of database `db`, as `[store] url` takes it.
     pub fn url(&self, db: &str) -> String {
         format!(
-            "postgresql://{USER}@/{db}?host={}&port={PORT}",
-            self.socket_dir().display()
+            "postgresql://{USER}@/{db}?host={}&port={}",
+            self.socket_dir().display(),
+            self.port()
         )
+    }
+
+    /// The loopback TCP address (after [`Self::start_tcp`]).
+    pub fn tcp_addr(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::from(([127, 0, 0, 1], self.tcp.expect("started with start_tcp")))
+    }
+
+    /// The store URL of database `db` reached over TCP at `addr` (the
+    /// server's, or a proxy's in front of it).
+    pub fn tcp_url(&self, db_url: &str, addr: std::net::SocketAddr) -> String {
+        let db = db_url
+            .split('/')
+            .nth(3)
+            .and_then(|rest| rest.split('?').next())
+            .expect("a database URL from this server");
+        format!("postgresql://{USER}@{addr}/{db}?sslmode=disable")
     }
 
     /// Creates a new, empty database and returns its URL.

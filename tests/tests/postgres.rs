@@ -273,3 +273,94 @@ async fn a_standby_takes_over_from_a_dead_leader_without_loss() {
     assert!(max_links <= 1, "an event joined {max_links} incidents");
     drop(pg);
 }
+
+/// The leading replica is cut off from the database (through a fault
+/// proxy; its brokers still reach it): it can commit nothing, so it
+/// receipts nothing; the standby, which still reaches the database, takes
+/// the lease and carries on. When the link comes back, the old leader's
+/// next transaction finds the lease gone and it stands by: it never
+/// commits again, and every event is stored exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_cut_from_the_database_is_fenced_off() {
+    use vigil_tests::faults::{FaultProxy, LinkMode};
+
+    let Some(pg) = Postgres::start_tcp() else {
+        return;
+    };
+    let url = pg.create_db();
+    let proxy = FaultProxy::start(pg.tcp_addr()).await;
+    let via_proxy = pg.tcp_url(&url, proxy.addr());
+    let region = Region::new();
+    let broker = region.start_broker("127.0.0.1:0".parse().unwrap()).await;
+    let lease = "lease_secs = 2\n";
+    let first = region
+        .start_ops_with(
+            broker.addr(),
+            &format!("[store]\nurl = \"{via_proxy}\"\n{lease}"),
+        )
+        .await;
+    eventually("the first replica leads", || {
+        first.metrics.commits.load(Relaxed) > 0
+    })
+    .await;
+    let second = region
+        .start_ops_with(broker.addr(), &format!("[store]\nurl = \"{url}\"\n{lease}"))
+        .await;
+    let gw = region.start_gateway("p-1", broker.addr(), "").await;
+    panel(gw.dc09, 20, 1, std::time::Duration::from_millis(10)).await;
+    eventually("the leader receipts", || {
+        let (last, receipted, _) = gw.outbox();
+        last > 0 && receipted == last
+    })
+    .await;
+
+    // The link to the database goes; new connections are refused too.
+    proxy.set(LinkMode::Refuse);
+    proxy.cut();
+    panel(gw.dc09, 30, 100, std::time::Duration::from_millis(10)).await;
+    eventually("the standby takes over and receipts everything", || {
+        let (last, receipted, depth) = gw.outbox();
+        second.metrics.commits.load(Relaxed) > 0 && receipted == last && depth == 0
+    })
+    .await;
+    assert!(
+        !first.metrics.store_health.is_healthy(),
+        "the cut-off leader reports it cannot write"
+    );
+
+    // The link comes back: the old leader finds itself deposed. (It has
+    // committed nothing since the cut, and must commit nothing after.)
+    let commits = first.metrics.commits.load(Relaxed);
+    proxy.set(LinkMode::Pass);
+    eventually("the old leader stands by, healthy again", || {
+        first.metrics.store_health.is_healthy()
+    })
+    .await;
+    panel(gw.dc09, 10, 200, std::time::Duration::from_millis(10)).await;
+    eventually("the new leader receipts the rest", || {
+        let (last, receipted, depth) = gw.outbox();
+        receipted == last && depth == 0
+    })
+    .await;
+    assert_eq!(
+        first.metrics.commits.load(Relaxed),
+        commits,
+        "a deposed leader commits nothing"
+    );
+    let (last, ..) = gw.outbox();
+
+    gw.stop().await;
+    first.stop().await;
+    second.stop().await;
+    broker.stop().await;
+    let url2 = url.clone();
+    let seqs = tokio::task::spawn_blocking(move || stored_seqs(&url2, "p-1"))
+        .await
+        .unwrap();
+    assert_eq!(
+        seqs,
+        (1..=last).collect::<Vec<_>>(),
+        "lost = 0, duplicated = 0"
+    );
+    drop(pg);
+}
