@@ -9,7 +9,10 @@ use std::{
 use tokio_util::sync::CancellationToken;
 use vigil_ops::store::{Backend, PostgresBackend};
 use vigil_sim::panel::{self as simulator, PanelConfig};
-use vigil_tests::{Region, eventually, merge_toml, postgres::Postgres};
+use vigil_tests::{
+    Region, eventually, merge_toml,
+    postgres::{Postgres, most_incidents_per_event, stored_seqs},
+};
 
 fn spawn_ops(config: &std::path::Path) -> Child {
     Command::new(env!("CARGO_BIN_EXE_vigil"))
@@ -101,23 +104,7 @@ async fn kill_9_of_the_leading_replica_loses_nothing() {
     broker.stop().await;
 
     let (seqs, max_links) = tokio::task::spawn_blocking(move || {
-        let reader = backend.reader().unwrap();
-        let seqs: Vec<u64> = reader
-            .events("p-1", 1, 1_000_000)
-            .unwrap()
-            .into_iter()
-            .map(|e| e.event.unwrap().seq)
-            .collect();
-        let mut db = postgres::Client::connect(&url, postgres::NoTls).unwrap();
-        let max_links: i64 = db
-            .query_one(
-                "SELECT coalesce(max(n), 0) FROM
-                   (SELECT count(*) AS n FROM incident_events GROUP BY post_id, seq) c",
-                &[],
-            )
-            .unwrap()
-            .get(0);
-        (seqs, max_links)
+        (stored_seqs(&url, "p-1"), most_incidents_per_event(&url))
     })
     .await
     .unwrap();

@@ -319,3 +319,31 @@ impl Drop for Postgres {
         }
     }
 }
+
+/// Every stored seq of `post` in the store at `url`, in order, read through
+/// a reader of the PostgreSQL backend. Blocking: call it from a blocking
+/// thread.
+pub fn stored_seqs(url: &str, post: &str) -> Vec<u64> {
+    use vigil_ops::store::Backend;
+    let backend = vigil_ops::store::PostgresBackend::open(url).expect("open the store");
+    let reader = backend.reader().expect("reader");
+    reader
+        .events(post, 1, 1_000_000)
+        .expect("events")
+        .into_iter()
+        .map(|e| e.event.expect("event").seq)
+        .collect()
+}
+
+/// The most incidents any one stored event joined (at most 1 when no
+/// incident was opened twice). Blocking, likewise.
+pub fn most_incidents_per_event(url: &str) -> i64 {
+    let mut db = postgres::Client::connect(url, postgres::NoTls).expect("connect");
+    db.query_one(
+        "SELECT coalesce(max(n), 0) FROM
+           (SELECT count(*) AS n FROM incident_events GROUP BY post_id, seq) c",
+        &[],
+    )
+    .expect("count links")
+    .get(0)
+}

@@ -6,9 +6,11 @@
 use std::{collections::BTreeSet, sync::atomic::Ordering::Relaxed};
 
 use tokio_util::sync::CancellationToken;
-use vigil_ops::store::{Backend, PostgresBackend};
 use vigil_sim::panel::{self as simulator, PanelConfig, Protocol};
-use vigil_tests::{Region, eventually, postgres::Postgres};
+use vigil_tests::{
+    Region, eventually,
+    postgres::{Postgres, most_incidents_per_event, stored_seqs},
+};
 
 /// Sends `count` messages from panel account 1234 to `dc09`, one every
 /// `every`, and returns how many the gateway ACKed.
@@ -33,18 +35,6 @@ async fn panel(
 
 fn ops_on(url: &str) -> String {
     format!("[store]\nurl = \"{url}\"\n")
-}
-
-/// Every stored seq of `post`, read through a fresh reader connection.
-fn stored_seqs(url: &str, post: &str) -> Vec<u64> {
-    let backend = PostgresBackend::open(url).expect("open the store");
-    let reader = backend.reader().expect("reader");
-    reader
-        .events(post, 1, 1_000_000)
-        .expect("events")
-        .into_iter()
-        .map(|e| e.event.expect("event").seq)
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -251,17 +241,7 @@ async fn a_standby_takes_over_from_a_dead_leader_without_loss() {
     );
     let url2 = url.clone();
     let (seqs, max_links) = tokio::task::spawn_blocking(move || {
-        let seqs = stored_seqs(&url2, "p-1");
-        let mut db = postgres::Client::connect(&url2, postgres::NoTls).unwrap();
-        let max_links: i64 = db
-            .query_one(
-                "SELECT coalesce(max(n), 0) FROM
-                   (SELECT count(*) AS n FROM incident_events GROUP BY post_id, seq) c",
-                &[],
-            )
-            .unwrap()
-            .get(0);
-        (seqs, max_links)
+        (stored_seqs(&url2, "p-1"), most_incidents_per_event(&url2))
     })
     .await
     .unwrap();
