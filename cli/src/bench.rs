@@ -128,6 +128,12 @@ pub(crate) struct BenchArgs {
     /// the bench's post and analyst certificates.
     #[arg(long, value_name = "DIR", requires = "broker")]
     pki: Option<PathBuf>,
+    /// Run the bench's own operations centers on PostgreSQL: a database of
+    /// this server (`postgresql://USER@/DB?host=SOCKET_DIR&port=PORT`; the
+    /// user may create databases) where each run gets a fresh database,
+    /// `vigil_bench_<run>`, dropped first if an earlier bench left it.
+    #[arg(long, value_name = "URL", conflicts_with = "broker")]
+    store_url: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -625,6 +631,47 @@ struct Daemons {
     broker_metrics: Option<SocketAddr>,
 }
 
+/// Creates (after dropping any left from an earlier bench) the database
+/// `vigil_bench_<tag>` on the server of `url`, and returns its URL.
+async fn fresh_database(url: &str, tag: &str) -> Result<String> {
+    let name: String = format!("vigil_bench_{tag}")
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let fresh = with_database(url, &name)
+        .with_context(|| format!("--store-url {url}: no database name to replace"))?;
+    let admin = url.to_owned();
+    let sql = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE); CREATE DATABASE {name}");
+    tokio::task::spawn_blocking(move || -> Result<()> {
+        let mut client = postgres::Client::connect(&admin, postgres::NoTls)
+            .with_context(|| format!("--store-url {admin}"))?;
+        for statement in sql.split("; ") {
+            client
+                .batch_execute(statement)
+                .with_context(|| format!("--store-url: {statement}"))?;
+        }
+        Ok(())
+    })
+    .await??;
+    Ok(fresh)
+}
+
+/// `url` naming database `db` instead of its own.
+fn with_database(url: &str, db: &str) -> Option<String> {
+    let scheme_end = url.find("://")? + 3;
+    let path_start = scheme_end + url[scheme_end..].find('/')?;
+    let path_end = url[path_start..]
+        .find('?')
+        .map_or(url.len(), |i| path_start + i);
+    Some(format!("{}/{db}{}", &url[..path_start], &url[path_end..]))
+}
+
 async fn start_daemons(
     args: &BenchArgs,
     target: &Target,
@@ -687,11 +734,18 @@ async fn start_daemons(
 
     let api = procs::free_port()?;
     let metrics = procs::free_port()?;
+    let store = match &args.store_url {
+        Some(url) => {
+            let url = fresh_database(url, tag).await?;
+            format!("\n[store]\nurl = \"{url}\"\n")
+        }
+        None => String::new(),
+    };
     let path = write_config(
         dir,
         &format!("{tag}-ops.toml"),
         &format!(
-            "# Written by `vigil bench`.\ndata_dir = \"{tag}/ops-data\"\n{}\n[mqtt]\nserver = \"{broker_addr}\"\n\n[api]\nlisten = \"{api}\"\n\n# Capacity is measured: the per-post budget out of reach.\n[budget]\nevents_per_sec = 1000000000\nburst_events = 1000000000\nbytes_per_sec = 1000000000000\nburst_bytes = 1000000000000\n\n[metrics]\nlisten = \"{metrics}\"\n",
+            "# Written by `vigil bench`.\ndata_dir = \"{tag}/ops-data\"\n{store}{}\n[mqtt]\nserver = \"{broker_addr}\"\n\n[api]\nlisten = \"{api}\"\n\n# Capacity is measured: the per-post budget out of reach.\n[budget]\nevents_per_sec = 1000000000\nburst_events = 1000000000\nbytes_per_sec = 1000000000000\nburst_bytes = 1000000000000\n\n[metrics]\nlisten = \"{metrics}\"\n",
             tls_table("ops")
         ),
     )?;
@@ -1219,5 +1273,23 @@ mod tests {
         assert_eq!(quantile(&v, 1.0), Some(Duration::from_millis(100)));
         assert_eq!(quantile(&v[..1], 0.5), Some(Duration::from_millis(1)));
         assert_eq!(quantile(&[], 0.5), None);
+    }
+}
+
+#[cfg(test)]
+mod store_url_tests {
+    use super::with_database;
+
+    #[test]
+    fn the_database_of_a_store_url_is_replaced() {
+        assert_eq!(
+            with_database("postgresql://u@/db?host=/run/pg&port=5432", "other").as_deref(),
+            Some("postgresql://u@/other?host=/run/pg&port=5432")
+        );
+        assert_eq!(
+            with_database("postgresql://u:pw@h:5432/db", "x").as_deref(),
+            Some("postgresql://u:pw@h:5432/x")
+        );
+        assert_eq!(with_database("postgresql://u@h", "x"), None);
     }
 }

@@ -15,13 +15,14 @@ use support::vigil;
 /// Longest the small bench may take (it needs a few seconds).
 const BENCH_WAIT: Duration = Duration::from_secs(180);
 
-#[test]
-fn a_small_bench_completes_without_loss_and_reports_every_figure() {
-    let dir = tempfile::tempdir().unwrap();
+/// Runs `vigil bench` with `args` (bounded by [`BENCH_WAIT`]); returns its
+/// stdout once it succeeded.
+fn bench(args: &[&str], dir: &std::path::Path) -> String {
     let mut child = Command::new(env!("CARGO_BIN_EXE_vigil"))
-        .args(["bench", "--posts", "20", "--count", "2000", "--probes", "2"])
+        .arg("bench")
+        .args(args)
         .args(["--json", "--dir"])
-        .arg(dir.path())
+        .arg(dir)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -52,7 +53,58 @@ fn a_small_bench_completes_without_loss_and_reports_every_figure() {
         .read_to_string(&mut stderr)
         .unwrap();
     assert!(status.success(), "{status}\n{stderr}");
+    stdout
+}
 
+/// With `--store-url`, the bench's operations center runs on PostgreSQL,
+/// in a database of its own that then holds every event.
+#[test]
+fn a_small_bench_runs_on_postgresql() {
+    let Some(pg) = vigil_tests::postgres::Postgres::start() else {
+        return;
+    };
+    let url = pg.create_db();
+    let dir = tempfile::tempdir().unwrap();
+    let stdout = bench(
+        &[
+            "--posts",
+            "10",
+            "--count",
+            "500",
+            "--probes",
+            "0",
+            "--mosquitto",
+            "off",
+            "--no-reconnect-test",
+            "--store-url",
+            &url,
+        ],
+        dir.path(),
+    );
+    let report: serde_json::Value = serde_json::from_str(stdout.trim()).expect(&stdout);
+    let run = &report["runs"][0];
+    assert_eq!(run["lost"], 0, "{run}");
+    assert_eq!(run["receipted"], 500, "{run}");
+    // The run's own database holds them.
+    let db = pg.url("vigil_bench_vigil");
+    let counted: i64 = std::thread::spawn(move || {
+        let mut c = postgres::Client::connect(&db, postgres::NoTls).unwrap();
+        c.query_one("SELECT count(*) FROM events", &[])
+            .unwrap()
+            .get(0)
+    })
+    .join()
+    .unwrap();
+    assert_eq!(counted, 500);
+}
+
+#[test]
+fn a_small_bench_completes_without_loss_and_reports_every_figure() {
+    let dir = tempfile::tempdir().unwrap();
+    let stdout = bench(
+        &["--posts", "20", "--count", "2000", "--probes", "2"],
+        dir.path(),
+    );
     let report: serde_json::Value = serde_json::from_str(stdout.trim()).expect(&stdout);
     let runs = report["runs"].as_array().expect("runs");
     assert!(!runs.is_empty());
