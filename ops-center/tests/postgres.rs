@@ -252,3 +252,41 @@ fn a_sqlite_store_imports_into_postgresql_unchanged() {
     assert_eq!(result.durable, [("p-2".to_string(), 4)]);
     assert!(positions[0] > last, "{positions:?} after {last}");
 }
+
+/// A writer whose watermarks are out of date (here: a second writer,
+/// which the lease would normally fence off) cannot store an event twice:
+/// its transaction fails as UNAVAILABLE, and after `reconnect` it knows
+/// the event is stored.
+#[test]
+fn stale_watermarks_fail_the_transaction_and_reconnect_repairs_them() {
+    use vigil_ops::store::Received;
+    use vigil_proto::v1::Event;
+    let Some(pg) = Postgres::start() else { return };
+    let backend = PostgresBackend::open(&pg.create_db()).unwrap();
+    let ev = |seq| -> Received {
+        Event {
+            post_id: "p-1".into(),
+            seq,
+            ..Default::default()
+        }
+        .into()
+    };
+    let now = std::time::SystemTime::now();
+    let mut first = backend.writer().unwrap();
+    let mut stale = backend.writer().unwrap();
+    let mut tx = first.begin().unwrap();
+    assert_eq!(tx.insert_events("p-1", &[ev(1)], now).unwrap(), [true]);
+    tx.commit().unwrap();
+
+    let mut tx = stale.begin().unwrap();
+    assert_eq!(tx.insert_events("p-1", &[ev(1)], now).unwrap(), [true]);
+    let err = tx.commit().unwrap_err();
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err}");
+    stale.reconnect().unwrap();
+    let mut tx = stale.begin().unwrap();
+    assert_eq!(
+        tx.insert_events("p-1", &[ev(1), ev(2)], now).unwrap(),
+        [false, true]
+    );
+    assert_eq!(tx.commit().unwrap().durable, [("p-1".to_string(), 2)]);
+}

@@ -790,6 +790,7 @@ impl StoreWriter for PostgresStore {
         }
         Ok(Box::new(PostgresTx {
             tx,
+            pending: Pending::default(),
             stmts: &self.stmts,
             marks,
             work: BTreeMap::new(),
@@ -799,8 +800,19 @@ impl StoreWriter for PostgresStore {
     }
 }
 
+/// New events waiting for [`PostgresTx::flush`], as columns.
+#[derive(Default)]
+struct Pending {
+    posts: Vec<String>,
+    seqs: Vec<i64>,
+    received: Vec<Option<i64>>,
+    stored: Vec<i64>,
+    bodies: Vec<bytes::Bytes>,
+}
+
 struct PostgresTx<'a> {
     tx: Transaction<'a>,
+    pending: Pending,
     stmts: &'a RefCell<Statements>,
     marks: &'a mut HashMap<String, SeqWatermark>,
     /// Working copies of the watermarks this transaction touches, with the
@@ -811,6 +823,33 @@ struct PostgresTx<'a> {
 }
 
 impl PostgresTx<'_> {
+    /// Inserts the queued events in one statement. Every one must be new:
+    /// if the database already had one, something wrote beside this writer
+    /// (or a commit it did not hear of went through), so the transaction
+    /// fails as UNAVAILABLE, and the writer reconnects and re-reads its
+    /// watermarks before trying the group again.
+    fn flush(&mut self) -> Result<(), StoreError> {
+        if self.pending.seqs.is_empty() {
+            return Ok(());
+        }
+        let p = std::mem::take(&mut self.pending);
+        let bodies: Vec<&[u8]> = p.bodies.iter().map(|b| &b[..]).collect();
+        let inserted = self.exec(
+            "INSERT INTO events (post_id, seq, received_at, stored_at, body)
+             SELECT * FROM unnest($1::text[], $2::int8[], $3::int8[], $4::int8[], $5::bytea[])
+             ON CONFLICT (post_id, seq) DO NOTHING",
+            &[&p.posts, &p.seqs, &p.received, &p.stored, &bodies],
+        )?;
+        if inserted != p.seqs.len() as u64 {
+            return Err(StoreError::Unavailable(format!(
+                "{} of {} events were stored already: watermarks out of date",
+                p.seqs.len() as u64 - inserted,
+                p.seqs.len()
+            )));
+        }
+        Ok(())
+    }
+
     fn exec(
         &mut self,
         sql: &'static str,
@@ -843,56 +882,38 @@ impl StoreTx for PostgresTx<'_> {
         }
         let (mark, seen) = self.work.get_mut(post_id).expect("inserted above");
         *seen = stored_at;
-        let mark: &SeqWatermark = mark;
-        // The watermark knows every stored seq of this post, so a re-sent
-        // event costs no database work; the rest go in one statement.
-        let mut seqs = Vec::new();
-        let mut received = Vec::new();
-        let mut bodies: Vec<&[u8]> = Vec::new();
-        let mut offered = std::collections::HashSet::new();
+        // The writer's watermark knows every stored seq of this post (it
+        // is the only writer: the lease fences any other), so it decides
+        // what is new without asking the database; new events are queued
+        // and go in with every other post's in one statement at the end
+        // of the group (see `flush`).
+        let stored_ms = millis(stored_at);
+        let mut out = Vec::with_capacity(events.len());
         for Received { event, raw } in events {
-            if mark.contains(event.seq) || !offered.insert(event.seq) {
+            if mark.contains(event.seq) {
+                self.duplicates += 1;
+                out.push(false);
                 continue;
             }
-            seqs.push(event.seq as i64);
-            received.push(
+            mark.add(event.seq);
+            self.inserted += 1;
+            out.push(true);
+            self.pending.posts.push(post_id.to_owned());
+            self.pending.seqs.push(event.seq as i64);
+            self.pending.received.push(
                 event
                     .received_at
                     .and_then(|t| SystemTime::try_from(t).ok())
                     .map(millis),
             );
-            bodies.push(&raw[..]);
-        }
-        let mut new_seqs = std::collections::HashSet::new();
-        if !seqs.is_empty() {
-            let rows = self.rows(
-                "INSERT INTO events (post_id, seq, received_at, stored_at, body)
-                 SELECT $1, u.seq, u.received_at, $2, u.body
-                 FROM unnest($3::int8[], $4::int8[], $5::bytea[]) AS u(seq, received_at, body)
-                 ON CONFLICT (post_id, seq) DO NOTHING
-                 RETURNING seq",
-                &[&post_id, &millis(stored_at), &seqs, &received, &bodies],
-            )?;
-            new_seqs.extend(rows.iter().map(|r| r.get::<_, i64>(0) as u64));
-        }
-        let (mark, _) = self.work.get_mut(post_id).expect("inserted above");
-        let mut out = Vec::with_capacity(events.len());
-        for Received { event, .. } in events {
-            // Only the first offer of a seq in this call can be new.
-            if new_seqs.remove(&event.seq) {
-                mark.add(event.seq);
-                self.inserted += 1;
-                out.push(true);
-            } else {
-                mark.add(event.seq);
-                self.duplicates += 1;
-                out.push(false);
-            }
+            self.pending.stored.push(stored_ms);
+            self.pending.bodies.push(raw.clone());
         }
         Ok(out)
     }
 
     fn apply(&mut self, changes: &Changes) -> Result<Vec<u64>, StoreError> {
+        self.flush()?;
         for write in changes.incidents() {
             let inc = &write.incident;
             let number = incident_number(&inc.id)
@@ -1017,6 +1038,7 @@ impl StoreTx for PostgresTx<'_> {
 
     fn commit(self: Box<Self>) -> Result<CommitResult, StoreError> {
         let mut this = *self;
+        this.flush()?;
         if !this.work.is_empty() {
             let posts: Vec<String> = this.work.keys().cloned().collect();
             let durable: Vec<i64> = this
