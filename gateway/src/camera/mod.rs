@@ -529,6 +529,10 @@ mod tests {
         assert_eq!(stored(&outbox).await.len(), 3, "nothing stale yet");
         // Past the timeout the timer closes the motion that never stopped,
         // and only that one, once.
+        // Time is paused and jumps ahead whenever the runtime is idle, but
+        // the outbox writes on the blocking pool in real time: each step
+        // also gives that write a few real milliseconds, so that a slow
+        // disk cannot make virtual time outrun it.
         let mut got = Vec::new();
         for _ in 0..600 {
             tokio::time::sleep(Duration::from_secs(1)).await;
@@ -536,7 +540,9 @@ mod tests {
             if got.len() > 3 {
                 break;
             }
+            std::thread::sleep(Duration::from_millis(20));
         }
+        assert!(got.len() > 3, "the timer closed the stale motion: {got:?}");
         assert_eq!(
             got[3],
             (CameraEventState::Stop, true, "North fence".to_owned())
