@@ -87,6 +87,10 @@ pub struct StoreConfig {
     /// standby takes over within about this long after the leader dies.
     #[serde(default = "default_lease_secs")]
     pub lease_secs: u64,
+    /// PostgreSQL over TCP: the CA (PEM) the server's certificate must
+    /// chain to. TLS is then required.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<PathBuf>,
 }
 
 impl Default for StoreConfig {
@@ -95,6 +99,7 @@ impl Default for StoreConfig {
             url: None,
             readers: default_readers(),
             lease_secs: default_lease_secs(),
+            ca: None,
         }
     }
 }
@@ -213,6 +218,11 @@ impl OpsConfig {
             self.data_dir = base.join(&self.data_dir);
         }
         self.tls.resolve_relative_to(base);
+        if let Some(ca) = &mut self.store.ca
+            && ca.is_relative()
+        {
+            *ca = base.join(&*ca);
+        }
     }
 
     /// Checks values; returns the offending key and why.

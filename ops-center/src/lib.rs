@@ -69,7 +69,10 @@ impl std::fmt::Debug for Storage {
 pub fn open_backend(config: &OpsConfig) -> Result<Arc<dyn Backend>, StoreError> {
     match &config.store.url {
         None => Ok(Arc::new(SqliteBackend::open(&config.data_dir)?)),
-        Some(url) => Ok(Arc::new(store::PostgresBackend::open(url)?)),
+        Some(url) => Ok(Arc::new(store::PostgresBackend::open_with_ca(
+            url,
+            config.store.ca.as_deref(),
+        )?)),
     }
 }
 

@@ -30,6 +30,8 @@ pub struct Postgres {
     next_db: std::sync::atomic::AtomicU32,
     /// The loopback TCP port it also listens on, if asked for.
     tcp: Option<u16>,
+    /// With TLS on TCP: the CA file its certificate chains to.
+    ca: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for Postgres {
@@ -82,16 +84,27 @@ impl Postgres {
     /// Starts a fresh server, or `None` when PostgreSQL is not installed
     /// (panics instead when `VIGIL_REQUIRE_POSTGRES` is set).
     pub fn start() -> Option<Postgres> {
-        Self::start_with(false)
+        Self::start_with(false, false)
+    }
+
+    /// [`Self::start_tcp`] with TLS on: a certificate for `127.0.0.1` from a
+    /// CA of its own ([`Self::ca`]).
+    pub fn start_tls() -> Option<Postgres> {
+        Self::start_with(true, true)
+    }
+
+    /// The CA file of a server started with [`Self::start_tls`].
+    pub fn ca(&self) -> &Path {
+        self.ca.as_deref().expect("started with start_tls")
     }
 
     /// [`Self::start`], listening on a loopback TCP port as well (for a
     /// fault proxy in between: [`Self::tcp_addr`], [`Self::tcp_url`]).
     pub fn start_tcp() -> Option<Postgres> {
-        Self::start_with(true)
+        Self::start_with(true, false)
     }
 
-    fn start_with(tcp: bool) -> Option<Postgres> {
+    fn start_with(tcp: bool, tls: bool) -> Option<Postgres> {
         let required = std::env::var_os("VIGIL_REQUIRE_POSTGRES").is_some();
         let Some(bin) = bin_dir() else {
             assert!(
@@ -123,6 +136,7 @@ impl Postgres {
                     .expect("a free port")
                     .port()
             }),
+            ca: None,
         };
         let status = pg
             .command("initdb")
@@ -148,12 +162,41 @@ impl Postgres {
             String::from_utf8_lossy(&status.stderr)
         );
         let mut pg = pg;
+        if tls {
+            pg.ca = Some(pg.certificate());
+        }
         pg.run();
         Some(pg)
     }
 
     /// A server program, as the `postgres` user when we are root (as its
     /// direct child, so that killing and reaping it needs nobody between).
+    /// A CA of its own and a certificate for 127.0.0.1 in the data folder
+    /// (`server.crt`, `server.key`, the key readable by the server alone);
+    /// returns the CA file.
+    fn certificate(&self) -> PathBuf {
+        use vigil_pki::{Identity, Role, authority};
+        let pki = self.dir.path().join("pki");
+        authority::init(&pki, "PostgreSQL test CA").expect("a CA");
+        let sans = ["127.0.0.1".to_owned(), "localhost".to_owned()];
+        let id = Identity::new("postgres-test").expect("identity");
+        authority::issue(&pki, Role::Broker, &id, &sans, 30, false).expect("a certificate");
+        let data = self.data_dir();
+        for (from, to, mode) in [
+            ("postgres-test.pem", "server.crt", 0o644),
+            ("postgres-test.key", "server.key", 0o600),
+        ] {
+            let to = data.join(to);
+            std::fs::copy(pki.join(from), &to).expect("copy the certificate");
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&to, std::fs::Permissions::from_mode(mode)).expect("chmod");
+            if let Some((uid, gid)) = self.run_as {
+                std::os::unix::fs::chown(&to, Some(uid), Some(gid)).expect("chown");
+            }
+        }
+        pki.join("ca.pem")
+    }
+
     fn command(&self, program: &str) -> Command {
         let mut c = Command::new(self.bin.join(program));
         if let Some((uid, gid)) = self.run_as {
@@ -207,6 +250,11 @@ impl Postgres {
                     "listen_addresses="
                 },
             ])
+            .args(if self.ca.is_some() {
+                ["-c", "ssl=on"]
+            } else {
+                ["-c", "ssl=off"]
+            })
             // Tests kill processes, not machines: no fsync needed.
             .args(["-c", "fsync=off", "-c", "full_page_writes=off"])
             .args(["-c", "max_connections=200"])
@@ -268,6 +316,12 @@ impl Postgres {
             .and_then(|rest| rest.split('?').next())
             .expect("a database URL from this server");
         format!("postgresql://{USER}@{addr}/{db}?sslmode=disable")
+    }
+
+    /// Like [`Self::tcp_url`], asking for TLS.
+    pub fn tls_url(&self, db_url: &str, addr: std::net::SocketAddr) -> String {
+        self.tcp_url(db_url, addr)
+            .replace("sslmode=disable", "sslmode=require")
     }
 
     /// Creates a new, empty database and returns its URL.

@@ -6,7 +6,8 @@
 //! store's interface is synchronous (the writer is a thread of its own and
 //! API reads run on the blocking pool), and each connection drives its own
 //! small runtime. A Unix socket (`?host=/run/postgresql`) needs no TLS; a TCP
-//! host must say `sslmode=disable` for now (see docs/ops-center.md).
+//! host takes TLS (rustls on ring, the server's certificate checked against
+//! `[store] ca` and its name), or `sslmode=disable` on a network trusted.
 //!
 //! Schema migrations are numbered and applied in order, each in its own
 //! transaction under a transaction-scoped advisory lock, so replicas that
@@ -150,11 +151,20 @@ impl From<postgres::Error> for StoreError {
 pub struct PostgresBackend {
     config: postgres::Config,
     location: String,
+    /// TLS to the server, when the URL names a TCP host without
+    /// `sslmode=disable`.
+    tls: Option<rustls::ClientConfig>,
 }
 
 impl PostgresBackend {
     /// Parses `url`, connects once and brings the schema up to date.
     pub fn open(url: &str) -> Result<Self, StoreError> {
+        Self::open_with_ca(url, None)
+    }
+
+    /// [`Self::open`], with `ca` (PEM) the certificates a TCP server's
+    /// certificate must chain to.
+    pub fn open_with_ca(url: &str, ca: Option<&Path>) -> Result<Self, StoreError> {
         let mut config = postgres::Config::from_str(url).map_err(|e| StoreError::Backend {
             backend: "postgresql",
             message: format!("store url: {e}"),
@@ -170,14 +180,22 @@ impl PostgresBackend {
             })
             .collect();
         let tcp = config.get_hosts().iter().any(|h| matches!(h, Host::Tcp(_)));
-        if tcp && config.get_ssl_mode() != postgres::config::SslMode::Disable {
-            return Err(StoreError::Backend {
-                backend: "postgresql",
-                message: "store url: a TCP host needs sslmode=disable (TLS to PostgreSQL is not \
-                          supported yet); or use a Unix socket, ?host=/run/postgresql"
-                    .into(),
-            });
-        }
+        let tls = if tcp && config.get_ssl_mode() != postgres::config::SslMode::Disable {
+            let Some(ca) = ca else {
+                return Err(StoreError::Backend {
+                    backend: "postgresql",
+                    message: "store url: a TCP host needs TLS: give [store] ca (the server \
+                              certificate's CA), or sslmode=disable on a network you trust"
+                        .into(),
+                });
+            };
+            // Whatever the URL says short of `disable`, TLS is required and
+            // the server's certificate checked: never plain text by chance.
+            config.ssl_mode(postgres::config::SslMode::Require);
+            Some(tls_config(ca)?)
+        } else {
+            None
+        };
         let location = format!(
             "postgresql://{}@{}/{} (port {})",
             config.get_user().unwrap_or(""),
@@ -190,13 +208,22 @@ impl PostgresBackend {
                 .collect::<Vec<_>>()
                 .join(",")
         );
-        let backend = Self { config, location };
+        let backend = Self {
+            config,
+            location,
+            tls,
+        };
         off_runtime(|| migrate(&mut backend.connect()?))?;
         Ok(backend)
     }
 
     fn connect(&self) -> Result<Client, StoreError> {
-        Ok(off_runtime(|| self.config.connect(NoTls))?)
+        Ok(off_runtime(|| match &self.tls {
+            Some(tls) => self
+                .config
+                .connect(tokio_postgres_rustls::MakeRustlsConnect::new(tls.clone())),
+            None => self.config.connect(NoTls),
+        })?)
     }
 
     /// Takes the leader lease for `holder` if it is free (never taken,
@@ -298,6 +325,36 @@ impl Backend for PostgresBackend {
             fence: None,
         }))
     }
+}
+
+/// A TLS client config that trusts the certificates in `ca` (PEM).
+fn tls_config(ca: &Path) -> Result<rustls::ClientConfig, StoreError> {
+    use rustls::pki_types::{CertificateDer, pem::PemObject};
+    let bad = |message: String| StoreError::Backend {
+        backend: "postgresql",
+        message,
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    let certs = CertificateDer::pem_file_iter(ca)
+        .map_err(|e| bad(format!("store ca {}: {e}", ca.display())))?;
+    for cert in certs {
+        let cert = cert.map_err(|e| bad(format!("store ca {}: {e}", ca.display())))?;
+        roots
+            .add(cert)
+            .map_err(|e| bad(format!("store ca {}: {e}", ca.display())))?;
+    }
+    if roots.is_empty() {
+        return Err(bad(format!(
+            "store ca {}: no certificate in it",
+            ca.display()
+        )));
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
 }
 
 /// Runs `f` on a thread of its own when called from inside an async
