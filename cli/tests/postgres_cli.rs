@@ -85,11 +85,7 @@ async fn kill_9_of_the_leading_replica_loses_nothing() {
 
     let summary = sending.await.unwrap().expect("panel ran");
     assert_eq!(summary.counts.failed, 0, "{summary}");
-    eventually("everything receipted", || {
-        let (last, receipted, depth) = gw.outbox();
-        last > 0 && receipted == last && depth == 0
-    })
-    .await;
+    eventually("everything receipted", || gw.all_receipted()).await;
     let (last, ..) = gw.outbox();
 
     gw.stop().await;

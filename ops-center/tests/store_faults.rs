@@ -7,10 +7,7 @@
 //! machine does not let us mount (not root, no CAP_SYS_ADMIN) it prints
 //! `SKIPPED …` and returns.
 
-use std::{
-    path::{Path, PathBuf},
-    time::{Duration, SystemTime},
-};
+use std::time::{Duration, SystemTime};
 
 use tonic::{Code, transport::Channel};
 use vigil_ops::store::{SqliteStore, Store};
@@ -19,7 +16,10 @@ use vigil_proto::v1::{
     AcknowledgeRequest, AlarmSignal, Event, EventCategory, GetIncidentRequest, Pacing,
     ReplayRequest, SetTestModeRequest, event::Body,
 };
-use vigil_tests::center::{Center, WAIT};
+use vigil_tests::{
+    center::{Center, WAIT},
+    faults::Tmpfs,
+};
 
 /// Alarms of `post` with `seqs`.
 fn alarms(post: &str, seqs: std::ops::RangeInclusive<u64>) -> Vec<Event> {
@@ -72,73 +72,14 @@ async fn health(channel: Channel) -> tonic_health::pb::health_check_response::Se
         .status()
 }
 
-/// A tmpfs mounted for the length of a test; unmounted when dropped.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(dir: &Path, size: &str) -> Result<Self, String> {
-        std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
-        let out = std::process::Command::new("mount")
-            .args([
-                "-t",
-                "tmpfs",
-                "-o",
-                &format!("size={size},mode=0700"),
-                "tmpfs",
-            ])
-            .arg(dir)
-            .output()
-            .map_err(|e| format!("cannot run mount: {e}"))?;
-        if out.status.success() {
-            Ok(Self(dir.to_owned()))
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
-        }
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.0)
-            .status();
-    }
-}
-
+/// The store's disk in the full-disk test.
 const TMPFS_BYTES: usize = 8 << 20;
-
-/// Fills the filesystem of `dir` with a ballast file until it is full.
-fn fill(dir: &Path) -> PathBuf {
-    use std::io::Write;
-    let path = dir.join("ballast");
-    let mut file = std::fs::File::create(&path).expect("ballast");
-    let chunk = vec![0u8; 16 * 1024];
-    // Never more than twice the tmpfs: if the mount were not what we think,
-    // this must not fill a real disk.
-    let mut written = 0usize;
-    while file
-        .write_all(&chunk)
-        .and_then(|()| file.sync_all())
-        .is_ok()
-    {
-        written += chunk.len();
-        assert!(written < 2 * TMPFS_BYTES, "the tmpfs did not fill");
-    }
-    let small = [0u8; 512];
-    while file
-        .write_all(&small)
-        .and_then(|()| file.sync_all())
-        .is_ok()
-    {}
-    path
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_stops_receipts_and_health_until_the_store_can_write_again() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let _tmpfs = match Tmpfs::mount(&data, &format!("{}k", TMPFS_BYTES >> 10)) {
+    let tmpfs = match Tmpfs::mount(&data, TMPFS_BYTES) {
         Ok(t) => t,
         Err(why) => {
             eprintln!(
@@ -158,7 +99,7 @@ async fn a_full_disk_stops_receipts_and_health_until_the_store_can_write_again()
     assert_eq!(health(engineer.clone()).await, ServingStatus::Serving);
 
     // The disk fills; a large batch cannot be committed.
-    let ballast = fill(&data);
+    let ballast = tmpfs.fill();
     let reports = ops.commit_reports();
     let big = ops.send(alarms("p-1", 11..=3000)).await;
     let metrics = ops.metrics.clone();

@@ -764,3 +764,80 @@ mod tests {
         assert_eq!(proxy.open_connections(), 1);
     }
 }
+
+// ---------------------------------------------------------------------------
+// A small disk to fill
+
+/// A tmpfs mounted for the length of a test; unmounted when dropped.
+#[derive(Debug)]
+pub struct Tmpfs {
+    dir: std::path::PathBuf,
+    bytes: usize,
+}
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `bytes` on `dir`, or says why not (not root, no
+    /// CAP_SYS_ADMIN): callers then print `SKIPPED …` and return.
+    pub fn mount(dir: &std::path::Path, bytes: usize) -> Result<Self, String> {
+        std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+        let out = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={}k,mode=0700", bytes >> 10),
+                "tmpfs",
+            ])
+            .arg(dir)
+            .output()
+            .map_err(|e| format!("cannot run mount: {e}"))?;
+        if out.status.success() {
+            Ok(Self {
+                dir: dir.to_owned(),
+                bytes,
+            })
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
+        }
+    }
+
+    /// Fills the tmpfs with a ballast file until it is full; returns the
+    /// file (remove it to free the disk).
+    pub fn fill(&self) -> std::path::PathBuf {
+        use std::io::Write;
+        let path = self.dir.join("ballast");
+        let mut file = std::fs::File::create(&path).expect("ballast");
+        let chunk = vec![0u8; 16 * 1024];
+        // Never more than twice the tmpfs: if the mount were not what we
+        // think, this must not fill a real disk.
+        let mut written = 0usize;
+        while file
+            .write_all(&chunk)
+            .and_then(|()| file.sync_all())
+            .is_ok()
+        {
+            written += chunk.len();
+            assert!(
+                written < 2 * self.bytes,
+                "the tmpfs did not fill after {written} bytes"
+            );
+        }
+        // Whatever is left is smaller than a chunk; take it byte-wise too.
+        let small = [0u8; 512];
+        while file
+            .write_all(&small)
+            .and_then(|()| file.sync_all())
+            .is_ok()
+        {}
+        path
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.dir)
+            .status();
+    }
+}

@@ -432,6 +432,13 @@ impl RunningGateway {
         self.metrics.outbox.get()
     }
 
+    /// Whether the outbox holds events and every one is receipted (it is
+    /// empty again).
+    pub fn all_receipted(&self) -> bool {
+        let (last, receipted, depth) = self.outbox();
+        last > 0 && receipted == last && depth == 0
+    }
+
     pub async fn stop(self) {
         self.shutdown.cancel();
         tokio::time::timeout(WAIT, self.task)

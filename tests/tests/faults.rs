@@ -15,7 +15,7 @@ use vigil_proto::v1::PostState;
 use vigil_tests::{
     Region, RunningGateway,
     faults::{
-        Accounting, FaultProxy, LinkMode, accounts_toml, eventually_within, fault_panel,
+        Accounting, FaultProxy, LinkMode, Tmpfs, accounts_toml, eventually_within, fault_panel,
         iterations, join_panels, ms, seeded_rng, spawn_fleet, spawn_panel,
     },
     open_store,
@@ -466,77 +466,9 @@ async fn outbox_quota_full_naks_panels_then_receipts_make_room() {
     assert!(report.other_events >= 2, "storage health events stored");
 }
 
-/// A tmpfs mounted for the length of a test; unmounted when dropped.
-struct Tmpfs(std::path::PathBuf);
-
-impl Tmpfs {
-    /// Mounts a tmpfs of `size` (e.g. `"1m"`) on `dir`, or says why not.
-    fn mount(dir: &std::path::Path, size: &str) -> Result<Self, String> {
-        std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
-        let out = std::process::Command::new("mount")
-            .args([
-                "-t",
-                "tmpfs",
-                "-o",
-                &format!("size={size},mode=0700"),
-                "tmpfs",
-            ])
-            .arg(dir)
-            .output()
-            .map_err(|e| format!("cannot run mount: {e}"))?;
-        if out.status.success() {
-            Ok(Self(dir.to_owned()))
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
-        }
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.0)
-            .status();
-    }
-}
-
 /// Size of the gateway's disk in the disk-full scenario: well above the
 /// SQLite WAL's auto-checkpoint size (see docs/testing.md).
 const TMPFS_BYTES: usize = 16 << 20;
-
-/// Fills the filesystem of `dir` with a ballast file until it is full.
-fn fill(dir: &std::path::Path) -> std::path::PathBuf {
-    use std::io::Write;
-    let path = dir.join("ballast");
-    let mut file = std::fs::File::create(&path).expect("ballast");
-    let chunk = vec![0u8; 16 * 1024];
-    // Never more than twice the tmpfs: if the mount were not what we
-    // think, this must not fill a real disk.
-    let mut written = 0usize;
-    loop {
-        assert!(
-            written < 2 * TMPFS_BYTES,
-            "the tmpfs did not fill after {written} bytes"
-        );
-        if file
-            .write_all(&chunk)
-            .and_then(|()| file.sync_all())
-            .is_err()
-        {
-            break;
-        }
-        written += chunk.len();
-    }
-    // Whatever is left is smaller than a chunk; take it byte-wise too.
-    let small = [0u8; 512];
-    while file
-        .write_all(&small)
-        .and_then(|()| file.sync_all())
-        .is_ok()
-    {}
-    path
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateway_disk_full_naks_panels_then_recovers() {
@@ -544,7 +476,7 @@ async fn gateway_disk_full_naks_panels_then_recovers() {
     // The real thing when this machine lets us mount a small tmpfs (root
     // with CAP_SYS_ADMIN); the quota test above covers the rest.
     let data_dir = region.path("p-1-data");
-    let _tmpfs = match Tmpfs::mount(&data_dir, &format!("{}k", TMPFS_BYTES >> 10)) {
+    let tmpfs = match Tmpfs::mount(&data_dir, TMPFS_BYTES) {
         Ok(t) => t,
         Err(why) => {
             eprintln!(
@@ -572,7 +504,7 @@ async fn gateway_disk_full_naks_panels_then_recovers() {
     for _ in 0..episodes {
         tokio::time::sleep(ms(&mut rng, 300..1000)).await;
         let naks_before = gw.metrics.dc09.nak_storage.load(Ordering::Relaxed);
-        let ballast = fill(&data_dir);
+        let ballast = tmpfs.fill();
         eventually_within(
             "panels NAKed on a full disk",
             Duration::from_secs(30),
@@ -623,7 +555,7 @@ async fn an_outbox_that_filled_its_disk_drains_when_receipts_come() {
     const RESERVE: u64 = 1 << 20;
     let region = Region::new();
     let data_dir = region.path("p-1-data");
-    let _tmpfs = match Tmpfs::mount(&data_dir, &format!("{}k", TMPFS >> 10)) {
+    let _tmpfs = match Tmpfs::mount(&data_dir, TMPFS) {
         Ok(t) => t,
         Err(why) => {
             eprintln!(

@@ -48,11 +48,7 @@ async fn panel_alarms_reach_postgresql_exactly_once_and_become_incidents() {
 
     let acked = panel(gw.dc09, 30, 1, std::time::Duration::from_millis(5)).await;
     assert!(acked > 0);
-    eventually("every event receipted", || {
-        let (last, receipted, depth) = gw.outbox();
-        last > 0 && receipted == last && depth == 0
-    })
-    .await;
+    eventually("every event receipted", || gw.all_receipted()).await;
     let (last, ..) = gw.outbox();
 
     // The API reads from PostgreSQL too: the post and its incidents.
@@ -114,8 +110,7 @@ async fn postgresql_killed_mid_ingest_loses_and_duplicates_nothing() {
     let acked = sending.await.unwrap();
     assert!(acked >= 120, "every panel message was ACKed: {acked}");
     eventually("everything receipted after the restart", || {
-        let (last, receipted, depth) = gw.outbox();
-        last > 0 && receipted == last && depth == 0
+        gw.all_receipted()
     })
     .await;
     let (last, ..) = gw.outbox();
@@ -224,8 +219,7 @@ async fn a_standby_takes_over_from_a_dead_leader_without_loss() {
     );
     sending.await.unwrap();
     eventually("everything receipted by the new leader", || {
-        let (last, receipted, depth) = gw.outbox();
-        last > 0 && receipted == last && depth == 0
+        gw.all_receipted()
     })
     .await;
     let (last, ..) = gw.outbox();
