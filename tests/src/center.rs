@@ -226,7 +226,6 @@ impl Center {
                 jobs: self.jobs.clone(),
                 readers: self.readers.clone(),
                 feed: self.feed.clone(),
-                leading: None,
                 metrics: self.metrics.clone(),
             },
             self.metrics.store_health.subscribe(),
