@@ -134,6 +134,16 @@ pub(crate) struct BenchArgs {
     /// `vigil_bench_<run>`, dropped first if an earlier bench left it.
     #[arg(long, value_name = "URL", conflicts_with = "broker")]
     store_url: Option<String>,
+    /// With --store-url: operations center replicas on the one database.
+    /// The first leads; the latency probes watch the feed of the last one
+    /// (a standby, which follows the leader's commits).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    replicas: u8,
+    /// With --replicas 2 or more: kill -9 the leading replica this long
+    /// into the load and time the takeover (a standby leading, and
+    /// receipts flowing again).
+    #[arg(long, value_name = "DURATION", value_parser = crate::simulate::parse_duration)]
+    kill_leader_after: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -191,7 +201,20 @@ struct RunResult {
     ops_usage: Option<Usage>,
     broker_mb_per_1000: Option<f64>,
     bench_cpu_s: f64,
+    failover: Option<Failover>,
 }
+
+/// The leader killed mid-run: when, and how long until a standby led and
+/// receipts flowed again (from the kill).
+#[derive(Debug, Default, Clone, Copy)]
+struct Failover {
+    killed_at_s: f64,
+    leading_s: Option<f64>,
+    receipting_s: Option<f64>,
+}
+
+/// Most operations center replicas in a bench run.
+const MAX_REPLICAS: u8 = 5;
 
 pub(crate) fn run(args: &BenchArgs) -> Result<()> {
     if args.posts == 0 || args.posts > MAX_POSTS {
@@ -220,6 +243,21 @@ pub(crate) fn run(args: &BenchArgs) -> Result<()> {
     }
     if args.batch == 0 || args.window == 0 {
         return Err(UsageError("--batch and --window must be at least 1".into()).into());
+    }
+    if args.replicas == 0 || args.replicas > MAX_REPLICAS {
+        return Err(UsageError(format!("--replicas must be 1 to {MAX_REPLICAS}")).into());
+    }
+    if args.replicas > 1 && args.store_url.is_none() {
+        return Err(UsageError(
+            "--replicas 2 or more share one PostgreSQL database: pass --store-url".into(),
+        )
+        .into());
+    }
+    if args.kill_leader_after.is_some() && args.replicas < 2 {
+        return Err(UsageError(
+            "--kill-leader-after needs a standby to take over: --replicas 2 or more".into(),
+        )
+        .into());
     }
     if args.probes > 0 && args.probe_interval < Duration::from_millis(1) {
         return Err(UsageError("--probe-interval must be at least 1ms".into()).into());
@@ -624,6 +662,8 @@ struct OwnBroker {
 struct Daemons {
     broker: Option<OwnBroker>,
     ops: Option<Daemon>,
+    /// Further replicas (with --replicas): their process, API and metrics.
+    standbys: Vec<(Daemon, SocketAddr, SocketAddr)>,
     broker_addr: SocketAddr,
     api: SocketAddr,
     ops_metrics: Option<SocketAddr>,
@@ -684,6 +724,7 @@ async fn start_daemons(
             return Ok(Daemons {
                 broker: None,
                 ops: None,
+                standbys: Vec::new(),
                 broker_addr: *broker,
                 api: *api,
                 ops_metrics: None,
@@ -741,22 +782,53 @@ async fn start_daemons(
         }
         None => String::new(),
     };
-    let path = write_config(
-        dir,
-        &format!("{tag}-ops.toml"),
-        &format!(
-            "# Written by `vigil bench`.\ndata_dir = \"{tag}/ops-data\"\n{store}{}\n[mqtt]\nserver = \"{broker_addr}\"\n\n[api]\nlisten = \"{api}\"\n\n# Capacity is measured: the per-post budget out of reach.\n[budget]\nevents_per_sec = 1000000000\nburst_events = 1000000000\nbytes_per_sec = 1000000000000\nburst_bytes = 1000000000000\n\n[metrics]\nlisten = \"{metrics}\"\n",
-            tls_table("ops")
-        ),
-    )?;
-    let mut ops = Daemon::spawn(
-        "ops center",
-        exe,
-        &["ops", "--config", &path.display().to_string()],
-        &dir.join(tag).join("ops.log"),
-    )?;
+    let start_ops = |i: u8, api: SocketAddr, metrics: SocketAddr| -> Result<Daemon> {
+        let name = if i == 1 {
+            "ops".to_owned()
+        } else {
+            format!("ops-{i}")
+        };
+        let path = write_config(
+            dir,
+            &format!("{tag}-{name}.toml"),
+            &format!(
+                "# Written by `vigil bench`.\ndata_dir = \"{tag}/{name}-data\"\n{store}{}\n[mqtt]\nserver = \"{broker_addr}\"\n\n[api]\nlisten = \"{api}\"\n\n# Capacity is measured: the per-post budget out of reach.\n[budget]\nevents_per_sec = 1000000000\nburst_events = 1000000000\nbytes_per_sec = 1000000000000\nburst_bytes = 1000000000000\n\n[metrics]\nlisten = \"{metrics}\"\n",
+                tls_table("ops")
+            ),
+        )?;
+        Daemon::spawn(
+            &format!("ops center {name}"),
+            exe,
+            &["ops", "--config", &path.display().to_string()],
+            &dir.join(tag).join(format!("{name}.log")),
+        )
+    };
+    let mut ops = start_ops(1, api, metrics)?;
     ops.wait_listening(api).await?;
     ops.wait_listening(metrics).await?;
+    let mut standbys = Vec::new();
+    if args.replicas > 1 {
+        // The first leads before the others start.
+        let deadline = Instant::now() + READY_WAIT;
+        while procs::scrape(metrics, "vigil_ops_leading")
+            .await
+            .unwrap_or(0.0)
+            < 1.0
+        {
+            ops.check_running()?;
+            if Instant::now() > deadline {
+                bail!("the first ops center did not lead within {READY_WAIT:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        for i in 2..=args.replicas {
+            let (api, metrics) = (procs::free_port()?, procs::free_port()?);
+            let mut standby = start_ops(i, api, metrics)?;
+            standby.wait_listening(api).await?;
+            standby.wait_listening(metrics).await?;
+            standbys.push((standby, api, metrics));
+        }
+    }
     Ok(Daemons {
         broker: Some(OwnBroker {
             daemon: broker,
@@ -764,6 +836,7 @@ async fn start_daemons(
             argv: broker_args,
         }),
         ops: Some(ops),
+        standbys,
         broker_addr,
         api,
         ops_metrics: Some(metrics),
@@ -850,7 +923,8 @@ async fn drive_run(
         tracker.spawn(probes::watch_feed(
             dir.join("pki"),
             names.analyst.clone(),
-            daemons.api,
+            // With replicas, a standby's feed: it outlives the leader.
+            daemons.standbys.last().map_or(daemons.api, |s| s.1),
             names.probes.clone(),
             recorder.clone(),
             ready_tx,
@@ -938,8 +1012,12 @@ async fn drive_run(
     let mut progress_mark = (0u64, 0usize);
     let mut last_progress = Instant::now();
     let mut finished_at = None;
+    let mut failover: Option<(Instant, Failover, u64)> = None;
     loop {
         let (sent, receipted) = sums(posts);
+        if let Some(after) = args.kill_leader_after {
+            track_failover(after, t0, receipted, daemons, &mut failover).await;
+        }
         if receipted >= total && finished_at.is_none() {
             finished_at = Some(Instant::now());
         }
@@ -997,6 +1075,7 @@ async fn drive_run(
     let stored_after = stored(daemons).await;
     let own_after = procs::own_usage()?;
     let broker_after = broker_usage(daemons);
+    // None once the leader was killed: its figures went with it.
     let ops_after = daemons.ops.as_ref().map(Daemon::usage).transpose()?;
     let usage_delta = |a: Option<Usage>, b: Option<Usage>| match (a, b) {
         (Some(a), Some(b)) => Some(Usage {
@@ -1026,6 +1105,7 @@ async fn drive_run(
         ops_usage: usage_delta(ops_cpu_before, ops_after),
         broker_mb_per_1000,
         bench_cpu_s: own_after.cpu_s - own_before.cpu_s,
+        failover: failover.map(|(_, f, _)| f),
     };
 
     if !args.no_reconnect_test && daemons.broker.is_some() {
@@ -1104,6 +1184,64 @@ async fn wait_until(
     }
 }
 
+/// Kills the leading replica once `after` has passed since `t0`, then
+/// times until a standby leads and until receipts flow again.
+async fn track_failover(
+    after: Duration,
+    t0: Instant,
+    receipted: u64,
+    daemons: &mut Daemons,
+    state: &mut Option<(Instant, Failover, u64)>,
+) {
+    match state {
+        None if t0.elapsed() >= after => {
+            let Some(mut leader) = daemons.ops.take() else {
+                return;
+            };
+            leader.kill();
+            eprintln!(
+                "[failover] killed the leading ops center (SIGKILL) at {:.1}s",
+                t0.elapsed().as_secs_f64()
+            );
+            *state = Some((
+                Instant::now(),
+                Failover {
+                    killed_at_s: t0.elapsed().as_secs_f64(),
+                    ..Failover::default()
+                },
+                receipted,
+            ));
+        }
+        Some((killed, f, mark)) => {
+            if f.leading_s.is_none() {
+                for (_, _, metrics) in &daemons.standbys {
+                    if procs::scrape(*metrics, "vigil_ops_leading")
+                        .await
+                        .unwrap_or(0.0)
+                        >= 1.0
+                    {
+                        f.leading_s = Some(killed.elapsed().as_secs_f64());
+                        eprintln!(
+                            "[failover] a standby leads {:.2}s after the kill",
+                            killed.elapsed().as_secs_f64()
+                        );
+                        // Receipts counted from here on are the new leader's.
+                        *mark = receipted;
+                        break;
+                    }
+                }
+            } else if f.receipting_s.is_none() && receipted > *mark {
+                f.receipting_s = Some(killed.elapsed().as_secs_f64());
+                eprintln!(
+                    "[failover] receipts flow again {:.2}s after the kill",
+                    killed.elapsed().as_secs_f64()
+                );
+            }
+        }
+        None => {}
+    }
+}
+
 fn broker_usage(daemons: &Daemons) -> Option<Usage> {
     daemons.broker.as_ref().and_then(|b| b.daemon.usage().ok())
 }
@@ -1175,7 +1313,24 @@ fn result_line(r: &RunResult) -> String {
                 mb(o.peak_rss_kb)
             );
         }
+        (Some(b), None) if r.failover.is_some() => {
+            line += &format!(
+                "; broker cpu {:.2}s peak {:.0} MB, {:.1} MB/1000 posts; ops not measured (killed mid-run)",
+                b.cpu_s,
+                mb(b.peak_rss_kb),
+                r.broker_mb_per_1000.unwrap_or(f64::NAN),
+            );
+        }
         _ => line += "; broker and ops not measured (running elsewhere)",
+    }
+    if let Some(f) = r.failover {
+        let s = |v: Option<f64>| v.map_or_else(|| "never".to_owned(), |v| format!("{v:.2}s"));
+        line += &format!(
+            "; leader killed at {:.1}s: a standby led after {}, receipts resumed after {}",
+            f.killed_at_s,
+            s(f.leading_s),
+            s(f.receipting_s)
+        );
     }
     line += &format!(
         "; bench cpu {:.2}s; connect {:.2}s",
@@ -1244,6 +1399,11 @@ fn json_report(args: &BenchArgs, results: &[RunResult]) -> String {
                 "bench_cpu_s": r.bench_cpu_s,
                 "connect_s": r.connect_s,
                 "reconnect_s": r.reconnect_s,
+                "failover": r.failover.map(|f| json!({
+                    "killed_at_s": f.killed_at_s,
+                    "leading_s": f.leading_s,
+                    "receipting_s": f.receipting_s,
+                })),
             })
         })
         .collect();

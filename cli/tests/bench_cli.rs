@@ -98,6 +98,59 @@ fn a_small_bench_runs_on_postgresql() {
     assert_eq!(counted, 500);
 }
 
+/// With two replicas and `--kill-leader-after`, the bench kills the
+/// leading operations center with SIGKILL under load and times the
+/// takeover; nothing is lost.
+#[test]
+fn a_bench_times_a_failover_under_load() {
+    let Some(pg) = vigil_tests::postgres::Postgres::start() else {
+        return;
+    };
+    let url = pg.create_db();
+    let dir = tempfile::tempdir().unwrap();
+    let stdout = bench(
+        &[
+            "--posts",
+            "10",
+            "--rate",
+            "200",
+            "--duration",
+            "8s",
+            "--probes",
+            "1",
+            "--mosquitto",
+            "off",
+            "--no-reconnect-test",
+            "--store-url",
+            &url,
+            "--replicas",
+            "2",
+            "--kill-leader-after",
+            "2s",
+        ],
+        dir.path(),
+    );
+    let report: serde_json::Value = serde_json::from_str(stdout.trim()).expect(&stdout);
+    let run = &report["runs"][0];
+    assert_eq!(run["lost"], 0, "{run}");
+    assert_eq!(run["receipted"], run["events"], "{run}");
+    let failover = &run["failover"];
+    let leading = failover["leading_s"].as_f64().expect("a standby led");
+    let receipting = failover["receipting_s"].as_f64().expect("receipts resumed");
+    assert!(leading > 0.0 && receipting >= leading, "{failover}");
+    let events = run["events"].as_i64().unwrap();
+    let db = pg.url("vigil_bench_vigil");
+    let counted: i64 = std::thread::spawn(move || {
+        let mut c = postgres::Client::connect(&db, postgres::NoTls).unwrap();
+        c.query_one("SELECT count(*) FROM events WHERE post_id LIKE 'b-%'", &[])
+            .unwrap()
+            .get(0)
+    })
+    .join()
+    .unwrap();
+    assert_eq!(counted, events, "every event stored once");
+}
+
 #[test]
 fn a_small_bench_completes_without_loss_and_reports_every_figure() {
     let dir = tempfile::tempdir().unwrap();
@@ -150,6 +203,9 @@ fn bad_bench_flags_are_refused() {
         // Refused by the argument parser, also 64.
         (&["bench", "--api", "127.0.0.1:1"], 64),
         (&["bench", "--rate", "10", "--count", "10"], 64),
+        (&["bench", "--replicas", "2"], 64),
+        (&["bench", "--replicas", "0"], 64),
+        (&["bench", "--kill-leader-after", "5s"], 64),
     ] {
         let out = vigil(args);
         assert_eq!(out.status.code(), Some(code), "{args:?}: {out:?}");

@@ -5,14 +5,16 @@
 //! Each post is two tasks: one polls the rumqttc event loop (which also
 //! reconnects, with the gateway's backoff) and applies receipts; the other
 //! sends. The sender keeps at most `window` events sent but not receipted,
-//! and after every reconnect, or when receipts stop coming for
-//! [`RESEND_AFTER`], sends again from the last receipt, as a gateway does;
+//! and after every reconnect, when receipts stop coming for
+//! [`RESEND_AFTER`], or when the operations center asks (a
+//! `ResendUnreceipted` command, as a new leader does), sends again from the
+//! last receipt, as a gateway does;
 //! the operations center stores by `(post, seq)`, so a repeat is harmless.
 
 use std::{
     sync::{
         Arc,
-        atomic::{AtomicU64, Ordering::Relaxed},
+        atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
     },
     time::{Duration, SystemTime},
 };
@@ -31,8 +33,8 @@ use vigil_proto::{
     Message as _, Timestamp,
     topics::{self, TopicKind},
     v1::{
-        AlarmProtocol, AlarmSignal, Event, EventBatch, EventCategory, PostState, PostStatus,
-        Receipt, Severity, Source, SourceKind, event::Body,
+        AlarmProtocol, AlarmSignal, Event, EventBatch, EventCategory, PostCommand, PostState,
+        PostStatus, Receipt, Severity, Source, SourceKind, event::Body, post_command,
     },
 };
 
@@ -83,6 +85,8 @@ pub(crate) struct PostStats {
     pub(crate) resent: AtomicU64,
     /// Events the post is to send in all; set when the load is known.
     pub(crate) target: AtomicU64,
+    /// The operations center asked for everything not receipted again.
+    pub(crate) resend_asked: AtomicBool,
     /// With a rate, how long after the common start this post's schedule
     /// begins (nanoseconds), so that the posts' sends interleave instead
     /// of arriving together at every tick.
@@ -158,6 +162,7 @@ async fn drive(
     stop: CancellationToken,
 ) {
     let receipts_topic = topics::topic(&id, TopicKind::Receipts);
+    let commands_topic = topics::topic(&id, TopicKind::Commands);
     let mut backoff = BACKOFF_MIN;
     loop {
         let event = tokio::select! {
@@ -177,6 +182,19 @@ async fn drive(
                         receipts.notify_one();
                     }
                     Err(e) => tracing::warn!(post = %id, "malformed receipt: {e}"),
+                }
+            }
+            Ok(MqttEvent::Incoming(Packet::Publish(p))) if p.topic == commands_topic => {
+                match PostCommand::decode(p.payload) {
+                    Ok(PostCommand {
+                        command: Some(post_command::Command::ResendUnreceipted(_)),
+                        ..
+                    }) => {
+                        stats.resend_asked.store(true, Relaxed);
+                        receipts.notify_one();
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(post = %id, "malformed command: {e}"),
                 }
             }
             Ok(_) => {}
@@ -229,6 +247,7 @@ impl Sender {
     ) -> Result<()> {
         let events_topic = topics::topic(&self.id, TopicKind::Events);
         let receipts_topic = topics::topic(&self.id, TopicKind::Receipts);
+        let commands_topic = topics::topic(&self.id, TopicKind::Commands);
         let status_topic = topics::topic(&self.id, TopicKind::Status);
         let template = template(&self.id);
         let mut seen_connection = 0u64;
@@ -247,6 +266,10 @@ impl Sender {
                     .await
                     .context("subscribe")?;
                 self.client
+                    .subscribe(&commands_topic, QoS::AtLeastOnce)
+                    .await
+                    .context("subscribe")?;
+                self.client
                     .publish(
                         &status_topic,
                         QoS::AtLeastOnce,
@@ -261,6 +284,10 @@ impl Sender {
             }
             let load = *start.borrow_and_update();
             let receipted = self.stats.receipted.load(Relaxed);
+            if self.stats.resend_asked.swap(false, Relaxed) {
+                self.resend_from(receipted, &mut sent_through);
+                last_progress = Instant::now();
+            }
             if receipted > last_receipted {
                 last_receipted = receipted;
                 last_progress = Instant::now();
