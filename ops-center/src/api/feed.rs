@@ -78,6 +78,11 @@ pub struct FeedPublisher {
 #[derive(Debug)]
 struct PublisherEnd {
     feed: Feed,
+    /// Whether the last position means anything yet: set by the first
+    /// publication, or by a follower's first read of where the store ends.
+    /// (Zero cannot say it: an empty store ends at zero too, and its first
+    /// change must still be published.)
+    started: std::sync::atomic::AtomicBool,
 }
 
 impl Drop for PublisherEnd {
@@ -96,6 +101,7 @@ impl FeedPublisher {
         if let Some(&last) = positions.iter().max() {
             self.inner.feed.last.fetch_max(last, Ordering::Relaxed);
         }
+        self.inner.started.store(true, Ordering::Release);
     }
 
     fn send(&self, change: Change) {
@@ -103,6 +109,7 @@ impl FeedPublisher {
             .feed
             .last
             .fetch_max(change.position, Ordering::Relaxed);
+        self.inner.started.store(true, Ordering::Release);
         // No receivers is fine: nobody is watching.
         let _ = self.inner.feed.tx.send(Arc::new(change));
     }
@@ -140,11 +147,12 @@ impl FeedPublisher {
 
     /// Publishes every change after the last position published.
     pub async fn catch_up(&self, readers: &Reader) -> Result<(), StoreError> {
-        if self.last_position() == 0 {
+        if !self.inner.started.load(Ordering::Acquire) {
             // Nothing published yet: watchers read what came before from
             // the store; start from its end.
             let end = readers.read(|s| s.last_audit_position()).await?;
             self.inner.feed.last.fetch_max(end, Ordering::Relaxed);
+            self.inner.started.store(true, Ordering::Release);
         }
         loop {
             let after = self.last_position();
@@ -175,7 +183,10 @@ impl Feed {
     /// the last clone is dropped, watchers end.
     pub fn publisher(&self) -> FeedPublisher {
         FeedPublisher {
-            inner: Arc::new(PublisherEnd { feed: self.clone() }),
+            inner: Arc::new(PublisherEnd {
+                feed: self.clone(),
+                started: std::sync::atomic::AtomicBool::new(false),
+            }),
         }
     }
 
@@ -491,5 +502,52 @@ mod tests {
         assert_eq!(end.code(), Code::Unavailable);
         watcher.await.unwrap();
         assert!(feed.is_stopped());
+    }
+
+    /// A follower started on an empty store publishes the first change
+    /// too: an empty store's end (zero) is a start, not "nothing yet".
+    #[tokio::test]
+    async fn a_follower_on_an_empty_store_publishes_the_very_first_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = Arc::new(SqliteBackend::open(dir.path()).unwrap());
+        let readers = Readers::new(backend.clone(), 2);
+        let mut writer = crate::store::Backend::writer(&*backend).unwrap();
+        // The leader's publisher (nobody listens) and the follower's feed.
+        let leader = Feed::new().publisher();
+        let feed = Feed::new();
+        let follower = feed.publisher();
+        let mut rx = feed.tx.subscribe();
+        let wake = Arc::new(tokio::sync::Notify::new());
+        let stop = CancellationToken::new();
+        let following = tokio::spawn({
+            let (follower, readers, wake, stop) = (
+                follower.clone(),
+                readers.clone(),
+                wake.clone(),
+                stop.clone(),
+            );
+            async move { follower.follow(readers, wake, stop).await }
+        });
+        // The follower has read where the empty store ends...
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while !follower.inner.started.load(Ordering::Acquire) {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("the follower starts");
+        // ...then the leader commits the first change, and the follower
+        // hears of it.
+        commit(&mut *writer, &leader, 1);
+        wake.notify_one();
+        let change = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("the first change within 10 s")
+            .expect("feed open");
+        assert_eq!(change.position, 1);
+        assert_eq!(change.incident.id, store::incident_id(1));
+        stop.cancel();
+        wake.notify_one();
+        following.await.unwrap();
     }
 }
