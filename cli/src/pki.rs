@@ -339,7 +339,7 @@ fn export_password(id: &Identity) -> Result<String> {
 }
 
 /// Writes `bytes` to `path`, readable by its owner only (a key is inside).
-fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::{io::Write, os::unix::fs::OpenOptionsExt};
 
     let mut file = std::fs::OpenOptions::new()
