@@ -260,7 +260,11 @@ impl Center {
                 metrics: self.metrics.clone(),
             },
             self.metrics.store_health.subscribe(),
-            vigil_net::Front::new("console", config.limits()),
+            vigil_net::Front::with_stats(
+                "console",
+                config.limits(),
+                self.metrics.console_listener.clone(),
+            ),
             listener,
             tls.server_config().unwrap(),
             shutdown.clone(),

@@ -3,7 +3,7 @@
 import * as api from "./api.js";
 import { Queue, age, ago, announce, categoryOf, noFilter, openedMs, priorityOf, rank, stateOf } from "./queue.js";
 import { ACTIONS, blocked, detailView, el, postsView, replayUrl } from "./views.js";
-const probe = { firstPaintMs: null, announced: 0, seenAt: {} };
+const probe = { firstPaintMs: null, announced: 0, seenAt: {}, renderMs: 0, renderMaxMs: 0 };
 window.vigil = probe;
 const $ = (id) => {
     const node = document.getElementById(id);
@@ -42,6 +42,12 @@ function rowFor(i, now) {
     return node;
 }
 function render() {
+    const started = performance.now();
+    renderQueue();
+    probe.renderMs = performance.now() - started;
+    probe.renderMaxMs = Math.max(probe.renderMaxMs, probe.renderMs);
+}
+function renderQueue() {
     const now = Date.now();
     const list = $("queue");
     const view = queue.view(filter, me.identity);

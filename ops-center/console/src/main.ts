@@ -14,6 +14,9 @@ interface Probe {
   announced: number;
   /** Wall-clock ms when each incident's row first appeared. */
   seenAt: Record<string, number>;
+  /** How long the latest queue render took, and the longest, in ms. */
+  renderMs: number;
+  renderMaxMs: number;
 }
 
 declare global {
@@ -22,7 +25,7 @@ declare global {
   }
 }
 
-const probe: Probe = { firstPaintMs: null, announced: 0, seenAt: {} };
+const probe: Probe = { firstPaintMs: null, announced: 0, seenAt: {}, renderMs: 0, renderMaxMs: 0 };
 window.vigil = probe;
 
 const $ = <T extends HTMLElement>(id: string): T => {
@@ -80,6 +83,13 @@ function rowFor(i: Incident, now: number): HTMLElement {
 }
 
 function render(): void {
+  const started = performance.now();
+  renderQueue();
+  probe.renderMs = performance.now() - started;
+  probe.renderMaxMs = Math.max(probe.renderMaxMs, probe.renderMs);
+}
+
+function renderQueue(): void {
   const now = Date.now();
   const list = $("queue");
   const view = queue.view(filter, me.identity);

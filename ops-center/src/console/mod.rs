@@ -174,7 +174,11 @@ pub async fn start(
         .await
         .map_err(|source| crate::OpsError::ConsoleBind { addr, source })?;
     tracing::info!(addr = %listener.local_addr().unwrap_or(addr), "console listening");
-    let front = vigil_net::Front::new("console", config.limits());
+    let front = vigil_net::Front::with_stats(
+        "console",
+        config.limits(),
+        ctx.metrics.console_listener.clone(),
+    );
     Ok(Some(tokio::spawn(serve(
         ctx,
         store_ok,
