@@ -36,8 +36,15 @@ use crate::{
     region::{self, tls_table, write_config},
 };
 
+mod replicas;
+
 /// Most simulated posts.
 const MAX_POSTS: u16 = 50;
+/// Most operations center replicas.
+const MAX_REPLICAS: u8 = 5;
+/// The leader lease of `vigil dev`'s replicas: short, so that a failover
+/// shows quickly.
+const DEV_LEASE_SECS: u64 = 2;
 /// How long every part gets to stop after Ctrl-C.
 const STOP_GRACE: Duration = Duration::from_secs(15);
 /// Zone alarms waiting for a camera to look; a full queue drops the
@@ -100,6 +107,19 @@ pub(crate) struct DevArgs {
     /// Average time between two messages of one panel (e.g. 500ms, 4s).
     #[arg(long, value_parser = crate::simulate::parse_duration, default_value = "4s")]
     interval: Duration,
+    /// Operations center replicas; more than one share a PostgreSQL
+    /// database (`--store-url`), one leading, the others standing by.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    replicas: u8,
+    /// The operations center's store on PostgreSQL
+    /// (`postgresql://USER@/DB?host=SOCKET_DIR&port=PORT`) instead of
+    /// SQLite under DIR.
+    #[arg(long, value_name = "URL")]
+    store_url: Option<String>,
+    /// With several replicas: stop the leading one abruptly this often and
+    /// bring it back as a standby, to show a failover (0s: never).
+    #[arg(long, value_parser = crate::simulate::parse_duration, default_value = "60s")]
+    failover_every: Duration,
 }
 
 /// What every part of the region was given, for the banner.
@@ -119,6 +139,27 @@ pub(crate) fn run(args: &DevArgs) -> Result<()> {
     }
     if args.interval < Duration::from_millis(50) {
         return Err(Usage("--interval must be at least 50ms".into()).into());
+    }
+    if args.replicas == 0 || args.replicas > MAX_REPLICAS {
+        return Err(Usage(format!("--replicas must be 1 to {MAX_REPLICAS}")).into());
+    }
+    if args.replicas > 1 && args.store_url.is_none() {
+        return Err(Usage(
+            "several replicas share one PostgreSQL database: pass --store-url \
+             postgresql://USER@/DB?host=SOCKET_DIR&port=PORT (deploy/README.md shows how to make one)"
+                .into(),
+        )
+        .into());
+    }
+    if args
+        .store_url
+        .as_ref()
+        .is_some_and(|u| u.chars().any(char::is_control))
+    {
+        return Err(Usage("--store-url has a control character".into()).into());
+    }
+    if !args.failover_every.is_zero() && args.failover_every < Duration::from_secs(5) {
+        return Err(Usage("--failover-every must be 0s (never) or at least 5s".into()).into());
     }
     if [args.api, args.broker, args.metrics, args.console]
         .iter()
@@ -258,37 +299,62 @@ async fn run_region(args: &DevArgs, dir: &Path, posts: &[String], fresh: bool) -
             }
         }
     }
-    let path = write_config(
-        dir,
-        "ops.toml",
-        &format!(
-            "# Written by `vigil dev` at every start.\ndata_dir = \"data/ops\"\n{}\n[mqtt]\nserver = \"{broker_addr}\"\n\n[api]\nlisten = \"{api_addr}\"\n\n[console]\nlisten = \"{console_addr}\"\n{DEV_ENGINE}{zones}",
-            tls_table("ops")
-        ),
-    )?;
-    let ops_config = vigil_ops::config::OpsConfig::load(&path).map_err(|e| Usage(e.to_string()))?;
-    let ops_tls = ops_config.tls.load().context("ops-center certificate")?;
-    let (store, engine) = vigil_ops::open(&ops_config).context("opening the ops-center store")?;
-    let ops_metrics = Arc::new(vigil_ops::metrics::Metrics::default());
-    let ops_counters = ops_metrics.clone();
-    tracker.spawn({
-        let stop = shutdown.child_token();
-        async move {
-            if let Err(e) = vigil_ops::run_with_api(
-                ops_config,
-                store,
-                engine,
-                &ops_tls,
-                ops_metrics,
-                api_listener,
-                stop,
-            )
-            .await
-            {
-                tracing::error!("operations center stopped: {e}");
-            }
-        }
+    let store = args.store_url.as_ref().map_or_else(String::new, |url| {
+        format!(
+            "\n[store]\nurl = \"{}\"\nlease_secs = {DEV_LEASE_SECS}\n",
+            url.replace('\\', "\\\\").replace('"', "\\\"")
+        )
     });
+    let mut ops = Vec::new();
+    let mut api_listener = Some(api_listener);
+    for i in 1..=args.replicas {
+        let listener = match api_listener.take() {
+            Some(first) => first,
+            // The next replicas on the following ports (any free one after
+            // port 0).
+            None => {
+                let port = match args.api.port() {
+                    0 => 0,
+                    p => p.saturating_add(u16::from(i) - 1),
+                };
+                let addr = SocketAddr::new(args.api.ip(), port);
+                TcpListener::bind(addr).await.map_err(|e| {
+                    Usage(format!("api of replica {i}: cannot listen on {addr}: {e}"))
+                })?
+            }
+        };
+        let name = if i == 1 {
+            "ops".to_owned()
+        } else {
+            format!("ops-{i}")
+        };
+        // The first replica serves the browser console.
+        let console = if i == 1 {
+            format!("\n[console]\nlisten = \"{console_addr}\"\n")
+        } else {
+            String::new()
+        };
+        let path = write_config(
+            dir,
+            &format!("{name}.toml"),
+            &format!(
+                "# Written by `vigil dev` at every start.\ndata_dir = \"data/{name}\"\n{}\n[mqtt]\nserver = \"{broker_addr}\"\n\n[api]\nlisten = \"{}\"\n{console}{store}{DEV_ENGINE}{zones}",
+                tls_table("ops"),
+                listener.local_addr()?,
+            ),
+        )?;
+        ops.push(replicas::Replica::start(name, path, listener, &shutdown).await?);
+    }
+    let ops_counters: Vec<_> = ops
+        .iter()
+        .map(|r| (r.name.clone(), r.metrics.clone()))
+        .collect();
+    let ops_apis: Vec<_> = ops.iter().map(|r| (r.name.clone(), r.api)).collect();
+    tracker.spawn(replicas::supervise(
+        ops,
+        args.failover_every,
+        shutdown.child_token(),
+    ));
 
     // Posts: a gateway each, with its panel and cameras.
     let mut infos = Vec::new();
@@ -398,7 +464,14 @@ async fn run_region(args: &DevArgs, dir: &Path, posts: &[String], fresh: bool) -
         let mut out = vigil_telemetry::Exposition::new();
         out.build_info("dev", env!("CARGO_PKG_VERSION"));
         broker_counters.snapshot().export(&mut out);
-        ops_counters.export(&mut out);
+        match &ops_counters[..] {
+            [(_, one)] => one.export(&mut out),
+            several => {
+                for (name, metrics) in several {
+                    out.scoped(&[("replica", name)], |out| metrics.export(out));
+                }
+            }
+        }
         for (post, metrics) in &gateway_counters {
             out.scoped(&[("post", post)], |out| metrics.export(out));
         }
@@ -414,6 +487,7 @@ async fn run_region(args: &DevArgs, dir: &Path, posts: &[String], fresh: bool) -
         dir,
         fresh,
         [broker_addr, api_addr, metrics_addr],
+        &ops_apis,
         (console_addr, &bundle),
         &infos,
     );
@@ -439,6 +513,7 @@ fn print_banner(
     dir: &Path,
     fresh: bool,
     [broker, api, metrics]: [SocketAddr; 3],
+    ops: &[(String, SocketAddr)],
     (console, bundle): (SocketAddr, &Bundle),
     posts: &[PostInfo],
 ) {
@@ -455,10 +530,19 @@ fn print_banner(
         }
     );
     let _ = writeln!(out, "  broker      mqtts://{broker}  (config broker.toml)");
-    let _ = writeln!(
-        out,
-        "  ops center  gRPC {api}  (config ops.toml, data in data/ops)"
-    );
+    if let [(name, api)] = ops {
+        let _ = writeln!(
+            out,
+            "  ops center  gRPC {api}  (config {name}.toml, data in data/{name})"
+        );
+    } else {
+        for (name, api) in ops {
+            let _ = writeln!(
+                out,
+                "  ops center  gRPC {api}  (config {name}.toml; replica on the shared PostgreSQL store)"
+            );
+        }
+    }
     let _ = writeln!(
         out,
         "  console     https://{console}/  (browser, client certificate)"

@@ -24,6 +24,10 @@ struct Dev {
 
 impl Dev {
     fn start(dir: &std::path::Path) -> Self {
+        Self::start_with(dir, &[])
+    }
+
+    fn start_with(dir: &std::path::Path, extra: &[&str]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_vigil"))
             .args(["dev", "--dir"])
             .arg(dir)
@@ -39,6 +43,7 @@ impl Dev {
                 "--interval",
                 "100ms",
             ])
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -210,6 +215,16 @@ fn dev_refuses_bad_flags_with_usage() {
         vec!["--metrics", "0.0.0.0:9464"],
         vec!["--console", "0.0.0.0:8443"],
         vec!["--interval", "1ms"],
+        vec!["--replicas", "2"],
+        vec!["--replicas", "0"],
+        vec![
+            "--replicas",
+            "2",
+            "--store-url",
+            "postgresql://u@/db",
+            "--failover-every",
+            "1s",
+        ],
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_vigil"))
             .args(["dev", "--dir"])
@@ -243,4 +258,50 @@ fn dev_on_a_busy_metrics_port_says_so_and_nothing_else() {
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(!err.contains("ERROR") && !err.contains("panicked"), "{err}");
     drop(held);
+}
+
+/// `vigil dev --replicas 2` on PostgreSQL shows a failover live: the
+/// leading replica is stopped abruptly, the other leads a lease later, the
+/// stopped one comes back standing by, and the feed goes on.
+#[test]
+fn dev_shows_a_failover_between_replicas() {
+    let Some(pg) = vigil_tests::postgres::Postgres::start() else {
+        return;
+    };
+    let url = pg.create_db();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut dev = Dev::start_with(
+        &tmp.path().join("region"),
+        &[
+            "--replicas",
+            "2",
+            "--store-url",
+            &url,
+            "--failover-every",
+            "5s",
+        ],
+    );
+    let replicas: Vec<String> = (0..2)
+        .map(|_| {
+            dev.line("a replica in the banner", |l| {
+                l.contains("ops center  gRPC")
+            })
+        })
+        .collect();
+    assert!(replicas[1].contains("ops-2.toml"), "{replicas:?}");
+    dev.line("the live feed", |l| l.contains("live changes follow"));
+    let stopped = dev.line("the leader stopped", |l| {
+        l.starts_with("[replicas] stopping")
+    });
+    let took_over = dev.line("another replica leading", |l| {
+        l.starts_with("[replicas]") && l.contains(" leads ")
+    });
+    let word = |l: &str, n: usize| l.split_whitespace().nth(n).unwrap_or_default().to_owned();
+    let name = |l: &str| word(l, 1);
+    let (old, new) = (word(&stopped, 2), name(&took_over));
+    assert_ne!(old, new, "{stopped} / {took_over}");
+    let back = dev.line("the stopped replica back", |l| l.contains("is back"));
+    assert_eq!(name(&back), old, "{back}");
+    dev.line("the feed going on", |l| l.contains("(opened)"));
+    dev.stop();
 }

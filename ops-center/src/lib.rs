@@ -28,13 +28,14 @@ pub mod budget;
 pub mod config;
 pub mod console;
 pub mod engine;
+pub mod forward;
 pub mod ingest;
 pub mod metrics;
 pub mod store;
 pub mod writer;
 
 use std::{
-    sync::Arc,
+    sync::{Arc, atomic::Ordering::Relaxed},
     time::{Duration, SystemTime},
 };
 
@@ -188,7 +189,7 @@ pub async fn run_with_api(
     let feed = api::feed::Feed::new();
     let publisher = feed.publisher();
     let (jobs_tx, jobs_rx) = mpsc::channel(writer::QUEUE_CAPACITY);
-    let (leading_tx, leading) = tokio::sync::watch::channel(store.writer.is_some());
+    metrics.leading.store(store.writer.is_some(), Relaxed);
     tracing::info!(
         addr = %api_listener.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string()),
         "api listening"
@@ -203,7 +204,6 @@ pub async fn run_with_api(
         readers: readers.clone(),
         feed,
         metrics: metrics.clone(),
-        leading: Some(leading),
     };
     let console = console::start(
         config.console.as_ref(),
@@ -287,7 +287,6 @@ pub async fn run_with_api(
                 metrics: metrics.clone(),
                 readers,
                 publisher,
-                leading: leading_tx,
             };
             let result = replica.run(jobs_rx, shutdown.clone()).await;
             tasks.cancel();
@@ -340,7 +339,6 @@ struct Replica {
     metrics: Arc<Metrics>,
     readers: Arc<Readers>,
     publisher: api::feed::FeedPublisher,
-    leading: tokio::sync::watch::Sender<bool>,
 }
 
 impl Replica {
@@ -376,7 +374,7 @@ impl Replica {
         shutdown: &CancellationToken,
     ) -> Result<(), StoreError> {
         loop {
-            self.leading.send_replace(false);
+            self.metrics.leading.store(false, Relaxed);
             // A standby's store is fine: it only does not write.
             self.metrics.store_health.set(true);
             // Following the leader's commits while trying for the lease;
@@ -401,9 +399,15 @@ impl Replica {
                     tokio::select! {
                         () = shutdown.cancelled() => break None,
                         () = tokio::time::sleep(self.lease / 3) => {}
-                        // Drain actions sent to a standby: the API refuses them
-                        // first, this only answers what slipped through.
-                        Some(job) = jobs.recv() => refuse(job),
+                        // Actions on a standby: the leader carries them out.
+                        Some(job) = jobs.recv() => {
+                            self.metrics.actions_forwarded.fetch_add(1, Relaxed);
+                            tokio::spawn(forward::forward(
+                                self.backend.clone(),
+                                job,
+                                forward::patience(self.lease),
+                            ));
+                        }
                     }
                 }
             };
@@ -462,8 +466,11 @@ impl Replica {
             done_tx,
             self.publisher.clone(),
         );
-        self.leading.send_replace(true);
+        self.metrics.leading.store(true, Relaxed);
         let term = shutdown.child_token();
+        // Dropped (the replica stopped mid-term): the mailbox thread stops
+        // too, and with it the last sender that could keep the writer on.
+        let _term_guard = term.clone().drop_guard();
         let ticking = tick(term_tx.clone(), term.clone());
         let ingest = ingest::run(
             self.ingest_config.clone(),
@@ -473,6 +480,15 @@ impl Replica {
             self.metrics.clone(),
             term.clone(),
         );
+        // Actions standbys forwarded, from the mailbox, on a thread of its
+        // own; it stops with the term (or when the writer's queue closes).
+        let mailbox = {
+            let (backend, jobs, stop) = (self.backend.clone(), term_tx.clone(), term.clone());
+            std::thread::Builder::new()
+                .name("vigil-ops-mailbox".into())
+                .spawn(move || forward::serve(&backend, &jobs, &stop))
+                .expect("spawn the mailbox reader")
+        };
         // Actions from the API go to this term's writer.
         let forward = async {
             while let Some(job) = jobs.recv().await {
@@ -489,9 +505,10 @@ impl Replica {
             () = forward => Ok(()),
             () = ticking => Ok(()),
         };
-        self.leading.send_replace(false);
+        self.metrics.leading.store(false, Relaxed);
         term.cancel();
         drop(term_tx);
+        let _ = tokio::task::spawn_blocking(move || mailbox.join()).await;
         let writer_result = tokio::task::spawn_blocking(move || writer.join())
             .await
             .unwrap_or_else(|_| Err(StoreError::Corrupt("writer join failed".into())));
@@ -499,20 +516,6 @@ impl Replica {
             tracing::warn!(error = %e, "ingest stopped");
         }
         writer_result
-    }
-}
-
-/// Answers an action that reached a standby: UNAVAILABLE.
-fn refuse(job: Job) {
-    let why = || {
-        engine::WorkflowError::Unavailable(
-            "this replica is standing by: the leading replica takes changes".into(),
-        )
-    };
-    match job {
-        Job::Workflow { reply, .. } => drop(reply.send(Err(why()))),
-        Job::TestMode { reply, .. } => drop(reply.send(Err(why()))),
-        _ => {}
     }
 }
 

@@ -160,6 +160,12 @@ pub struct Metrics {
     pub budget_deferred_batches: AtomicU64,
     /// Group commits that failed (and were tried again).
     pub commit_failures: AtomicU64,
+    /// Whether this replica runs the incident engine (always, on SQLite;
+    /// on PostgreSQL while it holds the leader lease).
+    pub leading: std::sync::atomic::AtomicBool,
+    /// Actions this replica received while standing by and had the leader
+    /// carry out.
+    pub actions_forwarded: AtomicU64,
     /// Whether the store can write (the gRPC health service follows it).
     pub store_health: StoreHealth,
 }
@@ -254,6 +260,8 @@ impl Metrics {
             budget_deferred_batches: self.budget_deferred_batches.load(Relaxed),
             commit_failures: self.commit_failures.load(Relaxed),
             store_healthy: self.store_health.is_healthy(),
+            leading: self.leading.load(Relaxed),
+            actions_forwarded: self.actions_forwarded.load(Relaxed),
         }
     }
 
@@ -370,6 +378,16 @@ impl MetricsSnapshot {
             "1 while the store can write; 0 after a failed commit, until one succeeds.",
             if self.store_healthy { 1.0 } else { 0.0 },
         );
+        out.gauge(
+            "vigil_ops_leading",
+            "1 while this replica runs the incident engine (holds the leader lease); 0 standing by.",
+            if self.leading { 1.0 } else { 0.0 },
+        );
+        out.counter(
+            "vigil_ops_actions_forwarded_total",
+            "Actions received while standing by, carried out by the leading replica.",
+            self.actions_forwarded,
+        );
         out.counter(
             "vigil_ops_budget_deferred_events_total",
             "Events over their post's budget: neither stored nor receipted; the gateway re-sends them.",
@@ -420,6 +438,8 @@ pub struct MetricsSnapshot {
     pub budget_deferred_batches: u64,
     pub commit_failures: u64,
     pub store_healthy: bool,
+    pub leading: bool,
+    pub actions_forwarded: u64,
 }
 
 #[cfg(test)]

@@ -101,6 +101,10 @@ pub enum Job {
     },
     /// Run the engine's timers.
     Tick { at: SystemTime },
+    /// An action a standby replica forwarded through the request mailbox
+    /// (a `Workflow` or `TestMode` job): claimed, applied and answered in
+    /// one transaction (see [`crate::forward`]).
+    Forwarded { id: u64, job: Box<Job> },
 }
 
 impl Job {
@@ -313,6 +317,10 @@ impl Writer {
         // transaction starts (the transaction borrows the store).
         let mut stored: HashMap<String, Option<Incident>> = HashMap::new();
         for job in &group {
+            let job = match job {
+                Job::Forwarded { job, .. } => job,
+                job => job,
+            };
             if let Job::Workflow { incident_id, .. } = job
                 && self.engine.incident(incident_id).is_none()
             {
@@ -378,43 +386,32 @@ impl Writer {
                     committed.tokens.push(token);
                     kept.push(Job::Status { status, at, token });
                 }
-                Job::Workflow {
-                    incident_id,
-                    expected_version,
-                    action,
-                    actor,
-                    at,
-                    reply,
-                } => {
-                    let from_store = stored.remove(&incident_id).flatten();
-                    let result = self.engine.apply(
-                        &incident_id,
-                        from_store,
-                        expected_version,
-                        &action,
-                        &actor,
-                        at,
-                        &mut changes,
-                    );
-                    replies.push(Reply::Workflow(reply, Box::new(result)));
+                job @ (Job::Workflow { .. } | Job::TestMode { .. }) => {
+                    if let Some(reply) = act(&mut self.engine, job, &mut stored, &mut changes) {
+                        replies.push(reply);
+                    }
                 }
-                Job::TestMode {
-                    post_id,
-                    duration,
-                    reason,
-                    actor,
-                    at,
-                    reply,
-                } => {
-                    let result = self.engine.set_test_mode(
-                        &post_id,
-                        duration,
-                        &reason,
-                        &actor,
-                        at,
-                        &mut changes,
-                    );
-                    replies.push(Reply::TestMode(reply, result));
+                Job::Forwarded { id, job } => {
+                    let claimed = tx.claim_request(id);
+                    let reply = match claimed {
+                        // Answered or given up already: nothing to do.
+                        Ok(false) => continue,
+                        Ok(true) => act(&mut self.engine, *job, &mut stored, &mut changes),
+                        Err(e) => {
+                            failed = Some(e);
+                            break;
+                        }
+                    };
+                    let answer = match &reply {
+                        Some(Reply::Workflow(_, r)) => crate::forward::workflow_answer(r),
+                        Some(Reply::TestMode(_, r)) => crate::forward::test_mode_answer(r),
+                        None => continue,
+                    };
+                    replies.extend(reply);
+                    if let Err(e) = tx.answer_request(id, &answer) {
+                        failed = Some(e);
+                        break;
+                    }
                 }
                 Job::Tick { at } => {
                     self.engine.tick(at, &mut changes);
@@ -485,6 +482,50 @@ impl Writer {
     }
 }
 
+/// Applies one action job to the engine; its reply, to send once the
+/// transaction has committed.
+fn act(
+    engine: &mut Engine,
+    job: Job,
+    stored: &mut HashMap<String, Option<Incident>>,
+    changes: &mut Changes,
+) -> Option<Reply> {
+    match job {
+        Job::Workflow {
+            incident_id,
+            expected_version,
+            action,
+            actor,
+            at,
+            reply,
+        } => {
+            let from_store = stored.remove(&incident_id).flatten();
+            let result = engine.apply(
+                &incident_id,
+                from_store,
+                expected_version,
+                &action,
+                &actor,
+                at,
+                changes,
+            );
+            Some(Reply::Workflow(reply, Box::new(result)))
+        }
+        Job::TestMode {
+            post_id,
+            duration,
+            reason,
+            actor,
+            at,
+            reply,
+        } => {
+            let result = engine.set_test_mode(&post_id, duration, &reason, &actor, at, changes);
+            Some(Reply::TestMode(reply, result))
+        }
+        _ => None,
+    }
+}
+
 /// Answers the workflow jobs of a group that cannot be committed with
 /// UNAVAILABLE; returns the others (worth trying again).
 fn unavailable(group: Vec<Job>) -> Vec<Job> {
@@ -500,6 +541,9 @@ fn unavailable(group: Vec<Job>) -> Vec<Job> {
                 let _ = reply.send(Err(why()));
                 None
             }
+            // The claim is undone with the transaction: the mailbox passes
+            // the request again.
+            Job::Forwarded { .. } => None,
             job => Some(job),
         })
         .collect()

@@ -100,6 +100,69 @@ fn the_leader_lease_fences_a_deposed_writer() {
     writer_b.begin().unwrap().commit().unwrap();
 }
 
+/// The request mailbox: a request is answered with the transaction that
+/// claims it, or given up by its sender, never both. A sender giving up
+/// while the leader holds the claim waits for the leader's commit and gets
+/// its answer; a claim after a give-up finds nothing to do.
+#[test]
+fn a_forwarded_request_is_answered_or_given_up_never_both() {
+    use std::time::Duration;
+    let Some(pg) = Postgres::start() else { return };
+    let backend = PostgresBackend::open(&pg.create_db()).unwrap();
+    let mut writer = backend.writer().unwrap();
+    let mut sender = backend.mailbox().unwrap();
+    let mut leader = backend.mailbox().unwrap();
+
+    // Answered: claimed and answered in one transaction.
+    let id = sender.post(b"first", Duration::from_secs(30)).unwrap();
+    assert_eq!(leader.waiting(10).unwrap(), vec![(id, b"first".to_vec())]);
+    let mut tx = writer.begin().unwrap();
+    assert!(tx.claim_request(id).unwrap());
+    tx.answer_request(id, b"done").unwrap();
+    // Uncommitted: the sender sees no answer yet, and a give-up waits for
+    // the claim's transaction to end.
+    assert_eq!(sender.answer(id).unwrap(), None);
+    let giving_up = std::thread::spawn({
+        let backend = backend.clone();
+        move || backend.mailbox().unwrap().give_up(id).unwrap()
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!giving_up.is_finished(), "the give-up waits for the claim");
+    tx.commit().unwrap();
+    assert_eq!(giving_up.join().unwrap(), Some(b"done".to_vec()));
+    assert_eq!(sender.answer(id).unwrap(), Some(b"done".to_vec()));
+    assert!(leader.waiting(10).unwrap().is_empty());
+
+    // Given up before any claim: the leader's claim finds nothing.
+    let id = sender.post(b"second", Duration::from_secs(30)).unwrap();
+    assert_eq!(sender.give_up(id).unwrap(), None);
+    let mut tx = writer.begin().unwrap();
+    assert!(!tx.claim_request(id).unwrap());
+    tx.commit().unwrap();
+    assert_eq!(sender.answer(id).unwrap(), None);
+
+    // A claim rolled back leaves the request to be given up (or claimed
+    // again).
+    let id = sender.post(b"third", Duration::from_secs(30)).unwrap();
+    let tx = {
+        let mut tx = writer.begin().unwrap();
+        assert!(tx.claim_request(id).unwrap());
+        tx
+    };
+    drop(tx);
+    assert_eq!(leader.waiting(10).unwrap().len(), 1);
+    assert_eq!(sender.give_up(id).unwrap(), None);
+
+    // Past its deadline a request is no longer offered nor claimable.
+    let id = sender.post(b"late", Duration::from_millis(100)).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(leader.waiting(10).unwrap().is_empty());
+    let mut tx = writer.begin().unwrap();
+    assert!(!tx.claim_request(id).unwrap());
+    tx.commit().unwrap();
+    sender.forget(id).unwrap();
+}
+
 /// A SQLite store copied into PostgreSQL reads the same through the port:
 /// events (their bytes too), watermarks with their gaps, incidents, audit
 /// positions, notes, links, post status and test mode; and the imported

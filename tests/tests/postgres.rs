@@ -338,3 +338,158 @@ async fn a_leader_cut_from_the_database_is_fenced_off() {
     );
     drop(pg);
 }
+
+/// Every replica takes analysts' actions: on a standby they are carried
+/// out by the leader (through the request mailbox), with the same answers
+/// as on the leader (the changed incident, a version conflict with the
+/// current incident, a refusal in the engine's words), and an action sent
+/// while the leader dies is taken by the replica that leads next.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_takes_actions_through_the_leader() {
+    use tonic::Code;
+    use vigil_pki::Role;
+    use vigil_proto::v1::{
+        AcknowledgeRequest, AddNoteRequest, Disposition, IncidentState, ListIncidentsRequest,
+        ResolveRequest, SetTestModeRequest,
+    };
+
+    let Some(pg) = Postgres::start() else { return };
+    let url = pg.create_db();
+    let extra = format!("[store]\nurl = \"{url}\"\nlease_secs = 2\n");
+    let region = Region::new();
+    let broker = region.start_broker("127.0.0.1:0".parse().unwrap()).await;
+    let first = region.start_ops_with(broker.addr(), &extra).await;
+    eventually("the first replica leads", || {
+        first.metrics.leading.load(Relaxed)
+    })
+    .await;
+    let second = region.start_ops_with(broker.addr(), &extra).await;
+    let gw = region.start_gateway("p-1", broker.addr(), "").await;
+    panel(gw.dc09, 6, 1, std::time::Duration::from_millis(5)).await;
+    eventually("everything receipted", || gw.all_receipted()).await;
+
+    let mut leader = region.api_client(Role::Analyst, "alice", first.api).await;
+    let mut standby = region.api_client(Role::Analyst, "bob", second.api).await;
+    let open = |c: &mut vigil_proto::v1::ops_center_client::OpsCenterClient<_>| {
+        let mut c = c.clone();
+        async move {
+            c.list_incidents(ListIncidentsRequest {
+                states: vec![IncidentState::Open as i32],
+                ..Default::default()
+            })
+            .await
+            .expect("list incidents")
+            .into_inner()
+            .incidents
+        }
+    };
+    let incidents = open(&mut standby).await;
+    assert!(
+        incidents.len() >= 2,
+        "alarms opened incidents: {incidents:?}"
+    );
+    let (a, b) = (&incidents[0], &incidents[1]);
+
+    // Acknowledged on the standby: the leader applied it.
+    let acked = standby
+        .acknowledge(AcknowledgeRequest {
+            incident_id: a.id.clone(),
+            expected_version: a.version,
+            note: "on it".into(),
+        })
+        .await
+        .expect("acknowledge on a standby")
+        .into_inner();
+    assert_eq!(acked.state, IncidentState::Acknowledged as i32);
+    assert_eq!(acked.acknowledged_by, "bob");
+    assert!(acked.version > a.version);
+    let seen = leader
+        .get_incident(vigil_proto::v1::GetIncidentRequest {
+            incident_id: a.id.clone(),
+        })
+        .await
+        .expect("get on the leader")
+        .into_inner();
+    assert_eq!(
+        seen.incident.as_ref().map(|i| i.version),
+        Some(acked.version)
+    );
+
+    // The same version again: a conflict that carries the current incident.
+    let conflict = standby
+        .add_note(AddNoteRequest {
+            incident_id: a.id.clone(),
+            expected_version: a.version,
+            text: "stale".into(),
+        })
+        .await
+        .expect_err("a stale version is refused");
+    assert_eq!(conflict.code(), Code::FailedPrecondition, "{conflict:?}");
+    let current = vigil_ops::api::current_incident(&conflict).expect("current incident");
+    assert_eq!(current.version, acked.version);
+
+    // A refusal of the engine's, in its words.
+    let refused = standby
+        .resolve(ResolveRequest {
+            incident_id: b.id.clone(),
+            expected_version: b.version,
+            disposition: Disposition::Genuine as i32,
+            note: "done".into(),
+        })
+        .await
+        .expect_err("an open incident cannot be resolved");
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert!(
+        refused.message().contains("acknowledge it first"),
+        "{refused:?}"
+    );
+    let missing = standby
+        .add_note(AddNoteRequest {
+            incident_id: "inc-999999".into(),
+            expected_version: 1,
+            text: "x".into(),
+        })
+        .await
+        .expect_err("no such incident");
+    assert_eq!(missing.code(), Code::NotFound, "{missing:?}");
+
+    // Test mode set by a supervisor on the standby.
+    let mut supervisor = region.api_client(Role::Supervisor, "sam", second.api).await;
+    let post = supervisor
+        .set_test_mode(SetTestModeRequest {
+            post_id: "p-1".into(),
+            duration_seconds: 600,
+            reason: "drill".into(),
+        })
+        .await
+        .expect("test mode on a standby")
+        .into_inner();
+    assert!(post.test_mode_until.is_some(), "{post:?}");
+    assert!(second.metrics.actions_forwarded.load(Relaxed) >= 5);
+    assert_eq!(
+        second.metrics.commits.load(Relaxed),
+        0,
+        "a standby writes nothing"
+    );
+
+    // The leader dies; an action sent right after waits for the next
+    // leader (the standby itself) and is carried out once.
+    first.task.abort();
+    let _ = first.task.await;
+    let noted = standby
+        .add_note(AddNoteRequest {
+            incident_id: b.id.clone(),
+            expected_version: b.version,
+            text: "during the failover".into(),
+        })
+        .await
+        .expect("an action across a failover")
+        .into_inner();
+    assert_eq!(noted.version, b.version + 1);
+    assert!(second.metrics.leading.load(Relaxed));
+
+    gw.stop().await;
+    second.stop().await;
+    broker.stop().await;
+    drop(pg);
+}

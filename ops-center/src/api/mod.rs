@@ -104,6 +104,7 @@ pub fn workflow_status(e: WorkflowError) -> Status {
             )
         }
         e @ WorkflowError::InvalidTransition { .. } => Status::failed_precondition(e.to_string()),
+        WorkflowError::Refused(m) => Status::failed_precondition(m),
         WorkflowError::InvalidArgument(m) => Status::invalid_argument(m),
         WorkflowError::Unavailable(m) => {
             tracing::warn!(reason = %m, "workflow unavailable");
@@ -149,9 +150,6 @@ pub struct ApiContext {
     pub readers: Arc<crate::store::Readers>,
     /// The incident feed the writer publishes to.
     pub feed: Feed,
-    /// Whether this replica runs the incident engine (on PostgreSQL, while
-    /// it holds the leader lease). `None`: always.
-    pub leading: Option<watch::Receiver<bool>>,
     /// Where open connections and watchers are counted.
     pub metrics: Arc<crate::metrics::Metrics>,
 }
@@ -287,7 +285,6 @@ fn reflection_builder() -> tonic_reflection::server::Builder<'static> {
 pub struct Api {
     /// False while the store cannot write.
     store_ok: watch::Receiver<bool>,
-    leading: Option<watch::Receiver<bool>>,
     jobs: mpsc::Sender<Job>,
     reader: Reader,
     feed: Feed,
@@ -370,21 +367,14 @@ impl Api {
             jobs: ctx.jobs,
             reader: ctx.readers,
             feed: ctx.feed,
-            leading: ctx.leading,
             shutdown,
             metrics: ctx.metrics,
         }
     }
 
-    /// Refuses a change at once while the store cannot write, or while
-    /// this replica stands by.
+    /// Refuses a change at once while the store cannot write. (A standby
+    /// replica's store is fine: it forwards changes to the leader.)
     fn check_store(&self) -> Result<(), Status> {
-        if self.leading.as_ref().is_some_and(|l| !*l.borrow()) {
-            return Err(Status::unavailable(
-                "this replica is standing by: the leading replica takes changes; \
-                 try another replica, or again in a few seconds",
-            ));
-        }
         if *self.store_ok.borrow() {
             Ok(())
         } else {

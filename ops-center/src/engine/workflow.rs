@@ -100,6 +100,10 @@ pub enum WorkflowError {
     },
     #[error("{0}")]
     InvalidArgument(String),
+    /// The action does not fit the incident as it is, in the words of the
+    /// leading replica that refused it (an action forwarded by a standby).
+    #[error("{0}")]
+    Refused(String),
     /// The store failed or the ops-center is shutting down; the action may
     /// or may not have been applied only if this comes after the commit.
     #[error("operations center unavailable: {0}")]

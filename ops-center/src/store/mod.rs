@@ -391,6 +391,27 @@ pub trait StoreTx {
     /// notes, event links, post statuses and test modes. Returns the
     /// position given to each audit entry, in order (the feed's cursors).
     fn apply(&mut self, changes: &Changes) -> Result<Vec<u64>, StoreError>;
+    /// Takes request `id` of the mailbox through which standby replicas
+    /// forward actions to the leader (PostgreSQL only): true if it was
+    /// still waiting; the row stays locked until this transaction ends, so
+    /// the standby that sent it cannot give up on it half-way. False: the
+    /// request was answered or given up already; leave it alone.
+    fn claim_request(&mut self, id: u64) -> Result<bool, StoreError> {
+        let _ = id;
+        Err(StoreError::Backend {
+            backend: "store",
+            message: "this backend has no request mailbox".into(),
+        })
+    }
+    /// Stores the answer to a claimed request, committed with the change it
+    /// describes.
+    fn answer_request(&mut self, id: u64, reply: &[u8]) -> Result<(), StoreError> {
+        let _ = (id, reply);
+        Err(StoreError::Backend {
+            backend: "store",
+            message: "this backend has no request mailbox".into(),
+        })
+    }
     /// Makes everything durable (fsync) and returns each touched post's
     /// `durable_through_seq`.
     fn commit(self: Box<Self>) -> Result<CommitResult, StoreError>;

@@ -100,7 +100,21 @@ CREATE TABLE leader (
     expires_at TIMESTAMPTZ NOT NULL
 );
 ",
+    "
+CREATE TABLE requests (
+    id       BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    body     BYTEA NOT NULL,
+    deadline TIMESTAMPTZ NOT NULL,
+    answered BOOLEAN NOT NULL DEFAULT false,
+    reply    BYTEA
+);
+CREATE INDEX requests_waiting ON requests (id) WHERE NOT answered;
+",
 ];
+
+/// The channel on which a standby announces a request it forwarded to the
+/// leader (the payload is empty: the leader reads every waiting request).
+pub const REQUEST_CHANNEL: &str = "vigil_requests";
 
 /// The channel on which the leader announces commits that changed the
 /// incident feed (the payload is the last audit position).
@@ -288,6 +302,146 @@ impl PostgresBackend {
             client: Some(client),
         })
     }
+
+    /// A connection to the request mailbox: standbys forward actions
+    /// through it to the leader, and the leader reads them from it.
+    pub fn mailbox(&self) -> Result<Mailbox, StoreError> {
+        Ok(Mailbox {
+            client: Some(self.connect()?),
+        })
+    }
+}
+
+/// The request mailbox (table `requests`): how a standby replica has the
+/// leader carry out an analyst's action. The standby posts the request with
+/// a deadline and waits; the leader's writer claims it, applies it and
+/// stores the answer in the same transaction; the standby reads the answer,
+/// or, once the deadline has passed, gives the request up, which succeeds
+/// only if the leader has not claimed it: an action is applied and
+/// answered, or neither.
+pub struct Mailbox {
+    /// `Some` until dropped.
+    client: Option<Client>,
+}
+
+impl std::fmt::Debug for Mailbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mailbox").finish_non_exhaustive()
+    }
+}
+
+impl Drop for Mailbox {
+    fn drop(&mut self) {
+        if let Some(client) = self.client.take() {
+            off_runtime(move || drop(client));
+        }
+    }
+}
+
+impl Mailbox {
+    fn client(&mut self) -> &mut Client {
+        self.client.as_mut().expect("open until dropped")
+    }
+
+    /// Posts a request that the leader may take until `within` from now (on
+    /// the database's clock) and wakes the leader. Returns its id.
+    pub fn post(&mut self, body: &[u8], within: Duration) -> Result<u64, StoreError> {
+        let row = self.client().query_one(
+            "WITH posted AS (
+                 INSERT INTO requests (body, deadline)
+                 VALUES ($1, now() + make_interval(secs => $2))
+                 RETURNING id
+             )
+             SELECT id, pg_notify('vigil_requests', '')::text FROM posted",
+            &[&body, &within.as_secs_f64()],
+        )?;
+        Ok(row.get::<_, i64>(0) as u64)
+    }
+
+    /// The answer to request `id`, once the leader has committed one.
+    pub fn answer(&mut self, id: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        let row = self.client().query_opt(
+            "SELECT reply FROM requests WHERE id = $1 AND answered AND reply IS NOT NULL",
+            &[&(id as i64)],
+        )?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
+    /// Gives request `id` up: `None` if the leader had not claimed it (it
+    /// never will now), else the answer it committed meanwhile.
+    pub fn give_up(&mut self, id: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        // Waits for a leader's transaction that claimed the row to end.
+        let given_up = self.client().execute(
+            "UPDATE requests SET answered = true WHERE id = $1 AND NOT answered",
+            &[&(id as i64)],
+        )?;
+        if given_up == 1 {
+            return Ok(None);
+        }
+        self.answer(id)
+    }
+
+    /// Removes request `id` (answered or given up).
+    pub fn forget(&mut self, id: u64) -> Result<(), StoreError> {
+        self.client()
+            .execute("DELETE FROM requests WHERE id = $1", &[&(id as i64)])?;
+        Ok(())
+    }
+
+    /// Starts listening for new requests on this connection (the leader).
+    pub fn listen(&mut self) -> Result<(), StoreError> {
+        self.client()
+            .batch_execute(&format!("LISTEN {REQUEST_CHANNEL}"))?;
+        Ok(())
+    }
+
+    /// Blocks until a new request is announced (true) or `timeout` passes.
+    pub fn wait(&mut self, timeout: Duration) -> Result<bool, StoreError> {
+        wait_notification(self.client(), timeout)
+    }
+
+    /// Up to `limit` requests still waiting for the leader, oldest first.
+    pub fn waiting(&mut self, limit: usize) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        let rows = self.client().query(
+            "SELECT id, body FROM requests
+             WHERE NOT answered AND deadline > now() ORDER BY id LIMIT $1",
+            &[&(limit as i64)],
+        )?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get::<_, i64>(0) as u64, r.get(1)))
+            .collect())
+    }
+
+    /// Answers request `id` at once, without a change (a request the
+    /// leader cannot read). False if it was no longer waiting.
+    pub fn refuse(&mut self, id: u64, reply: &[u8]) -> Result<bool, StoreError> {
+        Ok(self.client().execute(
+            "UPDATE requests SET answered = true, reply = $2 WHERE id = $1 AND NOT answered",
+            &[&(id as i64), &reply],
+        )? == 1)
+    }
+
+    /// Deletes requests whose sender has long stopped waiting (a standby
+    /// that died before it could clean up).
+    pub fn sweep(&mut self) -> Result<u64, StoreError> {
+        Ok(self.client().execute(
+            "DELETE FROM requests WHERE deadline < now() - interval '10 minutes'",
+            &[],
+        )?)
+    }
+}
+
+/// Blocks until a notification arrives on `client` (true) or `timeout`
+/// passes (false); takes every other one already queued with it.
+fn wait_notification(client: &mut Client, timeout: Duration) -> Result<bool, StoreError> {
+    use postgres::fallible_iterator::FallibleIterator;
+    let mut notes = client.notifications();
+    let heard = notes.timeout_iter(timeout).next()?.is_some();
+    // Others already queued are taken at once: one read covers them.
+    let mut queued = notes.iter();
+    while queued.next()?.is_some() {}
+    Ok(heard)
 }
 
 impl Backend for PostgresBackend {
@@ -429,14 +583,7 @@ impl FeedListener {
     /// Blocks until an announcement arrives (true) or `timeout` passes
     /// (false). Call from a blocking thread.
     pub fn wait(&mut self, timeout: Duration) -> Result<bool, StoreError> {
-        use postgres::fallible_iterator::FallibleIterator;
-        let client = self.client.as_mut().expect("open until dropped");
-        let mut notes = client.notifications();
-        let heard = notes.timeout_iter(timeout).next()?.is_some();
-        // Others already queued are taken at once: one read covers them.
-        let mut queued = notes.iter();
-        while queued.next()?.is_some() {}
-        Ok(heard)
+        wait_notification(self.client.as_mut().expect("open until dropped"), timeout)
     }
 }
 
@@ -1091,6 +1238,22 @@ impl StoreTx for PostgresTx<'_> {
             )?;
         }
         Ok(positions.into_iter().map(|p| p as u64).collect())
+    }
+
+    fn claim_request(&mut self, id: u64) -> Result<bool, StoreError> {
+        Ok(self.exec(
+            "UPDATE requests SET answered = true
+             WHERE id = $1 AND NOT answered AND deadline > now()",
+            &[&(id as i64)],
+        )? == 1)
+    }
+
+    fn answer_request(&mut self, id: u64, reply: &[u8]) -> Result<(), StoreError> {
+        self.exec(
+            "UPDATE requests SET reply = $2 WHERE id = $1",
+            &[&(id as i64), &reply],
+        )?;
+        Ok(())
     }
 
     fn commit(self: Box<Self>) -> Result<CommitResult, StoreError> {
