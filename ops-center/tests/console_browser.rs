@@ -34,6 +34,7 @@ const CHECKS: &[&str] = &[
     "keyboard_shortcuts",
     "posts_and_replay_views",
     "post_and_no_certificate_refused",
+    "text_contrast",
 ];
 /// The whole browser run, seeding 1,000 incidents included.
 const DEADLINE: Duration = Duration::from_secs(300);

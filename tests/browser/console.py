@@ -143,6 +143,7 @@ def main():
         run_cross_origin(alice)
         run_keyboard_note(alice)
         run_views(alice, bob, url, pki, browser)
+        run_contrast(bob)
         run_refused(browser, url, pki)
         if args.screenshot:
             select(bob, "inc-000001")
@@ -266,6 +267,45 @@ def run_keyboard_note(alice):
     alice.keyboard.press("Enter")
     alice.wait_for_selector("#timeline li.tl-note:has-text('guard on the way')", timeout=WAIT_MS)
     check("keyboard_shortcuts", True, "j/k moved the selection; n, typing, Tab, Enter added a note")
+
+
+CONTRAST_JS = """
+() => {
+  const rgb = (c) => (c.match(/[\\d.]+/g) || []).map(Number);
+  const lum = ([r, g, b]) => {
+    const f = (v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; };
+    return 0.2126 * f(r) + 0.7152 * f(g) + 0.0722 * f(b);
+  };
+  const background = (el) => {
+    for (let e = el; e; e = e.parentElement) {
+      const c = rgb(getComputedStyle(e).backgroundColor);
+      if (c.length === 3 || (c.length === 4 && c[3] > 0)) return c.slice(0, 3);
+    }
+    return [255, 255, 255];
+  };
+  const worst = [];
+  for (const el of document.querySelectorAll('body *')) {
+    if (!el.checkVisibility || !el.checkVisibility()) continue;
+    const own = [...el.childNodes].some((n) => n.nodeType === 3 && n.textContent.trim());
+    if (!own) continue;
+    const a = lum(rgb(getComputedStyle(el).color)), b = lum(background(el));
+    const ratio = (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05);
+    worst.push([ratio, el.tagName.toLowerCase() + (el.className ? '.' + el.className : '') + ' ' + el.textContent.trim().slice(0, 20)]);
+  }
+  worst.sort((x, y) => x[0] - y[0]);
+  return worst.slice(0, 3);
+}
+"""
+
+
+@checked("text_contrast")
+def run_contrast(page):
+    worst = page.evaluate(CONTRAST_JS)
+    if not worst:
+        raise AssertionError("no text found")
+    if worst[0][0] < 4.5:
+        raise AssertionError(f"below 4.5:1: {worst}")
+    check("text_contrast", True, f"every visible text at least {worst[0][0]:.1f}:1 ({worst[0][1]})")
 
 
 @checked("posts_and_replay_views")
