@@ -150,7 +150,7 @@ fn dechunk(mut body: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn roles_origins_conflicts_and_the_feed() {
-    let mut center = Center::start().await;
+    let mut center = Center::builder().revoked("mallory").start().await;
     let port = center.start_console().await;
     center.submit(vec![alarm("p-1", 1, 7, now_secs())]).await;
 
@@ -291,6 +291,13 @@ async fn roles_origins_conflicts_and_the_feed() {
     let refused = post.get("/").await;
     assert_eq!(refused.status, 403, "{refused:?}");
     assert!(refused.body.contains("role post"), "{}", refused.body);
+    // A revoked analyst: refused at the handshake, by the CRL.
+    let mallory = Browser::new(&center, port, Some((Role::Analyst, "mallory")));
+    let answer = mallory.request("GET", "/api/me", &[], "").await;
+    assert!(
+        answer.is_err() || answer.as_ref().is_ok_and(|a| a.status == 0),
+        "{answer:?}"
+    );
     let nobody = Browser::new(&center, port, None);
     let answer = nobody.request("GET", "/", &[], "").await;
     assert!(

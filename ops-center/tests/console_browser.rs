@@ -29,6 +29,7 @@ const CHECKS: &[&str] = &[
     "feed_renders_and_updates_live",
     "ack_in_one_context_appears_in_another",
     "version_conflict_shown",
+    "filters_and_counts",
     "analyst_cannot_escalate",
     "change_without_the_header_refused",
     "keyboard_shortcuts",

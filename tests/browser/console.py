@@ -98,7 +98,9 @@ def selected(page):
 
 
 def select(page, incident):
-    """Moves the selection with j/k until `incident` is selected."""
+    """Moves the selection with j/k until `incident` is selected, from the
+    queue (where a person would be after tabbing to it)."""
+    page.focus("#queue")
     for key in ["k"] * 50:
         if selected(page) == f"row-{incident}":
             break
@@ -139,6 +141,7 @@ def main():
         run_feed(alice, bob)
         run_ack(alice, bob)
         run_conflict(alice, bob)
+        run_filters(alice)
         run_analyst_cannot_escalate(alice)
         run_cross_origin(alice)
         run_keyboard_note(alice)
@@ -177,7 +180,7 @@ def run_feed(alice, bob):
     latency = alice.evaluate(f"window.vigil.seenAt['{new_id}']") - submitted
     send(f"FIGURE new incident to screen: {latency} ms ({new_id}, P1: alarm handed to the writer to its row on screen, commit included)")
     row(bob, new_id).wait_for(timeout=WAIT_MS)
-    alice.wait_for_function(f"window.vigil.announced > {before}", timeout=WAIT_MS)
+    alice.wait_for_function(f"() => window.vigil.announced > {before}", timeout=WAIT_MS)
     text = alice.inner_text("#announce")
     if new_id not in text or "P1" not in text:
         raise AssertionError(f"announcement says {text!r}")
@@ -210,6 +213,43 @@ def run_conflict(alice, bob):
     if "changed since you saw it" not in text or "alice" not in text:
         raise AssertionError(f"conflict message: {text!r}")
     check("version_conflict_shown", True, text)
+
+
+def run_filters(page):
+    try:
+        filters(page)
+    finally:
+        # Whatever happened, the next checks see the whole queue.
+        page.select_option("#f-state", "")
+        page.select_option("#f-post", "")
+        page.uncheck("#f-mine")
+
+
+@checked("filters_and_counts")
+def filters(page):
+    counts = page.inner_text("#counts")
+    if "P1 1" not in counts or "acknowledged 1" not in counts:
+        raise AssertionError(f"counts: {counts!r}")
+    page.select_option("#f-state", "acknowledged")
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('#queue .row')].every(r => r.dataset.state === 'acknowledged')",
+        timeout=WAIT_MS,
+    )
+    shown = page.eval_on_selector_all("#queue .row", "rows => rows.map(r => r.dataset.id)")
+    page.select_option("#f-state", "")
+    page.select_option("#f-post", "p-4")
+    page.wait_for_function("() => document.querySelectorAll('#queue .row').length === 1", timeout=WAIT_MS)
+    page.select_option("#f-post", "")
+    page.check("#f-mine")
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('#queue .row .assignee')].every(a => a.textContent === 'alice')",
+        timeout=WAIT_MS,
+    )
+    mine = page.eval_on_selector_all("#queue .row", "rows => rows.map(r => r.dataset.id)")
+    page.uncheck("#f-mine")
+    if shown != ["inc-000002"] or mine != ["inc-000003"]:
+        raise AssertionError(f"acknowledged: {shown}; mine: {mine}")
+    check("filters_and_counts", True, f"{counts}; state filter {shown}; post filter; mine {mine}")
 
 
 @checked("analyst_cannot_escalate")

@@ -378,8 +378,16 @@ function setupReplay() {
     update();
 }
 // ------------------------------------------------------------ keyboard
+/** Whether a key goes to a field (so it is not a shortcut). */
 function typing(target) {
-    return target instanceof HTMLElement && (target.isContentEditable || ["INPUT", "TEXTAREA", "SELECT"].includes(target.tagName));
+    if (!(target instanceof HTMLElement))
+        return false;
+    if (target.isContentEditable)
+        return true;
+    if (target instanceof HTMLInputElement) {
+        return !["checkbox", "radio", "button", "submit", "reset"].includes(target.type);
+    }
+    return target.tagName === "TEXTAREA" || target.tagName === "SELECT";
 }
 function onKey(e) {
     if (e.ctrlKey || e.metaKey || e.altKey || typing(e.target) || dialog().open)
