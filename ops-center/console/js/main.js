@@ -3,7 +3,7 @@
 import * as api from "./api.js";
 import { Queue, age, ago, announce, categoryOf, noFilter, openedMs, priorityOf, rank, stateOf } from "./queue.js";
 import { ACTIONS, blocked, detailView, el, postsView, replayUrl } from "./views.js";
-const probe = { firstPaintMs: null, announced: 0, seenAt: {}, renderMs: 0, renderMaxMs: 0 };
+const probe = { firstPaintMs: null, firstEventMs: null, snapshotMs: null, announced: 0, seenAt: {}, renderMs: 0, renderMaxMs: 0 };
 window.vigil = probe;
 const $ = (id) => {
     const node = document.getElementById(id);
@@ -11,7 +11,9 @@ const $ = (id) => {
         throw new Error(`#${id} missing from the page`);
     return node;
 };
+/** Who we are: set once `/api/me` answered; nothing is drawn before. */
 let me;
+let known = false;
 const queue = new Queue();
 const filter = noFilter();
 let selected = null;
@@ -42,6 +44,8 @@ function rowFor(i, now) {
     return node;
 }
 function render() {
+    if (!known)
+        return;
     const started = performance.now();
     renderQueue();
     probe.renderMs = performance.now() - started;
@@ -305,15 +309,20 @@ function connect() {
     const es = new EventSource("/api/feed");
     source = es;
     es.addEventListener("update", (e) => {
+        probe.firstEventMs ??= performance.now();
         const u = JSON.parse(e.data);
         if (!u.incident)
             return;
         queue.put(u.incident);
         if (announce(u.cause, u.snapshot, u.incident))
             announceNew(u.incident);
-        schedule();
+        // The snapshot is drawn once, when complete, not frame by frame as
+        // it arrives.
+        if (ready)
+            schedule();
     });
     es.addEventListener("ready", () => {
+        probe.snapshotMs ??= performance.now();
         ready = true;
         $("link").textContent = "live";
         $("link").className = "link up";
@@ -410,13 +419,19 @@ function onKey(e) {
 }
 // ------------------------------------------------------------ start
 async function main() {
+    // The feed's snapshot and who we are, at the same time.
+    connect();
+    let who;
     try {
-        me = await api.me();
+        who = await api.me();
     }
     catch (e) {
+        source?.close();
         say(`Cannot start: ${String(e)}`, "error");
         return;
     }
+    me = who;
+    known = true;
     $("who").textContent = `${me.identity} (${me.role})`;
     $("shift").addEventListener("click", startShift);
     for (const v of ["queue", "posts", "replay"]) {
@@ -445,6 +460,6 @@ async function main() {
         schedule();
     }, 10_000);
     showView("queue");
-    connect();
+    schedule();
 }
 void main();

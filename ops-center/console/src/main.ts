@@ -8,8 +8,11 @@ import { ACTIONS, ActionSpec, blocked, detailView, el, postsView, replayUrl } fr
 
 /** What tests and people can read back from the page. */
 interface Probe {
-  /** ms from navigation start to the first full queue on screen. */
+  /** ms from navigation start to the first full queue on screen… */
   firstPaintMs: number | null;
+  /** …of which: the feed's first event, and the end of its snapshot. */
+  firstEventMs: number | null;
+  snapshotMs: number | null;
   /** New P1/P2 incidents announced. */
   announced: number;
   /** Wall-clock ms when each incident's row first appeared. */
@@ -25,7 +28,7 @@ declare global {
   }
 }
 
-const probe: Probe = { firstPaintMs: null, announced: 0, seenAt: {}, renderMs: 0, renderMaxMs: 0 };
+const probe: Probe = { firstPaintMs: null, firstEventMs: null, snapshotMs: null, announced: 0, seenAt: {}, renderMs: 0, renderMaxMs: 0 };
 window.vigil = probe;
 
 const $ = <T extends HTMLElement>(id: string): T => {
@@ -34,7 +37,9 @@ const $ = <T extends HTMLElement>(id: string): T => {
   return node as T;
 };
 
-let me: Me;
+/** Who we are: set once `/api/me` answered; nothing is drawn before. */
+let me!: Me;
+let known = false;
 const queue = new Queue();
 const filter = noFilter();
 let selected: string | null = null;
@@ -83,6 +88,7 @@ function rowFor(i: Incident, now: number): HTMLElement {
 }
 
 function render(): void {
+  if (!known) return;
   const started = performance.now();
   renderQueue();
   probe.renderMs = performance.now() - started;
@@ -343,13 +349,17 @@ function connect(): void {
   const es = new EventSource("/api/feed");
   source = es;
   es.addEventListener("update", (e) => {
+    probe.firstEventMs ??= performance.now();
     const u = JSON.parse((e as MessageEvent<string>).data) as api.FeedUpdate;
     if (!u.incident) return;
     queue.put(u.incident);
     if (announce(u.cause, u.snapshot, u.incident)) announceNew(u.incident);
-    schedule();
+    // The snapshot is drawn once, when complete, not frame by frame as
+    // it arrives.
+    if (ready) schedule();
   });
   es.addEventListener("ready", () => {
+    probe.snapshotMs ??= performance.now();
     ready = true;
     $("link").textContent = "live";
     $("link").className = "link up";
@@ -446,12 +456,18 @@ function onKey(e: KeyboardEvent): void {
 // ------------------------------------------------------------ start
 
 async function main(): Promise<void> {
+  // The feed's snapshot and who we are, at the same time.
+  connect();
+  let who: Me;
   try {
-    me = await api.me();
+    who = await api.me();
   } catch (e) {
+    source?.close();
     say(`Cannot start: ${String(e)}`, "error");
     return;
   }
+  me = who;
+  known = true;
   $("who").textContent = `${me.identity} (${me.role})`;
   $("shift").addEventListener("click", startShift);
   for (const v of ["queue", "posts", "replay"]) {
@@ -479,7 +495,7 @@ async function main(): Promise<void> {
     schedule();
   }, 10_000);
   showView("queue");
-  connect();
+  schedule();
 }
 
 void main();
