@@ -4,8 +4,8 @@ Playwright), against an operations center that a Rust test runs in process
 (ops-center/tests/console_browser.rs).
 
 The two talk over this script's stdin and stdout, one line each way:
-  CMD alarm POST ZONE [fire]  -> the test stores a new alarm; answers "OK <ms>",
-                                 the wall-clock time it committed
+  CMD alarm POST ZONE [fire]  -> the test stores a new alarm; answers
+                                 "OK <submitted> <committed>", wall-clock ms
   CMD seed N                  -> N more open incidents; answers "OK"
   CHECK NAME ok|fail DETAIL   <- one result; the test asserts every one
   FIGURE TEXT                 <- a figure to print (never asserted)
