@@ -98,6 +98,9 @@ pub(crate) struct DevArgs {
     /// Address of the MQTT broker (port 0 picks a free one).
     #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:0")]
     broker: SocketAddr,
+    /// Address of the browser console (HTTPS; port 0 picks a free one).
+    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:8443")]
+    console: SocketAddr,
     /// Address of the Prometheus endpoint (`GET /metrics`) for every part.
     #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:9464")]
     metrics: SocketAddr,
@@ -158,12 +161,12 @@ pub(crate) fn run(args: &DevArgs) -> Result<()> {
     if !args.failover_every.is_zero() && args.failover_every < Duration::from_secs(5) {
         return Err(Usage("--failover-every must be 0s (never) or at least 5s".into()).into());
     }
-    if [args.api, args.broker, args.metrics]
+    if [args.api, args.broker, args.metrics, args.console]
         .iter()
         .any(|a| !a.ip().is_loopback())
     {
         return Err(Usage(
-            "vigil dev serves on loopback only: --api, --broker and --metrics take 127.x.x.x addresses".into(),
+            "vigil dev serves on loopback only: --api, --broker, --console and --metrics take 127.x.x.x addresses".into(),
         )
         .into());
     }
@@ -250,6 +253,19 @@ async fn run_region(args: &DevArgs, dir: &Path, posts: &[String], fresh: bool) -
         ))
     })?;
 
+    // The console's port is bound by the operations center itself: find
+    // out now whether it is free (and which one port 0 means).
+    let console_addr = TcpListener::bind(args.console)
+        .await
+        .and_then(|l| l.local_addr())
+        .map_err(|e| {
+            Usage(format!(
+                "console: cannot listen on {}: {e} (choose another with --console)",
+                args.console
+            ))
+        })?;
+    let bundle = console_bundle(&dir.join("pki"))?;
+
     // Broker.
     let broker_listener = TcpListener::bind(args.broker)
         .await
@@ -312,11 +328,17 @@ async fn run_region(args: &DevArgs, dir: &Path, posts: &[String], fresh: bool) -
         } else {
             format!("ops-{i}")
         };
+        // The first replica serves the browser console.
+        let console = if i == 1 {
+            format!("\n[console]\nlisten = \"{console_addr}\"\n")
+        } else {
+            String::new()
+        };
         let path = write_config(
             dir,
             &format!("{name}.toml"),
             &format!(
-                "# Written by `vigil dev` at every start.\ndata_dir = \"data/{name}\"\n{}\n[mqtt]\nserver = \"{broker_addr}\"\n\n[api]\nlisten = \"{}\"\n{store}{DEV_ENGINE}{zones}",
+                "# Written by `vigil dev` at every start.\ndata_dir = \"data/{name}\"\n{}\n[mqtt]\nserver = \"{broker_addr}\"\n\n[api]\nlisten = \"{}\"\n{console}{store}{DEV_ENGINE}{zones}",
                 tls_table("ops"),
                 listener.local_addr()?,
             ),
@@ -466,6 +488,7 @@ async fn run_region(args: &DevArgs, dir: &Path, posts: &[String], fresh: bool) -
         fresh,
         [broker_addr, api_addr, metrics_addr],
         &ops_apis,
+        (console_addr, &bundle),
         &infos,
     );
     tracker.spawn(feed(dir.join("pki"), api_addr, shutdown.child_token()));
@@ -491,6 +514,7 @@ fn print_banner(
     fresh: bool,
     [broker, api, metrics]: [SocketAddr; 3],
     ops: &[(String, SocketAddr)],
+    (console, bundle): (SocketAddr, &Bundle),
     posts: &[PostInfo],
 ) {
     let pki = dir.join("pki");
@@ -519,6 +543,10 @@ fn print_banner(
             );
         }
     }
+    let _ = writeln!(
+        out,
+        "  console     https://{console}/  (browser, client certificate)"
+    );
     let _ = writeln!(out, "  metrics     http://{metrics}/metrics  (every part)");
     for p in posts {
         let _ = writeln!(
@@ -532,6 +560,7 @@ fn print_banner(
             p.push
         );
     }
+    out.push_str(&console_lines(console, bundle));
     let _ = writeln!(
         out,
         "\nIn another terminal, as the analyst:\n  export VIGIL_SERVER={api} VIGIL_CA={ca} VIGIL_CERT={cert} VIGIL_KEY={key}\n  vigil watch              # the live feed\n  vigil incidents          # open incidents\n  vigil ack INCIDENT       # take one\n(supervisor.pem and engineer.pem in {pki} carry the other roles.)\nCtrl-C stops everything; the folder is reused next time.\n\nLive incident feed:",
@@ -542,6 +571,53 @@ fn print_banner(
     );
     print!("{out}");
     let _ = std::io::stdout().flush();
+}
+
+/// The password of the dev region's browser bundles unless
+/// `VIGIL_EXPORT_PASSPHRASE` gives one: this region lives on loopback and
+/// its folder holds the keys in the clear anyway.
+const DEV_BUNDLE_PASSWORD: &str = "vigil-dev";
+
+/// Where the analyst's bundle is and its password.
+struct Bundle {
+    path: PathBuf,
+    password: String,
+}
+
+/// Exports `analyst.p12` (and the supervisor's and engineer's) for the
+/// browser, unless already there from an earlier run.
+fn console_bundle(pki: &Path) -> Result<Bundle> {
+    let password = std::env::var(crate::pki::EXPORT_PASSPHRASE_ENV)
+        .ok()
+        .filter(|p| !p.is_empty())
+        .unwrap_or_else(|| DEV_BUNDLE_PASSWORD.to_owned());
+    for id in ["analyst", "supervisor", "engineer"] {
+        let path = pki.join(format!("{id}.p12"));
+        if path.exists() {
+            continue;
+        }
+        let id = vigil_pki::Identity::new(id).expect("a valid identity");
+        let bytes = vigil_pki::pkcs12::export(pki, &id, &password)
+            .with_context(|| format!("exporting {id} for the browser"))?;
+        crate::pki::write_private(&path, &bytes)?;
+    }
+    Ok(Bundle {
+        path: pki.join("analyst.p12"),
+        password,
+    })
+}
+
+/// How to open the console, for the banner.
+fn console_lines(addr: SocketAddr, bundle: &Bundle) -> String {
+    let password = if bundle.password == DEV_BUNDLE_PASSWORD {
+        format!("password {DEV_BUNDLE_PASSWORD}")
+    } else {
+        format!("password from {}", crate::pki::EXPORT_PASSPHRASE_ENV)
+    };
+    format!(
+        "\nIn a browser, as the analyst: https://{addr}/\n  import {} ({password}) as your certificate, and trust ca.pem beside it\n  for websites (supervisor.p12 and engineer.p12 carry the other roles).\n",
+        bundle.path.display()
+    )
 }
 
 /// The panel's scenario, telling the post's cameras which zones go into

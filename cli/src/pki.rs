@@ -94,6 +94,19 @@ pub(crate) enum PkiCommand {
         #[arg(long, value_name = "DAYS", default_value_t = DEFAULT_WITHIN_DAYS)]
         within: u32,
     },
+    /// Export DIR/ID.pem, DIR/ID.key and the CA as one password-protected
+    /// PKCS#12 file (DIR/ID.p12 unless --out), to import into a browser
+    /// for the console. The password comes from VIGIL_EXPORT_PASSPHRASE,
+    /// else is asked twice on the terminal. The CA key is not needed.
+    Export {
+        #[command(flatten)]
+        dir: DirArg,
+        #[arg(long)]
+        id: String,
+        /// Where to write the bundle (mode 0600).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Renew DIR/ID.pem: a new certificate for the same identity, role and
     /// SANs, replacing the old file atomically; the key is kept unless
     /// --new-key.
@@ -188,6 +201,21 @@ pub(crate) fn run(cmd: PkiCommand) -> Result<()> {
             warn_plain(&ca, &dir.dir);
         }
         PkiCommand::List { dir, json, within } => list(&dir, json, within)?,
+        PkiCommand::Export { dir, id, out } => {
+            let id = identity(&id)?;
+            let out = out.unwrap_or_else(|| dir.dir.join(format!("{id}.p12")));
+            let password = export_password(&id)?;
+            let bundle =
+                vigil_pki::pkcs12::export(&dir.dir, &id, &password).map_err(|e| match e {
+                    vigil_pki::pkcs12::Pkcs12Error::EmptyPassword => Usage(e.to_string()).into(),
+                    e => anyhow::Error::new(Status(1, format!("cannot export {id}: {e}"))),
+                })?;
+            write_private(&out, &bundle)?;
+            println!(
+                "exported {id} (certificate, key and CA) to {}: import it into the browser with its password",
+                out.display()
+            );
+        }
         PkiCommand::Renew {
             dir,
             id,
@@ -277,6 +305,57 @@ fn new_passphrase() -> Result<String> {
         return Err(Usage("the two passphrases differ; nothing was written".into()).into());
     }
     Ok(first)
+}
+
+/// The environment variable that holds the password of an exported
+/// bundle (for scripts and `vigil dev`).
+pub(crate) const EXPORT_PASSPHRASE_ENV: &str = "VIGIL_EXPORT_PASSPHRASE";
+
+/// The bundle's password: [`EXPORT_PASSPHRASE_ENV`], else typed twice on
+/// the terminal.
+fn export_password(id: &Identity) -> Result<String> {
+    if let Some(value) = std::env::var_os(EXPORT_PASSPHRASE_ENV) {
+        return value
+            .into_string()
+            .ok()
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| Usage(format!("{EXPORT_PASSPHRASE_ENV} is empty or not UTF-8")).into());
+    }
+    let ask = |prompt: &str| match crate::tty::read_hidden(prompt) {
+        Ok(Some(line)) => Ok(line),
+        Ok(None) => Err(Usage(format!(
+            "export needs a password: set {EXPORT_PASSPHRASE_ENV} or run from a terminal"
+        ))),
+        Err(e) => Err(Usage(format!("reading the terminal: {e}"))),
+    };
+    let first = ask(&format!("password for {id}.p12: "))?;
+    if first.is_empty() {
+        return Err(Usage("an empty password protects nothing".into()).into());
+    }
+    if ask("the same password again: ")? != first {
+        return Err(Usage("the two passwords differ; nothing was written".into()).into());
+    }
+    Ok(first)
+}
+
+/// Writes `bytes` to `path`, readable by its owner only (a key is inside).
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::{io::Write, os::unix::fs::OpenOptionsExt};
+
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| Status(1, format!("{}: {e}", path.display())))?;
+    // An older file keeps its mode through `open`: set it.
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .map_err(|e| Status(1, format!("{}: {e}", path.display())))?;
+    file.write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .map_err(|e| Status(1, format!("{}: {e}", path.display())))?;
+    Ok(())
 }
 
 fn list(dir: &DirArg, json: bool, within: u32) -> Result<()> {

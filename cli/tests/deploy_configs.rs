@@ -68,6 +68,7 @@ fn deploy_examples_load() {
     let ops = vigil_ops::config::OpsConfig::load(&localised(tmp.path(), "ops.toml"))
         .unwrap_or_else(|e| panic!("ops.toml: {e}"));
     assert_eq!(ops.api.listen.port(), 50051);
+    assert_eq!(ops.console.as_ref().map(|c| c.listen.port()), Some(8443));
     assert_eq!(ops.engine.zone_cameras.len(), 1);
     assert_eq!(ops.mqtt.share_group, None);
     assert_eq!(ops.mqtt.brokers().unwrap().len(), 2);

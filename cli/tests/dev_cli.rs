@@ -36,6 +36,8 @@ impl Dev {
                 "127.0.0.1:0",
                 "--metrics",
                 "127.0.0.1:0",
+                "--console",
+                "127.0.0.1:0",
                 "--posts",
                 "2",
                 "--interval",
@@ -116,6 +118,13 @@ fn dev_runs_a_region_and_reuses_its_folder() {
         .and_then(|rest| rest.split('/').next())
         .and_then(|a| a.parse().ok())
         .unwrap_or_else(|| panic!("no address in {metrics:?}"));
+    let console = dev.line("the console", |l| {
+        l.contains("In a browser, as the analyst: https://")
+    });
+    assert!(!console.ends_with(":0/"), "{console}");
+    dev.line("the bundle to import", |l| {
+        l.contains("analyst.p12") && l.contains("password vigil-dev")
+    });
     dev.line("the analyst's certificate", |l| {
         l.contains("VIGIL_CERT=") && l.contains("analyst.pem")
     });
@@ -166,6 +175,9 @@ fn dev_runs_a_region_and_reuses_its_folder() {
         "ops.pem",
         "p-001.pem",
         "p-002.pem",
+        "analyst.p12",
+        "supervisor.p12",
+        "engineer.p12",
     ] {
         assert!(pki.join(file).is_file(), "{file} missing");
     }
@@ -201,6 +213,7 @@ fn dev_refuses_bad_flags_with_usage() {
         vec!["--posts", "0"],
         vec!["--api", "0.0.0.0:50051"],
         vec!["--metrics", "0.0.0.0:9464"],
+        vec!["--console", "0.0.0.0:8443"],
         vec!["--interval", "1ms"],
         vec!["--replicas", "2"],
         vec!["--replicas", "0"],

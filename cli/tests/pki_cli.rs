@@ -722,3 +722,78 @@ fn an_encrypted_ca_key_asks_for_its_passphrase_and_openssl_reads_it() {
     .unwrap();
     assert!(!out.status.success(), "{out:?}");
 }
+
+#[test]
+fn export_writes_a_bundle_openssl_opens_with_the_password_only() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("pki");
+    let d = p(&dir);
+    assert!(vigil(&["pki", "init", "--dir", d]).status.success());
+    let out = vigil(&[
+        "pki", "issue", "--dir", d, "--role", "analyst", "--id", "alice",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let export = |password: Option<&str>| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_vigil"));
+        cmd.args(["pki", "export", "--dir", d, "--id", "alice"]);
+        cmd.env_remove("VIGIL_EXPORT_PASSPHRASE");
+        if let Some(pw) = password {
+            cmd.env("VIGIL_EXPORT_PASSPHRASE", pw);
+        }
+        cmd.stdin(std::process::Stdio::null()).output().unwrap()
+    };
+    // No password and no terminal: a usage error, nothing written.
+    let out = export(None);
+    assert_eq!(out.status.code(), Some(64), "{out:?}");
+    assert!(!dir.join("alice.p12").exists());
+    let out = export(Some("correct horse battery"));
+    assert!(out.status.success(), "{out:?}");
+    let bundle = dir.join("alice.p12");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&bundle).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let b = p(&bundle);
+    let Some(info) = openssl(&[
+        "pkcs12",
+        "-info",
+        "-in",
+        b,
+        "-passin",
+        "pass:correct horse battery",
+        "-nodes",
+    ]) else {
+        return;
+    };
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&info.stdout),
+        String::from_utf8_lossy(&info.stderr)
+    );
+    assert!(info.status.success(), "{text}");
+    assert!(text.contains("MAC: sha256"), "{text}");
+    assert!(text.contains("PBES2, PBKDF2, AES-256-CBC"), "{text}");
+    assert!(
+        text.contains("CN=alice") || text.contains("CN = alice"),
+        "{text}"
+    );
+    assert_eq!(text.matches("BEGIN CERTIFICATE").count(), 2, "{text}");
+    // The key inside is the key on disk.
+    let key = std::fs::read_to_string(dir.join("alice.key")).unwrap();
+    let key_body: String = key.lines().filter(|l| !l.starts_with("-----")).collect();
+    let text_flat: String = text.lines().collect();
+    assert!(text_flat.contains(&key_body), "{text}");
+    // A wrong password opens nothing.
+    let wrong = openssl(&[
+        "pkcs12",
+        "-info",
+        "-in",
+        b,
+        "-passin",
+        "pass:wrong",
+        "-nodes",
+    ])
+    .unwrap();
+    assert!(!wrong.status.success());
+}

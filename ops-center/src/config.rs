@@ -43,6 +43,9 @@ pub struct OpsConfig {
     /// `[metrics]`: the Prometheus endpoint; off when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics: Option<vigil_telemetry::MetricsConfig>,
+    /// `[console]`: the browser console; off when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub console: Option<crate::console::ConsoleConfig>,
 }
 
 /// The `[mqtt]` table.
@@ -291,6 +294,9 @@ impl OpsConfig {
                 "store.url".into(),
                 "must be a postgresql:// URL (leave it out for SQLite in data_dir)".into(),
             ));
+        }
+        if let Some(console) = &self.console {
+            console.validate()?;
         }
         self.budget.validate()?;
         // A batch of the largest accepted size must fit a full budget, or it

@@ -12,6 +12,7 @@
 //!
 //! Layout:
 //! - [`api`]: the gRPC API over mTLS: feed, queries, workflow, replay.
+//! - [`console`]: the browser console (HTTPS, same identities and roles).
 //! - [`config`]: the config file (`vigil ops --config FILE`).
 //! - [`store`]: the storage port ([`store::Backend`]: one writer, a pool of
 //!   readers) and its SQLite backend; idempotent events, per-post
@@ -25,6 +26,7 @@
 pub mod api;
 pub mod budget;
 pub mod config;
+pub mod console;
 pub mod engine;
 pub mod forward;
 pub mod ingest;
@@ -98,6 +100,11 @@ pub enum OpsError {
     },
     #[error("api: {0}")]
     Api(#[from] tonic::transport::Error),
+    #[error("console: cannot listen on {addr}: {source}")]
+    ConsoleBind {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// Opens the store and rebuilds the engine from it. Separate from [`run`] so
@@ -192,13 +199,22 @@ pub async fn run_with_api(
     let _api_guard = api_stop.clone().drop_guard();
     let front =
         vigil_net::Front::with_stats("api", config.api.limits(), metrics.api_listener.clone());
+    let api_ctx = api::ApiContext {
+        jobs: jobs_tx.clone(),
+        readers: readers.clone(),
+        feed,
+        metrics: metrics.clone(),
+    };
+    let console = console::start(
+        config.console.as_ref(),
+        api_ctx.clone(),
+        metrics.store_health.subscribe(),
+        tls,
+        api_stop.clone(),
+    )
+    .await?;
     let api = tokio::spawn(api::serve_with_health(
-        api::ApiContext {
-            jobs: jobs_tx.clone(),
-            readers: readers.clone(),
-            feed,
-            metrics: metrics.clone(),
-        },
+        api_ctx,
         metrics.store_health.subscribe(),
         front,
         api_listener,
@@ -279,6 +295,9 @@ pub async fn run_with_api(
         }
     };
     let api_result = api.await.unwrap_or(Ok(()));
+    if let Some(console) = console {
+        let _ = console.await;
+    }
     tracker.wait().await;
     let m = metrics.snapshot();
     tracing::info!(

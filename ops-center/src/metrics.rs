@@ -139,6 +139,9 @@ pub struct Metrics {
     pub commit_latency: Histogram,
     /// The API listener's counters (`vigil_listener_*{listener="api"}`).
     pub api_listener: std::sync::Arc<vigil_net::Stats>,
+    /// The browser console listener's counters
+    /// (`vigil_listener_*{listener="console"}`; zeros when it is off).
+    pub console_listener: std::sync::Arc<vigil_net::Stats>,
     /// Arrival-to-commit time of each committed group's oldest message.
     pub lag: Histogram,
     pub backlog: Backlog,
@@ -252,6 +255,7 @@ impl Metrics {
             commit_p50: self.commit_latency.quantile(0.5),
             commit_p99: self.commit_latency.quantile(0.99),
             api_listener: self.api_listener.snapshot(),
+            console_listener: self.console_listener.snapshot(),
             budget_deferred_events: self.budget_deferred_events.load(Relaxed),
             budget_deferred_batches: self.budget_deferred_batches.load(Relaxed),
             commit_failures: self.commit_failures.load(Relaxed),
@@ -308,6 +312,7 @@ impl MetricsSnapshot {
     /// histograms and gauges are added by [`Metrics::export`].
     pub fn export(&self, out: &mut vigil_telemetry::Exposition) {
         out.listener("api", &self.api_listener);
+        out.listener("console", &self.console_listener);
         out.counter(
             "vigil_ops_events_in_total",
             "Events in accepted batches, before deduplication.",
@@ -428,6 +433,7 @@ pub struct MetricsSnapshot {
     pub commit_p50: Duration,
     pub commit_p99: Duration,
     pub api_listener: vigil_net::StatsSnapshot,
+    pub console_listener: vigil_net::StatsSnapshot,
     pub budget_deferred_events: u64,
     pub budget_deferred_batches: u64,
     pub commit_failures: u64,

@@ -113,6 +113,7 @@ fn tls(pki: &Path, id: &str) -> TlsConfig {
 fn ops_config(data_dir: PathBuf, pki: &Path, port: u16) -> OpsConfig {
     OpsConfig {
         metrics: None,
+        console: None,
         data_dir,
         mqtt: MqttConfig {
             max_batch_bytes: 64 * 1024,

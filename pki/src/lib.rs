@@ -11,6 +11,8 @@
 //! - [`authority`]: the CA on disk: `init`, `issue`, `revoke`, `list`, `renew`,
 //!   CRL refresh (rcgen, ECDSA P-256).
 //! - [`ca_key`]: the CA key file, plain or encrypted PKCS#8.
+//! - [`pkcs12`]: a certificate, its key and the CA as a PKCS#12 bundle for
+//!   browsers (`vigil pki export`).
 //! - [`reload`]: our own certificate and key, following their files.
 //! - [`tls`]: the `[tls]` config table and building rustls server and client
 //!   configs from it, with CRL checks.
@@ -19,6 +21,7 @@ pub mod authority;
 pub mod ca_key;
 pub mod crl;
 pub mod identity;
+pub mod pkcs12;
 pub mod reload;
 pub mod tls;
 

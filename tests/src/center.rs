@@ -112,6 +112,8 @@ pub struct Center {
     )>,
     drain: JoinHandle<()>,
     writer: WriterHandle,
+    /// The browser console, once [`Center::start_console`] started it.
+    console: Option<(CancellationToken, JoinHandle<()>)>,
 }
 
 fn issue(pki: &Path, role: Role, id: &str) {
@@ -205,6 +207,7 @@ impl Center {
             api: None,
             drain,
             writer,
+            console: None,
         };
         center.serve(listener);
         center
@@ -235,6 +238,48 @@ impl Center {
             shutdown.clone(),
         ));
         self.api = Some((shutdown, task));
+    }
+
+    /// Starts the browser console (`vigil_ops::console`) on 127.0.0.1 on
+    /// a port of the system's choosing, over the same writer, feed and
+    /// certificates as the API; returns its port.
+    pub async fn start_console(&mut self) -> u16 {
+        assert!(self.console.is_none(), "console already running");
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let tls = self.tls();
+        let config = vigil_ops::console::ConsoleConfig::on(listener.local_addr().unwrap());
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(vigil_ops::console::serve(
+            api::ApiContext {
+                jobs: self.jobs.clone(),
+                readers: self.readers.clone(),
+                feed: self.feed.clone(),
+                metrics: self.metrics.clone(),
+            },
+            self.metrics.store_health.subscribe(),
+            vigil_net::Front::with_stats(
+                "console",
+                config.limits(),
+                self.metrics.console_listener.clone(),
+            ),
+            listener,
+            tls.server_config().unwrap(),
+            shutdown.clone(),
+        ));
+        self.console = Some((shutdown, task));
+        port
+    }
+
+    fn tls(&self) -> vigil_pki::tls::TlsMaterial {
+        TlsConfig {
+            ca: self.pki.join("ca.pem"),
+            cert: self.pki.join("ops-1.pem"),
+            key: self.pki.join("ops-1.key"),
+            crl: Some(self.pki.join("crl.pem")),
+        }
+        .load()
+        .unwrap()
     }
 
     /// Stops the API (open feeds end); the writer keeps running.
@@ -438,6 +483,13 @@ impl Center {
     }
 
     pub async fn stop(mut self) {
+        if let Some((shutdown, task)) = self.console.take() {
+            shutdown.cancel();
+            tokio::time::timeout(WAIT, task)
+                .await
+                .expect("console stops in time")
+                .unwrap();
+        }
         if self.api.is_some() {
             self.stop_api().await;
         }

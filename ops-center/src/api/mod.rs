@@ -244,14 +244,7 @@ pub async fn serve_with_health(
     let reflection_v1alpha = reflection_builder()
         .build_v1alpha()
         .expect("the compiled-in descriptor set is valid");
-    let api = Api {
-        store_ok,
-        jobs: ctx.jobs,
-        reader: ctx.readers,
-        feed: ctx.feed,
-        shutdown: shutdown.clone(),
-        metrics: ctx.metrics,
-    };
+    let api = Api::new(ctx, store_ok, shutdown.clone());
     let server = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection)
@@ -361,6 +354,24 @@ fn actor(peer: &Peer) -> Actor {
 }
 
 impl Api {
+    /// The service over `ctx`. The browser console (`crate::console`)
+    /// holds one too and calls it in process, so both front ends share one
+    /// set of role checks and one path to the writer.
+    pub(crate) fn new(
+        ctx: ApiContext,
+        store_ok: watch::Receiver<bool>,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Self {
+            store_ok,
+            jobs: ctx.jobs,
+            reader: ctx.readers,
+            feed: ctx.feed,
+            shutdown,
+            metrics: ctx.metrics,
+        }
+    }
+
     /// Refuses a change at once while the store cannot write. (A standby
     /// replica's store is fine: it forwards changes to the leader.)
     fn check_store(&self) -> Result<(), Status> {

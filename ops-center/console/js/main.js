@@ -1,0 +1,465 @@
+// The console page: the live queue (server-sent events), the selected
+// incident's detail, actions by key or button, the posts and replay views.
+import * as api from "./api.js";
+import { Queue, age, ago, announce, categoryOf, noFilter, openedMs, priorityOf, rank, stateOf } from "./queue.js";
+import { ACTIONS, blocked, detailView, el, postsView, replayUrl } from "./views.js";
+const probe = { firstPaintMs: null, firstEventMs: null, snapshotMs: null, announced: 0, seenAt: {}, renderMs: 0, renderMaxMs: 0 };
+window.vigil = probe;
+const $ = (id) => {
+    const node = document.getElementById(id);
+    if (!node)
+        throw new Error(`#${id} missing from the page`);
+    return node;
+};
+/** Who we are: set once `/api/me` answered; nothing is drawn before. */
+let me;
+let known = false;
+const queue = new Queue();
+const filter = noFilter();
+let selected = null;
+let ready = false;
+let audio = null;
+// ------------------------------------------------------------ messages
+function say(text, kind = "info") {
+    const box = $("message");
+    box.textContent = text;
+    box.className = `message ${kind}`;
+    box.hidden = false;
+}
+// ------------------------------------------------------------ the queue
+const rows = new Map();
+let frame = 0;
+/** Renders on the next animation frame, once however many updates came. */
+function schedule() {
+    if (frame === 0) {
+        frame = requestAnimationFrame(() => {
+            frame = 0;
+            render();
+        });
+    }
+}
+function rowFor(i, now) {
+    const node = el("div", { role: "option", id: `row-${i.id}`, class: "row", "data-id": i.id, "data-state": stateOf(i), "aria-selected": "false" }, el("span", { class: `prio p${rank(i)}` }, priorityOf(i)), el("span", { class: "id" }, i.id), el("span", { class: "post" }, i.post_id), el("span", { class: "cat" }, categoryOf(i)), el("span", { class: "title" }, i.title + (i.verified ? " ✔" : "")), el("span", { class: "state" }, stateOf(i) + (i.escalation_level > 0 ? ` ↑${i.escalation_level}` : "")), el("span", { class: "assignee" }, i.assignee || "—"), el("span", { class: "age" }, ago(openedMs(i), now)));
+    node.addEventListener("click", () => select(i.id));
+    return node;
+}
+function render() {
+    if (!known)
+        return;
+    const started = performance.now();
+    renderQueue();
+    probe.renderMs = performance.now() - started;
+    probe.renderMaxMs = Math.max(probe.renderMaxMs, probe.renderMs);
+}
+function renderQueue() {
+    const now = Date.now();
+    const list = $("queue");
+    const view = queue.view(filter, me.identity);
+    const keep = new Set(view.map((i) => i.id));
+    for (const [id, r] of rows) {
+        if (!keep.has(id)) {
+            r.node.remove();
+            rows.delete(id);
+        }
+    }
+    // Rows are kept by id and rebuilt only when their incident changed, then
+    // put in order (append moves a node): 1,000 rows stay cheap.
+    let previous = null;
+    for (const i of view) {
+        let r = rows.get(i.id);
+        if (!r || r.version !== i.version) {
+            const node = rowFor(i, now);
+            if (r)
+                r.node.replaceWith(node);
+            r = { node, version: i.version };
+            rows.set(i.id, r);
+            if (probe.seenAt[i.id] === undefined)
+                probe.seenAt[i.id] = Date.now();
+        }
+        const cls = `row age-${age(i, now)}${r.node.classList.contains("new") ? " new" : ""}`;
+        if (r.node.className !== cls)
+            r.node.className = cls;
+        const sel = String(i.id === selected);
+        if (r.node.getAttribute("aria-selected") !== sel)
+            r.node.setAttribute("aria-selected", sel);
+        const expected = previous ? previous.nextElementSibling : list.firstElementChild;
+        if (expected !== r.node) {
+            if (previous)
+                previous.after(r.node);
+            else
+                list.prepend(r.node);
+        }
+        previous = r.node;
+    }
+    if (selected && !keep.has(selected)) {
+        selected = view[0]?.id ?? null;
+    }
+    else if (!selected && view.length > 0) {
+        selected = view[0].id;
+    }
+    if (selected) {
+        list.setAttribute("aria-activedescendant", `row-${selected}`);
+        rows.get(selected)?.node.setAttribute("aria-selected", "true");
+    }
+    else {
+        list.removeAttribute("aria-activedescendant");
+    }
+    $("empty").hidden = view.length > 0;
+    renderCounts();
+    renderFilters();
+    if (ready && probe.firstPaintMs === null) {
+        probe.firstPaintMs = performance.now();
+        document.body.dataset.ready = "1";
+    }
+    showDetail();
+}
+function renderCounts() {
+    const { priority, state } = queue.counts();
+    const parts = ["P1", "P2", "P3", "P4"].map((p) => el("span", { class: `count p${p.slice(1)}` }, `${p} ${priority.get(p) ?? 0}`));
+    const states = ["open", "acknowledged"].map((s) => el("span", { class: "count" }, `${s} ${state.get(s) ?? 0}`));
+    $("counts").replaceChildren(...parts, ...states, el("span", { class: "count" }, `shown ${rows.size} of ${queue.size}`));
+}
+/** Keeps each filter menu's options in step with the queue. */
+function renderFilters() {
+    const fill = (id, values, current) => {
+        const select = $(id);
+        const want = ["", ...values];
+        const have = [...select.options].map((o) => o.value);
+        if (want.join("\u0000") === have.join("\u0000"))
+            return;
+        select.replaceChildren(...want.map((v) => el("option", { value: v, selected: v === current }, v === "" ? "all" : v)));
+    };
+    fill("f-post", queue.values((i) => i.post_id), filter.post);
+    fill("f-category", queue.values(categoryOf), filter.category);
+}
+// ------------------------------------------------------------ selection and detail
+function select(id) {
+    // The selection shows at once (the rest of the page on the next frame).
+    if (selected)
+        rows.get(selected)?.node.setAttribute("aria-selected", "false");
+    selected = id;
+    const list = $("queue");
+    if (id) {
+        list.setAttribute("aria-activedescendant", `row-${id}`);
+        const node = rows.get(id)?.node;
+        node?.setAttribute("aria-selected", "true");
+        node?.scrollIntoView({ block: "nearest" });
+    }
+    schedule();
+}
+function move(step) {
+    const view = queue.view(filter, me.identity);
+    if (view.length === 0)
+        return;
+    const at = view.findIndex((i) => i.id === selected);
+    const next = Math.min(view.length - 1, Math.max(0, at < 0 ? 0 : at + step));
+    select(view[next].id);
+}
+let shown = null;
+let detailTimer = 0;
+/** Loads the selected incident's detail, shortly after the selection settles. */
+function showDetail() {
+    const i = selected ? queue.get(selected) : undefined;
+    if (!i) {
+        if (shown)
+            $("detail").replaceChildren(el("p", { class: "hint" }, "No incident selected."));
+        shown = null;
+        return;
+    }
+    if (shown && shown.id === i.id && shown.version === i.version)
+        return;
+    shown = { id: i.id, version: i.version };
+    window.clearTimeout(detailTimer);
+    detailTimer = window.setTimeout(async () => {
+        try {
+            const d = await api.detail(i.id);
+            if (selected !== i.id)
+                return;
+            $("detail").replaceChildren(detailView(d, me, (spec) => void run(spec), Date.now()));
+        }
+        catch (e) {
+            $("detail").replaceChildren(el("p", { class: "hint" }, `Cannot load ${i.id}: ${String(e)}`));
+        }
+    }, 120);
+}
+// ------------------------------------------------------------ actions
+const dialog = () => $("prompt");
+/** Asks for the text (and disposition) an action needs; null if cancelled. */
+function ask(title, label, withDisposition, required) {
+    const d = dialog();
+    $("prompt-title").textContent = title;
+    $("prompt-label").textContent = label;
+    const text = $("prompt-text");
+    const disposition = $("prompt-disposition");
+    text.value = "";
+    text.required = required;
+    $("prompt-disposition-row").hidden = !withDisposition;
+    return new Promise((resolve) => {
+        d.onclose = () => {
+            resolve(d.returnValue === "ok" ? { text: text.value.trim(), disposition: disposition.value } : null);
+        };
+        d.returnValue = "";
+        d.showModal();
+        (withDisposition ? disposition : text).focus();
+    });
+}
+async function run(spec) {
+    const i = selected ? queue.get(selected) : undefined;
+    const why = blocked(spec, i, me);
+    if (why || !i) {
+        say(`${spec.label}: ${why ?? "no incident selected"}.`, "error");
+        return;
+    }
+    // The version the analyst saw when deciding: if the incident changes
+    // while the dialog is open, the server says so rather than overwrite.
+    const seen = i.version;
+    let fields = {};
+    if (spec.action === "escalate") {
+        const a = await ask(`Escalate ${i.id}`, "Reason", false, false);
+        if (!a)
+            return;
+        fields = { reason: a.text };
+    }
+    else if (spec.action === "resolve") {
+        const a = await ask(`Resolve ${i.id}`, "Note (optional)", true, false);
+        if (!a)
+            return;
+        fields = { disposition: a.disposition, note: a.text };
+    }
+    else if (spec.action === "note") {
+        const a = await ask(`Note on ${i.id}`, "Note", false, true);
+        if (!a || !a.text)
+            return;
+        fields = { text: a.text };
+    }
+    const outcome = await api.act(i.id, spec.action, seen, fields);
+    switch (outcome.kind) {
+        case "done":
+            queue.put(outcome.incident);
+            say(`${spec.label}: ${outcome.incident.id} is now v${outcome.incident.version} (${stateOf(outcome.incident)}).`);
+            break;
+        case "conflict": {
+            const c = outcome.current;
+            if (c)
+                queue.put(c);
+            const now = c
+                ? `It is now v${c.version}: ${stateOf(c)}, ${c.assignee ? `assigned to ${c.assignee}` : "unassigned"}${c.acknowledged_by ? `, acknowledged by ${c.acknowledged_by}` : ""}.`
+                : outcome.message;
+            say(`Not done: ${i.id} changed since you saw it (v${seen}). ${now} Check it and try again.`, "conflict");
+            shown = null;
+            break;
+        }
+        case "refused":
+            say(`${spec.label} refused (${outcome.status}): ${outcome.message}`, "error");
+            break;
+    }
+    schedule();
+}
+// ------------------------------------------------------------ announcements
+function tone(times) {
+    if (!audio)
+        return;
+    const ctx = audio;
+    for (let n = 0; n < times; n++) {
+        const start = ctx.currentTime + n * 0.35;
+        const osc = ctx.createOscillator();
+        const gain = ctx.createGain();
+        osc.type = "sine";
+        osc.frequency.value = 880;
+        gain.gain.setValueAtTime(0.0001, start);
+        gain.gain.exponentialRampToValueAtTime(0.3, start + 0.02);
+        gain.gain.exponentialRampToValueAtTime(0.0001, start + 0.25);
+        osc.connect(gain).connect(ctx.destination);
+        osc.start(start);
+        osc.stop(start + 0.3);
+    }
+}
+function announceNew(i) {
+    probe.announced += 1;
+    $("announce").textContent = `New ${priorityOf(i)} incident ${i.id} at ${i.post_id}: ${i.title}`;
+    tone(rank(i) === 1 ? 2 : 1);
+    document.body.classList.remove("flash");
+    void document.body.offsetWidth; // restart the animation
+    document.body.classList.add("flash");
+    const mark = () => {
+        const row = rows.get(i.id)?.node;
+        if (row) {
+            row.classList.add("new");
+            window.setTimeout(() => row.classList.remove("new"), 4000);
+        }
+    };
+    requestAnimationFrame(mark);
+}
+function startShift() {
+    if (!audio) {
+        audio = new AudioContext();
+    }
+    void audio.resume();
+    tone(1);
+    const b = $("shift");
+    b.textContent = "On shift: sound on";
+    b.setAttribute("aria-pressed", "true");
+    document.body.dataset.shift = "on";
+}
+// ------------------------------------------------------------ the feed
+let source = null;
+function connect() {
+    source?.close();
+    ready = false;
+    const es = new EventSource("/api/feed");
+    source = es;
+    es.addEventListener("update", (e) => {
+        probe.firstEventMs ??= performance.now();
+        const u = JSON.parse(e.data);
+        if (!u.incident)
+            return;
+        queue.put(u.incident);
+        if (announce(u.cause, u.snapshot, u.incident))
+            announceNew(u.incident);
+        // The snapshot is drawn once, when complete, not frame by frame as
+        // it arrives.
+        if (ready)
+            schedule();
+    });
+    es.addEventListener("ready", () => {
+        probe.snapshotMs ??= performance.now();
+        ready = true;
+        $("link").textContent = "live";
+        $("link").className = "link up";
+        schedule();
+    });
+    es.addEventListener("resync", () => {
+        // Too far behind: start again from a fresh snapshot.
+        queue.clear();
+        connect();
+    });
+    es.addEventListener("heartbeat", () => {
+        $("link").textContent = "live";
+        $("link").className = "link up";
+    });
+    es.onopen = () => {
+        $("link").textContent = ready ? "live" : "loading";
+    };
+    es.onerror = () => {
+        // The browser reconnects by itself, sending Last-Event-ID: the feed
+        // resumes after the last change it delivered.
+        $("link").textContent = "reconnecting";
+        $("link").className = "link down";
+    };
+}
+// ------------------------------------------------------------ views
+function showView(name) {
+    for (const v of ["queue", "posts", "replay"]) {
+        $(`view-${v}`).hidden = v !== name;
+        $(`nav-${v}`).setAttribute("aria-current", String(v === name));
+    }
+    if (name === "posts")
+        void loadPosts();
+}
+async function loadPosts() {
+    try {
+        const { posts } = await api.posts();
+        $("posts").replaceChildren(postsView(posts, Date.now()));
+    }
+    catch (e) {
+        $("posts").replaceChildren(el("p", {}, `Cannot load posts: ${String(e)}`));
+    }
+}
+function setupReplay() {
+    const form = $("replay-form");
+    if (!me.may.replay) {
+        form.hidden = true;
+        $("replay-note").textContent = `Replay is for engineers; your role is ${me.role}.`;
+        return;
+    }
+    const update = () => {
+        const v = (id) => $(id).value.trim();
+        const url = replayUrl(v("r-post"), v("r-kind"), v("r-from"), v("r-to"), v("r-limit"));
+        const a = $("r-download");
+        a.href = url;
+    };
+    form.addEventListener("input", update);
+    form.addEventListener("submit", (e) => {
+        e.preventDefault();
+        update();
+        $("r-download").click();
+    });
+    update();
+}
+// ------------------------------------------------------------ keyboard
+/** Whether a key goes to a field (so it is not a shortcut). */
+function typing(target) {
+    if (!(target instanceof HTMLElement))
+        return false;
+    if (target.isContentEditable)
+        return true;
+    if (target instanceof HTMLInputElement) {
+        return !["checkbox", "radio", "button", "submit", "reset"].includes(target.type);
+    }
+    return target.tagName === "TEXTAREA" || target.tagName === "SELECT";
+}
+function onKey(e) {
+    if (e.ctrlKey || e.metaKey || e.altKey || typing(e.target) || dialog().open)
+        return;
+    if ($("view-queue").hidden)
+        return;
+    if (e.key === "j" || e.key === "ArrowDown") {
+        move(1);
+    }
+    else if (e.key === "k" || e.key === "ArrowUp") {
+        move(-1);
+    }
+    else {
+        const spec = ACTIONS.find((a) => a.key === e.key);
+        if (!spec)
+            return;
+        void run(spec);
+    }
+    e.preventDefault();
+}
+// ------------------------------------------------------------ start
+async function main() {
+    // The feed's snapshot and who we are, at the same time.
+    connect();
+    let who;
+    try {
+        who = await api.me();
+    }
+    catch (e) {
+        source?.close();
+        say(`Cannot start: ${String(e)}`, "error");
+        return;
+    }
+    me = who;
+    known = true;
+    $("who").textContent = `${me.identity} (${me.role})`;
+    $("shift").addEventListener("click", startShift);
+    for (const v of ["queue", "posts", "replay"]) {
+        $(`nav-${v}`).addEventListener("click", () => showView(v));
+    }
+    const bind = (id, set) => {
+        $(id).addEventListener("change", (e) => {
+            set(e.target.value);
+            schedule();
+        });
+    };
+    bind("f-state", (v) => (filter.state = v));
+    bind("f-post", (v) => (filter.post = v));
+    bind("f-category", (v) => (filter.category = v));
+    $("f-mine").addEventListener("change", (e) => {
+        filter.mine = e.target.checked;
+        schedule();
+    });
+    $("message").addEventListener("click", () => ($("message").hidden = true));
+    document.addEventListener("keydown", onKey);
+    setupReplay();
+    // Ages and colours move with the clock.
+    window.setInterval(() => {
+        for (const r of rows.values())
+            r.version = -1;
+        schedule();
+    }, 10_000);
+    showView("queue");
+    schedule();
+}
+void main();
