@@ -17,6 +17,64 @@ fn the_store_suite_passes_on_postgresql() {
     }
 }
 
+/// Every query shape of the API (`store::shapes`, the list SQLite's plan
+/// test runs too) is answered from an index range: `EXPLAIN` with
+/// sequential scans priced out shows no `Seq Scan`, and every index scan
+/// has an `Index Cond` (a bound), with the kind in it when the shape filters
+/// kinds. Only "every incident, newest first" may read an index from one
+/// end (it stops at its limit).
+#[test]
+fn every_query_shape_is_served_by_an_index() {
+    use vigil_ops::store::shapes::{self, Dialect, Param};
+    let Some(pg) = Postgres::start() else { return };
+    let url = pg.create_db();
+    PostgresBackend::open(&url).unwrap();
+    let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    client.batch_execute("SET enable_seqscan = off").unwrap();
+    let mut failures = Vec::new();
+    for (name, shape) in shapes::shapes() {
+        let q = shape.query(Dialect::Postgres).unwrap();
+        let params: Vec<&(dyn postgres::types::ToSql + Sync)> = q
+            .params
+            .iter()
+            .map(|p| match p {
+                Param::Int(i) => i as &(dyn postgres::types::ToSql + Sync),
+                Param::Text(t) => t as &(dyn postgres::types::ToSql + Sync),
+            })
+            .collect();
+        let plan: Vec<String> = client
+            .query(&format!("EXPLAIN {}", q.sql), &params)
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        eprintln!("{name}:\n  {}", plan.join("\n  "));
+        let mut bad = plan.iter().any(|l| l.contains("Seq Scan"));
+        for (i, line) in plan.iter().enumerate() {
+            if !line.contains("Index Scan") && !line.contains("Index Only Scan") {
+                continue;
+            }
+            // The node's own detail lines, up to the next node.
+            let details: Vec<&String> = plan[i + 1..]
+                .iter()
+                .take_while(|l| !l.contains("->"))
+                .collect();
+            let cond = details.iter().find(|l| l.contains("Index Cond:"));
+            match cond {
+                None if !shape.ordered_scan_allowed() => bad = true,
+                Some(c) if shape.filters_kind() && line.contains(" on events") => {
+                    bad |= !c.contains("kind");
+                }
+                _ => {}
+            }
+        }
+        if bad {
+            failures.push(format!("{name}:\n  {}", plan.join("\n  ")));
+        }
+    }
+    assert!(failures.is_empty(), "full scans:\n{}", failures.join("\n"));
+}
+
 #[test]
 fn migrations_run_once_and_a_newer_schema_is_refused() {
     let Some(pg) = Postgres::start() else { return };

@@ -131,6 +131,18 @@ pub fn store_status(e: &StoreError) -> Status {
     }
 }
 
+/// Refuses a filter naming more posts than one query may take as index
+/// ranges (`store::shapes::MAX_POSTS_PER_QUERY`).
+pub(crate) fn posts_within_cap(posts: &[String], what: &str) -> Result<(), Status> {
+    let cap = crate::store::shapes::MAX_POSTS_PER_QUERY;
+    if posts.len() > cap {
+        return Err(Status::invalid_argument(format!(
+            "at most {cap} posts per {what} (name none for every post)"
+        )));
+    }
+    Ok(())
+}
+
 /// The current incident attached to a FAILED_PRECONDITION for a version
 /// mismatch, if any.
 pub fn current_incident(status: &Status) -> Option<Incident> {
@@ -443,6 +455,7 @@ impl OpsCenter for Api {
     ) -> Result<Response<Self::WatchIncidentsStream>, Status> {
         authorize(&request, Op::Watch)?;
         let req = request.into_inner();
+        posts_within_cap(&req.post_ids, "watch")?;
         let cursor =
             match req.cursor.as_str() {
                 "" => None,
@@ -482,6 +495,7 @@ impl OpsCenter for Api {
                 Status::invalid_argument("page_token: not one this server handed out")
             })?),
         };
+        posts_within_cap(&req.post_ids, "listing")?;
         let filter = IncidentFilter {
             states: req.states,
             post_ids: req.post_ids,

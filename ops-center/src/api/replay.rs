@@ -14,7 +14,7 @@ use tonic::Status;
 use vigil_proto::v1::{EventKind, Pacing, ReplayItem, ReplayRequest, StoredEvent, event::Body};
 
 use super::feed::Reader;
-use crate::store::{ReceivedFilter, ReceivedKey, StoreError};
+use crate::store::{ReceivedFilter, ReceivedKey, SeqFilter, StoreError};
 
 /// Items queued towards one client; when full, reading the store waits.
 pub const CLIENT_CAPACITY: usize = 256;
@@ -39,6 +39,7 @@ pub(crate) struct Plan {
 
 impl Plan {
     pub(crate) fn new(req: ReplayRequest) -> Result<Self, Status> {
+        super::posts_within_cap(&req.post_ids, "replay")?;
         if (req.from_seq != 0 || req.to_seq != 0) && req.post_ids.len() != 1 {
             return Err(Status::invalid_argument(
                 "a seq range needs exactly one post in post_ids",
@@ -190,15 +191,21 @@ impl Plan {
             if from > to {
                 return Ok(None);
             }
-            let mut events = r.read(move |s| s.events(&post, from, PAGE)).await?;
+            let filter = SeqFilter {
+                post_id: post,
+                kinds: self.kinds.iter().map(|k| *k as i32).collect(),
+                from_seq: from,
+                to_seq: Some(to),
+            };
+            let events = r.read(move |s| s.events_by_seq(&filter, PAGE)).await?;
             let Some(last) = events.last().and_then(|e| e.event.as_ref()).map(|e| e.seq) else {
                 return Ok(None);
             };
-            events.retain(|e| e.event.as_ref().is_some_and(|e| e.seq <= to));
             return Ok(Some((Cursor::Seq(last.saturating_add(1)), events)));
         }
         let filter = ReceivedFilter {
             post_ids: self.req.post_ids.clone(),
+            kinds: self.kinds.iter().map(|k| *k as i32).collect(),
             from: self
                 .req
                 .from_time

@@ -444,6 +444,7 @@ fn received_order_pages_by_time_post_and_seq(b: &dyn Backend) {
         post_ids: vec!["p-2".into()],
         from: Some(t(15)),
         to: Some(t(25)),
+        ..Default::default()
     };
     let some = reader.events_received(&filter, None, 10).unwrap();
     assert_eq!(
