@@ -90,6 +90,81 @@ fn migrations_run_once_and_a_newer_schema_is_refused() {
     assert!(matches!(err, StoreError::SchemaTooNew { .. }), "{err}");
 }
 
+/// A store from before migrations 4 and 5 (no `kind`, no `at`, the old
+/// indexes) with events in it: opening it fills both columns from what is
+/// stored, and a kind filter finds its events.
+#[test]
+fn migration_4_fills_event_kinds_of_a_store_that_had_none() {
+    use prost::Message;
+    use vigil_ops::store::{ReceivedFilter, SeqFilter};
+    use vigil_proto::v1::{AlarmSignal, Event, EventKind, PostHealth, event::Body};
+    let Some(pg) = Postgres::start() else { return };
+    let url = pg.create_db();
+    PostgresBackend::open(&url).unwrap();
+    let mut admin = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    // Back to the schema as version 3 left it.
+    admin
+        .batch_execute(
+            "DROP INDEX events_post_kind, events_kind_at, events_post_kind_at, incidents_post;
+             ALTER TABLE events DROP COLUMN kind, DROP COLUMN at;
+             CREATE INDEX events_received ON events (received_at);
+             CREATE INDEX incidents_post ON incidents (post_id, state);
+             UPDATE vigil_schema SET version = 3;",
+        )
+        .unwrap();
+    for seq in 1..=7i64 {
+        let body = match seq % 2 {
+            0 => Body::Health(PostHealth::default()),
+            _ => Body::Alarm(AlarmSignal::default()),
+        };
+        let event = Event {
+            post_id: "p-1".into(),
+            seq: seq as u64,
+            body: Some(body),
+            ..Default::default()
+        };
+        admin
+            .execute(
+                "INSERT INTO events (post_id, seq, received_at, stored_at, body)
+                 VALUES ('p-1', $1, NULL, $2, $3)",
+                &[&seq, &(1000 * seq), &event.encode_to_vec()],
+            )
+            .unwrap();
+    }
+    let backend = PostgresBackend::open(&url).unwrap();
+    let version: i32 = admin
+        .query_one("SELECT version FROM vigil_schema", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(version, 5);
+    let reader = backend.reader().unwrap();
+    let health = SeqFilter {
+        post_id: "p-1".into(),
+        kinds: vec![EventKind::Health as i32],
+        from_seq: 1,
+        to_seq: None,
+    };
+    let seqs: Vec<u64> = reader
+        .events_by_seq(&health, 100)
+        .unwrap()
+        .iter()
+        .map(|e| e.event.as_ref().unwrap().seq)
+        .collect();
+    assert_eq!(seqs, [2, 4, 6]);
+    // No gateway time: received order falls back to when it was stored.
+    let alarms = ReceivedFilter {
+        kinds: vec![EventKind::Alarm as i32],
+        ..Default::default()
+    };
+    let keys: Vec<(i64, u64)> = reader
+        .events_received(&alarms, None, 100)
+        .unwrap()
+        .iter()
+        .map(|(k, _)| (k.received_ms, k.seq))
+        .collect();
+    assert_eq!(keys, [(1000, 1), (3000, 3), (5000, 5), (7000, 7)]);
+}
+
 #[test]
 fn bad_urls_and_unreachable_servers_are_clear_errors() {
     for (url, want) in [

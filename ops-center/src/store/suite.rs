@@ -56,6 +56,14 @@ pub const CASES: &[(&str, Case)] = &[
         "received_order_pages_by_time_post_and_seq",
         received_order_pages_by_time_post_and_seq,
     ),
+    (
+        "kinds_filter_both_orders_and_page_across_arms",
+        kinds_filter_both_orders_and_page_across_arms,
+    ),
+    (
+        "incident_lists_merge_posts_and_states_newest_first",
+        incident_lists_merge_posts_and_states_newest_first,
+    ),
 ];
 
 fn ev(post: &str, seq: u64) -> Received {
@@ -451,4 +459,161 @@ fn received_order_pages_by_time_post_and_seq(b: &dyn Backend) {
         some.iter().map(key).collect::<Vec<_>>(),
         [("p-2".to_string(), 2)]
     );
+}
+
+/// Three posts, events of every kind at interleaved times: a kind filter
+/// (one kind, two, none) gives exactly those events, in seq order for one
+/// post and in received order across posts, and keyset pages of one event
+/// walk the merged arms without a gap or a repeat.
+fn kinds_filter_both_orders_and_page_across_arms(b: &dyn Backend) {
+    use super::{SeqFilter, shapes::kind_of};
+    use vigil_proto::v1::{AlarmSignal, CameraEvent, EventKind, PostHealth, event::Body};
+    let mut store = b.writer().unwrap();
+    let body = |i: u64| match i % 4 {
+        0 => Some(Body::Alarm(AlarmSignal::default())),
+        1 => Some(Body::Camera(CameraEvent::default())),
+        2 => Some(Body::Health(PostHealth::default())),
+        _ => None,
+    };
+    let mut all = Vec::new();
+    let mut tx = store.begin().unwrap();
+    for post in ["p-1", "p-2", "p-3"] {
+        let events: Vec<Received> = (1..=12u64)
+            .map(|seq| {
+                let n = u64::from(post.as_bytes()[2] - b'0');
+                Event {
+                    post_id: post.into(),
+                    seq,
+                    // Posts interleave; two events share a millisecond.
+                    received_at: Some(t(seq * 3 + n % 2).into()),
+                    body: body(seq + n),
+                    ..Default::default()
+                }
+                .into()
+            })
+            .collect();
+        all.extend(events.iter().map(|r: &Received| r.event.clone()));
+        tx.insert_events(post, &events, t(0)).unwrap();
+    }
+    tx.commit().unwrap();
+    let reader = b.reader().unwrap();
+    let key = |e: &Event| {
+        let at = SystemTime::try_from(e.received_at.unwrap()).unwrap();
+        (at, e.post_id.clone(), e.seq)
+    };
+    let kinds_cases: [Vec<i32>; 3] = [
+        vec![EventKind::Health as i32],
+        vec![EventKind::Alarm as i32, EventKind::Unspecified as i32],
+        vec![],
+    ];
+    for kinds in kinds_cases {
+        let wanted = |e: &Event| kinds.is_empty() || kinds.contains(&kind_of(e));
+        // One post, seq order.
+        let filter = SeqFilter {
+            post_id: "p-2".into(),
+            kinds: kinds.clone(),
+            from_seq: 2,
+            to_seq: Some(11),
+        };
+        let got = seqs(&reader.events_by_seq(&filter, 100).unwrap());
+        let want: Vec<u64> = all
+            .iter()
+            .filter(|e| e.post_id == "p-2" && (2..=11).contains(&e.seq) && wanted(e))
+            .map(|e| e.seq)
+            .collect();
+        assert_eq!(got, want, "seq order, kinds {kinds:?}");
+        // Received order over two named posts and over all, one a page.
+        for posts in [vec!["p-1".to_string(), "p-3".to_string()], vec![]] {
+            let filter = ReceivedFilter {
+                post_ids: posts.clone(),
+                kinds: kinds.clone(),
+                ..Default::default()
+            };
+            let mut want: Vec<_> = all
+                .iter()
+                .filter(|e| (posts.is_empty() || posts.contains(&e.post_id)) && wanted(e))
+                .map(key)
+                .collect();
+            want.sort();
+            let mut got = Vec::new();
+            let mut after = None;
+            for _ in 0..=want.len() {
+                let page = reader.events_received(&filter, after.as_ref(), 1).unwrap();
+                let Some((k, e)) = page.into_iter().next() else {
+                    break;
+                };
+                got.push(key(e.event.as_ref().unwrap()));
+                after = Some(k);
+            }
+            assert_eq!(
+                got, want,
+                "received order, posts {posts:?}, kinds {kinds:?}"
+            );
+        }
+    }
+}
+
+/// Incident listings by post and state merge their index ranges newest
+/// first and page with `before_number`.
+fn incident_lists_merge_posts_and_states_newest_first(b: &dyn Backend) {
+    let mut store = b.writer().unwrap();
+    let mut changes = Changes::default();
+    let states = [
+        IncidentState::Open,
+        IncidentState::Acknowledged,
+        IncidentState::Resolved,
+    ];
+    for n in 1..=12u64 {
+        changes.put_incident(
+            Incident {
+                id: incident_id(n),
+                post_id: format!("p-{}", n % 3),
+                state: states[(n % 4 % 3) as usize] as i32,
+                version: 1,
+                ..Default::default()
+            },
+            None,
+        );
+    }
+    let mut tx = store.begin().unwrap();
+    tx.apply(&changes).unwrap();
+    tx.commit().unwrap();
+    let reader = b.reader().unwrap();
+    let numbers = |f: &IncidentFilter| -> Vec<u64> {
+        reader
+            .incidents(f)
+            .unwrap()
+            .iter()
+            .map(|i| super::incident_number(&i.id).unwrap())
+            .collect()
+    };
+    let expect = |posts: &[&str], st: &[IncidentState], before: u64, limit: usize| -> Vec<u64> {
+        (1..before)
+            .rev()
+            .filter(|n| posts.is_empty() || posts.contains(&format!("p-{}", n % 3).as_str()))
+            .filter(|n| st.is_empty() || st.contains(&states[(n % 4 % 3) as usize]))
+            .take(limit)
+            .collect()
+    };
+    let open = [IncidentState::Open, IncidentState::Acknowledged];
+    for (posts, st) in [
+        (&["p-1", "p-2"][..], &open[..]),
+        (&["p-0"][..], &[][..]),
+        (&[][..], &open[..]),
+        (&[][..], &[][..]),
+    ] {
+        for (before, limit) in [(13, 100), (13, 3), (9, 2)] {
+            let filter = IncidentFilter {
+                states: st.iter().map(|s| *s as i32).collect(),
+                post_ids: posts.iter().map(|p| p.to_string()).collect(),
+                before_number: (before != 13).then_some(before),
+                limit,
+            };
+            assert_eq!(
+                numbers(&filter),
+                expect(posts, st, before, limit),
+                "{filter:?}"
+            );
+        }
+    }
 }
