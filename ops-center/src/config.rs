@@ -127,6 +127,10 @@ pub struct ApiConfig {
     /// From accept to a finished mutual TLS handshake.
     #[serde(default = "default_api_preauth_timeout")]
     pub preauth_timeout_secs: u64,
+    /// Stored events one replay may read, sent or not (its scan cost);
+    /// beyond it the replay ends with RESOURCE_EXHAUSTED.
+    #[serde(default = "default_replay_max_scan_rows")]
+    pub replay_max_scan_rows: u64,
 }
 
 impl Default for ApiConfig {
@@ -136,11 +140,20 @@ impl Default for ApiConfig {
             max_connections: default_api_max_connections(),
             max_connections_per_source: default_api_max_per_source(),
             preauth_timeout_secs: default_api_preauth_timeout(),
+            replay_max_scan_rows: default_replay_max_scan_rows(),
         }
     }
 }
 
 impl ApiConfig {
+    /// What bounds one replay.
+    pub fn replay_limits(&self) -> crate::api::replay::Limits {
+        crate::api::replay::Limits {
+            max_scan_rows: self.replay_max_scan_rows,
+            ..Default::default()
+        }
+    }
+
     /// The API listener's limits. Established connections keep tonic's
     /// HTTP/2 keep-alive rather than an idle timeout: a live feed may be
     /// quiet for hours.
@@ -163,6 +176,10 @@ fn default_api_max_per_source() -> usize {
 }
 fn default_api_preauth_timeout() -> u64 {
     10
+}
+
+fn default_replay_max_scan_rows() -> u64 {
+    crate::api::replay::DEFAULT_MAX_SCAN_ROWS
 }
 
 fn default_keep_alive() -> u64 {
@@ -261,6 +278,15 @@ impl OpsConfig {
             return Err((
                 "api.preauth_timeout_secs".into(),
                 "must be at least 1".into(),
+            ));
+        }
+        if self.api.replay_max_scan_rows < crate::api::replay::MIN_MAX_SCAN_ROWS {
+            return Err((
+                "api.replay_max_scan_rows".into(),
+                format!(
+                    "must be at least {} (one page of a replay)",
+                    crate::api::replay::MIN_MAX_SCAN_ROWS
+                ),
             ));
         }
         if self.mqtt.share_group.is_some() {
@@ -495,6 +521,10 @@ mod tests {
             (
                 "[mqtt]\nserver = \"h:1\"\n[api]\nlisten = \"127.0.0.1:1\"\npreauth_timeout_secs = 0\n",
                 "api.preauth_timeout_secs",
+            ),
+            (
+                "[mqtt]\nserver = \"h:1\"\n[api]\nlisten = \"127.0.0.1:1\"\nreplay_max_scan_rows = 10\n",
+                "api.replay_max_scan_rows",
             ),
             (
                 "[mqtt]\nserver = \"h:1\"\nshare_group = \"ops\"\n",

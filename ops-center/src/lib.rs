@@ -198,6 +198,7 @@ pub async fn run_with_api(
             feed,
             metrics: metrics.clone(),
             leading: Some(leading),
+            replay: config.api.replay_limits(),
         },
         metrics.store_health.subscribe(),
         front,

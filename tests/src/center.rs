@@ -56,6 +56,7 @@ pub struct CenterBuilder {
     engine: EngineConfig,
     revoked: Vec<String>,
     data: Option<PathBuf>,
+    replay: api::replay::Limits,
 }
 
 impl CenterBuilder {
@@ -76,6 +77,12 @@ impl CenterBuilder {
     /// folder), e.g. on a small tmpfs to fill.
     pub fn data_dir(mut self, data: PathBuf) -> Self {
         self.data = Some(data);
+        self
+    }
+
+    /// What bounds one replay (default: the server's defaults).
+    pub fn replay_limits(mut self, limits: api::replay::Limits) -> Self {
+        self.replay = limits;
         self
     }
 
@@ -112,6 +119,7 @@ pub struct Center {
     )>,
     drain: JoinHandle<()>,
     writer: WriterHandle,
+    replay: api::replay::Limits,
 }
 
 fn issue(pki: &Path, role: Role, id: &str) {
@@ -205,6 +213,7 @@ impl Center {
             api: None,
             drain,
             writer,
+            replay: options.replay,
         };
         center.serve(listener);
         center
@@ -228,6 +237,7 @@ impl Center {
                 feed: self.feed.clone(),
                 leading: None,
                 metrics: self.metrics.clone(),
+                replay: self.replay,
             },
             self.metrics.store_health.subscribe(),
             vigil_net::Front::new("api", vigil_ops::config::ApiConfig::default().limits()),

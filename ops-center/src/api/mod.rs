@@ -166,6 +166,8 @@ pub struct ApiContext {
     pub leading: Option<watch::Receiver<bool>>,
     /// Where open connections and watchers are counted.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// What bounds one replay (`[api] replay_max_scan_rows`).
+    pub replay: replay::Limits,
 }
 
 impl std::fmt::Debug for ApiContext {
@@ -266,6 +268,7 @@ pub async fn serve_with_health(
         leading: ctx.leading,
         shutdown: shutdown.clone(),
         metrics: ctx.metrics,
+        replay: ctx.replay,
     };
     let server = tonic::transport::Server::builder()
         .add_service(health_service)
@@ -313,6 +316,7 @@ pub struct Api {
     feed: Feed,
     shutdown: CancellationToken,
     metrics: Arc<crate::metrics::Metrics>,
+    replay: replay::Limits,
 }
 
 impl std::fmt::Debug for Api {
@@ -703,7 +707,8 @@ impl OpsCenter for Api {
         let plan = replay::Plan::new(request.into_inner())?;
         let (tx, rx) = mpsc::channel(replay::CLIENT_CAPACITY);
         let (reader, shutdown) = (self.reader.clone(), self.shutdown.clone());
-        tokio::spawn(async move { plan.run(reader, tx, shutdown).await });
+        let limits = self.replay;
+        tokio::spawn(async move { plan.run(reader, limits, tx, shutdown).await });
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }
