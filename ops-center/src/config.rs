@@ -40,6 +40,9 @@ pub struct OpsConfig {
     /// `[budget]`: what one post may make the operations center store.
     #[serde(default)]
     pub budget: BudgetConfig,
+    /// `[retention]`: how long events and incidents are kept.
+    #[serde(default)]
+    pub retention: crate::store::retention::RetentionConfig,
     /// `[metrics]`: the Prometheus endpoint; off when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics: Option<vigil_telemetry::MetricsConfig>,
@@ -240,11 +243,17 @@ impl OpsConfig {
         {
             *ca = base.join(&*ca);
         }
+        if let Some(dir) = &mut self.retention.archive_dir
+            && dir.is_relative()
+        {
+            *dir = base.join(&*dir);
+        }
     }
 
     /// Checks values; returns the offending key and why.
     pub fn validate(&self) -> Result<(), (String, String)> {
         self.mqtt.brokers()?;
+        self.retention.validate()?;
         if let Some(g) = &self.mqtt.share_group
             && (g.is_empty() || g.contains(['/', '+', '#']))
         {

@@ -216,6 +216,12 @@ pub async fn run_with_api(
     let tracker = TaskTracker::new();
     let tasks = shutdown.child_token();
     tracker.spawn(log_metrics(metrics.clone(), tasks.clone()));
+    tracker.spawn(store::retention::run_periodically(
+        store.backend.clone(),
+        config.retention.clone(),
+        leading_tx.subscribe(),
+        tasks.clone(),
+    ));
     tracker.close();
     let ingest_config = ingest::IngestConfig {
         mqtt: config.mqtt.clone(),

@@ -57,6 +57,11 @@ pub(crate) struct ReplayArgs {
     /// Write the JSON lines to this file instead of stdout.
     #[arg(long, value_name = "PATH")]
     to_file: Option<PathBuf>,
+    /// Read events pruned into this archive folder (`[retention]
+    /// archive_dir`) instead of asking the operations center: the same
+    /// filters and order, no pacing, no connection.
+    #[arg(long, value_name = "DIR")]
+    archive: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -134,8 +139,56 @@ impl ReplayArgs {
     }
 }
 
+/// `vigil replay --archive DIR`: the archive's events the request selects.
+fn from_archive(
+    dir: &std::path::Path,
+    request: &ReplayRequest,
+    out: &mut dyn Write,
+) -> Result<u64> {
+    let ms = |t: &Option<prost_types::Timestamp>| {
+        t.map(|t| t.seconds.saturating_mul(1000) + i64::from(t.nanos) / 1_000_000)
+    };
+    let filter = vigil_ops::store::archive::ArchiveFilter {
+        post_ids: request.post_ids.clone(),
+        kinds: request.kinds.clone(),
+        from_ms: ms(&request.from_time),
+        to_ms: ms(&request.to_time),
+        from_seq: request.from_seq,
+        to_seq: (request.to_seq != 0).then_some(request.to_seq),
+        limit: request.limit,
+    };
+    let events = vigil_ops::store::archive::read(dir, &filter)
+        .with_context(|| format!("reading the archive in {}", dir.display()))?;
+    for event in &events {
+        writeln!(out, "{}", render::json_line(event, "StoredEvent"))
+            .context("writing the replay")?;
+    }
+    Ok(events.len() as u64)
+}
+
 pub(crate) async fn run(args: ReplayArgs) -> Result<()> {
     let request = args.request()?;
+    if let Some(dir) = &args.archive {
+        if !dir.join(vigil_ops::store::archive::MANIFEST).is_file() {
+            return Err(Usage(format!(
+                "--archive {}: no {} there (not an archive folder)",
+                dir.display(),
+                vigil_ops::store::archive::MANIFEST
+            ))
+            .into());
+        }
+        let mut out: Box<dyn Write> = match &args.to_file {
+            Some(path) => Box::new(std::io::BufWriter::new(
+                std::fs::File::create(path)
+                    .map_err(|e| Usage(format!("--to-file {}: {e}", path.display())))?,
+            )),
+            None => Box::new(std::io::LineWriter::new(std::io::stdout())),
+        };
+        let count = from_archive(dir, &request, &mut *out)?;
+        out.flush().context("writing the replay")?;
+        eprintln!("replay: {count} archived events from {}", dir.display());
+        return Ok(());
+    }
     let mut s = connect(&args.conn).await?;
     let mut out: Box<dyn Write> = match &args.to_file {
         Some(path) => Box::new(std::io::BufWriter::new(

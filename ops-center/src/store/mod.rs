@@ -15,8 +15,10 @@
 //!
 //! The SQLite backend ([`sqlite::SqliteBackend`]) is the embedded default.
 
+pub mod archive;
 mod migrations;
 pub mod postgres;
+pub mod retention;
 pub mod shapes;
 pub mod sqlite;
 #[doc(hidden)]
@@ -243,6 +245,8 @@ pub trait Backend: Send + Sync + fmt::Debug {
     fn as_postgres(&self) -> Option<&PostgresBackend> {
         None
     }
+    /// A connection of its own for retention ([`retention::Pruner`]).
+    fn pruner(&self) -> Result<Box<dyn retention::PruneConn>, StoreError>;
 }
 
 /// A bounded pool of reader connections, opened as needed. Each read runs on

@@ -322,6 +322,12 @@ impl Backend for PostgresBackend {
         Some(self)
     }
 
+    fn pruner(&self) -> Result<Box<dyn super::retention::PruneConn>, StoreError> {
+        Ok(Box::new(super::retention::PostgresPrune::new(
+            self.connect()?,
+        )))
+    }
+
     fn reader(&self) -> Result<Box<dyn Store>, StoreError> {
         let client = self.connect()?;
         Ok(Box::new(PostgresStore {

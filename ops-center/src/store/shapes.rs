@@ -584,5 +584,26 @@ pub fn shapes() -> Vec<(&'static str, Shape)> {
             "post: open incidents",
             Shape::Fixed(POST_OPEN_INCIDENTS, vec![Param::Text("p-1".into())]),
         ),
+        (
+            "retention: events of a kind older than a time",
+            Shape::Fixed(
+                super::retention::CANDIDATES,
+                vec![
+                    Param::Int(EventKind::Camera as i64),
+                    Param::Int(millis(t1)),
+                    Param::Int(millis(t0)),
+                    Param::Text("p-1".into()),
+                    Param::Int(3),
+                    Param::Int(1000),
+                ],
+            ),
+        ),
+        (
+            "retention: incidents resolved before a time",
+            Shape::Fixed(
+                super::retention::RESOLVED_BEFORE,
+                vec![Param::Int(millis(t1)), Param::Int(0), Param::Int(1000)],
+            ),
+        ),
     ]
 }

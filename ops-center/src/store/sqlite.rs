@@ -84,6 +84,12 @@ impl Backend for SqliteBackend {
     fn reader(&self) -> Result<Box<dyn Store>, StoreError> {
         Ok(Box::new(SqliteStore::open_reader(&self.data_dir)?))
     }
+
+    fn pruner(&self) -> Result<Box<dyn super::retention::PruneConn>, StoreError> {
+        Ok(Box::new(super::retention::SqlitePrune::open(
+            &self.data_dir.join(DB_FILE),
+        )?))
+    }
 }
 
 /// Name of the database file inside `data_dir`.

@@ -64,6 +64,10 @@ pub const CASES: &[(&str, Case)] = &[
         "incident_lists_merge_posts_and_states_newest_first",
         incident_lists_merge_posts_and_states_newest_first,
     ),
+    (
+        "retention_prunes_by_kind_and_category_keeps_incident_events_and_archives_first",
+        retention_prunes_by_kind_and_category_keeps_incident_events_and_archives_first,
+    ),
 ];
 
 fn ev(post: &str, seq: u64) -> Received {
@@ -616,4 +620,194 @@ fn incident_lists_merge_posts_and_states_newest_first(b: &dyn Backend) {
             );
         }
     }
+}
+
+/// Retention on a store 100 days old: camera events (10 days) and test
+/// signals (a category of 5 days) go, other alarms (for ever) stay; an
+/// event linked to an open incident stays, one linked to an incident
+/// resolved long ago stays until that incident has gone (with its audit
+/// and notes); an event above its post's watermark stays. A dry run says
+/// exactly this and deletes nothing. What goes is archived first, and
+/// reads back from the archive with the replay's filters.
+fn retention_prunes_by_kind_and_category_keeps_incident_events_and_archives_first(b: &dyn Backend) {
+    use super::{
+        archive::{self, Archive, ArchiveFilter},
+        retention::{Pruner, RetentionConfig},
+    };
+    use vigil_proto::v1::{AlarmSignal, CameraEvent, EventCategory, EventKind, event::Body};
+    const DAY: u64 = 86_400;
+    let mut store = b.writer().unwrap();
+    let event = |seq: u64, day: u64, body: Body, category: EventCategory| -> Received {
+        Event {
+            post_id: "p-1".into(),
+            seq,
+            received_at: Some(t(day * DAY).into()),
+            category: category as i32,
+            body: Some(body),
+            ..Default::default()
+        }
+        .into()
+    };
+    let camera = || Body::Camera(CameraEvent::default());
+    let alarm = || Body::Alarm(AlarmSignal::default());
+    let mut events = Vec::new();
+    // seq 1-20: camera events of days 1-20.
+    for seq in 1..=20 {
+        events.push(event(seq, seq, camera(), EventCategory::VideoDetection));
+    }
+    // seq 21-30: panel tests of days 1-10.
+    for seq in 21..=30 {
+        events.push(event(seq, seq - 20, alarm(), EventCategory::Test));
+    }
+    // 31: a burglary alarm; 32, 33: camera events of incidents 1 and 2.
+    events.push(event(31, 1, alarm(), EventCategory::Burglary));
+    events.push(event(32, 2, camera(), EventCategory::VideoDetection));
+    events.push(event(33, 3, camera(), EventCategory::VideoDetection));
+    // 35: above a gap (34 never came).
+    events.push(event(35, 1, camera(), EventCategory::VideoDetection));
+    let mut changes = Changes::default();
+    for (n, state, resolved_day) in [
+        (1, IncidentState::Open, None),
+        (2, IncidentState::Resolved, Some(50)),
+    ] {
+        let inc = Incident {
+            id: incident_id(n),
+            post_id: "p-1".into(),
+            state: state as i32,
+            version: 1,
+            resolved_at: resolved_day.map(|d: u64| t(d * DAY).into()),
+            ..Default::default()
+        };
+        changes.audit.push(AuditEntry {
+            incident_id: inc.id.clone(),
+            post_id: "p-1".into(),
+            action: AuditAction::Opened as i32,
+            ..Default::default()
+        });
+        changes.notes.push(Note {
+            incident_id: inc.id.clone(),
+            text: "seen".into(),
+            ..Default::default()
+        });
+        changes.put_incident(inc, None);
+        changes.links.push(EventLink {
+            incident_id: incident_id(n),
+            post_id: "p-1".into(),
+            seq: 31 + n,
+        });
+    }
+    let mut tx = store.begin().unwrap();
+    tx.insert_events("p-1", &events, t(0)).unwrap();
+    tx.apply(&changes).unwrap();
+    tx.commit().unwrap();
+    let total = store.event_count().unwrap();
+    assert_eq!(total, 34);
+
+    let mut config = RetentionConfig {
+        alarm_days: 0,
+        camera_days: 10,
+        incident_days: 20,
+        ..Default::default()
+    };
+    config.categories.insert("test".into(), 5);
+    let mut policy = config.policy();
+    policy.batch = 3; // many small transactions
+    let now = t(100 * DAY);
+
+    let dry = Pruner::open(b, policy.clone(), None)
+        .unwrap()
+        .run(now, true, 1000)
+        .unwrap();
+    assert_eq!(
+        store.event_count().unwrap(),
+        total,
+        "a dry run deletes nothing"
+    );
+    assert_eq!(dry.events.get("camera"), Some(&20), "{dry:?}");
+    assert_eq!(dry.events.get("alarm"), Some(&10), "{dry:?}");
+    assert_eq!(dry.kept_for_incident, 2);
+    assert_eq!(dry.kept_above_watermark, 1);
+    assert_eq!(dry.kept_for_category, 1);
+    assert_eq!(dry.incidents, 1);
+
+    // A folder of this case's own (the suite is part of the library, so
+    // no tempfile): removed at the end.
+    let dir = std::env::temp_dir().join(format!(
+        "vigil-archive-suite-{}-{}",
+        std::process::id(),
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    ));
+    let archive = Archive::open(&dir).unwrap();
+    let mut pruner = Pruner::open(b, policy, Some(archive)).unwrap();
+    let first = pruner.run(now, false, 1000).unwrap();
+    assert_eq!(first.events_total(), 30, "{first:?}");
+    assert_eq!(
+        (first.incidents, first.audit, first.notes, first.links),
+        (1, 1, 1, 1)
+    );
+    assert_eq!(store.event_count().unwrap(), total - 30);
+    // Incident 2 is gone, so its event goes on the next pass; incident 1
+    // (open) keeps its own.
+    let second = pruner.run(now, false, 1000).unwrap();
+    assert_eq!(second.events_total(), 1, "{second:?}");
+    assert!(store.incident(&incident_id(2)).unwrap().is_none());
+    assert!(store.incident(&incident_id(1)).unwrap().is_some());
+    assert_eq!(store.audit(&incident_id(1)).unwrap().len(), 1);
+    let left: Vec<u64> = seqs(&store.events("p-1", 1, 100).unwrap());
+    assert_eq!(left, [31, 32, 35]);
+    // Nothing more to do.
+    assert_eq!(pruner.run(now, false, 1000).unwrap().events_total(), 0);
+
+    // The archive holds every deleted event, exactly as stored.
+    let manifest = archive::read_manifest(&dir).unwrap();
+    assert_eq!(manifest.files.iter().map(|f| f.events).sum::<u64>(), 31);
+    let cameras = archive::read(
+        &dir,
+        &ArchiveFilter {
+            kinds: vec![EventKind::Camera as i32],
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    // Received order: seq 1 (day 1), 2 (day 2), 3 and 33 (day 3), 4, …
+    let mut want: Vec<u64> = (1..=20).collect();
+    want.insert(3, 33);
+    let got: Vec<u64> = cameras
+        .iter()
+        .map(|e| e.event.as_ref().unwrap().seq)
+        .collect();
+    assert_eq!(got, want);
+    let one = archive::read(
+        &dir,
+        &ArchiveFilter {
+            post_ids: vec!["p-1".into()],
+            from_seq: 21,
+            to_seq: Some(25),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        one.iter()
+            .map(|e| e.event.clone().unwrap())
+            .collect::<Vec<_>>(),
+        events[20..25]
+            .iter()
+            .map(|r| r.event.clone())
+            .collect::<Vec<_>>()
+    );
+    // A file changed after it was written is refused, by name.
+    let name = &manifest.files[0].file;
+    let path = &dir.join(name);
+    let mut bytes = std::fs::read(path).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(path, bytes).unwrap();
+    let err = archive::read(&dir, &ArchiveFilter::default()).unwrap_err();
+    assert!(err.to_string().contains(name.as_str()), "{err}");
+    assert!(err.to_string().contains("SHA-256"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
 }
