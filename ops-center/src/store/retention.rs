@@ -839,3 +839,108 @@ pub async fn run_periodically(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use vigil_proto::v1::{CameraEvent, event::Body};
+
+    use super::*;
+    use crate::store::{Received, SqliteBackend};
+
+    #[test]
+    fn categories_are_named_like_the_enum_in_lower_case() {
+        assert_eq!(category_named("test"), Some(EventCategory::Test));
+        assert_eq!(
+            category_named("video_detection"),
+            Some(EventCategory::VideoDetection)
+        );
+        for bad in ["", "Test", "TEST", "burglar", "event_category_test"] {
+            assert_eq!(category_named(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_shortest_period_bounds_what_is_read_and_zero_keeps_for_ever() {
+        let mut config = RetentionConfig {
+            camera_days: 0,
+            alarm_days: 100,
+            ..Default::default()
+        };
+        config.categories.insert("test".into(), 7);
+        let p = config.policy();
+        let day = Duration::from_secs(86_400);
+        let camera = vigil_proto::v1::EventKind::Camera as i32;
+        let alarm = vigil_proto::v1::EventKind::Alarm as i32;
+        assert_eq!(p.period(camera, EventCategory::VideoDetection as i32), None);
+        assert_eq!(p.period(alarm, EventCategory::Test as i32), Some(7 * day));
+        assert_eq!(p.period(alarm, EventCategory::Fire as i32), Some(100 * day));
+        // A camera event of category test goes after 7 days: cameras are
+        // read from there.
+        assert_eq!(p.shortest(camera), Some(7 * day));
+        config.categories.clear();
+        assert_eq!(config.policy().shortest(camera), None, "nothing to read");
+    }
+
+    /// The service's own passes: with `interval_secs = 1`, old camera
+    /// events leave by themselves while this replica leads; the wait is
+    /// bounded (30 s) and only a timeout.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_service_prunes_by_itself_every_interval() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend: Arc<dyn Backend> = Arc::new(SqliteBackend::open(dir.path()).unwrap());
+        let events: Vec<Received> = (1..=25)
+            .map(|seq| {
+                Event {
+                    post_id: "p-1".into(),
+                    seq,
+                    received_at: Some(
+                        (SystemTime::UNIX_EPOCH + Duration::from_secs(1_600_000_000 + seq)).into(),
+                    ),
+                    body: Some(Body::Camera(CameraEvent::default())),
+                    ..Default::default()
+                }
+                .into()
+            })
+            .collect();
+        {
+            let mut w = backend.writer().unwrap();
+            let mut tx = w.begin().unwrap();
+            tx.insert_events("p-1", &events, SystemTime::now()).unwrap();
+            tx.commit().unwrap();
+        }
+        let config = RetentionConfig {
+            interval_secs: 1,
+            batch: 10,
+            ..Default::default()
+        };
+        let (_lead, leading) = tokio::sync::watch::channel(true);
+        let stop = tokio_util::sync::CancellationToken::new();
+        let task = tokio::spawn(run_periodically(
+            backend.clone(),
+            config,
+            leading,
+            stop.clone(),
+        ));
+        let count = || {
+            let b = backend.clone();
+            async move {
+                tokio::task::spawn_blocking(move || b.reader().unwrap().event_count().unwrap())
+                    .await
+                    .unwrap()
+            }
+        };
+        let mut left = count().await;
+        for _ in 0..300 {
+            if left == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            left = count().await;
+        }
+        assert_eq!(left, 0, "every old camera event pruned");
+        stop.cancel();
+        task.await.unwrap();
+    }
+}
