@@ -543,6 +543,54 @@ async fn a_long_replay_reports_progress_and_stops_at_its_scan_bound() {
     ops.stop().await;
 }
 
+/// Waiting out an original-pace gap is not silence either: progress items
+/// come between two events a second apart (here after every 100 ms step of
+/// the wait, `progress_every` being zero).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paced_replay_reports_progress_while_it_waits() {
+    let ops = Center::builder()
+        .replay_limits(api::replay::Limits {
+            progress_every: Duration::ZERO,
+            ..Default::default()
+        })
+        .start()
+        .await;
+    ops.submit(vec![alarm("p-1", 1, 1, 5_000), alarm("p-1", 2, 1, 5_001)])
+        .await;
+    let mut client = ops.client(Role::Engineer, "eve").await;
+    let mut stream = client
+        .replay(ReplayRequest {
+            post_ids: vec!["p-1".into()],
+            pacing: vigil_proto::v1::Pacing::Original as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut items = Vec::new();
+    for _ in 0..1000 {
+        let Some(item) = stream.message().await.unwrap() else {
+            break;
+        };
+        items.push(match (&item.event, &item.progress) {
+            (Some(e), None) => format!("event {}", e.event.as_ref().unwrap().seq),
+            (None, Some(p)) => format!("progress {} {}", p.examined, p.sent),
+            _ => panic!("an item is an event or a progress report: {item:?}"),
+        });
+    }
+    assert_eq!(items.first().map(String::as_str), Some("event 1"));
+    let second = items.iter().position(|i| i == "event 2").unwrap();
+    let between = &items[1..second];
+    assert!(!between.is_empty(), "{items:?}");
+    assert!(between.iter().all(|i| i == "progress 2 1"), "{items:?}");
+    // After the last event, at most a last report of the page.
+    assert!(
+        items[second + 1..].iter().all(|i| i == "progress 2 2"),
+        "{items:?}"
+    );
+    ops.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_certificate_is_refused() {
     // An analyst whose certificate was revoked before the API started.
