@@ -468,6 +468,51 @@ async fn replay_writes_exactly_the_stored_events_in_order() {
     center.stop().await;
 }
 
+/// A replay the server reads long without sending shows its progress on
+/// stderr (never in the JSON lines), and the server's bound on what one
+/// replay may read ends it with exit status 1 and the server's advice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_shows_the_servers_progress_and_its_bound() {
+    let center = Center::builder()
+        .replay_limits(vigil_ops::api::replay::Limits {
+            max_scan_rows: 1200,
+            // Progress after every page: no clock in the test.
+            progress_every: std::time::Duration::ZERO,
+        })
+        .start()
+        .await;
+    for first in (1..=2000u64).step_by(500) {
+        center
+            .submit(
+                (first..first + 500)
+                    .map(|s| alarm("p-1", s, 1, 1_000 + s))
+                    .collect(),
+            )
+            .await;
+    }
+    let eve = center.flags(Role::Engineer, "eve");
+    let out = run_vigil(
+        args(
+            &eve,
+            &["replay", "--post", "p-1", "--from", "2030-01-01T00:00:00Z"],
+        ),
+        vec![],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stdout(&out).is_empty(), "{}", stdout(&out));
+    let err = stderr(&out);
+    for want in [
+        "replay: still reading: 500 stored events read, 0 sent, at seq 500 (1970-01-01 00:25:00Z)",
+        "replay: still reading: 1000 stored events read, 0 sent, at seq 1000",
+        "too much for one request: replay stopped after reading 1200 stored events (0 sent)",
+        "replay_max_scan_rows",
+    ] {
+        assert!(err.contains(want), "{want:?} not in:\n{err}");
+    }
+    center.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_environment_configures_the_connection() {
     let center = Center::start().await;

@@ -113,3 +113,134 @@ fn ops_shuts_down_cleanly_on_sigterm() {
     );
     assert!(dir.path().join("ops-data/ops.db").exists());
 }
+
+/// A config of a store in `dir/data` whose `[retention]` is `retention`
+/// (certificates are not read by `prune`).
+fn prune_config(dir: &Path, retention: &str) -> String {
+    write(
+        dir,
+        "ops.toml",
+        &format!(
+            "data_dir = \"data\"\n[mqtt]\nserver = \"localhost:8883\"\n\
+             [tls]\nca = \"ca.pem\"\ncert = \"ops.pem\"\nkey = \"ops.key\"\n{retention}"
+        ),
+    )
+}
+
+/// `vigil ops prune`: a dry run says what would go and deletes nothing; a
+/// real one archives then deletes exactly that; `vigil replay --archive`
+/// reads it back with the live replay's filters.
+#[test]
+fn ops_prune_dry_run_then_prune_then_replay_the_archive() {
+    use vigil_ops::store::{Backend, Received, SqliteBackend};
+    use vigil_proto::v1::{AlarmSignal, CameraEvent, Event, event::Body};
+    let dir = tempfile::tempdir().unwrap();
+    let config = prune_config(
+        dir.path(),
+        "[retention]\ncamera_days = 10\narchive_dir = \"archive\"\n",
+    );
+    let backend = SqliteBackend::open(&dir.path().join("data")).unwrap();
+    let old = |seq: u64, body: Body| -> Received {
+        Event {
+            post_id: "p-1".into(),
+            seq,
+            // 2021-01-01 plus seq seconds: long past any period here.
+            received_at: Some(prost_types::Timestamp {
+                seconds: 1_609_459_200 + seq as i64,
+                nanos: 0,
+            }),
+            body: Some(body),
+            ..Default::default()
+        }
+        .into()
+    };
+    let mut events: Vec<Received> = (1..=5)
+        .map(|s| old(s, Body::Camera(CameraEvent::default())))
+        .collect();
+    events.push(old(6, Body::Alarm(AlarmSignal::default())));
+    {
+        let mut writer = backend.writer().unwrap();
+        let mut tx = writer.begin().unwrap();
+        tx.insert_events("p-1", &events, std::time::SystemTime::now())
+            .unwrap();
+        tx.commit().unwrap();
+    }
+    let count = || backend.reader().unwrap().event_count().unwrap();
+
+    let out = vigil(&["ops", "prune", "--config", &config, "--dry-run"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        stdout.contains("would delete 5 events (5 camera), received 2021-01-01T00:00:01Z to 2021-01-01T00:00:05Z"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("would archive them first in"), "{stdout}");
+    assert_eq!(count(), 6, "a dry run deletes nothing");
+    assert!(!dir.path().join("archive").join("manifest.json").exists());
+
+    let out = vigil(&["ops", "prune", "--config", &config]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(stdout.contains("deleted 5 events (5 camera)"), "{stdout}");
+    assert!(
+        stdout.contains("1 file(s) events-camera-20210101-20210101-"),
+        "{stdout}"
+    );
+    assert_eq!(count(), 1, "the alarm stays (kept for years)");
+
+    let archive = dir.path().join("archive").display().to_string();
+    let replay = |extra: &[&str]| -> Vec<u64> {
+        let mut args = vec!["replay", "--archive", archive.as_str()];
+        args.extend_from_slice(extra);
+        let out = vigil(&args);
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                v["event"]["seq"].as_u64().unwrap()
+            })
+            .collect()
+    };
+    assert_eq!(replay(&["--kind", "camera"]), [1, 2, 3, 4, 5]);
+    assert_eq!(replay(&["--kind", "alarm"]), Vec::<u64>::new());
+    assert_eq!(
+        replay(&["--post", "p-1", "--from-seq", "2", "--to-seq", "3"]),
+        [2, 3]
+    );
+    assert_eq!(
+        replay(&["--from", "2021-01-01T00:00:04Z", "--limit", "1"]),
+        [4]
+    );
+    let out = vigil(&["replay", "--archive", &dir.path().display().to_string()]);
+    assert_eq!(out.status.code(), Some(64), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not an archive folder"));
+}
+
+#[test]
+fn bad_retention_settings_exit_64_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    for (retention, want) in [
+        ("[retention]\ncamera_dayz = 3\n", "camera_dayz"),
+        (
+            "[retention.categories]\nburglar = 3\n",
+            "retention.categories.burglar",
+        ),
+        ("[retention]\nbatch = 0\n", "retention.batch"),
+        ("[retention]\ncamera_days = -1\n", "camera_days"),
+    ] {
+        let config = prune_config(dir.path(), retention);
+        for args in [
+            vec!["ops", "prune", "--config", config.as_str(), "--dry-run"],
+            vec!["ops", "--config", config.as_str()],
+        ] {
+            let out = vigil(&args);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(64), "{retention}: {stderr}");
+            assert!(stderr.contains(want), "{retention}: {stderr}");
+            assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+        }
+    }
+    assert!(!dir.path().join("data").exists(), "nothing was created");
+}

@@ -131,6 +131,9 @@ async fn import_sqlite_fills_a_new_database_once() {
                 vigil_proto::v1::Event {
                     post_id: "p-1".into(),
                     seq,
+                    // The kind goes over with the event (seq 2 is health).
+                    body: (seq == 2)
+                        .then(|| vigil_proto::v1::event::Body::Health(Default::default())),
                     ..Default::default()
                 }
                 .into()
@@ -171,11 +174,23 @@ async fn import_sqlite_fills_a_new_database_once() {
     let backend = tokio::task::spawn_blocking(move || PostgresBackend::open(&url).unwrap())
         .await
         .unwrap();
-    let durable = tokio::task::spawn_blocking(move || {
-        backend.reader().unwrap().durable_through("p-1").unwrap()
+    let (durable, health) = tokio::task::spawn_blocking(move || {
+        let reader = backend.reader().unwrap();
+        let filter = vigil_ops::store::ReceivedFilter {
+            kinds: vec![vigil_proto::v1::EventKind::Health as i32],
+            ..Default::default()
+        };
+        let health: Vec<u64> = reader
+            .events_received(&filter, None, 10)
+            .unwrap()
+            .iter()
+            .map(|(k, _)| k.seq)
+            .collect();
+        (reader.durable_through("p-1").unwrap(), health)
     })
     .await
     .unwrap();
     assert_eq!(durable, 3);
+    assert_eq!(health, [2]);
     drop(pg);
 }

@@ -40,6 +40,9 @@ pub struct OpsConfig {
     /// `[budget]`: what one post may make the operations center store.
     #[serde(default)]
     pub budget: BudgetConfig,
+    /// `[retention]`: how long events and incidents are kept.
+    #[serde(default)]
+    pub retention: crate::store::retention::RetentionConfig,
     /// `[metrics]`: the Prometheus endpoint; off when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics: Option<vigil_telemetry::MetricsConfig>,
@@ -130,6 +133,10 @@ pub struct ApiConfig {
     /// From accept to a finished mutual TLS handshake.
     #[serde(default = "default_api_preauth_timeout")]
     pub preauth_timeout_secs: u64,
+    /// Stored events one replay may read, sent or not (its scan cost);
+    /// beyond it the replay ends with RESOURCE_EXHAUSTED.
+    #[serde(default = "default_replay_max_scan_rows")]
+    pub replay_max_scan_rows: u64,
 }
 
 impl Default for ApiConfig {
@@ -139,11 +146,20 @@ impl Default for ApiConfig {
             max_connections: default_api_max_connections(),
             max_connections_per_source: default_api_max_per_source(),
             preauth_timeout_secs: default_api_preauth_timeout(),
+            replay_max_scan_rows: default_replay_max_scan_rows(),
         }
     }
 }
 
 impl ApiConfig {
+    /// What bounds one replay.
+    pub fn replay_limits(&self) -> crate::api::replay::Limits {
+        crate::api::replay::Limits {
+            max_scan_rows: self.replay_max_scan_rows,
+            ..Default::default()
+        }
+    }
+
     /// The API listener's limits. Established connections keep tonic's
     /// HTTP/2 keep-alive rather than an idle timeout: a live feed may be
     /// quiet for hours.
@@ -166,6 +182,10 @@ fn default_api_max_per_source() -> usize {
 }
 fn default_api_preauth_timeout() -> u64 {
     10
+}
+
+fn default_replay_max_scan_rows() -> u64 {
+    crate::api::replay::DEFAULT_MAX_SCAN_ROWS
 }
 
 fn default_keep_alive() -> u64 {
@@ -226,11 +246,17 @@ impl OpsConfig {
         {
             *ca = base.join(&*ca);
         }
+        if let Some(dir) = &mut self.retention.archive_dir
+            && dir.is_relative()
+        {
+            *dir = base.join(&*dir);
+        }
     }
 
     /// Checks values; returns the offending key and why.
     pub fn validate(&self) -> Result<(), (String, String)> {
         self.mqtt.brokers()?;
+        self.retention.validate()?;
         if let Some(g) = &self.mqtt.share_group
             && (g.is_empty() || g.contains(['/', '+', '#']))
         {
@@ -264,6 +290,15 @@ impl OpsConfig {
             return Err((
                 "api.preauth_timeout_secs".into(),
                 "must be at least 1".into(),
+            ));
+        }
+        if self.api.replay_max_scan_rows < crate::api::replay::MIN_MAX_SCAN_ROWS {
+            return Err((
+                "api.replay_max_scan_rows".into(),
+                format!(
+                    "must be at least {} (one page of a replay)",
+                    crate::api::replay::MIN_MAX_SCAN_ROWS
+                ),
             ));
         }
         if self.mqtt.share_group.is_some() {
@@ -501,6 +536,10 @@ mod tests {
             (
                 "[mqtt]\nserver = \"h:1\"\n[api]\nlisten = \"127.0.0.1:1\"\npreauth_timeout_secs = 0\n",
                 "api.preauth_timeout_secs",
+            ),
+            (
+                "[mqtt]\nserver = \"h:1\"\n[api]\nlisten = \"127.0.0.1:1\"\nreplay_max_scan_rows = 10\n",
+                "api.replay_max_scan_rows",
             ),
             (
                 "[mqtt]\nserver = \"h:1\"\nshare_group = \"ops\"\n",

@@ -204,6 +204,7 @@ pub async fn run_with_api(
         readers: readers.clone(),
         feed,
         metrics: metrics.clone(),
+        replay: config.api.replay_limits(),
     };
     let console = console::start(
         config.console.as_ref(),
@@ -231,6 +232,15 @@ pub async fn run_with_api(
     let tracker = TaskTracker::new();
     let tasks = shutdown.child_token();
     tracker.spawn(log_metrics(metrics.clone(), tasks.clone()));
+    tracker.spawn(store::retention::run_periodically(
+        store.backend.clone(),
+        config.retention.clone(),
+        {
+            let metrics = metrics.clone();
+            move || metrics.leading.load(Relaxed)
+        },
+        tasks.clone(),
+    ));
     tracker.close();
     let ingest_config = ingest::IngestConfig {
         mqtt: config.mqtt.clone(),

@@ -365,7 +365,9 @@ async fn replay_returns_exactly_the_stored_events_in_order() {
         let mut stream = client.replay(Request::new(req)).await.unwrap().into_inner();
         let mut out = Vec::new();
         while let Some(item) = stream.message().await.unwrap() {
-            let e = item.event.unwrap().event.unwrap();
+            // Progress items (a slow page on a busy machine) carry no event.
+            let Some(stored) = item.event else { continue };
+            let e = stored.event.unwrap();
             out.push((e.post_id, e.seq));
         }
         out
@@ -442,6 +444,150 @@ async fn replay_returns_exactly_the_stored_events_in_order() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
+    ops.stop().await;
+}
+
+/// A replay that reads without sending (a time range on a single post's
+/// seq-order replay that matches nothing) reports its progress instead of
+/// going silent, and every replay stops at the per-request bound on
+/// stored events read with RESOURCE_EXHAUSTED and a message saying how to
+/// narrow it. Progress is due after every page here (`progress_every`
+/// zero) so that the test depends on no clock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_replay_reports_progress_and_stops_at_its_scan_bound() {
+    let ops = Center::builder()
+        .replay_limits(api::replay::Limits {
+            max_scan_rows: 1200,
+            progress_every: Duration::ZERO,
+        })
+        .start()
+        .await;
+    for first in (1..=2000u64).step_by(500) {
+        ops.submit(
+            (first..first + 500)
+                .map(|s| alarm("p-1", s, 1, 1_000 + s))
+                .collect(),
+        )
+        .await;
+    }
+    let mut client = ops.client(Role::Engineer, "eve").await;
+    /// Events and progress items until the end; the final status.
+    async fn replay(
+        client: &mut Client,
+        req: ReplayRequest,
+    ) -> (
+        Vec<u64>,
+        Vec<vigil_proto::v1::ReplayProgress>,
+        Result<(), tonic::Status>,
+    ) {
+        let mut stream = client.replay(Request::new(req)).await.unwrap().into_inner();
+        let (mut events, mut progress) = (Vec::new(), Vec::new());
+        for _ in 0..10_000 {
+            match stream.message().await {
+                Ok(Some(item)) => {
+                    if let Some(e) = item.event {
+                        events.push(e.event.unwrap().seq);
+                    }
+                    progress.extend(item.progress);
+                }
+                Ok(None) => return (events, progress, Ok(())),
+                Err(status) => return (events, progress, Err(status)),
+            }
+        }
+        panic!("a replay of 2000 events sent more than 10,000 items");
+    }
+    let at = |s: u64| Some((SystemTime::UNIX_EPOCH + Duration::from_secs(s)).into());
+
+    // Nothing of p-1 is that late: every page is read, none sent.
+    let (events, progress, end) = replay(
+        &mut client,
+        ReplayRequest {
+            post_ids: vec!["p-1".into()],
+            from_time: at(1_000_000),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert!(events.is_empty());
+    let seen: Vec<(u64, u64, u64)> = progress
+        .iter()
+        .map(|p| (p.examined, p.sent, p.position_seq))
+        .collect();
+    assert_eq!(seen, [(500, 0, 500), (1000, 0, 1000)]);
+    assert_eq!(progress[1].position, at(2_000));
+    let status = end.unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    for words in ["1200 stored events", "replay_max_scan_rows", "narrow"] {
+        assert!(status.message().contains(words), "{status:?}");
+    }
+
+    // Within the bound: a seq range of 1000 is sent whole, and ends well.
+    let (events, _, end) = replay(
+        &mut client,
+        ReplayRequest {
+            post_ids: vec!["p-1".into()],
+            from_seq: 501,
+            to_seq: 1500,
+            ..Default::default()
+        },
+    )
+    .await;
+    end.unwrap();
+    assert_eq!(events, (501..=1500).collect::<Vec<_>>());
+
+    // Everything, in received order: the first 1200 are sent, then the
+    // bound ends it.
+    let (events, _, end) = replay(&mut client, ReplayRequest::default()).await;
+    assert_eq!(events, (1..=1200).collect::<Vec<_>>());
+    assert_eq!(end.unwrap_err().code(), Code::ResourceExhausted);
+    ops.stop().await;
+}
+
+/// Waiting out an original-pace gap is not silence either: progress items
+/// come between two events a second apart (here after every 100 ms step of
+/// the wait, `progress_every` being zero).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paced_replay_reports_progress_while_it_waits() {
+    let ops = Center::builder()
+        .replay_limits(api::replay::Limits {
+            progress_every: Duration::ZERO,
+            ..Default::default()
+        })
+        .start()
+        .await;
+    ops.submit(vec![alarm("p-1", 1, 1, 5_000), alarm("p-1", 2, 1, 5_001)])
+        .await;
+    let mut client = ops.client(Role::Engineer, "eve").await;
+    let mut stream = client
+        .replay(ReplayRequest {
+            post_ids: vec!["p-1".into()],
+            pacing: vigil_proto::v1::Pacing::Original as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut items = Vec::new();
+    for _ in 0..1000 {
+        let Some(item) = stream.message().await.unwrap() else {
+            break;
+        };
+        items.push(match (&item.event, &item.progress) {
+            (Some(e), None) => format!("event {}", e.event.as_ref().unwrap().seq),
+            (None, Some(p)) => format!("progress {} {}", p.examined, p.sent),
+            _ => panic!("an item is an event or a progress report: {item:?}"),
+        });
+    }
+    assert_eq!(items.first().map(String::as_str), Some("event 1"));
+    let second = items.iter().position(|i| i == "event 2").unwrap();
+    let between = &items[1..second];
+    assert!(!between.is_empty(), "{items:?}");
+    assert!(between.iter().all(|i| i == "progress 2 1"), "{items:?}");
+    // After the last event, at most a last report of the page.
+    assert!(
+        items[second + 1..].iter().all(|i| i == "progress 2 2"),
+        "{items:?}"
+    );
     ops.stop().await;
 }
 

@@ -129,6 +129,7 @@ fn ops_config(data_dir: PathBuf, pki: &Path, port: u16) -> OpsConfig {
         engine: EngineConfig::default(),
         budget: Default::default(),
         store: Default::default(),
+        retention: Default::default(),
     }
 }
 

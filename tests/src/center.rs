@@ -56,6 +56,7 @@ pub struct CenterBuilder {
     engine: EngineConfig,
     revoked: Vec<String>,
     data: Option<PathBuf>,
+    replay: api::replay::Limits,
 }
 
 impl CenterBuilder {
@@ -76,6 +77,12 @@ impl CenterBuilder {
     /// folder), e.g. on a small tmpfs to fill.
     pub fn data_dir(mut self, data: PathBuf) -> Self {
         self.data = Some(data);
+        self
+    }
+
+    /// What bounds one replay (default: the server's defaults).
+    pub fn replay_limits(mut self, limits: api::replay::Limits) -> Self {
+        self.replay = limits;
         self
     }
 
@@ -114,6 +121,7 @@ pub struct Center {
     writer: WriterHandle,
     /// The browser console, once [`Center::start_console`] started it.
     console: Option<(CancellationToken, JoinHandle<()>)>,
+    replay: api::replay::Limits,
 }
 
 fn issue(pki: &Path, role: Role, id: &str) {
@@ -208,6 +216,7 @@ impl Center {
             drain,
             writer,
             console: None,
+            replay: options.replay,
         };
         center.serve(listener);
         center
@@ -230,6 +239,7 @@ impl Center {
                 readers: self.readers.clone(),
                 feed: self.feed.clone(),
                 metrics: self.metrics.clone(),
+                replay: self.replay,
             },
             self.metrics.store_health.subscribe(),
             vigil_net::Front::new("api", vigil_ops::config::ApiConfig::default().limits()),
@@ -256,6 +266,7 @@ impl Center {
                 readers: self.readers.clone(),
                 feed: self.feed.clone(),
                 metrics: self.metrics.clone(),
+                replay: self.replay,
             },
             self.metrics.store_health.subscribe(),
             vigil_net::Front::with_stats(

@@ -137,6 +137,7 @@ pub(crate) fn status_message(status: &Status, session: &connect::Session) -> Str
         }
         Code::NotFound | Code::FailedPrecondition => msg.to_owned(),
         Code::InvalidArgument => format!("refused: {msg}"),
+        Code::ResourceExhausted => format!("too much for one request: {msg}"),
         Code::DeadlineExceeded => format!("the operations center at {server}: {msg}"),
         Code::Unavailable | Code::Unknown | Code::Cancelled => match session.io_error.get() {
             Some((io, true)) => {

@@ -1,5 +1,8 @@
 //! `vigil replay`: stored events as JSON lines, one `StoredEvent` per line,
-//! on stdout or into `--to-file`, with a progress line on stderr.
+//! on stdout or into `--to-file`, with a progress line on stderr. While the
+//! server reads without finding anything to send it reports its progress
+//! (`ReplayProgress`, every few seconds); that goes to stderr too, never
+//! into the JSON lines.
 
 use std::{
     io::{IsTerminal, Write},
@@ -9,13 +12,15 @@ use std::{
 
 use anyhow::{Context, Result, anyhow};
 use clap::{Args, ValueEnum};
-use vigil_proto::v1::{EventKind, Pacing, ReplayRequest};
+use vigil_proto::v1::{EventKind, Pacing, ReplayProgress, ReplayRequest};
 
 use super::{Connection, connect::connect, fail, render, status_message};
 use crate::Usage;
 
-/// The server pauses at most 60 s between two events whatever the pacing;
-/// silence much longer than that means the connection is gone.
+/// A server of this version is never silent for more than a few seconds
+/// (events, or progress while it reads or waits out a paced gap); an
+/// older one pauses at most 60 s between two events whatever the pacing.
+/// Silence much longer than that means the connection is gone.
 const STALL_AFTER: Duration = Duration::from_secs(120);
 /// How often the progress line is redrawn on a terminal.
 const PROGRESS_EVERY: Duration = Duration::from_millis(250);
@@ -52,6 +57,11 @@ pub(crate) struct ReplayArgs {
     /// Write the JSON lines to this file instead of stdout.
     #[arg(long, value_name = "PATH")]
     to_file: Option<PathBuf>,
+    /// Read events pruned into this archive folder (`[retention]
+    /// archive_dir`) instead of asking the operations center: the same
+    /// filters and order, no pacing, no connection.
+    #[arg(long, value_name = "DIR")]
+    archive: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -129,8 +139,56 @@ impl ReplayArgs {
     }
 }
 
+/// `vigil replay --archive DIR`: the archive's events the request selects.
+fn from_archive(
+    dir: &std::path::Path,
+    request: &ReplayRequest,
+    out: &mut dyn Write,
+) -> Result<u64> {
+    let ms = |t: &Option<prost_types::Timestamp>| {
+        t.map(|t| t.seconds.saturating_mul(1000) + i64::from(t.nanos) / 1_000_000)
+    };
+    let filter = vigil_ops::store::archive::ArchiveFilter {
+        post_ids: request.post_ids.clone(),
+        kinds: request.kinds.clone(),
+        from_ms: ms(&request.from_time),
+        to_ms: ms(&request.to_time),
+        from_seq: request.from_seq,
+        to_seq: (request.to_seq != 0).then_some(request.to_seq),
+        limit: request.limit,
+    };
+    let events = vigil_ops::store::archive::read(dir, &filter)
+        .with_context(|| format!("reading the archive in {}", dir.display()))?;
+    for event in &events {
+        writeln!(out, "{}", render::json_line(event, "StoredEvent"))
+            .context("writing the replay")?;
+    }
+    Ok(events.len() as u64)
+}
+
 pub(crate) async fn run(args: ReplayArgs) -> Result<()> {
     let request = args.request()?;
+    if let Some(dir) = &args.archive {
+        if !dir.join(vigil_ops::store::archive::MANIFEST).is_file() {
+            return Err(Usage(format!(
+                "--archive {}: no {} there (not an archive folder)",
+                dir.display(),
+                vigil_ops::store::archive::MANIFEST
+            ))
+            .into());
+        }
+        let mut out: Box<dyn Write> = match &args.to_file {
+            Some(path) => Box::new(std::io::BufWriter::new(
+                std::fs::File::create(path)
+                    .map_err(|e| Usage(format!("--to-file {}: {e}", path.display())))?,
+            )),
+            None => Box::new(std::io::LineWriter::new(std::io::stdout())),
+        };
+        let count = from_archive(dir, &request, &mut *out)?;
+        out.flush().context("writing the replay")?;
+        eprintln!("replay: {count} archived events from {}", dir.display());
+        return Ok(());
+    }
     let mut s = connect(&args.conn).await?;
     let mut out: Box<dyn Write> = match &args.to_file {
         Some(path) => Box::new(std::io::BufWriter::new(
@@ -160,6 +218,15 @@ pub(crate) async fn run(args: ReplayArgs) -> Result<()> {
             Ok(Ok(None)) => break Ok(()),
             Ok(Err(status)) => break Err(status_message(&status, &s)),
             Ok(Ok(Some(item))) => {
+                if let Some(p) = &item.progress {
+                    let line = progress_line(p);
+                    if tty {
+                        eprint!("\r\x1b[Kreplay: {count} events{where_to}; {line}");
+                        last_drawn = Instant::now();
+                    } else {
+                        eprintln!("replay: {line}");
+                    }
+                }
                 let Some(event) = item.event else { continue };
                 writeln!(out, "{}", render::json_line(&event, "StoredEvent"))
                     .context("writing the replay")?;
@@ -179,7 +246,7 @@ pub(crate) async fn run(args: ReplayArgs) -> Result<()> {
             .with_context(|| format!("syncing {}", path.display()))?;
     }
     let secs = started.elapsed().as_secs_f64();
-    let clear = if tty { "\r" } else { "" };
+    let clear = if tty { "\r\x1b[K" } else { "" };
     match result {
         Ok(()) => {
             eprintln!("{clear}replay: {count} events{where_to} in {secs:.1}s");
@@ -189,6 +256,20 @@ pub(crate) async fn run(args: ReplayArgs) -> Result<()> {
             "replay interrupted after {count} events{where_to}: {why}"
         )),
     }
+}
+
+/// What a progress report says, for people.
+fn progress_line(p: &ReplayProgress) -> String {
+    let at = match (&p.position, p.position_seq) {
+        (Some(t), 0) => format!(", at {}", render::when(Some(t))),
+        (Some(t), seq) => format!(", at seq {seq} ({})", render::when(Some(t))),
+        (None, 0) => String::new(),
+        (None, seq) => format!(", at seq {seq}"),
+    };
+    format!(
+        "still reading: {} stored events read, {} sent{at}",
+        p.examined, p.sent
+    )
 }
 
 #[cfg(test)]

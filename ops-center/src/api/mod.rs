@@ -132,6 +132,18 @@ pub fn store_status(e: &StoreError) -> Status {
     }
 }
 
+/// Refuses a filter naming more posts than one query may take as index
+/// ranges (`store::shapes::MAX_POSTS_PER_QUERY`).
+pub(crate) fn posts_within_cap(posts: &[String], what: &str) -> Result<(), Status> {
+    let cap = crate::store::shapes::MAX_POSTS_PER_QUERY;
+    if posts.len() > cap {
+        return Err(Status::invalid_argument(format!(
+            "at most {cap} posts per {what} (name none for every post)"
+        )));
+    }
+    Ok(())
+}
+
 /// The current incident attached to a FAILED_PRECONDITION for a version
 /// mismatch, if any.
 pub fn current_incident(status: &Status) -> Option<Incident> {
@@ -152,6 +164,8 @@ pub struct ApiContext {
     pub feed: Feed,
     /// Where open connections and watchers are counted.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// What bounds one replay (`[api] replay_max_scan_rows`).
+    pub replay: replay::Limits,
 }
 
 impl std::fmt::Debug for ApiContext {
@@ -290,6 +304,7 @@ pub struct Api {
     feed: Feed,
     shutdown: CancellationToken,
     metrics: Arc<crate::metrics::Metrics>,
+    replay: replay::Limits,
 }
 
 impl std::fmt::Debug for Api {
@@ -369,6 +384,7 @@ impl Api {
             feed: ctx.feed,
             shutdown,
             metrics: ctx.metrics,
+            replay: ctx.replay,
         }
     }
 
@@ -444,6 +460,7 @@ impl OpsCenter for Api {
     ) -> Result<Response<Self::WatchIncidentsStream>, Status> {
         authorize(&request, Op::Watch)?;
         let req = request.into_inner();
+        posts_within_cap(&req.post_ids, "watch")?;
         let cursor =
             match req.cursor.as_str() {
                 "" => None,
@@ -483,6 +500,7 @@ impl OpsCenter for Api {
                 Status::invalid_argument("page_token: not one this server handed out")
             })?),
         };
+        posts_within_cap(&req.post_ids, "listing")?;
         let filter = IncidentFilter {
             states: req.states,
             post_ids: req.post_ids,
@@ -690,7 +708,8 @@ impl OpsCenter for Api {
         let plan = replay::Plan::new(request.into_inner())?;
         let (tx, rx) = mpsc::channel(replay::CLIENT_CAPACITY);
         let (reader, shutdown) = (self.reader.clone(), self.shutdown.clone());
-        tokio::spawn(async move { plan.run(reader, tx, shutdown).await });
+        let limits = self.replay;
+        tokio::spawn(async move { plan.run(reader, limits, tx, shutdown).await });
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }

@@ -5,21 +5,59 @@
 //! are read from the store as the client consumes them: the stream is fed
 //! by a bounded channel, so a slow reader holds one page in memory, not
 //! the whole range.
+//!
+//! Every filter but one is an index range in the store (`store::shapes`),
+//! so what is read is what is sent. The exception is a time range on a
+//! single post's seq-order replay, checked here event by event. So that
+//! long work never goes silent, a replay that has sent nothing for
+//! [`PROGRESS_EVERY`] (reading, or waiting out an original-pace gap) sends
+//! a `ReplayProgress` instead; and so that one request cannot read the
+//! store for ever, it reads at most [`Limits::max_scan_rows`] stored events
+//! (`[api] replay_max_scan_rows`), then ends with RESOURCE_EXHAUSTED.
 
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
-use vigil_proto::v1::{EventKind, Pacing, ReplayItem, ReplayRequest, StoredEvent, event::Body};
+use vigil_proto::v1::{
+    EventKind, Pacing, ReplayItem, ReplayProgress, ReplayRequest, StoredEvent, event::Body,
+};
 
 use super::feed::Reader;
-use crate::store::{ReceivedFilter, ReceivedKey, StoreError};
+use crate::store::{ReceivedFilter, ReceivedKey, SeqFilter, StoreError};
 
 /// Items queued towards one client; when full, reading the store waits.
 pub const CLIENT_CAPACITY: usize = 256;
 /// Events read per store query.
 const PAGE: usize = 500;
+
+/// Longest silence of a replay that is still working: a progress item is
+/// sent when nothing else was for this long.
+pub const PROGRESS_EVERY: Duration = Duration::from_secs(2);
+/// Stored events one replay may read unless `[api] replay_max_scan_rows`
+/// says otherwise: a few minutes of reading on a small machine.
+pub const DEFAULT_MAX_SCAN_ROWS: u64 = 5_000_000;
+/// The smallest bound accepted: one page.
+pub const MIN_MAX_SCAN_ROWS: u64 = PAGE as u64;
+
+/// What bounds one replay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Stored events read, sent or not, before the replay is refused.
+    pub max_scan_rows: u64,
+    /// Longest silence before a progress item (tests shorten it).
+    pub progress_every: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_scan_rows: DEFAULT_MAX_SCAN_ROWS,
+            progress_every: PROGRESS_EVERY,
+        }
+    }
+}
 /// Longest pause between two events, whatever the pacing: a replay of a
 /// quiet night should not sit silent for hours.
 pub const MAX_GAP: Duration = Duration::from_secs(60);
@@ -39,6 +77,7 @@ pub(crate) struct Plan {
 
 impl Plan {
     pub(crate) fn new(req: ReplayRequest) -> Result<Self, Status> {
+        super::posts_within_cap(&req.post_ids, "replay")?;
         if (req.from_seq != 0 || req.to_seq != 0) && req.post_ids.len() != 1 {
             return Err(Status::invalid_argument(
                 "a seq range needs exactly one post in post_ids",
@@ -118,10 +157,11 @@ impl Plan {
     }
 
     /// Streams the events into `out` until done, the client leaves, or
-    /// `shutdown`.
+    /// `shutdown`, within `limits`.
     pub(crate) async fn run(
         self,
         reader: Reader,
+        limits: Limits,
         out: mpsc::Sender<Result<ReplayItem, Status>>,
         shutdown: CancellationToken,
     ) {
@@ -129,20 +169,43 @@ impl Plan {
             0 => u64::MAX,
             n => n,
         };
-        let mut sent = 0u64;
+        let mut progress = Progress {
+            sent: 0,
+            examined: 0,
+            last_item: Instant::now(),
+            every: limits.progress_every,
+            position: None,
+            position_seq: 0,
+            seq_order: self.req.post_ids.len() == 1,
+        };
         let mut prev: Option<SystemTime> = None;
         let mut cursor = Cursor::Start;
-        while sent < limit {
-            let page = match self.page(&reader, &cursor).await {
+        while progress.sent < limit {
+            // Read at most what the bound leaves, and one more to tell
+            // whether the bound is what stops the replay.
+            let room = limits.max_scan_rows.saturating_sub(progress.examined);
+            let want = usize::try_from(room.saturating_add(1))
+                .unwrap_or(PAGE)
+                .min(PAGE);
+            let page = match self.page(&reader, &cursor, want).await {
                 Ok(page) => page,
                 Err(e) => {
                     let _ = out.send(Err(super::store_status(&e))).await;
                     return;
                 }
             };
-            let Some((next, events)) = page else { return };
+            let Some((next, mut events)) = page else {
+                return;
+            };
             cursor = next;
-            for event in events.into_iter().filter(|e| self.wanted(e)) {
+            let over = events.len() as u64 > room;
+            events.truncate(usize::try_from(room).unwrap_or(usize::MAX));
+            for event in events {
+                progress.examined += 1;
+                progress.read(&event);
+                if !self.wanted(&event) {
+                    continue;
+                }
                 let at = event
                     .event
                     .as_ref()
@@ -150,21 +213,35 @@ impl Plan {
                     .and_then(|t| SystemTime::try_from(t).ok());
                 let wait = self.gap(prev, at);
                 prev = at.or(prev);
-                if !wait.is_zero() {
-                    tokio::select! {
-                        () = shutdown.cancelled() => return,
-                        () = out.closed() => return,
-                        () = tokio::time::sleep(wait) => {}
-                    }
+                if !wait.is_zero() && !progress.wait(wait, &out, &shutdown).await {
+                    return;
                 }
                 tokio::select! {
                     () = shutdown.cancelled() => return,
-                    r = out.send(Ok(ReplayItem { event: Some(event) })) => if r.is_err() { return },
+                    r = out.send(Ok(ReplayItem { event: Some(event), progress: None })) => {
+                        if r.is_err() { return }
+                    }
                 }
-                sent += 1;
-                if sent >= limit {
+                progress.sent += 1;
+                progress.last_item = Instant::now();
+                if progress.sent >= limit {
                     return;
                 }
+            }
+            if over {
+                let _ = out
+                    .send(Err(Status::resource_exhausted(format!(
+                        "replay stopped after reading {} stored events ({} sent), this server's \
+                         bound per request ([api] replay_max_scan_rows); narrow it with a time \
+                         range, a seq range, posts or kinds, or resume after the last event \
+                         received",
+                        progress.examined, progress.sent
+                    ))))
+                    .await;
+                return;
+            }
+            if progress.due() && !progress.send(&out, &shutdown).await {
+                return;
             }
         }
     }
@@ -174,6 +251,7 @@ impl Plan {
         &self,
         reader: &Reader,
         cursor: &Cursor,
+        size: usize,
     ) -> Result<Option<(Cursor, Vec<StoredEvent>)>, StoreError> {
         let r = reader.clone();
         if self.req.post_ids.len() == 1 {
@@ -190,15 +268,21 @@ impl Plan {
             if from > to {
                 return Ok(None);
             }
-            let mut events = r.read(move |s| s.events(&post, from, PAGE)).await?;
+            let filter = SeqFilter {
+                post_id: post,
+                kinds: self.kinds.iter().map(|k| *k as i32).collect(),
+                from_seq: from,
+                to_seq: Some(to),
+            };
+            let events = r.read(move |s| s.events_by_seq(&filter, size)).await?;
             let Some(last) = events.last().and_then(|e| e.event.as_ref()).map(|e| e.seq) else {
                 return Ok(None);
             };
-            events.retain(|e| e.event.as_ref().is_some_and(|e| e.seq <= to));
             return Ok(Some((Cursor::Seq(last.saturating_add(1)), events)));
         }
         let filter = ReceivedFilter {
             post_ids: self.req.post_ids.clone(),
+            kinds: self.kinds.iter().map(|k| *k as i32).collect(),
             from: self
                 .req
                 .from_time
@@ -210,7 +294,7 @@ impl Plan {
             _ => None,
         };
         let rows = r
-            .read(move |s| s.events_received(&filter, after.as_ref(), PAGE))
+            .read(move |s| s.events_received(&filter, after.as_ref(), size))
             .await?;
         let Some(last) = rows.last().map(|(k, _)| k.clone()) else {
             return Ok(None);
@@ -227,4 +311,83 @@ enum Cursor {
     Start,
     Seq(u64),
     Received(ReceivedKey),
+}
+
+/// How far one replay has got, and when it last told the client.
+#[derive(Debug)]
+struct Progress {
+    sent: u64,
+    examined: u64,
+    last_item: Instant,
+    every: Duration,
+    position: Option<prost_types::Timestamp>,
+    position_seq: u64,
+    /// A single post's replay, read in seq order: its position has a seq.
+    seq_order: bool,
+}
+
+impl Progress {
+    /// Notes an event read from the store.
+    fn read(&mut self, event: &StoredEvent) {
+        if let Some(e) = &event.event {
+            self.position = e.received_at.or(self.position);
+            if self.seq_order {
+                self.position_seq = e.seq;
+            }
+        }
+    }
+
+    fn due(&self) -> bool {
+        self.last_item.elapsed() >= self.every
+    }
+
+    /// Sends a progress item; false when the client left or on shutdown.
+    async fn send(
+        &mut self,
+        out: &mpsc::Sender<Result<ReplayItem, Status>>,
+        shutdown: &CancellationToken,
+    ) -> bool {
+        let item = ReplayItem {
+            event: None,
+            progress: Some(ReplayProgress {
+                examined: self.examined,
+                sent: self.sent,
+                position: self.position,
+                position_seq: self.position_seq,
+            }),
+        };
+        self.last_item = Instant::now();
+        tokio::select! {
+            () = shutdown.cancelled() => false,
+            r = out.send(Ok(item)) => r.is_ok(),
+        }
+    }
+
+    /// Waits out a pacing gap, with a progress item whenever the silence
+    /// would grow past `every`; false when the client left or on shutdown.
+    async fn wait(
+        &mut self,
+        gap: Duration,
+        out: &mpsc::Sender<Result<ReplayItem, Status>>,
+        shutdown: &CancellationToken,
+    ) -> bool {
+        let until = tokio::time::Instant::now() + gap;
+        // Never a busy loop, whatever `every` is.
+        let step = self.every.max(Duration::from_millis(100));
+        loop {
+            let now = tokio::time::Instant::now();
+            if now >= until {
+                return true;
+            }
+            let next = until.min(now + step);
+            tokio::select! {
+                () = shutdown.cancelled() => return false,
+                () = out.closed() => return false,
+                () = tokio::time::sleep_until(next) => {}
+            }
+            if next < until && self.due() && !self.send(out, shutdown).await {
+                return false;
+            }
+        }
+    }
 }

@@ -15,7 +15,11 @@
 //!
 //! The SQLite backend ([`sqlite::SqliteBackend`]) is the embedded default.
 
+pub mod archive;
+mod migrations;
 pub mod postgres;
+pub mod retention;
+pub mod shapes;
 pub mod sqlite;
 #[doc(hidden)]
 pub mod suite;
@@ -33,6 +37,7 @@ use prost::Message;
 use vigil_proto::v1::{AuditEntry, Event, Incident, Note, PostInfo, PostStatus, StoredEvent};
 
 pub use postgres::PostgresBackend;
+pub use shapes::SeqFilter;
 pub use sqlite::{SqliteBackend, SqliteStore};
 
 /// Why a store operation failed. Any error inside a transaction aborts it;
@@ -190,8 +195,11 @@ pub struct IncidentFilter {
 /// Which events [`Store::events_received`] returns.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct ReceivedFilter {
-    /// Only these posts; empty = all.
+    /// Only these posts; empty = all (at most
+    /// [`shapes::MAX_POSTS_PER_QUERY`]).
     pub post_ids: Vec<String>,
+    /// Only these kinds (`EventKind` values); empty = all.
+    pub kinds: Vec<i32>,
     /// `received_at` from (inclusive) and to (exclusive), if bounded.
     pub from: Option<SystemTime>,
     pub to: Option<SystemTime>,
@@ -237,6 +245,8 @@ pub trait Backend: Send + Sync + fmt::Debug {
     fn as_postgres(&self) -> Option<&PostgresBackend> {
         None
     }
+    /// A connection of its own for retention ([`retention::Pruner`]).
+    fn pruner(&self) -> Result<Box<dyn retention::PruneConn>, StoreError>;
 }
 
 /// A bounded pool of reader connections, opened as needed. Each read runs on
@@ -320,6 +330,13 @@ pub trait Store: Send {
         from_seq: u64,
         limit: usize,
     ) -> Result<Vec<StoredEvent>, StoreError>;
+    /// Events of one post in seq order, filtered as `filter` says, at most
+    /// `limit`; each read is an index range (see [`shapes`]).
+    fn events_by_seq(
+        &self,
+        filter: &SeqFilter,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError>;
     /// One stored event exactly as it was received (its protobuf encoding,
     /// with any field this version does not know).
     fn event_bytes(&self, post_id: &str, seq: u64) -> Result<Option<Vec<u8>>, StoreError>;
@@ -349,8 +366,9 @@ pub trait Store: Send {
     /// Audit entries after position `after`, oldest first, with their
     /// positions.
     fn audit_after(&self, after: u64, limit: usize) -> Result<Vec<(u64, AuditEntry)>, StoreError>;
-    /// Events of the posts in `filter` (all when empty) in received order
-    /// (`received_at`, then post, then seq), strictly after `after`.
+    /// Events of the posts and kinds in `filter` (all when empty) in
+    /// received order (`received_at`, then post, then seq), strictly after
+    /// `after`; each read is an index range (see [`shapes`]).
     fn events_received(
         &self,
         filter: &ReceivedFilter,

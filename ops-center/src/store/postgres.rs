@@ -32,7 +32,8 @@ use vigil_proto::v1::{
 
 use super::{
     Backend, Changes, CommitResult, EngineSnapshot, IncidentFilter, Received, ReceivedFilter,
-    ReceivedKey, Store, StoreError, StoreTx, StoreWriter, incident_id, incident_number,
+    ReceivedKey, SeqFilter, Store, StoreError, StoreTx, StoreWriter, incident_id, incident_number,
+    shapes::{self, Param, Query},
     sqlite::{from_millis, millis},
     watermark::SeqWatermark,
 };
@@ -110,6 +111,9 @@ CREATE TABLE requests (
 );
 CREATE INDEX requests_waiting ON requests (id) WHERE NOT answered;
 ",
+    // 4 and 5: event kinds and one index per query shape (issue #19).
+    super::migrations::V4_COLUMNS,
+    super::migrations::V5_INDEXES,
 ];
 
 /// The channel on which a standby announces a request it forwarded to the
@@ -469,6 +473,12 @@ impl Backend for PostgresBackend {
         Some(self)
     }
 
+    fn pruner(&self) -> Result<Box<dyn super::retention::PruneConn>, StoreError> {
+        Ok(Box::new(super::retention::PostgresPrune::new(
+            self.connect()?,
+        )))
+    }
+
     fn reader(&self) -> Result<Box<dyn Store>, StoreError> {
         let client = self.connect()?;
         Ok(Box::new(PostgresStore {
@@ -544,6 +554,7 @@ fn migrate(client: &mut Client) -> Result<(), StoreError> {
             return Ok(());
         }
         tx.batch_execute(MIGRATIONS[found as usize])?;
+        super::migrations::after(&mut tx, found as usize + 1)?;
         tx.execute(
             "UPDATE vigil_schema SET version = $1",
             &[&(found as i32 + 1)],
@@ -646,6 +657,20 @@ impl PostgresStore {
         Ok(client.query(&stmt, params)?)
     }
 
+    /// Runs a query built per request (`store::shapes`); unprepared, so
+    /// the statement cache holds only fixed texts.
+    fn query_built(&self, q: &Query) -> Result<Vec<Row>, StoreError> {
+        let params: Vec<&(dyn postgres::types::ToSql + Sync)> = q
+            .params
+            .iter()
+            .map(|p| match p {
+                Param::Int(i) => i as &(dyn postgres::types::ToSql + Sync),
+                Param::Text(t) => t as &(dyn postgres::types::ToSql + Sync),
+            })
+            .collect();
+        Ok(self.client().query(q.sql.as_str(), &params)?)
+    }
+
     fn bodies<M: Message + Default>(
         &self,
         sql: &'static str,
@@ -669,19 +694,12 @@ impl PostgresStore {
         let post_id: String = row.get(0);
         let durable: i64 = row.get(4);
         let above: Vec<u64> = self
-            .query(
-                "SELECT seq FROM events WHERE post_id = $1 AND seq > $2",
-                &[&post_id, &durable],
-            )?
+            .query(shapes::POST_EVENTS_ABOVE, &[&post_id, &durable])?
             .iter()
             .map(|r| r.get::<_, i64>(0) as u64)
             .collect();
         let mark = SeqWatermark::restore(durable as u64, above);
-        let open: i64 = self.query(
-            "SELECT count(*) FROM incidents WHERE post_id = $1 AND state <> $2",
-            &[&post_id, &(IncidentState::Resolved as i32)],
-        )?[0]
-            .get(0);
+        let open: i64 = self.query(shapes::POST_OPEN_INCIDENTS, &[&post_id])?[0].get(0);
         let status = match row.get::<_, Option<&[u8]>>(2) {
             Some(bytes) => Some(decode::<PostStatus>(bytes)?),
             None => None,
@@ -701,19 +719,6 @@ impl PostgresStore {
             open_incidents: u32::try_from(open).unwrap_or(u32::MAX),
         })
     }
-}
-
-/// Selects a stored event with the incident it joined, then `$tail`.
-macro_rules! event_query {
-    ($tail:literal) => {
-        concat!(
-            "SELECT e.body, e.stored_at,
-               (SELECT ie.number FROM incident_events ie
-                 WHERE ie.post_id = e.post_id AND ie.seq = e.seq LIMIT 1)
-             FROM events e ",
-            $tail
-        )
-    };
 }
 
 /// Selects posts, then `$tail`.
@@ -754,8 +759,9 @@ impl Store for PostgresStore {
     }
 
     fn event(&self, post_id: &str, seq: u64) -> Result<Option<StoredEvent>, StoreError> {
-        let sql = event_query!("WHERE e.post_id = $1 AND e.seq = $2");
-        Ok(self.stored_events(sql, &[&post_id, &(seq as i64)])?.pop())
+        Ok(self
+            .stored_events(shapes::EVENT_BY_KEY, &[&post_id, &(seq as i64)])?
+            .pop())
     }
 
     fn event_bytes(&self, post_id: &str, seq: u64) -> Result<Option<Vec<u8>>, StoreError> {
@@ -774,8 +780,21 @@ impl Store for PostgresStore {
         from_seq: u64,
         limit: usize,
     ) -> Result<Vec<StoredEvent>, StoreError> {
-        let sql = event_query!("WHERE e.post_id = $1 AND e.seq >= $2 ORDER BY e.seq LIMIT $3");
-        self.stored_events(sql, &[&post_id, &(from_seq as i64), &(limit as i64)])
+        let filter = SeqFilter {
+            post_id: post_id.to_owned(),
+            from_seq,
+            ..Default::default()
+        };
+        self.events_by_seq(&filter, limit)
+    }
+
+    fn events_by_seq(
+        &self,
+        filter: &SeqFilter,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let q = shapes::events_by_seq(filter, limit, shapes::Dialect::Postgres)?;
+        self.query_built(&q)?.iter().map(stored_event).collect()
     }
 
     fn event_count(&self) -> Result<u64, StoreError> {
@@ -796,57 +815,36 @@ impl Store for PostgresStore {
     }
 
     fn incidents(&self, filter: &IncidentFilter) -> Result<Vec<Incident>, StoreError> {
-        self.bodies(
-            "SELECT body FROM incidents
-             WHERE (cardinality($1::int4[]) = 0 OR state = ANY($1))
-               AND (cardinality($2::text[]) = 0 OR post_id = ANY($2))
-               AND ($3::int8 IS NULL OR number < $3)
-             ORDER BY number DESC LIMIT $4",
-            &[
-                &filter.states,
-                &filter.post_ids,
-                &filter.before_number.map(|n| n as i64),
-                &(filter.limit as i64),
-            ],
-        )
+        let q = shapes::incidents(filter)?;
+        self.query_built(&q)?
+            .iter()
+            .map(|r| decode::<Incident>(r.get::<_, &[u8]>(0)))
+            .collect()
     }
 
     fn incident_events(&self, id: &str) -> Result<Vec<StoredEvent>, StoreError> {
         let Some(number) = incident_number(id) else {
             return Ok(Vec::new());
         };
-        let sql = event_query!(
-            "JOIN incident_events l ON l.post_id = e.post_id AND l.seq = e.seq
-             WHERE l.number = $1 ORDER BY e.post_id, e.seq"
-        );
-        self.stored_events(sql, &[&(number as i64)])
+        self.stored_events(shapes::INCIDENT_EVENTS, &[&(number as i64)])
     }
 
     fn audit(&self, incident_id: &str) -> Result<Vec<AuditEntry>, StoreError> {
         let Some(number) = incident_number(incident_id) else {
             return Ok(Vec::new());
         };
-        self.bodies(
-            "SELECT body FROM audit WHERE number = $1 ORDER BY id",
-            &[&(number as i64)],
-        )
+        self.bodies(shapes::AUDIT_OF_INCIDENT, &[&(number as i64)])
     }
 
     fn post_audit(&self, post_id: &str) -> Result<Vec<AuditEntry>, StoreError> {
-        self.bodies(
-            "SELECT body FROM audit WHERE post_id = $1 AND number IS NULL ORDER BY id",
-            &[&post_id],
-        )
+        self.bodies(shapes::AUDIT_OF_POST, &[&post_id])
     }
 
     fn notes(&self, incident_id: &str) -> Result<Vec<Note>, StoreError> {
         let Some(number) = incident_number(incident_id) else {
             return Ok(Vec::new());
         };
-        self.bodies(
-            "SELECT body FROM notes WHERE number = $1 ORDER BY id",
-            &[&(number as i64)],
-        )
+        self.bodies(shapes::NOTES_OF_INCIDENT, &[&(number as i64)])
     }
 
     fn post(&self, post_id: &str) -> Result<Option<PostInfo>, StoreError> {
@@ -871,13 +869,10 @@ impl Store for PostgresStore {
     }
 
     fn audit_after(&self, after: u64, limit: usize) -> Result<Vec<(u64, AuditEntry)>, StoreError> {
-        self.query(
-            "SELECT id, body FROM audit WHERE id > $1 ORDER BY id LIMIT $2",
-            &[&(after as i64), &(limit as i64)],
-        )?
-        .iter()
-        .map(|r| Ok((r.get::<_, i64>(0) as u64, decode(r.get::<_, &[u8]>(1))?)))
-        .collect()
+        self.query(shapes::AUDIT_AFTER, &[&(after as i64), &(limit as i64)])?
+            .iter()
+            .map(|r| Ok((r.get::<_, i64>(0) as u64, decode(r.get::<_, &[u8]>(1))?)))
+            .collect()
     }
 
     fn events_received(
@@ -886,29 +881,7 @@ impl Store for PostgresStore {
         after: Option<&ReceivedKey>,
         limit: usize,
     ) -> Result<Vec<(ReceivedKey, StoredEvent)>, StoreError> {
-        // An event without a gateway time sorts by when it was stored.
-        let rows = self.query(
-            "SELECT e.body, e.stored_at,
-                (SELECT ie.number FROM incident_events ie
-                  WHERE ie.post_id = e.post_id AND ie.seq = e.seq LIMIT 1),
-                coalesce(e.received_at, e.stored_at) AS t, e.post_id, e.seq
-             FROM events e
-             WHERE (cardinality($1::text[]) = 0 OR e.post_id = ANY($1))
-               AND ($2::int8 IS NULL OR coalesce(e.received_at, e.stored_at) >= $2)
-               AND ($3::int8 IS NULL OR coalesce(e.received_at, e.stored_at) < $3)
-               AND ($4::int8 IS NULL
-                    OR (coalesce(e.received_at, e.stored_at), e.post_id, e.seq) > ($4, $5::text, $6::int8))
-             ORDER BY t, e.post_id, e.seq LIMIT $7",
-            &[
-                &filter.post_ids,
-                &filter.from.map(millis),
-                &filter.to.map(millis),
-                &after.map(|k| k.received_ms),
-                &after.map(|k| k.post_id.as_str()),
-                &after.map(|k| k.seq as i64),
-                &(limit as i64),
-            ],
-        )?;
+        let rows = self.query_built(&shapes::events_received(filter, after, limit)?)?;
         rows.iter()
             .map(|r| {
                 Ok((
@@ -1012,6 +985,8 @@ struct Pending {
     received: Vec<Option<i64>>,
     stored: Vec<i64>,
     bodies: Vec<bytes::Bytes>,
+    kinds: Vec<i16>,
+    at: Vec<i64>,
 }
 
 struct PostgresTx<'a> {
@@ -1039,10 +1014,19 @@ impl PostgresTx<'_> {
         let p = std::mem::take(&mut self.pending);
         let bodies: Vec<&[u8]> = p.bodies.iter().map(|b| &b[..]).collect();
         let inserted = self.exec(
-            "INSERT INTO events (post_id, seq, received_at, stored_at, body)
-             SELECT * FROM unnest($1::text[], $2::int8[], $3::int8[], $4::int8[], $5::bytea[])
+            "INSERT INTO events (post_id, seq, received_at, stored_at, body, kind, at)
+             SELECT * FROM unnest($1::text[], $2::int8[], $3::int8[], $4::int8[], $5::bytea[],
+                                  $6::int2[], $7::int8[])
              ON CONFLICT (post_id, seq) DO NOTHING",
-            &[&p.posts, &p.seqs, &p.received, &p.stored, &bodies],
+            &[
+                &p.posts,
+                &p.seqs,
+                &p.received,
+                &p.stored,
+                &bodies,
+                &p.kinds,
+                &p.at,
+            ],
         )?;
         if inserted != p.seqs.len() as u64 {
             return Err(StoreError::Unavailable(format!(
@@ -1104,12 +1088,13 @@ impl StoreTx for PostgresTx<'_> {
             out.push(true);
             self.pending.posts.push(post_id.to_owned());
             self.pending.seqs.push(event.seq as i64);
-            self.pending.received.push(
-                event
-                    .received_at
-                    .and_then(|t| SystemTime::try_from(t).ok())
-                    .map(millis),
-            );
+            let received = event
+                .received_at
+                .and_then(|t| SystemTime::try_from(t).ok())
+                .map(millis);
+            self.pending.received.push(received);
+            self.pending.kinds.push(shapes::kind_of(event) as i16);
+            self.pending.at.push(received.unwrap_or(stored_ms));
             self.pending.stored.push(stored_ms);
             self.pending.bodies.push(raw.clone());
         }
@@ -1362,8 +1347,9 @@ impl PostgresBackend {
                 source: std::io::Error::new(std::io::ErrorKind::NotFound, "no SQLite store here"),
             });
         }
-        // Read through the SQLite backend's own checks (schema version).
-        drop(super::SqliteStore::open_reader(data_dir)?);
+        // Open it as its own backend does: the schema version is checked
+        // and an older store migrated (so its events carry their kind).
+        drop(super::SqliteBackend::open(data_dir)?);
         off_runtime(|| {
             let src = rusqlite::Connection::open_with_flags(
                 &path,
@@ -1408,10 +1394,20 @@ impl PostgresBackend {
             let events = copy(
                 &src,
                 &mut tx,
-                "SELECT post_id, seq, received_at, stored_at, body FROM events",
-                "INSERT INTO events (post_id, seq, received_at, stored_at, body)
-                 SELECT * FROM unnest($1::text[], $2::int8[], $3::int8[], $4::int8[], $5::bytea[])",
-                &[Col::Text, Col::Int, Col::OptInt, Col::Int, Col::OptBytes],
+                "SELECT post_id, seq, received_at, stored_at, body, kind, at FROM events",
+                "INSERT INTO events (post_id, seq, received_at, stored_at, body, kind, at)
+                 SELECT p, s, r, st, b, k::int2, a
+                 FROM unnest($1::text[], $2::int8[], $3::int8[], $4::int8[], $5::bytea[],
+                             $6::int8[], $7::int8[]) AS u(p, s, r, st, b, k, a)",
+                &[
+                    Col::Text,
+                    Col::Int,
+                    Col::OptInt,
+                    Col::Int,
+                    Col::OptBytes,
+                    Col::Int,
+                    Col::Int,
+                ],
             )?;
             let incidents = copy(
                 &src,

@@ -29,9 +29,19 @@ use vigil_proto::v1::{
 
 use super::{
     Backend, Changes, CommitResult, EngineSnapshot, IncidentFilter, Received, ReceivedFilter,
-    ReceivedKey, Store, StoreError, StoreTx, StoreWriter, incident_id, incident_number,
+    ReceivedKey, SeqFilter, Store, StoreError, StoreTx, StoreWriter, incident_id, incident_number,
+    shapes::{self, Param},
     watermark::SeqWatermark,
 };
+
+impl rusqlite::ToSql for Param {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        Ok(match self {
+            Param::Int(i) => rusqlite::types::ToSqlOutput::from(*i),
+            Param::Text(t) => rusqlite::types::ToSqlOutput::from(t.as_str()),
+        })
+    }
+}
 
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
@@ -74,12 +84,19 @@ impl Backend for SqliteBackend {
     fn reader(&self) -> Result<Box<dyn Store>, StoreError> {
         Ok(Box::new(SqliteStore::open_reader(&self.data_dir)?))
     }
+
+    fn pruner(&self) -> Result<Box<dyn super::retention::PruneConn>, StoreError> {
+        Ok(Box::new(super::retention::SqlitePrune::open(
+            &self.data_dir.join(DB_FILE),
+        )?))
+    }
 }
 
 /// Name of the database file inside `data_dir`.
 pub const DB_FILE: &str = "ops.db";
-/// Schema version written to `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 1;
+/// Schema version written to `PRAGMA user_version`: 1 the first schema,
+/// 2 the event kind and received-order time as indexed columns.
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS posts (
@@ -98,7 +115,6 @@ CREATE TABLE IF NOT EXISTS events (
     body        BLOB NOT NULL,
     PRIMARY KEY (post_id, seq)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS events_received ON events (received_at);
 CREATE TABLE IF NOT EXISTS incidents (
     number      INTEGER PRIMARY KEY,
     post_id     TEXT NOT NULL,
@@ -108,7 +124,6 @@ CREATE TABLE IF NOT EXISTS incidents (
     body        BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS incidents_state ON incidents (state, number);
-CREATE INDEX IF NOT EXISTS incidents_post ON incidents (post_id, state);
 CREATE TABLE IF NOT EXISTS incident_events (
     number  INTEGER NOT NULL,
     post_id TEXT NOT NULL,
@@ -131,6 +146,72 @@ CREATE TABLE IF NOT EXISTS notes (
 );
 CREATE INDEX IF NOT EXISTS notes_incident ON notes (number);
 ";
+
+/// Version 2, part one: the columns every replay filters and sorts on,
+/// `kind` (an `EventKind`, filled from the stored bodies by
+/// [`backfill_kinds`]) and `at` (received-order time: `received_at`, or
+/// `stored_at` for an event without one).
+const MIGRATE_2_COLUMNS: &str = "
+ALTER TABLE events ADD COLUMN kind INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE events ADD COLUMN at INTEGER NOT NULL DEFAULT 0;
+UPDATE events SET at = coalesce(received_at, stored_at);
+";
+
+/// Version 2, part two: one index per query shape (see `store::shapes`),
+/// built after the backfill. `events_received` (on `received_at` alone)
+/// served no query by itself: the order is by `at`, post and seq.
+const MIGRATE_2_INDEXES: &str = "
+DROP INDEX IF EXISTS events_received;
+CREATE INDEX events_post_kind ON events (post_id, kind, seq);
+CREATE INDEX events_kind_at ON events (kind, at, post_id, seq);
+CREATE INDEX events_post_kind_at ON events (post_id, kind, at, seq);
+DROP INDEX IF EXISTS incidents_post;
+CREATE INDEX incidents_post ON incidents (post_id, state, number);
+";
+
+/// Rows read per statement while filling `kind` from stored bodies.
+const BACKFILL_CHUNK: i64 = 5000;
+
+/// Sets `events.kind` of every stored event from its body, walking the
+/// primary key in chunks. A body that does not decode keeps kind 0
+/// (`EVENT_KIND_UNSPECIFIED`) and is counted in the log.
+fn backfill_kinds(tx: &rusqlite::Transaction<'_>) -> Result<u64, StoreError> {
+    let mut select = tx.prepare(
+        "SELECT post_id, seq, body FROM events WHERE (post_id, seq) > (?1, ?2)
+         ORDER BY post_id, seq LIMIT ?3",
+    )?;
+    let mut update = tx.prepare("UPDATE events SET kind = ?3 WHERE post_id = ?1 AND seq = ?2")?;
+    let (mut post, mut seq) = (String::new(), i64::MIN);
+    let (mut done, mut undecodable) = (0u64, 0u64);
+    loop {
+        let rows: Vec<(String, i64, Vec<u8>)> = select
+            .query_map(params![post, seq, BACKFILL_CHUNK], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })?
+            .collect::<Result<_, _>>()?;
+        let Some(last) = rows.last() else { break };
+        (post, seq) = (last.0.clone(), last.1);
+        for (p, s, body) in &rows {
+            match Event::decode(&body[..]) {
+                Ok(event) => {
+                    let kind = super::shapes::kind_of(&event);
+                    if kind != 0 {
+                        update.execute(params![p, s, kind])?;
+                    }
+                }
+                Err(_) => undecodable += 1,
+            }
+            done += 1;
+        }
+    }
+    if undecodable > 0 {
+        tracing::warn!(
+            undecodable,
+            "sqlite: events whose body does not decode keep kind 0"
+        );
+    }
+    Ok(done)
+}
 
 /// One connection to the SQLite store: the writer's (with the watermarks
 /// in memory) or a reader's; see the module docs.
@@ -163,7 +244,7 @@ impl SqliteStore {
             })?;
         }
         let path = data_dir.join(DB_FILE);
-        let conn = Connection::open(&path)?;
+        let mut conn = Connection::open(&path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "busy_timeout", 5000)?;
@@ -179,7 +260,20 @@ impl SqliteStore {
         }
         if create {
             conn.execute_batch(SCHEMA)?;
-            conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+            if found < 1 {
+                conn.pragma_update(None, "user_version", 1)?;
+            }
+            if found < 2 {
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                tx.execute_batch(MIGRATE_2_COLUMNS)?;
+                let events = backfill_kinds(&tx)?;
+                tx.execute_batch(MIGRATE_2_INDEXES)?;
+                tx.pragma_update(None, "user_version", 2)?;
+                tx.commit()?;
+                if events > 0 {
+                    tracing::info!(events, "sqlite: schema migrated to version 2 (event kinds)");
+                }
+            }
         } else {
             conn.pragma_update(None, "query_only", true)?;
         }
@@ -200,7 +294,7 @@ impl SqliteStore {
         // on the connection that writes, and the API reads through another.
         let above: Vec<u64> = self
             .conn
-            .prepare_cached("SELECT seq FROM events WHERE post_id = ?1 AND seq > ?2")?
+            .prepare_cached(shapes::POST_EVENTS_ABOVE)?
             .query_map(params![row.post_id, row.durable_through], |r| {
                 r.get::<_, i64>(0)
             })?
@@ -209,10 +303,8 @@ impl SqliteStore {
         let mark = SeqWatermark::restore(row.durable_through as u64, above);
         let open: u32 = self
             .conn
-            .prepare_cached("SELECT count(*) FROM incidents WHERE post_id = ?1 AND state != ?2")?
-            .query_row(params![row.post_id, IncidentState::Resolved as i32], |r| {
-                r.get(0)
-            })?;
+            .prepare_cached(shapes::POST_OPEN_INCIDENTS)?
+            .query_row(params![row.post_id], |r| r.get(0))?;
         let status = match row.status {
             Some(bytes) => Some(decode::<PostStatus>(&bytes)?),
             None => None,
@@ -252,21 +344,10 @@ impl SqliteStore {
         params: impl rusqlite::Params,
     ) -> Result<Vec<StoredEvent>, StoreError> {
         let mut stmt = self.conn.prepare_cached(sql)?;
-        let rows = stmt.query_map(params, |r| {
-            Ok((
-                r.get::<_, Vec<u8>>(0)?,
-                r.get::<_, i64>(1)?,
-                r.get::<_, Option<i64>>(2)?,
-            ))
-        })?;
+        let rows = stmt.query_map(params, stored_event)?;
         let mut out = Vec::new();
         for row in rows {
-            let (body, stored_at, number) = row?;
-            out.push(StoredEvent {
-                event: Some(decode::<Event>(&body)?),
-                stored_at: Some(ts(from_millis(stored_at))),
-                incident_id: number.map(|n| incident_id(n as u64)).unwrap_or_default(),
-            });
+            out.push(to_stored(row?)?);
         }
         Ok(out)
     }
@@ -294,10 +375,21 @@ struct PostRow {
     test_mode_until: Option<i64>,
 }
 
-/// Selects a stored event with the incident it joined.
-const EVENT_COLUMNS: &str = "SELECT e.body, e.stored_at,
-    (SELECT ie.number FROM incident_events ie WHERE ie.post_id = e.post_id AND ie.seq = e.seq LIMIT 1)
-    FROM events e";
+/// A stored event from the first three columns of a row (body, stored_at,
+/// incident number).
+fn stored_event(r: &rusqlite::Row<'_>) -> rusqlite::Result<(Vec<u8>, i64, Option<i64>)> {
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+}
+
+fn to_stored(
+    (body, stored_at, number): (Vec<u8>, i64, Option<i64>),
+) -> Result<StoredEvent, StoreError> {
+    Ok(StoredEvent {
+        event: Some(decode::<Event>(&body)?),
+        stored_at: Some(ts(from_millis(stored_at))),
+        incident_id: number.map(|n| incident_id(n as u64)).unwrap_or_default(),
+    })
+}
 
 impl StoreWriter for SqliteStore {
     fn begin(&mut self) -> Result<Box<dyn StoreTx + '_>, StoreError> {
@@ -334,9 +426,8 @@ impl Store for SqliteStore {
     }
 
     fn event(&self, post_id: &str, seq: u64) -> Result<Option<StoredEvent>, StoreError> {
-        let sql = format!("{EVENT_COLUMNS} WHERE e.post_id = ?1 AND e.seq = ?2");
         Ok(self
-            .stored_events(&sql, params![post_id, seq as i64])?
+            .stored_events(shapes::EVENT_BY_KEY, params![post_id, seq as i64])?
             .pop())
     }
 
@@ -346,9 +437,21 @@ impl Store for SqliteStore {
         from_seq: u64,
         limit: usize,
     ) -> Result<Vec<StoredEvent>, StoreError> {
-        let sql =
-            format!("{EVENT_COLUMNS} WHERE e.post_id = ?1 AND e.seq >= ?2 ORDER BY e.seq LIMIT ?3");
-        self.stored_events(&sql, params![post_id, from_seq as i64, limit as i64])
+        let filter = SeqFilter {
+            post_id: post_id.to_owned(),
+            from_seq,
+            ..Default::default()
+        };
+        self.events_by_seq(&filter, limit)
+    }
+
+    fn events_by_seq(
+        &self,
+        filter: &SeqFilter,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let q = shapes::events_by_seq(filter, limit, shapes::Dialect::Sqlite)?;
+        self.stored_events(&q.sql, rusqlite::params_from_iter(q.params.iter()))
     }
 
     fn event_bytes(&self, post_id: &str, seq: u64) -> Result<Option<Vec<u8>>, StoreError> {
@@ -379,62 +482,33 @@ impl Store for SqliteStore {
     }
 
     fn incidents(&self, filter: &IncidentFilter) -> Result<Vec<Incident>, StoreError> {
-        // Filters are few and short; the lists are bound as JSON-free
-        // comma-joined text and split with instr() so one cached statement
-        // serves every filter.
-        let states = join(filter.states.iter().map(i32::to_string));
-        let posts = join(filter.post_ids.iter().cloned());
-        self.bodies(
-            "SELECT body FROM incidents
-             WHERE (?1 = '' OR instr(?1, ',' || state || ',') > 0)
-               AND (?2 = '' OR instr(?2, ',' || post_id || ',') > 0)
-               AND (?3 IS NULL OR number < ?3)
-             ORDER BY number DESC LIMIT ?4",
-            params![
-                states,
-                posts,
-                filter.before_number.map(|n| n as i64),
-                filter.limit as i64
-            ],
-        )
+        let q = shapes::incidents(filter)?;
+        self.bodies(&q.sql, rusqlite::params_from_iter(q.params.iter()))
     }
 
     fn incident_events(&self, id: &str) -> Result<Vec<StoredEvent>, StoreError> {
         let Some(number) = incident_number(id) else {
             return Ok(Vec::new());
         };
-        let sql = format!(
-            "{EVENT_COLUMNS} JOIN incident_events l ON l.post_id = e.post_id AND l.seq = e.seq
-             WHERE l.number = ?1 ORDER BY e.post_id, e.seq"
-        );
-        self.stored_events(&sql, params![number as i64])
+        self.stored_events(shapes::INCIDENT_EVENTS, params![number as i64])
     }
 
     fn audit(&self, incident_id: &str) -> Result<Vec<AuditEntry>, StoreError> {
         let Some(number) = incident_number(incident_id) else {
             return Ok(Vec::new());
         };
-        self.bodies(
-            "SELECT body FROM audit WHERE number = ?1 ORDER BY id",
-            params![number as i64],
-        )
+        self.bodies(shapes::AUDIT_OF_INCIDENT, params![number as i64])
     }
 
     fn post_audit(&self, post_id: &str) -> Result<Vec<AuditEntry>, StoreError> {
-        self.bodies(
-            "SELECT body FROM audit WHERE post_id = ?1 AND number IS NULL ORDER BY id",
-            params![post_id],
-        )
+        self.bodies(shapes::AUDIT_OF_POST, params![post_id])
     }
 
     fn notes(&self, incident_id: &str) -> Result<Vec<Note>, StoreError> {
         let Some(number) = incident_number(incident_id) else {
             return Ok(Vec::new());
         };
-        self.bodies(
-            "SELECT body FROM notes WHERE number = ?1 ORDER BY id",
-            params![number as i64],
-        )
+        self.bodies(shapes::NOTES_OF_INCIDENT, params![number as i64])
     }
 
     fn post(&self, post_id: &str) -> Result<Option<PostInfo>, StoreError> {
@@ -459,9 +533,7 @@ impl Store for SqliteStore {
     }
 
     fn audit_after(&self, after: u64, limit: usize) -> Result<Vec<(u64, AuditEntry)>, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT id, body FROM audit WHERE id > ?1 ORDER BY id LIMIT ?2")?;
+        let mut stmt = self.conn.prepare_cached(shapes::AUDIT_AFTER)?;
         let rows = stmt.query_map(params![after as i64, limit as i64], |r| {
             Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?))
         })?;
@@ -479,55 +551,26 @@ impl Store for SqliteStore {
         after: Option<&ReceivedKey>,
         limit: usize,
     ) -> Result<Vec<(ReceivedKey, StoredEvent)>, StoreError> {
-        // An event without a gateway time sorts by when it was stored.
-        let posts = join(filter.post_ids.iter().cloned());
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT e.body, e.stored_at,
-                (SELECT ie.number FROM incident_events ie
-                  WHERE ie.post_id = e.post_id AND ie.seq = e.seq LIMIT 1),
-                coalesce(e.received_at, e.stored_at) AS t, e.post_id, e.seq
-             FROM events e
-             WHERE (?1 = '' OR instr(?1, ',' || e.post_id || ',') > 0)
-               AND (?2 IS NULL OR coalesce(e.received_at, e.stored_at) >= ?2)
-               AND (?3 IS NULL OR coalesce(e.received_at, e.stored_at) < ?3)
-               AND (?4 IS NULL OR (coalesce(e.received_at, e.stored_at), e.post_id, e.seq) > (?4, ?5, ?6))
-             ORDER BY t, e.post_id, e.seq LIMIT ?7",
-        )?;
-        let rows = stmt.query_map(
-            params![
-                posts,
-                filter.from.map(millis),
-                filter.to.map(millis),
-                after.map(|k| k.received_ms),
-                after.map(|k| k.post_id.clone()),
-                after.map(|k| k.seq as i64),
-                limit as i64
-            ],
-            |r| {
-                Ok((
-                    r.get::<_, Vec<u8>>(0)?,
-                    r.get::<_, i64>(1)?,
-                    r.get::<_, Option<i64>>(2)?,
-                    r.get::<_, i64>(3)?,
-                    r.get::<_, String>(4)?,
-                    r.get::<_, i64>(5)?,
-                ))
-            },
-        )?;
+        let q = shapes::events_received(filter, after, limit)?;
+        let mut stmt = self.conn.prepare_cached(&q.sql)?;
+        let rows = stmt.query_map(rusqlite::params_from_iter(q.params.iter()), |r| {
+            Ok((
+                stored_event(r)?,
+                r.get::<_, i64>(3)?,
+                r.get::<_, String>(4)?,
+                r.get::<_, i64>(5)?,
+            ))
+        })?;
         let mut out = Vec::new();
         for row in rows {
-            let (body, stored_at, number, t, post_id, seq) = row?;
+            let (event, at, post_id, seq) = row?;
             out.push((
                 ReceivedKey {
-                    received_ms: t,
+                    received_ms: at,
                     post_id,
                     seq: seq as u64,
                 },
-                StoredEvent {
-                    event: Some(decode::<Event>(&body)?),
-                    stored_at: Some(ts(from_millis(stored_at))),
-                    incident_id: number.map(|n| incident_id(n as u64)).unwrap_or_default(),
-                },
+                to_stored(event)?,
             ));
         }
         Ok(out)
@@ -583,8 +626,8 @@ impl StoreTx for SqliteTx<'_> {
         let (mark, seen) = self.work.get_mut(post_id).expect("inserted above");
         *seen = stored_at;
         let mut stmt = self.tx.prepare_cached(
-            "INSERT OR IGNORE INTO events (post_id, seq, received_at, stored_at, body)
-             VALUES (?1, ?2, ?3, ?4, ?5)",
+            "INSERT OR IGNORE INTO events (post_id, seq, received_at, stored_at, body, kind, at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         )?;
         let stored_ms = millis(stored_at);
         let mut new = Vec::with_capacity(events.len());
@@ -605,7 +648,9 @@ impl StoreTx for SqliteTx<'_> {
                 event.seq as i64,
                 received,
                 stored_ms,
-                &raw[..]
+                &raw[..],
+                shapes::kind_of(event),
+                received.unwrap_or(stored_ms)
             ])?;
             mark.add(event.seq);
             if changed == 1 {
@@ -797,18 +842,6 @@ fn load_marks(conn: &Connection) -> Result<HashMap<String, SeqWatermark>, StoreE
         .collect())
 }
 
-fn join(items: impl Iterator<Item = String>) -> String {
-    let mut s = String::new();
-    for item in items {
-        if s.is_empty() {
-            s.push(',');
-        }
-        s.push_str(&item);
-        s.push(',');
-    }
-    s
-}
-
 fn decode<M: Message + Default>(bytes: &[u8]) -> Result<M, StoreError> {
     M::decode(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
@@ -836,6 +869,7 @@ fn ts(t: SystemTime) -> prost_types::Timestamp {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use vigil_proto::v1::event::Body;
 
     #[test]
     fn the_store_suite_passes_on_sqlite() {
@@ -845,6 +879,131 @@ mod tests {
             eprintln!("store suite on sqlite: {name}");
             case(&backend);
         }
+    }
+
+    /// Tables (and the aliases the queries give them) a plan must never
+    /// read from one end to the other.
+    const TABLES: &[&str] = &[
+        "events",
+        "e",
+        "incidents",
+        "audit",
+        "notes",
+        "incident_events",
+        "ie",
+        "l",
+        "posts",
+    ];
+
+    #[test]
+    fn every_query_shape_is_served_by_an_index() {
+        let dir = tempfile::tempdir().unwrap();
+        SqliteBackend::open(dir.path()).unwrap();
+        let store = SqliteStore::open_reader(dir.path()).unwrap();
+        let mut failures = Vec::new();
+        for (name, shape) in crate::store::shapes::shapes() {
+            let q = shape.query(crate::store::shapes::Dialect::Sqlite).unwrap();
+            let mut stmt = store
+                .conn
+                .prepare(&format!("EXPLAIN QUERY PLAN {}", q.sql))
+                .unwrap();
+            let plan: Vec<String> = stmt
+                .query_map(rusqlite::params_from_iter(q.params.iter()), |r| r.get(3))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            let scans: Vec<&String> = plan
+                .iter()
+                .filter(|line| {
+                    let Some(rest) = line.strip_prefix("SCAN ") else {
+                        return false;
+                    };
+                    let table = rest.split_whitespace().next().unwrap_or_default();
+                    TABLES.contains(&table)
+                        && !(shape.ordered_scan_allowed() && table == "incidents")
+                })
+                .collect();
+            eprintln!("{name}:\n  {}", plan.join("\n  "));
+            let kind_unused = shape.filters_kind()
+                && plan
+                    .iter()
+                    .any(|l| l.starts_with("SEARCH e ") && !l.contains("kind=?"));
+            let searched = plan.iter().any(|l| l.starts_with("SEARCH "));
+            if !scans.is_empty() || kind_unused || !(searched || shape.ordered_scan_allowed()) {
+                failures.push(format!("{name}:\n  {}", plan.join("\n  ")));
+            }
+        }
+        assert!(failures.is_empty(), "full scans:\n{}", failures.join("\n"));
+    }
+
+    #[test]
+    fn a_version_1_store_is_migrated_with_its_event_kinds() {
+        use vigil_proto::v1::{AlarmSignal, PostHealth};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(DB_FILE);
+        {
+            // The first schema as version 1 wrote it, with two events.
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(SCHEMA).unwrap();
+            conn.execute_batch(
+                "CREATE INDEX events_received ON events (received_at);
+                 CREATE INDEX incidents_post ON incidents (post_id, state);",
+            )
+            .unwrap();
+            conn.pragma_update(None, "user_version", 1).unwrap();
+            for (seq, body) in [
+                (1, Body::Alarm(AlarmSignal::default())),
+                (2, Body::Health(PostHealth::default())),
+            ] {
+                let event = Event {
+                    post_id: "p-1".into(),
+                    seq,
+                    received_at: Some(ts(from_millis(1_000 * seq as i64))),
+                    body: Some(body),
+                    ..Default::default()
+                };
+                conn.execute(
+                    "INSERT INTO events (post_id, seq, received_at, stored_at, body)
+                     VALUES ('p-1', ?1, ?2, 99, ?3)",
+                    params![seq as i64, 1_000 * seq as i64, event.encode_to_vec()],
+                )
+                .unwrap();
+            }
+        }
+        SqliteBackend::open(dir.path()).unwrap();
+        let store = SqliteStore::open_reader(dir.path()).unwrap();
+        let version: i64 = store
+            .conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        let health = SeqFilter {
+            post_id: "p-1".into(),
+            kinds: vec![vigil_proto::v1::EventKind::Health as i32],
+            from_seq: 1,
+            to_seq: None,
+        };
+        let found = store.events_by_seq(&health, 10).unwrap();
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].event.as_ref().unwrap().seq, 2);
+        let filter = ReceivedFilter {
+            kinds: vec![vigil_proto::v1::EventKind::Alarm as i32],
+            ..Default::default()
+        };
+        let found = store.events_received(&filter, None, 10).unwrap();
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].0.received_ms, 1_000);
+        assert!(
+            store
+                .conn
+                .query_row(
+                    "SELECT count(*) FROM sqlite_master WHERE name = 'events_received'",
+                    [],
+                    |r| r.get::<_, i64>(0)
+                )
+                .unwrap()
+                == 0
+        );
     }
 
     #[test]

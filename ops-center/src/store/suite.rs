@@ -56,6 +56,18 @@ pub const CASES: &[(&str, Case)] = &[
         "received_order_pages_by_time_post_and_seq",
         received_order_pages_by_time_post_and_seq,
     ),
+    (
+        "kinds_filter_both_orders_and_page_across_arms",
+        kinds_filter_both_orders_and_page_across_arms,
+    ),
+    (
+        "incident_lists_merge_posts_and_states_newest_first",
+        incident_lists_merge_posts_and_states_newest_first,
+    ),
+    (
+        "retention_prunes_by_kind_and_category_keeps_incident_events_and_archives_first",
+        retention_prunes_by_kind_and_category_keeps_incident_events_and_archives_first,
+    ),
 ];
 
 fn ev(post: &str, seq: u64) -> Received {
@@ -444,10 +456,358 @@ fn received_order_pages_by_time_post_and_seq(b: &dyn Backend) {
         post_ids: vec!["p-2".into()],
         from: Some(t(15)),
         to: Some(t(25)),
+        ..Default::default()
     };
     let some = reader.events_received(&filter, None, 10).unwrap();
     assert_eq!(
         some.iter().map(key).collect::<Vec<_>>(),
         [("p-2".to_string(), 2)]
     );
+}
+
+/// Three posts, events of every kind at interleaved times: a kind filter
+/// (one kind, two, none) gives exactly those events, in seq order for one
+/// post and in received order across posts, and keyset pages of one event
+/// walk the merged arms without a gap or a repeat.
+fn kinds_filter_both_orders_and_page_across_arms(b: &dyn Backend) {
+    use super::{SeqFilter, shapes::kind_of};
+    use vigil_proto::v1::{AlarmSignal, CameraEvent, EventKind, PostHealth, event::Body};
+    let mut store = b.writer().unwrap();
+    let body = |i: u64| match i % 4 {
+        0 => Some(Body::Alarm(AlarmSignal::default())),
+        1 => Some(Body::Camera(CameraEvent::default())),
+        2 => Some(Body::Health(PostHealth::default())),
+        _ => None,
+    };
+    let mut all = Vec::new();
+    let mut tx = store.begin().unwrap();
+    for post in ["p-1", "p-2", "p-3"] {
+        let events: Vec<Received> = (1..=12u64)
+            .map(|seq| {
+                let n = u64::from(post.as_bytes()[2] - b'0');
+                Event {
+                    post_id: post.into(),
+                    seq,
+                    // Posts interleave; two events share a millisecond.
+                    received_at: Some(t(seq * 3 + n % 2).into()),
+                    body: body(seq + n),
+                    ..Default::default()
+                }
+                .into()
+            })
+            .collect();
+        all.extend(events.iter().map(|r: &Received| r.event.clone()));
+        tx.insert_events(post, &events, t(0)).unwrap();
+    }
+    tx.commit().unwrap();
+    let reader = b.reader().unwrap();
+    let key = |e: &Event| {
+        let at = SystemTime::try_from(e.received_at.unwrap()).unwrap();
+        (at, e.post_id.clone(), e.seq)
+    };
+    let kinds_cases: [Vec<i32>; 3] = [
+        vec![EventKind::Health as i32],
+        vec![EventKind::Alarm as i32, EventKind::Unspecified as i32],
+        vec![],
+    ];
+    for kinds in kinds_cases {
+        let wanted = |e: &Event| kinds.is_empty() || kinds.contains(&kind_of(e));
+        // One post, seq order.
+        let filter = SeqFilter {
+            post_id: "p-2".into(),
+            kinds: kinds.clone(),
+            from_seq: 2,
+            to_seq: Some(11),
+        };
+        let got = seqs(&reader.events_by_seq(&filter, 100).unwrap());
+        let want: Vec<u64> = all
+            .iter()
+            .filter(|e| e.post_id == "p-2" && (2..=11).contains(&e.seq) && wanted(e))
+            .map(|e| e.seq)
+            .collect();
+        assert_eq!(got, want, "seq order, kinds {kinds:?}");
+        // Received order over two named posts and over all, one a page.
+        for posts in [vec!["p-1".to_string(), "p-3".to_string()], vec![]] {
+            let filter = ReceivedFilter {
+                post_ids: posts.clone(),
+                kinds: kinds.clone(),
+                ..Default::default()
+            };
+            let mut want: Vec<_> = all
+                .iter()
+                .filter(|e| (posts.is_empty() || posts.contains(&e.post_id)) && wanted(e))
+                .map(key)
+                .collect();
+            want.sort();
+            let mut got = Vec::new();
+            let mut after = None;
+            for _ in 0..=want.len() {
+                let page = reader.events_received(&filter, after.as_ref(), 1).unwrap();
+                let Some((k, e)) = page.into_iter().next() else {
+                    break;
+                };
+                got.push(key(e.event.as_ref().unwrap()));
+                after = Some(k);
+            }
+            assert_eq!(
+                got, want,
+                "received order, posts {posts:?}, kinds {kinds:?}"
+            );
+        }
+    }
+}
+
+/// Incident listings by post and state merge their index ranges newest
+/// first and page with `before_number`.
+fn incident_lists_merge_posts_and_states_newest_first(b: &dyn Backend) {
+    let mut store = b.writer().unwrap();
+    let mut changes = Changes::default();
+    let states = [
+        IncidentState::Open,
+        IncidentState::Acknowledged,
+        IncidentState::Resolved,
+    ];
+    for n in 1..=12u64 {
+        changes.put_incident(
+            Incident {
+                id: incident_id(n),
+                post_id: format!("p-{}", n % 3),
+                state: states[(n % 4 % 3) as usize] as i32,
+                version: 1,
+                ..Default::default()
+            },
+            None,
+        );
+    }
+    let mut tx = store.begin().unwrap();
+    tx.apply(&changes).unwrap();
+    tx.commit().unwrap();
+    let reader = b.reader().unwrap();
+    let numbers = |f: &IncidentFilter| -> Vec<u64> {
+        reader
+            .incidents(f)
+            .unwrap()
+            .iter()
+            .map(|i| super::incident_number(&i.id).unwrap())
+            .collect()
+    };
+    let expect = |posts: &[&str], st: &[IncidentState], before: u64, limit: usize| -> Vec<u64> {
+        (1..before)
+            .rev()
+            .filter(|n| posts.is_empty() || posts.contains(&format!("p-{}", n % 3).as_str()))
+            .filter(|n| st.is_empty() || st.contains(&states[(n % 4 % 3) as usize]))
+            .take(limit)
+            .collect()
+    };
+    let open = [IncidentState::Open, IncidentState::Acknowledged];
+    for (posts, st) in [
+        (&["p-1", "p-2"][..], &open[..]),
+        (&["p-0"][..], &[][..]),
+        (&[][..], &open[..]),
+        (&[][..], &[][..]),
+    ] {
+        for (before, limit) in [(13, 100), (13, 3), (9, 2)] {
+            let filter = IncidentFilter {
+                states: st.iter().map(|s| *s as i32).collect(),
+                post_ids: posts.iter().map(|p| p.to_string()).collect(),
+                before_number: (before != 13).then_some(before),
+                limit,
+            };
+            assert_eq!(
+                numbers(&filter),
+                expect(posts, st, before, limit),
+                "{filter:?}"
+            );
+        }
+    }
+}
+
+/// Retention on a store 100 days old: camera events (10 days) and test
+/// signals (a category of 5 days) go, other alarms (for ever) stay; an
+/// event linked to an open incident stays, one linked to an incident
+/// resolved long ago stays until that incident has gone (with its audit
+/// and notes); an event above its post's watermark stays. A dry run says
+/// exactly this and deletes nothing. What goes is archived first, and
+/// reads back from the archive with the replay's filters.
+fn retention_prunes_by_kind_and_category_keeps_incident_events_and_archives_first(b: &dyn Backend) {
+    use super::{
+        archive::{self, Archive, ArchiveFilter},
+        retention::{Pruner, RetentionConfig},
+    };
+    use vigil_proto::v1::{AlarmSignal, CameraEvent, EventCategory, EventKind, event::Body};
+    const DAY: u64 = 86_400;
+    let mut store = b.writer().unwrap();
+    let event = |seq: u64, day: u64, body: Body, category: EventCategory| -> Received {
+        Event {
+            post_id: "p-1".into(),
+            seq,
+            received_at: Some(t(day * DAY).into()),
+            category: category as i32,
+            body: Some(body),
+            ..Default::default()
+        }
+        .into()
+    };
+    let camera = || Body::Camera(CameraEvent::default());
+    let alarm = || Body::Alarm(AlarmSignal::default());
+    let mut events = Vec::new();
+    // seq 1-20: camera events of days 1-20.
+    for seq in 1..=20 {
+        events.push(event(seq, seq, camera(), EventCategory::VideoDetection));
+    }
+    // seq 21-30: panel tests of days 1-10.
+    for seq in 21..=30 {
+        events.push(event(seq, seq - 20, alarm(), EventCategory::Test));
+    }
+    // 31: a burglary alarm; 32, 33: camera events of incidents 1 and 2.
+    events.push(event(31, 1, alarm(), EventCategory::Burglary));
+    events.push(event(32, 2, camera(), EventCategory::VideoDetection));
+    events.push(event(33, 3, camera(), EventCategory::VideoDetection));
+    // 35: above a gap (34 never came).
+    events.push(event(35, 1, camera(), EventCategory::VideoDetection));
+    let mut changes = Changes::default();
+    for (n, state, resolved_day) in [
+        (1, IncidentState::Open, None),
+        (2, IncidentState::Resolved, Some(50)),
+    ] {
+        let inc = Incident {
+            id: incident_id(n),
+            post_id: "p-1".into(),
+            state: state as i32,
+            version: 1,
+            resolved_at: resolved_day.map(|d: u64| t(d * DAY).into()),
+            ..Default::default()
+        };
+        changes.audit.push(AuditEntry {
+            incident_id: inc.id.clone(),
+            post_id: "p-1".into(),
+            action: AuditAction::Opened as i32,
+            ..Default::default()
+        });
+        changes.notes.push(Note {
+            incident_id: inc.id.clone(),
+            text: "seen".into(),
+            ..Default::default()
+        });
+        changes.put_incident(inc, None);
+        changes.links.push(EventLink {
+            incident_id: incident_id(n),
+            post_id: "p-1".into(),
+            seq: 31 + n,
+        });
+    }
+    let mut tx = store.begin().unwrap();
+    tx.insert_events("p-1", &events, t(0)).unwrap();
+    tx.apply(&changes).unwrap();
+    tx.commit().unwrap();
+    let total = store.event_count().unwrap();
+    assert_eq!(total, 34);
+
+    let mut config = RetentionConfig {
+        alarm_days: 0,
+        camera_days: 10,
+        incident_days: 20,
+        ..Default::default()
+    };
+    config.categories.insert("test".into(), 5);
+    let mut policy = config.policy();
+    policy.batch = 3; // many small transactions
+    let now = t(100 * DAY);
+
+    let dry = Pruner::open(b, policy.clone(), None)
+        .unwrap()
+        .run(now, true, 1000)
+        .unwrap();
+    assert_eq!(
+        store.event_count().unwrap(),
+        total,
+        "a dry run deletes nothing"
+    );
+    assert_eq!(dry.events.get("camera"), Some(&20), "{dry:?}");
+    assert_eq!(dry.events.get("alarm"), Some(&10), "{dry:?}");
+    assert_eq!(dry.kept_for_incident, 2);
+    assert_eq!(dry.kept_above_watermark, 1);
+    assert_eq!(dry.kept_for_category, 1);
+    assert_eq!(dry.incidents, 1);
+
+    // A folder of this case's own (the suite is part of the library, so
+    // no tempfile): removed at the end.
+    let dir = std::env::temp_dir().join(format!(
+        "vigil-archive-suite-{}-{}",
+        std::process::id(),
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    ));
+    let archive = Archive::open(&dir).unwrap();
+    let mut pruner = Pruner::open(b, policy, Some(archive)).unwrap();
+    let first = pruner.run(now, false, 1000).unwrap();
+    assert_eq!(first.events_total(), 30, "{first:?}");
+    assert_eq!(
+        (first.incidents, first.audit, first.notes, first.links),
+        (1, 1, 1, 1)
+    );
+    assert_eq!(store.event_count().unwrap(), total - 30);
+    // Incident 2 is gone, so its event goes on the next pass; incident 1
+    // (open) keeps its own.
+    let second = pruner.run(now, false, 1000).unwrap();
+    assert_eq!(second.events_total(), 1, "{second:?}");
+    assert!(store.incident(&incident_id(2)).unwrap().is_none());
+    assert!(store.incident(&incident_id(1)).unwrap().is_some());
+    assert_eq!(store.audit(&incident_id(1)).unwrap().len(), 1);
+    let left: Vec<u64> = seqs(&store.events("p-1", 1, 100).unwrap());
+    assert_eq!(left, [31, 32, 35]);
+    // Nothing more to do.
+    assert_eq!(pruner.run(now, false, 1000).unwrap().events_total(), 0);
+
+    // The archive holds every deleted event, exactly as stored.
+    let manifest = archive::read_manifest(&dir).unwrap();
+    assert_eq!(manifest.files.iter().map(|f| f.events).sum::<u64>(), 31);
+    let cameras = archive::read(
+        &dir,
+        &ArchiveFilter {
+            kinds: vec![EventKind::Camera as i32],
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    // Received order: seq 1 (day 1), 2 (day 2), 3 and 33 (day 3), 4, …
+    let mut want: Vec<u64> = (1..=20).collect();
+    want.insert(3, 33);
+    let got: Vec<u64> = cameras
+        .iter()
+        .map(|e| e.event.as_ref().unwrap().seq)
+        .collect();
+    assert_eq!(got, want);
+    let one = archive::read(
+        &dir,
+        &ArchiveFilter {
+            post_ids: vec!["p-1".into()],
+            from_seq: 21,
+            to_seq: Some(25),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        one.iter()
+            .map(|e| e.event.clone().unwrap())
+            .collect::<Vec<_>>(),
+        events[20..25]
+            .iter()
+            .map(|r| r.event.clone())
+            .collect::<Vec<_>>()
+    );
+    // A file changed after it was written is refused, by name.
+    let name = &manifest.files[0].file;
+    let path = &dir.join(name);
+    let mut bytes = std::fs::read(path).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(path, bytes).unwrap();
+    let err = archive::read(&dir, &ArchiveFilter::default()).unwrap_err();
+    assert!(err.to_string().contains(name.as_str()), "{err}");
+    assert!(err.to_string().contains("SHA-256"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
 }
