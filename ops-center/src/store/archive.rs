@@ -1,7 +1,7 @@
 //! Archives of pruned events: dated, compressed, self-describing files
 //! that ordinary tools read, written and fsynced before the rows go.
 //!
-//! A folder holds `events-KIND-FIRSTDAY-LASTDAY-WRITTENMS.jsonl.gz` files
+//! A folder holds `events-KIND-FIRSTDAY-LASTDAY-WRITTENMS-N.jsonl.gz` files
 //! (gzip; one JSON object per line, one line per event, in received
 //! order) and `manifest.json`, which lists every file with its event
 //! count, kind, time range (received order, RFC 3339 and Unix ms), size
@@ -155,23 +155,16 @@ impl Archive {
 
     /// Writes `rows` (one kind, in received order) as one file, durably,
     /// and lists it in the manifest. Returns the file's name.
-    pub fn write(
-        &mut self,
-        kind: i32,
-        rows: &[Candidate],
-        now: SystemTime,
-    ) -> Result<String, StoreError> {
+    pub fn write(&mut self, kind: i32, rows: &[Candidate]) -> Result<String, StoreError> {
         let first = rows.iter().map(|c| c.key.received_ms).min().unwrap_or(0);
         let last = rows.iter().map(|c| c.key.received_ms).max().unwrap_or(0);
         let kind = kind_name(kind);
-        let name = format!(
-            "events-{kind}-{}-{}-{}.jsonl.gz",
-            day(first),
-            day(last),
-            millis(now)
-        );
-        let tmp = self.dir.join(format!(".{name}.tmp"));
-        let path = self.dir.join(&name);
+        // Named when written (the wall clock, not the pass's `now`, which
+        // every file of a pass shares), with a number that makes it new:
+        // an archive file is never replaced.
+        let written = millis(SystemTime::now());
+        let stem = format!("events-{kind}-{}-{}-{written}", day(first), day(last));
+        let tmp = self.dir.join(format!(".{stem}.tmp"));
         {
             let file = File::create(&tmp).map_err(io(&tmp))?;
             let mut gz =
@@ -203,7 +196,30 @@ impl Archive {
             file.sync_all().map_err(io(&tmp))?;
         }
         let (bytes, sha256) = digest(&tmp)?;
-        std::fs::rename(&tmp, &path).map_err(io(&path))?;
+        // A hard link fails where a file exists (a rename would replace
+        // it): the first free number wins.
+        let mut name = String::new();
+        for n in 0..10_000u32 {
+            let candidate = format!("{stem}-{n}.jsonl.gz");
+            match std::fs::hard_link(&tmp, self.dir.join(&candidate)) {
+                Ok(()) => {
+                    name = candidate;
+                    break;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(io(&self.dir.join(&candidate))(e)),
+            }
+        }
+        if name.is_empty() {
+            return Err(StoreError::Io {
+                path: self.dir.join(format!("{stem}-N.jsonl.gz")),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::AlreadyExists,
+                    "no free archive file name",
+                ),
+            });
+        }
+        std::fs::remove_file(&tmp).map_err(io(&tmp))?;
         sync_dir(&self.dir)?;
         self.add_to_manifest(FileEntry {
             file: name.clone(),
@@ -215,7 +231,7 @@ impl Archive {
             last_ms: last,
             bytes,
             sha256,
-            written_at: rfc3339(millis(now)),
+            written_at: rfc3339(written),
         })?;
         Ok(name)
     }
@@ -399,4 +415,56 @@ pub fn read(dir: &Path, filter: &ArchiveFilter) -> Result<Vec<StoredEvent>, Stor
         out.truncate(usize::try_from(filter.limit).unwrap_or(usize::MAX));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::ReceivedKey;
+
+    fn candidate(seq: u64, ms: i64) -> Candidate {
+        let event = Event {
+            post_id: "p-1".into(),
+            seq,
+            ..Default::default()
+        };
+        Candidate {
+            key: ReceivedKey {
+                received_ms: ms,
+                post_id: "p-1".into(),
+                seq,
+            },
+            stored_ms: ms,
+            kind: 0,
+            body: event.encode_to_vec(),
+            incident: None,
+            above_watermark: false,
+        }
+    }
+
+    /// Two files of one pass (same kind, same days, likely the same
+    /// millisecond) are two files: the second never replaces the
+    /// first, and both read back.
+    #[test]
+    fn files_of_one_pass_never_replace_each_other() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut archive = Archive::open(dir.path()).unwrap();
+        let a = archive
+            .write(0, &[candidate(1, 1_000), candidate(2, 2_000)])
+            .unwrap();
+        let b = archive.write(0, &[candidate(3, 3_000)]).unwrap();
+        assert_ne!(a, b);
+        let manifest = read_manifest(dir.path()).unwrap();
+        assert_eq!(manifest.files.len(), 2);
+        let all = read(dir.path(), &ArchiveFilter::default()).unwrap();
+        let seqs: Vec<u64> = all.iter().map(|e| e.event.as_ref().unwrap().seq).collect();
+        assert_eq!(seqs, [1, 2, 3]);
+        // Nothing temporary is left behind.
+        let names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains(".tmp"))
+            .collect();
+        assert!(names.is_empty(), "{names:?}");
+    }
 }

@@ -449,7 +449,7 @@ impl Pruner {
             report.last_ms = [report.last_ms, last].into_iter().flatten().max();
             if !dry {
                 if let Some(archive) = &mut self.archive {
-                    let file = archive.write(kind, &doomed, now)?;
+                    let file = archive.write(kind, &doomed)?;
                     report.archive_files.push(file);
                 }
                 for chunk in doomed.chunks(self.policy.batch) {
