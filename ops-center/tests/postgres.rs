@@ -75,6 +75,34 @@ fn every_query_shape_is_served_by_an_index() {
     assert!(failures.is_empty(), "full scans:\n{}", failures.join("\n"));
 }
 
+/// The list of posts reads every post's events above its watermark in one
+/// statement, as a primary-key range per post, never a scan of events.
+#[test]
+fn the_list_of_posts_reads_events_by_index() {
+    use vigil_ops::store::postgres::POSTS_EVENTS_ABOVE;
+    let Some(pg) = Postgres::start() else { return };
+    let url = pg.create_db();
+    PostgresBackend::open(&url).unwrap();
+    let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    client.batch_execute("SET enable_seqscan = off").unwrap();
+    let ids = vec!["p-1".to_owned(), "p-2".to_owned()];
+    let durables = vec![10i64, 20];
+    let plan: Vec<String> = client
+        .query(&format!("EXPLAIN {POSTS_EVENTS_ABOVE}"), &[&ids, &durables])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let text = plan.join("\n");
+    assert!(!text.contains("Seq Scan"), "{text}");
+    assert!(
+        plan.iter()
+            .any(|l| l.contains("Index") && l.contains(" on events")),
+        "{text}"
+    );
+    assert!(text.contains("Index Cond"), "{text}");
+}
+
 #[test]
 fn migrations_run_once_and_a_newer_schema_is_refused() {
     let Some(pg) = Postgres::start() else { return };

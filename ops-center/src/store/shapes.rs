@@ -385,6 +385,10 @@ pub const POST_EVENTS_ABOVE: &str = "SELECT seq FROM events WHERE post_id = $1 A
 /// per state: `state <> resolved` would read every resolved one too).
 pub const POST_OPEN_INCIDENTS: &str =
     "SELECT count(*) FROM incidents WHERE post_id = $1 AND state IN (0, 1, 2)";
+/// Unresolved incidents of every post, for the list of posts
+/// (`incidents_state`, one range per state).
+pub const OPEN_INCIDENTS_BY_POST: &str =
+    "SELECT post_id, count(*) FROM incidents WHERE state IN (0, 1, 2) GROUP BY post_id";
 
 /// One example of a read the API makes, for the query-plan tests.
 #[derive(Debug, Clone)]
@@ -583,6 +587,10 @@ pub fn shapes() -> Vec<(&'static str, Shape)> {
         (
             "post: open incidents",
             Shape::Fixed(POST_OPEN_INCIDENTS, vec![Param::Text("p-1".into())]),
+        ),
+        (
+            "posts: open incidents of each",
+            Shape::Fixed(OPEN_INCIDENTS_BY_POST, vec![]),
         ),
         (
             "retention: events of a kind older than a time",

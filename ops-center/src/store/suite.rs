@@ -158,18 +158,38 @@ fn a_reader_sees_what_is_committed_and_nothing_else(b: &dyn Backend) {
         (info.last_seq, info.durable_through_seq, info.missing_events),
         (5, 2, 2)
     );
-    assert_eq!(reader.posts().unwrap()[0].last_seq, 5);
+    insert(&mut *writer, "p-2", &[1, 3]);
+    insert(&mut *writer, "p-3", &[1]);
+    // The list says of each post what asking for it alone says.
+    let listed = reader.posts().unwrap();
+    assert_eq!(
+        listed
+            .iter()
+            .map(|p| p.post_id.as_str())
+            .collect::<Vec<_>>(),
+        ["p-1", "p-2", "p-3"]
+    );
+    for post in &listed {
+        assert_eq!(Some(post), reader.post(&post.post_id).unwrap().as_ref());
+    }
+    assert_eq!(
+        listed
+            .iter()
+            .map(|p| (p.last_seq, p.missing_events))
+            .collect::<Vec<_>>(),
+        [(5, 2), (3, 1), (1, 0)]
+    );
     assert_eq!(reader.durable_through("p-1").unwrap(), 2);
     assert_eq!(reader.durable_through("p-9").unwrap(), 0);
     {
         let mut tx = writer.begin().unwrap();
         tx.insert_events("p-1", &[ev("p-1", 3)], t(0)).unwrap();
         // Not committed yet: the reader does not see it.
-        assert_eq!(reader.event_count().unwrap(), 3);
+        assert_eq!(reader.event_count().unwrap(), 6);
         assert!(reader.event("p-1", 3).unwrap().is_none());
         tx.commit().unwrap();
     }
-    assert_eq!(reader.event_count().unwrap(), 4);
+    assert_eq!(reader.event_count().unwrap(), 7);
     assert_eq!(reader.durable_through("p-1").unwrap(), 3);
 }
 
