@@ -491,7 +491,13 @@ async fn run_region(args: &DevArgs, dir: &Path, posts: &[String], fresh: bool) -
         (console_addr, &bundle),
         &infos,
     );
-    tracker.spawn(feed(dir.join("pki"), api_addr, shutdown.child_token()));
+    // Every replica, so that the feed follows the region across a failover.
+    let servers: Vec<String> = ops_apis.iter().map(|(_, a)| a.to_string()).collect();
+    tracker.spawn(feed(
+        dir.join("pki"),
+        servers.join(","),
+        shutdown.child_token(),
+    ));
     tracker.close();
 
     tokio::select! {
@@ -693,10 +699,10 @@ async fn cameras(cams: Cameras, mut zones: mpsc::Receiver<u32>, stop: Cancellati
 
 /// Reads the live feed as the analyst, exactly as `vigil watch` does (and
 /// with its reconnect loop), until `stop`.
-async fn feed(pki: PathBuf, api: SocketAddr, stop: CancellationToken) {
+async fn feed(pki: PathBuf, servers: String, stop: CancellationToken) {
     let args = WatchArgs {
         conn: Connection {
-            server: api.to_string(),
+            server: servers,
             ca: Some(pki.join("ca.pem")),
             cert: Some(pki.join("analyst.pem")),
             key: Some(pki.join("analyst.key")),

@@ -194,3 +194,125 @@ async fn import_sqlite_fills_a_new_database_once() {
     assert_eq!(health, [2]);
     drop(pg);
 }
+
+/// `vigil watch --server A,B` with two replicas: when the process behind A
+/// is killed with SIGKILL, the watch moves on to B, resumes from its cursor
+/// and goes on printing the region's new incidents.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_moves_to_another_replica_when_its_own_dies() {
+    use std::io::{BufRead, BufReader};
+    let Some(pg) = Postgres::start() else { return };
+    let url = pg.create_db();
+    let region = Region::new();
+    let broker = region.start_broker("127.0.0.1:0".parse().unwrap()).await;
+    let base = std::fs::read_to_string(region.write_ops_config(broker.addr())).unwrap();
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+    };
+    let (a, b) = (free(), free());
+    let config = |name: &str, api: std::net::SocketAddr| {
+        let path = region.path(name);
+        std::fs::write(
+            &path,
+            merge_toml(
+                &base,
+                &format!("[store]\nurl = \"{url}\"\nlease_secs = 2\n[api]\nlisten = \"{api}\"\n"),
+            ),
+        )
+        .unwrap();
+        path
+    };
+    /// Killed when dropped, also when an assertion fails.
+    struct Killed(Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut first = Killed(spawn_ops(&config("ops-a.toml", a)));
+    let second = Killed(spawn_ops(&config("ops-b.toml", b)));
+    for api in [a, b] {
+        eventually("both replicas serve their API", || {
+            std::net::TcpStream::connect(api).is_ok()
+        })
+        .await;
+    }
+    let gw = region.start_gateway("p-1", broker.addr(), "").await;
+    region.issue(vigil_pki::Role::Analyst, "alice");
+    let pki = region.path("pki");
+    let mut watch = Killed(
+        Command::new(env!("CARGO_BIN_EXE_vigil"))
+            .args(["watch", "--server", &format!("{a},{b}")])
+            .env("VIGIL_CA", pki.join("ca.pem"))
+            .env("VIGIL_CERT", pki.join("alice.pem"))
+            .env("VIGIL_KEY", pki.join("alice.key"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start vigil watch"),
+    );
+    let lines = |out: Box<dyn std::io::Read + Send>| {
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        rx
+    };
+    let stdout = lines(Box::new(watch.0.stdout.take().unwrap()));
+    let stderr = lines(Box::new(watch.0.stderr.take().unwrap()));
+    let wait_for =
+        |rx: &std::sync::mpsc::Receiver<String>, what: &str, want: &dyn Fn(&str) -> bool| {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            let mut seen = Vec::new();
+            while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+                match rx.recv_timeout(left) {
+                    Ok(line) if want(&line) => return line,
+                    Ok(line) => seen.push(line),
+                    Err(_) => break,
+                }
+            }
+            panic!("no line with {what} within 60 s; saw:\n{}", seen.join("\n"));
+        };
+    // The watch on A, whichever replica leads.
+    let mut panel = PanelConfig::new(gw.dc09.to_string(), "1234");
+    panel.count = Some(3);
+    panel.interval = Duration::from_millis(50);
+    panel.seed = Some(3);
+    simulator::run(panel, CancellationToken::new())
+        .await
+        .unwrap();
+    wait_for(&stdout, "an incident before the kill", &|l| {
+        l.contains("inc-")
+    });
+
+    first.0.kill().unwrap();
+    first.0.wait().unwrap();
+    wait_for(&stderr, "the move to B", &|l| {
+        l.contains("now following") && l.contains(&b.to_string())
+    });
+    // A new incident, opened after the kill (by B, leading by then or
+    // soon), reaches the watch.
+    let mut panel = PanelConfig::new(gw.dc09.to_string(), "1234");
+    panel.count = Some(40);
+    panel.interval = Duration::from_millis(50);
+    panel.first_seq = 100;
+    panel.seed = Some(11);
+    let sending = tokio::spawn(simulator::run(panel, CancellationToken::new()));
+    wait_for(&stdout, "an incident opened after the kill", &|l| {
+        l.contains("(opened)")
+    });
+    drop(watch);
+    sending.await.unwrap().unwrap();
+    gw.stop().await;
+    drop(second);
+    broker.stop().await;
+    drop(pg);
+}

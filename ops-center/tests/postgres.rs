@@ -543,3 +543,26 @@ fn tls_to_postgresql_checks_the_server_certificate() {
     let backend = PostgresBackend::open(&plain).unwrap();
     assert!(backend.reader().unwrap().event_count().unwrap() > 0);
 }
+
+/// Replicas that start together on an empty database migrate it once,
+/// without tripping over each other.
+#[test]
+fn replicas_starting_together_migrate_an_empty_database_once() {
+    let Some(pg) = Postgres::start() else { return };
+    let url = pg.create_db();
+    let opened: Vec<_> = (0..4)
+        .map(|_| {
+            let url = url.clone();
+            std::thread::spawn(move || PostgresBackend::open(&url).map(|_| ()))
+        })
+        .collect();
+    for o in opened {
+        o.join().unwrap().expect("every replica opens the store");
+    }
+    let mut admin = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    let rows: i64 = admin
+        .query_one("SELECT count(*) FROM vigil_schema", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 1, "one version row");
+}

@@ -149,10 +149,57 @@ impl Connection {
     }
 }
 
-/// Loads the certificates and connects. Bad flags or files are [`Usage`]
-/// errors; a server that cannot be reached or refuses the handshake is a
-/// plain error naming it.
+/// The addresses of `--server`: one `HOST:PORT`, or several separated by
+/// commas (replicas of one operations center), in the order given.
+pub(crate) fn servers(conn: &Connection) -> Result<Vec<String>, Usage> {
+    let list: Vec<String> = conn
+        .server
+        .split(',')
+        .map(|s| s.trim().to_owned())
+        .collect();
+    if list.iter().any(String::is_empty) {
+        return Err(Usage(format!(
+            "--server {:?}: an empty address in the list (expected HOST:PORT[,HOST:PORT...])",
+            conn.server
+        )));
+    }
+    for s in &list {
+        parse_server(s)?;
+    }
+    Ok(list)
+}
+
+/// Loads the certificates and connects to the first server of `--server`
+/// that answers. Bad flags or files are [`Usage`] errors; when no server
+/// can be reached or every one refuses the handshake, a plain error names
+/// each.
 pub(crate) async fn connect(conn: &Connection) -> Result<Session> {
+    connect_after(conn, None).await
+}
+
+/// [`connect`], trying the servers after `current` first (then the others,
+/// `current` last): where a watcher goes when its replica went away.
+pub(crate) async fn connect_after(conn: &Connection, current: Option<&str>) -> Result<Session> {
+    let mut list = servers(conn)?;
+    if let Some(at) = current.and_then(|c| list.iter().position(|s| s == c)) {
+        list.rotate_left(at + 1);
+    }
+    let mut failures = Vec::new();
+    for server in &list {
+        match connect_one(conn, server).await {
+            Ok(session) => return Ok(session),
+            Err(e) if e.is::<Usage>() => return Err(e),
+            Err(e) => failures.push(format!("{e:#}")),
+        }
+    }
+    Err(anyhow!(failures.join("; ")))
+}
+
+async fn connect_one(conn: &Connection, address: &str) -> Result<Session> {
+    let conn = &Connection {
+        server: address.to_owned(),
+        ..conn.clone()
+    };
     let server = parse_server(&conn.server)?;
     let material = conn
         .tls_config()?

@@ -65,7 +65,10 @@ pub(crate) enum ClientCommand {
 /// environment.
 #[derive(Debug, Clone, Args)]
 pub(crate) struct Connection {
-    /// The operations center's API, HOST:PORT; HOST must match its certificate.
+    /// The operations center's API, HOST:PORT; HOST must match its
+    /// certificate. Several, separated by commas (replicas of one operations
+    /// center): the first that answers; `watch` moves on to the next when
+    /// its server goes away, resuming from its cursor.
     #[arg(long, env = "VIGIL_SERVER", default_value = "127.0.0.1:50051")]
     pub(crate) server: String,
     /// The region CA certificate (PEM).

@@ -30,7 +30,11 @@ use vigil_proto::v1::{FeedItem, WatchIncidentsRequest, feed_item::Item};
 
 use tokio_util::sync::CancellationToken;
 
-use super::{Connection, connect::connect, fail, render, status_message, transient};
+use super::{
+    Connection,
+    connect::{connect, connect_after},
+    fail, render, status_message, transient,
+};
 
 /// First wait before reconnecting...
 pub(crate) const MIN_BACKOFF: Duration = Duration::from_millis(250);
@@ -159,6 +163,19 @@ async fn follow_feed(args: &WatchArgs, cursor: &mut String) -> Result<()> {
                 );
                 tokio::time::sleep(wait).await;
                 backoff = Some((wait * 2).min(MAX_BACKOFF));
+                // With several servers (replicas of one operations center,
+                // whose cursors agree), the next one that answers.
+                if args.conn.server.contains(',') {
+                    match connect_after(&args.conn, Some(&s.server)).await {
+                        Ok(next) => {
+                            if next.server != s.server {
+                                eprintln!("vigil watch: now following {}", next.server);
+                            }
+                            s = next;
+                        }
+                        Err(e) => eprintln!("vigil watch: {e:#}"),
+                    }
+                }
             }
         }
     }

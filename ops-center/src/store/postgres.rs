@@ -534,11 +534,18 @@ pub(crate) fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
 
 /// Applies every migration the database has not had yet.
 fn migrate(client: &mut Client) -> Result<(), StoreError> {
-    client.batch_execute(
+    // Under the lock too: replicas starting together on an empty database
+    // would otherwise race to create the table (PostgreSQL's `IF NOT
+    // EXISTS` does not make two concurrent creations safe) or insert two
+    // version rows.
+    let mut tx = client.transaction()?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])?;
+    tx.batch_execute(
         "CREATE TABLE IF NOT EXISTS vigil_schema (version INTEGER NOT NULL);
          INSERT INTO vigil_schema (version)
            SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM vigil_schema);",
     )?;
+    tx.commit()?;
     let supported = MIGRATIONS.len() as i64;
     loop {
         let mut tx = client.transaction()?;
