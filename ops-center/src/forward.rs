@@ -265,6 +265,14 @@ pub fn patience(lease: Duration) -> Duration {
 /// `patience`, then gives up (UNAVAILABLE, nothing changed). Other jobs
 /// are dropped.
 pub async fn forward(backend: PostgresBackend, job: Job, patience: Duration) {
+    if let Job::Site { reply, .. } = job {
+        // Not through the mailbox (a document can be large, and it touches
+        // no incident): the caller asks the leading replica.
+        let _ = reply.send(Err(WorkflowError::Unavailable(
+            "site imports are made on the leading replica; try again there".into(),
+        )));
+        return;
+    }
     let Some(req) = request(&job) else { return };
     let body = req.encode_to_vec();
     let target = req.target.clone();

@@ -33,10 +33,12 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::{Code, Request, Response, Status};
 use vigil_pki::{Peer, Role};
 use vigil_proto::v1::{
-    AcknowledgeRequest, AddNoteRequest, AssignRequest, Disposition, EscalateRequest, FeedItem,
-    GetIncidentRequest, Incident, IncidentDetail, ListIncidentsRequest, ListIncidentsResponse,
-    ListPostsRequest, ListPostsResponse, PostInfo, ReopenRequest, ReplayItem, ReplayRequest,
-    ResolveRequest, SetTestModeRequest, WatchIncidentsRequest,
+    AcknowledgeRequest, AddNoteRequest, AssignRequest, Disposition, EscalateRequest,
+    ExportSiteRequest, FeedItem, GetIncidentPlanRequest, GetIncidentRequest, GetPostRecordRequest,
+    ImportSiteRequest, ImportSiteResponse, Incident, IncidentDetail, IncidentPlan,
+    ListIncidentsRequest, ListIncidentsResponse, ListPostsRequest, ListPostsResponse, PostInfo,
+    PostRecord, ReopenRequest, ReplayItem, ReplayRequest, ResolveRequest, SetTestModeRequest,
+    SiteDocument, WatchIncidentsRequest,
     ops_center_server::{OpsCenter, OpsCenterServer},
 };
 
@@ -72,6 +74,10 @@ pub enum Op {
     Note,
     SetTestMode,
     Replay,
+    /// Import or export the site document (post records, action plans).
+    ManageSite,
+    /// See duress words and passcodes in post records.
+    SeeSecrets,
 }
 
 /// The one place that says which role may do what.
@@ -361,6 +367,8 @@ fn op_name(op: Op) -> &'static str {
         Op::Note => "add notes",
         Op::SetTestMode => "set test mode",
         Op::Replay => "replay events",
+        Op::ManageSite => "import or export post records and plans",
+        Op::SeeSecrets => "see duress words and passcodes",
     }
 }
 
@@ -712,6 +720,96 @@ impl OpsCenter for Api {
         tokio::spawn(async move { plan.run(reader, limits, tx, shutdown).await });
         Ok(Response::new(ReceiverStream::new(rx)))
     }
+
+    async fn import_site(
+        &self,
+        request: Request<ImportSiteRequest>,
+    ) -> Result<Response<ImportSiteResponse>, Status> {
+        let peer = authorize(&request, Op::ManageSite)?;
+        let site = request.into_inner().site.unwrap_or_default();
+        // The whole document or nothing: every problem named at once.
+        let problems = crate::site::validate(&site);
+        if !problems.is_empty() {
+            return Err(Status::invalid_argument(
+                crate::site::SiteErrors(problems).to_string(),
+            ));
+        }
+        self.check_store()?;
+        let (reply, rx) = oneshot::channel();
+        let job = Job::Site {
+            site,
+            actor: actor(&peer),
+            at: SystemTime::now(),
+            reply,
+        };
+        let gone = || Status::unavailable("operations center shutting down");
+        self.jobs.send(job).await.map_err(|_| gone())?;
+        let changes = rx.await.map_err(|_| gone())?.map_err(|e| match e {
+            WorkflowError::Unavailable(m) => Status::unavailable(m),
+            e => workflow_status(e),
+        })?;
+        tracing::info!(identity = %peer.identity, changes = changes.len(), "api: site document imported");
+        Ok(Response::new(ImportSiteResponse { changes }))
+    }
+
+    async fn export_site(
+        &self,
+        request: Request<ExportSiteRequest>,
+    ) -> Result<Response<SiteDocument>, Status> {
+        authorize(&request, Op::ManageSite)?;
+        Ok(Response::new(self.read(|s| s.site()).await?))
+    }
+
+    async fn get_post_record(
+        &self,
+        request: Request<GetPostRecordRequest>,
+    ) -> Result<Response<PostRecord>, Status> {
+        let peer = authorize(&request, Op::Read)?;
+        let id = request.into_inner().post_id;
+        let wanted = id.clone();
+        let record = self.read(move |s| s.post_record(&id)).await?;
+        let record =
+            record.ok_or_else(|| Status::not_found(format!("no record of post {wanted:?}")))?;
+        Ok(Response::new(secrets_for(&peer, record)))
+    }
+
+    async fn get_incident_plan(
+        &self,
+        request: Request<GetIncidentPlanRequest>,
+    ) -> Result<Response<IncidentPlan>, Status> {
+        let peer = authorize(&request, Op::Read)?;
+        let id = request.into_inner().incident_id;
+        let wanted = id.clone();
+        let found = self
+            .read(move |s| {
+                let Some(incident) = s.incident(&id)? else {
+                    return Ok(None);
+                };
+                let post = s.post_record(&incident.post_id)?;
+                Ok(Some((incident, s.site()?.plans, post)))
+            })
+            .await?;
+        let (incident, plans, post) =
+            found.ok_or_else(|| Status::not_found(format!("no incident {wanted}")))?;
+        let category = crate::engine::category_name(incident.category());
+        let plan = crate::site::plan_for(&plans, &category, &incident.post_id).cloned();
+        Ok(Response::new(IncidentPlan {
+            incident_id: incident.id,
+            category,
+            plan,
+            post: post.map(|p| secrets_for(&peer, p)),
+        }))
+    }
+}
+
+/// A post record as `peer` may see it: duress words and passcodes only for
+/// roles allowed to see secrets (the others get their counts).
+fn secrets_for(peer: &Peer, record: PostRecord) -> PostRecord {
+    if allowed(peer.role, Op::SeeSecrets) {
+        record
+    } else {
+        crate::site::withhold_secrets(record)
+    }
 }
 
 #[cfg(test)]
@@ -722,7 +820,14 @@ mod tests {
     fn roles_are_allowed_what_the_contract_says() {
         use Op::*;
         let analyst = [Watch, Read, Acknowledge, Take, Note, Resolve];
-        let supervisor = [AssignOther, Escalate, Reopen, SetTestMode];
+        let supervisor = [
+            AssignOther,
+            Escalate,
+            Reopen,
+            SetTestMode,
+            ManageSite,
+            SeeSecrets,
+        ];
         let all = [
             Watch,
             Read,
@@ -735,6 +840,8 @@ mod tests {
             Note,
             SetTestMode,
             Replay,
+            ManageSite,
+            SeeSecrets,
         ];
         for op in all {
             assert_eq!(allowed(Role::Analyst, op), analyst.contains(&op), "{op:?}");
