@@ -1,5 +1,5 @@
 //! The gRPC client commands: `vigil watch | incidents | ack | assign |
-//! escalate | resolve | reopen | note | posts | test-mode | replay`.
+//! escalate | resolve | reopen | note | posts | test-mode | replay | site`.
 //!
 //! Each command connects to the operations center's `vigil.v1.OpsCenter`
 //! API over mutual TLS with the caller's own certificate (its OU is the role
@@ -18,11 +18,13 @@
 //!   `test-mode`.
 //! - [`watch`]: the live feed, resuming from its cursor after a disconnect.
 //! - [`replay`]: stored events as JSON lines.
+//! - [`site`]: `site import`, `site export`: post records and action plans.
 
 pub(crate) mod connect;
 pub(crate) mod query;
 pub(crate) mod render;
 pub(crate) mod replay;
+pub(crate) mod site;
 pub(crate) mod watch;
 pub(crate) mod workflow;
 
@@ -59,6 +61,9 @@ pub(crate) enum ClientCommand {
     TestMode(workflow::TestModeArgs),
     /// Replay stored events as JSON lines (stdout or --to-file).
     Replay(replay::ReplayArgs),
+    /// Post records, contacts and action plans: import or export a site file (TOML).
+    #[command(subcommand)]
+    Site(site::SiteCommand),
 }
 
 /// Where the API is and who we are; each flag also comes from the
@@ -100,6 +105,7 @@ pub(crate) fn run(cmd: ClientCommand) -> Result<()> {
             ClientCommand::Note(a) => workflow::note(a).await,
             ClientCommand::TestMode(a) => workflow::test_mode(a).await,
             ClientCommand::Replay(a) => replay::run(a).await,
+            ClientCommand::Site(c) => site::run(c).await,
         }
     })
 }
