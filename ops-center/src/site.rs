@@ -142,6 +142,15 @@ fn step_kind_named(name: &str) -> Option<StepKind> {
     })
 }
 
+/// A step in a few words, for audit lines: `call guard: Ask for a patrol`,
+/// `verify cameras: Look at the yard`.
+pub fn step_summary(step: &PlanStep) -> String {
+    match StepKind::try_from(step.kind).unwrap_or(StepKind::Other) {
+        StepKind::CallContact => format!("call {}: {}", step.contact_role, step.text),
+        kind => format!("{}: {}", step_kind_name(kind).replace('_', " "), step.text),
+    }
+}
+
 /// True for a category name the engine uses (`burglary`, `duress`, ...;
 /// lower case) or `default`.
 pub fn is_plan_category(name: &str) -> bool {

@@ -11,9 +11,9 @@ use vigil_pki::Role;
 use vigil_proto::v1::{
     AcknowledgeRequest, AddNoteRequest, AssignRequest, EscalateRequest, ExportSiteRequest,
     FeedItem, GetIncidentPlanRequest, GetIncidentRequest, GetPostRecordRequest, ImportSiteRequest,
-    IncidentState, ListIncidentsRequest, ListPostsRequest, ReopenRequest, ReplayRequest,
-    ResolveRequest, SetTestModeRequest, WatchIncidentsRequest, feed_item::Item,
-    ops_center_client::OpsCenterClient,
+    IncidentState, ListIncidentsRequest, ListPostsRequest, MarkStepRequest, ReopenRequest,
+    ReplayRequest, ResolveRequest, SetTestModeRequest, StepOutcome, WatchIncidentsRequest,
+    feed_item::Item, ops_center_client::OpsCenterClient,
 };
 use vigil_tests::center::{Center, Client, alarm, now_secs};
 
@@ -155,6 +155,18 @@ async fn call(client: &mut Client, rpc: &str, me: &str) -> Code {
                 .await
                 .map(drop),
         ),
+        "MarkStep" => code(
+            client
+                .mark_step(MarkStepRequest {
+                    incident_id: id,
+                    expected_version: 1,
+                    step: 1,
+                    outcome: StepOutcome::Done as i32,
+                    note: String::new(),
+                })
+                .await
+                .map(drop),
+        ),
         other => panic!("no rpc {other}"),
     }
 }
@@ -199,6 +211,7 @@ async fn every_role_against_every_rpc() {
         // No post has been heard from: test mode is for known posts only.
         ("SetTestMode", &[Supervisor, Admin], Code::NotFound),
         ("Replay", &[Engineer, Admin], Code::Ok),
+        ("MarkStep", &[Analyst, Supervisor, Admin], Code::NotFound),
         ("ImportSite", &[Supervisor, Admin], Code::Ok),
         ("ExportSite", &[Supervisor, Admin], Code::Ok),
         (

@@ -8,7 +8,7 @@ use vigil_ops::{site, store::Store};
 use vigil_pki::Role;
 use vigil_proto::v1::{
     AuditAction, ExportSiteRequest, GetIncidentPlanRequest, GetPostRecordRequest,
-    ImportSiteRequest, ListIncidentsRequest, StepKind,
+    ImportSiteRequest, ListIncidentsRequest, MarkStepRequest, StepKind, StepOutcome,
 };
 use vigil_tests::center::{Center, alarm, now_secs};
 
@@ -211,5 +211,120 @@ async fn a_site_document_is_imported_whole_audited_and_served_by_role() {
     assert!(audit.iter().all(|a| a.at.is_some()));
     assert!(!format!("{audit:?}").contains("9999"));
     assert_eq!(store.post_audit("p-2").unwrap().len(), 2);
+    ops.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plan_steps_are_checked_off_or_skipped_and_audited() {
+    let ops = Center::start().await;
+    let mut admin = ops.client(Role::Admin, "ada").await;
+    let mut alice = ops.client(Role::Analyst, "alice").await;
+    admin
+        .import_site(ImportSiteRequest {
+            site: Some(site::parse(SITE).unwrap()),
+        })
+        .await
+        .unwrap();
+    ops.submit(vec![alarm("p-1", 1, 1, now_secs())]).await;
+    let inc = alice
+        .list_incidents(ListIncidentsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .incidents
+        .remove(0);
+    let mark = |version, step, outcome: StepOutcome, note: &str| MarkStepRequest {
+        incident_id: inc.id.clone(),
+        expected_version: version,
+        step,
+        outcome: outcome as i32,
+        note: note.into(),
+    };
+
+    let after = alice
+        .mark_step(mark(inc.version, 1, StepOutcome::Done, ""))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(after.version, inc.version + 1);
+    // A skip must say why.
+    let e = alice
+        .mark_step(mark(after.version, 2, StepOutcome::Skipped, " "))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    let after = alice
+        .mark_step(mark(
+            after.version,
+            2,
+            StepOutcome::Skipped,
+            "the gate does not answer",
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    // Only steps of the plan; only the version seen; a known outcome.
+    let e = alice
+        .mark_step(mark(after.version, 4, StepOutcome::Done, ""))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("steps 1 to 3"), "{}", e.message());
+    let e = alice
+        .mark_step(mark(inc.version, 3, StepOutcome::Done, ""))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    let e = alice
+        .mark_step(mark(after.version, 3, StepOutcome::Unspecified, ""))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+
+    let plan = alice
+        .get_incident_plan(GetIncidentPlanRequest {
+            incident_id: inc.id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let progress: Vec<(u32, StepOutcome, &str, &str)> = plan
+        .progress
+        .iter()
+        .map(|p| (p.step, p.outcome(), p.actor.as_str(), p.detail.as_str()))
+        .collect();
+    assert_eq!(
+        progress,
+        [
+            (
+                1,
+                StepOutcome::Done,
+                "alice",
+                "step 1 done: verify cameras: Look at the front door camera"
+            ),
+            (
+                2,
+                StepOutcome::Skipped,
+                "alice",
+                "step 2 skipped: call guard: Ask the gate for a patrol; note: the gate does not answer"
+            ),
+        ]
+    );
+    // Each mark is in the incident's audit trail, with its step, and the
+    // reason for the skip is a note.
+    let store = ops.store();
+    let audit = store.audit(&inc.id).unwrap();
+    let steps: Vec<(AuditAction, u32)> = audit
+        .iter()
+        .filter(|a| matches!(a.action(), AuditAction::StepDone | AuditAction::StepSkipped))
+        .map(|a| (a.action(), a.step))
+        .collect();
+    assert_eq!(
+        steps,
+        [(AuditAction::StepDone, 1), (AuditAction::StepSkipped, 2)]
+    );
+    let notes = store.notes(&inc.id).unwrap();
+    assert_eq!(notes.len(), 1);
+    assert_eq!(notes[0].text, "the gate does not answer");
     ops.stop().await;
 }

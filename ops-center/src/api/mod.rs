@@ -33,12 +33,13 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::{Code, Request, Response, Status};
 use vigil_pki::{Peer, Role};
 use vigil_proto::v1::{
-    AcknowledgeRequest, AddNoteRequest, AssignRequest, Disposition, EscalateRequest,
+    AcknowledgeRequest, AddNoteRequest, AssignRequest, AuditAction, Disposition, EscalateRequest,
     ExportSiteRequest, FeedItem, GetIncidentPlanRequest, GetIncidentRequest, GetPostRecordRequest,
     ImportSiteRequest, ImportSiteResponse, Incident, IncidentDetail, IncidentPlan,
-    ListIncidentsRequest, ListIncidentsResponse, ListPostsRequest, ListPostsResponse, PostInfo,
-    PostRecord, ReopenRequest, ReplayItem, ReplayRequest, ResolveRequest, SetTestModeRequest,
-    SiteDocument, WatchIncidentsRequest,
+    ListIncidentsRequest, ListIncidentsResponse, ListPostsRequest, ListPostsResponse,
+    MarkStepRequest, PostInfo, PostRecord, ReopenRequest, ReplayItem, ReplayRequest,
+    ResolveRequest, SetTestModeRequest, SiteDocument, StepOutcome, StepProgress,
+    WatchIncidentsRequest,
     ops_center_server::{OpsCenter, OpsCenterServer},
 };
 
@@ -74,6 +75,8 @@ pub enum Op {
     Note,
     SetTestMode,
     Replay,
+    /// Check off or skip a step of an incident's action plan.
+    Step,
     /// Import or export the site document (post records, action plans).
     ManageSite,
     /// See duress words and passcodes in post records.
@@ -86,7 +89,10 @@ pub fn allowed(role: Role, op: Op) -> bool {
     match role {
         Role::Admin => true,
         Role::Supervisor => !matches!(op, Replay),
-        Role::Analyst => matches!(op, Watch | Read | Acknowledge | Take | Note | Resolve),
+        Role::Analyst => matches!(
+            op,
+            Watch | Read | Acknowledge | Take | Note | Resolve | Step
+        ),
         Role::Engineer => matches!(op, Watch | Read | Replay),
         Role::Post | Role::Broker | Role::Ops => false,
     }
@@ -367,6 +373,7 @@ fn op_name(op: Op) -> &'static str {
         Op::Note => "add notes",
         Op::SetTestMode => "set test mode",
         Op::Replay => "replay events",
+        Op::Step => "mark plan steps",
         Op::ManageSite => "import or export post records and plans",
         Op::SeeSecrets => "see duress words and passcodes",
     }
@@ -786,10 +793,11 @@ impl OpsCenter for Api {
                     return Ok(None);
                 };
                 let post = s.post_record(&incident.post_id)?;
-                Ok(Some((incident, s.site()?.plans, post)))
+                let audit = s.audit(&id)?;
+                Ok(Some((incident, s.site()?.plans, post, audit)))
             })
             .await?;
-        let (incident, plans, post) =
+        let (incident, plans, post, audit) =
             found.ok_or_else(|| Status::not_found(format!("no incident {wanted}")))?;
         let category = crate::engine::category_name(incident.category());
         let plan = crate::site::plan_for(&plans, &category, &incident.post_id).cloned();
@@ -798,8 +806,85 @@ impl OpsCenter for Api {
             category,
             plan,
             post: post.map(|p| secrets_for(&peer, p)),
+            progress: step_progress(&audit),
         }))
     }
+
+    async fn mark_step(
+        &self,
+        request: Request<MarkStepRequest>,
+    ) -> Result<Response<Incident>, Status> {
+        let peer = authorize(&request, Op::Step)?;
+        let r = request.into_inner();
+        let skipped = match StepOutcome::try_from(r.outcome) {
+            Ok(StepOutcome::Done) => false,
+            Ok(StepOutcome::Skipped) => true,
+            _ => return Err(Status::invalid_argument("outcome: DONE or SKIPPED")),
+        };
+        // The step must be one of the plan that applies now; the audit line
+        // says what it was, as the plan may change later.
+        let id = r.incident_id.clone();
+        let found = self
+            .read(move |s| {
+                let Some(incident) = s.incident(&id)? else {
+                    return Ok(None);
+                };
+                Ok(Some((incident, s.site()?.plans)))
+            })
+            .await?;
+        let (incident, plans) =
+            found.ok_or_else(|| Status::not_found(format!("no incident {}", r.incident_id)))?;
+        let category = crate::engine::category_name(incident.category());
+        let plan =
+            crate::site::plan_for(&plans, &category, &incident.post_id).ok_or_else(|| {
+                Status::failed_precondition(format!(
+                    "no action plan applies to {} ({category} at {})",
+                    incident.id, incident.post_id
+                ))
+            })?;
+        let step = (r.step as usize)
+            .checked_sub(1)
+            .and_then(|i| plan.steps.get(i))
+            .ok_or_else(|| {
+                Status::invalid_argument(format!(
+                    "step {}: the plan has steps 1 to {}",
+                    r.step,
+                    plan.steps.len()
+                ))
+            })?;
+        let action = Action::Step {
+            step: r.step,
+            skipped,
+            summary: crate::site::step_summary(step),
+            note: r.note,
+        };
+        self.workflow(&peer, r.incident_id, r.expected_version, action)
+            .await
+    }
+}
+
+/// The latest mark of each plan step, from an incident's audit trail, by
+/// step.
+fn step_progress(audit: &[vigil_proto::v1::AuditEntry]) -> Vec<StepProgress> {
+    let mut latest = std::collections::BTreeMap::new();
+    for a in audit {
+        let outcome = match a.action() {
+            AuditAction::StepDone => StepOutcome::Done,
+            AuditAction::StepSkipped => StepOutcome::Skipped,
+            _ => continue,
+        };
+        latest.insert(
+            a.step,
+            StepProgress {
+                step: a.step,
+                outcome: outcome as i32,
+                actor: a.actor.clone(),
+                at: a.at,
+                detail: a.detail.clone(),
+            },
+        );
+    }
+    latest.into_values().collect()
 }
 
 /// A post record as `peer` may see it: duress words and passcodes only for
@@ -819,7 +904,7 @@ mod tests {
     #[test]
     fn roles_are_allowed_what_the_contract_says() {
         use Op::*;
-        let analyst = [Watch, Read, Acknowledge, Take, Note, Resolve];
+        let analyst = [Watch, Read, Acknowledge, Take, Note, Resolve, Step];
         let supervisor = [
             AssignOther,
             Escalate,
@@ -840,6 +925,7 @@ mod tests {
             Note,
             SetTestMode,
             Replay,
+            Step,
             ManageSite,
             SeeSecrets,
         ];
