@@ -19,7 +19,7 @@ use time::{OffsetDateTime, format_description::well_known::Rfc3339, macros::form
 use vigil_proto::v1::{
     AuditAction, AuditEntry, CameraEventKind, CameraEventState, ContactIdQualifier, Disposition,
     FeedItem, Incident, IncidentDetail, IncidentPlan, IncidentState, Note, PostInfo, PostState,
-    Priority, Severity, StepKind, StoredEvent, event::Body, feed_item::Item,
+    Priority, Severity, StepKind, StepOutcome, StoredEvent, event::Body, feed_item::Item,
 };
 
 // ---------------------------------------------------------------- JSON
@@ -527,6 +527,22 @@ pub(crate) fn incident_plan(p: &IncidentPlan) -> String {
                     k => vigil_ops::site::step_kind_name(k).replace('_', " "),
                 };
                 out.push_str(&format!("  {}. [{tag}] {}\n", i + 1, step.text));
+                if let Some(mark) = p.progress.iter().find(|m| m.step as usize == i + 1) {
+                    let word = match mark.outcome() {
+                        StepOutcome::Skipped => "skipped",
+                        _ => "done",
+                    };
+                    let note = mark
+                        .detail
+                        .split_once("; note: ")
+                        .map(|(_, n)| format!(": {n}"))
+                        .unwrap_or_default();
+                    out.push_str(&format!(
+                        "       {word} by {} at {}{note}\n",
+                        mark.actor,
+                        when(mark.at.as_ref())
+                    ));
+                }
                 if kind == StepKind::CallContact {
                     let whom: Vec<_> = contacts
                         .iter()
@@ -844,6 +860,13 @@ mod tests {
                 passcode_count: 2,
                 ..Default::default()
             }),
+            progress: vec![vigil_proto::v1::StepProgress {
+                step: 2,
+                outcome: StepOutcome::Skipped as i32,
+                actor: "alice".into(),
+                at: None,
+                detail: "step 2 skipped: call guard: Ask for a patrol; note: no answer".into(),
+            }],
         };
         let text = incident_plan(&p);
         assert!(text.contains("plan (burglary, every post):"), "{text}");
@@ -852,7 +875,9 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("2. [call guard] Ask for a patrol\n       → Gate desk +43 1 555"),
+            text.contains(
+                "2. [call guard] Ask for a patrol\n       skipped by alice at -: no answer\n       → Gate desk +43 1 555\n  3."
+            ),
             "{text}"
         );
         assert!(
