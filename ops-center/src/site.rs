@@ -289,6 +289,13 @@ pub fn validate(doc: &SiteDocument) -> Vec<Problem> {
             }
             text(&mut out, &at, "notes", &contact.notes, false);
         }
+        if post.secrets_withheld {
+            out.push(problem(
+                &at,
+                "",
+                "its duress words and passcodes were withheld from whoever read it: importing it would erase them",
+            ));
+        }
         for (key, list) in [
             ("duress_words", &post.duress_words),
             ("passcodes", &post.passcodes),
@@ -1065,6 +1072,10 @@ steps = [{ kind = "call_contact", role = "premises", text = "Call the post" }, 7
         assert!(post.secrets_withheld);
         assert!(post.duress_words.is_empty() && post.passcodes.is_empty());
         assert_eq!((post.duress_word_count, post.passcode_count), (1, 2));
+        // Such a record is never imported back: it would erase them.
+        let mut back = doc;
+        back.posts[0] = post;
+        assert!(validate(&back)[0].reason.contains("withheld"));
     }
 
     #[test]
