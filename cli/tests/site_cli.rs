@@ -76,7 +76,7 @@ async fn site_files_import_export_and_show_with_incidents() {
     assert_eq!(out.status.code(), Some(64), "{}", text(&out.stderr));
     let err = text(&out.stderr);
     assert!(err.contains("3 problems, nothing imported"), "{err}");
-    assert!(err.contains("[[post]] #1, timezone"), "{err}");
+    assert!(err.contains("line 5: [[post]] #1, timezone"), "{err}");
     assert!(err.contains("[[post]] #1, colour: unknown key"), "{err}");
     assert!(
         err.contains("[[plan]] #1 step #1, role: a holdup plan must never call the premises"),

@@ -5,9 +5,10 @@
 //!
 //! Pure: no I/O, no clock. [`parse`] reads a site file and [`validate`]
 //! checks a document (the server checks what a client sends with the same
-//! function); both name every problem at once, by table, key and reason, so
-//! one run of `vigil site import` shows everything to fix. [`to_toml`] writes
-//! a document back as a site file that [`parse`] reads unchanged.
+//! function); both name every problem at once, by table, key and reason
+//! (and, from a file, its line), so one run of `vigil site import` shows
+//! everything to fix. [`to_toml`] writes a document back as a site file
+//! that [`parse`] reads unchanged.
 //!
 //! The file:
 //!
@@ -51,7 +52,7 @@
 //! may be the one under threat.
 
 use std::{
-    collections::{BTreeMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet},
     fmt,
 };
 
@@ -71,16 +72,21 @@ pub const DEFAULT_CATEGORY: &str = "default";
 pub const MAX_TEXT: usize = 2000;
 
 /// One thing wrong with a site document: where (`[[post]] #2 contact #1`),
-/// which key, and why.
+/// which key, why, and, when it was read from a file, on which line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
     pub place: String,
     pub key: String,
     pub reason: String,
+    /// The line (from 1) of the key, or of its table, in the site file.
+    pub line: Option<usize>,
 }
 
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(line) = self.line {
+            write!(f, "line {line}: ")?;
+        }
         match self.key.as_str() {
             "" => write!(f, "{}: {}", self.place, self.reason),
             key => write!(f, "{}, {key}: {}", self.place, self.reason),
@@ -109,6 +115,7 @@ fn problem(place: &str, key: &str, reason: impl Into<String>) -> Problem {
         place: place.to_owned(),
         key: key.to_owned(),
         reason: reason.into(),
+        line: None,
     }
 }
 
@@ -770,10 +777,80 @@ pub fn parse(text: &str) -> Result<SiteDocument, SiteErrors> {
             .filter(|p| !named.contains(&(p.place.clone(), p.key.clone()))),
     );
     if out.is_empty() {
-        Ok(doc)
-    } else {
-        Err(SiteErrors(out))
+        return Ok(doc);
     }
+    let lines = line_map(text);
+    for p in &mut out {
+        p.line = lines
+            .get(&(p.place.clone(), p.key.clone()))
+            .or_else(|| lines.get(&(p.place.clone(), String::new())))
+            .copied();
+    }
+    Err(SiteErrors(out))
+}
+
+type Lines = HashMap<(String, String), usize>;
+
+/// The line of every key of a site file, and of every table (the line of
+/// its first key), by the place and key a [`Problem`] names.
+fn line_map(text: &str) -> Lines {
+    use toml::de::{DeTable, DeValue};
+    let mut map = Lines::new();
+    let Ok(doc) = DeTable::parse(text) else {
+        return map;
+    };
+    let line = |pos: usize| text.get(..pos).map_or(0, |t| t.matches('\n').count()) + 1;
+    let keys = |table: &DeTable<'_>, place: &str, map: &mut Lines| {
+        for (k, _) in table.iter() {
+            let l = line(k.span().start);
+            map.entry((place.to_owned(), k.get_ref().to_string()))
+                .or_insert(l);
+            let first = map.entry((place.to_owned(), String::new())).or_insert(l);
+            *first = (*first).min(l);
+        }
+    };
+    // The tables of an array of tables (`[[post]]`, `[[post.contact]]`).
+    fn tables<'a, 'i>(table: &'a DeTable<'i>, key: &str) -> Vec<&'a DeTable<'i>> {
+        let found = table.iter().find(|(k, _)| k.get_ref() == key);
+        match found.map(|(_, v)| v.get_ref()) {
+            Some(DeValue::Array(items)) => items
+                .iter()
+                .filter_map(|v| match v.get_ref() {
+                    DeValue::Table(t) => Some(t),
+                    _ => None,
+                })
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+    let doc = doc.get_ref();
+    keys(doc, "the file", &mut map);
+    for (i, post) in tables(doc, "post").into_iter().enumerate() {
+        let at = post_place(i);
+        keys(post, &at, &mut map);
+        for what in ["contact", "zone", "camera"] {
+            for (j, t) in tables(post, what).into_iter().enumerate() {
+                keys(t, &format!("{at} {what} #{}", j + 1), &mut map);
+            }
+        }
+    }
+    for (i, plan) in tables(doc, "plan").into_iter().enumerate() {
+        let at = plan_place(i);
+        keys(plan, &at, &mut map);
+        let steps = plan.iter().find(|(k, _)| k.get_ref() == "steps");
+        if let Some((_, v)) = steps
+            && let DeValue::Array(items) = v.get_ref()
+        {
+            for (j, step) in items.iter().enumerate() {
+                let place = format!("{at} step #{}", j + 1);
+                map.insert((place.clone(), String::new()), line(step.span().start));
+                if let DeValue::Table(t) = step.get_ref() {
+                    keys(t, &place, &mut map);
+                }
+            }
+        }
+    }
+    map
 }
 
 fn quote(s: &str) -> String {
@@ -982,6 +1059,28 @@ steps = [{ kind = "call_contact", role = "premises", text = "Call the post" }, 7
         ] {
             assert!(lines.contains(want), "missing {want:?} in:\n{lines}");
         }
+        // Each problem on the line of its key, or of its table.
+        assert!(
+            lines.contains("line 4: [[post]] #1, id: \"P 1\""),
+            "{lines}"
+        );
+        assert!(
+            lines.contains("line 2: the file, colour: unknown key"),
+            "{lines}"
+        );
+        assert!(
+            lines.contains("line 23: [[plan]] #2 step #1, role"),
+            "{lines}"
+        );
+        assert!(
+            lines.contains("line 23: [[plan]] #2 step #2: a step is"),
+            "{lines}"
+        );
+        assert!(
+            // A missing key: the line of its table's first key.
+            lines.contains("line 4: [[post]] #1, name: required"),
+            "{lines}"
+        );
         // A wrong type is named once, not again as missing.
         assert_eq!(lines.matches("zone #1, number").count(), 1, "{lines}");
         // Secrets never appear in errors.
