@@ -37,6 +37,7 @@ use crate::{
 };
 
 mod replicas;
+mod site;
 
 /// Most simulated posts.
 const MAX_POSTS: u16 = 50;
@@ -286,7 +287,8 @@ async fn run_region(args: &DevArgs, dir: &Path, posts: &[String], fresh: bool) -
     let broker_counters = broker.counters();
     tracker.spawn(broker.wait());
 
-    // Operations center.
+    // Operations center, with the post records and plans to import.
+    let site_text = site::prepare(dir, posts)?;
     let api_addr = api_listener.local_addr()?;
     let mut zones = String::new();
     for post in posts {
@@ -498,6 +500,12 @@ async fn run_region(args: &DevArgs, dir: &Path, posts: &[String], fresh: bool) -
         servers.join(","),
         shutdown.child_token(),
     ));
+    tracker.spawn(site::import(
+        dir.join("pki"),
+        ops_apis.iter().map(|(_, api)| *api).collect(),
+        site_text,
+        shutdown.child_token(),
+    ));
     tracker.close();
 
     tokio::select! {
@@ -569,11 +577,12 @@ fn print_banner(
     out.push_str(&console_lines(console, bundle));
     let _ = writeln!(
         out,
-        "\nIn another terminal, as the analyst:\n  export VIGIL_SERVER={api} VIGIL_CA={ca} VIGIL_CERT={cert} VIGIL_KEY={key}\n  vigil watch              # the live feed\n  vigil incidents          # open incidents\n  vigil ack INCIDENT       # take one\n(supervisor.pem and engineer.pem in {pki} carry the other roles.)\nCtrl-C stops everything; the folder is reused next time.\n\nLive incident feed:",
+        "\nIn another terminal, as the analyst:\n  export VIGIL_SERVER={api} VIGIL_CA={ca} VIGIL_CERT={cert} VIGIL_KEY={key}\n  vigil watch              # the live feed\n  vigil incidents          # open incidents\n  vigil ack INCIDENT       # take one\n(supervisor.pem and engineer.pem in {pki} carry the other roles.)\nPost records, contacts and action plans: {sites} (imported at every start;\n`vigil incidents ID` shows the plan, `vigil step` checks its steps off).\nCtrl-C stops everything; the folder is reused next time.\n\nLive incident feed:",
         ca = pki.join("ca.pem").display(),
         cert = pki.join("analyst.pem").display(),
         key = pki.join("analyst.key").display(),
         pki = pki.display(),
+        sites = dir.join(site::FILE).display(),
     );
     print!("{out}");
     let _ = std::io::stdout().flush();

@@ -96,6 +96,11 @@ impl Dev {
     }
 }
 
+/// The incident id (`inc-…`) in a feed line.
+fn opened_id(line: &str) -> String {
+    format!("inc-{:06}", incident_number(line))
+}
+
 fn incident_number(line: &str) -> u64 {
     let id = line
         .split_whitespace()
@@ -125,9 +130,15 @@ fn dev_runs_a_region_and_reuses_its_folder() {
     dev.line("the bundle to import", |l| {
         l.contains("analyst.p12") && l.contains("password vigil-dev")
     });
-    dev.line("the analyst's certificate", |l| {
+    let exports = dev.line("the analyst's certificate", |l| {
         l.contains("VIGIL_CERT=") && l.contains("analyst.pem")
     });
+    let server = exports
+        .split("VIGIL_SERVER=")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .unwrap_or_else(|| panic!("no server in {exports:?}"))
+        .to_owned();
     dev.line("the live feed heading", |l| l == "Live incident feed:");
     dev.line("the end of the snapshot", |l| {
         l.contains("live changes follow")
@@ -135,6 +146,34 @@ fn dev_runs_a_region_and_reuses_its_folder() {
     let opened = dev.line("an incident opened by a panel", |l| l.contains("(opened)"));
     assert!(opened.contains(" p-00"), "{opened}");
     dev.line("a camera-verified incident", |l| l.contains("(verified)"));
+    // The post records and plans it seeded, imported through the API.
+    let pki = dir.join("pki");
+    let as_role = |role: &str, args: &[&str]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_vigil"));
+        cmd.args(args)
+            .args(["--server", &server, "--ca"])
+            .arg(pki.join("ca.pem"))
+            .arg("--cert")
+            .arg(pki.join(format!("{role}.pem")))
+            .arg("--key")
+            .arg(pki.join(format!("{role}.key")));
+        cmd.output().expect("run vigil")
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let exported = loop {
+        let out = as_role("supervisor", &["site", "export"]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if text.contains("id = \"p-002\"") {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "site not imported: {text}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(exported.contains("category = \"duress\""), "{exported}");
+    let out = as_role("analyst", &["incidents", &opened_id(&opened)]);
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(shown.contains("Guard force desk"), "{shown}");
+    assert!(shown.contains("duress words: 1, passcodes: 1"), "{shown}");
     // Every part's counters on the one endpoint, the gateways by post.
     let body = support::scrape(metrics).expect("metrics answer");
     for name in [

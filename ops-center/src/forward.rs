@@ -59,6 +59,11 @@ struct Request {
     disposition: i32,
     #[prost(uint64, tag = "9")]
     duration_ms: u64,
+    /// `step_done` and `step_skipped`: the step (from 1) and what it says.
+    #[prost(uint32, tag = "10")]
+    step: u32,
+    #[prost(string, tag = "11")]
+    summary: String,
 }
 
 /// What became of a forwarded action.
@@ -134,6 +139,21 @@ fn request(job: &Job) -> Option<Request> {
                 }
                 Action::Reopen { reason } => ("reopen", reason.clone()),
                 Action::AddNote { text } => ("note", text.clone()),
+                Action::Step {
+                    step,
+                    skipped,
+                    summary,
+                    note,
+                } => {
+                    r.step = *step;
+                    r.summary.clone_from(summary);
+                    let name = if *skipped {
+                        "step_skipped"
+                    } else {
+                        "step_done"
+                    };
+                    (name, note.clone())
+                }
             };
             r.action = name.into();
             r.text = text;
@@ -180,6 +200,12 @@ fn job(r: Request) -> Result<Job, String> {
         },
         "reopen" => Action::Reopen { reason: r.text },
         "note" => Action::AddNote { text: r.text },
+        "step_done" | "step_skipped" => Action::Step {
+            step: r.step,
+            skipped: r.action == "step_skipped",
+            summary: r.summary,
+            note: r.text,
+        },
         other => return Err(format!("unknown action {other:?}")),
     };
     Ok(Job::Workflow {
@@ -265,6 +291,14 @@ pub fn patience(lease: Duration) -> Duration {
 /// `patience`, then gives up (UNAVAILABLE, nothing changed). Other jobs
 /// are dropped.
 pub async fn forward(backend: PostgresBackend, job: Job, patience: Duration) {
+    if let Job::Site { reply, .. } = job {
+        // Not through the mailbox (a document can be large, and it touches
+        // no incident): the caller asks the leading replica.
+        let _ = reply.send(Err(WorkflowError::Unavailable(
+            "site imports are made on the leading replica; try again there".into(),
+        )));
+        return;
+    }
     let Some(req) = request(&job) else { return };
     let body = req.encode_to_vec();
     let target = req.target.clone();
@@ -447,6 +481,12 @@ mod tests {
                 reason: "again".into(),
             },
             Action::AddNote { text: "n".into() },
+            Action::Step {
+                step: 2,
+                skipped: true,
+                summary: "call guard: ask for a patrol".into(),
+                note: "no answer".into(),
+            },
         ];
         for action in actions {
             let job = Job::Workflow {

@@ -22,6 +22,8 @@
 //! - [`ingest`]: MQTT: subscribe, check, queue, acknowledge, receipt.
 //! - [`budget`]: per-post budgets of what may be stored (token buckets).
 //! - [`metrics`]: counters of ingest and commits.
+//! - [`site`]: post records and action plans: the site file, checks, which
+//!   plan applies.
 
 pub mod api;
 pub mod budget;
@@ -31,6 +33,7 @@ pub mod engine;
 pub mod forward;
 pub mod ingest;
 pub mod metrics;
+pub mod site;
 pub mod store;
 pub mod writer;
 

@@ -32,7 +32,7 @@ use std::{
 };
 
 use tokio::sync::{mpsc, oneshot};
-use vigil_proto::v1::{Incident, PostStatus, Receipt};
+use vigil_proto::v1::{AuditAction, AuditEntry, Incident, PostStatus, Receipt, SiteDocument};
 
 pub use crate::metrics::StoreHealth;
 use crate::{
@@ -98,6 +98,15 @@ pub enum Job {
         actor: Actor,
         at: SystemTime,
         reply: oneshot::Sender<Result<Option<SystemTime>, WorkflowError>>,
+    },
+    /// Replace the site document (post records and action plans) with a
+    /// validated one; the reply lists what changed (see
+    /// [`crate::site::diff`]), each change also an audit entry.
+    Site {
+        site: SiteDocument,
+        actor: Actor,
+        at: SystemTime,
+        reply: oneshot::Sender<Result<Vec<String>, WorkflowError>>,
     },
     /// Run the engine's timers.
     Tick { at: SystemTime },
@@ -200,6 +209,10 @@ enum Reply {
     TestMode(
         oneshot::Sender<Result<Option<SystemTime>, WorkflowError>>,
         Result<Option<SystemTime>, WorkflowError>,
+    ),
+    Site(
+        oneshot::Sender<Result<Vec<String>, WorkflowError>>,
+        Vec<String>,
     ),
 }
 
@@ -331,6 +344,16 @@ impl Writer {
             }
         }
 
+        // The stored site document, if a job of the group replaces it:
+        // changes are named against it (and against each other in turn).
+        let mut site_now = None;
+        if group.iter().any(|j| matches!(j, Job::Site { .. })) {
+            match self.store.site() {
+                Ok(site) => site_now = Some(site),
+                Err(e) => return Err((e, unavailable(group))),
+            }
+        }
+
         let mut changes = Changes::default();
         let mut committed = Committed::default();
         let mut replies = Vec::new();
@@ -405,13 +428,28 @@ impl Writer {
                     let answer = match &reply {
                         Some(Reply::Workflow(_, r)) => crate::forward::workflow_answer(r),
                         Some(Reply::TestMode(_, r)) => crate::forward::test_mode_answer(r),
-                        None => continue,
+                        // Never forwarded (see `forward::forward`).
+                        Some(Reply::Site(..)) | None => continue,
                     };
                     replies.extend(reply);
                     if let Err(e) = tx.answer_request(id, &answer) {
                         failed = Some(e);
                         break;
                     }
+                }
+                Job::Site {
+                    site,
+                    actor,
+                    at,
+                    reply,
+                } => {
+                    let now = site_now.get_or_insert_with(SiteDocument::default);
+                    let lines = site_changes(now, &site, &actor, at, &mut changes);
+                    if !lines.is_empty() {
+                        *now = site.clone();
+                        changes.site = Some(site);
+                    }
+                    replies.push(Reply::Site(reply, lines));
                 }
                 Job::Tick { at } => {
                     self.engine.tick(at, &mut changes);
@@ -433,6 +471,7 @@ impl Writer {
                     match reply {
                         Reply::Workflow(tx, _) => drop(tx.send(Err(why()))),
                         Reply::TestMode(tx, _) => drop(tx.send(Err(why()))),
+                        Reply::Site(tx, _) => drop(tx.send(Err(why()))),
                     }
                 }
                 kept.extend(unavailable(jobs.collect()));
@@ -449,6 +488,7 @@ impl Writer {
             match reply {
                 Reply::Workflow(tx, r) => drop(tx.send(*r)),
                 Reply::TestMode(tx, r) => drop(tx.send(r)),
+                Reply::Site(tx, lines) => drop(tx.send(Ok(lines))),
             }
         }
         committed.receipts = result
@@ -526,6 +566,33 @@ fn act(
     }
 }
 
+/// The audit entries of replacing site document `old` with `new` (one per
+/// post record or plan added, changed or removed), added to `changes`;
+/// returns their details.
+fn site_changes(
+    old: &SiteDocument,
+    new: &SiteDocument,
+    actor: &Actor,
+    at: SystemTime,
+    changes: &mut Changes,
+) -> Vec<String> {
+    crate::site::diff(old, new)
+        .into_iter()
+        .map(|c| {
+            changes.audit.push(AuditEntry {
+                action: AuditAction::SiteChanged as i32,
+                actor: actor.id.clone(),
+                actor_role: actor.role.clone(),
+                at: Some(at.into()),
+                detail: c.detail.clone(),
+                post_id: c.post_id,
+                ..Default::default()
+            });
+            c.detail
+        })
+        .collect()
+}
+
 /// Answers the workflow jobs of a group that cannot be committed with
 /// UNAVAILABLE; returns the others (worth trying again).
 fn unavailable(group: Vec<Job>) -> Vec<Job> {
@@ -538,6 +605,10 @@ fn unavailable(group: Vec<Job>) -> Vec<Job> {
                 None
             }
             Job::TestMode { reply, .. } => {
+                let _ = reply.send(Err(why()));
+                None
+            }
+            Job::Site { reply, .. } => {
                 let _ = reply.send(Err(why()));
                 None
             }

@@ -9,10 +9,11 @@ use tonic::{Code, Request};
 use vigil_ops::api;
 use vigil_pki::Role;
 use vigil_proto::v1::{
-    AcknowledgeRequest, AddNoteRequest, AssignRequest, EscalateRequest, FeedItem,
-    GetIncidentRequest, IncidentState, ListIncidentsRequest, ListPostsRequest, ReopenRequest,
-    ReplayRequest, ResolveRequest, SetTestModeRequest, WatchIncidentsRequest, feed_item::Item,
-    ops_center_client::OpsCenterClient,
+    AcknowledgeRequest, AddNoteRequest, AssignRequest, EscalateRequest, ExportSiteRequest,
+    FeedItem, GetIncidentPlanRequest, GetIncidentRequest, GetPostRecordRequest, ImportSiteRequest,
+    IncidentState, ListIncidentsRequest, ListPostsRequest, MarkStepRequest, ReopenRequest,
+    ReplayRequest, ResolveRequest, SetTestModeRequest, StepOutcome, WatchIncidentsRequest,
+    feed_item::Item, ops_center_client::OpsCenterClient,
 };
 use vigil_tests::center::{Center, Client, alarm, now_secs};
 
@@ -127,6 +128,45 @@ async fn call(client: &mut Client, rpc: &str, me: &str) -> Code {
                 .map(drop),
         ),
         "Replay" => code(client.replay(ReplayRequest::default()).await.map(drop)),
+        // An empty document over an empty store: nothing changes.
+        "ImportSite" => code(
+            client
+                .import_site(ImportSiteRequest::default())
+                .await
+                .map(drop),
+        ),
+        "ExportSite" => code(
+            client
+                .export_site(ExportSiteRequest::default())
+                .await
+                .map(drop),
+        ),
+        "GetPostRecord" => code(
+            client
+                .get_post_record(GetPostRecordRequest {
+                    post_id: "p-1".into(),
+                })
+                .await
+                .map(drop),
+        ),
+        "GetIncidentPlan" => code(
+            client
+                .get_incident_plan(GetIncidentPlanRequest { incident_id: id })
+                .await
+                .map(drop),
+        ),
+        "MarkStep" => code(
+            client
+                .mark_step(MarkStepRequest {
+                    incident_id: id,
+                    expected_version: 1,
+                    step: 1,
+                    outcome: StepOutcome::Done as i32,
+                    note: String::new(),
+                })
+                .await
+                .map(drop),
+        ),
         other => panic!("no rpc {other}"),
     }
 }
@@ -171,6 +211,19 @@ async fn every_role_against_every_rpc() {
         // No post has been heard from: test mode is for known posts only.
         ("SetTestMode", &[Supervisor, Admin], Code::NotFound),
         ("Replay", &[Engineer, Admin], Code::Ok),
+        ("MarkStep", &[Analyst, Supervisor, Admin], Code::NotFound),
+        ("ImportSite", &[Supervisor, Admin], Code::Ok),
+        ("ExportSite", &[Supervisor, Admin], Code::Ok),
+        (
+            "GetPostRecord",
+            &[Analyst, Supervisor, Engineer, Admin],
+            Code::NotFound,
+        ),
+        (
+            "GetIncidentPlan",
+            &[Analyst, Supervisor, Engineer, Admin],
+            Code::NotFound,
+        ),
     ];
     for role in Role::ALL {
         let id = format!("{}-x", role.as_str());

@@ -137,6 +137,7 @@ fn migration_4_fills_event_kinds_of_a_store_that_had_none() {
              ALTER TABLE events DROP COLUMN kind, DROP COLUMN at;
              CREATE INDEX events_received ON events (received_at);
              CREATE INDEX incidents_post ON incidents (post_id, state);
+             DROP TABLE site_posts, site_plans;
              UPDATE vigil_schema SET version = 3;",
         )
         .unwrap();
@@ -164,7 +165,7 @@ fn migration_4_fills_event_kinds_of_a_store_that_had_none() {
         .query_one("SELECT version FROM vigil_schema", &[])
         .unwrap()
         .get(0);
-    assert_eq!(version, 5);
+    assert_eq!(version, 6);
     let reader = backend.reader().unwrap();
     let health = SeqFilter {
         post_id: "p-1".into(),
@@ -324,10 +325,37 @@ fn a_forwarded_request_is_answered_or_given_up_never_both() {
     sender.forget(id).unwrap();
 }
 
+/// A site document for the import test: records out of id order.
+const SITE: &str = r#"
+[[post]]
+id = "p-2"
+name = "Consulate"
+timezone = "Europe/Vienna"
+passcodes = ["4711"]
+[[post.contact]]
+role = "guard"
+name = "Gate"
+phone = "+43 1 555 0100"
+
+[[post]]
+id = "p-1"
+name = "Embassy"
+timezone = "UTC"
+
+[[plan]]
+category = "burglary"
+steps = ["Check the cameras"]
+
+[[plan]]
+category = "burglary"
+post = "p-2"
+steps = [{ kind = "call_contact", role = "guard", text = "Patrol" }]
+"#;
+
 /// A SQLite store copied into PostgreSQL reads the same through the port:
 /// events (their bytes too), watermarks with their gaps, incidents, audit
-/// positions, notes, links, post status and test mode; and the imported
-/// store carries on (new positions after the old ones).
+/// positions, notes, links, post status, test mode and the site document;
+/// and the imported store carries on (new positions after the old ones).
 #[test]
 fn a_sqlite_store_imports_into_postgresql_unchanged() {
     use std::time::{Duration, UNIX_EPOCH};
@@ -403,6 +431,7 @@ fn a_sqlite_store_imports_into_postgresql_unchanged() {
             post_id: "p-2".into(),
             until: Some(t(3600)),
         });
+        c.site = Some(vigil_ops::site::parse(SITE).unwrap());
         tx.apply(&c).unwrap();
         tx.commit().unwrap();
     }
@@ -414,6 +443,8 @@ fn a_sqlite_store_imports_into_postgresql_unchanged() {
         (2, 8, 1, 1, 2, 1),
         "{n}"
     );
+    // Two post records, two plans.
+    assert_eq!(n.site_records, 4, "{n}");
     // Once is enough: a second import into a store that holds data is
     // refused, and so is a folder without a SQLite store.
     let again = postgres.import_sqlite(dir.path()).unwrap_err().to_string();
@@ -450,6 +481,8 @@ fn a_sqlite_store_imports_into_postgresql_unchanged() {
         format!("{:?}", a.engine_snapshot(t(0)).unwrap()),
         format!("{:?}", b.engine_snapshot(t(0)).unwrap()),
     );
+    assert_eq!(a.site().unwrap(), b.site().unwrap());
+    assert_eq!(b.site().unwrap().posts[1].post_id, "p-1");
     same(
         "notes",
         format!("{:?}", a.notes(&inc.id).unwrap()),

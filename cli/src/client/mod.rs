@@ -1,5 +1,6 @@
 //! The gRPC client commands: `vigil watch | incidents | ack | assign |
-//! escalate | resolve | reopen | note | posts | test-mode | replay`.
+//! escalate | resolve | reopen | note | step | posts | test-mode | replay |
+//! site`.
 //!
 //! Each command connects to the operations center's `vigil.v1.OpsCenter`
 //! API over mutual TLS with the caller's own certificate (its OU is the role
@@ -15,14 +16,16 @@
 //!   is the live-feed renderer that `watch` (and `vigil dev`) print with.
 //! - [`query`]: `incidents`, `posts`.
 //! - [`workflow`]: `ack`, `assign`, `escalate`, `resolve`, `reopen`, `note`,
-//!   `test-mode`.
+//!   `step`, `test-mode`.
 //! - [`watch`]: the live feed, resuming from its cursor after a disconnect.
 //! - [`replay`]: stored events as JSON lines.
+//! - [`site`]: `site import`, `site export`: post records and action plans.
 
 pub(crate) mod connect;
 pub(crate) mod query;
 pub(crate) mod render;
 pub(crate) mod replay;
+pub(crate) mod site;
 pub(crate) mod watch;
 pub(crate) mod workflow;
 
@@ -53,12 +56,17 @@ pub(crate) enum ClientCommand {
     Reopen(workflow::ReopenArgs),
     /// Add a note to an incident.
     Note(workflow::NoteArgs),
+    /// Check off (--done) or skip (--skip --note WHY) a step of an incident's action plan.
+    Step(workflow::StepArgs),
     /// Status of the posts: last seen, seqs stored, open incidents, test mode.
     Posts(query::PostsArgs),
     /// Put a post into test mode for a while, or end test mode.
     TestMode(workflow::TestModeArgs),
     /// Replay stored events as JSON lines (stdout or --to-file).
     Replay(replay::ReplayArgs),
+    /// Post records, contacts and action plans: import or export a site file (TOML).
+    #[command(subcommand)]
+    Site(site::SiteCommand),
 }
 
 /// Where the API is and who we are; each flag also comes from the
@@ -101,8 +109,10 @@ pub(crate) fn run(cmd: ClientCommand) -> Result<()> {
             ClientCommand::Resolve(a) => workflow::resolve(a).await,
             ClientCommand::Reopen(a) => workflow::reopen(a).await,
             ClientCommand::Note(a) => workflow::note(a).await,
+            ClientCommand::Step(a) => workflow::step(a).await,
             ClientCommand::TestMode(a) => workflow::test_mode(a).await,
             ClientCommand::Replay(a) => replay::run(a).await,
+            ClientCommand::Site(c) => site::run(c).await,
         }
     })
 }

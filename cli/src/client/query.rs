@@ -3,7 +3,10 @@
 use anyhow::Result;
 use clap::{Args, ValueEnum};
 use vigil_ops::api::MAX_PAGE_SIZE;
-use vigil_proto::v1::{GetIncidentRequest, IncidentState, ListIncidentsRequest, ListPostsRequest};
+use vigil_proto::v1::{
+    GetIncidentPlanRequest, GetIncidentRequest, IncidentState, ListIncidentsRequest,
+    ListPostsRequest,
+};
 
 use super::{Connection, connect::connect, fail, render, unary};
 
@@ -58,8 +61,19 @@ pub(crate) async fn incidents(args: IncidentsArgs) -> Result<()> {
         .map_err(|e| fail(&s, &e))?;
         if args.json {
             println!("{}", render::json(&detail, "IncidentDetail"));
-        } else {
-            print!("{}", render::incident_detail(&detail));
+            return Ok(());
+        }
+        print!("{}", render::incident_detail(&detail));
+        // The action plan and the post's contacts; a server from before
+        // post records has neither.
+        match unary(s.client.get_incident_plan(GetIncidentPlanRequest {
+            incident_id: detail.incident.map(|i| i.id).unwrap_or_default(),
+        }))
+        .await
+        {
+            Ok(plan) => print!("{}", render::incident_plan(&plan)),
+            Err(e) if e.code() == tonic::Code::Unimplemented => {}
+            Err(e) => return Err(fail(&s, &e)),
         }
         return Ok(());
     }

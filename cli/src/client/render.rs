@@ -18,8 +18,8 @@ use prost_types::Timestamp;
 use time::{OffsetDateTime, format_description::well_known::Rfc3339, macros::format_description};
 use vigil_proto::v1::{
     AuditAction, AuditEntry, CameraEventKind, CameraEventState, ContactIdQualifier, Disposition,
-    FeedItem, Incident, IncidentDetail, IncidentState, Note, PostInfo, PostState, Priority,
-    Severity, StoredEvent, event::Body, feed_item::Item,
+    FeedItem, Incident, IncidentDetail, IncidentPlan, IncidentState, Note, PostInfo, PostState,
+    Priority, Severity, StepKind, StepOutcome, StoredEvent, event::Body, feed_item::Item,
 };
 
 // ---------------------------------------------------------------- JSON
@@ -504,6 +504,108 @@ pub(crate) fn event_line(e: &StoredEvent) -> String {
     )
 }
 
+/// The action plan of an incident, step by step (a call names whom to
+/// call from the post's contacts), then the post's record: contacts in
+/// calling order, and duress words and passcodes if the caller may see
+/// them.
+pub(crate) fn incident_plan(p: &IncidentPlan) -> String {
+    let mut out = String::new();
+    let contacts = p.post.as_ref().map(|r| &r.contacts[..]).unwrap_or_default();
+    match &p.plan {
+        None => out.push_str(&format!("\nplan: none for {} at this post\n", p.category)),
+        Some(plan) => {
+            let whose = if plan.post_id.is_empty() {
+                "every post".to_owned()
+            } else {
+                plan.post_id.clone()
+            };
+            out.push_str(&format!("\nplan ({}, {whose}):\n", plan.category));
+            for (i, step) in plan.steps.iter().enumerate() {
+                let kind = StepKind::try_from(step.kind).unwrap_or(StepKind::Other);
+                let tag = match kind {
+                    StepKind::CallContact => format!("call {}", step.contact_role),
+                    k => vigil_ops::site::step_kind_name(k).replace('_', " "),
+                };
+                out.push_str(&format!("  {}. [{tag}] {}\n", i + 1, step.text));
+                if let Some(mark) = p.progress.iter().find(|m| m.step as usize == i + 1) {
+                    let word = match mark.outcome() {
+                        StepOutcome::Skipped => "skipped",
+                        _ => "done",
+                    };
+                    let note = mark
+                        .detail
+                        .split_once("; note: ")
+                        .map(|(_, n)| format!(": {n}"))
+                        .unwrap_or_default();
+                    out.push_str(&format!(
+                        "       {word} by {} at {}{note}\n",
+                        mark.actor,
+                        when(mark.at.as_ref())
+                    ));
+                }
+                if kind == StepKind::CallContact {
+                    let whom: Vec<_> = contacts
+                        .iter()
+                        .filter(|c| c.role == step.contact_role)
+                        .collect();
+                    if whom.is_empty() {
+                        out.push_str("       (no contact with this role at this post)\n");
+                    }
+                    for c in whom {
+                        out.push_str(&format!("       → {} {}\n", c.name, c.phone));
+                    }
+                }
+            }
+        }
+    }
+    let Some(post) = &p.post else {
+        out.push_str("\npost record: none\n");
+        return out;
+    };
+    out.push_str(&format!(
+        "\npost {} ({}, {}){}\n",
+        post.post_id,
+        post.name,
+        post.timezone,
+        if post.address.is_empty() {
+            String::new()
+        } else {
+            format!(", {}", post.address)
+        }
+    ));
+    out.push_str("contacts:\n");
+    if post.contacts.is_empty() {
+        out.push_str("  none\n");
+    }
+    for (i, c) in post.contacts.iter().enumerate() {
+        out.push_str(&format!(
+            "  {}. {:<14} {:<24} {}{}\n",
+            i + 1,
+            c.role,
+            c.name,
+            c.phone,
+            if c.notes.is_empty() {
+                String::new()
+            } else {
+                format!("  ({})", c.notes)
+            }
+        ));
+    }
+    if post.secrets_withheld {
+        out.push_str(&format!(
+            "duress words: {}, passcodes: {} (shown to supervisors and admins)\n",
+            post.duress_word_count, post.passcode_count
+        ));
+    } else {
+        out.push_str(&format!(
+            "duress words: {}\npasscodes: {}\n",
+            or_dash(&post.duress_words.join(", ")),
+            or_dash(&post.passcodes.join(", "))
+        ));
+    }
+    out
+}
+
 fn note_line(n: &Note) -> String {
     format!("{} {}: {}", when(n.at.as_ref()), n.author, n.text)
 }
@@ -720,6 +822,73 @@ mod tests {
             "Burglary alarm, zone 3",
         ));
         assert!(cid.contains("[R130, account 1002]"), "{cid}");
+    }
+
+    #[test]
+    fn a_plan_names_whom_each_call_reaches_and_hides_withheld_secrets() {
+        use vigil_proto::v1::{ActionPlan, Contact, PlanStep, PostRecord};
+        let contact = |role: &str, name: &str, phone: &str| Contact {
+            role: role.into(),
+            name: name.into(),
+            phone: phone.into(),
+            notes: String::new(),
+        };
+        let step = |kind: StepKind, role: &str, text: &str| PlanStep {
+            kind: kind as i32,
+            text: text.into(),
+            contact_role: role.into(),
+        };
+        let p = IncidentPlan {
+            incident_id: "inc-000001".into(),
+            category: "burglary".into(),
+            plan: Some(ActionPlan {
+                category: "burglary".into(),
+                post_id: String::new(),
+                steps: vec![
+                    step(StepKind::VerifyCameras, "", "Look at the yard"),
+                    step(StepKind::CallContact, "guard", "Ask for a patrol"),
+                    step(StepKind::CallContact, "police", "If not cleared"),
+                ],
+            }),
+            post: Some(PostRecord {
+                post_id: "p-1".into(),
+                name: "Embassy".into(),
+                timezone: "Europe/Vienna".into(),
+                contacts: vec![contact("guard", "Gate desk", "+43 1 555")],
+                secrets_withheld: true,
+                duress_word_count: 1,
+                passcode_count: 2,
+                ..Default::default()
+            }),
+            progress: vec![vigil_proto::v1::StepProgress {
+                step: 2,
+                outcome: StepOutcome::Skipped as i32,
+                actor: "alice".into(),
+                at: None,
+                detail: "step 2 skipped: call guard: Ask for a patrol; note: no answer".into(),
+            }],
+        };
+        let text = incident_plan(&p);
+        assert!(text.contains("plan (burglary, every post):"), "{text}");
+        assert!(
+            text.contains("1. [verify cameras] Look at the yard"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "2. [call guard] Ask for a patrol\n       skipped by alice at -: no answer\n       → Gate desk +43 1 555\n  3."
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("3. [call police] If not cleared\n       (no contact"),
+            "{text}"
+        );
+        assert!(text.contains("post p-1 (Embassy, Europe/Vienna)"), "{text}");
+        assert!(
+            text.contains("duress words: 1, passcodes: 2 (shown to"),
+            "{text}"
+        );
     }
 
     #[test]

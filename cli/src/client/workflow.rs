@@ -1,5 +1,5 @@
-//! `vigil ack | assign | escalate | resolve | reopen | note ID` and
-//! `vigil test-mode POST`.
+//! `vigil ack | assign | escalate | resolve | reopen | note ID`,
+//! `vigil step ID N --done | --skip`, and `vigil test-mode POST`.
 //!
 //! Every change to an incident names the version the analyst saw. With
 //! `--version N` that is N; without it the incident is read first and its
@@ -13,7 +13,8 @@ use clap::{Args, ValueEnum};
 use tonic::Status;
 use vigil_proto::v1::{
     AcknowledgeRequest, AddNoteRequest, AssignRequest, Disposition, EscalateRequest,
-    GetIncidentRequest, Incident, ReopenRequest, ResolveRequest, SetTestModeRequest,
+    GetIncidentRequest, Incident, MarkStepRequest, ReopenRequest, ResolveRequest,
+    SetTestModeRequest, StepOutcome,
 };
 
 use super::{
@@ -106,6 +107,25 @@ pub(crate) struct NoteArgs {
     text: String,
 }
 
+#[derive(Debug, Args)]
+pub(crate) struct StepArgs {
+    #[command(flatten)]
+    conn: Connection,
+    #[command(flatten)]
+    target: Target,
+    /// The step of the incident's plan, from 1 (as `vigil incidents ID` numbers them).
+    step: u32,
+    /// The step is done.
+    #[arg(long, conflicts_with = "skip", required_unless_present = "skip")]
+    done: bool,
+    /// The step is skipped (say why with --note).
+    #[arg(long)]
+    skip: bool,
+    /// A note: optional for a done step, required for a skipped one.
+    #[arg(long)]
+    note: Option<String>,
+}
+
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum DispositionArg {
     /// A real event; response dispatched or handled.
@@ -159,6 +179,11 @@ enum Act {
     Note {
         text: String,
     },
+    Step {
+        step: u32,
+        skipped: bool,
+        note: String,
+    },
 }
 
 pub(crate) async fn ack(a: AckArgs) -> Result<()> {
@@ -187,6 +212,19 @@ pub(crate) async fn resolve(a: ResolveArgs) -> Result<()> {
 pub(crate) async fn reopen(a: ReopenArgs) -> Result<()> {
     let reason = a.reason.unwrap_or_default();
     act(&a.conn, &a.target, Act::Reopen { reason }).await
+}
+
+pub(crate) async fn step(a: StepArgs) -> Result<()> {
+    let note = a.note.unwrap_or_default();
+    if a.skip && note.trim().is_empty() {
+        return Err(Usage("--skip needs --note saying why".into()).into());
+    }
+    let act_ = Act::Step {
+        step: a.step,
+        skipped: a.skip,
+        note,
+    };
+    act(&a.conn, &a.target, act_).await
 }
 
 pub(crate) async fn note(a: NoteArgs) -> Result<()> {
@@ -273,6 +311,25 @@ async fn act(conn: &Connection, target: &Target, act: Act) -> Result<()> {
             }))
             .await,
             "note added".to_owned(),
+        ),
+        Act::Step {
+            step,
+            skipped,
+            note,
+        } => (
+            unary(c.mark_step(MarkStepRequest {
+                incident_id: id.clone(),
+                expected_version: version,
+                step,
+                outcome: if skipped {
+                    StepOutcome::Skipped
+                } else {
+                    StepOutcome::Done
+                } as i32,
+                note,
+            }))
+            .await,
+            format!("step {step} {}", if skipped { "skipped" } else { "done" }),
         ),
     };
     match result {

@@ -33,10 +33,13 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::{Code, Request, Response, Status};
 use vigil_pki::{Peer, Role};
 use vigil_proto::v1::{
-    AcknowledgeRequest, AddNoteRequest, AssignRequest, Disposition, EscalateRequest, FeedItem,
-    GetIncidentRequest, Incident, IncidentDetail, ListIncidentsRequest, ListIncidentsResponse,
-    ListPostsRequest, ListPostsResponse, PostInfo, ReopenRequest, ReplayItem, ReplayRequest,
-    ResolveRequest, SetTestModeRequest, WatchIncidentsRequest,
+    AcknowledgeRequest, AddNoteRequest, AssignRequest, AuditAction, Disposition, EscalateRequest,
+    ExportSiteRequest, FeedItem, GetIncidentPlanRequest, GetIncidentRequest, GetPostRecordRequest,
+    ImportSiteRequest, ImportSiteResponse, Incident, IncidentDetail, IncidentPlan,
+    ListIncidentsRequest, ListIncidentsResponse, ListPostsRequest, ListPostsResponse,
+    MarkStepRequest, PostInfo, PostRecord, ReopenRequest, ReplayItem, ReplayRequest,
+    ResolveRequest, SetTestModeRequest, SiteDocument, StepOutcome, StepProgress,
+    WatchIncidentsRequest,
     ops_center_server::{OpsCenter, OpsCenterServer},
 };
 
@@ -72,6 +75,12 @@ pub enum Op {
     Note,
     SetTestMode,
     Replay,
+    /// Check off or skip a step of an incident's action plan.
+    Step,
+    /// Import or export the site document (post records, action plans).
+    ManageSite,
+    /// See duress words and passcodes in post records.
+    SeeSecrets,
 }
 
 /// The one place that says which role may do what.
@@ -80,7 +89,10 @@ pub fn allowed(role: Role, op: Op) -> bool {
     match role {
         Role::Admin => true,
         Role::Supervisor => !matches!(op, Replay),
-        Role::Analyst => matches!(op, Watch | Read | Acknowledge | Take | Note | Resolve),
+        Role::Analyst => matches!(
+            op,
+            Watch | Read | Acknowledge | Take | Note | Resolve | Step
+        ),
         Role::Engineer => matches!(op, Watch | Read | Replay),
         Role::Post | Role::Broker | Role::Ops => false,
     }
@@ -361,6 +373,9 @@ fn op_name(op: Op) -> &'static str {
         Op::Note => "add notes",
         Op::SetTestMode => "set test mode",
         Op::Replay => "replay events",
+        Op::Step => "mark plan steps",
+        Op::ManageSite => "import or export post records and plans",
+        Op::SeeSecrets => "see duress words and passcodes",
     }
 }
 
@@ -712,6 +727,183 @@ impl OpsCenter for Api {
         tokio::spawn(async move { plan.run(reader, limits, tx, shutdown).await });
         Ok(Response::new(ReceiverStream::new(rx)))
     }
+
+    async fn import_site(
+        &self,
+        request: Request<ImportSiteRequest>,
+    ) -> Result<Response<ImportSiteResponse>, Status> {
+        let peer = authorize(&request, Op::ManageSite)?;
+        let site = request.into_inner().site.unwrap_or_default();
+        // The whole document or nothing: every problem named at once.
+        let problems = crate::site::validate(&site);
+        if !problems.is_empty() {
+            return Err(Status::invalid_argument(
+                crate::site::SiteErrors(problems).to_string(),
+            ));
+        }
+        self.check_store()?;
+        let (reply, rx) = oneshot::channel();
+        let job = Job::Site {
+            site,
+            actor: actor(&peer),
+            at: SystemTime::now(),
+            reply,
+        };
+        let gone = || Status::unavailable("operations center shutting down");
+        self.jobs.send(job).await.map_err(|_| gone())?;
+        let changes = rx.await.map_err(|_| gone())?.map_err(|e| match e {
+            WorkflowError::Unavailable(m) => Status::unavailable(m),
+            e => workflow_status(e),
+        })?;
+        tracing::info!(identity = %peer.identity, changes = changes.len(), "api: site document imported");
+        Ok(Response::new(ImportSiteResponse { changes }))
+    }
+
+    async fn export_site(
+        &self,
+        request: Request<ExportSiteRequest>,
+    ) -> Result<Response<SiteDocument>, Status> {
+        let peer = authorize(&request, Op::ManageSite)?;
+        let mut site = self.read(|s| s.site()).await?;
+        // The roles that manage sites see secrets today; should the table
+        // ever part them, an export still withholds what the caller may
+        // not see (and such a document cannot be imported back).
+        site.posts = site
+            .posts
+            .into_iter()
+            .map(|p| secrets_for(&peer, p))
+            .collect();
+        Ok(Response::new(site))
+    }
+
+    async fn get_post_record(
+        &self,
+        request: Request<GetPostRecordRequest>,
+    ) -> Result<Response<PostRecord>, Status> {
+        let peer = authorize(&request, Op::Read)?;
+        let id = request.into_inner().post_id;
+        let wanted = id.clone();
+        let record = self.read(move |s| s.post_record(&id)).await?;
+        let record =
+            record.ok_or_else(|| Status::not_found(format!("no record of post {wanted:?}")))?;
+        Ok(Response::new(secrets_for(&peer, record)))
+    }
+
+    async fn get_incident_plan(
+        &self,
+        request: Request<GetIncidentPlanRequest>,
+    ) -> Result<Response<IncidentPlan>, Status> {
+        let peer = authorize(&request, Op::Read)?;
+        let id = request.into_inner().incident_id;
+        let wanted = id.clone();
+        let found = self
+            .read(move |s| {
+                let Some(incident) = s.incident(&id)? else {
+                    return Ok(None);
+                };
+                let post = s.post_record(&incident.post_id)?;
+                let audit = s.audit(&id)?;
+                Ok(Some((incident, s.site()?.plans, post, audit)))
+            })
+            .await?;
+        let (incident, plans, post, audit) =
+            found.ok_or_else(|| Status::not_found(format!("no incident {wanted}")))?;
+        let category = crate::engine::category_name(incident.category());
+        let plan = crate::site::plan_for(&plans, &category, &incident.post_id).cloned();
+        Ok(Response::new(IncidentPlan {
+            incident_id: incident.id,
+            category,
+            plan,
+            post: post.map(|p| secrets_for(&peer, p)),
+            progress: step_progress(&audit),
+        }))
+    }
+
+    async fn mark_step(
+        &self,
+        request: Request<MarkStepRequest>,
+    ) -> Result<Response<Incident>, Status> {
+        let peer = authorize(&request, Op::Step)?;
+        let r = request.into_inner();
+        let skipped = match StepOutcome::try_from(r.outcome) {
+            Ok(StepOutcome::Done) => false,
+            Ok(StepOutcome::Skipped) => true,
+            _ => return Err(Status::invalid_argument("outcome: DONE or SKIPPED")),
+        };
+        // The step must be one of the plan that applies now; the audit line
+        // says what it was, as the plan may change later.
+        let id = r.incident_id.clone();
+        let found = self
+            .read(move |s| {
+                let Some(incident) = s.incident(&id)? else {
+                    return Ok(None);
+                };
+                Ok(Some((incident, s.site()?.plans)))
+            })
+            .await?;
+        let (incident, plans) =
+            found.ok_or_else(|| Status::not_found(format!("no incident {}", r.incident_id)))?;
+        let category = crate::engine::category_name(incident.category());
+        let plan =
+            crate::site::plan_for(&plans, &category, &incident.post_id).ok_or_else(|| {
+                Status::failed_precondition(format!(
+                    "no action plan applies to {} ({category} at {})",
+                    incident.id, incident.post_id
+                ))
+            })?;
+        let step = (r.step as usize)
+            .checked_sub(1)
+            .and_then(|i| plan.steps.get(i))
+            .ok_or_else(|| {
+                Status::invalid_argument(format!(
+                    "step {}: the plan has steps 1 to {}",
+                    r.step,
+                    plan.steps.len()
+                ))
+            })?;
+        let action = Action::Step {
+            step: r.step,
+            skipped,
+            summary: crate::site::step_summary(step),
+            note: r.note,
+        };
+        self.workflow(&peer, r.incident_id, r.expected_version, action)
+            .await
+    }
+}
+
+/// The latest mark of each plan step, from an incident's audit trail, by
+/// step.
+fn step_progress(audit: &[vigil_proto::v1::AuditEntry]) -> Vec<StepProgress> {
+    let mut latest = std::collections::BTreeMap::new();
+    for a in audit {
+        let outcome = match a.action() {
+            AuditAction::StepDone => StepOutcome::Done,
+            AuditAction::StepSkipped => StepOutcome::Skipped,
+            _ => continue,
+        };
+        latest.insert(
+            a.step,
+            StepProgress {
+                step: a.step,
+                outcome: outcome as i32,
+                actor: a.actor.clone(),
+                at: a.at,
+                detail: a.detail.clone(),
+            },
+        );
+    }
+    latest.into_values().collect()
+}
+
+/// A post record as `peer` may see it: duress words and passcodes only for
+/// roles allowed to see secrets (the others get their counts).
+fn secrets_for(peer: &Peer, record: PostRecord) -> PostRecord {
+    if allowed(peer.role, Op::SeeSecrets) {
+        record
+    } else {
+        crate::site::withhold_secrets(record)
+    }
 }
 
 #[cfg(test)]
@@ -721,8 +913,15 @@ mod tests {
     #[test]
     fn roles_are_allowed_what_the_contract_says() {
         use Op::*;
-        let analyst = [Watch, Read, Acknowledge, Take, Note, Resolve];
-        let supervisor = [AssignOther, Escalate, Reopen, SetTestMode];
+        let analyst = [Watch, Read, Acknowledge, Take, Note, Resolve, Step];
+        let supervisor = [
+            AssignOther,
+            Escalate,
+            Reopen,
+            SetTestMode,
+            ManageSite,
+            SeeSecrets,
+        ];
         let all = [
             Watch,
             Read,
@@ -735,6 +934,9 @@ mod tests {
             Note,
             SetTestMode,
             Replay,
+            Step,
+            ManageSite,
+            SeeSecrets,
         ];
         for op in all {
             assert_eq!(allowed(Role::Analyst, op), analyst.contains(&op), "{op:?}");

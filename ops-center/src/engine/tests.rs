@@ -1264,3 +1264,74 @@ fn default_flood_limits_keep_two_thousand_devices_to_a_handful_of_incidents() {
     let cfg = EngineConfig::default();
     assert_eq!(ids.len(), cfg.flood_post_category_limit as usize + 1);
 }
+
+#[test]
+fn a_plan_step_is_marked_with_its_number_and_a_skip_needs_a_reason() {
+    let mut e = engine();
+    let mut out = Changes::default();
+    let id = e
+        .on_event(
+            &alarm(1, 3, EventCategory::Burglary, false, t(0)),
+            t(1),
+            &mut out,
+        )
+        .unwrap();
+    let step = |step, skipped, note: &str| Action::Step {
+        step,
+        skipped,
+        summary: "call guard: ask for a patrol".into(),
+        note: note.into(),
+    };
+    let mut out = Changes::default();
+    for (number, note) in [(0, "x"), (2, "  ")] {
+        let err = e
+            .apply(
+                &id,
+                None,
+                1,
+                &step(number, true, note),
+                &analyst(),
+                t(2),
+                &mut out,
+            )
+            .unwrap_err();
+        assert!(matches!(err, WorkflowError::InvalidArgument(_)), "{err:?}");
+    }
+    assert!(out.is_empty(), "a refused mark changes nothing");
+    let inc = e
+        .apply(
+            &id,
+            None,
+            1,
+            &step(2, true, "no answer"),
+            &analyst(),
+            t(2),
+            &mut out,
+        )
+        .unwrap();
+    assert_eq!(inc.version, 2);
+    // Marking a step does not acknowledge the incident.
+    assert_eq!(inc.state(), IncidentState::Open);
+    assert_eq!(actions(&out), [AuditAction::StepSkipped]);
+    assert_eq!(out.audit[0].step, 2);
+    assert_eq!(
+        out.audit[0].detail,
+        "step 2 skipped: call guard: ask for a patrol; note: no answer"
+    );
+    assert_eq!(out.notes.len(), 1);
+    let inc = e
+        .apply(
+            &id,
+            None,
+            2,
+            &step(1, false, ""),
+            &analyst(),
+            t(3),
+            &mut out,
+        )
+        .unwrap();
+    assert_eq!(out.audit[1].action(), AuditAction::StepDone);
+    assert_eq!(out.audit[1].step, 1);
+    assert_eq!(out.notes.len(), 1, "no note for a done step without one");
+    assert_eq!(inc.version, 3);
+}

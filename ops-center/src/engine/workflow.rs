@@ -66,6 +66,14 @@ pub enum Action {
     AddNote {
         text: String,
     },
+    /// Check off (or skip, saying why) step `step` (from 1) of the
+    /// incident's action plan; `summary` names the step for the audit line.
+    Step {
+        step: u32,
+        skipped: bool,
+        summary: String,
+        note: String,
+    },
 }
 
 impl Action {
@@ -77,6 +85,7 @@ impl Action {
             Action::Resolve { .. } => "resolve",
             Action::Reopen { .. } => "reopen",
             Action::AddNote { .. } => "add a note to",
+            Action::Step { .. } => "mark a step of",
         }
     }
 }
@@ -251,6 +260,30 @@ impl Engine {
                 note = Some(text.clone());
                 (AuditAction::NoteAdded, String::new())
             }
+            Action::Step {
+                step,
+                skipped,
+                summary,
+                note: text,
+            } => {
+                if state == IncidentState::Resolved {
+                    return Err(invalid("reopen it first"));
+                }
+                if *step == 0 {
+                    return Err(WorkflowError::InvalidArgument(
+                        "steps are numbered from 1".into(),
+                    ));
+                }
+                // A skipped step must say why.
+                check_note(text, !*skipped)?;
+                note = Some(text.clone());
+                let (action, word) = if *skipped {
+                    (AuditAction::StepSkipped, "skipped")
+                } else {
+                    (AuditAction::StepDone, "done")
+                };
+                (action, format!("step {step} {word}: {summary}"))
+            }
         };
         let detail = match note.as_deref() {
             Some(text) if !text.is_empty() => {
@@ -272,6 +305,9 @@ impl Engine {
             _ => detail,
         };
         record(&mut inc, audit, actor, now, detail, out);
+        if let (Action::Step { step, .. }, Some(entry)) = (action, out.audit.last_mut()) {
+            entry.step = *step;
+        }
         out.put_incident(inc.clone(), Some(current.version));
         self.latest
             .entry((inc.post_id.clone(), inc.subject.clone()))

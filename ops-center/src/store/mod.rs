@@ -20,6 +20,7 @@ mod migrations;
 pub mod postgres;
 pub mod retention;
 pub mod shapes;
+mod sites;
 pub mod sqlite;
 #[doc(hidden)]
 pub mod suite;
@@ -34,7 +35,9 @@ use std::{
 
 use bytes::Bytes;
 use prost::Message;
-use vigil_proto::v1::{AuditEntry, Event, Incident, Note, PostInfo, PostStatus, StoredEvent};
+use vigil_proto::v1::{
+    AuditEntry, Event, Incident, Note, PostInfo, PostRecord, PostStatus, SiteDocument, StoredEvent,
+};
 
 pub use postgres::PostgresBackend;
 pub use shapes::SeqFilter;
@@ -113,6 +116,9 @@ pub struct Changes {
     pub links: Vec<EventLink>,
     pub statuses: Vec<(PostStatus, SystemTime)>,
     pub test_modes: Vec<TestModeWrite>,
+    /// A new site document (post records and action plans) that replaces
+    /// the stored one whole; its audit entries are in `audit`.
+    pub site: Option<SiteDocument>,
 }
 
 impl Changes {
@@ -149,6 +155,7 @@ impl Changes {
             && self.links.is_empty()
             && self.statuses.is_empty()
             && self.test_modes.is_empty()
+            && self.site.is_none()
     }
 }
 
@@ -360,6 +367,12 @@ pub trait Store: Send {
     /// Every known post, by id.
     fn posts(&self) -> Result<Vec<PostInfo>, StoreError>;
 
+    /// The site document: every post record and action plan, in the order
+    /// they were imported (empty before the first import).
+    fn site(&self) -> Result<SiteDocument, StoreError>;
+    /// One post's record, if the site document has one.
+    fn post_record(&self, post_id: &str) -> Result<Option<PostRecord>, StoreError>;
+
     /// Position of the newest audit entry (0 = none). Audit positions only
     /// grow; the API's incident feed uses them as cursors.
     fn last_audit_position(&self) -> Result<u64, StoreError>;
@@ -406,7 +419,7 @@ pub trait StoreTx {
         stored_at: SystemTime,
     ) -> Result<Vec<bool>, StoreError>;
     /// Writes incidents (compare-and-set on their version), audit entries,
-    /// notes, event links, post statuses and test modes. Returns the
+    /// notes, event links, post statuses, test modes and the site document. Returns the
     /// position given to each audit entry, in order (the feed's cursors).
     fn apply(&mut self, changes: &Changes) -> Result<Vec<u64>, StoreError>;
     /// Takes request `id` of the mailbox through which standby replicas

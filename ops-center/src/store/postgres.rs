@@ -27,13 +27,15 @@ use std::{
 use postgres::{Client, GenericClient, NoTls, Row, Statement, Transaction, config::Host};
 use prost::Message;
 use vigil_proto::v1::{
-    AuditEntry, Event, Incident, IncidentState, Note, PostInfo, PostStatus, StoredEvent,
+    AuditEntry, Event, Incident, IncidentState, Note, PostInfo, PostRecord, PostStatus,
+    SiteDocument, StoredEvent,
 };
 
 use super::{
     Backend, Changes, CommitResult, EngineSnapshot, IncidentFilter, Received, ReceivedFilter,
     ReceivedKey, SeqFilter, Store, StoreError, StoreTx, StoreWriter, incident_id, incident_number,
     shapes::{self, Param, Query},
+    sites,
     sqlite::{from_millis, millis},
     watermark::SeqWatermark,
 };
@@ -114,6 +116,8 @@ CREATE INDEX requests_waiting ON requests (id) WHERE NOT answered;
     // 4 and 5: event kinds and one index per query shape (issue #19).
     super::migrations::V4_COLUMNS,
     super::migrations::V5_INDEXES,
+    // 6: post records and action plans (issue #17).
+    super::sites::POSTGRES_MIGRATION,
 ];
 
 /// The channel on which a standby announces a request it forwarded to the
@@ -903,6 +907,19 @@ impl Store for PostgresStore {
             .collect()
     }
 
+    fn site(&self) -> Result<SiteDocument, StoreError> {
+        Ok(SiteDocument {
+            posts: self.bodies(sites::SELECT_POSTS, &[])?,
+            plans: self.bodies(sites::SELECT_PLANS, &[])?,
+        })
+    }
+
+    fn post_record(&self, post_id: &str) -> Result<Option<PostRecord>, StoreError> {
+        Ok(self
+            .bodies(sites::postgres::SELECT_POST, &[&post_id])?
+            .pop())
+    }
+
     fn last_audit_position(&self) -> Result<u64, StoreError> {
         let n: Option<i64> = self.query("SELECT max(id) FROM audit", &[])?[0].get(0);
         Ok(n.unwrap_or(0) as u64)
@@ -1143,6 +1160,23 @@ impl StoreTx for PostgresTx<'_> {
 
     fn apply(&mut self, changes: &Changes) -> Result<Vec<u64>, StoreError> {
         self.flush()?;
+        if let Some(site) = &changes.site {
+            let (posts, plans) = sites::rows(site);
+            self.exec(sites::CLEAR_POSTS, &[])?;
+            self.exec(sites::CLEAR_PLANS, &[])?;
+            for r in posts {
+                self.exec(
+                    sites::postgres::INSERT_POST,
+                    &[&r.post_id, &r.position, &r.body],
+                )?;
+            }
+            for r in plans {
+                self.exec(
+                    sites::postgres::INSERT_PLAN,
+                    &[&r.position, &r.category, &r.post_id, &r.body],
+                )?;
+            }
+        }
         for write in changes.incidents() {
             let inc = &write.incident;
             let number = incident_number(&inc.id)
@@ -1357,14 +1391,23 @@ pub struct Imported {
     pub links: u64,
     pub audit: u64,
     pub notes: u64,
+    /// Post records and action plans (the site document).
+    pub site_records: u64,
 }
 
 impl std::fmt::Display for Imported {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} posts, {} events, {} incidents, {} event links, {} audit entries, {} notes",
-            self.posts, self.events, self.incidents, self.links, self.audit, self.notes
+            "{} posts, {} events, {} incidents, {} event links, {} audit entries, {} notes, \
+             {} post records and plans",
+            self.posts,
+            self.events,
+            self.incidents,
+            self.links,
+            self.audit,
+            self.notes,
+            self.site_records
         )
     }
 }
@@ -1400,7 +1443,8 @@ impl PostgresBackend {
             let busy: i64 = tx
                 .query_one(
                     "SELECT (SELECT count(*) FROM events) + (SELECT count(*) FROM incidents)
-                          + (SELECT count(*) FROM audit) + (SELECT count(*) FROM posts)",
+                          + (SELECT count(*) FROM audit) + (SELECT count(*) FROM posts)
+                          + (SELECT count(*) FROM site_posts) + (SELECT count(*) FROM site_plans)",
                     &[],
                 )?
                 .get(0);
@@ -1483,6 +1527,21 @@ impl PostgresBackend {
                  SELECT * FROM unnest($1::int8[], $2::int8[], $3::bytea[])",
                 &[Col::Int, Col::Int, Col::OptBytes],
             )?;
+            let site_records = copy(
+                &src,
+                &mut tx,
+                "SELECT post_id, position, body FROM site_posts",
+                "INSERT INTO site_posts (post_id, position, body)
+                 SELECT * FROM unnest($1::text[], $2::int8[], $3::bytea[])",
+                &[Col::Text, Col::Int, Col::OptBytes],
+            )? + copy(
+                &src,
+                &mut tx,
+                "SELECT position, category, post_id, body FROM site_plans",
+                "INSERT INTO site_plans (position, category, post_id, body)
+                 SELECT * FROM unnest($1::int8[], $2::text[], $3::text[], $4::bytea[])",
+                &[Col::Int, Col::Text, Col::Text, Col::OptBytes],
+            )?;
             // New positions and note ids continue after the imported ones.
             tx.batch_execute(
                 "SELECT setval(pg_get_serial_sequence('audit', 'id'),
@@ -1498,6 +1557,7 @@ impl PostgresBackend {
                 links,
                 audit,
                 notes,
+                site_records,
             })
         })
     }

@@ -24,13 +24,15 @@ use std::{
 use prost::Message;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use vigil_proto::v1::{
-    AuditEntry, Event, Incident, IncidentState, Note, PostInfo, PostStatus, StoredEvent,
+    AuditEntry, Event, Incident, IncidentState, Note, PostInfo, PostRecord, PostStatus,
+    SiteDocument, StoredEvent,
 };
 
 use super::{
     Backend, Changes, CommitResult, EngineSnapshot, IncidentFilter, Received, ReceivedFilter,
     ReceivedKey, SeqFilter, Store, StoreError, StoreTx, StoreWriter, incident_id, incident_number,
     shapes::{self, Param},
+    sites,
     watermark::SeqWatermark,
 };
 
@@ -95,8 +97,9 @@ impl Backend for SqliteBackend {
 /// Name of the database file inside `data_dir`.
 pub const DB_FILE: &str = "ops.db";
 /// Schema version written to `PRAGMA user_version`: 1 the first schema,
-/// 2 the event kind and received-order time as indexed columns.
-const SCHEMA_VERSION: i64 = 2;
+/// 2 the event kind and received-order time as indexed columns, 3 post
+/// records and action plans (`store::sites`).
+const SCHEMA_VERSION: i64 = 3;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS posts (
@@ -273,6 +276,12 @@ impl SqliteStore {
                 if events > 0 {
                     tracing::info!(events, "sqlite: schema migrated to version 2 (event kinds)");
                 }
+            }
+            if found < 3 {
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                tx.execute_batch(super::sites::SQLITE_SCHEMA)?;
+                tx.pragma_update(None, "user_version", 3)?;
+                tx.commit()?;
             }
         } else {
             conn.pragma_update(None, "query_only", true)?;
@@ -525,6 +534,19 @@ impl Store for SqliteStore {
             .collect()
     }
 
+    fn site(&self) -> Result<SiteDocument, StoreError> {
+        Ok(SiteDocument {
+            posts: self.bodies(sites::SELECT_POSTS, [])?,
+            plans: self.bodies(sites::SELECT_PLANS, [])?,
+        })
+    }
+
+    fn post_record(&self, post_id: &str) -> Result<Option<PostRecord>, StoreError> {
+        Ok(self
+            .bodies(sites::sqlite::SELECT_POST, params![post_id])?
+            .pop())
+    }
+
     fn last_audit_position(&self) -> Result<u64, StoreError> {
         let n: Option<i64> = self
             .conn
@@ -665,6 +687,21 @@ impl StoreTx for SqliteTx<'_> {
     }
 
     fn apply(&mut self, changes: &Changes) -> Result<Vec<u64>, StoreError> {
+        if let Some(site) = &changes.site {
+            let (posts, plans) = sites::rows(site);
+            self.tx.execute(sites::CLEAR_POSTS, [])?;
+            self.tx.execute(sites::CLEAR_PLANS, [])?;
+            for r in posts {
+                self.tx
+                    .prepare_cached(sites::sqlite::INSERT_POST)?
+                    .execute(params![r.post_id, r.position, r.body])?;
+            }
+            for r in plans {
+                self.tx
+                    .prepare_cached(sites::sqlite::INSERT_PLAN)?
+                    .execute(params![r.position, r.category, r.post_id, r.body])?;
+            }
+        }
         for write in changes.incidents() {
             let inc = &write.incident;
             let number = incident_number(&inc.id)

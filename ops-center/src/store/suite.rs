@@ -10,7 +10,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use prost::Message;
 use vigil_proto::v1::{
-    AuditAction, AuditEntry, Event, Incident, IncidentState, Note, PostState, PostStatus,
+    ActionPlan, AuditAction, AuditEntry, Contact, Event, Incident, IncidentState, Note, PlanStep,
+    PostRecord, PostState, PostStatus, SiteDocument, StepKind,
 };
 
 use super::{
@@ -67,6 +68,10 @@ pub const CASES: &[(&str, Case)] = &[
     (
         "retention_prunes_by_kind_and_category_keeps_incident_events_and_archives_first",
         retention_prunes_by_kind_and_category_keeps_incident_events_and_archives_first,
+    ),
+    (
+        "site_documents_replace_whole_in_order_and_roll_back",
+        site_documents_replace_whole_in_order_and_roll_back,
     ),
 ];
 
@@ -830,4 +835,114 @@ fn retention_prunes_by_kind_and_category_keeps_incident_events_and_archives_firs
     assert!(err.to_string().contains(name.as_str()), "{err}");
     assert!(err.to_string().contains("SHA-256"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+fn record(id: &str, name: &str) -> PostRecord {
+    PostRecord {
+        post_id: id.into(),
+        name: name.into(),
+        timezone: "Europe/Vienna".into(),
+        contacts: vec![
+            Contact {
+                role: "guard".into(),
+                name: "Gate".into(),
+                phone: "+43 1 555".into(),
+                notes: String::new(),
+            },
+            Contact {
+                role: "police".into(),
+                name: "Station".into(),
+                phone: "133".into(),
+                notes: "ask for the duty officer".into(),
+            },
+        ],
+        duress_words: vec!["bluebird".into()],
+        passcodes: vec!["4711".into()],
+        ..Default::default()
+    }
+}
+
+fn plan(category: &str, post: &str) -> ActionPlan {
+    ActionPlan {
+        category: category.into(),
+        post_id: post.into(),
+        steps: vec![PlanStep {
+            kind: StepKind::CallContact as i32,
+            text: "call".into(),
+            contact_role: "guard".into(),
+        }],
+    }
+}
+
+fn site_change(site: SiteDocument, post: &str, detail: &str) -> Changes {
+    Changes {
+        audit: vec![AuditEntry {
+            action: AuditAction::SiteChanged as i32,
+            actor: "alice".into(),
+            actor_role: "admin".into(),
+            at: Some(t(10).into()),
+            detail: detail.into(),
+            post_id: post.into(),
+            ..Default::default()
+        }],
+        site: Some(site),
+        ..Default::default()
+    }
+}
+
+fn site_documents_replace_whole_in_order_and_roll_back(b: &dyn Backend) {
+    let mut w = b.writer().unwrap();
+    let r = b.reader().unwrap();
+    assert_eq!(r.site().unwrap(), SiteDocument::default());
+    assert_eq!(r.post_record("p-2").unwrap(), None);
+
+    // Not in id order: the document's order is kept.
+    let first = SiteDocument {
+        posts: vec![record("p-2", "Two"), record("p-1", "One")],
+        plans: vec![
+            plan("burglary", ""),
+            plan("burglary", "p-2"),
+            plan("fire", ""),
+        ],
+    };
+    let mut tx = w.begin().unwrap();
+    let positions = tx
+        .apply(&site_change(first.clone(), "p-2", "post p-2 added"))
+        .unwrap();
+    tx.commit().unwrap();
+    assert_eq!(positions.len(), 1);
+    assert_eq!(r.site().unwrap(), first);
+    assert_eq!(r.post_record("p-1").unwrap(), Some(record("p-1", "One")));
+    // The change is a post-level audit entry, with a feed position.
+    let audit = r.post_audit("p-2").unwrap();
+    assert_eq!(audit.len(), 1);
+    assert_eq!(audit[0].detail, "post p-2 added");
+    assert_eq!(r.last_audit_position().unwrap(), positions[0]);
+
+    // A transaction that does not commit changes nothing.
+    {
+        let mut tx = w.begin().unwrap();
+        tx.apply(&site_change(
+            SiteDocument::default(),
+            "",
+            "everything removed",
+        ))
+        .unwrap();
+    }
+    assert_eq!(r.site().unwrap(), first);
+
+    // A new document replaces the old one whole.
+    let second = SiteDocument {
+        posts: vec![record("p-3", "Three"), record("p-1", "One again")],
+        plans: vec![plan("duress", "")],
+    };
+    let mut tx = w.begin().unwrap();
+    tx.apply(&site_change(second.clone(), "p-2", "post p-2 removed"))
+        .unwrap();
+    tx.commit().unwrap();
+    assert_eq!(r.site().unwrap(), second);
+    assert_eq!(r.post_record("p-2").unwrap(), None);
+    assert_eq!(r.post_record("p-1").unwrap().unwrap().name, "One again");
+    assert_eq!(w.site().unwrap(), second);
+    assert_eq!(b.reader().unwrap().site().unwrap(), second);
 }
