@@ -6,7 +6,9 @@
 //!   its client and server.
 //! - [`topics`]: the MQTT topic names of DESIGN.md, built and parsed in one place.
 //! - [`FILE_DESCRIPTOR_SET`]: the encoded descriptors, for gRPC reflection.
+//! - [`json`]: messages as proto3 JSON, in the one shape every part writes.
 
+pub mod json;
 pub mod topics;
 
 /// The `vigil.v1` protobuf package.

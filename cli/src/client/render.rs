@@ -10,10 +10,7 @@
 //! [`feed_line`] formats one live-feed item; `vigil watch` prints with it and
 //! `vigil dev` can too.
 
-use std::sync::OnceLock;
-
 use prost::Message;
-use prost_reflect::{DescriptorPool, DynamicMessage, ReflectMessage, SerializeOptions, Value};
 use prost_types::Timestamp;
 use time::{OffsetDateTime, format_description::well_known::Rfc3339, macros::format_description};
 use vigil_proto::v1::{
@@ -24,93 +21,9 @@ use vigil_proto::v1::{
 
 // ---------------------------------------------------------------- JSON
 
-fn pool() -> &'static DescriptorPool {
-    static POOL: OnceLock<DescriptorPool> = OnceLock::new();
-    POOL.get_or_init(|| {
-        DescriptorPool::decode(vigil_proto::FILE_DESCRIPTOR_SET)
-            .expect("the compiled-in descriptor set is valid")
-    })
-}
-
 /// `msg` (of protobuf type `vigil.v1.{name}`) as a JSON value.
 pub(crate) fn json<M: Message>(msg: &M, name: &str) -> serde_json::Value {
-    let full = format!("vigil.v1.{name}");
-    let desc = pool()
-        .get_message_by_name(&full)
-        .unwrap_or_else(|| panic!("{full} is in the descriptor set"));
-    let dynamic = DynamicMessage::decode(desc, msg.encode_to_vec().as_slice())
-        .expect("a message we hold decodes with its own descriptor");
-    let options = SerializeOptions::new()
-        .use_proto_field_name(true)
-        .skip_default_fields(false)
-        .stringify_64_bit_integers(false);
-    let mut dynamic = dynamic;
-    match dynamic.serialize_with_options(serde_json::value::Serializer, &options) {
-        Ok(value) => value,
-        // Proto3 JSON has no form for a time outside years 1-9999, and the
-        // API may hold one from before ingest refused them: leave such
-        // times out rather than fail the whole output.
-        Err(_) => {
-            clear_unprintable_times(&mut dynamic);
-            dynamic
-                .serialize_with_options(serde_json::value::Serializer, &options)
-                .unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() }))
-        }
-    }
-}
-
-/// Whether a `google.protobuf.Timestamp` can be written as RFC 3339.
-fn printable_time(ts: &DynamicMessage) -> bool {
-    let field = |name: &str| {
-        ts.get_field_by_name(name)
-            .and_then(|v| v.as_i64().or_else(|| v.as_i32().map(i64::from)))
-            .unwrap_or(0)
-    };
-    vigil_proto::time_in_range(&Timestamp {
-        seconds: field("seconds"),
-        nanos: i32::try_from(field("nanos")).unwrap_or(-1),
-    })
-}
-
-/// Clears, at any depth, the timestamps that [`printable_time`] refuses.
-fn clear_unprintable_times(msg: &mut DynamicMessage) {
-    let is_time = |m: &DynamicMessage| m.descriptor().full_name() == "google.protobuf.Timestamp";
-    let fields: Vec<_> = msg.fields().map(|(f, _)| f).collect();
-    for field in fields {
-        let clear = match msg.get_field_mut(&field) {
-            Value::Message(m) if is_time(m) => !printable_time(m),
-            Value::Message(m) => {
-                clear_unprintable_times(m);
-                false
-            }
-            Value::List(items) => {
-                items.retain(
-                    |v| !matches!(v, Value::Message(m) if is_time(m) && !printable_time(m)),
-                );
-                for v in items.iter_mut() {
-                    if let Value::Message(m) = v {
-                        clear_unprintable_times(m);
-                    }
-                }
-                false
-            }
-            Value::Map(entries) => {
-                entries.retain(
-                    |_, v| !matches!(v, Value::Message(m) if is_time(m) && !printable_time(m)),
-                );
-                for v in entries.values_mut() {
-                    if let Value::Message(m) = v {
-                        clear_unprintable_times(m);
-                    }
-                }
-                false
-            }
-            _ => false,
-        };
-        if clear {
-            msg.clear_field(&field);
-        }
-    }
+    vigil_proto::json::to_json(msg, name)
 }
 
 /// `msg` as one line of JSON.

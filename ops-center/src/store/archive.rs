@@ -23,13 +23,11 @@ use std::{
     fs::File,
     io::{BufRead, BufReader, BufWriter, Read, Write},
     path::{Path, PathBuf},
-    sync::OnceLock,
     time::SystemTime,
 };
 
 use base64::Engine as _;
 use prost::Message;
-use prost_reflect::{DescriptorPool, DynamicMessage, SerializeOptions};
 use serde::{Deserialize, Serialize};
 use vigil_proto::v1::{Event, StoredEvent};
 
@@ -111,27 +109,10 @@ fn day(ms: i64) -> String {
     format!("{:04}{:02}{:02}", t.year(), u8::from(t.month()), t.day())
 }
 
-fn pool() -> &'static DescriptorPool {
-    static POOL: OnceLock<DescriptorPool> = OnceLock::new();
-    POOL.get_or_init(|| {
-        DescriptorPool::decode(vigil_proto::FILE_DESCRIPTOR_SET)
-            .expect("the compiled-in descriptor set is valid")
-    })
-}
-
 /// The proto3 JSON of stored event bytes; `null` if they do not decode (the
 /// `body` still carries them).
 fn event_json(body: &[u8]) -> serde_json::Value {
-    let Some(desc) = pool().get_message_by_name("vigil.v1.Event") else {
-        return serde_json::Value::Null;
-    };
-    let Ok(msg) = DynamicMessage::decode(desc, body) else {
-        return serde_json::Value::Null;
-    };
-    let options = SerializeOptions::new()
-        .use_proto_field_name(true)
-        .stringify_64_bit_integers(false);
-    msg.serialize_with_options(serde_json::value::Serializer, &options)
+    vigil_proto::json::bytes_to_json("Event", body, vigil_proto::json::Fields::Set)
         .unwrap_or(serde_json::Value::Null)
 }
 
