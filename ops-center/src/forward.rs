@@ -279,6 +279,27 @@ fn error(answer: Answer, target: &str) -> WorkflowError {
     }
 }
 
+/// Most actions one standby has in the mailbox at once: each holds a
+/// database connection while it waits, so a burst (or a client that never
+/// stops) must not take every connection of the server from the others.
+pub const MAX_IN_FLIGHT: usize = 16;
+
+/// Answers `job` at once with UNAVAILABLE: the standby has
+/// [`MAX_IN_FLIGHT`] actions waiting already.
+pub fn refuse_busy(job: Job) {
+    let why = || {
+        WorkflowError::Unavailable(format!(
+            "this standby has {MAX_IN_FLIGHT} actions waiting for the leader already"
+        ))
+    };
+    match job {
+        Job::Workflow { reply, .. } => drop(reply.send(Err(why()))),
+        Job::TestMode { reply, .. } => drop(reply.send(Err(why()))),
+        Job::Site { reply, .. } => drop(reply.send(Err(why()))),
+        _ => {}
+    }
+}
+
 /// How long a standby waits for the leader to take an action: one lease
 /// for a failover to finish, one more for the new leader to start, and a
 /// margin.

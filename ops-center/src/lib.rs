@@ -386,6 +386,7 @@ impl Replica {
         wake: &Arc<tokio::sync::Notify>,
         shutdown: &CancellationToken,
     ) -> Result<(), StoreError> {
+        let in_flight = Arc::new(tokio::sync::Semaphore::new(forward::MAX_IN_FLIGHT));
         loop {
             self.metrics.leading.store(false, Relaxed);
             // A standby's store is fine: it only does not write.
@@ -414,12 +415,21 @@ impl Replica {
                         () = tokio::time::sleep(self.lease / 3) => {}
                         // Actions on a standby: the leader carries them out.
                         Some(job) = jobs.recv() => {
-                            self.metrics.actions_forwarded.fetch_add(1, Relaxed);
-                            tokio::spawn(forward::forward(
-                                self.backend.clone(),
-                                job,
-                                forward::patience(self.lease),
-                            ));
+                            match in_flight.clone().try_acquire_owned() {
+                                Ok(slot) => {
+                                    self.metrics.actions_forwarded.fetch_add(1, Relaxed);
+                                    let forwarding = forward::forward(
+                                        self.backend.clone(),
+                                        job,
+                                        forward::patience(self.lease),
+                                    );
+                                    tokio::spawn(async move {
+                                        forwarding.await;
+                                        drop(slot);
+                                    });
+                                }
+                                Err(_) => forward::refuse_busy(job),
+                            }
                         }
                     }
                 }
