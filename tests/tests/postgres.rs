@@ -37,6 +37,44 @@ fn ops_on(url: &str) -> String {
     format!("[store]\nurl = \"{url}\"\n")
 }
 
+/// Two replicas on one fresh database (a 2 s lease), the first leading,
+/// the second standing by, and post p-1's gateway: what the replica tests
+/// start from.
+struct Replicas {
+    pg: Postgres,
+    url: String,
+    region: Region,
+    broker: vigil_tests::RunningBroker,
+    first: vigil_tests::RunningOps,
+    second: vigil_tests::RunningOps,
+    gw: vigil_tests::RunningGateway,
+}
+
+async fn replicas() -> Option<Replicas> {
+    let pg = Postgres::start()?;
+    let url = pg.create_db();
+    let extra = format!("[store]\nurl = \"{url}\"\nlease_secs = 2\n");
+    let region = Region::new();
+    let broker = region.start_broker("127.0.0.1:0".parse().unwrap()).await;
+    let first = region.start_ops_with(broker.addr(), &extra).await;
+    // The first to start leads; the second stands by.
+    eventually("the first replica leads", || {
+        first.metrics.leading.load(Relaxed)
+    })
+    .await;
+    let second = region.start_ops_with(broker.addr(), &extra).await;
+    let gw = region.start_gateway("p-1", broker.addr(), "").await;
+    Some(Replicas {
+        pg,
+        url,
+        region,
+        broker,
+        first,
+        second,
+        gw,
+    })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn panel_alarms_reach_postgresql_exactly_once_and_become_incidents() {
     let Some(pg) = Postgres::start() else { return };
@@ -146,19 +184,18 @@ async fn postgresql_killed_mid_ingest_loses_and_duplicates_nothing() {
 async fn a_standby_takes_over_from_a_dead_leader_without_loss() {
     use vigil_proto::v1::{WatchIncidentsRequest, feed_item::Item};
 
-    let Some(pg) = Postgres::start() else { return };
-    let url = pg.create_db();
-    let extra = format!("[store]\nurl = \"{url}\"\nlease_secs = 2\n");
-    let region = Region::new();
-    let broker = region.start_broker("127.0.0.1:0".parse().unwrap()).await;
-    let first = region.start_ops_with(broker.addr(), &extra).await;
-    // The first to start leads; the second stands by.
-    eventually("the first replica leads", || {
-        first.metrics.commits.load(Relaxed) > 0
-    })
-    .await;
-    let second = region.start_ops_with(broker.addr(), &extra).await;
-    let gw = region.start_gateway("p-1", broker.addr(), "").await;
+    let Some(Replicas {
+        pg,
+        url,
+        region,
+        broker,
+        first,
+        second,
+        gw,
+    }) = replicas().await
+    else {
+        return;
+    };
 
     // A watcher on the standby.
     let mut client = region
@@ -353,18 +390,18 @@ async fn a_standby_takes_actions_through_the_leader() {
         ResolveRequest, SetTestModeRequest,
     };
 
-    let Some(pg) = Postgres::start() else { return };
-    let url = pg.create_db();
-    let extra = format!("[store]\nurl = \"{url}\"\nlease_secs = 2\n");
-    let region = Region::new();
-    let broker = region.start_broker("127.0.0.1:0".parse().unwrap()).await;
-    let first = region.start_ops_with(broker.addr(), &extra).await;
-    eventually("the first replica leads", || {
-        first.metrics.leading.load(Relaxed)
-    })
-    .await;
-    let second = region.start_ops_with(broker.addr(), &extra).await;
-    let gw = region.start_gateway("p-1", broker.addr(), "").await;
+    let Some(Replicas {
+        pg,
+        url: _,
+        region,
+        broker,
+        first,
+        second,
+        gw,
+    }) = replicas().await
+    else {
+        return;
+    };
     panel(gw.dc09, 6, 1, std::time::Duration::from_millis(5)).await;
     eventually("everything receipted", || gw.all_receipted()).await;
 
@@ -502,18 +539,18 @@ async fn a_standby_feed_misses_no_incident() {
     use std::collections::BTreeMap;
     use vigil_proto::v1::{ListIncidentsRequest, WatchIncidentsRequest, feed_item::Item};
 
-    let Some(pg) = Postgres::start() else { return };
-    let url = pg.create_db();
-    let extra = format!("[store]\nurl = \"{url}\"\nlease_secs = 2\n");
-    let region = Region::new();
-    let broker = region.start_broker("127.0.0.1:0".parse().unwrap()).await;
-    let first = region.start_ops_with(broker.addr(), &extra).await;
-    eventually("the first replica leads", || {
-        first.metrics.leading.load(Relaxed)
-    })
-    .await;
-    let second = region.start_ops_with(broker.addr(), &extra).await;
-    let gw = region.start_gateway("p-1", broker.addr(), "").await;
+    let Some(Replicas {
+        pg: _pg,
+        url: _,
+        region,
+        broker,
+        first,
+        second,
+        gw,
+    }) = replicas().await
+    else {
+        return;
+    };
 
     let mut client = region
         .api_client(vigil_pki::Role::Analyst, "analyst-1", second.api)
