@@ -9,7 +9,9 @@
 //! it, applies it with compare-and-set on the incident version like any
 //! other action, and commits the answer in the same transaction; the standby
 //! reads the answer and replies. No address of the leader is needed, and a
-//! request posted during a failover is taken by the next leader.
+//! request posted during a failover is taken by the next leader. A site
+//! import (post records and plans) goes the same way, the whole validated
+//! document in the request.
 //!
 //! A request that no leader claims before its deadline is given up by the
 //! standby, which succeeds only if no leader holds it: the caller then gets
@@ -24,7 +26,7 @@ use std::{
 use prost::Message;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
-use vigil_proto::v1::{Disposition, Incident};
+use vigil_proto::v1::{Disposition, Incident, SiteDocument};
 
 use crate::{
     engine::{Action, Actor, WorkflowError},
@@ -43,8 +45,8 @@ struct Request {
     /// When the caller asked, in microseconds since the Unix epoch.
     #[prost(int64, tag = "3")]
     at_micros: i64,
-    /// `acknowledge`, `assign`, `escalate`, `resolve`, `reopen`, `note` or
-    /// `test_mode`.
+    /// `acknowledge`, `assign`, `escalate`, `resolve`, `reopen`, `note`,
+    /// `step_done`, `step_skipped`, `test_mode` or `site`.
     #[prost(string, tag = "4")]
     action: String,
     /// The incident, or the post for `test_mode`.
@@ -64,6 +66,10 @@ struct Request {
     step: u32,
     #[prost(string, tag = "11")]
     summary: String,
+    /// `site`: the document that replaces the stored one (validated by the
+    /// standby that took the call).
+    #[prost(message, optional, tag = "12")]
+    site: Option<SiteDocument>,
 }
 
 /// What became of a forwarded action.
@@ -80,6 +86,9 @@ struct Answer {
     /// Test mode: until when (microseconds since the epoch), if started.
     #[prost(int64, optional, tag = "4")]
     until_micros: Option<i64>,
+    /// Site import: what changed, one line each.
+    #[prost(string, repeated, tag = "5")]
+    changes: Vec<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, prost::Enumeration)]
@@ -111,7 +120,9 @@ fn from_micros(us: i64) -> SystemTime {
 /// The mailbox form of an action job; `None` for other jobs.
 fn request(job: &Job) -> Option<Request> {
     let (actor, at) = match job {
-        Job::Workflow { actor, at, .. } | Job::TestMode { actor, at, .. } => (actor, *at),
+        Job::Workflow { actor, at, .. }
+        | Job::TestMode { actor, at, .. }
+        | Job::Site { actor, at, .. } => (actor, *at),
         _ => return None,
     };
     let mut r = Request {
@@ -169,6 +180,10 @@ fn request(job: &Job) -> Option<Request> {
             r.duration_ms = duration.as_millis() as u64;
             r.text = reason.clone();
         }
+        Job::Site { site, .. } => {
+            r.action = "site".into();
+            r.site = Some(site.clone());
+        }
         _ => return None,
     }
     Some(r)
@@ -185,6 +200,14 @@ fn job(r: Request) -> Result<Job, String> {
                 post_id: r.target,
                 duration: Duration::from_millis(r.duration_ms),
                 reason: r.text,
+                actor,
+                at,
+                reply: oneshot::channel().0,
+            });
+        }
+        "site" => {
+            return Ok(Job::Site {
+                site: r.site.unwrap_or_default(),
                 actor,
                 at,
                 reply: oneshot::channel().0,
@@ -234,7 +257,7 @@ fn refusal(e: &WorkflowError) -> Answer {
         outcome: outcome as i32,
         incident,
         message: e.to_string(),
-        until_micros: None,
+        ..Answer::default()
     }
 }
 
@@ -257,6 +280,19 @@ pub fn test_mode_answer(result: &Result<Option<SystemTime>, WorkflowError>) -> V
         Ok(until) => Answer {
             outcome: Outcome::Done as i32,
             until_micros: until.map(micros),
+            ..Answer::default()
+        },
+        Err(e) => refusal(e),
+    }
+    .encode_to_vec()
+}
+
+/// The answer to a site import, as the writer commits it.
+pub fn site_answer(result: &Result<Vec<String>, WorkflowError>) -> Vec<u8> {
+    match result {
+        Ok(changes) => Answer {
+            outcome: Outcome::Done as i32,
+            changes: changes.clone(),
             ..Answer::default()
         },
         Err(e) => refusal(e),
@@ -312,14 +348,6 @@ pub fn patience(lease: Duration) -> Duration {
 /// `patience`, then gives up (UNAVAILABLE, nothing changed). Other jobs
 /// are dropped.
 pub async fn forward(backend: PostgresBackend, job: Job, patience: Duration) {
-    if let Job::Site { reply, .. } = job {
-        // Not through the mailbox (a document can be large, and it touches
-        // no incident): the caller asks the leading replica.
-        let _ = reply.send(Err(WorkflowError::Unavailable(
-            "site imports are made on the leading replica; try again there".into(),
-        )));
-        return;
-    }
     let Some(req) = request(&job) else { return };
     let body = req.encode_to_vec();
     let target = req.target.clone();
@@ -375,6 +403,16 @@ pub async fn forward(backend: PostgresBackend, job: Job, patience: Duration) {
                     Ok(a.until_micros.map(from_micros))
                 } else {
                     Err(error(a, &target))
+                }
+            });
+            let _ = reply.send(result);
+        }
+        Job::Site { reply, .. } => {
+            let result = result.and_then(|a| {
+                if a.outcome == Outcome::Done as i32 {
+                    Ok(a.changes)
+                } else {
+                    Err(error(a, "site"))
                 }
             });
             let _ = reply.send(result);
@@ -558,6 +596,33 @@ mod tests {
             }
             other => panic!("not a test-mode job: {other:?}"),
         }
+        let site = SiteDocument {
+            posts: vec![vigil_proto::v1::PostRecord {
+                post_id: "p-1".into(),
+                name: "Embassy".into(),
+                duress_words: vec!["bluebird".into()],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let import = Job::Site {
+            site: site.clone(),
+            actor: Actor::new("ada", "admin"),
+            at,
+            reply: oneshot::channel().0,
+        };
+        match round_trip(&import) {
+            Job::Site {
+                site: back,
+                actor,
+                at: back_at,
+                ..
+            } => {
+                assert_eq!(back, site);
+                assert_eq!((actor, back_at), (Actor::new("ada", "admin"), at));
+            }
+            other => panic!("not a site job: {other:?}"),
+        }
     }
 
     #[test]
@@ -593,6 +658,8 @@ mod tests {
         let until = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
         let a = Answer::decode(&test_mode_answer(&Ok(Some(until)))[..]).unwrap();
         assert_eq!(a.until_micros.map(from_micros), Some(until));
+        let a = Answer::decode(&site_answer(&Ok(vec!["post p-1 added".into()]))[..]).unwrap();
+        assert_eq!(a.changes, ["post p-1 added"]);
     }
 
     #[test]

@@ -347,7 +347,12 @@ impl Writer {
         // The stored site document, if a job of the group replaces it:
         // changes are named against it (and against each other in turn).
         let mut site_now = None;
-        if group.iter().any(|j| matches!(j, Job::Site { .. })) {
+        let is_site = |j: &Job| match j {
+            Job::Site { .. } => true,
+            Job::Forwarded { job, .. } => matches!(**job, Job::Site { .. }),
+            _ => false,
+        };
+        if group.iter().any(is_site) {
             match self.store.site() {
                 Ok(site) => site_now = Some(site),
                 Err(e) => return Err((e, unavailable(group))),
@@ -419,7 +424,22 @@ impl Writer {
                     let reply = match claimed {
                         // Answered or given up already: nothing to do.
                         Ok(false) => continue,
-                        Ok(true) => act(&mut self.engine, *job, &mut stored, &mut changes),
+                        Ok(true) => match *job {
+                            Job::Site {
+                                site,
+                                actor,
+                                at,
+                                reply,
+                            } => Some(replace_site(
+                                &mut site_now,
+                                site,
+                                &actor,
+                                at,
+                                reply,
+                                &mut changes,
+                            )),
+                            job => act(&mut self.engine, job, &mut stored, &mut changes),
+                        },
                         Err(e) => {
                             failed = Some(e);
                             break;
@@ -428,8 +448,10 @@ impl Writer {
                     let answer = match &reply {
                         Some(Reply::Workflow(_, r)) => crate::forward::workflow_answer(r),
                         Some(Reply::TestMode(_, r)) => crate::forward::test_mode_answer(r),
-                        // Never forwarded (see `forward::forward`).
-                        Some(Reply::Site(..)) | None => continue,
+                        Some(Reply::Site(_, lines)) => {
+                            crate::forward::site_answer(&Ok(lines.clone()))
+                        }
+                        None => continue,
                     };
                     replies.extend(reply);
                     if let Err(e) = tx.answer_request(id, &answer) {
@@ -443,13 +465,14 @@ impl Writer {
                     at,
                     reply,
                 } => {
-                    let now = site_now.get_or_insert_with(SiteDocument::default);
-                    let lines = site_changes(now, &site, &actor, at, &mut changes);
-                    if !lines.is_empty() {
-                        *now = site.clone();
-                        changes.site = Some(site);
-                    }
-                    replies.push(Reply::Site(reply, lines));
+                    replies.push(replace_site(
+                        &mut site_now,
+                        site,
+                        &actor,
+                        at,
+                        reply,
+                        &mut changes,
+                    ));
                 }
                 Job::Tick { at } => {
                     self.engine.tick(at, &mut changes);
@@ -564,6 +587,25 @@ fn act(
         }
         _ => None,
     }
+}
+
+/// Replaces the site document `now` (read from the store before the group)
+/// with `site` in `changes`, audited; the reply to send once committed.
+fn replace_site(
+    now: &mut Option<SiteDocument>,
+    site: SiteDocument,
+    actor: &Actor,
+    at: SystemTime,
+    reply: oneshot::Sender<Result<Vec<String>, WorkflowError>>,
+    changes: &mut Changes,
+) -> Reply {
+    let now = now.get_or_insert_with(SiteDocument::default);
+    let lines = site_changes(now, &site, actor, at, changes);
+    if !lines.is_empty() {
+        *now = site.clone();
+        changes.site = Some(site);
+    }
+    Reply::Site(reply, lines)
 }
 
 /// The audit entries of replacing site document `old` with `new` (one per

@@ -502,7 +502,48 @@ async fn a_standby_takes_actions_through_the_leader() {
         .expect("test mode on a standby")
         .into_inner();
     assert!(post.test_mode_until.is_some(), "{post:?}");
-    assert!(second.metrics.actions_forwarded.load(Relaxed) >= 5);
+
+    // A site import on the standby: checked there, stored by the leader,
+    // its changes answered; the same document again changes nothing.
+    let site = vigil_proto::v1::SiteDocument {
+        posts: vec![vigil_proto::v1::PostRecord {
+            post_id: "p-1".into(),
+            name: "Embassy".into(),
+            timezone: "Europe/Vienna".into(),
+            duress_words: vec!["bluebird".into()],
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let import = |c: &mut vigil_proto::v1::ops_center_client::OpsCenterClient<_>| {
+        let mut c = c.clone();
+        let site = site.clone();
+        async move {
+            c.import_site(vigil_proto::v1::ImportSiteRequest { site: Some(site) })
+                .await
+                .map(|r| r.into_inner().changes)
+        }
+    };
+    let changes = import(&mut supervisor).await.expect("import on a standby");
+    assert_eq!(changes.len(), 1, "{changes:?}");
+    assert!(changes[0].contains("p-1"), "{changes:?}");
+    let mut leader_supervisor = region.api_client(Role::Supervisor, "sue", first.api).await;
+    let stored = leader_supervisor
+        .export_site(vigil_proto::v1::ExportSiteRequest {})
+        .await
+        .expect("export on the leader")
+        .into_inner();
+    assert_eq!(stored, site);
+    let again = import(&mut supervisor)
+        .await
+        .expect("the same import again");
+    assert!(again.is_empty(), "{again:?}");
+    let bad = import(&mut standby)
+        .await
+        .expect_err("an analyst may not import");
+    assert_eq!(bad.code(), Code::PermissionDenied, "{bad:?}");
+
+    assert!(second.metrics.actions_forwarded.load(Relaxed) >= 7);
     assert_eq!(
         second.metrics.commits.load(Relaxed),
         0,
