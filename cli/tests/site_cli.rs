@@ -144,5 +144,21 @@ async fn site_files_import_export_and_show_with_incidents() {
         !shown.contains("bluebird") && !shown.contains("4711"),
         "{shown}"
     );
+
+    // With --json: the incident detail's fields and the plan under `plan`.
+    let mut args = vec!["incidents".to_owned()];
+    args.extend(alice.iter().cloned());
+    args.extend(["inc-000001".into(), "--json".into()]);
+    let out = run_vigil(args, vec![]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    assert_eq!(v["incident"]["id"], "inc-000001", "{v}");
+    assert_eq!(v["plan"]["plan"]["post_id"], "p-1", "{v}");
+    assert_eq!(
+        v["plan"]["plan"]["steps"][1]["text"], "Ask the gate for a patrol",
+        "{v}"
+    );
+    assert_eq!(v["plan"]["post"]["contacts"][0]["name"], "Gate desk", "{v}");
+    assert_eq!(v["plan"]["post"]["secrets_withheld"], true, "{v}");
     center.stop().await;
 }

@@ -163,6 +163,7 @@ async fn call(client: &mut Client, rpc: &str, me: &str) -> Code {
                     step: 1,
                     outcome: StepOutcome::Done as i32,
                     note: String::new(),
+                    step_text: String::new(),
                 })
                 .await
                 .map(drop),

@@ -239,6 +239,7 @@ async fn plan_steps_are_checked_off_or_skipped_and_audited() {
         step,
         outcome: outcome as i32,
         note: note.into(),
+        step_text: String::new(),
     };
 
     let after = alice
@@ -326,5 +327,104 @@ async fn plan_steps_are_checked_off_or_skipped_and_audited() {
     let notes = store.notes(&inc.id).unwrap();
     assert_eq!(notes.len(), 1);
     assert_eq!(notes[0].text, "the gate does not answer");
+    ops.stop().await;
+}
+
+/// A plan changed after steps were marked: the marks keep the steps they
+/// were made on (shown apart when the plan's step of that number now says
+/// something else), and a mark sent for a step as the caller saw it before
+/// the change is refused rather than put on another step.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn marks_keep_their_steps_when_the_plan_changes() {
+    let ops = Center::start().await;
+    let mut admin = ops.client(Role::Admin, "ada").await;
+    let mut alice = ops.client(Role::Analyst, "alice").await;
+    let import = |text: &str| ImportSiteRequest {
+        site: Some(site::parse(text).unwrap()),
+    };
+    admin.import_site(import(SITE)).await.unwrap();
+    ops.submit(vec![alarm("p-1", 1, 1, now_secs())]).await;
+    let inc = alice
+        .list_incidents(ListIncidentsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .incidents
+        .remove(0);
+    let mark = |version, step, text: &str| MarkStepRequest {
+        incident_id: inc.id.clone(),
+        expected_version: version,
+        step,
+        outcome: StepOutcome::Done as i32,
+        note: String::new(),
+        step_text: text.into(),
+    };
+    let after = alice
+        .mark_step(mark(inc.version, 1, "Look at the front door camera"))
+        .await
+        .unwrap()
+        .into_inner();
+    let after = alice
+        .mark_step(mark(after.version, 3, ""))
+        .await
+        .unwrap()
+        .into_inner();
+
+    // The post's plan now starts with a new step: the old steps 1 and 2
+    // move down one.
+    let changed = SITE.replace(
+        "  { kind = \"verify_cameras\", text = \"Look at the front door camera\" },",
+        "  \"Read the post's standing orders\",\n  { kind = \"verify_cameras\", text = \"Look at the front door camera\" },",
+    );
+    assert_ne!(changed, SITE);
+    admin.import_site(import(&changed)).await.unwrap();
+
+    let plan = alice
+        .get_incident_plan(GetIncidentPlanRequest {
+            incident_id: inc.id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(plan.plan.as_ref().unwrap().steps.len(), 4);
+    let marks: Vec<(u32, &str, bool)> = plan
+        .progress
+        .iter()
+        .map(|p| (p.step, p.summary.as_str(), p.plan_changed))
+        .collect();
+    assert_eq!(
+        marks,
+        [
+            (1, "verify cameras: Look at the front door camera", true),
+            (3, "dispatch: Police if not cleared in 5 minutes", true),
+        ]
+    );
+
+    // Step 1 as the analyst saw it before the change: refused, nothing
+    // marked; as the plan says it now: marked.
+    let e = alice
+        .mark_step(mark(after.version, 1, "Look at the front door camera"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(e.message().contains("the plan changed"), "{}", e.message());
+    alice
+        .mark_step(mark(after.version, 2, "Look at the front door camera"))
+        .await
+        .unwrap();
+    let plan = alice
+        .get_incident_plan(GetIncidentPlanRequest {
+            incident_id: inc.id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let current: Vec<u32> = plan
+        .progress
+        .iter()
+        .filter(|p| !p.plan_changed)
+        .map(|p| p.step)
+        .collect();
+    assert_eq!(current, [2]);
     ops.stop().await;
 }

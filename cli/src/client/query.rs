@@ -59,21 +59,35 @@ pub(crate) async fn incidents(args: IncidentsArgs) -> Result<()> {
         )
         .await
         .map_err(|e| fail(&s, &e))?;
+        // The action plan and the post's contacts; a server from before
+        // post records has neither.
+        let plan = match unary(
+            s.client.get_incident_plan(GetIncidentPlanRequest {
+                incident_id: detail
+                    .incident
+                    .as_ref()
+                    .map(|i| i.id.clone())
+                    .unwrap_or_default(),
+            }),
+        )
+        .await
+        {
+            Ok(plan) => Some(plan),
+            Err(e) if e.code() == tonic::Code::Unimplemented => None,
+            Err(e) => return Err(fail(&s, &e)),
+        };
         if args.json {
-            println!("{}", render::json(&detail, "IncidentDetail"));
+            // The detail's fields, and the plan under `plan`.
+            let mut v = render::json(&detail, "IncidentDetail");
+            if let (Some(plan), Some(fields)) = (&plan, v.as_object_mut()) {
+                fields.insert("plan".into(), render::json(plan, "IncidentPlan"));
+            }
+            println!("{v}");
             return Ok(());
         }
         print!("{}", render::incident_detail(&detail));
-        // The action plan and the post's contacts; a server from before
-        // post records has neither.
-        match unary(s.client.get_incident_plan(GetIncidentPlanRequest {
-            incident_id: detail.incident.map(|i| i.id).unwrap_or_default(),
-        }))
-        .await
-        {
-            Ok(plan) => print!("{}", render::incident_plan(&plan)),
-            Err(e) if e.code() == tonic::Code::Unimplemented => {}
-            Err(e) => return Err(fail(&s, &e)),
+        if let Some(plan) = plan {
+            print!("{}", render::incident_plan(&plan));
         }
         return Ok(());
     }

@@ -440,7 +440,11 @@ pub(crate) fn incident_plan(p: &IncidentPlan) -> String {
                     k => vigil_ops::site::step_kind_name(k).replace('_', " "),
                 };
                 out.push_str(&format!("  {}. [{tag}] {}\n", i + 1, step.text));
-                if let Some(mark) = p.progress.iter().find(|m| m.step as usize == i + 1) {
+                if let Some(mark) = p
+                    .progress
+                    .iter()
+                    .find(|m| m.step as usize == i + 1 && !m.plan_changed)
+                {
                     let word = match mark.outcome() {
                         StepOutcome::Skipped => "skipped",
                         _ => "done",
@@ -470,6 +474,21 @@ pub(crate) fn incident_plan(p: &IncidentPlan) -> String {
                 }
             }
         }
+    }
+    // Marks made on steps the plan has since changed: kept apart, with the
+    // step as it was.
+    for mark in p.progress.iter().filter(|m| m.plan_changed) {
+        let word = match mark.outcome() {
+            StepOutcome::Skipped => "skipped",
+            _ => "done",
+        };
+        out.push_str(&format!(
+            "  (earlier plan) step {} {word} by {} at {}: {}\n",
+            mark.step,
+            mark.actor,
+            when(mark.at.as_ref()),
+            mark.summary
+        ));
     }
     let Some(post) = &p.post else {
         out.push_str("\npost record: none\n");
@@ -773,13 +792,27 @@ mod tests {
                 passcode_count: 2,
                 ..Default::default()
             }),
-            progress: vec![vigil_proto::v1::StepProgress {
-                step: 2,
-                outcome: StepOutcome::Skipped as i32,
-                actor: "alice".into(),
-                at: None,
-                detail: "step 2 skipped: call guard: Ask for a patrol; note: no answer".into(),
-            }],
+            progress: vec![
+                vigil_proto::v1::StepProgress {
+                    step: 2,
+                    outcome: StepOutcome::Skipped as i32,
+                    actor: "alice".into(),
+                    at: None,
+                    detail: "step 2 skipped: call guard: Ask for a patrol; note: no answer".into(),
+                    summary: "call guard: Ask for a patrol".into(),
+                    plan_changed: false,
+                },
+                // Made on step 3 of an earlier plan.
+                vigil_proto::v1::StepProgress {
+                    step: 3,
+                    outcome: StepOutcome::Done as i32,
+                    actor: "bob".into(),
+                    at: None,
+                    detail: "step 3 done: dispatch: Guard force".into(),
+                    summary: "dispatch: Guard force".into(),
+                    plan_changed: true,
+                },
+            ],
         };
         let text = incident_plan(&p);
         assert!(text.contains("plan (burglary, every post):"), "{text}");
@@ -795,6 +828,10 @@ mod tests {
         );
         assert!(
             text.contains("3. [call police] If not cleared\n       (no contact"),
+            "{text}"
+        );
+        assert!(
+            text.contains("  (earlier plan) step 3 done by bob at -: dispatch: Guard force\n"),
             "{text}"
         );
         assert!(text.contains("post p-1 (Embassy, Europe/Vienna)"), "{text}");

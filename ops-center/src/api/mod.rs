@@ -813,9 +813,9 @@ impl OpsCenter for Api {
         Ok(Response::new(IncidentPlan {
             incident_id: incident.id,
             category,
+            progress: step_progress(&audit, plan.as_ref()),
             plan,
             post: post.map(|p| secrets_for(&peer, p)),
-            progress: step_progress(&audit),
         }))
     }
 
@@ -861,6 +861,12 @@ impl OpsCenter for Api {
                     plan.steps.len()
                 ))
             })?;
+        if !r.step_text.is_empty() && r.step_text != step.text {
+            return Err(Status::failed_precondition(format!(
+                "the plan changed: step {} now says {:?}, not {:?}; look at the plan again",
+                r.step, step.text, r.step_text
+            )));
+        }
         let action = Action::Step {
             step: r.step,
             skipped,
@@ -873,8 +879,18 @@ impl OpsCenter for Api {
 }
 
 /// The latest mark of each plan step, from an incident's audit trail, by
-/// step.
-fn step_progress(audit: &[vigil_proto::v1::AuditEntry]) -> Vec<StepProgress> {
+/// step; a mark whose step the plan (`plan`, as it applies now) no longer
+/// has as it was marked says so.
+fn step_progress(
+    audit: &[vigil_proto::v1::AuditEntry],
+    plan: Option<&vigil_proto::v1::ActionPlan>,
+) -> Vec<StepProgress> {
+    let now_says = |step: u32| {
+        (step as usize)
+            .checked_sub(1)
+            .and_then(|i| plan?.steps.get(i))
+            .map(crate::site::step_summary)
+    };
     let mut latest = std::collections::BTreeMap::new();
     for a in audit {
         let outcome = match a.action() {
@@ -890,6 +906,9 @@ fn step_progress(audit: &[vigil_proto::v1::AuditEntry]) -> Vec<StepProgress> {
                 actor: a.actor.clone(),
                 at: a.at,
                 detail: a.detail.clone(),
+                summary: a.step_summary.clone(),
+                plan_changed: !a.step_summary.is_empty()
+                    && now_says(a.step).as_deref() != Some(a.step_summary.as_str()),
             },
         );
     }

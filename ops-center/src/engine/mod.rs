@@ -421,7 +421,7 @@ fn record(
         to_version: inc.version,
         detail,
         post_id: inc.post_id.clone(),
-        step: 0,
+        ..Default::default()
     });
 }
 
@@ -442,7 +442,7 @@ fn post_audit(
         to_version: 0,
         detail,
         post_id: post.to_owned(),
-        step: 0,
+        ..Default::default()
     }
 }
 

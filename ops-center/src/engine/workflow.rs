@@ -305,8 +305,9 @@ impl Engine {
             _ => detail,
         };
         record(&mut inc, audit, actor, now, detail, out);
-        if let (Action::Step { step, .. }, Some(entry)) = (action, out.audit.last_mut()) {
+        if let (Action::Step { step, summary, .. }, Some(entry)) = (action, out.audit.last_mut()) {
             entry.step = *step;
+            entry.step_summary.clone_from(summary);
         }
         out.put_incident(inc.clone(), Some(current.version));
         self.latest
