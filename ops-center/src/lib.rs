@@ -242,6 +242,7 @@ pub async fn run_with_api(
             let metrics = metrics.clone();
             move || metrics.leading.load(Relaxed)
         },
+        metrics.retention.clone(),
         tasks.clone(),
     ));
     tracker.close();

@@ -168,6 +168,8 @@ pub struct Metrics {
     pub actions_forwarded: AtomicU64,
     /// Whether the store can write (the gRPC health service follows it).
     pub store_health: StoreHealth,
+    /// What retention deleted and archived.
+    pub retention: Arc<crate::store::retention::RetentionMetrics>,
 }
 
 /// Whether the store can write: set by the writer, watched by the gRPC
@@ -271,6 +273,7 @@ impl Metrics {
     pub fn export(&self, out: &mut vigil_telemetry::Exposition) {
         self.snapshot().export(out);
         self.peer_expiry.export(out);
+        self.retention.export(out);
         out.histogram(
             "vigil_ops_commit_duration_seconds",
             "Time to commit one group of messages and workflow changes.",

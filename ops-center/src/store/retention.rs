@@ -27,6 +27,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
+    sync::atomic::{AtomicU64, Ordering::Relaxed},
     time::{Duration, SystemTime},
 };
 
@@ -774,14 +775,82 @@ pub fn open(backend: &dyn Backend, config: &RetentionConfig) -> Result<Pruner, S
     Pruner::open(backend, config.policy(), archive)
 }
 
+/// What the periodic passes did since start, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct RetentionMetrics {
+    pub passes: AtomicU64,
+    pub failed_passes: AtomicU64,
+    /// Events deleted, by kind ([`ALL_KINDS`], in order).
+    pub events: [AtomicU64; ALL_KINDS.len()],
+    pub incidents: AtomicU64,
+    pub archive_files: AtomicU64,
+    /// When the last pass ended well (Unix seconds; 0: none yet).
+    pub last_pass_unix: AtomicU64,
+}
+
+impl RetentionMetrics {
+    fn count(&self, report: &Report, at: SystemTime) {
+        self.passes.fetch_add(1, Relaxed);
+        for (kind, counter) in ALL_KINDS.iter().zip(&self.events) {
+            let n = report.events.get(kind_name(*kind)).copied().unwrap_or(0);
+            counter.fetch_add(n, Relaxed);
+        }
+        self.incidents.fetch_add(report.incidents, Relaxed);
+        self.archive_files
+            .fetch_add(report.archive_files.len() as u64, Relaxed);
+        let secs = at
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default();
+        self.last_pass_unix.store(secs.as_secs(), Relaxed);
+    }
+
+    /// Adds the `vigil_ops_retention_*` series to a Prometheus exposition.
+    pub fn export(&self, out: &mut vigil_telemetry::Exposition) {
+        out.counter(
+            "vigil_ops_retention_passes_total",
+            "Retention passes that ended well (each deletes what is past its period, in small steps).",
+            self.passes.load(Relaxed),
+        );
+        out.counter(
+            "vigil_ops_retention_failed_passes_total",
+            "Retention passes that failed (the next pass tries again).",
+            self.failed_passes.load(Relaxed),
+        );
+        for (kind, counter) in ALL_KINDS.iter().zip(&self.events) {
+            out.counter_with(
+                "vigil_ops_retention_events_pruned_total",
+                "Events deleted by retention (archived first when an archive is configured), by kind.",
+                &[("kind", kind_name(*kind))],
+                counter.load(Relaxed),
+            );
+        }
+        out.counter(
+            "vigil_ops_retention_incidents_pruned_total",
+            "Resolved incidents deleted by retention, with their audit trails and notes.",
+            self.incidents.load(Relaxed),
+        );
+        out.counter(
+            "vigil_ops_retention_archive_files_total",
+            "Archive files retention wrote (each fsynced before the rows left).",
+            self.archive_files.load(Relaxed),
+        );
+        out.gauge(
+            "vigil_ops_retention_last_pass_timestamp_seconds",
+            "When the last retention pass ended well (Unix time; 0: none since start).",
+            self.last_pass_unix.load(Relaxed) as f64,
+        );
+    }
+}
+
 /// Prunes every `interval_secs` while this replica leads (always, on
-/// SQLite), until `shutdown`. Each pass runs on the blocking pool, a small
+/// SQLite), until `shutdown`; counts what it did in `metrics`. Each pass runs on the blocking pool, a small
 /// transaction per step with a pause between steps; an error is logged and
 /// the next pass opens a fresh connection.
 pub async fn run_periodically(
     backend: std::sync::Arc<dyn Backend>,
     config: RetentionConfig,
     leading: impl Fn() -> bool + Send + 'static,
+    metrics: std::sync::Arc<RetentionMetrics>,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
     if !config.enabled {
@@ -824,6 +893,7 @@ pub async fn run_periodically(
         match pass {
             Ok(Ok((p, report))) => {
                 pruner = Some(p);
+                metrics.count(&report, SystemTime::now());
                 if report.events_total() > 0 || report.incidents > 0 {
                     tracing::info!(
                         events = report.events_total(),
@@ -834,8 +904,14 @@ pub async fn run_periodically(
                     );
                 }
             }
-            Ok(Err(e)) => tracing::warn!(error = %e, "retention: pass failed; next pass retries"),
-            Err(e) => tracing::error!(error = %e, "retention: pass panicked"),
+            Ok(Err(e)) => {
+                metrics.failed_passes.fetch_add(1, Relaxed);
+                tracing::warn!(error = %e, "retention: pass failed; next pass retries");
+            }
+            Err(e) => {
+                metrics.failed_passes.fetch_add(1, Relaxed);
+                tracing::error!(error = %e, "retention: pass panicked");
+            }
         }
     }
 }
@@ -916,10 +992,12 @@ mod tests {
             ..Default::default()
         };
         let stop = tokio_util::sync::CancellationToken::new();
+        let metrics = Arc::new(RetentionMetrics::default());
         let task = tokio::spawn(run_periodically(
             backend.clone(),
             config,
             || true,
+            metrics.clone(),
             stop.clone(),
         ));
         let count = || {
@@ -939,6 +1017,28 @@ mod tests {
             left = count().await;
         }
         assert_eq!(left, 0, "every old camera event pruned");
+        // The pass that deleted them is counted by the time it ends.
+        let camera = ALL_KINDS
+            .iter()
+            .position(|k| kind_name(*k) == "camera")
+            .unwrap();
+        for _ in 0..100 {
+            if metrics.events[camera].load(Relaxed) == 25 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(metrics.events[camera].load(Relaxed), 25);
+        assert!(metrics.passes.load(Relaxed) >= 1);
+        assert_eq!(metrics.failed_passes.load(Relaxed), 0);
+        assert!(metrics.last_pass_unix.load(Relaxed) > 1_600_000_000);
+        let mut out = vigil_telemetry::Exposition::new();
+        metrics.export(&mut out);
+        let text = out.render();
+        assert!(
+            text.contains("vigil_ops_retention_events_pruned_total{kind=\"camera\"} 25"),
+            "{text}"
+        );
         stop.cancel();
         task.await.unwrap();
     }
