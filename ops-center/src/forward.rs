@@ -379,10 +379,23 @@ pub async fn forward(backend: PostgresBackend, job: Job, patience: Duration) {
             "no leading replica took the action within {} s; nothing was changed",
             patience.as_secs()
         ))),
-        Ok(Err(e)) => Err(WorkflowError::Unavailable(format!(
-            "the action could not be forwarded to the leading replica: {e}"
-        ))),
-        Err(_) => Err(WorkflowError::Unavailable("forwarding panicked".into())),
+        // The cause is for the log; the caller learns what it means.
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "forwarding an action: the database failed");
+            Err(WorkflowError::Unavailable(
+                "the database failed while the action was passed to the leading replica; \
+                 look at the incident before trying again"
+                    .into(),
+            ))
+        }
+        Err(_) => {
+            tracing::error!("forwarding an action panicked");
+            Err(WorkflowError::Unavailable(
+                "the action could not be passed to the leading replica; \
+                 look at the incident before trying again"
+                    .into(),
+            ))
+        }
     };
     match job {
         Job::Workflow { reply, .. } => {

@@ -118,9 +118,11 @@ pub fn workflow_status(e: WorkflowError) -> Status {
         e @ WorkflowError::InvalidTransition { .. } => Status::failed_precondition(e.to_string()),
         WorkflowError::Refused(m) => Status::failed_precondition(m),
         WorkflowError::InvalidArgument(m) => Status::invalid_argument(m),
+        // The reasons are written for the caller (no internal detail):
+        // whether anything changed, and what to do.
         WorkflowError::Unavailable(m) => {
             tracing::warn!(reason = %m, "workflow unavailable");
-            Status::unavailable("operations center unavailable; try again")
+            Status::unavailable(format!("operations center unavailable: {m}"))
         }
     }
 }
@@ -751,10 +753,7 @@ impl OpsCenter for Api {
         };
         let gone = || Status::unavailable("operations center shutting down");
         self.jobs.send(job).await.map_err(|_| gone())?;
-        let changes = rx.await.map_err(|_| gone())?.map_err(|e| match e {
-            WorkflowError::Unavailable(m) => Status::unavailable(m),
-            e => workflow_status(e),
-        })?;
+        let changes = rx.await.map_err(|_| gone())?.map_err(workflow_status)?;
         tracing::info!(identity = %peer.identity, changes = changes.len(), "api: site document imported");
         Ok(Response::new(ImportSiteResponse { changes }))
     }
@@ -993,5 +992,18 @@ mod tests {
             status.message()
         );
         assert_eq!(current_incident(&status), Some(current));
+    }
+
+    #[test]
+    fn unavailable_says_why_in_the_callers_words() {
+        let status = workflow_status(WorkflowError::Unavailable(
+            "no leading replica took the action within 12 s; nothing was changed".into(),
+        ));
+        assert_eq!(status.code(), Code::Unavailable);
+        assert_eq!(
+            status.message(),
+            "operations center unavailable: no leading replica took the action within 12 s; \
+             nothing was changed"
+        );
     }
 }
