@@ -489,8 +489,9 @@ impl Writer {
         let (positions, result) = match outcome {
             Ok(result) => result,
             Err(e) => {
-                let why =
-                    || WorkflowError::Unavailable("the store failed; nothing was changed".into());
+                let why = || {
+                    WorkflowError::Unavailable("the store failed before the change was confirmed; check before trying again".into())
+                };
                 for reply in replies {
                     match reply {
                         Reply::Workflow(tx, _) => drop(tx.send(Err(why()))),
@@ -639,7 +640,11 @@ fn site_changes(
 /// Answers the workflow jobs of a group that cannot be committed with
 /// UNAVAILABLE; returns the others (worth trying again).
 fn unavailable(group: Vec<Job>) -> Vec<Job> {
-    let why = || WorkflowError::Unavailable("the store failed; nothing was changed".into());
+    let why = || {
+        WorkflowError::Unavailable(
+            "the store failed before the change was confirmed; check before trying again".into(),
+        )
+    };
     group
         .into_iter()
         .filter_map(|job| match job {
