@@ -29,8 +29,9 @@ use vigil_proto::v1::{
 };
 
 use super::{
-    Backend, Changes, CommitResult, EngineSnapshot, IncidentFilter, Received, ReceivedFilter,
-    ReceivedKey, SeqFilter, Store, StoreError, StoreTx, StoreWriter, incident_id, incident_number,
+    Backend, Changes, CommitResult, EngineSnapshot, HistoryFilter, IncidentFilter, OpenedFilter,
+    Received, ReceivedFilter, ReceivedKey, SeqFilter, Store, StoreError, StoreTx, StoreWriter,
+    TimeKey, incident_id, incident_number,
     shapes::{self, Param},
     sites,
     watermark::SeqWatermark,
@@ -98,8 +99,9 @@ impl Backend for SqliteBackend {
 pub const DB_FILE: &str = "ops.db";
 /// Schema version written to `PRAGMA user_version`: 1 the first schema,
 /// 2 the event kind and received-order time as indexed columns, 3 post
-/// records and action plans (`store::sites`).
-const SCHEMA_VERSION: i64 = 3;
+/// records and action plans (`store::sites`), 4 when each incident opened
+/// as an indexed column (`store::history`).
+const SCHEMA_VERSION: i64 = 4;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS posts (
@@ -283,6 +285,12 @@ impl SqliteStore {
                 tx.pragma_update(None, "user_version", 3)?;
                 tx.commit()?;
             }
+            if found < 4 {
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                super::history::migrate_sqlite(&tx)?;
+                tx.pragma_update(None, "user_version", 4)?;
+                tx.commit()?;
+            }
         } else {
             conn.pragma_update(None, "query_only", true)?;
         }
@@ -291,6 +299,30 @@ impl SqliteStore {
             path,
             marks: None,
         })
+    }
+
+    /// Incidents of a query whose columns are body, opened_at, number.
+    fn timed_incidents(&self, q: &shapes::Query) -> Result<Vec<(TimeKey, Incident)>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(&q.sql)?;
+        let rows = stmt.query_map(rusqlite::params_from_iter(q.params.iter()), |r| {
+            Ok((
+                r.get::<_, Vec<u8>>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, i64>(2)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (body, ms, number) = row?;
+            out.push((
+                TimeKey {
+                    ms,
+                    key: number as u64,
+                },
+                decode::<Incident>(&body)?,
+            ));
+        }
+        Ok(out)
     }
 
     /// Path of the database file.
@@ -598,6 +630,47 @@ impl Store for SqliteStore {
         Ok(out)
     }
 
+    fn history_events(
+        &self,
+        filter: &HistoryFilter,
+        limit: usize,
+    ) -> Result<Vec<(TimeKey, StoredEvent)>, StoreError> {
+        let q = shapes::history_events(filter, limit, shapes::Dialect::Sqlite)?;
+        let mut stmt = self.conn.prepare_cached(&q.sql)?;
+        let rows = stmt.query_map(rusqlite::params_from_iter(q.params.iter()), |r| {
+            Ok((stored_event(r)?, r.get::<_, i64>(3)?, r.get::<_, i64>(5)?))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (event, at, seq) = row?;
+            out.push((
+                TimeKey {
+                    ms: at,
+                    key: seq as u64,
+                },
+                to_stored(event)?,
+            ));
+        }
+        Ok(out)
+    }
+
+    fn history_incidents(
+        &self,
+        filter: &HistoryFilter,
+        limit: usize,
+    ) -> Result<Vec<(TimeKey, Incident)>, StoreError> {
+        self.timed_incidents(&shapes::history_incidents(filter, limit))
+    }
+
+    fn incidents_opened(
+        &self,
+        filter: &OpenedFilter,
+        after: Option<TimeKey>,
+        limit: usize,
+    ) -> Result<Vec<(TimeKey, Incident)>, StoreError> {
+        self.timed_incidents(&shapes::incidents_opened(filter, after, limit)?)
+    }
+
     fn engine_snapshot(&self, resolved_since: SystemTime) -> Result<EngineSnapshot, StoreError> {
         let incidents = self.bodies(
             "SELECT body FROM incidents WHERE state != ?1 OR resolved_at >= ?2 ORDER BY number",
@@ -712,12 +785,13 @@ impl StoreTx for SqliteTx<'_> {
                 .and_then(|t| SystemTime::try_from(t).ok())
                 .map(millis);
             let body = inc.encode_to_vec();
+            let opened_at = super::history::opened_ms(inc);
             let changed = match write.prev_version {
                 None => self
                     .tx
                     .prepare_cached(
-                        "INSERT OR IGNORE INTO incidents (number, post_id, state, version, resolved_at, body)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                        "INSERT OR IGNORE INTO incidents (number, post_id, state, version, resolved_at, body, opened_at)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                     )?
                     .execute(params![
                         number as i64,
@@ -725,13 +799,14 @@ impl StoreTx for SqliteTx<'_> {
                         inc.state,
                         inc.version as i64,
                         resolved_at,
-                        body
+                        body,
+                        opened_at
                     ])?,
                 Some(prev) => self
                     .tx
                     .prepare_cached(
-                        "UPDATE incidents SET state = ?2, version = ?3, resolved_at = ?4, body = ?5
-                         WHERE number = ?1 AND version = ?6",
+                        "UPDATE incidents SET state = ?2, version = ?3, resolved_at = ?4, body = ?5,
+                         opened_at = ?7 WHERE number = ?1 AND version = ?6",
                     )?
                     .execute(params![
                         number as i64,
@@ -739,7 +814,8 @@ impl StoreTx for SqliteTx<'_> {
                         inc.version as i64,
                         resolved_at,
                         body,
-                        prev as i64
+                        prev as i64,
+                        opened_at
                     ])?,
             };
             if changed != 1 {
