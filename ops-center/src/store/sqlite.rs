@@ -1119,6 +1119,68 @@ mod tests {
         );
     }
 
+    /// A store from before version 4 (no `incidents.opened_at`) with
+    /// incidents in it: opening it fills the column from the stored bodies,
+    /// and a post's history finds them newest first by when they opened.
+    #[test]
+    fn a_version_3_store_is_migrated_with_when_incidents_opened() {
+        use crate::store::{HistoryFilter, TimeKey};
+        let dir = tempfile::tempdir().unwrap();
+        SqliteBackend::open(dir.path()).unwrap();
+        {
+            let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
+            conn.execute_batch(
+                "DROP INDEX incidents_post_opened; DROP INDEX incidents_opened;
+                 ALTER TABLE incidents DROP COLUMN opened_at;",
+            )
+            .unwrap();
+            for (n, secs) in [(1i64, 30i64), (2, 10), (3, 20)] {
+                let inc = Incident {
+                    id: incident_id(n as u64),
+                    post_id: "p-1".into(),
+                    version: 1,
+                    opened_at: Some(prost_types::Timestamp {
+                        seconds: secs,
+                        nanos: 0,
+                    }),
+                    ..Default::default()
+                };
+                conn.execute(
+                    "INSERT INTO incidents (number, post_id, state, version, body)
+                     VALUES (?1, 'p-1', 1, 1, ?2)",
+                    params![n, inc.encode_to_vec()],
+                )
+                .unwrap();
+            }
+            conn.pragma_update(None, "user_version", 3).unwrap();
+        }
+        SqliteBackend::open(dir.path()).unwrap();
+        let store = SqliteStore::open_reader(dir.path()).unwrap();
+        let version: i64 = store
+            .conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        let filter = HistoryFilter {
+            post_id: "p-1".into(),
+            ..Default::default()
+        };
+        let keys: Vec<TimeKey> = store
+            .history_incidents(&filter, 10)
+            .unwrap()
+            .iter()
+            .map(|(k, _)| *k)
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                TimeKey { ms: 30_000, key: 1 },
+                TimeKey { ms: 20_000, key: 3 },
+                TimeKey { ms: 10_000, key: 2 }
+            ]
+        );
+    }
+
     #[test]
     fn a_reader_cannot_write() {
         let dir = tempfile::tempdir().unwrap();
