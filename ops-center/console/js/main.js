@@ -419,7 +419,7 @@ function setupHistory() {
     }
     const v = (id) => $(id).value.trim();
     const load = async (more) => {
-        const post = v("h-post");
+        const post = v("hist-post");
         if (!post) {
             say("History: name a post.", "error");
             return;
@@ -428,13 +428,13 @@ function setupHistory() {
             historyToken = "";
             $("history-body").replaceChildren();
             $("history-head").replaceChildren(historyHead());
-            api.record(post).then((r) => $("history-record").replaceChildren(recordView(r)), () => $("history-record").replaceChildren(recordView(null)));
+            api.record(post).then((r) => $("history-record").replaceChildren(recordView(r, "history-post-record")), () => $("history-record").replaceChildren(recordView(null, "history-post-record")));
         }
         try {
-            const page = await api.getJson(api.historyUrl(post, v("h-from"), v("h-to"), v("h-categories"), historyToken));
+            const page = await api.getJson(api.historyUrl(post, v("hist-from"), v("hist-to"), v("hist-categories"), historyToken));
             $("history-body").append(...historyRows(page.items));
             historyToken = page.next_page_token;
-            $("h-more").hidden = historyToken === "";
+            $("hist-more").hidden = historyToken === "";
             $("history-status").textContent = `${$("history-body").childElementCount} items${historyToken ? ", more to load" : ", all loaded"}.`;
         }
         catch (e) {
@@ -445,7 +445,7 @@ function setupHistory() {
         e.preventDefault();
         void load(false);
     });
-    $("h-more").addEventListener("click", () => void load(true));
+    $("hist-more").addEventListener("click", () => void load(true));
 }
 /** The report page (supervisors and admins): figures per post for a period, and the CSV download. */
 function setupReport() {

@@ -140,8 +140,8 @@ export function planView(p, me, mark) {
     return section;
 }
 /** A post's record: name, address, contacts in calling order, zones, cameras, secrets as allowed. */
-export function recordView(r) {
-    const section = el("section", { "aria-labelledby": "h-record", id: "record" }, el("h3", { id: "h-record" }, "Post record"));
+export function recordView(r, id = "record") {
+    const section = el("section", { "aria-labelledby": `h-${id}`, id }, el("h3", { id: `h-${id}` }, "Post record"));
     if (!r) {
         section.append(el("p", {}, "No record for this post."));
         return section;

@@ -464,7 +464,7 @@ function setupHistory(): void {
   }
   const v = (id: string): string => $<HTMLInputElement>(id).value.trim();
   const load = async (more: boolean): Promise<void> => {
-    const post = v("h-post");
+    const post = v("hist-post");
     if (!post) {
       say("History: name a post.", "error");
       return;
@@ -474,15 +474,15 @@ function setupHistory(): void {
       $("history-body").replaceChildren();
       $("history-head").replaceChildren(historyHead());
       api.record(post).then(
-        (r) => $("history-record").replaceChildren(recordView(r)),
-        () => $("history-record").replaceChildren(recordView(null)),
+        (r) => $("history-record").replaceChildren(recordView(r, "history-post-record")),
+        () => $("history-record").replaceChildren(recordView(null, "history-post-record")),
       );
     }
     try {
-      const page = await api.getJson<api.HistoryPage>(api.historyUrl(post, v("h-from"), v("h-to"), v("h-categories"), historyToken));
+      const page = await api.getJson<api.HistoryPage>(api.historyUrl(post, v("hist-from"), v("hist-to"), v("hist-categories"), historyToken));
       $("history-body").append(...historyRows(page.items));
       historyToken = page.next_page_token;
-      $<HTMLButtonElement>("h-more").hidden = historyToken === "";
+      $<HTMLButtonElement>("hist-more").hidden = historyToken === "";
       $("history-status").textContent = `${$("history-body").childElementCount} items${historyToken ? ", more to load" : ", all loaded"}.`;
     } catch (e) {
       say(`History of ${post}: ${String(e)}`, "error");
@@ -492,7 +492,7 @@ function setupHistory(): void {
     e.preventDefault();
     void load(false);
   });
-  $("h-more").addEventListener("click", () => void load(true));
+  $("hist-more").addEventListener("click", () => void load(true));
 }
 
 /** The report page (supervisors and admins): figures per post for a period, and the CSV download. */

@@ -170,8 +170,8 @@ export function planView(p: IncidentPlan | null, me: Me, mark: Mark): HTMLElemen
 }
 
 /** A post's record: name, address, contacts in calling order, zones, cameras, secrets as allowed. */
-export function recordView(r: PostRecord | null | undefined): HTMLElement {
-  const section = el("section", { "aria-labelledby": "h-record", id: "record" }, el("h3", { id: "h-record" }, "Post record"));
+export function recordView(r: PostRecord | null | undefined, id = "record"): HTMLElement {
+  const section = el("section", { "aria-labelledby": `h-${id}`, id }, el("h3", { id: `h-${id}` }, "Post record"));
   if (!r) {
     section.append(el("p", {}, "No record for this post."));
     return section;
