@@ -357,6 +357,10 @@ LOCAL_JS = """
 
 @checked("history_and_report_pages")
 def run_history_report(alice, bob):
+    # A post's row in the posts view opens its history.
+    alice.click("#nav-posts")
+    alice.click("tr[data-post='p-1']")
+    alice.wait_for_selector("#history-body tr.h-incident[data-incident='inc-000001']", timeout=WAIT_MS)
     alice.click("#nav-history")
     alice.fill("#hist-post", "p-1")
     alice.click("#hist-load")

@@ -382,6 +382,14 @@ async function loadPosts() {
     try {
         const { posts } = await api.posts();
         $("posts").replaceChildren(postsView(posts, Date.now()));
+        // A post's row opens its history.
+        if (me.may.history) {
+            for (const tr of $("posts").querySelectorAll("tr[data-post]")) {
+                tr.classList.add("link");
+                tr.title = `History of ${tr.dataset.post}`;
+                tr.addEventListener("click", () => openHistory(tr.dataset.post ?? ""));
+            }
+        }
     }
     catch (e) {
         $("posts").replaceChildren(el("p", {}, `Cannot load posts: ${String(e)}`));
@@ -446,6 +454,12 @@ function setupHistory() {
         void load(false);
     });
     $("hist-more").addEventListener("click", () => void load(true));
+}
+/** Shows the history view for `post`, from its newest item. */
+function openHistory(post) {
+    showView("history");
+    $("hist-post").value = post;
+    $("history-form").requestSubmit();
 }
 /** The report page (supervisors and admins): figures per post for a period, and the CSV download. */
 function setupReport() {

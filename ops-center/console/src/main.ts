@@ -425,6 +425,14 @@ async function loadPosts(): Promise<void> {
   try {
     const { posts } = await api.posts();
     $("posts").replaceChildren(postsView(posts, Date.now()));
+    // A post's row opens its history.
+    if (me.may.history) {
+      for (const tr of $("posts").querySelectorAll<HTMLElement>("tr[data-post]")) {
+        tr.classList.add("link");
+        tr.title = `History of ${tr.dataset.post}`;
+        tr.addEventListener("click", () => openHistory(tr.dataset.post ?? ""));
+      }
+    }
   } catch (e) {
     $("posts").replaceChildren(el("p", {}, `Cannot load posts: ${String(e)}`));
   }
@@ -493,6 +501,13 @@ function setupHistory(): void {
     void load(false);
   });
   $("hist-more").addEventListener("click", () => void load(true));
+}
+
+/** Shows the history view for `post`, from its newest item. */
+function openHistory(post: string): void {
+  showView("history");
+  $<HTMLInputElement>("hist-post").value = post;
+  $<HTMLFormElement>("history-form").requestSubmit();
 }
 
 /** The report page (supervisors and admins): figures per post for a period, and the CSV download. */
