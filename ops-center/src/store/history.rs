@@ -8,8 +8,10 @@
 //! One step on each backend (SQLite schema version 4, PostgreSQL migration
 //! 7): the column, the backfill from the stored bodies (the protobuf
 //! `Incident`, which SQL cannot read) and the indexes, in one transaction,
-//! so a store is never seen half migrated. The writer sets the column with
-//! every incident it writes.
+//! so a store is never seen half migrated. The writer sets the column when
+//! it first writes an incident; an incident's opening time never changes
+//! after (a reopened incident keeps it), so updates leave it and its
+//! indexes alone.
 
 use prost::Message;
 use vigil_proto::v1::Incident;

@@ -1247,6 +1247,7 @@ impl StoreTx for PostgresTx<'_> {
                 .and_then(|t| SystemTime::try_from(t).ok())
                 .map(millis);
             let body = inc.encode_to_vec();
+            // Set once: an incident's opening time never changes.
             let opened_at = super::history::opened_ms(inc);
             let changed = match write.prev_version {
                 None => self.exec(
@@ -1263,8 +1264,8 @@ impl StoreTx for PostgresTx<'_> {
                     ],
                 )?,
                 Some(prev) => self.exec(
-                    "UPDATE incidents SET state = $2, version = $3, resolved_at = $4, body = $5,
-                     opened_at = $7 WHERE number = $1 AND version = $6",
+                    "UPDATE incidents SET state = $2, version = $3, resolved_at = $4, body = $5
+                     WHERE number = $1 AND version = $6",
                     &[
                         &number,
                         &inc.state,
@@ -1272,7 +1273,6 @@ impl StoreTx for PostgresTx<'_> {
                         &resolved_at,
                         &body,
                         &(prev as i64),
-                        &opened_at,
                     ],
                 )?,
             };

@@ -785,6 +785,8 @@ impl StoreTx for SqliteTx<'_> {
                 .and_then(|t| SystemTime::try_from(t).ok())
                 .map(millis);
             let body = inc.encode_to_vec();
+            // Set once: an incident's opening time never changes (and an
+            // update that named the column would rewrite both its indexes).
             let opened_at = super::history::opened_ms(inc);
             let changed = match write.prev_version {
                 None => self
@@ -805,8 +807,8 @@ impl StoreTx for SqliteTx<'_> {
                 Some(prev) => self
                     .tx
                     .prepare_cached(
-                        "UPDATE incidents SET state = ?2, version = ?3, resolved_at = ?4, body = ?5,
-                         opened_at = ?7 WHERE number = ?1 AND version = ?6",
+                        "UPDATE incidents SET state = ?2, version = ?3, resolved_at = ?4, body = ?5
+                         WHERE number = ?1 AND version = ?6",
                     )?
                     .execute(params![
                         number as i64,
@@ -814,8 +816,7 @@ impl StoreTx for SqliteTx<'_> {
                         inc.version as i64,
                         resolved_at,
                         body,
-                        prev as i64,
-                        opened_at
+                        prev as i64
                     ])?,
             };
             if changed != 1 {

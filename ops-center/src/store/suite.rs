@@ -1110,6 +1110,15 @@ fn post_history_and_reports_read_by_time(b: &dyn Backend) {
     let mut tx = store.begin().unwrap();
     tx.apply(&changes).unwrap();
     tx.commit().unwrap();
+    // A later change to an incident keeps it where it opened.
+    let mut changed = changes.incident(&incident_id(2)).unwrap().clone();
+    changed.version = 2;
+    changed.title = "changed later".into();
+    let mut later = Changes::default();
+    later.put_incident(changed, Some(1));
+    let mut tx = store.begin().unwrap();
+    tx.apply(&later).unwrap();
+    tx.commit().unwrap();
     let reader = b.reader().unwrap();
 
     // The history, merged newest first, whatever the page size.
