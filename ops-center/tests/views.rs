@@ -133,6 +133,7 @@ async fn history_and_reports_by_role_after_real_alarms() {
     assert!(e.message().contains("post_id"), "{e:?}");
     let e = bad(history("p-404")).await;
     assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    assert!(e.message().contains("no post p-404"), "{e:?}");
     let mut req = history("p-1");
     req.page_token = "not-a-token".into();
     assert_eq!(bad(req).await.code(), Code::InvalidArgument);

@@ -878,7 +878,7 @@ impl OpsCenter for Api {
             },
             token: history::Token::parse(&req.page_token)?,
         };
-        let post_id = req.post_id;
+        let (post_id, wanted) = (req.post_id.clone(), req.post_id);
         let page = self
             .read(move |s| {
                 if s.post(&post_id)?.is_none() && s.post_record(&post_id)?.is_none() {
@@ -888,7 +888,9 @@ impl OpsCenter for Api {
             })
             .await?;
         page.map(Response::new).ok_or_else(|| {
-            Status::not_found("no such post: it never sent an event and has no record")
+            Status::not_found(format!(
+                "no post {wanted}: it never sent an event and has no record"
+            ))
         })
     }
 
