@@ -168,6 +168,26 @@ async fn call(client: &mut Client, rpc: &str, me: &str) -> Code {
                 .await
                 .map(drop),
         ),
+        // No post "p-1" has been heard from.
+        "GetPostHistory" => code(
+            client
+                .get_post_history(vigil_proto::v1::GetPostHistoryRequest {
+                    post_id: "p-1".into(),
+                    ..Default::default()
+                })
+                .await
+                .map(drop),
+        ),
+        "GetReport" => code(
+            client
+                .get_report(vigil_proto::v1::GetReportRequest {
+                    from_time: Some(prost_types::Timestamp::default()),
+                    to_time: Some(SystemTime::now().into()),
+                    post_ids: vec![],
+                })
+                .await
+                .map(drop),
+        ),
         other => panic!("no rpc {other}"),
     }
 }
@@ -225,6 +245,12 @@ async fn every_role_against_every_rpc() {
             &[Analyst, Supervisor, Engineer, Admin],
             Code::NotFound,
         ),
+        (
+            "GetPostHistory",
+            &[Analyst, Supervisor, Engineer, Admin],
+            Code::NotFound,
+        ),
+        ("GetReport", &[Supervisor, Admin], Code::Ok),
     ];
     for role in Role::ALL {
         let id = format!("{}-x", role.as_str());

@@ -21,7 +21,7 @@ use tokio::{
 };
 use vigil_ops::engine::EngineConfig;
 use vigil_pki::Role;
-use vigil_proto::v1::{Event, EventCategory};
+use vigil_proto::v1::{Event, EventCategory, ImportSiteRequest};
 use vigil_tests::center::{Center, alarm, now_secs};
 
 /// The behaviours the script must report, all `ok`.
@@ -33,10 +33,42 @@ const CHECKS: &[&str] = &[
     "analyst_cannot_escalate",
     "change_without_the_header_refused",
     "keyboard_shortcuts",
+    "plan_step_marked_in_the_browser",
     "posts_and_replay_views",
+    "history_and_report_pages",
     "post_and_no_certificate_refused",
     "text_contrast",
 ];
+/// p-1's record (two contacts, secrets an analyst may not see) and a
+/// burglary plan of three steps.
+const SITE: &str = r#"
+[[post]]
+id = "p-1"
+name = "Embassy Vienna"
+timezone = "Europe/Vienna"
+duress_words = ["bluebird"]
+passcodes = ["4711"]
+[[post.contact]]
+role = "guard"
+name = "Gate desk"
+phone = "+43 1 555 0100"
+[[post.contact]]
+role = "police"
+name = "Station Innere Stadt"
+phone = "133"
+[[post.zone]]
+number = 7
+name = "Back office"
+
+[[plan]]
+category = "burglary"
+post = "p-1"
+steps = [
+  { kind = "verify_cameras", text = "Look at the back office camera" },
+  { kind = "call_contact", role = "guard", text = "Ask the gate for a patrol" },
+  { kind = "dispatch", text = "Police if not cleared in 5 minutes" },
+]
+"#;
 /// The whole browser run, seeding 1,000 incidents included.
 const DEADLINE: Duration = Duration::from_secs(300);
 
@@ -121,6 +153,13 @@ async fn the_console_in_a_real_browser() {
         *s += 1;
         *s
     };
+    // p-1's record and its burglary plan, for the plan and record checks.
+    let mut bob = center.client(Role::Supervisor, "bob").await;
+    bob.import_site(ImportSiteRequest {
+        site: Some(vigil_ops::site::parse(SITE).unwrap()),
+    })
+    .await
+    .unwrap();
     for (post, zone) in [("p-1", 7), ("p-2", 3), ("p-3", 12)] {
         center
             .submit(vec![alarm(post, next(post), zone, now_secs())])

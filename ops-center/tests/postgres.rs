@@ -138,6 +138,8 @@ fn migration_4_fills_event_kinds_of_a_store_that_had_none() {
              CREATE INDEX events_received ON events (received_at);
              CREATE INDEX incidents_post ON incidents (post_id, state);
              DROP TABLE site_posts, site_plans;
+             DROP INDEX incidents_post_opened, incidents_opened;
+             ALTER TABLE incidents DROP COLUMN opened_at;
              UPDATE vigil_schema SET version = 3;",
         )
         .unwrap();
@@ -165,7 +167,7 @@ fn migration_4_fills_event_kinds_of_a_store_that_had_none() {
         .query_one("SELECT version FROM vigil_schema", &[])
         .unwrap()
         .get(0);
-    assert_eq!(version, 6);
+    assert_eq!(version, 7);
     let reader = backend.reader().unwrap();
     let health = SeqFilter {
         post_id: "p-1".into(),
@@ -192,6 +194,74 @@ fn migration_4_fills_event_kinds_of_a_store_that_had_none() {
         .map(|(k, _)| (k.received_ms, k.seq))
         .collect();
     assert_eq!(keys, [(1000, 1), (3000, 3), (5000, 5), (7000, 7)]);
+}
+
+/// A store from before migration 7 (no `incidents.opened_at`) with
+/// incidents in it: opening it fills the column from the stored bodies, and
+/// a post's history and a period find them by when they opened.
+#[test]
+fn migration_7_fills_when_incidents_opened() {
+    use prost::Message;
+    use std::time::{Duration, UNIX_EPOCH};
+    use vigil_ops::store::{HistoryFilter, OpenedFilter, TimeKey, incident_id};
+    use vigil_proto::v1::Incident;
+    let Some(pg) = Postgres::start() else { return };
+    let url = pg.create_db();
+    PostgresBackend::open(&url).unwrap();
+    let mut admin = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    admin
+        .batch_execute(
+            "DROP INDEX incidents_post_opened, incidents_opened;
+             ALTER TABLE incidents DROP COLUMN opened_at;
+             UPDATE vigil_schema SET version = 6;",
+        )
+        .unwrap();
+    let t = |s: u64| UNIX_EPOCH + Duration::from_secs(1_700_000_000 + s);
+    // Numbers and opening times in different orders.
+    for (n, secs) in [(1i64, 30u64), (2, 10), (3, 20)] {
+        let inc = Incident {
+            id: incident_id(n as u64),
+            post_id: "p-1".into(),
+            version: 1,
+            opened_at: Some(t(secs).into()),
+            ..Default::default()
+        };
+        admin
+            .execute(
+                "INSERT INTO incidents (number, post_id, state, version, body)
+                 VALUES ($1, 'p-1', 1, 1, $2)",
+                &[&n, &inc.encode_to_vec()],
+            )
+            .unwrap();
+    }
+    let backend = PostgresBackend::open(&url).unwrap();
+    let reader = backend.reader().unwrap();
+    let history = HistoryFilter {
+        post_id: "p-1".into(),
+        ..Default::default()
+    };
+    let newest_first: Vec<TimeKey> = reader
+        .history_incidents(&history, 10)
+        .unwrap()
+        .iter()
+        .map(|(k, _)| *k)
+        .collect();
+    let ms = |s: u64| 1_700_000_000_000 + 1000 * s as i64;
+    assert_eq!(
+        newest_first,
+        [
+            TimeKey { ms: ms(30), key: 1 },
+            TimeKey { ms: ms(20), key: 3 },
+            TimeKey { ms: ms(10), key: 2 }
+        ]
+    );
+    let period = OpenedFilter {
+        post_ids: vec![],
+        from: Some(t(15)),
+        to: Some(t(30)),
+    };
+    let found = reader.incidents_opened(&period, None, 10).unwrap();
+    assert_eq!(found.iter().map(|(k, _)| k.key).collect::<Vec<_>>(), [3]);
 }
 
 #[test]
@@ -382,6 +452,7 @@ fn a_sqlite_store_imports_into_postgresql_unchanged() {
         post_id: "p-1".into(),
         state: IncidentState::Open as i32,
         version: 1,
+        opened_at: Some(t(4).into()),
         ..Default::default()
     };
     {
@@ -493,6 +564,18 @@ fn a_sqlite_store_imports_into_postgresql_unchanged() {
         format!("{:?}", a.incident_events(&inc.id).unwrap()),
         format!("{:?}", b.incident_events(&inc.id).unwrap()),
     );
+    // When the incident opened came along: a period finds it.
+    let period = vigil_ops::store::OpenedFilter {
+        post_ids: vec!["p-1".into()],
+        from: Some(t(4)),
+        to: Some(t(5)),
+    };
+    same(
+        "incidents opened in a period",
+        format!("{:?}", a.incidents_opened(&period, None, 10).unwrap()),
+        format!("{:?}", b.incidents_opened(&period, None, 10).unwrap()),
+    );
+    assert_eq!(b.incidents_opened(&period, None, 10).unwrap().len(), 1);
     // The imported store goes on: the gap fills, positions continue.
     let last = b.last_audit_position().unwrap();
     let mut w = postgres.writer().unwrap();

@@ -145,7 +145,9 @@ def main():
         run_analyst_cannot_escalate(alice)
         run_cross_origin(alice)
         run_keyboard_note(alice)
+        run_plan(alice)
         run_views(alice, bob, url, pki, browser)
+        run_history_report(alice, bob)
         run_contrast(bob)
         run_refused(browser, url, pki)
         if args.screenshot:
@@ -307,6 +309,85 @@ def run_keyboard_note(alice):
     alice.keyboard.press("Enter")
     alice.wait_for_selector("#timeline li.tl-note:has-text('guard on the way')", timeout=WAIT_MS)
     check("keyboard_shortcuts", True, "j/k moved the selection; n, typing, Tab, Enter added a note")
+
+
+@checked("plan_step_marked_in_the_browser")
+def run_plan(alice):
+    # inc-000001 is a burglary at p-1, whose plan (imported by the test)
+    # has three steps; its record lists two contacts in calling order.
+    select(alice, "inc-000001")
+    alice.wait_for_selector("#plan li[data-step='3']", timeout=WAIT_MS)
+    contacts = alice.eval_on_selector_all("#record ol.contacts li", "items => items.map(i => i.textContent)")
+    secrets = alice.inner_text("#record .secrets")
+    if len(contacts) != 2 or "Gate desk" not in contacts[0] or "Station" not in contacts[1]:
+        raise AssertionError(f"contacts: {contacts}")
+    if "withheld" not in secrets or "bluebird" in alice.inner_text("#record"):
+        raise AssertionError(f"an analyst sees secrets: {secrets!r}")
+    alice.click("#plan li[data-step='1'] .mark-done")
+    alice.wait_for_selector("#prompt[open]")
+    alice.fill("#prompt-text", "camera shows nobody")
+    alice.click("#prompt-ok")
+    alice.wait_for_selector("#plan li[data-step='1'].done", timeout=WAIT_MS)
+    mark = alice.inner_text("#plan li[data-step='1'] .step-mark")
+    if "alice" not in mark:
+        raise AssertionError(f"step 1 mark: {mark!r}")
+    # A mark on a version that is no longer current: 409 with the incident.
+    v = version(alice, "inc-000001")
+    status, body = alice.evaluate(
+        """([id, v]) => fetch('/api/incidents/' + id + '/step', {
+               method: 'POST',
+               headers: {'Content-Type': 'application/json', 'X-Vigil-Action': '1'},
+               body: JSON.stringify({expected_version: v - 1, step: 2, outcome: 'done'})})
+             .then(async r => [r.status, await r.json()])""",
+        ["inc-000001", v],
+    )
+    if status != 409 or body.get("current", {}).get("version") != v:
+        raise AssertionError(f"stale step mark answered {status}: {body}")
+    check("plan_step_marked_in_the_browser", True, f"step 1 checked off ({mark}); contacts {len(contacts)}; {secrets}; stale mark 409")
+
+
+LOCAL_JS = """
+(offsetMs) => {
+  const d = new Date(Date.now() + offsetMs);
+  const p = (n) => String(n).padStart(2, '0');
+  return `${d.getFullYear()}-${p(d.getMonth() + 1)}-${p(d.getDate())}T${p(d.getHours())}:${p(d.getMinutes())}:${p(d.getSeconds())}`;
+}
+"""
+
+
+@checked("history_and_report_pages")
+def run_history_report(alice, bob):
+    # A post's row in the posts view opens its history.
+    alice.click("#nav-posts")
+    alice.click("tr[data-post='p-1']")
+    alice.wait_for_selector("#history-body tr.h-incident[data-incident='inc-000001']", timeout=WAIT_MS)
+    alice.click("#nav-history")
+    alice.fill("#hist-post", "p-1")
+    alice.click("#hist-load")
+    alice.wait_for_selector("#history-body tr.h-incident[data-incident='inc-000001']", timeout=WAIT_MS)
+    alice.wait_for_selector("#history-body tr.h-event[data-seq='1']", timeout=WAIT_MS)
+    alice.wait_for_selector("#history-record ol.contacts li", timeout=WAIT_MS)
+    items = alice.eval_on_selector_all("#history-body tr", "rows => rows.length")
+    alice.click("#nav-report")
+    note = alice.inner_text("#report-note")
+    if "supervisors" not in note or alice.is_visible("#report-form"):
+        raise AssertionError(f"analyst report page: {note!r}")
+    alice.click("#nav-queue")
+    bob.click("#nav-report")
+    bob.fill("#rp-from", bob.evaluate(LOCAL_JS, -3_600_000))
+    bob.fill("#rp-to", bob.evaluate(LOCAL_JS, 3_600_000))
+    bob.click("#rp-show")
+    bob.wait_for_selector("table.report tr[data-post='p-1']", timeout=WAIT_MS)
+    with bob.expect_download() as d:
+        bob.click("#rp-download")
+    failure = d.value.failure()
+    if failure:
+        raise AssertionError(f"CSV download failed: {failure}")
+    lines = open(d.value.path(), encoding="utf-8").read().splitlines()
+    if not lines[0].startswith("post_id,alarm_events,") or not any(l.startswith("p-1,") for l in lines[1:]):
+        raise AssertionError(f"CSV: {lines[:3]}")
+    bob.click("#nav-queue")
+    check("history_and_report_pages", True, f"history of p-1: {items} rows; report table and CSV of {len(lines) - 1} posts")
 
 
 CONTRAST_JS = """

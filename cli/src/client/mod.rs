@@ -1,6 +1,6 @@
 //! The gRPC client commands: `vigil watch | incidents | ack | assign |
 //! escalate | resolve | reopen | note | step | posts | test-mode | replay |
-//! site`.
+//! site | history | report`.
 //!
 //! Each command connects to the operations center's `vigil.v1.OpsCenter`
 //! API over mutual TLS with the caller's own certificate (its OU is the role
@@ -20,12 +20,15 @@
 //! - [`watch`]: the live feed, resuming from its cursor after a disconnect.
 //! - [`replay`]: stored events as JSON lines.
 //! - [`site`]: `site import`, `site export`: post records and action plans.
+//! - [`views`]: `history` (one post's incidents and events), `report`
+//!   (per-post figures for a period).
 
 pub(crate) mod connect;
 pub(crate) mod query;
 pub(crate) mod render;
 pub(crate) mod replay;
 pub(crate) mod site;
+pub(crate) mod views;
 pub(crate) mod watch;
 pub(crate) mod workflow;
 
@@ -64,6 +67,10 @@ pub(crate) enum ClientCommand {
     TestMode(workflow::TestModeArgs),
     /// Replay stored events as JSON lines (stdout or --to-file).
     Replay(replay::ReplayArgs),
+    /// One post's incidents and events, newest first (analysts and up).
+    History(views::HistoryArgs),
+    /// Per-post figures for a period (CSV, --json): alarms, false-alarm rate, response times.
+    Report(views::ReportArgs),
     /// Post records, contacts and action plans: import or export a site file (TOML).
     #[command(subcommand)]
     Site(site::SiteCommand),
@@ -113,6 +120,8 @@ pub(crate) fn run(cmd: ClientCommand) -> Result<()> {
             ClientCommand::TestMode(a) => workflow::test_mode(a).await,
             ClientCommand::Replay(a) => replay::run(a).await,
             ClientCommand::Site(c) => site::run(c).await,
+            ClientCommand::History(a) => views::history(a).await,
+            ClientCommand::Report(a) => views::report(a).await,
         }
     })
 }

@@ -20,6 +20,41 @@ export async function getJson(path) {
 export const me = () => getJson("/api/me");
 export const detail = (id) => getJson(`/api/incidents/${encodeURIComponent(id)}`);
 export const posts = () => getJson("/api/posts");
+export const record = (post) => getJson(`/api/posts/${encodeURIComponent(post)}/record`);
+/** Milliseconds since the epoch of a `datetime-local` value, or null. */
+export function msOf(local) {
+    const t = local ? Date.parse(local) : NaN;
+    return Number.isFinite(t) ? String(t) : null;
+}
+/** The URL of one page of a post's history. */
+export function historyUrl(post, from, to, categories, token) {
+    const q = new URLSearchParams();
+    const f = msOf(from);
+    const t = msOf(to);
+    if (f)
+        q.set("from_ms", f);
+    if (t)
+        q.set("to_ms", t);
+    if (categories.trim())
+        q.set("categories", categories.trim());
+    if (token)
+        q.set("page_token", token);
+    q.set("limit", "100");
+    return `/api/posts/${encodeURIComponent(post)}/history?${q.toString()}`;
+}
+/** The URL of a report (JSON, or with `csv` the download); null without a period. */
+export function reportUrl(from, to, posts, csv) {
+    const f = msOf(from);
+    const t = msOf(to);
+    if (!f || !t)
+        return null;
+    const q = new URLSearchParams({ from_ms: f, to_ms: t });
+    if (posts.trim())
+        q.set("posts", posts.trim());
+    if (csv)
+        q.set("format", "csv");
+    return `/api/report?${q.toString()}`;
+}
 /**
  * Runs `action` on incident `id` as of `expectedVersion` (the version the
  * analyst saw when deciding). The header marks it as the console's own

@@ -2,7 +2,7 @@
 // incident's detail, actions by key or button, the posts and replay views.
 import * as api from "./api.js";
 import { Queue, age, ago, announce, categoryOf, noFilter, openedMs, priorityOf, rank, stateOf } from "./queue.js";
-import { ACTIONS, blocked, detailView, el, postsView, replayUrl } from "./views.js";
+import { ACTIONS, blocked, detailView, el, historyHead, historyRows, postsView, recordView, replayUrl, reportView } from "./views.js";
 const probe = { firstPaintMs: null, firstEventMs: null, snapshotMs: null, announced: 0, seenAt: {}, renderMs: 0, renderMaxMs: 0 };
 window.vigil = probe;
 const $ = (id) => {
@@ -175,7 +175,7 @@ function showDetail() {
             const d = await api.detail(i.id);
             if (selected !== i.id)
                 return;
-            $("detail").replaceChildren(detailView(d, me, (spec) => void run(spec), Date.now()));
+            $("detail").replaceChildren(detailView(d, me, (spec) => void run(spec), Date.now(), (step, outcome) => void markStep(step, outcome)));
         }
         catch (e) {
             $("detail").replaceChildren(el("p", { class: "hint" }, `Cannot load ${i.id}: ${String(e)}`));
@@ -232,11 +232,32 @@ async function run(spec) {
             return;
         fields = { text: a.text };
     }
-    const outcome = await api.act(i.id, spec.action, seen, fields);
+    settle(await api.act(i.id, spec.action, seen, fields), spec.label, i.id, seen);
+}
+/** Checks off or skips step `step` of the selected incident's plan (a note is required to skip). */
+async function markStep(step, outcome) {
+    const i = selected ? queue.get(selected) : undefined;
+    const label = outcome === "done" ? `Check off step ${step}` : `Skip step ${step}`;
+    if (!i) {
+        say(`${label}: no incident selected.`, "error");
+        return;
+    }
+    const seen = i.version;
+    const a = await ask(`${label} of ${i.id}`, outcome === "done" ? "Note (optional)" : "Why it is skipped", false, outcome === "skipped");
+    if (!a)
+        return;
+    if (outcome === "skipped" && !a.text) {
+        say(`${label}: say why it is skipped.`, "error");
+        return;
+    }
+    settle(await api.act(i.id, "step", seen, { step, outcome, note: a.text }), label, i.id, seen);
+}
+/** Shows what an action came to; a conflict shows the incident as it is now. */
+function settle(outcome, label, id, seen) {
     switch (outcome.kind) {
         case "done":
             queue.put(outcome.incident);
-            say(`${spec.label}: ${outcome.incident.id} is now v${outcome.incident.version} (${stateOf(outcome.incident)}).`);
+            say(`${label}: ${outcome.incident.id} is now v${outcome.incident.version} (${stateOf(outcome.incident)}).`);
             break;
         case "conflict": {
             const c = outcome.current;
@@ -245,12 +266,12 @@ async function run(spec) {
             const now = c
                 ? `It is now v${c.version}: ${stateOf(c)}, ${c.assignee ? `assigned to ${c.assignee}` : "unassigned"}${c.acknowledged_by ? `, acknowledged by ${c.acknowledged_by}` : ""}.`
                 : outcome.message;
-            say(`Not done: ${i.id} changed since you saw it (v${seen}). ${now} Check it and try again.`, "conflict");
+            say(`Not done: ${id} changed since you saw it (v${seen}). ${now} Check it and try again.`, "conflict");
             shown = null;
             break;
         }
         case "refused":
-            say(`${spec.label} refused (${outcome.status}): ${outcome.message}`, "error");
+            say(`${label} refused (${outcome.status}): ${outcome.message}`, "error");
             break;
     }
     schedule();
@@ -348,8 +369,9 @@ function connect() {
     };
 }
 // ------------------------------------------------------------ views
+const VIEWS = ["queue", "posts", "history", "report", "replay"];
 function showView(name) {
-    for (const v of ["queue", "posts", "replay"]) {
+    for (const v of VIEWS) {
         $(`view-${v}`).hidden = v !== name;
         $(`nav-${v}`).setAttribute("aria-current", String(v === name));
     }
@@ -360,6 +382,14 @@ async function loadPosts() {
     try {
         const { posts } = await api.posts();
         $("posts").replaceChildren(postsView(posts, Date.now()));
+        // A post's row opens its history.
+        if (me.may.history) {
+            for (const tr of $("posts").querySelectorAll("tr[data-post]")) {
+                tr.classList.add("link");
+                tr.title = `History of ${tr.dataset.post}`;
+                tr.addEventListener("click", () => openHistory(tr.dataset.post ?? ""));
+            }
+        }
     }
     catch (e) {
         $("posts").replaceChildren(el("p", {}, `Cannot load posts: ${String(e)}`));
@@ -383,6 +413,85 @@ function setupReplay() {
         e.preventDefault();
         update();
         $("r-download").click();
+    });
+    update();
+}
+/** The history page: a post's record, then its incidents and events, newest first, a page at a time. */
+let historyToken = "";
+function setupHistory() {
+    const form = $("history-form");
+    if (!me.may.history) {
+        form.hidden = true;
+        $("history-note").textContent = `Post history is for analysts, supervisors, engineers and admins; your role is ${me.role}.`;
+        return;
+    }
+    const v = (id) => $(id).value.trim();
+    const load = async (more) => {
+        const post = v("hist-post");
+        if (!post) {
+            say("History: name a post.", "error");
+            return;
+        }
+        if (!more) {
+            historyToken = "";
+            $("history-body").replaceChildren();
+            $("history-head").replaceChildren(historyHead());
+            api.record(post).then((r) => $("history-record").replaceChildren(recordView(r, "history-post-record")), () => $("history-record").replaceChildren(recordView(null, "history-post-record")));
+        }
+        try {
+            const page = await api.getJson(api.historyUrl(post, v("hist-from"), v("hist-to"), v("hist-categories"), historyToken));
+            $("history-body").append(...historyRows(page.items));
+            historyToken = page.next_page_token;
+            $("hist-more").hidden = historyToken === "";
+            $("history-status").textContent = `${$("history-body").childElementCount} items${historyToken ? ", more to load" : ", all loaded"}.`;
+        }
+        catch (e) {
+            say(`History of ${post}: ${String(e)}`, "error");
+        }
+    };
+    form.addEventListener("submit", (e) => {
+        e.preventDefault();
+        void load(false);
+    });
+    $("hist-more").addEventListener("click", () => void load(true));
+}
+/** Shows the history view for `post`, from its newest item. */
+function openHistory(post) {
+    showView("history");
+    $("hist-post").value = post;
+    $("history-form").requestSubmit();
+}
+/** The report page (supervisors and admins): figures per post for a period, and the CSV download. */
+function setupReport() {
+    const form = $("report-form");
+    if (!me.may.report) {
+        form.hidden = true;
+        $("report-note").textContent = `Reports are for supervisors and admins; your role is ${me.role}.`;
+        return;
+    }
+    const v = (id) => $(id).value.trim();
+    const update = () => {
+        const csv = api.reportUrl(v("rp-from"), v("rp-to"), v("rp-posts"), true);
+        const a = $("rp-download");
+        a.hidden = csv === null;
+        if (csv)
+            a.href = csv;
+    };
+    form.addEventListener("input", update);
+    form.addEventListener("submit", async (e) => {
+        e.preventDefault();
+        update();
+        const url = api.reportUrl(v("rp-from"), v("rp-to"), v("rp-posts"), false);
+        if (!url) {
+            say("Report: give the period, from and to.", "error");
+            return;
+        }
+        try {
+            $("report").replaceChildren(reportView(await api.getJson(url)));
+        }
+        catch (err) {
+            say(`Report: ${String(err)}`, "error");
+        }
     });
     update();
 }
@@ -434,7 +543,7 @@ async function main() {
     known = true;
     $("who").textContent = `${me.identity} (${me.role})`;
     $("shift").addEventListener("click", startShift);
-    for (const v of ["queue", "posts", "replay"]) {
+    for (const v of VIEWS) {
         $(`nav-${v}`).addEventListener("click", () => showView(v));
     }
     const bind = (id, set) => {
@@ -453,6 +562,8 @@ async function main() {
     $("message").addEventListener("click", () => ($("message").hidden = true));
     document.addEventListener("keydown", onKey);
     setupReplay();
+    setupHistory();
+    setupReport();
     // Ages and colours move with the clock.
     window.setInterval(() => {
         for (const r of rows.values())

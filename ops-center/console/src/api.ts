@@ -11,7 +11,11 @@ export type Permission =
   | "reopen"
   | "note"
   | "test_mode"
-  | "replay";
+  | "replay"
+  | "step"
+  | "history"
+  | "report"
+  | "see_secrets";
 
 /** `GET /api/me`: who the certificate says we are, and what the role may do. */
 export interface Me {
@@ -114,6 +118,52 @@ export interface PostInfo {
   open_incidents: number;
 }
 
+export interface Contact {
+  role: string;
+  name: string;
+  phone: string;
+  notes: string;
+}
+
+/** `vigil.v1.PostRecord`; duress words and passcodes are empty when withheld. */
+export interface PostRecord {
+  post_id: string;
+  name: string;
+  address: string;
+  timezone: string;
+  zones: { number: number; name: string }[];
+  cameras: { id: string; name: string }[];
+  contacts: Contact[];
+  duress_words: string[];
+  passcodes: string[];
+  secrets_withheld: boolean;
+  duress_word_count: number;
+  passcode_count: number;
+}
+
+export interface PlanStep {
+  kind: string;
+  text: string;
+  contact_role: string;
+}
+
+export interface StepProgress {
+  step: number;
+  outcome: string;
+  actor: string;
+  at?: string;
+  detail: string;
+}
+
+/** `vigil.v1.IncidentPlan`. */
+export interface IncidentPlan {
+  incident_id: string;
+  category: string;
+  plan?: { category: string; post_id: string; steps: PlanStep[] } | null;
+  post?: PostRecord | null;
+  progress: StepProgress[];
+}
+
 /** `GET /api/incidents/{id}`. */
 export interface Detail {
   incident: Incident;
@@ -121,9 +171,45 @@ export interface Detail {
   notes: Note[];
   audit: AuditEntry[];
   post: PostInfo | null;
+  plan: IncidentPlan | null;
 }
 
-export type Action = "acknowledge" | "assign" | "escalate" | "resolve" | "reopen" | "note";
+/** One item of a post's history: an incident or an event. */
+export interface HistoryItem {
+  at?: string;
+  incident?: Incident | null;
+  event?: StoredEvent | null;
+}
+
+export interface HistoryPage {
+  items: HistoryItem[];
+  next_page_token: string;
+}
+
+export interface PostReport {
+  post_id: string;
+  alarm_events: number;
+  incidents_opened: number;
+  incidents_resolved: number;
+  dispositions: { disposition: string; count: number }[];
+  false_alarms: number;
+  false_alarm_rate?: number | null;
+  acknowledged: number;
+  ack_p50_ms?: number | null;
+  ack_p90_ms?: number | null;
+  resolve_p50_ms?: number | null;
+  resolve_p90_ms?: number | null;
+  unrestored: number;
+  test_failures: number;
+}
+
+export interface Report {
+  from_time?: string;
+  to_time?: string;
+  posts: PostReport[];
+}
+
+export type Action = "acknowledge" | "assign" | "escalate" | "resolve" | "reopen" | "note" | "step";
 
 /** What an action came to. */
 export type Outcome =
@@ -152,6 +238,38 @@ export const me = (): Promise<Me> => getJson<Me>("/api/me");
 export const detail = (id: string): Promise<Detail> =>
   getJson<Detail>(`/api/incidents/${encodeURIComponent(id)}`);
 export const posts = (): Promise<{ posts: PostInfo[] }> => getJson("/api/posts");
+export const record = (post: string): Promise<PostRecord> =>
+  getJson<PostRecord>(`/api/posts/${encodeURIComponent(post)}/record`);
+
+/** Milliseconds since the epoch of a `datetime-local` value, or null. */
+export function msOf(local: string): string | null {
+  const t = local ? Date.parse(local) : NaN;
+  return Number.isFinite(t) ? String(t) : null;
+}
+
+/** The URL of one page of a post's history. */
+export function historyUrl(post: string, from: string, to: string, categories: string, token: string): string {
+  const q = new URLSearchParams();
+  const f = msOf(from);
+  const t = msOf(to);
+  if (f) q.set("from_ms", f);
+  if (t) q.set("to_ms", t);
+  if (categories.trim()) q.set("categories", categories.trim());
+  if (token) q.set("page_token", token);
+  q.set("limit", "100");
+  return `/api/posts/${encodeURIComponent(post)}/history?${q.toString()}`;
+}
+
+/** The URL of a report (JSON, or with `csv` the download); null without a period. */
+export function reportUrl(from: string, to: string, posts: string, csv: boolean): string | null {
+  const f = msOf(from);
+  const t = msOf(to);
+  if (!f || !t) return null;
+  const q = new URLSearchParams({ from_ms: f, to_ms: t });
+  if (posts.trim()) q.set("posts", posts.trim());
+  if (csv) q.set("format", "csv");
+  return `/api/report?${q.toString()}`;
+}
 
 /**
  * Runs `action` on incident `id` as of `expectedVersion` (the version the
@@ -162,7 +280,7 @@ export async function act(
   id: string,
   action: Action,
   expectedVersion: number,
-  fields: Record<string, string> = {},
+  fields: Record<string, string | number> = {},
 ): Promise<Outcome> {
   let response: Response;
   try {

@@ -1,7 +1,7 @@
 // Rendering: the incident detail, the posts view and the replay form. Text
 // goes in through textContent only, never as HTML.
 
-import type { Detail, Incident, Me, PostInfo, StoredEvent } from "./api.js";
+import type { Detail, HistoryItem, Incident, IncidentPlan, Me, PostInfo, PostRecord, Report, StoredEvent } from "./api.js";
 import { ago, categoryOf, priorityOf, short, stateOf } from "./queue.js";
 
 type Child = Node | string | null | undefined | false;
@@ -113,7 +113,7 @@ function testMode(p: PostInfo, now: number): string {
   return Number.isFinite(until) && until > now ? `until ${when(p.test_mode_until)}` : "off";
 }
 
-function describeEvent(e: StoredEvent): string {
+export function describeEvent(e: StoredEvent): string {
   const v = e.event;
   if (!v) {
     return "(empty)";
@@ -133,8 +133,142 @@ function describeEvent(e: StoredEvent): string {
   return v.description || "event";
 }
 
+/** A mark on a plan step: which, and done or skipped. */
+export type Mark = (step: number, outcome: "done" | "skipped") => void;
+
+/** The action plan's steps, each with its mark or the buttons to make one. */
+export function planView(p: IncidentPlan | null, me: Me, mark: Mark): HTMLElement {
+  const section = el("section", { "aria-labelledby": "h-plan", id: "plan" }, el("h3", { id: "h-plan" }, "Action plan"));
+  const steps = p?.plan?.steps ?? [];
+  if (steps.length === 0) {
+    section.append(el("p", {}, `No action plan for ${p?.category || "this category"}.`));
+    return section;
+  }
+  const progress = new Map((p?.progress ?? []).map((s) => [s.step, s]));
+  const list = el("ol", { class: "steps" });
+  steps.forEach((step, n) => {
+    const number = n + 1;
+    const done = progress.get(number);
+    const kind = short(step.kind, "STEP_KIND_").toLowerCase().replace(/_/g, " ");
+    const role = step.contact_role ? ` (${step.contact_role})` : "";
+    const item = el("li", { "data-step": String(number), class: done ? `step ${short(done.outcome, "STEP_OUTCOME_").toLowerCase()}` : "step" });
+    item.append(el("span", { class: "step-text" }, `${step.text || kind}${role}`));
+    if (done) {
+      const outcome = short(done.outcome, "STEP_OUTCOME_").toLowerCase();
+      item.append(" ", el("span", { class: "step-mark" }, `${outcome} by ${done.actor} ${when(done.at)}${done.detail ? ` — ${done.detail}` : ""}`));
+    }
+    const why = me.may.step ? null : `your role (${me.role}) may not mark plan steps`;
+    for (const [outcome, label] of [["done", "Check off"], ["skipped", "Skip"]] as const) {
+      const b = el("button", { type: "button", class: `mark-${outcome}`, disabled: why !== null, title: why ?? `${label} step ${number}` }, label);
+      b.addEventListener("click", () => mark(number, outcome));
+      item.append(" ", b);
+    }
+    list.append(item);
+  });
+  section.append(list);
+  return section;
+}
+
+/** A post's record: name, address, contacts in calling order, zones, cameras, secrets as allowed. */
+export function recordView(r: PostRecord | null | undefined, id = "record"): HTMLElement {
+  const section = el("section", { "aria-labelledby": `h-${id}`, id }, el("h3", { id: `h-${id}` }, "Post record"));
+  if (!r) {
+    section.append(el("p", {}, "No record for this post."));
+    return section;
+  }
+  section.append(
+    el(
+      "dl",
+      { class: "summary" },
+      field("Name", r.name || "-"),
+      field("Address", r.address || "-"),
+      field("Time zone", r.timezone || "-"),
+    ),
+  );
+  section.append(
+    el("h4", {}, "Contacts, in calling order"),
+    r.contacts.length === 0
+      ? el("p", {}, "None.")
+      : el("ol", { class: "contacts" }, ...r.contacts.map((c) => el("li", {}, `${c.name} (${c.role}) ${c.phone}${c.notes ? ` — ${c.notes}` : ""}`))),
+    el("h4", {}, "Zones"),
+    r.zones.length === 0 ? el("p", {}, "None.") : el("ul", { class: "zones" }, ...r.zones.map((z) => el("li", {}, `${z.number}: ${z.name}`))),
+    el("h4", {}, "Cameras"),
+    r.cameras.length === 0 ? el("p", {}, "None.") : el("ul", { class: "cameras" }, ...r.cameras.map((c) => el("li", {}, `${c.id}: ${c.name}`))),
+    el("h4", {}, "Duress words and passcodes"),
+    r.secrets_withheld
+      ? el("p", { class: "secrets withheld" }, `${r.duress_word_count} duress words and ${r.passcode_count} passcodes, withheld for your role.`)
+      : el("p", { class: "secrets" }, `Duress words: ${r.duress_words.join(", ") || "none"}. Passcodes: ${r.passcodes.join(", ") || "none"}.`),
+  );
+  return section;
+}
+
+/** Rows of a post's history, newest first. */
+export function historyRows(items: HistoryItem[]): HTMLElement[] {
+  return items.map((item) => {
+    if (item.incident) {
+      const i = item.incident;
+      return el(
+        "tr",
+        { class: "h-incident", "data-incident": i.id },
+        el("td", {}, when(item.at)),
+        el("td", {}, "incident"),
+        el("td", {}, categoryOf(i)),
+        el("td", {}, `${i.id} ${stateOf(i)}: ${i.title}`),
+      );
+    }
+    const e = item.event;
+    return el(
+      "tr",
+      { class: "h-event", "data-seq": String(e?.event?.seq ?? "") },
+      el("td", {}, when(item.at)),
+      el("td", {}, "event"),
+      el("td", {}, e?.event ? categoryOf({ category: e.event.category } as Incident) : "-"),
+      el("td", {}, e ? `#${e.event?.seq ?? "?"} ${describeEvent(e)}` : "(empty)"),
+    );
+  });
+}
+
+/** The history table's head. */
+export function historyHead(): HTMLElement {
+  return el("tr", {}, ...["When", "What", "Category", "Detail"].map((h) => el("th", { scope: "col" }, h)));
+}
+
+const seconds = (ms: number | null | undefined): string => (ms === null || ms === undefined ? "-" : `${(Number(ms) / 1000).toFixed(1)} s`);
+
+/** The report's figures, one row per post. */
+export function reportView(r: Report): HTMLElement {
+  const heads = ["Post", "Alarms", "Incidents", "Resolved", "False alarms", "False-alarm rate", "Ack p50", "Ack p90", "Resolve p50", "Resolve p90", "Unrestored", "Test failures"];
+  const rows = r.posts.map((p) =>
+    el(
+      "tr",
+      { "data-post": p.post_id },
+      el("th", { scope: "row" }, p.post_id),
+      ...[
+        String(p.alarm_events),
+        String(p.incidents_opened),
+        String(p.incidents_resolved),
+        String(p.false_alarms),
+        p.false_alarm_rate === null || p.false_alarm_rate === undefined ? "-" : `${(p.false_alarm_rate * 100).toFixed(1)}%`,
+        seconds(p.ack_p50_ms),
+        seconds(p.ack_p90_ms),
+        seconds(p.resolve_p50_ms),
+        seconds(p.resolve_p90_ms),
+        String(p.unrestored),
+        String(p.test_failures),
+      ].map((v) => el("td", { class: "num" }, v)),
+    ),
+  );
+  return el(
+    "table",
+    { class: "report" },
+    el("caption", {}, `${r.posts.length} posts, ${when(r.from_time)} to ${when(r.to_time)}`),
+    el("thead", {}, el("tr", {}, ...heads.map((h) => el("th", { scope: "col" }, h)))),
+    el("tbody", {}, ...rows),
+  );
+}
+
 /** The incident detail: summary, actions, procedure, post, cameras, timeline. */
-export function detailView(d: Detail, me: Me, run: (spec: ActionSpec) => void, now: number): HTMLElement {
+export function detailView(d: Detail, me: Me, run: (spec: ActionSpec) => void, now: number, mark: Mark = () => undefined): HTMLElement {
   const i = d.incident;
   const summary = el(
     "dl",
@@ -207,7 +341,9 @@ export function detailView(d: Detail, me: Me, run: (spec: ActionSpec) => void, n
     actionBar(i, me, run),
     summary,
     el("section", { "aria-labelledby": "h-proc" }, el("h3", { id: "h-proc" }, "Procedure"), el("pre", { class: "procedure" }, i.procedure || "No procedure configured for this category.")),
+    planView(d.plan, me, mark),
     post,
+    recordView(d.plan?.post),
     camera,
     timeline,
   );

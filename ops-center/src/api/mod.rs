@@ -15,6 +15,7 @@
 
 pub mod conn;
 pub mod feed;
+pub mod history;
 pub mod replay;
 
 use std::{
@@ -34,10 +35,11 @@ use tonic::{Code, Request, Response, Status};
 use vigil_pki::{Peer, Role};
 use vigil_proto::v1::{
     AcknowledgeRequest, AddNoteRequest, AssignRequest, AuditAction, Disposition, EscalateRequest,
-    ExportSiteRequest, FeedItem, GetIncidentPlanRequest, GetIncidentRequest, GetPostRecordRequest,
+    EventCategory, ExportSiteRequest, FeedItem, GetIncidentPlanRequest, GetIncidentRequest,
+    GetPostHistoryRequest, GetPostHistoryResponse, GetPostRecordRequest, GetReportRequest,
     ImportSiteRequest, ImportSiteResponse, Incident, IncidentDetail, IncidentPlan,
     ListIncidentsRequest, ListIncidentsResponse, ListPostsRequest, ListPostsResponse,
-    MarkStepRequest, PostInfo, PostRecord, ReopenRequest, ReplayItem, ReplayRequest,
+    MarkStepRequest, PostInfo, PostRecord, ReopenRequest, ReplayItem, ReplayRequest, Report,
     ResolveRequest, SetTestModeRequest, SiteDocument, StepOutcome, StepProgress,
     WatchIncidentsRequest,
     ops_center_server::{OpsCenter, OpsCenterServer},
@@ -81,6 +83,10 @@ pub enum Op {
     ManageSite,
     /// See duress words and passcodes in post records.
     SeeSecrets,
+    /// Read one post's history (its incidents and events).
+    History,
+    /// Per-post figures for a period.
+    Report,
 }
 
 /// The one place that says which role may do what.
@@ -91,9 +97,10 @@ pub fn allowed(role: Role, op: Op) -> bool {
         Role::Supervisor => !matches!(op, Replay),
         Role::Analyst => matches!(
             op,
-            Watch | Read | Acknowledge | Take | Note | Resolve | Step
+            Watch | Read | Acknowledge | Take | Note | Resolve | Step | History
         ),
-        Role::Engineer => matches!(op, Watch | Read | Replay),
+        // History shows engineers nothing Read and Replay do not.
+        Role::Engineer => matches!(op, Watch | Read | Replay | History),
         Role::Post | Role::Broker | Role::Ops => false,
     }
 }
@@ -156,6 +163,28 @@ pub(crate) fn posts_within_cap(posts: &[String], what: &str) -> Result<(), Statu
         )));
     }
     Ok(())
+}
+
+/// A request's optional time range: each end a valid time, from not after
+/// to.
+pub(crate) fn time_range(
+    from: Option<prost_types::Timestamp>,
+    to: Option<prost_types::Timestamp>,
+) -> Result<(Option<SystemTime>, Option<SystemTime>), Status> {
+    let time = |t: Option<prost_types::Timestamp>, what: &str| {
+        t.map(|t| {
+            SystemTime::try_from(t)
+                .map_err(|_| Status::invalid_argument(format!("{what}: not a valid time")))
+        })
+        .transpose()
+    };
+    let (from, to) = (time(from, "from_time")?, time(to, "to_time")?);
+    if let (Some(f), Some(t)) = (from, to)
+        && f > t
+    {
+        return Err(Status::invalid_argument("from_time is after to_time"));
+    }
+    Ok((from, to))
 }
 
 /// The current incident attached to a FAILED_PRECONDITION for a version
@@ -378,6 +407,8 @@ fn op_name(op: Op) -> &'static str {
         Op::Step => "mark plan steps",
         Op::ManageSite => "import or export post records and plans",
         Op::SeeSecrets => "see duress words and passcodes",
+        Op::History => "read post histories",
+        Op::Report => "read reports",
     }
 }
 
@@ -818,6 +849,77 @@ impl OpsCenter for Api {
         }))
     }
 
+    async fn get_post_history(
+        &self,
+        request: Request<GetPostHistoryRequest>,
+    ) -> Result<Response<GetPostHistoryResponse>, Status> {
+        authorize(&request, Op::History)?;
+        let req = request.into_inner();
+        if req.post_id.is_empty() {
+            return Err(Status::invalid_argument("post_id is required"));
+        }
+        let (from, to) = time_range(req.from_time, req.to_time)?;
+        for c in &req.categories {
+            if EventCategory::try_from(*c).is_err() {
+                return Err(Status::invalid_argument(format!(
+                    "categories: unknown event category {c}"
+                )));
+            }
+        }
+        let q = history::Query {
+            post_id: req.post_id.clone(),
+            from,
+            to,
+            categories: req.categories,
+            page_size: match req.page_size as usize {
+                0 => DEFAULT_PAGE_SIZE,
+                n => n.min(MAX_PAGE_SIZE),
+            },
+            token: history::Token::parse(&req.page_token)?,
+        };
+        let (post_id, wanted) = (req.post_id.clone(), req.post_id);
+        let page = self
+            .read(move |s| {
+                if s.post(&post_id)?.is_none() && s.post_record(&post_id)?.is_none() {
+                    return Ok(None);
+                }
+                history::page(s, &q).map(Some)
+            })
+            .await?;
+        page.map(Response::new).ok_or_else(|| {
+            Status::not_found(format!(
+                "no post {wanted}: it never sent an event and has no record"
+            ))
+        })
+    }
+
+    async fn get_report(
+        &self,
+        request: Request<GetReportRequest>,
+    ) -> Result<Response<Report>, Status> {
+        authorize(&request, Op::Report)?;
+        let req = request.into_inner();
+        let (Some(from), Some(to)) = time_range(req.from_time, req.to_time)? else {
+            return Err(Status::invalid_argument(
+                "a report needs a period: from_time and to_time",
+            ));
+        };
+        if from == to {
+            return Err(Status::invalid_argument(
+                "the period is empty: from_time equals to_time",
+            ));
+        }
+        posts_within_cap(&req.post_ids, "report")?;
+        if req.post_ids.iter().any(String::is_empty) {
+            return Err(Status::invalid_argument("post_ids: an empty post id"));
+        }
+        let posts = req.post_ids;
+        let report = self
+            .read(move |s| crate::report::build(s, from, to, &posts))
+            .await?;
+        Ok(Response::new(report))
+    }
+
     async fn mark_step(
         &self,
         request: Request<MarkStepRequest>,
@@ -931,7 +1033,7 @@ mod tests {
     #[test]
     fn roles_are_allowed_what_the_contract_says() {
         use Op::*;
-        let analyst = [Watch, Read, Acknowledge, Take, Note, Resolve, Step];
+        let analyst = [Watch, Read, Acknowledge, Take, Note, Resolve, Step, History];
         let supervisor = [
             AssignOther,
             Escalate,
@@ -939,6 +1041,7 @@ mod tests {
             SetTestMode,
             ManageSite,
             SeeSecrets,
+            Report,
         ];
         let all = [
             Watch,
@@ -955,6 +1058,8 @@ mod tests {
             Step,
             ManageSite,
             SeeSecrets,
+            History,
+            Report,
         ];
         for op in all {
             assert_eq!(allowed(Role::Analyst, op), analyst.contains(&op), "{op:?}");
@@ -965,7 +1070,7 @@ mod tests {
             );
             assert_eq!(
                 allowed(Role::Engineer, op),
-                matches!(op, Watch | Read | Replay),
+                matches!(op, Watch | Read | Replay | History),
                 "{op:?}"
             );
             assert!(allowed(Role::Admin, op));

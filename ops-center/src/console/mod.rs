@@ -21,6 +21,15 @@
 //!   resolve, reopen, note; JSON carrying `expected_version`. A version
 //!   conflict is `409` with the current incident.
 //! - `GET /api/posts`; `GET /api/replay?…`: stored events as JSON lines.
+//! - `GET /api/incidents/{id}` also carries the incident's action plan and
+//!   its post's record (`plan`, secrets withheld as the role says);
+//!   `POST /api/incidents/{id}/step` checks off or skips a step (`step`,
+//!   `outcome` done or skipped, `note`), 409 on a version conflict.
+//! - `GET /api/posts/{id}/record`: a post's record.
+//! - `GET /api/posts/{id}/history?from_ms&to_ms&categories&limit&page_token`:
+//!   its incidents and events, newest first, a page at a time.
+//! - `GET /api/report?from_ms&to_ms&posts[&format=csv]`: per-post figures
+//!   for a period, JSON or a CSV download (supervisors and admins).
 //!
 //! Who may use it: people (analyst, supervisor, engineer, admin). Post,
 //! broker and ops certificates get `403`; a browser without a certificate
@@ -66,8 +75,10 @@ use tonic::{Code, Status};
 use vigil_pki::Peer;
 use vigil_proto::v1::{
     AcknowledgeRequest, AddNoteRequest, AssignRequest, Disposition, EscalateRequest, EventKind,
-    GetIncidentRequest, ListPostsRequest, Pacing, ReopenRequest, ReplayRequest, ResolveRequest,
-    WatchIncidentsRequest, feed_item::Item, ops_center_server::OpsCenter,
+    GetIncidentPlanRequest, GetIncidentRequest, GetPostHistoryRequest, GetPostRecordRequest,
+    GetReportRequest, ListPostsRequest, MarkStepRequest, Pacing, ReopenRequest, ReplayRequest,
+    ResolveRequest, StepOutcome, WatchIncidentsRequest, feed_item::Item,
+    ops_center_server::OpsCenter,
 };
 
 use crate::api::{Api, ApiContext, Op, allowed, conn::ConnInfo, current_incident};
@@ -237,6 +248,9 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/api/me", get(me))
         .route("/api/feed", get(feed))
         .route("/api/posts", get(posts))
+        .route("/api/posts/{id}/record", get(post_record))
+        .route("/api/posts/{id}/history", get(post_history))
+        .route("/api/report", get(report))
         .route("/api/replay", get(replay))
         .route("/api/incidents/{id}", get(incident))
         .route("/api/incidents/{id}/{action}", post(action))
@@ -397,6 +411,10 @@ async fn me(Extension(info): Extension<ConnInfo>) -> Response {
             "note": may(Op::Note),
             "test_mode": may(Op::SetTestMode),
             "replay": may(Op::Replay),
+            "step": may(Op::Step),
+            "history": may(Op::History),
+            "report": may(Op::Report),
+            "see_secrets": may(Op::SeeSecrets),
         },
     }))
     .into_response()
@@ -497,6 +515,18 @@ async fn incident(
             .unwrap_or(serde_json::Value::Null),
         Err(_) => serde_json::Value::Null,
     };
+    // The action plan and the post's record, secrets as the role allows.
+    let request = GetIncidentPlanRequest {
+        incident_id: detail
+            .incident
+            .as_ref()
+            .map(|i| i.id.clone())
+            .unwrap_or_default(),
+    };
+    body["plan"] = match api.get_incident_plan(call(&info, request)).await {
+        Ok(r) => to_json(r.get_ref(), "IncidentPlan"),
+        Err(_) => serde_json::Value::Null,
+    };
     Json(body).into_response()
 }
 
@@ -517,6 +547,12 @@ struct ActionBody {
     /// `resolve`: `GENUINE`, `USER_ERROR`, … (or the full enum name).
     #[serde(default)]
     disposition: String,
+    /// For `step`: the plan step, from 1…
+    #[serde(default)]
+    step: u32,
+    /// …and `done` or `skipped`.
+    #[serde(default)]
+    outcome: String,
 }
 
 /// A disposition by its short or full name.
@@ -596,11 +632,27 @@ async fn action(
             };
             api.add_note(call(&info, r)).await
         }
+        "step" => {
+            let outcome = match b.outcome.trim() {
+                "done" => StepOutcome::Done,
+                "skipped" => StepOutcome::Skipped,
+                _ => return refuse(StatusCode::BAD_REQUEST, "outcome: done or skipped"),
+            };
+            let r = MarkStepRequest {
+                incident_id,
+                expected_version: v,
+                step: b.step,
+                outcome: outcome as i32,
+                note: b.note,
+            };
+            api.mark_step(call(&info, r)).await
+        }
         other => {
             return refuse(
                 StatusCode::NOT_FOUND,
                 format!(
-                    "no action {other:?}: acknowledge, assign, escalate, resolve, reopen or note"
+                    "no action {other:?}: acknowledge, assign, escalate, resolve, reopen, note \
+                     or step"
                 ),
             );
         }
@@ -634,6 +686,130 @@ struct ReplayQuery {
     to_ms: Option<u64>,
     /// At most this many events (capped by [`MAX_REPLAY`]).
     limit: Option<u64>,
+}
+
+/// `GET /api/posts/{id}/record`: one post's record.
+async fn post_record(
+    State(api): Shared,
+    Extension(info): Extension<ConnInfo>,
+    Path(id): Path<String>,
+) -> Response {
+    let request = GetPostRecordRequest { post_id: id };
+    match api.get_post_record(call(&info, request)).await {
+        Ok(r) => Json(to_json(r.get_ref(), "PostRecord")).into_response(),
+        Err(status) => http_error(&status),
+    }
+}
+
+/// `GET /api/posts/{id}/history` parameters; every one optional.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HistoryQuery {
+    /// From (inclusive) and to (exclusive), milliseconds since the epoch.
+    from_ms: Option<u64>,
+    to_ms: Option<u64>,
+    /// Category names separated by commas (`burglary,fire`).
+    categories: Option<String>,
+    limit: Option<u32>,
+    page_token: Option<String>,
+}
+
+/// Names separated by commas, blanks left out.
+fn names(list: Option<&str>) -> Vec<String> {
+    list.unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// `GET /api/posts/{id}/history`: one page of a post's history, newest
+/// first (`GetPostHistoryResponse`).
+async fn post_history(
+    State(api): Shared,
+    Extension(info): Extension<ConnInfo>,
+    Path(id): Path<String>,
+    Query(q): Query<HistoryQuery>,
+) -> Response {
+    let mut categories = Vec::new();
+    for name in names(q.categories.as_deref()) {
+        match crate::engine::category_from_name(&name) {
+            Some(c) => categories.push(c as i32),
+            None => {
+                return refuse(
+                    StatusCode::BAD_REQUEST,
+                    format!("categories: {name:?} is not an event category"),
+                );
+            }
+        }
+    }
+    let request = GetPostHistoryRequest {
+        post_id: id,
+        from_time: q.from_ms.map(timestamp),
+        to_time: q.to_ms.map(timestamp),
+        categories,
+        page_size: q.limit.unwrap_or(0),
+        page_token: q.page_token.unwrap_or_default(),
+    };
+    match api.get_post_history(call(&info, request)).await {
+        Ok(r) => Json(to_json(r.get_ref(), "GetPostHistoryResponse")).into_response(),
+        Err(status) => http_error(&status),
+    }
+}
+
+/// `GET /api/report` parameters.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReportQuery {
+    /// The period, milliseconds since the epoch: from (inclusive), to
+    /// (exclusive). Both required.
+    from_ms: Option<u64>,
+    to_ms: Option<u64>,
+    /// Post ids separated by commas; none for every post.
+    posts: Option<String>,
+    /// `csv` for a download; JSON otherwise.
+    format: Option<String>,
+}
+
+/// `GET /api/report`: per-post figures for a period (`Report` as JSON, or
+/// the CSV of `vigil report` as a download).
+async fn report(
+    State(api): Shared,
+    Extension(info): Extension<ConnInfo>,
+    Query(q): Query<ReportQuery>,
+) -> Response {
+    let csv = match q.format.as_deref() {
+        None | Some("" | "json") => false,
+        Some("csv") => true,
+        Some(_) => return refuse(StatusCode::BAD_REQUEST, "format: json or csv"),
+    };
+    let (Some(from), Some(to)) = (q.from_ms, q.to_ms) else {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "a report needs a period: from_ms and to_ms",
+        );
+    };
+    let request = GetReportRequest {
+        from_time: Some(timestamp(from)),
+        to_time: Some(timestamp(to)),
+        post_ids: names(q.posts.as_deref()),
+    };
+    let report = match api.get_report(call(&info, request)).await {
+        Ok(r) => r.into_inner(),
+        Err(status) => return http_error(&status),
+    };
+    if !csv {
+        return Json(to_json(&report, "Report")).into_response();
+    }
+    Response::builder()
+        .header(header::CONTENT_TYPE, "text/csv; charset=utf-8")
+        .header(
+            header::CONTENT_DISPOSITION,
+            "attachment; filename=\"vigil-report.csv\"",
+        )
+        .body(Body::from(crate::report::to_csv(&report)))
+        .unwrap_or_else(|_| refuse(StatusCode::INTERNAL_SERVER_ERROR, "internal error"))
 }
 
 fn timestamp(ms: u64) -> prost_types::Timestamp {

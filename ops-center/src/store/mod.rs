@@ -16,6 +16,7 @@
 //! The SQLite backend ([`sqlite::SqliteBackend`]) is the embedded default.
 
 pub mod archive;
+mod history;
 mod migrations;
 pub mod postgres;
 pub mod retention;
@@ -40,7 +41,7 @@ use vigil_proto::v1::{
 };
 
 pub use postgres::PostgresBackend;
-pub use shapes::SeqFilter;
+pub use shapes::{HistoryFilter, OpenedFilter, SeqFilter, TimeKey};
 pub use sqlite::{SqliteBackend, SqliteStore};
 
 /// Why a store operation failed. Any error inside a transaction aborts it;
@@ -388,6 +389,30 @@ pub trait Store: Send {
         after: Option<&ReceivedKey>,
         limit: usize,
     ) -> Result<Vec<(ReceivedKey, StoredEvent)>, StoreError>;
+
+    /// One post's events newest first (by `at`, then seq) as `filter`
+    /// says, at most `limit`, each with its position; each read is an
+    /// index range (see [`shapes::history_events`]).
+    fn history_events(
+        &self,
+        filter: &HistoryFilter,
+        limit: usize,
+    ) -> Result<Vec<(TimeKey, StoredEvent)>, StoreError>;
+    /// One post's incidents newest first by when they opened (then
+    /// number), at most `limit`, each with its position (an index range).
+    fn history_incidents(
+        &self,
+        filter: &HistoryFilter,
+        limit: usize,
+    ) -> Result<Vec<(TimeKey, Incident)>, StoreError>;
+    /// Incidents opened in a period, oldest first (by when they opened,
+    /// then number), strictly after `after`, at most `limit` (index ranges).
+    fn incidents_opened(
+        &self,
+        filter: &OpenedFilter,
+        after: Option<TimeKey>,
+        limit: usize,
+    ) -> Result<Vec<(TimeKey, Incident)>, StoreError>;
 
     /// State the engine resumes from; `resolved_since` bounds which resolved
     /// incidents are still worth keeping in memory.

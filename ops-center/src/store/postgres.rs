@@ -32,8 +32,9 @@ use vigil_proto::v1::{
 };
 
 use super::{
-    Backend, Changes, CommitResult, EngineSnapshot, IncidentFilter, Received, ReceivedFilter,
-    ReceivedKey, SeqFilter, Store, StoreError, StoreTx, StoreWriter, incident_id, incident_number,
+    Backend, Changes, CommitResult, EngineSnapshot, HistoryFilter, IncidentFilter, OpenedFilter,
+    Received, ReceivedFilter, ReceivedKey, SeqFilter, Store, StoreError, StoreTx, StoreWriter,
+    TimeKey, incident_id, incident_number,
     shapes::{self, Param, Query},
     sites,
     sqlite::{from_millis, millis},
@@ -118,6 +119,8 @@ CREATE INDEX requests_waiting ON requests (id) WHERE NOT answered;
     super::migrations::V5_INDEXES,
     // 6: post records and action plans (issue #17).
     super::sites::POSTGRES_MIGRATION,
+    // 7: when each incident opened, indexed (issue #17, `store::history`).
+    super::history::POSTGRES_MIGRATION,
 ];
 
 /// The channel on which a standby announces a request it forwarded to the
@@ -566,6 +569,9 @@ fn migrate(client: &mut Client) -> Result<(), StoreError> {
         }
         tx.batch_execute(MIGRATIONS[found as usize])?;
         super::migrations::after(&mut tx, found as usize + 1)?;
+        if MIGRATIONS[found as usize] == super::history::POSTGRES_MIGRATION {
+            super::history::postgres_after(&mut tx)?;
+        }
         tx.execute(
             "UPDATE vigil_schema SET version = $1",
             &[&(found as i32 + 1)],
@@ -699,6 +705,22 @@ impl PostgresStore {
         params: &[&(dyn postgres::types::ToSql + Sync)],
     ) -> Result<Vec<StoredEvent>, StoreError> {
         self.query(sql, params)?.iter().map(stored_event).collect()
+    }
+
+    /// Incidents of a query whose columns are body, opened_at, number.
+    fn timed_incidents(&self, q: &shapes::Query) -> Result<Vec<(TimeKey, Incident)>, StoreError> {
+        self.query_built(q)?
+            .iter()
+            .map(|r| {
+                Ok((
+                    TimeKey {
+                        ms: r.get(1),
+                        key: r.get::<_, i64>(2) as u64,
+                    },
+                    decode::<Incident>(r.get::<_, &[u8]>(0))?,
+                ))
+            })
+            .collect()
     }
 
     fn post_info(&self, row: &Row) -> Result<PostInfo, StoreError> {
@@ -953,6 +975,43 @@ impl Store for PostgresStore {
             .collect()
     }
 
+    fn history_events(
+        &self,
+        filter: &HistoryFilter,
+        limit: usize,
+    ) -> Result<Vec<(TimeKey, StoredEvent)>, StoreError> {
+        let q = shapes::history_events(filter, limit, shapes::Dialect::Postgres)?;
+        self.query_built(&q)?
+            .iter()
+            .map(|r| {
+                Ok((
+                    TimeKey {
+                        ms: r.get(3),
+                        key: r.get::<_, i64>(5) as u64,
+                    },
+                    stored_event(r)?,
+                ))
+            })
+            .collect()
+    }
+
+    fn history_incidents(
+        &self,
+        filter: &HistoryFilter,
+        limit: usize,
+    ) -> Result<Vec<(TimeKey, Incident)>, StoreError> {
+        self.timed_incidents(&shapes::history_incidents(filter, limit))
+    }
+
+    fn incidents_opened(
+        &self,
+        filter: &OpenedFilter,
+        after: Option<TimeKey>,
+        limit: usize,
+    ) -> Result<Vec<(TimeKey, Incident)>, StoreError> {
+        self.timed_incidents(&shapes::incidents_opened(filter, after, limit)?)
+    }
+
     fn engine_snapshot(&self, resolved_since: SystemTime) -> Result<EngineSnapshot, StoreError> {
         let incidents = self.bodies(
             "SELECT body FROM incidents WHERE state <> $1 OR resolved_at >= $2 ORDER BY number",
@@ -1188,10 +1247,12 @@ impl StoreTx for PostgresTx<'_> {
                 .and_then(|t| SystemTime::try_from(t).ok())
                 .map(millis);
             let body = inc.encode_to_vec();
+            // Set once: an incident's opening time never changes.
+            let opened_at = super::history::opened_ms(inc);
             let changed = match write.prev_version {
                 None => self.exec(
-                    "INSERT INTO incidents (number, post_id, state, version, resolved_at, body)
-                     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (number) DO NOTHING",
+                    "INSERT INTO incidents (number, post_id, state, version, resolved_at, body, opened_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (number) DO NOTHING",
                     &[
                         &number,
                         &inc.post_id,
@@ -1199,6 +1260,7 @@ impl StoreTx for PostgresTx<'_> {
                         &(inc.version as i64),
                         &resolved_at,
                         &body,
+                        &opened_at,
                     ],
                 )?,
                 Some(prev) => self.exec(
@@ -1496,12 +1558,21 @@ impl PostgresBackend {
             let incidents = copy(
                 &src,
                 &mut tx,
-                "SELECT number, post_id, state, version, resolved_at, body FROM incidents",
-                "INSERT INTO incidents (number, post_id, state, version, resolved_at, body)
-                 SELECT n, p, s::int4, v, r, b
-                 FROM unnest($1::int8[], $2::text[], $3::int8[], $4::int8[], $5::int8[], $6::bytea[])
-                   AS u(n, p, s, v, r, b)",
-                &[Col::Int, Col::Text, Col::Int, Col::Int, Col::OptInt, Col::OptBytes],
+                "SELECT number, post_id, state, version, resolved_at, body, opened_at FROM incidents",
+                "INSERT INTO incidents (number, post_id, state, version, resolved_at, body, opened_at)
+                 SELECT n, p, s::int4, v, r, b, o
+                 FROM unnest($1::int8[], $2::text[], $3::int8[], $4::int8[], $5::int8[], $6::bytea[],
+                             $7::int8[])
+                   AS u(n, p, s, v, r, b, o)",
+                &[
+                    Col::Int,
+                    Col::Text,
+                    Col::Int,
+                    Col::Int,
+                    Col::OptInt,
+                    Col::OptBytes,
+                    Col::Int,
+                ],
             )?;
             let links = copy(
                 &src,

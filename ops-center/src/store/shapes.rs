@@ -19,7 +19,10 @@
 //! backends (`store::sqlite` unit tests, `ops-center/tests/postgres.rs`)
 //! run `EXPLAIN` on each and fail on a full scan.
 
-use std::{fmt::Write as _, time::UNIX_EPOCH};
+use std::{
+    fmt::Write as _,
+    time::{SystemTime, UNIX_EPOCH},
+};
 
 use vigil_proto::v1::{Event, EventKind, IncidentState, event::Body};
 
@@ -361,6 +364,165 @@ pub fn incidents(f: &IncidentFilter) -> Result<Query, StoreError> {
     Ok(q)
 }
 
+/// A position in time order: milliseconds (`events.at` or
+/// `incidents.opened_at`) and the row's own key (the event's seq or the
+/// incident's number), for keyset pagination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TimeKey {
+    pub ms: i64,
+    pub key: u64,
+}
+
+/// One post's history ([`super::Store::history_events`],
+/// [`super::Store::history_incidents`]), newest first: events by `at`,
+/// incidents by `opened_at`, in `[from, to)`, strictly before `before`.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct HistoryFilter {
+    pub post_id: String,
+    pub from: Option<SystemTime>,
+    pub to: Option<SystemTime>,
+    pub before: Option<TimeKey>,
+}
+
+/// Incidents opened in `[from, to)` ([`super::Store::incidents_opened`]),
+/// of these posts (empty = every post), oldest first.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct OpenedFilter {
+    pub post_ids: Vec<String>,
+    pub from: Option<SystemTime>,
+    pub to: Option<SystemTime>,
+}
+
+fn key_param(k: u64) -> Param {
+    Param::Int(k.min(i64::MAX as u64) as i64)
+}
+
+/// A post's events newest first: per kind `events_post_kind_at (post_id,
+/// kind, at, seq)` read backwards (pinned on SQLite, whose planner would
+/// otherwise take `events_post_kind` and sort).
+pub fn history_events(
+    f: &HistoryFilter,
+    limit: usize,
+    dialect: Dialect,
+) -> Result<Query, StoreError> {
+    let mut q = Query {
+        sql: String::new(),
+        params: Vec::new(),
+    };
+    let pin = match dialect {
+        Dialect::Sqlite => " INDEXED BY events_post_kind_at",
+        Dialect::Postgres => "",
+    };
+    let mut arms = Vec::new();
+    for kind in ALL_KINDS {
+        let mut arm = format!("SELECT {EVENT_COLUMNS} FROM events e{pin} WHERE e.post_id = ");
+        arm.push_str(&q.bind(Param::Text(f.post_id.clone())));
+        let _ = write!(arm, " AND e.kind = {}", q.bind(Param::Int(i64::from(kind))));
+        if let Some(from) = f.from {
+            let _ = write!(arm, " AND e.at >= {}", q.bind(Param::Int(millis(from))));
+        }
+        if let Some(to) = f.to {
+            let _ = write!(arm, " AND e.at < {}", q.bind(Param::Int(millis(to))));
+        }
+        if let Some(b) = f.before {
+            let a = q.bind(Param::Int(b.ms));
+            let s = q.bind(key_param(b.key));
+            let _ = write!(arm, " AND (e.at, e.seq) < ({a}, {s})");
+        }
+        let _ = write!(
+            arm,
+            " ORDER BY e.at DESC, e.seq DESC LIMIT {}",
+            q.bind(Param::Int(limit as i64))
+        );
+        arms.push(arm);
+    }
+    merge(&mut q, arms, "at DESC, seq DESC", limit);
+    Ok(q)
+}
+
+/// A post's incidents newest first by when they opened:
+/// `incidents_post_opened (post_id, opened_at, number)` read backwards.
+pub fn history_incidents(f: &HistoryFilter, limit: usize) -> Query {
+    let mut q = Query {
+        sql: String::new(),
+        params: Vec::new(),
+    };
+    let mut sql = String::from("SELECT body, opened_at, number FROM incidents WHERE post_id = ");
+    sql.push_str(&q.bind(Param::Text(f.post_id.clone())));
+    if let Some(from) = f.from {
+        let _ = write!(
+            sql,
+            " AND opened_at >= {}",
+            q.bind(Param::Int(millis(from)))
+        );
+    }
+    if let Some(to) = f.to {
+        let _ = write!(sql, " AND opened_at < {}", q.bind(Param::Int(millis(to))));
+    }
+    if let Some(b) = f.before {
+        let a = q.bind(Param::Int(b.ms));
+        let n = q.bind(key_param(b.key));
+        let _ = write!(sql, " AND (opened_at, number) < ({a}, {n})");
+    }
+    let _ = write!(
+        sql,
+        " ORDER BY opened_at DESC, number DESC LIMIT {}",
+        q.bind(Param::Int(limit as i64))
+    );
+    q.sql = sql;
+    q
+}
+
+/// Incidents opened in a period, oldest first, strictly after `after`:
+/// `incidents_opened (opened_at, number)`, or per named post
+/// `incidents_post_opened (post_id, opened_at, number)`.
+pub fn incidents_opened(
+    f: &OpenedFilter,
+    after: Option<TimeKey>,
+    limit: usize,
+) -> Result<Query, StoreError> {
+    let mut q = Query {
+        sql: String::new(),
+        params: Vec::new(),
+    };
+    let posts: Vec<Option<String>> = if f.post_ids.is_empty() {
+        vec![None]
+    } else {
+        distinct_text(&f.post_ids).into_iter().map(Some).collect()
+    };
+    check_arms(posts.len())?;
+    let mut arms = Vec::new();
+    for post in posts {
+        let mut conds = Vec::new();
+        if let Some(p) = post {
+            conds.push(format!("post_id = {}", q.bind(Param::Text(p))));
+        }
+        if let Some(from) = f.from {
+            conds.push(format!("opened_at >= {}", q.bind(Param::Int(millis(from)))));
+        }
+        if let Some(to) = f.to {
+            conds.push(format!("opened_at < {}", q.bind(Param::Int(millis(to)))));
+        }
+        if let Some(k) = after {
+            let a = q.bind(Param::Int(k.ms));
+            let n = q.bind(key_param(k.key));
+            conds.push(format!("(opened_at, number) > ({a}, {n})"));
+        }
+        let mut arm = String::from("SELECT body, opened_at, number FROM incidents");
+        if !conds.is_empty() {
+            let _ = write!(arm, " WHERE {}", conds.join(" AND "));
+        }
+        let _ = write!(
+            arm,
+            " ORDER BY opened_at, number LIMIT {}",
+            q.bind(Param::Int(limit as i64))
+        );
+        arms.push(arm);
+    }
+    merge(&mut q, arms, "opened_at, number", limit);
+    Ok(q)
+}
+
 /// One stored event by its key (primary key).
 pub const EVENT_BY_KEY: &str = "SELECT e.body, e.stored_at,
     (SELECT ie.number FROM incident_events ie WHERE ie.post_id = e.post_id AND ie.seq = e.seq LIMIT 1) AS number
@@ -396,6 +558,9 @@ pub enum Shape {
     EventsBySeq(SeqFilter),
     EventsReceived(ReceivedFilter, Option<ReceivedKey>),
     Incidents(IncidentFilter),
+    HistoryEvents(HistoryFilter),
+    HistoryIncidents(HistoryFilter),
+    IncidentsOpened(OpenedFilter, Option<TimeKey>),
     Fixed(&'static str, Vec<Param>),
 }
 
@@ -406,6 +571,9 @@ impl Shape {
             Shape::EventsBySeq(f) => events_by_seq(f, 500, dialect),
             Shape::EventsReceived(f, after) => events_received(f, after.as_ref(), 500),
             Shape::Incidents(f) => incidents(f),
+            Shape::HistoryEvents(f) => history_events(f, 51, dialect),
+            Shape::HistoryIncidents(f) => Ok(history_incidents(f, 51)),
+            Shape::IncidentsOpened(f, after) => incidents_opened(f, *after, 1000),
             Shape::Fixed(sql, params) => Ok(Query {
                 sql: (*sql).to_owned(),
                 params: params.clone(),
@@ -419,6 +587,8 @@ impl Shape {
         match self {
             Shape::EventsBySeq(f) => !f.kinds.is_empty(),
             Shape::EventsReceived(f, _) => !f.kinds.is_empty(),
+            // Every arm is one kind.
+            Shape::HistoryEvents(_) => true,
             _ => false,
         }
     }
@@ -433,7 +603,7 @@ impl Shape {
 /// Every query shape the API uses, by name: each filter alone and
 /// combined. Both backends' plan tests run this one list.
 pub fn shapes() -> Vec<(&'static str, Shape)> {
-    use std::time::{Duration, SystemTime};
+    use std::time::Duration;
     let t0 = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
     let t1 = t0 + Duration::from_secs(3600);
     let key = ReceivedKey {
@@ -548,10 +718,87 @@ pub fn shapes() -> Vec<(&'static str, Shape)> {
             "incidents by post and state, next page",
             Shape::Incidents(IncidentFilter {
                 states: open,
-                post_ids: posts,
+                post_ids: posts.clone(),
                 before_number: Some(1000),
                 limit: 51,
             }),
+        ),
+        (
+            "history of a post: events",
+            Shape::HistoryEvents(HistoryFilter {
+                post_id: "p-1".into(),
+                ..Default::default()
+            }),
+        ),
+        (
+            "history of a post: events, time range, next page",
+            Shape::HistoryEvents(HistoryFilter {
+                post_id: "p-1".into(),
+                from: Some(t0),
+                to: Some(t1),
+                before: Some(TimeKey {
+                    ms: millis(t0) + 60_000,
+                    key: 40,
+                }),
+            }),
+        ),
+        (
+            "history of a post: incidents",
+            Shape::HistoryIncidents(HistoryFilter {
+                post_id: "p-1".into(),
+                ..Default::default()
+            }),
+        ),
+        (
+            "history of a post: incidents, time range, next page",
+            Shape::HistoryIncidents(HistoryFilter {
+                post_id: "p-1".into(),
+                from: Some(t0),
+                to: Some(t1),
+                before: Some(TimeKey {
+                    ms: millis(t0) + 60_000,
+                    key: 40,
+                }),
+            }),
+        ),
+        (
+            "report: incidents opened in a period",
+            Shape::IncidentsOpened(
+                OpenedFilter {
+                    post_ids: vec![],
+                    from: Some(t0),
+                    to: Some(t1),
+                },
+                None,
+            ),
+        ),
+        (
+            "report: incidents opened in a period, next chunk",
+            Shape::IncidentsOpened(
+                OpenedFilter {
+                    post_ids: vec![],
+                    from: Some(t0),
+                    to: Some(t1),
+                },
+                Some(TimeKey {
+                    ms: millis(t0) + 5,
+                    key: 9,
+                }),
+            ),
+        ),
+        (
+            "report: incidents of several posts opened in a period, next chunk",
+            Shape::IncidentsOpened(
+                OpenedFilter {
+                    post_ids: posts,
+                    from: Some(t0),
+                    to: Some(t1),
+                },
+                Some(TimeKey {
+                    ms: millis(t0) + 5,
+                    key: 9,
+                }),
+            ),
         ),
         (
             "one event",

@@ -29,8 +29,9 @@ use vigil_proto::v1::{
 };
 
 use super::{
-    Backend, Changes, CommitResult, EngineSnapshot, IncidentFilter, Received, ReceivedFilter,
-    ReceivedKey, SeqFilter, Store, StoreError, StoreTx, StoreWriter, incident_id, incident_number,
+    Backend, Changes, CommitResult, EngineSnapshot, HistoryFilter, IncidentFilter, OpenedFilter,
+    Received, ReceivedFilter, ReceivedKey, SeqFilter, Store, StoreError, StoreTx, StoreWriter,
+    TimeKey, incident_id, incident_number,
     shapes::{self, Param},
     sites,
     watermark::SeqWatermark,
@@ -98,8 +99,9 @@ impl Backend for SqliteBackend {
 pub const DB_FILE: &str = "ops.db";
 /// Schema version written to `PRAGMA user_version`: 1 the first schema,
 /// 2 the event kind and received-order time as indexed columns, 3 post
-/// records and action plans (`store::sites`).
-const SCHEMA_VERSION: i64 = 3;
+/// records and action plans (`store::sites`), 4 when each incident opened
+/// as an indexed column (`store::history`).
+const SCHEMA_VERSION: i64 = 4;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS posts (
@@ -283,6 +285,12 @@ impl SqliteStore {
                 tx.pragma_update(None, "user_version", 3)?;
                 tx.commit()?;
             }
+            if found < 4 {
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                super::history::migrate_sqlite(&tx)?;
+                tx.pragma_update(None, "user_version", 4)?;
+                tx.commit()?;
+            }
         } else {
             conn.pragma_update(None, "query_only", true)?;
         }
@@ -291,6 +299,30 @@ impl SqliteStore {
             path,
             marks: None,
         })
+    }
+
+    /// Incidents of a query whose columns are body, opened_at, number.
+    fn timed_incidents(&self, q: &shapes::Query) -> Result<Vec<(TimeKey, Incident)>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(&q.sql)?;
+        let rows = stmt.query_map(rusqlite::params_from_iter(q.params.iter()), |r| {
+            Ok((
+                r.get::<_, Vec<u8>>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, i64>(2)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (body, ms, number) = row?;
+            out.push((
+                TimeKey {
+                    ms,
+                    key: number as u64,
+                },
+                decode::<Incident>(&body)?,
+            ));
+        }
+        Ok(out)
     }
 
     /// Path of the database file.
@@ -598,6 +630,47 @@ impl Store for SqliteStore {
         Ok(out)
     }
 
+    fn history_events(
+        &self,
+        filter: &HistoryFilter,
+        limit: usize,
+    ) -> Result<Vec<(TimeKey, StoredEvent)>, StoreError> {
+        let q = shapes::history_events(filter, limit, shapes::Dialect::Sqlite)?;
+        let mut stmt = self.conn.prepare_cached(&q.sql)?;
+        let rows = stmt.query_map(rusqlite::params_from_iter(q.params.iter()), |r| {
+            Ok((stored_event(r)?, r.get::<_, i64>(3)?, r.get::<_, i64>(5)?))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (event, at, seq) = row?;
+            out.push((
+                TimeKey {
+                    ms: at,
+                    key: seq as u64,
+                },
+                to_stored(event)?,
+            ));
+        }
+        Ok(out)
+    }
+
+    fn history_incidents(
+        &self,
+        filter: &HistoryFilter,
+        limit: usize,
+    ) -> Result<Vec<(TimeKey, Incident)>, StoreError> {
+        self.timed_incidents(&shapes::history_incidents(filter, limit))
+    }
+
+    fn incidents_opened(
+        &self,
+        filter: &OpenedFilter,
+        after: Option<TimeKey>,
+        limit: usize,
+    ) -> Result<Vec<(TimeKey, Incident)>, StoreError> {
+        self.timed_incidents(&shapes::incidents_opened(filter, after, limit)?)
+    }
+
     fn engine_snapshot(&self, resolved_since: SystemTime) -> Result<EngineSnapshot, StoreError> {
         let incidents = self.bodies(
             "SELECT body FROM incidents WHERE state != ?1 OR resolved_at >= ?2 ORDER BY number",
@@ -712,12 +785,15 @@ impl StoreTx for SqliteTx<'_> {
                 .and_then(|t| SystemTime::try_from(t).ok())
                 .map(millis);
             let body = inc.encode_to_vec();
+            // Set once: an incident's opening time never changes (and an
+            // update that named the column would rewrite both its indexes).
+            let opened_at = super::history::opened_ms(inc);
             let changed = match write.prev_version {
                 None => self
                     .tx
                     .prepare_cached(
-                        "INSERT OR IGNORE INTO incidents (number, post_id, state, version, resolved_at, body)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                        "INSERT OR IGNORE INTO incidents (number, post_id, state, version, resolved_at, body, opened_at)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                     )?
                     .execute(params![
                         number as i64,
@@ -725,7 +801,8 @@ impl StoreTx for SqliteTx<'_> {
                         inc.state,
                         inc.version as i64,
                         resolved_at,
-                        body
+                        body,
+                        opened_at
                     ])?,
                 Some(prev) => self
                     .tx
@@ -1040,6 +1117,68 @@ mod tests {
                 )
                 .unwrap()
                 == 0
+        );
+    }
+
+    /// A store from before version 4 (no `incidents.opened_at`) with
+    /// incidents in it: opening it fills the column from the stored bodies,
+    /// and a post's history finds them newest first by when they opened.
+    #[test]
+    fn a_version_3_store_is_migrated_with_when_incidents_opened() {
+        use crate::store::{HistoryFilter, TimeKey};
+        let dir = tempfile::tempdir().unwrap();
+        SqliteBackend::open(dir.path()).unwrap();
+        {
+            let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
+            conn.execute_batch(
+                "DROP INDEX incidents_post_opened; DROP INDEX incidents_opened;
+                 ALTER TABLE incidents DROP COLUMN opened_at;",
+            )
+            .unwrap();
+            for (n, secs) in [(1i64, 30i64), (2, 10), (3, 20)] {
+                let inc = Incident {
+                    id: incident_id(n as u64),
+                    post_id: "p-1".into(),
+                    version: 1,
+                    opened_at: Some(prost_types::Timestamp {
+                        seconds: secs,
+                        nanos: 0,
+                    }),
+                    ..Default::default()
+                };
+                conn.execute(
+                    "INSERT INTO incidents (number, post_id, state, version, body)
+                     VALUES (?1, 'p-1', 1, 1, ?2)",
+                    params![n, inc.encode_to_vec()],
+                )
+                .unwrap();
+            }
+            conn.pragma_update(None, "user_version", 3).unwrap();
+        }
+        SqliteBackend::open(dir.path()).unwrap();
+        let store = SqliteStore::open_reader(dir.path()).unwrap();
+        let version: i64 = store
+            .conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        let filter = HistoryFilter {
+            post_id: "p-1".into(),
+            ..Default::default()
+        };
+        let keys: Vec<TimeKey> = store
+            .history_incidents(&filter, 10)
+            .unwrap()
+            .iter()
+            .map(|(k, _)| *k)
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                TimeKey { ms: 30_000, key: 1 },
+                TimeKey { ms: 20_000, key: 3 },
+                TimeKey { ms: 10_000, key: 2 }
+            ]
         );
     }
 

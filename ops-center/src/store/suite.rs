@@ -73,6 +73,10 @@ pub const CASES: &[(&str, Case)] = &[
         "site_documents_replace_whole_in_order_and_roll_back",
         site_documents_replace_whole_in_order_and_roll_back,
     ),
+    (
+        "post_history_and_reports_read_by_time",
+        post_history_and_reports_read_by_time,
+    ),
 ];
 
 fn ev(post: &str, seq: u64) -> Received {
@@ -945,4 +949,322 @@ fn site_documents_replace_whole_in_order_and_roll_back(b: &dyn Backend) {
     assert_eq!(r.post_record("p-1").unwrap().unwrap().name, "One again");
     assert_eq!(w.site().unwrap(), second);
     assert_eq!(b.reader().unwrap().site().unwrap(), second);
+}
+
+/// One post's events and incidents at known times, another post beside
+/// it: the history walks them newest first in one merged order (pages of
+/// two give the same as one page of a hundred; a time range and a category
+/// filter cut exactly), incidents opened in a period page oldest first, and
+/// the report's figures for a period are the ones worked out by hand.
+fn post_history_and_reports_read_by_time(b: &dyn Backend) {
+    use super::{OpenedFilter, TimeKey};
+    use crate::{
+        api::history::{Query, Token, page},
+        report::{FAIL_TO_TEST_SUBJECT, build},
+    };
+    use vigil_proto::v1::{
+        AlarmSignal, CameraEvent, Disposition, DispositionCount, EventCategory, PostHealth,
+        event::Body,
+    };
+    let mut store = b.writer().unwrap();
+    let event = |post: &str, seq: u64, secs: u64, category: EventCategory, body: Body, restore| {
+        Received::from(Event {
+            post_id: post.into(),
+            seq,
+            received_at: Some(t(secs).into()),
+            category: category as i32,
+            restore,
+            body: Some(body),
+            ..Default::default()
+        })
+    };
+    let alarm = || Body::Alarm(AlarmSignal::default());
+    use EventCategory as C;
+    let p1 = [
+        event("p-1", 1, 10, C::Burglary, alarm(), false),
+        event(
+            "p-1",
+            2,
+            20,
+            C::VideoDetection,
+            Body::Camera(CameraEvent::default()),
+            false,
+        ),
+        event("p-1", 3, 30, C::Burglary, alarm(), true),
+        event(
+            "p-1",
+            4,
+            40,
+            C::Supervisory,
+            Body::Health(PostHealth::default()),
+            false,
+        ),
+        event("p-1", 5, 40, C::Fire, alarm(), false),
+        event("p-1", 6, 100, C::Burglary, alarm(), false),
+    ];
+    let p2 = [event("p-2", 1, 15, C::Burglary, alarm(), false)];
+    let mut tx = store.begin().unwrap();
+    tx.insert_events("p-1", &p1, t(0)).unwrap();
+    tx.insert_events("p-2", &p2, t(0)).unwrap();
+    tx.commit().unwrap();
+
+    let ts = |secs: u64| Some(prost_types::Timestamp::from(t(secs)));
+    #[allow(clippy::too_many_arguments)]
+    let incident = |n: u64,
+                    post: &str,
+                    opened: u64,
+                    category: EventCategory,
+                    state: IncidentState,
+                    disposition: Disposition,
+                    ack: Option<u64>,
+                    resolved: Option<u64>,
+                    restored: bool| Incident {
+        id: incident_id(n),
+        post_id: post.into(),
+        version: 1,
+        opened_at: ts(opened),
+        category: category as i32,
+        state: state as i32,
+        disposition: disposition as i32,
+        acknowledged_at: ack.and_then(ts),
+        resolved_at: resolved.and_then(ts),
+        restored,
+        ..Default::default()
+    };
+    use Disposition as D;
+    use IncidentState as S;
+    let mut failed_test = incident(
+        3,
+        "p-1",
+        40,
+        C::Test,
+        S::Open,
+        D::Unspecified,
+        None,
+        None,
+        false,
+    );
+    failed_test.subject = FAIL_TO_TEST_SUBJECT.into();
+    let incidents = [
+        incident(
+            1,
+            "p-1",
+            12,
+            C::Burglary,
+            S::Resolved,
+            D::Genuine,
+            Some(22),
+            Some(72),
+            true,
+        ),
+        incident(
+            2,
+            "p-1",
+            35,
+            C::Fire,
+            S::Resolved,
+            D::UserError,
+            Some(40),
+            Some(55),
+            false,
+        ),
+        failed_test,
+        incident(
+            4,
+            "p-1",
+            50,
+            C::Burglary,
+            S::Resolved,
+            D::Test,
+            Some(80),
+            Some(90),
+            true,
+        ),
+        incident(
+            5,
+            "p-2",
+            16,
+            C::Burglary,
+            S::Acknowledged,
+            D::Unspecified,
+            Some(18),
+            None,
+            true,
+        ),
+        incident(
+            6,
+            "p-1",
+            200,
+            C::Burglary,
+            S::Resolved,
+            D::EquipmentFault,
+            None,
+            Some(210),
+            true,
+        ),
+    ];
+    let mut changes = Changes::default();
+    for inc in incidents {
+        changes.put_incident(inc, None);
+    }
+    let mut tx = store.begin().unwrap();
+    tx.apply(&changes).unwrap();
+    tx.commit().unwrap();
+    // A later change to an incident keeps it where it opened.
+    let mut changed = changes.incident(&incident_id(2)).unwrap().clone();
+    changed.version = 2;
+    changed.title = "changed later".into();
+    let mut later = Changes::default();
+    later.put_incident(changed, Some(1));
+    let mut tx = store.begin().unwrap();
+    tx.apply(&later).unwrap();
+    tx.commit().unwrap();
+    let reader = b.reader().unwrap();
+
+    // The history, merged newest first, whatever the page size.
+    let walk = |from: u64, to: u64, categories: Vec<EventCategory>, page_size: usize| {
+        let mut token = Token::parse("").unwrap();
+        let mut labels = Vec::new();
+        for _ in 0..50 {
+            let q = Query {
+                post_id: "p-1".into(),
+                from: Some(t(from)),
+                to: Some(t(to)),
+                categories: categories.iter().map(|c| *c as i32).collect(),
+                page_size,
+                token,
+            };
+            let resp = page(&*reader, &q).unwrap();
+            assert!(resp.items.len() <= page_size);
+            for item in &resp.items {
+                labels.push(match (&item.incident, &item.event) {
+                    (Some(i), None) => {
+                        assert_eq!(item.at, i.opened_at);
+                        format!("i{}", super::incident_number(&i.id).unwrap())
+                    }
+                    (None, Some(e)) => {
+                        let e = e.event.as_ref().unwrap();
+                        assert_eq!(item.at, e.received_at);
+                        format!("e{}", e.seq)
+                    }
+                    _ => panic!("an item is one incident or one event: {item:?}"),
+                });
+            }
+            if resp.next_page_token.is_empty() {
+                return labels;
+            }
+            token = Token::parse(&resp.next_page_token).unwrap();
+        }
+        panic!("the history did not end: {labels:?}");
+    };
+    let all = ["i4", "i3", "e5", "e4", "i2", "e3", "e2", "i1", "e1"];
+    for size in [1, 2, 3, 100] {
+        assert_eq!(walk(0, 100, vec![], size), all, "page size {size}");
+    }
+    assert_eq!(walk(20, 40, vec![], 2), ["i2", "e3", "e2"]);
+    for size in [1, 2, 100] {
+        assert_eq!(
+            walk(0, 100, vec![C::Burglary], size),
+            ["i4", "e3", "i1", "e1"],
+            "page size {size}"
+        );
+        assert_eq!(
+            walk(0, 1000, vec![C::Fire, C::Test], size),
+            ["i3", "e5", "i2"]
+        );
+    }
+
+    // Incidents opened in a period, oldest first, in pages.
+    let opened = |posts: &[&str], limit: usize| {
+        let filter = OpenedFilter {
+            post_ids: posts.iter().map(|p| p.to_string()).collect(),
+            from: Some(t(0)),
+            to: Some(t(100)),
+        };
+        let (mut after, mut numbers): (Option<TimeKey>, Vec<u64>) = (None, Vec::new());
+        loop {
+            let got = reader.incidents_opened(&filter, after, limit).unwrap();
+            numbers.extend(
+                got.iter()
+                    .map(|(_, i)| super::incident_number(&i.id).unwrap()),
+            );
+            if got.len() < limit {
+                return numbers;
+            }
+            after = got.last().map(|(k, _)| *k);
+        }
+    };
+    assert_eq!(opened(&[], 2), [1, 5, 2, 3, 4]);
+    assert_eq!(opened(&[], 100), [1, 5, 2, 3, 4]);
+    assert_eq!(opened(&["p-2", "p-1"], 1), [1, 5, 2, 3, 4]);
+    assert_eq!(opened(&["p-2"], 1), [5]);
+
+    // The report, figure by figure.
+    let report = build(&*reader, t(0), t(100), &[]).unwrap();
+    assert_eq!(report.from_time, ts(0));
+    assert_eq!(report.posts.len(), 2, "{report:?}");
+    let p1 = &report.posts[0];
+    assert_eq!(p1.post_id, "p-1");
+    assert_eq!(
+        p1.alarm_events, 2,
+        "seq 1 and 5: seq 3 is a restore, seq 6 after the period"
+    );
+    assert_eq!(p1.incidents_opened, 4);
+    assert_eq!(p1.incidents_resolved, 3);
+    let count = |d: D, n| DispositionCount {
+        disposition: d as i32,
+        count: n,
+    };
+    assert_eq!(
+        p1.dispositions,
+        [
+            count(D::Genuine, 1),
+            count(D::UserError, 1),
+            count(D::Test, 1)
+        ]
+    );
+    assert_eq!(p1.false_alarms, 1);
+    assert_eq!(
+        p1.false_alarm_rate,
+        Some(0.5),
+        "one of the two not resolved as tests"
+    );
+    assert_eq!(p1.acknowledged, 3);
+    assert_eq!((p1.ack_p50_ms, p1.ack_p90_ms), (Some(10_000), Some(30_000)));
+    assert_eq!(
+        (p1.resolve_p50_ms, p1.resolve_p90_ms),
+        (Some(40_000), Some(60_000))
+    );
+    assert_eq!(p1.unrestored, 2);
+    assert_eq!(p1.test_failures, 1);
+    let p2 = &report.posts[1];
+    assert_eq!(p2.post_id, "p-2");
+    assert_eq!(
+        (p2.alarm_events, p2.incidents_opened, p2.incidents_resolved),
+        (1, 1, 0)
+    );
+    assert_eq!(p2.false_alarm_rate, None);
+    assert_eq!((p2.ack_p50_ms, p2.ack_p90_ms), (Some(2000), Some(2000)));
+    assert_eq!(
+        (p2.resolve_p50_ms, p2.unrestored, p2.test_failures),
+        (None, 0, 0)
+    );
+
+    // Named posts: each gets a row, one that did nothing too.
+    let named = build(&*reader, t(0), t(100), &["p-9".into(), "p-2".into()]).unwrap();
+    let ids: Vec<&str> = named.posts.iter().map(|p| p.post_id.as_str()).collect();
+    assert_eq!(ids, ["p-2", "p-9"]);
+    assert_eq!(named.posts[0], *p2);
+    assert_eq!(
+        named.posts[1].incidents_opened + named.posts[1].alarm_events,
+        0
+    );
+    // A later period sees only incident 6 and alarm 6.
+    let later = build(&*reader, t(100), t(300), &["p-1".into()]).unwrap();
+    let p1 = &later.posts[0];
+    assert_eq!(
+        (p1.alarm_events, p1.incidents_opened, p1.false_alarms),
+        (1, 1, 1)
+    );
+    assert_eq!(p1.false_alarm_rate, Some(1.0));
 }
