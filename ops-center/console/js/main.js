@@ -175,7 +175,7 @@ function showDetail() {
             const d = await api.detail(i.id);
             if (selected !== i.id)
                 return;
-            $("detail").replaceChildren(detailView(d, me, (spec) => void run(spec), Date.now(), (step, outcome) => void markStep(step, outcome)));
+            $("detail").replaceChildren(detailView(d, me, (spec) => void run(spec), Date.now(), (step, text, outcome) => void markStep(step, text, outcome)));
         }
         catch (e) {
             $("detail").replaceChildren(el("p", { class: "hint" }, `Cannot load ${i.id}: ${String(e)}`));
@@ -234,8 +234,12 @@ async function run(spec) {
     }
     settle(await api.act(i.id, spec.action, seen, fields), spec.label, i.id, seen);
 }
-/** Checks off or skips step `step` of the selected incident's plan (a note is required to skip). */
-async function markStep(step, outcome) {
+/**
+ * Checks off or skips step `step` of the selected incident's plan (a note is required to skip). The
+ * step's text as shown goes along: if the plan changed meanwhile, the server refuses rather than mark
+ * another step.
+ */
+async function markStep(step, text, outcome) {
     const i = selected ? queue.get(selected) : undefined;
     const label = outcome === "done" ? `Check off step ${step}` : `Skip step ${step}`;
     if (!i) {
@@ -250,7 +254,7 @@ async function markStep(step, outcome) {
         say(`${label}: say why it is skipped.`, "error");
         return;
     }
-    settle(await api.act(i.id, "step", seen, { step, outcome, note: a.text }), label, i.id, seen);
+    settle(await api.act(i.id, "step", seen, { step, step_text: text, outcome, note: a.text }), label, i.id, seen);
 }
 /** Shows what an action came to; a conflict shows the incident as it is now. */
 function settle(outcome, label, id, seen) {

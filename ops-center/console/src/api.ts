@@ -153,6 +153,10 @@ export interface StepProgress {
   actor: string;
   at?: string;
   detail: string;
+  /** The step as the plan said it when marked. */
+  summary: string;
+  /** The plan's step of this number now says something else: the mark belongs to an earlier plan. */
+  plan_changed: boolean;
 }
 
 /** `vigil.v1.IncidentPlan`. */

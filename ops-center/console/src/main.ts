@@ -213,7 +213,7 @@ function showDetail(): void {
       const d = await api.detail(i.id);
       if (selected !== i.id) return;
       $("detail").replaceChildren(
-        detailView(d, me, (spec) => void run(spec), Date.now(), (step, outcome) => void markStep(step, outcome)),
+        detailView(d, me, (spec) => void run(spec), Date.now(), (step, text, outcome) => void markStep(step, text, outcome)),
       );
     } catch (e) {
       $("detail").replaceChildren(el("p", { class: "hint" }, `Cannot load ${i.id}: ${String(e)}`));
@@ -272,8 +272,12 @@ async function run(spec: ActionSpec): Promise<void> {
   settle(await api.act(i.id, spec.action, seen, fields), spec.label, i.id, seen);
 }
 
-/** Checks off or skips step `step` of the selected incident's plan (a note is required to skip). */
-async function markStep(step: number, outcome: "done" | "skipped"): Promise<void> {
+/**
+ * Checks off or skips step `step` of the selected incident's plan (a note is required to skip). The
+ * step's text as shown goes along: if the plan changed meanwhile, the server refuses rather than mark
+ * another step.
+ */
+async function markStep(step: number, text: string, outcome: "done" | "skipped"): Promise<void> {
   const i = selected ? queue.get(selected) : undefined;
   const label = outcome === "done" ? `Check off step ${step}` : `Skip step ${step}`;
   if (!i) {
@@ -287,7 +291,7 @@ async function markStep(step: number, outcome: "done" | "skipped"): Promise<void
     say(`${label}: say why it is skipped.`, "error");
     return;
   }
-  settle(await api.act(i.id, "step", seen, { step, outcome, note: a.text }), label, i.id, seen);
+  settle(await api.act(i.id, "step", seen, { step, step_text: text, outcome, note: a.text }), label, i.id, seen);
 }
 
 /** Shows what an action came to; a conflict shows the incident as it is now. */

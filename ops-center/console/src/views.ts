@@ -133,8 +133,8 @@ export function describeEvent(e: StoredEvent): string {
   return v.description || "event";
 }
 
-/** A mark on a plan step: which, and done or skipped. */
-export type Mark = (step: number, outcome: "done" | "skipped") => void;
+/** A mark on a plan step: which (its number and its text as shown), and done or skipped. */
+export type Mark = (step: number, text: string, outcome: "done" | "skipped") => void;
 
 /** The action plan's steps, each with its mark or the buttons to make one. */
 export function planView(p: IncidentPlan | null, me: Me, mark: Mark): HTMLElement {
@@ -144,7 +144,8 @@ export function planView(p: IncidentPlan | null, me: Me, mark: Mark): HTMLElemen
     section.append(el("p", {}, `No action plan for ${p?.category || "this category"}.`));
     return section;
   }
-  const progress = new Map((p?.progress ?? []).map((s) => [s.step, s]));
+  // Marks made on a step the plan has since changed are listed apart, below.
+  const progress = new Map((p?.progress ?? []).filter((s) => !s.plan_changed).map((s) => [s.step, s]));
   const list = el("ol", { class: "steps" });
   steps.forEach((step, n) => {
     const number = n + 1;
@@ -160,12 +161,23 @@ export function planView(p: IncidentPlan | null, me: Me, mark: Mark): HTMLElemen
     const why = me.may.step ? null : `your role (${me.role}) may not mark plan steps`;
     for (const [outcome, label] of [["done", "Check off"], ["skipped", "Skip"]] as const) {
       const b = el("button", { type: "button", class: `mark-${outcome}`, disabled: why !== null, title: why ?? `${label} step ${number}` }, label);
-      b.addEventListener("click", () => mark(number, outcome));
+      b.addEventListener("click", () => mark(number, step.text, outcome));
       item.append(" ", b);
     }
     list.append(item);
   });
   section.append(list);
+  const earlier = (p?.progress ?? []).filter((s) => s.plan_changed);
+  if (earlier.length > 0) {
+    section.append(
+      el("h4", {}, "Marks on an earlier version of the plan"),
+      el(
+        "ul",
+        { class: "earlier-marks" },
+        ...earlier.map((s) => el("li", {}, `Step ${s.step} ${short(s.outcome, "STEP_OUTCOME_").toLowerCase()} by ${s.actor} ${when(s.at)}: ${s.summary || s.detail}`)),
+      ),
+    );
+  }
   return section;
 }
 

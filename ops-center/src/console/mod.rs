@@ -550,9 +550,13 @@ struct ActionBody {
     /// For `step`: the plan step, from 1…
     #[serde(default)]
     step: u32,
-    /// …and `done` or `skipped`.
+    /// …`done` or `skipped`…
     #[serde(default)]
     outcome: String,
+    /// …and the step's text as the page showed it (refused if the plan
+    /// now says otherwise).
+    #[serde(default)]
+    step_text: String,
 }
 
 /// A disposition by its short or full name.
@@ -644,6 +648,7 @@ async fn action(
                 step: b.step,
                 outcome: outcome as i32,
                 note: b.note,
+                step_text: b.step_text,
             };
             api.mark_step(call(&info, r)).await
         }
