@@ -172,9 +172,9 @@ pub fn is_plan_category(name: &str) -> bool {
 }
 
 /// An IANA time zone name by its shape: `UTC`, `Europe/Vienna`,
-/// `America/Argentina/Buenos_Aires`, `Etc/GMT+3`. (Whether the zone exists
-/// is the tz database's business; this catches typos of form, offsets
-/// like `+02:00` and abbreviations like `cet`.)
+/// `America/Argentina/Buenos_Aires`, `Etc/GMT+3`. This catches typos of
+/// form, offsets like `+02:00` and abbreviations like `cet`; [`time_zone`]
+/// then asks the tz database whether the zone exists.
 pub fn is_timezone_shape(tz: &str) -> bool {
     !tz.is_empty()
         && tz.len() <= 64
@@ -184,6 +184,27 @@ pub fn is_timezone_shape(tz: &str) -> bool {
                     .chars()
                     .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '+'))
         })
+}
+
+/// The time zone `name` stands for, from the tz database bundled into the
+/// program (so the answer does not depend on the host), or why not. The
+/// name must be spelt as the database spells it (`Europe/Vienna`, not
+/// `europe/vienna`): it is shown to people and exported as written.
+pub fn time_zone(name: &str) -> Result<jiff::tz::TimeZone, String> {
+    let bad =
+        || format!("{name:?} is not an IANA time zone name (e.g. \"Europe/Vienna\", \"UTC\")");
+    if !is_timezone_shape(name) {
+        return Err(bad());
+    }
+    let tz = jiff::tz::TimeZone::get(name).map_err(|_| {
+        format!("{name:?} is not in the tz database (e.g. \"Europe/Vienna\", \"UTC\")")
+    })?;
+    match tz.iana_name() {
+        Some(canonical) if canonical != name => Err(format!(
+            "{name:?} is spelt {canonical:?} in the tz database"
+        )),
+        _ => Ok(tz),
+    }
 }
 
 fn is_phone(phone: &str) -> bool {
@@ -233,15 +254,8 @@ pub fn validate(doc: &SiteDocument) -> Vec<Problem> {
         }
         text(&mut out, &at, "name", &post.name, true);
         text(&mut out, &at, "address", &post.address, false);
-        if !is_timezone_shape(&post.timezone) {
-            out.push(problem(
-                &at,
-                "timezone",
-                format!(
-                    "{:?} is not an IANA time zone name (e.g. \"Europe/Vienna\", \"UTC\")",
-                    post.timezone
-                ),
-            ));
+        if let Err(why) = time_zone(&post.timezone) {
+            out.push(problem(&at, "timezone", why));
         }
         let mut numbers = HashSet::new();
         for (j, zone) in post.zones.iter().enumerate() {
@@ -1161,7 +1175,36 @@ steps = [{ kind = "call_contact", role = "premises", text = "Call the post" }, 7
             "Europe/Vi enna",
         ] {
             assert!(!is_timezone_shape(bad), "{bad}");
+            assert!(time_zone(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn time_zones_are_checked_against_the_tz_database() {
+        for good in [
+            "UTC",
+            "Europe/Vienna",
+            "America/Argentina/Buenos_Aires",
+            "Etc/GMT+3",
+            "America/Port-au-Prince",
+            "Asia/Kolkata",
+        ] {
+            assert!(time_zone(good).is_ok(), "{good}");
+        }
+        // The right shape, but no such zone.
+        let e = time_zone("Europe/Viena").unwrap_err();
+        assert!(e.contains("not in the tz database"), "{e}");
+        assert!(time_zone("Mars/Olympus_Mons").is_err());
+        // The database's own spelling only.
+        let e = time_zone("Europe/VIENNA").unwrap_err();
+        assert!(e.contains("\"Europe/Vienna\""), "{e}");
+        // A bad zone in a file is a named problem on its line.
+        let file = "[[post]]\nid = \"p-001\"\nname = \"A\"\ntimezone = \"Europe/Viena\"\n";
+        let e = parse(file).unwrap_err().to_string();
+        assert!(
+            e.contains("line 4: [[post]] #1, timezone: \"Europe/Viena\" is not in the tz database"),
+            "{e}"
+        );
     }
 
     #[test]
