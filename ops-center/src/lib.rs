@@ -33,6 +33,7 @@ pub mod engine;
 pub mod forward;
 pub mod ingest;
 pub mod metrics;
+pub mod schedule;
 pub mod site;
 pub mod store;
 pub mod writer;

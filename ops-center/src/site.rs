@@ -20,6 +20,8 @@
 //! timezone = "Europe/Vienna"
 //! duress_words = ["bluebird"]
 //! passcodes = ["4711"]
+//! test_interval_hours = 24     # optional: a test report at least this often
+//! holidays = ["2026-12-25"]    # optional: local dates without a schedule
 //! [[post.contact]]             # called in this order
 //! role = "guard"
 //! name = "Gate desk"
@@ -31,6 +33,11 @@
 //! [[post.camera]]
 //! id = "cam-2"
 //! name = "Back yard"
+//! [[post.schedule]]            # working hours, in the post's time zone
+//! days = ["mon", "tue", "wed", "thu", "fri"]
+//! open = "07:30-08:30"         # to open (disarm) within this window
+//! close = "17:00-18:30"        # to close (arm) within this window
+//! grace_minutes = 15           # optional, 0 by default
 //!
 //! [[plan]]
 //! category = "burglary"        # or "default": any category without a plan
@@ -57,7 +64,8 @@ use std::{
 };
 
 use vigil_proto::v1::{
-    ActionPlan, Camera, Contact, EventCategory, PlanStep, PostRecord, SiteDocument, StepKind, Zone,
+    ActionPlan, Camera, Contact, EventCategory, PlanStep, PostRecord, PostSchedule, SiteDocument,
+    StepKind, Zone,
 };
 
 /// Contact roles that reach the post itself.
@@ -256,6 +264,13 @@ pub fn validate(doc: &SiteDocument) -> Vec<Problem> {
         text(&mut out, &at, "address", &post.address, false);
         if let Err(why) = time_zone(&post.timezone) {
             out.push(problem(&at, "timezone", why));
+        }
+        for (place, key, why) in crate::schedule::check(post) {
+            let place = match place.as_str() {
+                "" => at.clone(),
+                p => format!("{at} {p}"),
+            };
+            out.push(problem(&place, key, why));
         }
         let mut numbers = HashSet::new();
         for (j, zone) in post.zones.iter().enumerate() {
@@ -523,6 +538,15 @@ pub fn diff(old: &SiteDocument, new: &SiteDocument) -> Vec<SiteChange> {
                 if was.passcodes != post.passcodes {
                     parts.push("passcodes");
                 }
+                if was.schedules != post.schedules {
+                    parts.push("schedules");
+                }
+                if was.holidays != post.holidays {
+                    parts.push("holidays");
+                }
+                if was.test_interval_hours != post.test_interval_hours {
+                    parts.push("test interval");
+                }
                 out.push(change(
                     &post.post_id,
                     format!("post {} changed: {}", post.post_id, parts.join(", ")),
@@ -617,6 +641,19 @@ impl<'a> Fields<'a> {
             Some(toml::Value::Integer(n)) if (1..=i64::from(u32::MAX)).contains(n) => *n as u32,
             Some(_) => {
                 self.bad(out, key, "must be a whole number from 1");
+                0
+            }
+        }
+    }
+
+    /// A whole number from 0 up (absent: 0).
+    fn count(&mut self, out: &mut Vec<Problem>, key: &'static str) -> u32 {
+        self.known.push(key);
+        match self.table.get(key) {
+            None => 0,
+            Some(toml::Value::Integer(n)) if (0..=i64::from(u32::MAX)).contains(n) => *n as u32,
+            Some(_) => {
+                self.bad(out, key, "must be a whole number from 0");
                 0
             }
         }
@@ -726,6 +763,8 @@ pub fn parse(text: &str) -> Result<SiteDocument, SiteErrors> {
             timezone: f.string(&mut out, "timezone"),
             duress_words: f.strings(&mut out, "duress_words"),
             passcodes: f.strings(&mut out, "passcodes"),
+            test_interval_hours: f.count(&mut out, "test_interval_hours"),
+            holidays: f.strings(&mut out, "holidays"),
             ..Default::default()
         };
         for (j, t) in f.tables(&mut out, "contact").into_iter().enumerate() {
@@ -751,6 +790,16 @@ pub fn parse(text: &str) -> Result<SiteDocument, SiteErrors> {
             post.cameras.push(Camera {
                 id: c.string(&mut out, "id"),
                 name: c.string(&mut out, "name"),
+            });
+            c.finish(&mut out);
+        }
+        for (j, t) in f.tables(&mut out, "schedule").into_iter().enumerate() {
+            let mut c = Fields::new(t, format!("{} schedule #{}", post_place(i), j + 1));
+            post.schedules.push(PostSchedule {
+                days: c.strings(&mut out, "days"),
+                open: c.string(&mut out, "open"),
+                close: c.string(&mut out, "close"),
+                grace_minutes: c.count(&mut out, "grace_minutes"),
             });
             c.finish(&mut out);
         }
@@ -842,7 +891,7 @@ fn line_map(text: &str) -> Lines {
     for (i, post) in tables(doc, "post").into_iter().enumerate() {
         let at = post_place(i);
         keys(post, &at, &mut map);
-        for what in ["contact", "zone", "camera"] {
+        for what in ["contact", "zone", "camera", "schedule"] {
             for (j, t) in tables(post, what).into_iter().enumerate() {
                 keys(t, &format!("{at} {what} #{}", j + 1), &mut map);
             }
@@ -902,6 +951,12 @@ pub fn to_toml(doc: &SiteDocument) -> String {
         if !post.passcodes.is_empty() {
             let _ = writeln!(s, "passcodes = {}", quoted_list(&post.passcodes));
         }
+        if post.test_interval_hours > 0 {
+            let _ = writeln!(s, "test_interval_hours = {}", post.test_interval_hours);
+        }
+        if !post.holidays.is_empty() {
+            let _ = writeln!(s, "holidays = {}", quoted_list(&post.holidays));
+        }
         for c in &post.contacts {
             let _ = writeln!(s, "[[post.contact]]");
             let _ = writeln!(s, "role = {}", quote(&c.role));
@@ -920,6 +975,15 @@ pub fn to_toml(doc: &SiteDocument) -> String {
             let _ = writeln!(s, "[[post.camera]]");
             let _ = writeln!(s, "id = {}", quote(&c.id));
             let _ = writeln!(s, "name = {}", quote(&c.name));
+        }
+        for sc in &post.schedules {
+            let _ = writeln!(s, "[[post.schedule]]");
+            let _ = writeln!(s, "days = {}", quoted_list(&sc.days));
+            let _ = writeln!(s, "open = {}", quote(&sc.open));
+            let _ = writeln!(s, "close = {}", quote(&sc.close));
+            if sc.grace_minutes > 0 {
+                let _ = writeln!(s, "grace_minutes = {}", sc.grace_minutes);
+            }
         }
         s.push('\n');
     }
@@ -982,11 +1046,22 @@ name = "Chancery back door"
 [[post.camera]]
 id = "cam-2"
 name = "Back yard"
+[[post.schedule]]
+days = ["mon", "tue", "wed", "thu", "fri"]
+open = "07:30-08:30"
+close = "17:00-18:30"
+grace_minutes = 15
+[[post.schedule]]
+days = ["sat"]
+open = "09:00-09:30"
+close = "12:00-12:30"
 
 [[post]]
 id = "p-002"
 name = "Consulate Graz"
 timezone = "Europe/Vienna"
+test_interval_hours = 24
+holidays = ["2026-12-25", "2026-12-26"]
 
 [[plan]]
 category = "burglary"
@@ -1023,6 +1098,12 @@ steps = ["Follow the standing orders"]
         assert_eq!(doc.plans.len(), 4);
         assert_eq!(doc.plans[0].steps[0].kind, StepKind::Other as i32);
         assert_eq!(doc.plans[0].steps[2].contact_role, "guard");
+        assert_eq!(doc.posts[0].schedules.len(), 2);
+        assert_eq!(doc.posts[0].schedules[0].close, "17:00-18:30");
+        assert_eq!(doc.posts[0].schedules[0].grace_minutes, 15);
+        assert_eq!(doc.posts[0].schedules[1].days, ["sat"]);
+        assert_eq!(doc.posts[1].test_interval_hours, 24);
+        assert_eq!(doc.posts[1].holidays, ["2026-12-25", "2026-12-26"]);
         let again = parse(&to_toml(&doc)).unwrap();
         assert_eq!(again, doc);
     }
@@ -1043,6 +1124,12 @@ phone = "call me"
 [[post.zone]]
 number = 0
 name = "Door"
+[[post.schedule]]
+days = ["mon", "someday"]
+open = "8:00"
+close = "07:00-09:00"
+grace_minutes = -5
+colour = "red"
 
 [[plan]]
 category = "burglery"
@@ -1065,6 +1152,10 @@ steps = [{ kind = "call_contact", role = "premises", text = "Call the post" }, 7
             "[[post]] #1 contact #1, role: \"Guard\" is not a role",
             "[[post]] #1 contact #1, phone: \"call me\" is not a phone number",
             "[[post]] #1 zone #1, number: must be a whole number from 1",
+            "[[post]] #1 schedule #1, days: \"someday\" is not a day",
+            "[[post]] #1 schedule #1, open: \"8:00\" is not a window",
+            "[[post]] #1 schedule #1, grace_minutes: must be a whole number from 0",
+            "[[post]] #1 schedule #1, colour: unknown key",
             "[[plan]] #1, category: \"burglery\" is not an event category",
             "[[plan]] #1, post: no [[post]] has id \"p-009\"",
             "[[plan]] #1, steps: a plan needs at least one step",
@@ -1083,11 +1174,19 @@ steps = [{ kind = "call_contact", role = "premises", text = "Call the post" }, 7
             "{lines}"
         );
         assert!(
-            lines.contains("line 23: [[plan]] #2 step #1, role"),
+            lines.contains("line 29: [[plan]] #2 step #1, role"),
             "{lines}"
         );
         assert!(
-            lines.contains("line 23: [[plan]] #2 step #2: a step is"),
+            lines.contains("line 29: [[plan]] #2 step #2: a step is"),
+            "{lines}"
+        );
+        assert!(
+            lines.contains("line 16: [[post]] #1 schedule #1, days: \"someday\""),
+            "{lines}"
+        );
+        assert!(
+            lines.contains("line 17: [[post]] #1 schedule #1, open: \"8:00\""),
             "{lines}"
         );
         assert!(

@@ -446,6 +446,7 @@ impl Writer {
                     let now = site_now.get_or_insert_with(SiteDocument::default);
                     let lines = site_changes(now, &site, &actor, at, &mut changes);
                     if !lines.is_empty() {
+                        self.engine.set_site(&site.posts);
                         *now = site.clone();
                         changes.site = Some(site);
                     }

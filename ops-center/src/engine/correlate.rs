@@ -130,11 +130,55 @@ fn camera_kind_name(kind: CameraEventKind) -> String {
         .to_ascii_lowercase()
 }
 
+/// A timer's signal (see [`super::timers`]): no event of its own.
+pub(super) struct TimerSignal<'a> {
+    pub post: &'a str,
+    pub subject: &'a str,
+    pub category: EventCategory,
+    pub priority: Priority,
+    pub restore: bool,
+    /// Whether a later restore clears it (the subject is the condition).
+    pub condition: bool,
+    pub title: String,
+    pub at: SystemTime,
+}
+
 impl Engine {
     /// Correlates one newly stored event. Returns the incident it joined or
-    /// opened, if any; the link is recorded in `out`.
+    /// opened, if any; the link is recorded in `out`. Openings, closings and
+    /// test reports also move the post's timers (see [`super::timers`]).
     pub fn on_event(&mut self, ev: &Event, now: SystemTime, out: &mut Changes) -> Option<String> {
+        if matches!(
+            ev.category(),
+            EventCategory::Test | EventCategory::OpenClose
+        ) {
+            self.observe_timers(ev, event_time(ev, now), now, out);
+        }
         let sig = self.classify(ev, now)?;
+        self.on_signal(sig, now, out)
+    }
+
+    /// Raises or restores a timer incident through the usual rules.
+    pub(super) fn raise_timer(
+        &mut self,
+        t: TimerSignal<'_>,
+        now: SystemTime,
+        out: &mut Changes,
+    ) -> Option<String> {
+        let sig = Signal {
+            post: t.post.to_owned(),
+            subject: t.subject.to_owned(),
+            category: t.category,
+            priority: t.priority,
+            severity: vigil_proto::v1::Severity::Medium as i32,
+            restore: t.restore,
+            condition: t.condition.then(|| t.subject.to_owned()),
+            evidence: Evidence::Other,
+            source: "timer".into(),
+            title: t.title,
+            at: t.at,
+            seq: None,
+        };
         self.on_signal(sig, now, out)
     }
 
@@ -217,7 +261,7 @@ impl Engine {
         Some(self.open(&sig, now, out, false))
     }
 
-    fn open_incident_for(&self, post: &str, subject: &str) -> Option<&Incident> {
+    pub(super) fn open_incident_for(&self, post: &str, subject: &str) -> Option<&Incident> {
         self.latest
             .get(&(post.to_owned(), subject.to_owned()))
             .and_then(|id| self.incidents.get(id))
@@ -500,11 +544,7 @@ impl Engine {
             .as_ref()
             .map(|s| s.device_id.clone())
             .unwrap_or_default();
-        // Event time: when the gateway received it; never in our future.
-        let at = ev
-            .received_at
-            .and_then(|t| SystemTime::try_from(t).ok())
-            .map_or(now, |t| t.min(now));
+        let at = event_time(ev, now);
         let mut category = ev.category();
         let mut restore = ev.restore;
         let mut evidence = Evidence::Other;
@@ -630,6 +670,13 @@ impl Engine {
             .find(|z| self.open_incident_for(post, &format!("zone:{z}")).is_some());
         format!("zone:{}", busy.unwrap_or(&zones[0]))
     }
+}
+
+/// Event time: when the gateway received it; never in our future.
+fn event_time(ev: &Event, now: SystemTime) -> SystemTime {
+    ev.received_at
+        .and_then(|t| SystemTime::try_from(t).ok())
+        .map_or(now, |t| t.min(now))
 }
 
 /// Whether two times are at most `secs` apart.

@@ -1150,6 +1150,7 @@ fn engine_resumes_from_a_snapshot() {
         test_modes: vec![("p-020".into(), t(600))],
         last_incident_number: 1,
         statuses: Vec::new(),
+        ..Default::default()
     };
     let mut e = Engine::new(cfg(), snapshot);
     let mut out = Changes::default();
@@ -1334,4 +1335,100 @@ fn a_plan_step_is_marked_with_its_number_and_a_skip_needs_a_reason() {
     assert_eq!(out.audit[1].step, 1);
     assert_eq!(out.notes.len(), 1, "no note for a done step without one");
     assert_eq!(inc.version, 3);
+}
+
+#[test]
+fn an_alarm_not_restored_in_time_escalates_once_and_says_why() {
+    let mut c = cfg();
+    c.restore_minutes.insert("fire".into(), 30);
+    c.restore_minutes.insert("burglary".into(), 0);
+    c.restore_minutes.insert("default".into(), 120);
+    c.validate().unwrap();
+    let mut e = Engine::new(c, EngineSnapshot::default());
+    let mut out = Changes::default();
+    let fire = e
+        .on_event(
+            &alarm(1, 3, EventCategory::Fire, false, t(0)),
+            t(0),
+            &mut out,
+        )
+        .unwrap();
+    let burglary = e
+        .on_event(
+            &alarm(2, 4, EventCategory::Burglary, false, t(0)),
+            t(0),
+            &mut out,
+        )
+        .unwrap();
+    let power = e
+        .on_event(
+            &alarm(3, 0, EventCategory::Power, false, t(0)),
+            t(0),
+            &mut out,
+        )
+        .unwrap();
+    // Acknowledged, so that only the restore timer can escalate them.
+    for id in [&fire, &burglary, &power] {
+        let v = get(&e, id).version;
+        e.apply(
+            id,
+            None,
+            v,
+            &Action::Acknowledge {
+                note: String::new(),
+            },
+            &Actor::system(),
+            t(1),
+            &mut out,
+        )
+        .unwrap();
+    }
+    let level = |e: &Engine, id: &str| get(e, id).escalation_level;
+    let mut out = Changes::default();
+    let mut now = t(2);
+    while now < t(30 * 60 - 1) {
+        e.tick(now, &mut out);
+        now += Duration::from_secs(10);
+    }
+    assert_eq!(level(&e, &fire), 0);
+    e.tick(t(30 * 60), &mut out);
+    assert_eq!(level(&e, &fire), 1);
+    assert!(get(&e, &fire).restore_overdue);
+    let why: Vec<&str> = out
+        .audit
+        .iter()
+        .filter(|a| a.incident_id == fire && a.action == AuditAction::AutoEscalated as i32)
+        .map(|a| a.detail.as_str())
+        .collect();
+    assert_eq!(why.len(), 1);
+    assert!(
+        why[0].starts_with("not restored within 30 minutes"),
+        "{why:?}"
+    );
+    // Once only, however long it stays unrestored.
+    let mut out = Changes::default();
+    while now < t(119 * 60) {
+        e.tick(now, &mut out);
+        now += Duration::from_secs(60);
+    }
+    assert_eq!(level(&e, &fire), 1);
+    // Burglary has no timer (0); power falls under the default (120 min),
+    // unless it restores first.
+    e.on_event(
+        &alarm(4, 0, EventCategory::Power, true, t(119 * 60)),
+        t(119 * 60),
+        &mut out,
+    );
+    e.tick(t(121 * 60), &mut out);
+    assert_eq!(level(&e, &burglary), 0);
+    assert!(!get(&e, &burglary).restore_overdue);
+    assert_eq!(level(&e, &power), 0, "restored in time");
+}
+
+#[test]
+fn restore_timers_name_categories() {
+    let mut c = cfg();
+    c.restore_minutes.insert("fyre".into(), 30);
+    let e = c.validate().unwrap_err();
+    assert_eq!(e.field, "restore_minutes.fyre");
 }

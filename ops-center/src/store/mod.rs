@@ -24,10 +24,11 @@ mod sites;
 pub mod sqlite;
 #[doc(hidden)]
 pub mod suite;
+mod timers;
 pub mod watermark;
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     fmt,
     sync::{Arc, Mutex},
     time::SystemTime,
@@ -42,6 +43,7 @@ use vigil_proto::v1::{
 pub use postgres::PostgresBackend;
 pub use shapes::SeqFilter;
 pub use sqlite::{SqliteBackend, SqliteStore};
+pub use timers::PostTimers;
 
 /// Why a store operation failed. Any error inside a transaction aborts it;
 /// nothing of it is stored.
@@ -119,6 +121,8 @@ pub struct Changes {
     /// A new site document (post records and action plans) that replaces
     /// the stored one whole; its audit entries are in `audit`.
     pub site: Option<SiteDocument>,
+    /// New timer state of posts (see [`PostTimers`]), the last per post.
+    pub timers: BTreeMap<String, PostTimers>,
 }
 
 impl Changes {
@@ -156,6 +160,7 @@ impl Changes {
             && self.statuses.is_empty()
             && self.test_modes.is_empty()
             && self.site.is_none()
+            && self.timers.is_empty()
     }
 }
 
@@ -184,6 +189,10 @@ pub struct EngineSnapshot {
     pub last_incident_number: u64,
     /// The last status each post published.
     pub statuses: Vec<PostStatus>,
+    /// The stored post records (schedules, test intervals, time zones).
+    pub site_posts: Vec<PostRecord>,
+    /// Timer state per post, in post order.
+    pub timers: Vec<(String, PostTimers)>,
 }
 
 /// Which incidents to list.

@@ -118,6 +118,8 @@ CREATE INDEX requests_waiting ON requests (id) WHERE NOT answered;
     super::migrations::V5_INDEXES,
     // 6: post records and action plans (issue #17).
     super::sites::POSTGRES_MIGRATION,
+    // 7: timer state per post (issue #17: schedules, fail-to-test).
+    super::timers::POSTGRES_MIGRATION,
 ];
 
 /// The channel on which a standby announces a request it forwarded to the
@@ -968,11 +970,22 @@ impl Store for PostgresStore {
             .collect();
         let last: Option<i64> = self.query("SELECT max(number) FROM incidents", &[])?[0].get(0);
         let statuses = self.bodies("SELECT status FROM posts WHERE status IS NOT NULL", &[])?;
+        let timers = self
+            .query(super::timers::SELECT_ALL, &[])?
+            .iter()
+            .map(|r| {
+                let post: String = r.get(0);
+                let state = super::PostTimers::decode(&post, r.get(1))?;
+                Ok((post, state))
+            })
+            .collect::<Result<_, StoreError>>()?;
         Ok(EngineSnapshot {
             incidents,
             test_modes,
             last_incident_number: last.unwrap_or(0) as u64,
             statuses,
+            site_posts: self.bodies(sites::SELECT_POSTS, &[])?,
+            timers,
         })
     }
 }
@@ -1159,6 +1172,9 @@ impl StoreTx for PostgresTx<'_> {
     }
 
     fn apply(&mut self, changes: &Changes) -> Result<Vec<u64>, StoreError> {
+        for (post, state) in &changes.timers {
+            self.exec(super::timers::UPSERT, &[post, &state.encode()])?;
+        }
         self.flush()?;
         if let Some(site) = &changes.site {
             let (posts, plans) = sites::rows(site);

@@ -99,7 +99,7 @@ pub const DB_FILE: &str = "ops.db";
 /// Schema version written to `PRAGMA user_version`: 1 the first schema,
 /// 2 the event kind and received-order time as indexed columns, 3 post
 /// records and action plans (`store::sites`).
-const SCHEMA_VERSION: i64 = 3;
+const SCHEMA_VERSION: i64 = 4;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS posts (
@@ -281,6 +281,12 @@ impl SqliteStore {
                 let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
                 tx.execute_batch(super::sites::SQLITE_SCHEMA)?;
                 tx.pragma_update(None, "user_version", 3)?;
+                tx.commit()?;
+            }
+            if found < 4 {
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                tx.execute_batch(super::timers::SQLITE_SCHEMA)?;
+                tx.pragma_update(None, "user_version", 4)?;
                 tx.commit()?;
             }
         } else {
@@ -615,11 +621,24 @@ impl Store for SqliteStore {
             self.conn
                 .query_row("SELECT max(number) FROM incidents", [], |r| r.get(0))?;
         let statuses = self.bodies("SELECT status FROM posts WHERE status IS NOT NULL", [])?;
+        let mut stmt = self.conn.prepare_cached(super::timers::SELECT_ALL)?;
+        let rows: Vec<(String, String)> = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        let timers = rows
+            .into_iter()
+            .map(|(post, text)| {
+                let state = super::PostTimers::decode(&post, &text)?;
+                Ok((post, state))
+            })
+            .collect::<Result<_, StoreError>>()?;
         Ok(EngineSnapshot {
             incidents,
             test_modes,
             last_incident_number: last.unwrap_or(0) as u64,
             statuses,
+            site_posts: self.bodies(sites::SELECT_POSTS, [])?,
+            timers,
         })
     }
 }
@@ -687,6 +706,11 @@ impl StoreTx for SqliteTx<'_> {
     }
 
     fn apply(&mut self, changes: &Changes) -> Result<Vec<u64>, StoreError> {
+        for (post, state) in &changes.timers {
+            self.tx
+                .prepare_cached(super::timers::UPSERT)?
+                .execute(params![post, state.encode()])?;
+        }
         if let Some(site) = &changes.site {
             let (posts, plans) = sites::rows(site);
             self.tx.execute(sites::CLEAR_POSTS, [])?;
