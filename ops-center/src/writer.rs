@@ -784,4 +784,103 @@ mod tests {
         assert_eq!(store.audit(&inc.id).unwrap().len(), 2);
         assert_eq!(store.notes(&inc.id).unwrap().len(), 1);
     }
+
+    /// The schedule timers resume from the store after a restart: an
+    /// opening seen before it still counts, and a deadline handled before
+    /// it does not fire again.
+    #[tokio::test]
+    async fn schedule_timers_survive_a_restart() {
+        use vigil_proto::v1::{PostRecord, SiteDocument};
+        let utc = |s: &str| SystemTime::try_from(s.parse::<jiff::Timestamp>().unwrap()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let (jobs, mut done, handle) = start(dir.path());
+        let site = SiteDocument {
+            posts: vec![PostRecord {
+                post_id: "p-1".into(),
+                name: "Embassy".into(),
+                timezone: "Europe/Vienna".into(),
+                schedules: vec![crate::schedule::schedule(
+                    &["mon", "tue", "wed", "thu", "fri"],
+                    "07:30-08:30",
+                    "17:00-18:00",
+                    15,
+                )],
+                ..Default::default()
+            }],
+            plans: Vec::new(),
+        };
+        let (reply, answer) = oneshot::channel();
+        jobs.send(Job::Site {
+            site,
+            actor: Actor::new("alice", "admin"),
+            at: utc("2026-03-01T12:00:00Z"),
+            reply,
+        })
+        .await
+        .unwrap();
+        assert_eq!(answer.await.unwrap().unwrap(), ["post p-1 added"]);
+        // Monday 2 March 2026 (Vienna UTC+1): opened at 07:50 local.
+        jobs.send(Job::Tick {
+            at: utc("2026-03-02T00:00:00Z"),
+        })
+        .await
+        .unwrap();
+        let opening = Event {
+            post_id: "p-1".into(),
+            seq: 1,
+            received_at: Some(utc("2026-03-02T06:50:00Z").into()),
+            category: EventCategory::OpenClose as i32,
+            body: Some(Body::Alarm(AlarmSignal {
+                account: "1234".into(),
+                sia_code: "OP".into(),
+                user: 2,
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        jobs.send(Job::Batch {
+            post_id: "p-1".into(),
+            events: vec![opening.into()],
+            at: utc("2026-03-02T06:50:01Z"),
+            token: 1,
+        })
+        .await
+        .unwrap();
+        until_acked(&mut done, &[1]).await;
+        // Past the open deadline (07:45Z): opened in time, nothing fires.
+        jobs.send(Job::Tick {
+            at: utc("2026-03-02T08:00:00Z"),
+        })
+        .await
+        .unwrap();
+        drop(jobs);
+        tokio::task::spawn_blocking(move || handle.join())
+            .await
+            .unwrap()
+            .unwrap();
+
+        // A new process on the same store, first ticking in the evening.
+        let (jobs, _done, handle) = start(dir.path());
+        for at in ["2026-03-02T12:00:00Z", "2026-03-02T17:20:00Z"] {
+            jobs.send(Job::Tick { at: utc(at) }).await.unwrap();
+        }
+        drop(jobs);
+        tokio::task::spawn_blocking(move || handle.join())
+            .await
+            .unwrap()
+            .unwrap();
+        let store = SqliteStore::open(dir.path()).unwrap();
+        let subjects: Vec<String> = store
+            .incidents(&IncidentFilter {
+                limit: 10,
+                ..Default::default()
+            })
+            .unwrap()
+            .into_iter()
+            .map(|i| i.subject)
+            .collect();
+        // The opening before the restart was remembered: the post is open
+        // at the close deadline (17:15Z), and the morning is not re-checked.
+        assert_eq!(subjects, ["timer:late_to_close"]);
+    }
 }
