@@ -296,6 +296,7 @@ pub fn refuse_busy(job: Job) {
         Job::Workflow { reply, .. } => drop(reply.send(Err(why()))),
         Job::TestMode { reply, .. } => drop(reply.send(Err(why()))),
         Job::Site { reply, .. } => drop(reply.send(Err(why()))),
+        Job::Emergency { reply, .. } => drop(reply.send(Err(why()))),
         _ => {}
     }
 }
@@ -317,6 +318,12 @@ pub async fn forward(backend: PostgresBackend, job: Job, patience: Duration) {
         // no incident): the caller asks the leading replica.
         let _ = reply.send(Err(WorkflowError::Unavailable(
             "site imports are made on the leading replica; try again there".into(),
+        )));
+        return;
+    }
+    if let Job::Emergency { reply, .. } = job {
+        let _ = reply.send(Err(WorkflowError::Unavailable(
+            "emergency mode is set on the leading replica; try again there".into(),
         )));
         return;
     }

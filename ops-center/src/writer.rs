@@ -32,7 +32,9 @@ use std::{
 };
 
 use tokio::sync::{mpsc, oneshot};
-use vigil_proto::v1::{AuditAction, AuditEntry, Incident, PostStatus, Receipt, SiteDocument};
+use vigil_proto::v1::{
+    AuditAction, AuditEntry, EmergencyMode, Incident, PostStatus, Receipt, SiteDocument,
+};
 
 pub use crate::metrics::StoreHealth;
 use crate::{
@@ -107,6 +109,15 @@ pub enum Job {
         actor: Actor,
         at: SystemTime,
         reply: oneshot::Sender<Result<Vec<String>, WorkflowError>>,
+    },
+    /// Start (duration > 0) or end emergency mode.
+    Emergency {
+        duration: Duration,
+        post_ids: Vec<String>,
+        reason: String,
+        actor: Actor,
+        at: SystemTime,
+        reply: oneshot::Sender<Result<Option<EmergencyMode>, WorkflowError>>,
     },
     /// Run the engine's timers.
     Tick { at: SystemTime },
@@ -213,6 +224,10 @@ enum Reply {
     Site(
         oneshot::Sender<Result<Vec<String>, WorkflowError>>,
         Vec<String>,
+    ),
+    Emergency(
+        oneshot::Sender<Result<Option<EmergencyMode>, WorkflowError>>,
+        Result<Option<EmergencyMode>, WorkflowError>,
     ),
 }
 
@@ -429,7 +444,7 @@ impl Writer {
                         Some(Reply::Workflow(_, r)) => crate::forward::workflow_answer(r),
                         Some(Reply::TestMode(_, r)) => crate::forward::test_mode_answer(r),
                         // Never forwarded (see `forward::forward`).
-                        Some(Reply::Site(..)) | None => continue,
+                        Some(Reply::Site(..) | Reply::Emergency(..)) | None => continue,
                     };
                     replies.extend(reply);
                     if let Err(e) = tx.answer_request(id, &answer) {
@@ -452,6 +467,24 @@ impl Writer {
                     }
                     replies.push(Reply::Site(reply, lines));
                 }
+                Job::Emergency {
+                    duration,
+                    post_ids,
+                    reason,
+                    actor,
+                    at,
+                    reply,
+                } => {
+                    let r = self.engine.set_emergency(
+                        duration,
+                        &post_ids,
+                        &reason,
+                        &actor,
+                        at,
+                        &mut changes,
+                    );
+                    replies.push(Reply::Emergency(reply, r));
+                }
                 Job::Tick { at } => {
                     self.engine.tick(at, &mut changes);
                     kept.push(Job::Tick { at });
@@ -473,6 +506,7 @@ impl Writer {
                         Reply::Workflow(tx, _) => drop(tx.send(Err(why()))),
                         Reply::TestMode(tx, _) => drop(tx.send(Err(why()))),
                         Reply::Site(tx, _) => drop(tx.send(Err(why()))),
+                        Reply::Emergency(tx, _) => drop(tx.send(Err(why()))),
                     }
                 }
                 kept.extend(unavailable(jobs.collect()));
@@ -490,6 +524,7 @@ impl Writer {
                 Reply::Workflow(tx, r) => drop(tx.send(*r)),
                 Reply::TestMode(tx, r) => drop(tx.send(r)),
                 Reply::Site(tx, lines) => drop(tx.send(Ok(lines))),
+                Reply::Emergency(tx, r) => drop(tx.send(r)),
             }
         }
         committed.receipts = result
@@ -610,6 +645,10 @@ fn unavailable(group: Vec<Job>) -> Vec<Job> {
                 None
             }
             Job::Site { reply, .. } => {
+                let _ = reply.send(Err(why()));
+                None
+            }
+            Job::Emergency { reply, .. } => {
                 let _ = reply.send(Err(why()));
                 None
             }

@@ -137,7 +137,7 @@ fn migration_4_fills_event_kinds_of_a_store_that_had_none() {
              ALTER TABLE events DROP COLUMN kind, DROP COLUMN at;
              CREATE INDEX events_received ON events (received_at);
              CREATE INDEX incidents_post ON incidents (post_id, state);
-             DROP TABLE site_posts, site_plans, post_timers;
+             DROP TABLE site_posts, site_plans, post_timers, emergency;
              UPDATE vigil_schema SET version = 3;",
         )
         .unwrap();

@@ -20,8 +20,10 @@
 //! - [`watch`]: the live feed, resuming from its cursor after a disconnect.
 //! - [`replay`]: stored events as JSON lines.
 //! - [`site`]: `site import`, `site export`: post records and action plans.
+//! - [`emergency`]: `emergency [start|end]`: emergency mode.
 
 pub(crate) mod connect;
+pub(crate) mod emergency;
 pub(crate) mod query;
 pub(crate) mod render;
 pub(crate) mod replay;
@@ -67,6 +69,8 @@ pub(crate) enum ClientCommand {
     /// Post records, contacts and action plans: import or export a site file (TOML).
     #[command(subcommand)]
     Site(site::SiteCommand),
+    /// Emergency mode: show it, start it (--for, --reason, --posts) or end it.
+    Emergency(emergency::EmergencyArgs),
 }
 
 /// Where the API is and who we are; each flag also comes from the
@@ -113,6 +117,7 @@ pub(crate) fn run(cmd: ClientCommand) -> Result<()> {
             ClientCommand::TestMode(a) => workflow::test_mode(a).await,
             ClientCommand::Replay(a) => replay::run(a).await,
             ClientCommand::Site(c) => site::run(c).await,
+            ClientCommand::Emergency(a) => emergency::run(a).await,
         }
     })
 }

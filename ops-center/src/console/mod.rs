@@ -426,6 +426,7 @@ async fn feed(
     let request = WatchIncidentsRequest {
         cursor,
         post_ids: Vec::new(),
+        include_logged: false,
     };
     let items = match api.watch_incidents(call(&info, request)).await {
         Ok(r) => r.into_inner(),

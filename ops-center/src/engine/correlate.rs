@@ -356,10 +356,15 @@ impl Engine {
             last_event_at: Some(sig.at.into()),
             ..Default::default()
         };
-        let detail = match sig.seq {
+        let mut detail = match sig.seq {
             Some(seq) => format!("{} (event {}#{seq})", sig.title, sig.post),
             None => sig.title.clone(),
         };
+        if self.logs(&sig.post, sig.priority as i32, now) {
+            inc.logged = true;
+            inc.ack_deadline = None;
+            detail.push_str(" [logged: emergency mode]");
+        }
         record(
             &mut inc,
             AuditAction::Opened,
@@ -397,6 +402,13 @@ impl Engine {
             inc.category = sig.category as i32;
             inc.title.clone_from(&sig.title);
             inc.procedure = self.procedure(sig.category as i32);
+            if inc.logged && !self.logs(&inc.post_id, inc.priority, now) {
+                // Urgent enough now: queued again.
+                inc.logged = false;
+                if inc.state == IncidentState::Open as i32 {
+                    inc.ack_deadline = Some((now + self.cfg.ack_deadline(inc.priority)).into());
+                }
+            }
             self.tighten_deadline(&mut inc, now);
         }
         if inc.last_event_at.is_none_or(|t| time(t) < sig.at) {
@@ -519,7 +531,7 @@ impl Engine {
     /// After a priority rise, an open incident must be acknowledged by the
     /// new priority's deadline if that is sooner.
     fn tighten_deadline(&self, inc: &mut Incident, now: SystemTime) {
-        if inc.state != IncidentState::Open as i32 {
+        if inc.state != IncidentState::Open as i32 || inc.logged {
             return;
         }
         let new = now + self.cfg.ack_deadline(inc.priority);

@@ -19,6 +19,7 @@
 //! module holds the configuration, the state and the timers ([`Engine::tick`]).
 
 pub mod correlate;
+pub mod emergency;
 pub mod timers;
 pub mod workflow;
 
@@ -83,6 +84,11 @@ pub struct EngineConfig {
     /// category (`fire`, `burglary`, …) and `default` for the others; 0 =
     /// no timer. Past it the incident escalates once (`restore_overdue`).
     pub restore_minutes: BTreeMap<String, u64>,
+    /// Longest emergency mode a supervisor may set; longer is refused.
+    pub max_emergency_secs: u64,
+    /// In emergency mode, the least urgent priority still queued (1-4):
+    /// 2 queues P1 and P2 and logs P3 and P4.
+    pub emergency_keep_priority: u32,
 }
 
 /// Acknowledgment deadlines per priority, in seconds.
@@ -125,6 +131,8 @@ impl Default for EngineConfig {
             procedures: BTreeMap::new(),
             zone_cameras: Vec::new(),
             restore_minutes: BTreeMap::from([("default".to_owned(), 0)]),
+            max_emergency_secs: 12 * 3600,
+            emergency_keep_priority: 2,
         }
     }
 }
@@ -149,6 +157,7 @@ impl EngineConfig {
             ("verification_window_secs", self.verification_window_secs),
             ("flood_window_secs", self.flood_window_secs),
             ("max_test_mode_secs", self.max_test_mode_secs),
+            ("max_emergency_secs", self.max_emergency_secs),
             ("ack_deadline_secs.p1", self.ack_deadline_secs.p1),
             ("ack_deadline_secs.p2", self.ack_deadline_secs.p2),
             ("ack_deadline_secs.p3", self.ack_deadline_secs.p3),
@@ -174,6 +183,12 @@ impl EngineConfig {
                     "not an event category (use e.g. fire, burglary, video_detection, or default)",
                 ));
             }
+        }
+        if !(1..=4).contains(&self.emergency_keep_priority) {
+            return Err(err(
+                "emergency_keep_priority",
+                "a priority from 1 (P1 only) to 4 (everything queued)",
+            ));
         }
         for key in self.restore_minutes.keys() {
             if key != "default" && category_from_name(key).is_none() {
@@ -266,6 +281,8 @@ pub struct Engine {
     /// Schedule deadlines checked through this time (memory only; the
     /// stored `checked_through` moves when a deadline is handled).
     checked: HashMap<String, SystemTime>,
+    /// Emergency mode as last set (see [`emergency`]).
+    emergency: Option<vigil_proto::v1::EmergencyMode>,
 }
 
 impl Engine {
@@ -308,6 +325,7 @@ impl Engine {
             clocks: HashMap::new(),
             timers: snapshot.timers.into_iter().collect(),
             checked: HashMap::new(),
+            emergency: snapshot.emergency,
         };
         engine.set_site(&snapshot.site_posts);
         // Snapshot incidents come in number order, so the newest per subject
@@ -381,6 +399,7 @@ impl Engine {
         }
 
         self.tick_restore_timers(now, out);
+        self.tick_emergency(now, out);
 
         let mut expired: Vec<String> = self
             .test_modes
@@ -431,6 +450,7 @@ impl Engine {
             .filter(|i| {
                 i.state != IncidentState::Resolved as i32
                     && !i.restore_overdue
+                    && !i.logged
                     && !i.restored
                     && !i.active_conditions.is_empty()
             })

@@ -1432,3 +1432,159 @@ fn restore_timers_name_categories() {
     let e = c.validate().unwrap_err();
     assert_eq!(e.field, "restore_minutes.fyre");
 }
+
+#[test]
+fn emergency_mode_logs_less_urgent_incidents_and_ends_by_itself() {
+    let mut e = engine();
+    let mut out = Changes::default();
+    let sup = Actor::new("sam", "supervisor");
+    // A reason and a bounded duration are required.
+    let err = e
+        .set_emergency(Duration::from_secs(600), &[], " ", &sup, t(0), &mut out)
+        .unwrap_err();
+    assert!(err.to_string().contains("needs a reason"), "{err}");
+    let cap = e.config().max_emergency_secs;
+    let err = e
+        .set_emergency(
+            Duration::from_secs(cap + 1),
+            &[],
+            "storm",
+            &sup,
+            t(0),
+            &mut out,
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("max_emergency_secs"), "{err}");
+    assert!(out.is_empty());
+
+    let mode = e
+        .set_emergency(
+            Duration::from_secs(3600),
+            &[],
+            "storm",
+            &sup,
+            t(0),
+            &mut out,
+        )
+        .unwrap()
+        .unwrap();
+    assert_eq!(mode.keep_priority, Priority::P2 as i32);
+    assert_eq!(out.emergency, Some(Some(mode)));
+    assert_eq!(out.audit[0].action(), AuditAction::EmergencyStarted);
+    assert_eq!(out.audit[0].post_id, "");
+    assert!(
+        out.audit[0].detail.contains("over the whole region"),
+        "{}",
+        out.audit[0].detail
+    );
+
+    // P3 (power) is logged: no deadline, never escalates; P1 (fire) and
+    // P2 (burglary) are queued as usual.
+    let mut out = Changes::default();
+    let power = e
+        .on_event(
+            &alarm(1, 0, EventCategory::Power, false, t(10)),
+            t(10),
+            &mut out,
+        )
+        .unwrap();
+    let fire = e
+        .on_event(
+            &alarm(2, 3, EventCategory::Fire, false, t(10)),
+            t(10),
+            &mut out,
+        )
+        .unwrap();
+    let burglary = e
+        .on_event(
+            &alarm(3, 4, EventCategory::Burglary, false, t(10)),
+            t(10),
+            &mut out,
+        )
+        .unwrap();
+    assert!(get(&e, &power).logged && get(&e, &power).ack_deadline.is_none());
+    assert!(!get(&e, &fire).logged && get(&e, &fire).ack_deadline.is_some());
+    assert!(!get(&e, &burglary).logged);
+    let mut now = t(11);
+    while now < t(3000) {
+        e.tick(now, &mut out);
+        now += Duration::from_secs(10);
+    }
+    assert_eq!(get(&e, &power).escalation_level, 0);
+    assert!(get(&e, &fire).escalation_level > 0);
+    assert!(e.emergency(t(3000)).is_some());
+
+    // It ends by itself at its time, audited; what was logged stays so.
+    let mut out = Changes::default();
+    e.tick(t(3600), &mut out);
+    assert!(e.emergency(t(3600)).is_none());
+    assert_eq!(out.emergency, Some(None));
+    assert!(
+        out.audit
+            .iter()
+            .any(|a| a.action() == AuditAction::EmergencyEnded && a.detail.contains("time was up"))
+    );
+    assert!(get(&e, &power).logged);
+    let mut out = Changes::default();
+    let later = e
+        .on_event(
+            &alarm(4, 0, EventCategory::Trouble, false, t(3700)),
+            t(3700),
+            &mut out,
+        )
+        .unwrap();
+    assert!(!get(&e, &later).logged);
+}
+
+#[test]
+fn emergency_mode_over_some_posts_survives_a_restart_and_ends_early() {
+    let mut e = engine();
+    let mut out = Changes::default();
+    let sup = Actor::new("sam", "supervisor");
+    e.set_emergency(
+        Duration::from_secs(7200),
+        &["p-099".to_owned()],
+        "flood at the river",
+        &sup,
+        t(0),
+        &mut out,
+    )
+    .unwrap();
+    // Another post: not covered.
+    let id = e
+        .on_event(
+            &alarm(1, 0, EventCategory::Power, false, t(5)),
+            t(5),
+            &mut out,
+        )
+        .unwrap();
+    assert!(!get(&e, &id).logged);
+    // A restart from what was written keeps the mode.
+    let mode = out.emergency.clone().unwrap();
+    let mut e = Engine::new(
+        cfg(),
+        EngineSnapshot {
+            emergency: mode,
+            last_incident_number: 1,
+            ..Default::default()
+        },
+    );
+    let mut covered = alarm(2, 0, EventCategory::Power, false, t(10));
+    covered.post_id = "p-099".into();
+    let mut out = Changes::default();
+    let id = e.on_event(&covered, t(10), &mut out).unwrap();
+    assert!(get(&e, &id).logged);
+    // Ended early by a supervisor.
+    let mut out = Changes::default();
+    assert_eq!(
+        e.set_emergency(Duration::ZERO, &[], "river down", &sup, t(20), &mut out),
+        Ok(None)
+    );
+    assert_eq!(out.audit[0].action(), AuditAction::EmergencyEnded);
+    assert!(
+        out.audit[0]
+            .detail
+            .contains("ended early (posts p-099): river down")
+    );
+    assert!(e.emergency(t(21)).is_none());
+}

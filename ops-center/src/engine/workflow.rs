@@ -389,7 +389,7 @@ impl Engine {
     }
 }
 
-fn check_note(text: &str, may_be_empty: bool) -> Result<(), WorkflowError> {
+pub(super) fn check_note(text: &str, may_be_empty: bool) -> Result<(), WorkflowError> {
     if !may_be_empty && text.trim().is_empty() {
         return Err(WorkflowError::InvalidArgument("the note is empty".into()));
     }
@@ -402,7 +402,7 @@ fn check_note(text: &str, may_be_empty: bool) -> Result<(), WorkflowError> {
 }
 
 /// `600` → `10m`, `5400` → `1h30m`, `45` → `45s`.
-fn human_secs(secs: u64) -> String {
+pub(super) fn human_secs(secs: u64) -> String {
     let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);
     let mut out = String::new();
     if h > 0 {

@@ -37,7 +37,8 @@ use std::{
 use bytes::Bytes;
 use prost::Message;
 use vigil_proto::v1::{
-    AuditEntry, Event, Incident, Note, PostInfo, PostRecord, PostStatus, SiteDocument, StoredEvent,
+    AuditEntry, EmergencyMode, Event, Incident, Note, PostInfo, PostRecord, PostStatus,
+    SiteDocument, StoredEvent,
 };
 
 pub use postgres::PostgresBackend;
@@ -123,6 +124,8 @@ pub struct Changes {
     pub site: Option<SiteDocument>,
     /// New timer state of posts (see [`PostTimers`]), the last per post.
     pub timers: BTreeMap<String, PostTimers>,
+    /// Emergency mode changed: `Some(None)` ends it.
+    pub emergency: Option<Option<EmergencyMode>>,
 }
 
 impl Changes {
@@ -161,6 +164,7 @@ impl Changes {
             && self.test_modes.is_empty()
             && self.site.is_none()
             && self.timers.is_empty()
+            && self.emergency.is_none()
     }
 }
 
@@ -193,6 +197,8 @@ pub struct EngineSnapshot {
     pub site_posts: Vec<PostRecord>,
     /// Timer state per post, in post order.
     pub timers: Vec<(String, PostTimers)>,
+    /// Emergency mode as last set (it may have expired since).
+    pub emergency: Option<EmergencyMode>,
 }
 
 /// Which incidents to list.
@@ -379,6 +385,8 @@ pub trait Store: Send {
     /// The site document: every post record and action plan, in the order
     /// they were imported (empty before the first import).
     fn site(&self) -> Result<SiteDocument, StoreError>;
+    /// Emergency mode as last set (it may have expired since).
+    fn emergency(&self) -> Result<Option<EmergencyMode>, StoreError>;
     /// One post's record, if the site document has one.
     fn post_record(&self, post_id: &str) -> Result<Option<PostRecord>, StoreError>;
 

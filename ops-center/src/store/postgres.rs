@@ -27,8 +27,8 @@ use std::{
 use postgres::{Client, GenericClient, NoTls, Row, Statement, Transaction, config::Host};
 use prost::Message;
 use vigil_proto::v1::{
-    AuditEntry, Event, Incident, IncidentState, Note, PostInfo, PostRecord, PostStatus,
-    SiteDocument, StoredEvent,
+    AuditEntry, EmergencyMode, Event, Incident, IncidentState, Note, PostInfo, PostRecord,
+    PostStatus, SiteDocument, StoredEvent,
 };
 
 use super::{
@@ -909,6 +909,13 @@ impl Store for PostgresStore {
             .collect()
     }
 
+    fn emergency(&self) -> Result<Option<EmergencyMode>, StoreError> {
+        Ok(self
+            .bodies(super::timers::EMERGENCY_SELECT, &[])?
+            .into_iter()
+            .next())
+    }
+
     fn site(&self) -> Result<SiteDocument, StoreError> {
         Ok(SiteDocument {
             posts: self.bodies(sites::SELECT_POSTS, &[])?,
@@ -986,6 +993,7 @@ impl Store for PostgresStore {
             statuses,
             site_posts: self.bodies(sites::SELECT_POSTS, &[])?,
             timers,
+            emergency: self.emergency()?,
         })
     }
 }
@@ -1174,6 +1182,15 @@ impl StoreTx for PostgresTx<'_> {
     fn apply(&mut self, changes: &Changes) -> Result<Vec<u64>, StoreError> {
         for (post, state) in &changes.timers {
             self.exec(super::timers::UPSERT, &[post, &state.encode()])?;
+        }
+        match &changes.emergency {
+            Some(Some(mode)) => {
+                self.exec(super::timers::EMERGENCY_UPSERT, &[&mode.encode_to_vec()])?;
+            }
+            Some(None) => {
+                self.exec(super::timers::EMERGENCY_CLEAR, &[])?;
+            }
+            None => {}
         }
         self.flush()?;
         if let Some(site) = &changes.site {

@@ -24,8 +24,8 @@ use std::{
 use prost::Message;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use vigil_proto::v1::{
-    AuditEntry, Event, Incident, IncidentState, Note, PostInfo, PostRecord, PostStatus,
-    SiteDocument, StoredEvent,
+    AuditEntry, EmergencyMode, Event, Incident, IncidentState, Note, PostInfo, PostRecord,
+    PostStatus, SiteDocument, StoredEvent,
 };
 
 use super::{
@@ -540,6 +540,13 @@ impl Store for SqliteStore {
             .collect()
     }
 
+    fn emergency(&self) -> Result<Option<EmergencyMode>, StoreError> {
+        Ok(self
+            .bodies(super::timers::EMERGENCY_SELECT, [])?
+            .into_iter()
+            .next())
+    }
+
     fn site(&self) -> Result<SiteDocument, StoreError> {
         Ok(SiteDocument {
             posts: self.bodies(sites::SELECT_POSTS, [])?,
@@ -639,6 +646,7 @@ impl Store for SqliteStore {
             statuses,
             site_posts: self.bodies(sites::SELECT_POSTS, [])?,
             timers,
+            emergency: self.emergency()?,
         })
     }
 }
@@ -710,6 +718,18 @@ impl StoreTx for SqliteTx<'_> {
             self.tx
                 .prepare_cached(super::timers::UPSERT)?
                 .execute(params![post, state.encode()])?;
+        }
+        match &changes.emergency {
+            Some(Some(mode)) => {
+                self.tx.execute(
+                    super::timers::EMERGENCY_UPSERT,
+                    params![mode.encode_to_vec()],
+                )?;
+            }
+            Some(None) => {
+                self.tx.execute(super::timers::EMERGENCY_CLEAR, [])?;
+            }
+            None => {}
         }
         if let Some(site) = &changes.site {
             let (posts, plans) = sites::rows(site);

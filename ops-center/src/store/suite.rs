@@ -1027,4 +1027,28 @@ fn timer_state_is_kept_per_post_and_read_at_start(b: &dyn Backend) {
     tx.commit().unwrap();
     let snap = b.reader().unwrap().engine_snapshot(t(0)).unwrap();
     assert_eq!(snap.site_posts, [post]);
+
+    // Emergency mode: one row, replaced, then cleared.
+    assert_eq!(snap.emergency, None);
+    let mode = |reason: &str| vigil_proto::v1::EmergencyMode {
+        post_ids: vec!["p-1".into()],
+        started_at: Some(t(1).into()),
+        until: Some(t(3600).into()),
+        reason: reason.into(),
+        started_by: "sam".into(),
+        keep_priority: 2,
+    };
+    for m in [Some(mode("storm")), Some(mode("flood")), None] {
+        let mut tx = w.begin().unwrap();
+        tx.apply(&Changes {
+            emergency: Some(m.clone()),
+            ..Default::default()
+        })
+        .unwrap();
+        tx.commit().unwrap();
+        assert_eq!(
+            b.reader().unwrap().engine_snapshot(t(0)).unwrap().emergency,
+            m
+        );
+    }
 }

@@ -1,4 +1,8 @@
-//! The engine's timer state per post (issue #17: schedules, fail-to-test):
+//! The engine's timer state per post (issue #17: schedules, fail-to-test),
+//! and emergency mode (one row, the `EmergencyMode` protobuf, absent when
+//! off).
+//!
+//! Timer state:
 //! the last opening, closing and test report it saw, how far it has
 //! checked the post's schedule deadlines, and how many test periods it
 //! has reported missed. One row per post, the state as JSON text, so that
@@ -48,6 +52,10 @@ CREATE TABLE IF NOT EXISTS post_timers (
     post_id TEXT PRIMARY KEY,
     state   TEXT NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS emergency (
+    id   INTEGER PRIMARY KEY CHECK (id = 1),
+    body BLOB NOT NULL
+);
 ";
 
 /// PostgreSQL migration 7.
@@ -56,7 +64,16 @@ CREATE TABLE post_timers (
     post_id TEXT PRIMARY KEY,
     state   TEXT NOT NULL
 );
+CREATE TABLE emergency (
+    id   SMALLINT PRIMARY KEY CHECK (id = 1),
+    body BYTEA NOT NULL
+);
 ";
+
+pub(crate) const EMERGENCY_UPSERT: &str = "INSERT INTO emergency (id, body) VALUES (1, $1)
+     ON CONFLICT (id) DO UPDATE SET body = excluded.body";
+pub(crate) const EMERGENCY_CLEAR: &str = "DELETE FROM emergency";
+pub(crate) const EMERGENCY_SELECT: &str = "SELECT body FROM emergency WHERE id = 1";
 
 /// Both dialects (`$N` placeholders bind in order on SQLite too).
 pub(crate) const UPSERT: &str = "INSERT INTO post_timers (post_id, state) VALUES ($1, $2)
