@@ -20,6 +20,7 @@ export async function getJson(path) {
 export const me = () => getJson("/api/me");
 export const detail = (id) => getJson(`/api/incidents/${encodeURIComponent(id)}`);
 export const posts = () => getJson("/api/posts");
+export const emergency = () => getJson("/api/emergency");
 /**
  * Runs `action` on incident `id` as of `expectedVersion` (the version the
  * analyst saw when deciding). The header marks it as the console's own

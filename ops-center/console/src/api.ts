@@ -153,6 +153,18 @@ export const detail = (id: string): Promise<Detail> =>
   getJson<Detail>(`/api/incidents/${encodeURIComponent(id)}`);
 export const posts = (): Promise<{ posts: PostInfo[] }> => getJson("/api/posts");
 
+/** `GET /api/emergency`: `emergency` is absent when the mode is off. */
+export interface Emergency {
+  emergency?: {
+    post_ids?: string[];
+    until?: string;
+    reason: string;
+    started_by: string;
+    keep_priority: string;
+  };
+}
+export const emergency = (): Promise<Emergency> => getJson<Emergency>("/api/emergency");
+
 /**
  * Runs `action` on incident `id` as of `expectedVersion` (the version the
  * analyst saw when deciding). The header marks it as the console's own
