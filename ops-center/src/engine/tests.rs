@@ -1525,6 +1525,36 @@ fn emergency_mode_logs_less_urgent_incidents_and_ends_by_itself() {
             .any(|a| a.action() == AuditAction::EmergencyEnded && a.detail.contains("time was up"))
     );
     assert!(get(&e, &power).logged);
+    // Resolved and reactivated by a new alarm: still logged, no deadline.
+    let mut out = Changes::default();
+    let sam = Actor::new("sam", "supervisor");
+    let v = get(&e, &power).version;
+    e.apply(
+        &power,
+        None,
+        v,
+        &Action::Acknowledge {
+            note: String::new(),
+        },
+        &sam,
+        t(3601),
+        &mut out,
+    )
+    .unwrap();
+    let v = get(&e, &power).version;
+    let resolve = Action::Resolve {
+        disposition: Disposition::Genuine,
+        note: "generator".into(),
+    };
+    e.apply(&power, None, v, &resolve, &sam, t(3602), &mut out)
+        .unwrap();
+    e.on_event(
+        &alarm(5, 0, EventCategory::Power, false, t(3610)),
+        t(3610),
+        &mut out,
+    );
+    assert_eq!(get(&e, &power).state(), IncidentState::Open);
+    assert!(get(&e, &power).logged && get(&e, &power).ack_deadline.is_none());
     let mut out = Changes::default();
     let later = e
         .on_event(

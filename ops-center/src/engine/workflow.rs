@@ -137,7 +137,9 @@ pub(super) fn reopen(inc: &mut Incident, ack_deadline: Duration, now: SystemTime
     inc.resolved_at = None;
     inc.resolved_by.clear();
     inc.disposition = Disposition::Unspecified as i32;
-    inc.ack_deadline = Some((now + ack_deadline).into());
+    // A logged incident (emergency mode) stays out of the queue: no
+    // deadline, so it never escalates by itself.
+    inc.ack_deadline = (!inc.logged).then(|| (now + ack_deadline).into());
 }
 
 impl Engine {
