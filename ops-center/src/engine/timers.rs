@@ -26,7 +26,7 @@
 //! events of category `open_close`: a Contact ID open/close code with
 //! qualifier 1 is an opening (disarm), with qualifier 3 a closing (arm); a
 //! SIA code says it itself (`OP`, `OA`, … open; `CL`, `CA`, … close).
-//! Other `open_close` events (late-to-open reports of the panel, exits
+//! Other `open_close` events (late-to-open reports of the panel, exit
 //! errors) are neither.
 //!
 //! Times: openings, closings and tests count at their event time (the
