@@ -402,13 +402,7 @@ impl Engine {
             inc.category = sig.category as i32;
             inc.title.clone_from(&sig.title);
             inc.procedure = self.procedure(sig.category as i32);
-            if inc.logged && !self.logs(&inc.post_id, inc.priority, now) {
-                // Urgent enough now: queued again.
-                inc.logged = false;
-                if inc.state == IncidentState::Open as i32 {
-                    inc.ack_deadline = Some((now + self.cfg.ack_deadline(inc.priority)).into());
-                }
-            }
+            self.requeue_if_urgent(&mut inc, now);
             self.tighten_deadline(&mut inc, now);
         }
         if inc.last_event_at.is_none_or(|t| time(t) < sig.at) {
@@ -515,6 +509,7 @@ impl Engine {
         );
         if more_urgent(raised as i32, inc.priority) {
             inc.priority = raised as i32;
+            self.requeue_if_urgent(inc, now);
             self.tighten_deadline(inc, now);
         }
         inc.title = format!("{} (verified)", inc.title);
@@ -526,6 +521,17 @@ impl Engine {
             detail,
             out,
         );
+    }
+
+    /// A logged incident (emergency mode) whose priority rose enough is
+    /// queued again, with a deadline if it is open.
+    fn requeue_if_urgent(&self, inc: &mut Incident, now: SystemTime) {
+        if inc.logged && !self.logs(&inc.post_id, inc.priority, now) {
+            inc.logged = false;
+            if inc.state == IncidentState::Open as i32 {
+                inc.ack_deadline = Some((now + self.cfg.ack_deadline(inc.priority)).into());
+            }
+        }
     }
 
     /// After a priority rise, an open incident must be acknowledged by the

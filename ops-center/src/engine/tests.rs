@@ -1618,3 +1618,38 @@ fn emergency_mode_over_some_posts_survives_a_restart_and_ends_early() {
     );
     assert!(e.emergency(t(21)).is_none());
 }
+
+#[test]
+fn a_logged_incident_that_becomes_urgent_enough_is_queued_again() {
+    let mut e = engine();
+    let mut out = Changes::default();
+    let sup = Actor::new("sam", "supervisor");
+    e.set_emergency(
+        Duration::from_secs(3600),
+        &[],
+        "storm",
+        &sup,
+        t(0),
+        &mut out,
+    )
+    .unwrap();
+    // An environmental (P3) alarm in zone 15 is logged...
+    let id = e
+        .on_event(
+            &alarm(1, 15, EventCategory::Environmental, false, t(10)),
+            t(10),
+            &mut out,
+        )
+        .unwrap();
+    assert!(get(&e, &id).logged);
+    // ...until cam-2 (zone 15) verifies it: P2, queued with a deadline.
+    e.on_event(
+        &camera(2, "cam-2", CameraEventState::Start, t(15)),
+        t(15),
+        &mut out,
+    );
+    let inc = get(&e, &id);
+    assert!(inc.verified);
+    assert_eq!(inc.priority(), Priority::P2);
+    assert!(!inc.logged && inc.ack_deadline.is_some(), "{inc:#?}");
+}
