@@ -332,6 +332,7 @@ pub fn refuse_busy(job: Job) {
         Job::Workflow { reply, .. } => drop(reply.send(Err(why()))),
         Job::TestMode { reply, .. } => drop(reply.send(Err(why()))),
         Job::Site { reply, .. } => drop(reply.send(Err(why()))),
+        Job::Emergency { reply, .. } => drop(reply.send(Err(why()))),
         _ => {}
     }
 }
@@ -348,6 +349,12 @@ pub fn patience(lease: Duration) -> Duration {
 /// `patience`, then gives up (UNAVAILABLE, nothing changed). Other jobs
 /// are dropped.
 pub async fn forward(backend: PostgresBackend, job: Job, patience: Duration) {
+    if let Job::Emergency { reply, .. } = job {
+        let _ = reply.send(Err(WorkflowError::Unavailable(
+            "emergency mode is set on the leading replica; try again there".into(),
+        )));
+        return;
+    }
     let Some(req) = request(&job) else { return };
     let body = req.encode_to_vec();
     let target = req.target.clone();

@@ -34,6 +34,7 @@ pub mod forward;
 pub mod ingest;
 pub mod metrics;
 pub mod report;
+pub mod schedule;
 pub mod site;
 pub mod store;
 pub mod writer;

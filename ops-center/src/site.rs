@@ -20,6 +20,8 @@
 //! timezone = "Europe/Vienna"
 //! duress_words = ["bluebird"]
 //! passcodes = ["4711"]
+//! test_interval_hours = 24     # optional: a test report at least this often
+//! holidays = ["2026-12-25"]    # optional: local dates without a schedule
 //! [[post.contact]]             # called in this order
 //! role = "guard"
 //! name = "Gate desk"
@@ -31,6 +33,11 @@
 //! [[post.camera]]
 //! id = "cam-2"
 //! name = "Back yard"
+//! [[post.schedule]]            # working hours, in the post's time zone
+//! days = ["mon", "tue", "wed", "thu", "fri"]
+//! open = "07:30-08:30"         # to open (disarm) within this window
+//! close = "17:00-18:30"        # to close (arm) within this window
+//! grace_minutes = 15           # optional, 0 by default
 //!
 //! [[plan]]
 //! category = "burglary"        # or "default": any category without a plan
@@ -57,7 +64,8 @@ use std::{
 };
 
 use vigil_proto::v1::{
-    ActionPlan, Camera, Contact, EventCategory, PlanStep, PostRecord, SiteDocument, StepKind, Zone,
+    ActionPlan, Camera, Contact, EventCategory, PlanStep, PostRecord, PostSchedule, SiteDocument,
+    StepKind, Zone,
 };
 
 /// Contact roles that reach the post itself.
@@ -172,9 +180,9 @@ pub fn is_plan_category(name: &str) -> bool {
 }
 
 /// An IANA time zone name by its shape: `UTC`, `Europe/Vienna`,
-/// `America/Argentina/Buenos_Aires`, `Etc/GMT+3`. (Whether the zone exists
-/// is the tz database's business; this catches typos of form, offsets
-/// like `+02:00` and abbreviations like `cet`.)
+/// `America/Argentina/Buenos_Aires`, `Etc/GMT+3`. This catches typos of
+/// form, offsets like `+02:00` and abbreviations like `cet`; [`time_zone`]
+/// then asks the tz database whether the zone exists.
 pub fn is_timezone_shape(tz: &str) -> bool {
     !tz.is_empty()
         && tz.len() <= 64
@@ -184,6 +192,27 @@ pub fn is_timezone_shape(tz: &str) -> bool {
                     .chars()
                     .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '+'))
         })
+}
+
+/// The time zone `name` stands for, from the tz database bundled into the
+/// program (so the answer does not depend on the host), or why not. The
+/// name must be spelt as the database spells it (`Europe/Vienna`, not
+/// `europe/vienna`): it is shown to people and exported as written.
+pub fn time_zone(name: &str) -> Result<jiff::tz::TimeZone, String> {
+    let bad =
+        || format!("{name:?} is not an IANA time zone name (e.g. \"Europe/Vienna\", \"UTC\")");
+    if !is_timezone_shape(name) {
+        return Err(bad());
+    }
+    let tz = jiff::tz::TimeZone::get(name).map_err(|_| {
+        format!("{name:?} is not in the tz database (e.g. \"Europe/Vienna\", \"UTC\")")
+    })?;
+    match tz.iana_name() {
+        Some(canonical) if canonical != name => Err(format!(
+            "{name:?} is spelt {canonical:?} in the tz database"
+        )),
+        _ => Ok(tz),
+    }
 }
 
 fn is_phone(phone: &str) -> bool {
@@ -233,15 +262,15 @@ pub fn validate(doc: &SiteDocument) -> Vec<Problem> {
         }
         text(&mut out, &at, "name", &post.name, true);
         text(&mut out, &at, "address", &post.address, false);
-        if !is_timezone_shape(&post.timezone) {
-            out.push(problem(
-                &at,
-                "timezone",
-                format!(
-                    "{:?} is not an IANA time zone name (e.g. \"Europe/Vienna\", \"UTC\")",
-                    post.timezone
-                ),
-            ));
+        if let Err(why) = time_zone(&post.timezone) {
+            out.push(problem(&at, "timezone", why));
+        }
+        for (place, key, why) in crate::schedule::check(post) {
+            let place = match place.as_str() {
+                "" => at.clone(),
+                p => format!("{at} {p}"),
+            };
+            out.push(problem(&place, key, why));
         }
         let mut numbers = HashSet::new();
         for (j, zone) in post.zones.iter().enumerate() {
@@ -509,6 +538,15 @@ pub fn diff(old: &SiteDocument, new: &SiteDocument) -> Vec<SiteChange> {
                 if was.passcodes != post.passcodes {
                     parts.push("passcodes");
                 }
+                if was.schedules != post.schedules {
+                    parts.push("schedules");
+                }
+                if was.holidays != post.holidays {
+                    parts.push("holidays");
+                }
+                if was.test_interval_hours != post.test_interval_hours {
+                    parts.push("test interval");
+                }
                 out.push(change(
                     &post.post_id,
                     format!("post {} changed: {}", post.post_id, parts.join(", ")),
@@ -603,6 +641,19 @@ impl<'a> Fields<'a> {
             Some(toml::Value::Integer(n)) if (1..=i64::from(u32::MAX)).contains(n) => *n as u32,
             Some(_) => {
                 self.bad(out, key, "must be a whole number from 1");
+                0
+            }
+        }
+    }
+
+    /// A whole number from 0 up (absent: 0).
+    fn count(&mut self, out: &mut Vec<Problem>, key: &'static str) -> u32 {
+        self.known.push(key);
+        match self.table.get(key) {
+            None => 0,
+            Some(toml::Value::Integer(n)) if (0..=i64::from(u32::MAX)).contains(n) => *n as u32,
+            Some(_) => {
+                self.bad(out, key, "must be a whole number from 0");
                 0
             }
         }
@@ -712,6 +763,8 @@ pub fn parse(text: &str) -> Result<SiteDocument, SiteErrors> {
             timezone: f.string(&mut out, "timezone"),
             duress_words: f.strings(&mut out, "duress_words"),
             passcodes: f.strings(&mut out, "passcodes"),
+            test_interval_hours: f.count(&mut out, "test_interval_hours"),
+            holidays: f.strings(&mut out, "holidays"),
             ..Default::default()
         };
         for (j, t) in f.tables(&mut out, "contact").into_iter().enumerate() {
@@ -737,6 +790,16 @@ pub fn parse(text: &str) -> Result<SiteDocument, SiteErrors> {
             post.cameras.push(Camera {
                 id: c.string(&mut out, "id"),
                 name: c.string(&mut out, "name"),
+            });
+            c.finish(&mut out);
+        }
+        for (j, t) in f.tables(&mut out, "schedule").into_iter().enumerate() {
+            let mut c = Fields::new(t, format!("{} schedule #{}", post_place(i), j + 1));
+            post.schedules.push(PostSchedule {
+                days: c.strings(&mut out, "days"),
+                open: c.string(&mut out, "open"),
+                close: c.string(&mut out, "close"),
+                grace_minutes: c.count(&mut out, "grace_minutes"),
             });
             c.finish(&mut out);
         }
@@ -828,7 +891,7 @@ fn line_map(text: &str) -> Lines {
     for (i, post) in tables(doc, "post").into_iter().enumerate() {
         let at = post_place(i);
         keys(post, &at, &mut map);
-        for what in ["contact", "zone", "camera"] {
+        for what in ["contact", "zone", "camera", "schedule"] {
             for (j, t) in tables(post, what).into_iter().enumerate() {
                 keys(t, &format!("{at} {what} #{}", j + 1), &mut map);
             }
@@ -888,6 +951,12 @@ pub fn to_toml(doc: &SiteDocument) -> String {
         if !post.passcodes.is_empty() {
             let _ = writeln!(s, "passcodes = {}", quoted_list(&post.passcodes));
         }
+        if post.test_interval_hours > 0 {
+            let _ = writeln!(s, "test_interval_hours = {}", post.test_interval_hours);
+        }
+        if !post.holidays.is_empty() {
+            let _ = writeln!(s, "holidays = {}", quoted_list(&post.holidays));
+        }
         for c in &post.contacts {
             let _ = writeln!(s, "[[post.contact]]");
             let _ = writeln!(s, "role = {}", quote(&c.role));
@@ -906,6 +975,15 @@ pub fn to_toml(doc: &SiteDocument) -> String {
             let _ = writeln!(s, "[[post.camera]]");
             let _ = writeln!(s, "id = {}", quote(&c.id));
             let _ = writeln!(s, "name = {}", quote(&c.name));
+        }
+        for sc in &post.schedules {
+            let _ = writeln!(s, "[[post.schedule]]");
+            let _ = writeln!(s, "days = {}", quoted_list(&sc.days));
+            let _ = writeln!(s, "open = {}", quote(&sc.open));
+            let _ = writeln!(s, "close = {}", quote(&sc.close));
+            if sc.grace_minutes > 0 {
+                let _ = writeln!(s, "grace_minutes = {}", sc.grace_minutes);
+            }
         }
         s.push('\n');
     }
@@ -968,11 +1046,22 @@ name = "Chancery back door"
 [[post.camera]]
 id = "cam-2"
 name = "Back yard"
+[[post.schedule]]
+days = ["mon", "tue", "wed", "thu", "fri"]
+open = "07:30-08:30"
+close = "17:00-18:30"
+grace_minutes = 15
+[[post.schedule]]
+days = ["sat"]
+open = "09:00-09:30"
+close = "12:00-12:30"
 
 [[post]]
 id = "p-002"
 name = "Consulate Graz"
 timezone = "Europe/Vienna"
+test_interval_hours = 24
+holidays = ["2026-12-25", "2026-12-26"]
 
 [[plan]]
 category = "burglary"
@@ -1009,6 +1098,12 @@ steps = ["Follow the standing orders"]
         assert_eq!(doc.plans.len(), 4);
         assert_eq!(doc.plans[0].steps[0].kind, StepKind::Other as i32);
         assert_eq!(doc.plans[0].steps[2].contact_role, "guard");
+        assert_eq!(doc.posts[0].schedules.len(), 2);
+        assert_eq!(doc.posts[0].schedules[0].close, "17:00-18:30");
+        assert_eq!(doc.posts[0].schedules[0].grace_minutes, 15);
+        assert_eq!(doc.posts[0].schedules[1].days, ["sat"]);
+        assert_eq!(doc.posts[1].test_interval_hours, 24);
+        assert_eq!(doc.posts[1].holidays, ["2026-12-25", "2026-12-26"]);
         let again = parse(&to_toml(&doc)).unwrap();
         assert_eq!(again, doc);
     }
@@ -1029,6 +1124,12 @@ phone = "call me"
 [[post.zone]]
 number = 0
 name = "Door"
+[[post.schedule]]
+days = ["mon", "someday"]
+open = "8:00"
+close = "07:00-09:00"
+grace_minutes = -5
+colour = "red"
 
 [[plan]]
 category = "burglery"
@@ -1051,6 +1152,10 @@ steps = [{ kind = "call_contact", role = "premises", text = "Call the post" }, 7
             "[[post]] #1 contact #1, role: \"Guard\" is not a role",
             "[[post]] #1 contact #1, phone: \"call me\" is not a phone number",
             "[[post]] #1 zone #1, number: must be a whole number from 1",
+            "[[post]] #1 schedule #1, days: \"someday\" is not a day",
+            "[[post]] #1 schedule #1, open: \"8:00\" is not a window",
+            "[[post]] #1 schedule #1, grace_minutes: must be a whole number from 0",
+            "[[post]] #1 schedule #1, colour: unknown key",
             "[[plan]] #1, category: \"burglery\" is not an event category",
             "[[plan]] #1, post: no [[post]] has id \"p-009\"",
             "[[plan]] #1, steps: a plan needs at least one step",
@@ -1069,11 +1174,19 @@ steps = [{ kind = "call_contact", role = "premises", text = "Call the post" }, 7
             "{lines}"
         );
         assert!(
-            lines.contains("line 23: [[plan]] #2 step #1, role"),
+            lines.contains("line 29: [[plan]] #2 step #1, role"),
             "{lines}"
         );
         assert!(
-            lines.contains("line 23: [[plan]] #2 step #2: a step is"),
+            lines.contains("line 29: [[plan]] #2 step #2: a step is"),
+            "{lines}"
+        );
+        assert!(
+            lines.contains("line 16: [[post]] #1 schedule #1, days: \"someday\""),
+            "{lines}"
+        );
+        assert!(
+            lines.contains("line 17: [[post]] #1 schedule #1, open: \"8:00\""),
             "{lines}"
         );
         assert!(
@@ -1161,7 +1274,36 @@ steps = [{ kind = "call_contact", role = "premises", text = "Call the post" }, 7
             "Europe/Vi enna",
         ] {
             assert!(!is_timezone_shape(bad), "{bad}");
+            assert!(time_zone(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn time_zones_are_checked_against_the_tz_database() {
+        for good in [
+            "UTC",
+            "Europe/Vienna",
+            "America/Argentina/Buenos_Aires",
+            "Etc/GMT+3",
+            "America/Port-au-Prince",
+            "Asia/Kolkata",
+        ] {
+            assert!(time_zone(good).is_ok(), "{good}");
+        }
+        // The right shape, but no such zone.
+        let e = time_zone("Europe/Viena").unwrap_err();
+        assert!(e.contains("not in the tz database"), "{e}");
+        assert!(time_zone("Mars/Olympus_Mons").is_err());
+        // The database's own spelling only.
+        let e = time_zone("Europe/VIENNA").unwrap_err();
+        assert!(e.contains("\"Europe/Vienna\""), "{e}");
+        // A bad zone in a file is a named problem on its line.
+        let file = "[[post]]\nid = \"p-001\"\nname = \"A\"\ntimezone = \"Europe/Viena\"\n";
+        let e = parse(file).unwrap_err().to_string();
+        assert!(
+            e.contains("line 4: [[post]] #1, timezone: \"Europe/Viena\" is not in the tz database"),
+            "{e}"
+        );
     }
 
     #[test]

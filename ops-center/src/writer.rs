@@ -32,7 +32,9 @@ use std::{
 };
 
 use tokio::sync::{mpsc, oneshot};
-use vigil_proto::v1::{AuditAction, AuditEntry, Incident, PostStatus, Receipt, SiteDocument};
+use vigil_proto::v1::{
+    AuditAction, AuditEntry, EmergencyMode, Incident, PostStatus, Receipt, SiteDocument,
+};
 
 pub use crate::metrics::StoreHealth;
 use crate::{
@@ -107,6 +109,15 @@ pub enum Job {
         actor: Actor,
         at: SystemTime,
         reply: oneshot::Sender<Result<Vec<String>, WorkflowError>>,
+    },
+    /// Start (duration > 0) or end emergency mode.
+    Emergency {
+        duration: Duration,
+        post_ids: Vec<String>,
+        reason: String,
+        actor: Actor,
+        at: SystemTime,
+        reply: oneshot::Sender<Result<Option<EmergencyMode>, WorkflowError>>,
     },
     /// Run the engine's timers.
     Tick { at: SystemTime },
@@ -213,6 +224,10 @@ enum Reply {
     Site(
         oneshot::Sender<Result<Vec<String>, WorkflowError>>,
         Vec<String>,
+    ),
+    Emergency(
+        oneshot::Sender<Result<Option<EmergencyMode>, WorkflowError>>,
+        Result<Option<EmergencyMode>, WorkflowError>,
     ),
 }
 
@@ -431,6 +446,7 @@ impl Writer {
                                 at,
                                 reply,
                             } => Some(replace_site(
+                                &mut self.engine,
                                 &mut site_now,
                                 site,
                                 &actor,
@@ -451,7 +467,8 @@ impl Writer {
                         Some(Reply::Site(_, lines)) => {
                             crate::forward::site_answer(&Ok(lines.clone()))
                         }
-                        None => continue,
+                        // Never forwarded (see `forward::forward`).
+                        Some(Reply::Emergency(..)) | None => continue,
                     };
                     replies.extend(reply);
                     if let Err(e) = tx.answer_request(id, &answer) {
@@ -466,6 +483,7 @@ impl Writer {
                     reply,
                 } => {
                     replies.push(replace_site(
+                        &mut self.engine,
                         &mut site_now,
                         site,
                         &actor,
@@ -473,6 +491,24 @@ impl Writer {
                         reply,
                         &mut changes,
                     ));
+                }
+                Job::Emergency {
+                    duration,
+                    post_ids,
+                    reason,
+                    actor,
+                    at,
+                    reply,
+                } => {
+                    let r = self.engine.set_emergency(
+                        duration,
+                        &post_ids,
+                        &reason,
+                        &actor,
+                        at,
+                        &mut changes,
+                    );
+                    replies.push(Reply::Emergency(reply, r));
                 }
                 Job::Tick { at } => {
                     self.engine.tick(at, &mut changes);
@@ -497,6 +533,7 @@ impl Writer {
                         Reply::Workflow(tx, _) => drop(tx.send(Err(why()))),
                         Reply::TestMode(tx, _) => drop(tx.send(Err(why()))),
                         Reply::Site(tx, _) => drop(tx.send(Err(why()))),
+                        Reply::Emergency(tx, _) => drop(tx.send(Err(why()))),
                     }
                 }
                 kept.extend(unavailable(jobs.collect()));
@@ -514,6 +551,7 @@ impl Writer {
                 Reply::Workflow(tx, r) => drop(tx.send(*r)),
                 Reply::TestMode(tx, r) => drop(tx.send(r)),
                 Reply::Site(tx, lines) => drop(tx.send(Ok(lines))),
+                Reply::Emergency(tx, r) => drop(tx.send(r)),
             }
         }
         committed.receipts = result
@@ -592,8 +630,10 @@ fn act(
 }
 
 /// Replaces the site document `now` (read from the store before the group)
-/// with `site` in `changes`, audited; the reply to send once committed.
+/// with `site` in `changes`, audited, and gives the engine its post records
+/// (schedules, test intervals); the reply to send once committed.
 fn replace_site(
+    engine: &mut Engine,
     now: &mut Option<SiteDocument>,
     site: SiteDocument,
     actor: &Actor,
@@ -604,6 +644,7 @@ fn replace_site(
     let now = now.get_or_insert_with(SiteDocument::default);
     let lines = site_changes(now, &site, actor, at, changes);
     if !lines.is_empty() {
+        engine.set_site(&site.posts);
         *now = site.clone();
         changes.site = Some(site);
     }
@@ -657,6 +698,10 @@ fn unavailable(group: Vec<Job>) -> Vec<Job> {
                 None
             }
             Job::Site { reply, .. } => {
+                let _ = reply.send(Err(why()));
+                None
+            }
+            Job::Emergency { reply, .. } => {
                 let _ = reply.send(Err(why()));
                 None
             }
@@ -830,5 +875,104 @@ mod tests {
         assert_eq!(stored, inc);
         assert_eq!(store.audit(&inc.id).unwrap().len(), 2);
         assert_eq!(store.notes(&inc.id).unwrap().len(), 1);
+    }
+
+    /// The schedule timers resume from the store after a restart: an
+    /// opening seen before it still counts, and a deadline handled before
+    /// it does not fire again.
+    #[tokio::test]
+    async fn schedule_timers_survive_a_restart() {
+        use vigil_proto::v1::{PostRecord, SiteDocument};
+        let utc = |s: &str| SystemTime::try_from(s.parse::<jiff::Timestamp>().unwrap()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let (jobs, mut done, handle) = start(dir.path());
+        let site = SiteDocument {
+            posts: vec![PostRecord {
+                post_id: "p-1".into(),
+                name: "Embassy".into(),
+                timezone: "Europe/Vienna".into(),
+                schedules: vec![crate::schedule::schedule(
+                    &["mon", "tue", "wed", "thu", "fri"],
+                    "07:30-08:30",
+                    "17:00-18:00",
+                    15,
+                )],
+                ..Default::default()
+            }],
+            plans: Vec::new(),
+        };
+        let (reply, answer) = oneshot::channel();
+        jobs.send(Job::Site {
+            site,
+            actor: Actor::new("alice", "admin"),
+            at: utc("2026-03-01T12:00:00Z"),
+            reply,
+        })
+        .await
+        .unwrap();
+        assert_eq!(answer.await.unwrap().unwrap(), ["post p-1 added"]);
+        // Monday 2 March 2026 (Vienna UTC+1): opened at 07:50 local.
+        jobs.send(Job::Tick {
+            at: utc("2026-03-02T00:00:00Z"),
+        })
+        .await
+        .unwrap();
+        let opening = Event {
+            post_id: "p-1".into(),
+            seq: 1,
+            received_at: Some(utc("2026-03-02T06:50:00Z").into()),
+            category: EventCategory::OpenClose as i32,
+            body: Some(Body::Alarm(AlarmSignal {
+                account: "1234".into(),
+                sia_code: "OP".into(),
+                user: 2,
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        jobs.send(Job::Batch {
+            post_id: "p-1".into(),
+            events: vec![opening.into()],
+            at: utc("2026-03-02T06:50:01Z"),
+            token: 1,
+        })
+        .await
+        .unwrap();
+        until_acked(&mut done, &[1]).await;
+        // Past the open deadline (07:45Z): opened in time, nothing fires.
+        jobs.send(Job::Tick {
+            at: utc("2026-03-02T08:00:00Z"),
+        })
+        .await
+        .unwrap();
+        drop(jobs);
+        tokio::task::spawn_blocking(move || handle.join())
+            .await
+            .unwrap()
+            .unwrap();
+
+        // A new process on the same store, first ticking in the evening.
+        let (jobs, _done, handle) = start(dir.path());
+        for at in ["2026-03-02T12:00:00Z", "2026-03-02T17:20:00Z"] {
+            jobs.send(Job::Tick { at: utc(at) }).await.unwrap();
+        }
+        drop(jobs);
+        tokio::task::spawn_blocking(move || handle.join())
+            .await
+            .unwrap()
+            .unwrap();
+        let store = SqliteStore::open(dir.path()).unwrap();
+        let subjects: Vec<String> = store
+            .incidents(&IncidentFilter {
+                limit: 10,
+                ..Default::default()
+            })
+            .unwrap()
+            .into_iter()
+            .map(|i| i.subject)
+            .collect();
+        // The opening before the restart was remembered: the post is open
+        // at the close deadline (17:15Z), and the morning is not re-checked.
+        assert_eq!(subjects, ["timer:late_to_close"]);
     }
 }

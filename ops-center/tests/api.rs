@@ -403,6 +403,7 @@ async fn the_feed_resumes_from_a_cursor_with_nothing_missed_or_repeated() {
         .watch_incidents(WatchIncidentsRequest {
             cursor: cursor.clone(),
             post_ids: Vec::new(),
+            include_logged: false,
         })
         .await
         .unwrap()
@@ -717,6 +718,7 @@ async fn follow_until(
                     .watch_incidents(WatchIncidentsRequest {
                         cursor: item.cursor.clone(),
                         post_ids: Vec::new(),
+                        include_logged: false,
                     })
                     .await
                     .unwrap()
@@ -806,6 +808,7 @@ async fn a_slow_watcher_gets_a_resync_and_holds_up_neither_ingest_nor_other_watc
         .watch_incidents(WatchIncidentsRequest {
             cursor: resync.cursor.clone(),
             post_ids: Vec::new(),
+            include_logged: false,
         })
         .await
         .unwrap()

@@ -286,6 +286,23 @@ async fn roles_origins_conflicts_and_the_feed() {
     let posts = alice.get("/api/posts").await.json();
     assert_eq!(posts["posts"][0]["post_id"], "p-1");
 
+    // Emergency mode, for the banner: `{}` when off.
+    assert_eq!(
+        alice.get("/api/emergency").await.json(),
+        serde_json::json!({})
+    );
+    let mut sam = center.client(Role::Supervisor, "sam").await;
+    let mode = |secs: u32| vigil_proto::v1::SetEmergencyRequest {
+        duration_seconds: secs,
+        post_ids: Vec::new(),
+        reason: "storm".into(),
+    };
+    sam.set_emergency(mode(600)).await.unwrap();
+    let on = alice.get("/api/emergency").await.json();
+    assert_eq!(on["emergency"]["reason"], "storm", "{on}");
+    assert_eq!(on["emergency"]["started_by"], "sam", "{on}");
+    sam.set_emergency(mode(0)).await.unwrap();
+
     // A post's certificate is refused; no certificate never gets an answer.
     let post = Browser::new(&center, port, Some((Role::Post, "p-9")));
     let refused = post.get("/").await;

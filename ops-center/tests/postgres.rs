@@ -137,7 +137,7 @@ fn migration_4_fills_event_kinds_of_a_store_that_had_none() {
              ALTER TABLE events DROP COLUMN kind, DROP COLUMN at;
              CREATE INDEX events_received ON events (received_at);
              CREATE INDEX incidents_post ON incidents (post_id, state);
-             DROP TABLE site_posts, site_plans;
+             DROP TABLE site_posts, site_plans, post_timers, emergency;
              DROP INDEX incidents_post_opened, incidents_opened;
              ALTER TABLE incidents DROP COLUMN opened_at;
              UPDATE vigil_schema SET version = 3;",
@@ -167,7 +167,7 @@ fn migration_4_fills_event_kinds_of_a_store_that_had_none() {
         .query_one("SELECT version FROM vigil_schema", &[])
         .unwrap()
         .get(0);
-    assert_eq!(version, 7);
+    assert_eq!(version, 8);
     let reader = backend.reader().unwrap();
     let health = SeqFilter {
         post_id: "p-1".into(),
@@ -213,6 +213,7 @@ fn migration_7_fills_when_incidents_opened() {
         .batch_execute(
             "DROP INDEX incidents_post_opened, incidents_opened;
              ALTER TABLE incidents DROP COLUMN opened_at;
+             DROP TABLE post_timers, emergency;
              UPDATE vigil_schema SET version = 6;",
         )
         .unwrap();

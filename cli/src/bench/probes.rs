@@ -248,6 +248,7 @@ async fn watch_once(
         .watch_incidents(WatchIncidentsRequest {
             cursor: cursor.clone(),
             post_ids: posts.to_vec(),
+            include_logged: false,
         })
         .await?
         .into_inner();

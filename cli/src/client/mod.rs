@@ -22,8 +22,10 @@
 //! - [`site`]: `site import`, `site export`: post records and action plans.
 //! - [`views`]: `history` (one post's incidents and events), `report`
 //!   (per-post figures for a period).
+//! - [`emergency`]: `emergency [start|end]`: emergency mode.
 
 pub(crate) mod connect;
+pub(crate) mod emergency;
 pub(crate) mod query;
 pub(crate) mod render;
 pub(crate) mod replay;
@@ -74,6 +76,8 @@ pub(crate) enum ClientCommand {
     /// Post records, contacts and action plans: import or export a site file (TOML).
     #[command(subcommand)]
     Site(site::SiteCommand),
+    /// Emergency mode: show it, start it (--for, --reason, --posts) or end it.
+    Emergency(emergency::EmergencyArgs),
 }
 
 /// Where the API is and who we are; each flag also comes from the
@@ -122,6 +126,7 @@ pub(crate) fn run(cmd: ClientCommand) -> Result<()> {
             ClientCommand::Site(c) => site::run(c).await,
             ClientCommand::History(a) => views::history(a).await,
             ClientCommand::Report(a) => views::report(a).await,
+            ClientCommand::Emergency(a) => emergency::run(a).await,
         }
     })
 }

@@ -4,8 +4,8 @@ use anyhow::Result;
 use clap::{Args, ValueEnum};
 use vigil_ops::api::MAX_PAGE_SIZE;
 use vigil_proto::v1::{
-    GetIncidentPlanRequest, GetIncidentRequest, IncidentState, ListIncidentsRequest,
-    ListPostsRequest,
+    GetEmergencyRequest, GetIncidentPlanRequest, GetIncidentRequest, IncidentState,
+    ListIncidentsRequest, ListPostsRequest,
 };
 
 use super::{Connection, connect::connect, fail, render, unary};
@@ -28,6 +28,9 @@ pub(crate) struct IncidentsArgs {
     /// At most this many, newest first.
     #[arg(long, default_value_t = 50)]
     limit: usize,
+    /// Only incidents logged in emergency mode (left out otherwise).
+    #[arg(long)]
+    logged: bool,
     /// Print JSON (a list of incidents, or one incident in full).
     #[arg(long)]
     json: bool,
@@ -114,10 +117,15 @@ pub(crate) async fn incidents(args: IncidentsArgs) -> Result<()> {
             post_ids: args.posts.clone(),
             page_size: u32::try_from(want).unwrap_or(u32::MAX),
             page_token: page_token.clone(),
+            include_logged: args.logged,
         }))
         .await
         .map_err(|e| fail(&s, &e))?;
-        found.extend(page.incidents);
+        found.extend(
+            page.incidents
+                .into_iter()
+                .filter(|i| !args.logged || i.logged),
+        );
         page_token = page.next_page_token;
         more = !page_token.is_empty();
         if !more {
@@ -163,10 +171,17 @@ pub(crate) async fn posts(args: PostsArgs) -> Result<()> {
     .await
     .map_err(|e| fail(&s, &e))?
     .posts;
+    let emergency = unary(s.client.get_emergency(GetEmergencyRequest {}))
+        .await
+        .map_err(|e| fail(&s, &e))?
+        .emergency;
     if args.json {
         let list: Vec<_> = posts.iter().map(|p| render::json(p, "PostInfo")).collect();
         println!("{}", serde_json::Value::Array(list));
         return Ok(());
+    }
+    if let Some(m) = &emergency {
+        println!("{}", super::emergency::banner(m));
     }
     if posts.is_empty() {
         println!("no posts");

@@ -122,6 +122,7 @@ async fn follow_feed(args: &WatchArgs, cursor: &mut String) -> Result<()> {
         let request = WatchIncidentsRequest {
             cursor: cursor.clone(),
             post_ids: args.posts.clone(),
+            include_logged: false,
         };
         let opened = tokio::time::timeout(STALL_AFTER, s.client.watch_incidents(request)).await;
         let end = match opened {

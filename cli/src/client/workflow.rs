@@ -417,7 +417,7 @@ pub(crate) async fn test_mode(a: TestModeArgs) -> Result<()> {
 }
 
 /// `90`, `90s`, `30m`, `8h` → seconds (at least 1).
-fn parse_duration(s: &str) -> Result<u32, String> {
+pub(crate) fn parse_duration(s: &str) -> Result<u32, String> {
     let (digits, unit) = match s.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
         Some((i, _)) => s.split_at(i),
         None => (s, "s"),

@@ -84,7 +84,8 @@ pub(super) fn document(posts: &[String]) -> String {
         let _ = write!(
             s,
             "[[post]]\nid = \"{post}\"\nname = \"{name}\"\naddress = \"{address}\"\n\
-             timezone = \"{tz}\"\nduress_words = [\"nightingale-{n}\"]\npasscodes = [\"{}\"]\n",
+             timezone = \"{tz}\"\nduress_words = [\"nightingale-{n}\"]\npasscodes = [\"{}\"]\n\
+             test_interval_hours = 24\n",
             4700 + n
         );
         for (role, who, phone, notes) in [
@@ -127,8 +128,19 @@ pub(super) fn document(posts: &[String]) -> String {
         let _ = write!(
             s,
             "[[post.camera]]\nid = \"cam-1\"\nname = \"Gate and front (ONVIF)\"\n\
-             [[post.camera]]\nid = \"cam-2\"\nname = \"Back yard (push)\"\n\n"
+             [[post.camera]]\nid = \"cam-2\"\nname = \"Back yard (push)\"\n"
         );
+        if i == 0 {
+            // The simulated panels open and close around the clock; a
+            // window of most of the day keeps late-to-open rare, and the
+            // late evening shows openings outside the schedule.
+            let _ = write!(
+                s,
+                "[[post.schedule]]\ndays = [\"mon\", \"tue\", \"wed\", \"thu\", \"fri\", \"sat\", \"sun\"]\n\
+                 open = \"00:00-22:00\"\nclose = \"22:00-23:30\"\ngrace_minutes = 15\n"
+            );
+        }
+        s.push('\n');
     }
     s.push_str(PLANS);
     if let Some(first) = posts.first() {
@@ -267,6 +279,10 @@ mod tests {
             // The override of the first post, and a plan for duress.
             assert!(doc.plans.iter().any(|p| p.post_id == "p-001"));
             assert!(doc.plans.iter().any(|p| p.category == "duress"));
+            // A schedule on the first post, a test interval on every post.
+            assert_eq!(doc.posts[0].schedules.len(), 1);
+            assert!(doc.posts[1..].iter().all(|p| p.schedules.is_empty()));
+            assert!(doc.posts.iter().all(|p| p.test_interval_hours == 24));
         }
     }
 }

@@ -55,6 +55,7 @@ export function reportUrl(from, to, posts, csv) {
         q.set("format", "csv");
     return `/api/report?${q.toString()}`;
 }
+export const emergency = () => getJson("/api/emergency");
 /**
  * Runs `action` on incident `id` as of `expectedVersion` (the version the
  * analyst saw when deciding). The header marks it as the console's own

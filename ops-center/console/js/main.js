@@ -530,6 +530,25 @@ function onKey(e) {
     }
     e.preventDefault();
 }
+// ------------------------------------------------------------ emergency
+/** The banner while emergency mode is on (less urgent incidents are logged, not queued). */
+async function loadEmergency() {
+    const banner = $("emergency");
+    try {
+        const { emergency: m } = await api.emergency();
+        if (!m) {
+            banner.hidden = true;
+            return;
+        }
+        const scope = m.post_ids && m.post_ids.length > 0 ? `posts ${m.post_ids.join(", ")}` : "the whole region";
+        const keep = m.keep_priority.replace("PRIORITY_", "");
+        banner.textContent = `Emergency mode until ${m.until ?? "?"} over ${scope}: incidents less urgent than ${keep} are logged, not queued (${m.reason}; ${m.started_by})`;
+        banner.hidden = false;
+    }
+    catch {
+        // The next poll tries again; the queue itself is unaffected.
+    }
+}
 // ------------------------------------------------------------ start
 async function main() {
     // The feed's snapshot and who we are, at the same time.
@@ -576,5 +595,7 @@ async function main() {
     }, 10_000);
     showView("queue");
     schedule();
+    void loadEmergency();
+    window.setInterval(() => void loadEmergency(), 30_000);
 }
 void main();

@@ -275,6 +275,18 @@ export function reportUrl(from: string, to: string, posts: string, csv: boolean)
   return `/api/report?${q.toString()}`;
 }
 
+/** `GET /api/emergency`: `emergency` is absent when the mode is off. */
+export interface Emergency {
+  emergency?: {
+    post_ids?: string[];
+    until?: string;
+    reason: string;
+    started_by: string;
+    keep_priority: string;
+  };
+}
+export const emergency = (): Promise<Emergency> => getJson<Emergency>("/api/emergency");
+
 /**
  * Runs `action` on incident `id` as of `expectedVersion` (the version the
  * analyst saw when deciding). The header marks it as the console's own

@@ -574,6 +574,26 @@ function onKey(e: KeyboardEvent): void {
   e.preventDefault();
 }
 
+// ------------------------------------------------------------ emergency
+
+/** The banner while emergency mode is on (less urgent incidents are logged, not queued). */
+async function loadEmergency(): Promise<void> {
+  const banner = $("emergency");
+  try {
+    const { emergency: m } = await api.emergency();
+    if (!m) {
+      banner.hidden = true;
+      return;
+    }
+    const scope = m.post_ids && m.post_ids.length > 0 ? `posts ${m.post_ids.join(", ")}` : "the whole region";
+    const keep = m.keep_priority.replace("PRIORITY_", "");
+    banner.textContent = `Emergency mode until ${m.until ?? "?"} over ${scope}: incidents less urgent than ${keep} are logged, not queued (${m.reason}; ${m.started_by})`;
+    banner.hidden = false;
+  } catch {
+    // The next poll tries again; the queue itself is unaffected.
+  }
+}
+
 // ------------------------------------------------------------ start
 
 async function main(): Promise<void> {
@@ -619,6 +639,8 @@ async function main(): Promise<void> {
   }, 10_000);
   showView("queue");
   schedule();
+  void loadEmergency();
+  window.setInterval(() => void loadEmergency(), 30_000);
 }
 
 void main();

@@ -202,13 +202,18 @@ impl Feed {
         reader: Reader,
         cursor: Option<u64>,
         posts: Vec<String>,
+        include_logged: bool,
         out: mpsc::Sender<Result<FeedItem, Status>>,
         shutdown: CancellationToken,
     ) {
         // Subscribe before reading the store: whatever commits after the
         // read is then certain to arrive on the channel.
         let mut rx = self.tx.subscribe();
-        let wanted = |inc: &Incident| posts.is_empty() || posts.contains(&inc.post_id);
+        // Incidents logged in emergency mode are not part of the live queue
+        // unless asked for.
+        let wanted = |inc: &Incident| {
+            (posts.is_empty() || posts.contains(&inc.post_id)) && (include_logged || !inc.logged)
+        };
         let mut position = match cursor {
             None => {
                 // Position first, incidents second: a change in between is
@@ -236,7 +241,7 @@ impl Feed {
                     return;
                 };
                 incidents.reverse(); // oldest first
-                for incident in incidents {
+                for incident in incidents.into_iter().filter(|i| wanted(i)) {
                     let item = update(position, incident, 0, true);
                     if out.send(Ok(item)).await.is_err() {
                         return;
@@ -480,7 +485,10 @@ mod tests {
         let shutdown = CancellationToken::new();
         let watcher = tokio::spawn({
             let (feed, readers, shutdown) = (feed.clone(), readers.clone(), shutdown.clone());
-            async move { feed.watch(readers, None, Vec::new(), tx, shutdown).await }
+            async move {
+                feed.watch(readers, None, Vec::new(), false, tx, shutdown)
+                    .await
+            }
         });
         // The snapshot: incident 1, then its end with the cursor.
         let first = next(&mut rx).await.unwrap();

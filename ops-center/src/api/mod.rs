@@ -35,12 +35,14 @@ use tonic::{Code, Request, Response, Status};
 use vigil_pki::{Peer, Role};
 use vigil_proto::v1::{
     AcknowledgeRequest, AddNoteRequest, AssignRequest, AuditAction, Disposition, EscalateRequest,
-    EventCategory, ExportSiteRequest, FeedItem, GetIncidentPlanRequest, GetIncidentRequest,
+    EventCategory, ExportSiteRequest, FeedItem, GetEmergencyRequest, GetEmergencyResponse,
+    GetIncidentPlanRequest, GetIncidentRequest,
     GetPostHistoryRequest, GetPostHistoryResponse, GetPostRecordRequest, GetReportRequest,
     ImportSiteRequest, ImportSiteResponse, Incident, IncidentDetail, IncidentPlan,
     ListIncidentsRequest, ListIncidentsResponse, ListPostsRequest, ListPostsResponse,
     MarkStepRequest, PostInfo, PostRecord, ReopenRequest, ReplayItem, ReplayRequest, Report,
-    ResolveRequest, SetTestModeRequest, SiteDocument, StepOutcome, StepProgress,
+    ResolveRequest, SetEmergencyRequest, SetTestModeRequest, SiteDocument, StepOutcome,
+    StepProgress,
     WatchIncidentsRequest,
     ops_center_server::{OpsCenter, OpsCenterServer},
 };
@@ -87,6 +89,8 @@ pub enum Op {
     History,
     /// Per-post figures for a period.
     Report,
+    /// Start or end emergency mode.
+    SetEmergency,
 }
 
 /// The one place that says which role may do what.
@@ -409,6 +413,7 @@ fn op_name(op: Op) -> &'static str {
         Op::SeeSecrets => "see duress words and passcodes",
         Op::History => "read post histories",
         Op::Report => "read reports",
+        Op::SetEmergency => "start or end emergency mode",
     }
 }
 
@@ -526,7 +531,15 @@ impl OpsCenter for Api {
         // shutdown).
         let watching = self.metrics.open(crate::metrics::OpenKind::Watcher);
         tokio::spawn(async move {
-            feed.watch(reader, cursor, req.post_ids, tx, shutdown).await;
+            feed.watch(
+                reader,
+                cursor,
+                req.post_ids,
+                req.include_logged,
+                tx,
+                shutdown,
+            )
+            .await;
             drop(watching);
         });
         Ok(Response::new(ReceiverStream::new(rx)))
@@ -567,6 +580,11 @@ impl OpsCenter for Api {
         } else {
             String::new()
         };
+        // Logged incidents (emergency mode) only when asked for; the page
+        // token follows the unfiltered page.
+        if !req.include_logged {
+            incidents.retain(|i| !i.logged);
+        }
         Ok(Response::new(ListIncidentsResponse {
             incidents,
             next_page_token,
@@ -787,6 +805,46 @@ impl OpsCenter for Api {
         let changes = rx.await.map_err(|_| gone())?.map_err(workflow_status)?;
         tracing::info!(identity = %peer.identity, changes = changes.len(), "api: site document imported");
         Ok(Response::new(ImportSiteResponse { changes }))
+    }
+
+    async fn set_emergency(
+        &self,
+        request: Request<SetEmergencyRequest>,
+    ) -> Result<Response<GetEmergencyResponse>, Status> {
+        let peer = authorize(&request, Op::SetEmergency)?;
+        let r = request.into_inner();
+        self.check_store()?;
+        let (reply, rx) = oneshot::channel();
+        let job = Job::Emergency {
+            duration: Duration::from_secs(r.duration_seconds.into()),
+            post_ids: r.post_ids,
+            reason: r.reason,
+            actor: actor(&peer),
+            at: SystemTime::now(),
+            reply,
+        };
+        let gone = || Status::unavailable("operations center shutting down");
+        self.jobs.send(job).await.map_err(|_| gone())?;
+        let emergency = rx.await.map_err(|_| gone())?.map_err(|e| match e {
+            WorkflowError::Unavailable(m) => Status::unavailable(m),
+            e => workflow_status(e),
+        })?;
+        tracing::info!(identity = %peer.identity, on = emergency.is_some(), "api: emergency mode set");
+        Ok(Response::new(GetEmergencyResponse { emergency }))
+    }
+
+    async fn get_emergency(
+        &self,
+        request: Request<GetEmergencyRequest>,
+    ) -> Result<Response<GetEmergencyResponse>, Status> {
+        authorize(&request, Op::Read)?;
+        let now = SystemTime::now();
+        let emergency = self.read(|s| s.emergency()).await?.filter(|m| {
+            m.until
+                .and_then(|u| SystemTime::try_from(u).ok())
+                .is_some_and(|u| u > now)
+        });
+        Ok(Response::new(GetEmergencyResponse { emergency }))
     }
 
     async fn export_site(
@@ -1042,6 +1100,7 @@ mod tests {
             ManageSite,
             SeeSecrets,
             Report,
+            SetEmergency,
         ];
         let all = [
             Watch,
@@ -1060,6 +1119,7 @@ mod tests {
             SeeSecrets,
             History,
             Report,
+            SetEmergency,
         ];
         for op in all {
             assert_eq!(allowed(Role::Analyst, op), analyst.contains(&op), "{op:?}");

@@ -251,6 +251,7 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/api/posts/{id}/record", get(post_record))
         .route("/api/posts/{id}/history", get(post_history))
         .route("/api/report", get(report))
+        .route("/api/emergency", get(emergency))
         .route("/api/replay", get(replay))
         .route("/api/incidents/{id}", get(incident))
         .route("/api/incidents/{id}/{action}", post(action))
@@ -444,6 +445,7 @@ async fn feed(
     let request = WatchIncidentsRequest {
         cursor,
         post_ids: Vec::new(),
+        include_logged: false,
     };
     let items = match api.watch_incidents(call(&info, request)).await {
         Ok(r) => r.into_inner(),
@@ -673,6 +675,15 @@ async fn posts(State(api): Shared, Extension(info): Extension<ConnInfo>) -> Resp
     let request = ListPostsRequest::default();
     match api.list_posts(call(&info, request)).await {
         Ok(r) => Json(to_json(r.get_ref(), "ListPostsResponse")).into_response(),
+        Err(status) => http_error(&status),
+    }
+}
+
+/// `GET /api/emergency`: emergency mode, if it is on (`{}` when off).
+async fn emergency(State(api): Shared, Extension(info): Extension<ConnInfo>) -> Response {
+    let request = vigil_proto::v1::GetEmergencyRequest {};
+    match api.get_emergency(call(&info, request)).await {
+        Ok(r) => Json(to_json(r.get_ref(), "GetEmergencyResponse")).into_response(),
         Err(status) => http_error(&status),
     }
 }

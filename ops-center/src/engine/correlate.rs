@@ -130,11 +130,55 @@ fn camera_kind_name(kind: CameraEventKind) -> String {
         .to_ascii_lowercase()
 }
 
+/// A timer's signal (see [`super::timers`]): no event of its own.
+pub(super) struct TimerSignal<'a> {
+    pub post: &'a str,
+    pub subject: &'a str,
+    pub category: EventCategory,
+    pub priority: Priority,
+    pub restore: bool,
+    /// Whether a later restore clears it (the subject is the condition).
+    pub condition: bool,
+    pub title: String,
+    pub at: SystemTime,
+}
+
 impl Engine {
     /// Correlates one newly stored event. Returns the incident it joined or
-    /// opened, if any; the link is recorded in `out`.
+    /// opened, if any; the link is recorded in `out`. Openings, closings and
+    /// test reports also move the post's timers (see [`super::timers`]).
     pub fn on_event(&mut self, ev: &Event, now: SystemTime, out: &mut Changes) -> Option<String> {
+        if matches!(
+            ev.category(),
+            EventCategory::Test | EventCategory::OpenClose
+        ) {
+            self.observe_timers(ev, event_time(ev, now), now, out);
+        }
         let sig = self.classify(ev, now)?;
+        self.on_signal(sig, now, out)
+    }
+
+    /// Raises or restores a timer incident through the usual rules.
+    pub(super) fn raise_timer(
+        &mut self,
+        t: TimerSignal<'_>,
+        now: SystemTime,
+        out: &mut Changes,
+    ) -> Option<String> {
+        let sig = Signal {
+            post: t.post.to_owned(),
+            subject: t.subject.to_owned(),
+            category: t.category,
+            priority: t.priority,
+            severity: vigil_proto::v1::Severity::Medium as i32,
+            restore: t.restore,
+            condition: t.condition.then(|| t.subject.to_owned()),
+            evidence: Evidence::Other,
+            source: "timer".into(),
+            title: t.title,
+            at: t.at,
+            seq: None,
+        };
         self.on_signal(sig, now, out)
     }
 
@@ -217,7 +261,7 @@ impl Engine {
         Some(self.open(&sig, now, out, false))
     }
 
-    fn open_incident_for(&self, post: &str, subject: &str) -> Option<&Incident> {
+    pub(super) fn open_incident_for(&self, post: &str, subject: &str) -> Option<&Incident> {
         self.latest
             .get(&(post.to_owned(), subject.to_owned()))
             .and_then(|id| self.incidents.get(id))
@@ -312,10 +356,15 @@ impl Engine {
             last_event_at: Some(sig.at.into()),
             ..Default::default()
         };
-        let detail = match sig.seq {
+        let mut detail = match sig.seq {
             Some(seq) => format!("{} (event {}#{seq})", sig.title, sig.post),
             None => sig.title.clone(),
         };
+        if self.logs(&sig.post, sig.priority as i32, now) {
+            inc.logged = true;
+            inc.ack_deadline = None;
+            detail.push_str(" [logged: emergency mode]");
+        }
         record(
             &mut inc,
             AuditAction::Opened,
@@ -353,6 +402,7 @@ impl Engine {
             inc.category = sig.category as i32;
             inc.title.clone_from(&sig.title);
             inc.procedure = self.procedure(sig.category as i32);
+            self.requeue_if_urgent(&mut inc, now);
             self.tighten_deadline(&mut inc, now);
         }
         if inc.last_event_at.is_none_or(|t| time(t) < sig.at) {
@@ -459,6 +509,7 @@ impl Engine {
         );
         if more_urgent(raised as i32, inc.priority) {
             inc.priority = raised as i32;
+            self.requeue_if_urgent(inc, now);
             self.tighten_deadline(inc, now);
         }
         inc.title = format!("{} (verified)", inc.title);
@@ -472,10 +523,21 @@ impl Engine {
         );
     }
 
+    /// A logged incident (emergency mode) whose priority rose enough is
+    /// queued again, with a deadline if it is open.
+    fn requeue_if_urgent(&self, inc: &mut Incident, now: SystemTime) {
+        if inc.logged && !self.logs(&inc.post_id, inc.priority, now) {
+            inc.logged = false;
+            if inc.state == IncidentState::Open as i32 {
+                inc.ack_deadline = Some((now + self.cfg.ack_deadline(inc.priority)).into());
+            }
+        }
+    }
+
     /// After a priority rise, an open incident must be acknowledged by the
     /// new priority's deadline if that is sooner.
     fn tighten_deadline(&self, inc: &mut Incident, now: SystemTime) {
-        if inc.state != IncidentState::Open as i32 {
+        if inc.state != IncidentState::Open as i32 || inc.logged {
             return;
         }
         let new = now + self.cfg.ack_deadline(inc.priority);
@@ -500,11 +562,7 @@ impl Engine {
             .as_ref()
             .map(|s| s.device_id.clone())
             .unwrap_or_default();
-        // Event time: when the gateway received it; never in our future.
-        let at = ev
-            .received_at
-            .and_then(|t| SystemTime::try_from(t).ok())
-            .map_or(now, |t| t.min(now));
+        let at = event_time(ev, now);
         let mut category = ev.category();
         let mut restore = ev.restore;
         let mut evidence = Evidence::Other;
@@ -630,6 +688,13 @@ impl Engine {
             .find(|z| self.open_incident_for(post, &format!("zone:{z}")).is_some());
         format!("zone:{}", busy.unwrap_or(&zones[0]))
     }
+}
+
+/// Event time: when the gateway received it; never in our future.
+fn event_time(ev: &Event, now: SystemTime) -> SystemTime {
+    ev.received_at
+        .and_then(|t| SystemTime::try_from(t).ok())
+        .map_or(now, |t| t.min(now))
 }
 
 /// Whether two times are at most `secs` apart.

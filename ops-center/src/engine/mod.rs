@@ -19,6 +19,8 @@
 //! module holds the configuration, the state and the timers ([`Engine::tick`]).
 
 pub mod correlate;
+pub mod emergency;
+pub mod timers;
 pub mod workflow;
 
 use std::{
@@ -31,7 +33,10 @@ use vigil_proto::v1::{
     AuditAction, AuditEntry, EventCategory, Incident, IncidentState, PostStatus, Priority,
 };
 
-use crate::store::{Changes, EngineSnapshot, TestModeWrite};
+use crate::{
+    schedule::PostClock,
+    store::{Changes, EngineSnapshot, PostTimers, TestModeWrite},
+};
 
 pub use workflow::{Action, Actor, WorkflowError};
 
@@ -75,6 +80,15 @@ pub struct EngineConfig {
     pub procedures: BTreeMap<String, String>,
     /// Which cameras watch which zone of which post.
     pub zone_cameras: Vec<ZoneCameras>,
+    /// Restore timers: minutes an alarm may stay unrestored, per event
+    /// category (`fire`, `burglary`, …) and `default` for the others; 0 =
+    /// no timer. Past it the incident escalates once (`restore_overdue`).
+    pub restore_minutes: BTreeMap<String, u64>,
+    /// Longest emergency mode a supervisor may set; longer is refused.
+    pub max_emergency_secs: u64,
+    /// In emergency mode, the least urgent priority still queued (1-4):
+    /// 2 queues P1 and P2 and logs P3 and P4.
+    pub emergency_keep_priority: u32,
 }
 
 /// Acknowledgment deadlines per priority, in seconds.
@@ -116,6 +130,9 @@ impl Default for EngineConfig {
             max_test_mode_secs: 8 * 3600,
             procedures: BTreeMap::new(),
             zone_cameras: Vec::new(),
+            restore_minutes: BTreeMap::from([("default".to_owned(), 0)]),
+            max_emergency_secs: 12 * 3600,
+            emergency_keep_priority: 2,
         }
     }
 }
@@ -140,6 +157,7 @@ impl EngineConfig {
             ("verification_window_secs", self.verification_window_secs),
             ("flood_window_secs", self.flood_window_secs),
             ("max_test_mode_secs", self.max_test_mode_secs),
+            ("max_emergency_secs", self.max_emergency_secs),
             ("ack_deadline_secs.p1", self.ack_deadline_secs.p1),
             ("ack_deadline_secs.p2", self.ack_deadline_secs.p2),
             ("ack_deadline_secs.p3", self.ack_deadline_secs.p3),
@@ -166,6 +184,20 @@ impl EngineConfig {
                 ));
             }
         }
+        if !(1..=4).contains(&self.emergency_keep_priority) {
+            return Err(err(
+                "emergency_keep_priority",
+                "a priority from 1 (P1 only) to 4 (everything queued)",
+            ));
+        }
+        for key in self.restore_minutes.keys() {
+            if key != "default" && category_from_name(key).is_none() {
+                return Err(err(
+                    &format!("restore_minutes.{key}"),
+                    "not an event category (use e.g. fire, burglary, or default; 0 = off)",
+                ));
+            }
+        }
         for zc in &self.zone_cameras {
             if vigil_pki::Identity::new(&zc.post).is_err() {
                 return Err(err(
@@ -181,6 +213,20 @@ impl EngineConfig {
             }
         }
         Ok(())
+    }
+
+    /// The restore time of a category, if it has one.
+    fn restore_time(&self, category: i32) -> Option<Duration> {
+        let name = EventCategory::try_from(category)
+            .map(category_name)
+            .unwrap_or_default();
+        let minutes = self
+            .restore_minutes
+            .get(&name)
+            .or_else(|| self.restore_minutes.get("default"))
+            .copied()
+            .unwrap_or(0);
+        (minutes > 0).then(|| Duration::from_secs(minutes * 60))
     }
 
     fn ack_deadline(&self, priority: i32) -> Duration {
@@ -230,6 +276,15 @@ pub struct Engine {
     /// that key (`source:DEVICE`, `category:NAME`, `post`).
     flood: HashMap<(String, String), VecDeque<SystemTime>>,
     last_number: u64,
+    /// Schedules and test intervals of the posts that have them.
+    clocks: HashMap<String, PostClock>,
+    /// Timer state per post, as stored.
+    timers: HashMap<String, PostTimers>,
+    /// Schedule deadlines checked through this time (memory only; the
+    /// stored `checked_through` moves when a deadline is handled).
+    checked: HashMap<String, SystemTime>,
+    /// Emergency mode as last set (see [`emergency`]).
+    emergency: Option<vigil_proto::v1::EmergencyMode>,
 }
 
 impl Engine {
@@ -269,7 +324,12 @@ impl Engine {
                 .collect(),
             flood: HashMap::new(),
             last_number: snapshot.last_incident_number,
+            clocks: HashMap::new(),
+            timers: snapshot.timers.into_iter().collect(),
+            checked: HashMap::new(),
+            emergency: snapshot.emergency,
         };
+        engine.set_site(&snapshot.site_posts);
         // Snapshot incidents come in number order, so the newest per subject
         // wins.
         for inc in snapshot.incidents {
@@ -302,9 +362,11 @@ impl Engine {
     }
 
     /// Timers: escalates incidents left unacknowledged past their deadline,
-    /// ends expired test modes, and forgets resolved incidents past the
+    /// ends expired test modes, checks post schedules and test intervals
+    /// (see [`timers`]), and forgets resolved incidents past the
     /// reactivation window. Call it about once a second.
     pub fn tick(&mut self, now: SystemTime, out: &mut Changes) {
+        self.tick_timers(now, out);
         let max_level = self.cfg.max_escalation_level;
         let mut overdue: Vec<String> = self
             .incidents
@@ -337,6 +399,9 @@ impl Engine {
             );
             out.put_incident(inc.clone(), Some(prev));
         }
+
+        self.tick_restore_timers(now, out);
+        self.tick_emergency(now, out);
 
         let mut expired: Vec<String> = self
             .test_modes
@@ -375,6 +440,53 @@ impl Engine {
             }
             !times.is_empty()
         });
+    }
+
+    /// Escalates, once, each unresolved incident with an alarm still not
+    /// restored past its category's restore time (counted from when the
+    /// incident opened).
+    fn tick_restore_timers(&mut self, now: SystemTime, out: &mut Changes) {
+        let mut due: Vec<(String, Duration)> = self
+            .incidents
+            .values()
+            .filter(|i| {
+                i.state != IncidentState::Resolved as i32
+                    && !i.restore_overdue
+                    && !i.logged
+                    && !i.restored
+                    && !i.active_conditions.is_empty()
+            })
+            .filter_map(|i| {
+                let limit = self.cfg.restore_time(i.category)?;
+                let opened = i.opened_at.map(time)?;
+                (opened + limit <= now).then(|| (i.id.clone(), limit))
+            })
+            .collect();
+        due.sort();
+        let max_level = self.cfg.max_escalation_level;
+        for (id, limit) in due {
+            let inc = self.incidents.get_mut(&id).expect("listed above");
+            let prev = inc.version;
+            inc.restore_overdue = true;
+            if inc.escalation_level < max_level {
+                inc.escalation_level += 1;
+            }
+            let detail = format!(
+                "not restored within {} minutes ({} still active): escalation level {}",
+                limit.as_secs() / 60,
+                inc.active_conditions.join(", "),
+                inc.escalation_level
+            );
+            record(
+                inc,
+                AuditAction::AutoEscalated,
+                &Actor::system(),
+                now,
+                detail,
+                out,
+            );
+            out.put_incident(inc.clone(), Some(prev));
+        }
     }
 
     fn next_id(&mut self) -> String {

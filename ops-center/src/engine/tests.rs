@@ -1150,6 +1150,7 @@ fn engine_resumes_from_a_snapshot() {
         test_modes: vec![("p-020".into(), t(600))],
         last_incident_number: 1,
         statuses: Vec::new(),
+        ..Default::default()
     };
     let mut e = Engine::new(cfg(), snapshot);
     let mut out = Changes::default();
@@ -1334,4 +1335,321 @@ fn a_plan_step_is_marked_with_its_number_and_a_skip_needs_a_reason() {
     assert_eq!(out.audit[1].step, 1);
     assert_eq!(out.notes.len(), 1, "no note for a done step without one");
     assert_eq!(inc.version, 3);
+}
+
+#[test]
+fn an_alarm_not_restored_in_time_escalates_once_and_says_why() {
+    let mut c = cfg();
+    c.restore_minutes.insert("fire".into(), 30);
+    c.restore_minutes.insert("burglary".into(), 0);
+    c.restore_minutes.insert("default".into(), 120);
+    c.validate().unwrap();
+    let mut e = Engine::new(c, EngineSnapshot::default());
+    let mut out = Changes::default();
+    let fire = e
+        .on_event(
+            &alarm(1, 3, EventCategory::Fire, false, t(0)),
+            t(0),
+            &mut out,
+        )
+        .unwrap();
+    let burglary = e
+        .on_event(
+            &alarm(2, 4, EventCategory::Burglary, false, t(0)),
+            t(0),
+            &mut out,
+        )
+        .unwrap();
+    let power = e
+        .on_event(
+            &alarm(3, 0, EventCategory::Power, false, t(0)),
+            t(0),
+            &mut out,
+        )
+        .unwrap();
+    // Acknowledged, so that only the restore timer can escalate them.
+    for id in [&fire, &burglary, &power] {
+        let v = get(&e, id).version;
+        e.apply(
+            id,
+            None,
+            v,
+            &Action::Acknowledge {
+                note: String::new(),
+            },
+            &Actor::system(),
+            t(1),
+            &mut out,
+        )
+        .unwrap();
+    }
+    let level = |e: &Engine, id: &str| get(e, id).escalation_level;
+    let mut out = Changes::default();
+    let mut now = t(2);
+    while now < t(30 * 60 - 1) {
+        e.tick(now, &mut out);
+        now += Duration::from_secs(10);
+    }
+    assert_eq!(level(&e, &fire), 0);
+    e.tick(t(30 * 60), &mut out);
+    assert_eq!(level(&e, &fire), 1);
+    assert!(get(&e, &fire).restore_overdue);
+    let why: Vec<&str> = out
+        .audit
+        .iter()
+        .filter(|a| a.incident_id == fire && a.action == AuditAction::AutoEscalated as i32)
+        .map(|a| a.detail.as_str())
+        .collect();
+    assert_eq!(why.len(), 1);
+    assert!(
+        why[0].starts_with("not restored within 30 minutes"),
+        "{why:?}"
+    );
+    // Once only, however long it stays unrestored.
+    let mut out = Changes::default();
+    while now < t(119 * 60) {
+        e.tick(now, &mut out);
+        now += Duration::from_secs(60);
+    }
+    assert_eq!(level(&e, &fire), 1);
+    // Burglary has no timer (0); power falls under the default (120 min),
+    // unless it restores first.
+    e.on_event(
+        &alarm(4, 0, EventCategory::Power, true, t(119 * 60)),
+        t(119 * 60),
+        &mut out,
+    );
+    e.tick(t(121 * 60), &mut out);
+    assert_eq!(level(&e, &burglary), 0);
+    assert!(!get(&e, &burglary).restore_overdue);
+    assert_eq!(level(&e, &power), 0, "restored in time");
+}
+
+#[test]
+fn restore_timers_name_categories() {
+    let mut c = cfg();
+    c.restore_minutes.insert("fyre".into(), 30);
+    let e = c.validate().unwrap_err();
+    assert_eq!(e.field, "restore_minutes.fyre");
+}
+
+#[test]
+fn emergency_mode_logs_less_urgent_incidents_and_ends_by_itself() {
+    let mut e = engine();
+    let mut out = Changes::default();
+    let sup = Actor::new("sam", "supervisor");
+    // A reason and a bounded duration are required.
+    let err = e
+        .set_emergency(Duration::from_secs(600), &[], " ", &sup, t(0), &mut out)
+        .unwrap_err();
+    assert!(err.to_string().contains("needs a reason"), "{err}");
+    let cap = e.config().max_emergency_secs;
+    let err = e
+        .set_emergency(
+            Duration::from_secs(cap + 1),
+            &[],
+            "storm",
+            &sup,
+            t(0),
+            &mut out,
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("max_emergency_secs"), "{err}");
+    assert!(out.is_empty());
+
+    let mode = e
+        .set_emergency(
+            Duration::from_secs(3600),
+            &[],
+            "storm",
+            &sup,
+            t(0),
+            &mut out,
+        )
+        .unwrap()
+        .unwrap();
+    assert_eq!(mode.keep_priority, Priority::P2 as i32);
+    assert_eq!(out.emergency, Some(Some(mode)));
+    assert_eq!(out.audit[0].action(), AuditAction::EmergencyStarted);
+    assert_eq!(out.audit[0].post_id, "");
+    assert!(
+        out.audit[0].detail.contains("over the whole region"),
+        "{}",
+        out.audit[0].detail
+    );
+
+    // P3 (power) is logged: no deadline, never escalates; P1 (fire) and
+    // P2 (burglary) are queued as usual.
+    let mut out = Changes::default();
+    let power = e
+        .on_event(
+            &alarm(1, 0, EventCategory::Power, false, t(10)),
+            t(10),
+            &mut out,
+        )
+        .unwrap();
+    let fire = e
+        .on_event(
+            &alarm(2, 3, EventCategory::Fire, false, t(10)),
+            t(10),
+            &mut out,
+        )
+        .unwrap();
+    let burglary = e
+        .on_event(
+            &alarm(3, 4, EventCategory::Burglary, false, t(10)),
+            t(10),
+            &mut out,
+        )
+        .unwrap();
+    assert!(get(&e, &power).logged && get(&e, &power).ack_deadline.is_none());
+    assert!(!get(&e, &fire).logged && get(&e, &fire).ack_deadline.is_some());
+    assert!(!get(&e, &burglary).logged);
+    let mut now = t(11);
+    while now < t(3000) {
+        e.tick(now, &mut out);
+        now += Duration::from_secs(10);
+    }
+    assert_eq!(get(&e, &power).escalation_level, 0);
+    assert!(get(&e, &fire).escalation_level > 0);
+    assert!(e.emergency(t(3000)).is_some());
+
+    // It ends by itself at its time, audited; what was logged stays so.
+    let mut out = Changes::default();
+    e.tick(t(3600), &mut out);
+    assert!(e.emergency(t(3600)).is_none());
+    assert_eq!(out.emergency, Some(None));
+    assert!(
+        out.audit
+            .iter()
+            .any(|a| a.action() == AuditAction::EmergencyEnded && a.detail.contains("time was up"))
+    );
+    assert!(get(&e, &power).logged);
+    // Resolved and reactivated by a new alarm: still logged, no deadline.
+    let mut out = Changes::default();
+    let sam = Actor::new("sam", "supervisor");
+    let v = get(&e, &power).version;
+    e.apply(
+        &power,
+        None,
+        v,
+        &Action::Acknowledge {
+            note: String::new(),
+        },
+        &sam,
+        t(3601),
+        &mut out,
+    )
+    .unwrap();
+    let v = get(&e, &power).version;
+    let resolve = Action::Resolve {
+        disposition: Disposition::Genuine,
+        note: "generator".into(),
+    };
+    e.apply(&power, None, v, &resolve, &sam, t(3602), &mut out)
+        .unwrap();
+    e.on_event(
+        &alarm(5, 0, EventCategory::Power, false, t(3610)),
+        t(3610),
+        &mut out,
+    );
+    assert_eq!(get(&e, &power).state(), IncidentState::Open);
+    assert!(get(&e, &power).logged && get(&e, &power).ack_deadline.is_none());
+    let mut out = Changes::default();
+    let later = e
+        .on_event(
+            &alarm(4, 0, EventCategory::Trouble, false, t(3700)),
+            t(3700),
+            &mut out,
+        )
+        .unwrap();
+    assert!(!get(&e, &later).logged);
+}
+
+#[test]
+fn emergency_mode_over_some_posts_survives_a_restart_and_ends_early() {
+    let mut e = engine();
+    let mut out = Changes::default();
+    let sup = Actor::new("sam", "supervisor");
+    e.set_emergency(
+        Duration::from_secs(7200),
+        &["p-099".to_owned()],
+        "flood at the river",
+        &sup,
+        t(0),
+        &mut out,
+    )
+    .unwrap();
+    // Another post: not covered.
+    let id = e
+        .on_event(
+            &alarm(1, 0, EventCategory::Power, false, t(5)),
+            t(5),
+            &mut out,
+        )
+        .unwrap();
+    assert!(!get(&e, &id).logged);
+    // A restart from what was written keeps the mode.
+    let mode = out.emergency.clone().unwrap();
+    let mut e = Engine::new(
+        cfg(),
+        EngineSnapshot {
+            emergency: mode,
+            last_incident_number: 1,
+            ..Default::default()
+        },
+    );
+    let mut covered = alarm(2, 0, EventCategory::Power, false, t(10));
+    covered.post_id = "p-099".into();
+    let mut out = Changes::default();
+    let id = e.on_event(&covered, t(10), &mut out).unwrap();
+    assert!(get(&e, &id).logged);
+    // Ended early by a supervisor.
+    let mut out = Changes::default();
+    assert_eq!(
+        e.set_emergency(Duration::ZERO, &[], "river down", &sup, t(20), &mut out),
+        Ok(None)
+    );
+    assert_eq!(out.audit[0].action(), AuditAction::EmergencyEnded);
+    assert!(
+        out.audit[0]
+            .detail
+            .contains("ended early (posts p-099): river down")
+    );
+    assert!(e.emergency(t(21)).is_none());
+}
+
+#[test]
+fn a_logged_incident_that_becomes_urgent_enough_is_queued_again() {
+    let mut e = engine();
+    let mut out = Changes::default();
+    let sup = Actor::new("sam", "supervisor");
+    e.set_emergency(
+        Duration::from_secs(3600),
+        &[],
+        "storm",
+        &sup,
+        t(0),
+        &mut out,
+    )
+    .unwrap();
+    // An environmental (P3) alarm in zone 15 is logged...
+    let id = e
+        .on_event(
+            &alarm(1, 15, EventCategory::Environmental, false, t(10)),
+            t(10),
+            &mut out,
+        )
+        .unwrap();
+    assert!(get(&e, &id).logged);
+    // ...until cam-2 (zone 15) verifies it: P2, queued with a deadline.
+    e.on_event(
+        &camera(2, "cam-2", CameraEventState::Start, t(15)),
+        t(15),
+        &mut out,
+    );
+    let inc = get(&e, &id);
+    assert!(inc.verified);
+    assert_eq!(inc.priority(), Priority::P2);
+    assert!(!inc.logged && inc.ack_deadline.is_some(), "{inc:#?}");
 }

@@ -137,7 +137,9 @@ pub(super) fn reopen(inc: &mut Incident, ack_deadline: Duration, now: SystemTime
     inc.resolved_at = None;
     inc.resolved_by.clear();
     inc.disposition = Disposition::Unspecified as i32;
-    inc.ack_deadline = Some((now + ack_deadline).into());
+    // A logged incident (emergency mode) stays out of the queue: no
+    // deadline, so it never escalates by itself.
+    inc.ack_deadline = (!inc.logged).then(|| (now + ack_deadline).into());
 }
 
 impl Engine {
@@ -390,7 +392,7 @@ impl Engine {
     }
 }
 
-fn check_note(text: &str, may_be_empty: bool) -> Result<(), WorkflowError> {
+pub(super) fn check_note(text: &str, may_be_empty: bool) -> Result<(), WorkflowError> {
     if !may_be_empty && text.trim().is_empty() {
         return Err(WorkflowError::InvalidArgument("the note is empty".into()));
     }
@@ -403,7 +405,7 @@ fn check_note(text: &str, may_be_empty: bool) -> Result<(), WorkflowError> {
 }
 
 /// `600` → `10m`, `5400` → `1h30m`, `45` → `45s`.
-fn human_secs(secs: u64) -> String {
+pub(super) fn human_secs(secs: u64) -> String {
     let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);
     let mut out = String::new();
     if h > 0 {

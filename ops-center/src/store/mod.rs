@@ -25,10 +25,11 @@ mod sites;
 pub mod sqlite;
 #[doc(hidden)]
 pub mod suite;
+mod timers;
 pub mod watermark;
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     fmt,
     sync::{Arc, Mutex},
     time::SystemTime,
@@ -37,12 +38,14 @@ use std::{
 use bytes::Bytes;
 use prost::Message;
 use vigil_proto::v1::{
-    AuditEntry, Event, Incident, Note, PostInfo, PostRecord, PostStatus, SiteDocument, StoredEvent,
+    AuditEntry, EmergencyMode, Event, Incident, Note, PostInfo, PostRecord, PostStatus,
+    SiteDocument, StoredEvent,
 };
 
 pub use postgres::PostgresBackend;
 pub use shapes::{HistoryFilter, OpenedFilter, SeqFilter, TimeKey};
 pub use sqlite::{SqliteBackend, SqliteStore};
+pub use timers::PostTimers;
 
 /// Why a store operation failed. Any error inside a transaction aborts it;
 /// nothing of it is stored.
@@ -120,6 +123,10 @@ pub struct Changes {
     /// A new site document (post records and action plans) that replaces
     /// the stored one whole; its audit entries are in `audit`.
     pub site: Option<SiteDocument>,
+    /// New timer state of posts (see [`PostTimers`]), the last per post.
+    pub timers: BTreeMap<String, PostTimers>,
+    /// Emergency mode changed: `Some(None)` ends it.
+    pub emergency: Option<Option<EmergencyMode>>,
 }
 
 impl Changes {
@@ -157,6 +164,8 @@ impl Changes {
             && self.statuses.is_empty()
             && self.test_modes.is_empty()
             && self.site.is_none()
+            && self.timers.is_empty()
+            && self.emergency.is_none()
     }
 }
 
@@ -185,6 +194,12 @@ pub struct EngineSnapshot {
     pub last_incident_number: u64,
     /// The last status each post published.
     pub statuses: Vec<PostStatus>,
+    /// The stored post records (schedules, test intervals, time zones).
+    pub site_posts: Vec<PostRecord>,
+    /// Timer state per post, in post order.
+    pub timers: Vec<(String, PostTimers)>,
+    /// Emergency mode as last set (it may have expired since).
+    pub emergency: Option<EmergencyMode>,
 }
 
 /// Which incidents to list.
@@ -371,6 +386,8 @@ pub trait Store: Send {
     /// The site document: every post record and action plan, in the order
     /// they were imported (empty before the first import).
     fn site(&self) -> Result<SiteDocument, StoreError>;
+    /// Emergency mode as last set (it may have expired since).
+    fn emergency(&self) -> Result<Option<EmergencyMode>, StoreError>;
     /// One post's record, if the site document has one.
     fn post_record(&self, post_id: &str) -> Result<Option<PostRecord>, StoreError>;
 

@@ -27,8 +27,8 @@ use std::{
 use postgres::{Client, GenericClient, NoTls, Row, Statement, Transaction, config::Host};
 use prost::Message;
 use vigil_proto::v1::{
-    AuditEntry, Event, Incident, IncidentState, Note, PostInfo, PostRecord, PostStatus,
-    SiteDocument, StoredEvent,
+    AuditEntry, EmergencyMode, Event, Incident, IncidentState, Note, PostInfo, PostRecord,
+    PostStatus, SiteDocument, StoredEvent,
 };
 
 use super::{
@@ -121,6 +121,9 @@ CREATE INDEX requests_waiting ON requests (id) WHERE NOT answered;
     super::sites::POSTGRES_MIGRATION,
     // 7: when each incident opened, indexed (issue #17, `store::history`).
     super::history::POSTGRES_MIGRATION,
+    // 8: timer state per post and emergency mode (issue #17: schedules,
+    // fail-to-test, `store::timers`).
+    super::timers::POSTGRES_MIGRATION,
 ];
 
 /// The channel on which a standby announces a request it forwarded to the
@@ -929,6 +932,13 @@ impl Store for PostgresStore {
             .collect()
     }
 
+    fn emergency(&self) -> Result<Option<EmergencyMode>, StoreError> {
+        Ok(self
+            .bodies(super::timers::EMERGENCY_SELECT, &[])?
+            .into_iter()
+            .next())
+    }
+
     fn site(&self) -> Result<SiteDocument, StoreError> {
         Ok(SiteDocument {
             posts: self.bodies(sites::SELECT_POSTS, &[])?,
@@ -1027,11 +1037,23 @@ impl Store for PostgresStore {
             .collect();
         let last: Option<i64> = self.query("SELECT max(number) FROM incidents", &[])?[0].get(0);
         let statuses = self.bodies("SELECT status FROM posts WHERE status IS NOT NULL", &[])?;
+        let timers = self
+            .query(super::timers::SELECT_ALL, &[])?
+            .iter()
+            .map(|r| {
+                let post: String = r.get(0);
+                let state = super::PostTimers::decode(&post, r.get(1))?;
+                Ok((post, state))
+            })
+            .collect::<Result<_, StoreError>>()?;
         Ok(EngineSnapshot {
             incidents,
             test_modes,
             last_incident_number: last.unwrap_or(0) as u64,
             statuses,
+            site_posts: self.bodies(sites::SELECT_POSTS, &[])?,
+            timers,
+            emergency: self.emergency()?,
         })
     }
 }
@@ -1218,6 +1240,18 @@ impl StoreTx for PostgresTx<'_> {
     }
 
     fn apply(&mut self, changes: &Changes) -> Result<Vec<u64>, StoreError> {
+        for (post, state) in &changes.timers {
+            self.exec(super::timers::UPSERT, &[post, &state.encode()])?;
+        }
+        match &changes.emergency {
+            Some(Some(mode)) => {
+                self.exec(super::timers::EMERGENCY_UPSERT, &[&mode.encode_to_vec()])?;
+            }
+            Some(None) => {
+                self.exec(super::timers::EMERGENCY_CLEAR, &[])?;
+            }
+            None => {}
+        }
         self.flush()?;
         if let Some(site) = &changes.site {
             let (posts, plans) = sites::rows(site);

@@ -24,8 +24,8 @@ use std::{
 use prost::Message;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use vigil_proto::v1::{
-    AuditEntry, Event, Incident, IncidentState, Note, PostInfo, PostRecord, PostStatus,
-    SiteDocument, StoredEvent,
+    AuditEntry, EmergencyMode, Event, Incident, IncidentState, Note, PostInfo, PostRecord,
+    PostStatus, SiteDocument, StoredEvent,
 };
 
 use super::{
@@ -100,8 +100,9 @@ pub const DB_FILE: &str = "ops.db";
 /// Schema version written to `PRAGMA user_version`: 1 the first schema,
 /// 2 the event kind and received-order time as indexed columns, 3 post
 /// records and action plans (`store::sites`), 4 when each incident opened
-/// as an indexed column (`store::history`).
-const SCHEMA_VERSION: i64 = 4;
+/// as an indexed column (`store::history`), 5 timer state per post and
+/// emergency mode (`store::timers`).
+const SCHEMA_VERSION: i64 = 5;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS posts (
@@ -289,6 +290,12 @@ impl SqliteStore {
                 let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
                 super::history::migrate_sqlite(&tx)?;
                 tx.pragma_update(None, "user_version", 4)?;
+                tx.commit()?;
+            }
+            if found < 5 {
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                tx.execute_batch(super::timers::SQLITE_SCHEMA)?;
+                tx.pragma_update(None, "user_version", 5)?;
                 tx.commit()?;
             }
         } else {
@@ -566,6 +573,13 @@ impl Store for SqliteStore {
             .collect()
     }
 
+    fn emergency(&self) -> Result<Option<EmergencyMode>, StoreError> {
+        Ok(self
+            .bodies(super::timers::EMERGENCY_SELECT, [])?
+            .into_iter()
+            .next())
+    }
+
     fn site(&self) -> Result<SiteDocument, StoreError> {
         Ok(SiteDocument {
             posts: self.bodies(sites::SELECT_POSTS, [])?,
@@ -688,11 +702,25 @@ impl Store for SqliteStore {
             self.conn
                 .query_row("SELECT max(number) FROM incidents", [], |r| r.get(0))?;
         let statuses = self.bodies("SELECT status FROM posts WHERE status IS NOT NULL", [])?;
+        let mut stmt = self.conn.prepare_cached(super::timers::SELECT_ALL)?;
+        let rows: Vec<(String, String)> = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        let timers = rows
+            .into_iter()
+            .map(|(post, text)| {
+                let state = super::PostTimers::decode(&post, &text)?;
+                Ok((post, state))
+            })
+            .collect::<Result<_, StoreError>>()?;
         Ok(EngineSnapshot {
             incidents,
             test_modes,
             last_incident_number: last.unwrap_or(0) as u64,
             statuses,
+            site_posts: self.bodies(sites::SELECT_POSTS, [])?,
+            timers,
+            emergency: self.emergency()?,
         })
     }
 }
@@ -760,6 +788,23 @@ impl StoreTx for SqliteTx<'_> {
     }
 
     fn apply(&mut self, changes: &Changes) -> Result<Vec<u64>, StoreError> {
+        for (post, state) in &changes.timers {
+            self.tx
+                .prepare_cached(super::timers::UPSERT)?
+                .execute(params![post, state.encode()])?;
+        }
+        match &changes.emergency {
+            Some(Some(mode)) => {
+                self.tx.execute(
+                    super::timers::EMERGENCY_UPSERT,
+                    params![mode.encode_to_vec()],
+                )?;
+            }
+            Some(None) => {
+                self.tx.execute(super::timers::EMERGENCY_CLEAR, [])?;
+            }
+            None => {}
+        }
         if let Some(site) = &changes.site {
             let (posts, plans) = sites::rows(site);
             self.tx.execute(sites::CLEAR_POSTS, [])?;

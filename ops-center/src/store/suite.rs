@@ -15,8 +15,8 @@ use vigil_proto::v1::{
 };
 
 use super::{
-    Backend, Changes, CommitResult, EventLink, IncidentFilter, Received, ReceivedFilter,
-    StoreError, StoreWriter, TestModeWrite, incident_id,
+    Backend, Changes, CommitResult, EventLink, IncidentFilter, PostTimers, Received,
+    ReceivedFilter, StoreError, StoreWriter, TestModeWrite, incident_id,
 };
 
 /// One case: a fresh, empty backend in, panics on a failed check.
@@ -76,6 +76,10 @@ pub const CASES: &[(&str, Case)] = &[
     (
         "post_history_and_reports_read_by_time",
         post_history_and_reports_read_by_time,
+    ),
+    (
+        "timer_state_is_kept_per_post_and_read_at_start",
+        timer_state_is_kept_per_post_and_read_at_start,
     ),
 ];
 
@@ -1267,4 +1271,106 @@ fn post_history_and_reports_read_by_time(b: &dyn Backend) {
         (1, 1, 1)
     );
     assert_eq!(p1.false_alarm_rate, Some(1.0));
+}
+
+fn timers_change(entries: &[(&str, PostTimers)]) -> Changes {
+    let mut c = Changes::default();
+    for (post, state) in entries {
+        c.timers.insert((*post).to_owned(), state.clone());
+    }
+    c
+}
+
+fn timer_state_is_kept_per_post_and_read_at_start(b: &dyn Backend) {
+    let mut w = b.writer().unwrap();
+    assert!(w.engine_snapshot(t(0)).unwrap().timers.is_empty());
+    let one = PostTimers {
+        opened_at: Some(1_000),
+        closed_at: None,
+        tested_at: Some(500),
+        test_periods_missed: 2,
+        checked_through: Some(1_200),
+    };
+    let two = PostTimers {
+        closed_at: Some(7),
+        ..Default::default()
+    };
+    let mut tx = w.begin().unwrap();
+    tx.apply(&timers_change(&[
+        ("p-2", two.clone()),
+        ("p-1", one.clone()),
+    ]))
+    .unwrap();
+    tx.commit().unwrap();
+    let snap = b.reader().unwrap().engine_snapshot(t(0)).unwrap();
+    assert_eq!(
+        snap.timers,
+        [
+            ("p-1".to_owned(), one.clone()),
+            ("p-2".to_owned(), two.clone())
+        ]
+    );
+
+    // A new state replaces the post's row; a rolled-back one changes nothing.
+    let newer = PostTimers {
+        opened_at: Some(2_000),
+        ..one
+    };
+    let mut tx = w.begin().unwrap();
+    tx.apply(&timers_change(&[("p-1", newer.clone())])).unwrap();
+    tx.commit().unwrap();
+    {
+        let mut tx = w.begin().unwrap();
+        tx.apply(&timers_change(&[("p-2", PostTimers::default())]))
+            .unwrap();
+    }
+    let snap = w.engine_snapshot(t(0)).unwrap();
+    assert_eq!(
+        snap.timers,
+        [("p-1".to_owned(), newer), ("p-2".to_owned(), two)]
+    );
+
+    // The snapshot carries the stored post records too (their schedules).
+    let mut post = record("p-1", "One");
+    post.schedules = vec![crate::schedule::schedule(
+        &["mon"],
+        "07:00-08:00",
+        "17:00-18:00",
+        5,
+    )];
+    post.test_interval_hours = 24;
+    let site = SiteDocument {
+        posts: vec![post.clone()],
+        plans: Vec::new(),
+    };
+    let mut tx = w.begin().unwrap();
+    tx.apply(&site_change(site, "p-1", "post p-1 added"))
+        .unwrap();
+    tx.commit().unwrap();
+    let snap = b.reader().unwrap().engine_snapshot(t(0)).unwrap();
+    assert_eq!(snap.site_posts, [post]);
+
+    // Emergency mode: one row, replaced, then cleared.
+    assert_eq!(snap.emergency, None);
+    let mode = |reason: &str| vigil_proto::v1::EmergencyMode {
+        post_ids: vec!["p-1".into()],
+        started_at: Some(t(1).into()),
+        until: Some(t(3600).into()),
+        reason: reason.into(),
+        started_by: "sam".into(),
+        keep_priority: 2,
+    };
+    for m in [Some(mode("storm")), Some(mode("flood")), None] {
+        let mut tx = w.begin().unwrap();
+        tx.apply(&Changes {
+            emergency: Some(m.clone()),
+            ..Default::default()
+        })
+        .unwrap();
+        tx.commit().unwrap();
+        assert_eq!(
+            b.reader().unwrap().engine_snapshot(t(0)).unwrap().emergency,
+            m
+        );
+    }
 }
