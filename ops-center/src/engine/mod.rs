@@ -203,7 +203,7 @@ pub fn category_name(category: EventCategory) -> String {
         .to_ascii_lowercase()
 }
 
-fn category_from_name(name: &str) -> Option<EventCategory> {
+pub fn category_from_name(name: &str) -> Option<EventCategory> {
     let c = EventCategory::from_str_name(&format!("EVENT_CATEGORY_{}", name.to_ascii_uppercase()))?;
     (c != EventCategory::Unspecified).then_some(c)
 }

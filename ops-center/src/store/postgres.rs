@@ -34,6 +34,7 @@ use vigil_proto::v1::{
 use super::{
     Backend, Changes, CommitResult, EngineSnapshot, IncidentFilter, Received, ReceivedFilter,
     ReceivedKey, SeqFilter, Store, StoreError, StoreTx, StoreWriter, incident_id, incident_number,
+    notify::{self, Notification, NotifyState},
     shapes::{self, Param, Query},
     sites,
     sqlite::{from_millis, millis},
@@ -118,6 +119,8 @@ CREATE INDEX requests_waiting ON requests (id) WHERE NOT answered;
     super::migrations::V5_INDEXES,
     // 6: post records and action plans (issue #17).
     super::sites::POSTGRES_MIGRATION,
+    // 7: the outbound notification queue.
+    super::notify::POSTGRES_MIGRATION,
 ];
 
 /// The channel on which a standby announces a request it forwarded to the
@@ -920,6 +923,48 @@ impl Store for PostgresStore {
             .pop())
     }
 
+    fn notifications_due(
+        &self,
+        webhook: &str,
+        now: SystemTime,
+        limit: usize,
+    ) -> Result<Vec<Notification>, StoreError> {
+        notification_rows(&self.query(
+            notify::DUE,
+            &[
+                &(NotifyState::Pending as i64),
+                &webhook,
+                &millis(now),
+                &(limit as i64),
+            ],
+        )?)
+    }
+
+    fn notifications(
+        &self,
+        state: NotifyState,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<Notification>, StoreError> {
+        let before = before.map_or(i64::MAX, |b| b.min(i64::MAX as u64) as i64);
+        notification_rows(&self.query(
+            notify::BY_STATE,
+            &[&(state as i64), &before, &(limit as i64)],
+        )?)
+    }
+
+    fn notification(&self, id: u64) -> Result<Option<Notification>, StoreError> {
+        let Ok(id) = i64::try_from(id) else {
+            return Ok(None);
+        };
+        Ok(notification_rows(&self.query(notify::ONE, &[&id])?)?.pop())
+    }
+
+    fn notification_count(&self, state: NotifyState) -> Result<u64, StoreError> {
+        let n: i64 = self.query(notify::COUNT, &[&(state as i64)])?[0].get(0);
+        Ok(n as u64)
+    }
+
     fn last_audit_position(&self) -> Result<u64, StoreError> {
         let n: Option<i64> = self.query("SELECT max(id) FROM audit", &[])?[0].get(0);
         Ok(n.unwrap_or(0) as u64)
@@ -1227,6 +1272,49 @@ impl StoreTx for PostgresTx<'_> {
                     expected: write.prev_version.unwrap_or(0),
                     found,
                 });
+            }
+        }
+        for n in &changes.notifications {
+            self.exec(
+                notify::INSERT,
+                &[
+                    &n.delivery,
+                    &n.webhook,
+                    &n.event,
+                    &n.incident.encode_to_vec(),
+                    &millis(n.at),
+                    &millis(n.at),
+                ],
+            )?;
+        }
+        for u in &changes.notify_updates {
+            self.exec(
+                notify::UPDATE,
+                &[
+                    &(u.state as i64),
+                    &i64::from(u.attempts),
+                    &millis(u.next_at),
+                    &u.last_error,
+                    &i64::try_from(u.id).unwrap_or(-1),
+                    &(u.only_if as i64),
+                ],
+            )?;
+        }
+        if let Some(before) = changes.notify_prune_before {
+            let ids: Vec<i64> = self
+                .rows(
+                    notify::PRUNABLE,
+                    &[
+                        &(NotifyState::Delivered as i64),
+                        &millis(before),
+                        &notify::PRUNE_BATCH,
+                    ],
+                )?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            for id in ids {
+                self.exec(notify::DELETE, &[&id])?;
             }
         }
         let mut positions = Vec::with_capacity(changes.audit.len());
@@ -1640,4 +1728,26 @@ fn copy(
         tx.execute(&insert, &params)?;
         total += n as u64;
     }
+}
+
+/// Notifications from rows of [`notify::DUE`], [`notify::BY_STATE`] or
+/// [`notify::ONE`].
+fn notification_rows(rows: &[Row]) -> Result<Vec<Notification>, StoreError> {
+    rows.iter()
+        .map(|r| {
+            notify::Row {
+                id: r.get(0),
+                delivery: r.get(1),
+                webhook: r.get(2),
+                event: r.get(3),
+                incident: r.get(4),
+                at: r.get(5),
+                state: r.get(6),
+                attempts: r.get(7),
+                next_at: r.get(8),
+                last_error: r.get(9),
+            }
+            .decode()
+        })
+        .collect()
 }
