@@ -1,6 +1,6 @@
 //! The gRPC client commands: `vigil watch | incidents | ack | assign |
 //! escalate | resolve | reopen | note | step | posts | test-mode | replay |
-//! site`.
+//! site | notify`.
 //!
 //! Each command connects to the operations center's `vigil.v1.OpsCenter`
 //! API over mutual TLS with the caller's own certificate (its OU is the role
@@ -20,8 +20,10 @@
 //! - [`watch`]: the live feed, resuming from its cursor after a disconnect.
 //! - [`replay`]: stored events as JSON lines.
 //! - [`site`]: `site import`, `site export`: post records and action plans.
+//! - [`notify`]: `notify list`, `notify retry`: outbound webhook notifications.
 
 pub(crate) mod connect;
+pub(crate) mod notify;
 pub(crate) mod query;
 pub(crate) mod render;
 pub(crate) mod replay;
@@ -67,6 +69,9 @@ pub(crate) enum ClientCommand {
     /// Post records, contacts and action plans: import or export a site file (TOML).
     #[command(subcommand)]
     Site(site::SiteCommand),
+    /// Outbound webhook notifications: list them (--failed) or send a failed one again.
+    #[command(subcommand)]
+    Notify(notify::NotifyCommand),
 }
 
 /// Where the API is and who we are; each flag also comes from the
@@ -113,6 +118,7 @@ pub(crate) fn run(cmd: ClientCommand) -> Result<()> {
             ClientCommand::TestMode(a) => workflow::test_mode(a).await,
             ClientCommand::Replay(a) => replay::run(a).await,
             ClientCommand::Site(c) => site::run(c).await,
+            ClientCommand::Notify(c) => notify::run(c).await,
         }
     })
 }
