@@ -138,6 +138,7 @@ fn migration_4_fills_event_kinds_of_a_store_that_had_none() {
              CREATE INDEX events_received ON events (received_at);
              CREATE INDEX incidents_post ON incidents (post_id, state);
              DROP TABLE site_posts, site_plans;
+             DROP TABLE notifications;
              UPDATE vigil_schema SET version = 3;",
         )
         .unwrap();
@@ -165,7 +166,7 @@ fn migration_4_fills_event_kinds_of_a_store_that_had_none() {
         .query_one("SELECT version FROM vigil_schema", &[])
         .unwrap()
         .get(0);
-    assert_eq!(version, 6);
+    assert_eq!(version, 7);
     let reader = backend.reader().unwrap();
     let health = SeqFilter {
         post_id: "p-1".into(),
@@ -432,6 +433,13 @@ fn a_sqlite_store_imports_into_postgresql_unchanged() {
             until: Some(t(3600)),
         });
         c.site = Some(vigil_ops::site::parse(SITE).unwrap());
+        c.notifications.push(vigil_ops::store::NewNotification {
+            delivery: "0123456789abcdef0123456789abcdef".into(),
+            webhook: "pager".into(),
+            event: "opened".into(),
+            incident: inc.clone(),
+            at: t(10),
+        });
         tx.apply(&c).unwrap();
         tx.commit().unwrap();
     }
@@ -445,6 +453,7 @@ fn a_sqlite_store_imports_into_postgresql_unchanged() {
     );
     // Two post records, two plans.
     assert_eq!(n.site_records, 4, "{n}");
+    assert_eq!(n.notifications, 1, "{n}");
     // Once is enough: a second import into a store that holds data is
     // refused, and so is a folder without a SQLite store.
     let again = postgres.import_sqlite(dir.path()).unwrap_err().to_string();
@@ -483,6 +492,14 @@ fn a_sqlite_store_imports_into_postgresql_unchanged() {
     );
     assert_eq!(a.site().unwrap(), b.site().unwrap());
     assert_eq!(b.site().unwrap().posts[1].post_id, "p-1");
+    {
+        use vigil_ops::store::NotifyState::Pending;
+        assert_eq!(
+            a.notifications(Pending, None, 10).unwrap(),
+            b.notifications(Pending, None, 10).unwrap()
+        );
+        assert_eq!(b.notifications_due("pager", t(10), 10).unwrap().len(), 1);
+    }
     same(
         "notes",
         format!("{:?}", a.notes(&inc.id).unwrap()),

@@ -1481,6 +1481,8 @@ pub struct Imported {
     pub notes: u64,
     /// Post records and action plans (the site document).
     pub site_records: u64,
+    /// Outbound notifications, in whatever state.
+    pub notifications: u64,
 }
 
 impl std::fmt::Display for Imported {
@@ -1488,14 +1490,15 @@ impl std::fmt::Display for Imported {
         write!(
             f,
             "{} posts, {} events, {} incidents, {} event links, {} audit entries, {} notes, \
-             {} post records and plans",
+             {} post records and plans, {} notifications",
             self.posts,
             self.events,
             self.incidents,
             self.links,
             self.audit,
             self.notes,
-            self.site_records
+            self.site_records,
+            self.notifications
         )
     }
 }
@@ -1630,12 +1633,37 @@ impl PostgresBackend {
                  SELECT * FROM unnest($1::int8[], $2::text[], $3::text[], $4::bytea[])",
                 &[Col::Int, Col::Text, Col::Text, Col::OptBytes],
             )?;
-            // New positions and note ids continue after the imported ones.
+            let notifications = copy(
+                &src,
+                &mut tx,
+                "SELECT id, delivery, webhook, event, incident, at, state, attempts, next_at, last_error
+                 FROM notifications ORDER BY id",
+                "INSERT INTO notifications (id, delivery, webhook, event, incident, at, state, attempts,
+                   next_at, last_error) OVERRIDING SYSTEM VALUE
+                 SELECT * FROM unnest($1::int8[], $2::text[], $3::text[], $4::text[], $5::bytea[],
+                   $6::int8[], $7::int8[], $8::int8[], $9::int8[], $10::text[])",
+                &[
+                    Col::Int,
+                    Col::Text,
+                    Col::Text,
+                    Col::Text,
+                    Col::OptBytes,
+                    Col::Int,
+                    Col::Int,
+                    Col::Int,
+                    Col::Int,
+                    Col::Text,
+                ],
+            )?;
+            // New positions and note and notification ids continue after
+            // the imported ones.
             tx.batch_execute(
                 "SELECT setval(pg_get_serial_sequence('audit', 'id'),
                                coalesce((SELECT max(id) FROM audit), 0) + 1, false);
                  SELECT setval(pg_get_serial_sequence('notes', 'id'),
-                               coalesce((SELECT max(id) FROM notes), 0) + 1, false);",
+                               coalesce((SELECT max(id) FROM notes), 0) + 1, false);
+                 SELECT setval(pg_get_serial_sequence('notifications', 'id'),
+                               coalesce((SELECT max(id) FROM notifications), 0) + 1, false);",
             )?;
             tx.commit()?;
             Ok(Imported {
@@ -1646,6 +1674,7 @@ impl PostgresBackend {
                 audit,
                 notes,
                 site_records,
+                notifications,
             })
         })
     }
