@@ -1076,6 +1076,45 @@ mod tests {
     }
 
     #[test]
+    fn unreadable_or_empty_secrets_stop_the_start_naming_the_key_not_the_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = webhook(Format::Pagerduty);
+        w.url = "http://127.0.0.1:9/in".into();
+        w.secret_file = dir.path().join("missing.key");
+        w.routing_key_file = Some(dir.path().join("pd.key"));
+        let config = |w: &WebhookConfig| NotifyConfig {
+            webhooks: vec![w.clone()],
+            ..Default::default()
+        };
+        let (key, why) = Routes::load(&config(&w)).unwrap_err();
+        assert_eq!(key, "notify.webhook[0].secret_file");
+        assert!(why.contains("missing.key"), "{why}");
+        std::fs::write(&w.secret_file, " \n").unwrap();
+        let (key, why) = Routes::load(&config(&w)).unwrap_err();
+        assert_eq!(key, "notify.webhook[0].secret_file");
+        assert!(why.ends_with("is empty"), "{why}");
+        std::fs::write(&w.secret_file, "hunter2-secret\n").unwrap();
+        let (key, _) = Routes::load(&config(&w)).unwrap_err();
+        assert_eq!(key, "notify.webhook[0].routing_key_file");
+        std::fs::write(dir.path().join("pd.key"), "R0UTE").unwrap();
+        let routes = Routes::load(&config(&w)).unwrap();
+        // Neither secret shows in its debug form (what logs would print).
+        let shown = format!("{routes:?}");
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("R0UTE"),
+            "{shown}"
+        );
+        // An https url with a CA file that is not one.
+        let mut w = webhook(Format::Vigil);
+        w.secret_file = dir.path().join("missing.key");
+        std::fs::write(&w.secret_file, "s").unwrap();
+        w.ca = Some(dir.path().join("missing.key"));
+        let (key, why) = Routes::load(&config(&w)).unwrap_err();
+        assert_eq!(key, "notify.webhook[0].ca");
+        assert!(why.contains("no certificate"), "{why}");
+    }
+
+    #[test]
     fn backoff_doubles_with_jitter_up_to_the_cap() {
         let c = webhook(Format::Vigil);
         for attempts in 1..30 {
