@@ -212,3 +212,196 @@ async fn kill_9_of_the_ops_center_mid_ingest_loses_and_duplicates_nothing() {
     );
     assert_eq!(store.durable_through("p-1").unwrap(), last);
 }
+
+/// A webhook receiver on 127.0.0.1 speaking just enough HTTP/1.1: it
+/// records each request's `X-Vigil-Delivery` and answers `status` (one
+/// request per connection, as the sender makes them).
+struct Hook {
+    url: String,
+    deliveries: std::sync::Arc<std::sync::Mutex<Vec<(String, u16)>>>,
+    status: std::sync::Arc<std::sync::atomic::AtomicU16>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Hook {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Hook {
+    async fn start(status: u16) -> Self {
+        use std::sync::{Arc, Mutex, atomic::AtomicU16};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/in", listener.local_addr().unwrap());
+        let deliveries: Arc<Mutex<Vec<(String, u16)>>> = Arc::default();
+        let status = Arc::new(AtomicU16::new(status));
+        let task = tokio::spawn({
+            let (deliveries, status) = (deliveries.clone(), status.clone());
+            async move {
+                while let Ok((mut tcp, _)) = listener.accept().await {
+                    let (deliveries, status) = (deliveries.clone(), status.clone());
+                    tokio::spawn(async move {
+                        let mut buf = Vec::new();
+                        let mut chunk = [0u8; 4096];
+                        // Headers, then as much body as they announce.
+                        let (head, body_len) = loop {
+                            let Ok(n) = tcp.read(&mut chunk).await else {
+                                return;
+                            };
+                            if n == 0 || buf.len() > 1 << 20 {
+                                return;
+                            }
+                            buf.extend_from_slice(&chunk[..n]);
+                            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                                let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+                                let len = head
+                                    .lines()
+                                    .find_map(|l| l.strip_prefix("content-length:"))
+                                    .and_then(|v| v.trim().parse::<usize>().ok())
+                                    .unwrap_or(0);
+                                break (head, end + 4 + len);
+                            }
+                        };
+                        while buf.len() < body_len {
+                            let Ok(n) = tcp.read(&mut chunk).await else {
+                                return;
+                            };
+                            if n == 0 {
+                                return;
+                            }
+                            buf.extend_from_slice(&chunk[..n]);
+                        }
+                        let delivery = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("x-vigil-delivery:"))
+                            .unwrap_or_default()
+                            .trim()
+                            .to_owned();
+                        let code = status.load(std::sync::atomic::Ordering::SeqCst);
+                        deliveries.lock().unwrap().push((delivery, code));
+                        let answer = format!(
+                            "HTTP/1.1 {code} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                        );
+                        let _ = tcp.write_all(answer.as_bytes()).await;
+                    });
+                }
+            }
+        });
+        Self {
+            url,
+            deliveries,
+            status,
+            task,
+        }
+    }
+
+    fn deliveries(&self) -> Vec<(String, u16)> {
+        self.deliveries.lock().unwrap().clone()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_with_a_notification_pending_delivers_it_after_the_restart() {
+    let region = Region::new();
+    let broker = region.start_broker("127.0.0.1:0".parse().unwrap()).await;
+    let gateway = region.start_gateway("p-1", broker.addr(), "").await;
+    let hook = Hook::start(503).await;
+    std::fs::write(region.path("hook.secret"), "kill-9-secret").unwrap();
+    let notify = format!(
+        "[[notify.webhook]]\nname = \"pager\"\nurl = \"{}\"\nsecret_file = \"hook.secret\"\n\
+         events = [\"opened\"]\nretry_initial_ms = 50\nretry_max_secs = 1\n",
+        hook.url
+    );
+    let ops_config = region.write_ops_config(broker.addr());
+    let text = vigil_tests::merge_toml(&std::fs::read_to_string(&ops_config).unwrap(), &notify);
+    std::fs::write(&ops_config, text).unwrap();
+
+    // The ops center opens an incident and tries its notification, which
+    // the receiver refuses for now (503: tried again), and is killed.
+    let mut ops = spawn_ops(&ops_config);
+    struct Kill<'a>(&'a mut Child);
+    impl Drop for Kill<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let guard = Kill(&mut ops);
+    // A mixed panel: burglary, fire and panic alarms among others, each a
+    // new incident and so a notification.
+    let mut panel = PanelConfig::new(gateway.dc09.to_string(), "1234");
+    panel.count = Some(20);
+    panel.interval = Duration::from_millis(10);
+    let summary = simulator::run(panel, CancellationToken::new())
+        .await
+        .expect("panel");
+    assert_eq!(summary.counts.failed, 0, "{summary}");
+    eventually("a notification tried", || !hook.deliveries().is_empty()).await;
+    drop(guard);
+    let before = hook.deliveries();
+    assert!(
+        before.iter().all(|(d, code)| d.len() == 32 && *code == 503),
+        "{before:?}"
+    );
+    let tried: BTreeSet<String> = before.into_iter().map(|(d, _)| d).collect();
+
+    // Restarted (in process), with the receiver taking them now: each one
+    // tried before is delivered, once.
+    hook.status.store(200, std::sync::atomic::Ordering::SeqCst);
+    let ops = region.start_ops_with(broker.addr(), &notify).await;
+    eventually("delivered after the restart", || {
+        let ok: BTreeSet<String> = hook
+            .deliveries()
+            .into_iter()
+            .filter(|(_, code)| *code == 200)
+            .map(|(d, _)| d)
+            .collect();
+        tried.is_subset(&ok)
+    })
+    .await;
+    // Whatever the gateway sends again after the restart may open more
+    // incidents: wait for every event, then for an empty queue.
+    eventually("every event receipted", || gateway.all_receipted()).await;
+    eventually("nothing left waiting", || {
+        open_store(&ops.data_dir)
+            .notification_count(vigil_ops::store::NotifyState::Pending)
+            .unwrap()
+            == 0
+    })
+    .await;
+    // The ops center first: a gateway going away opens an incident (post
+    // offline), whose notification would still be waiting.
+    let data = ops.stop().await;
+    gateway.stop().await;
+    broker.stop().await;
+    let store = open_store(&data);
+    use vigil_ops::store::NotifyState;
+    let delivered = store
+        .notifications(NotifyState::Delivered, None, 1000)
+        .unwrap();
+    let stored: BTreeSet<String> = delivered.iter().map(|n| n.delivery.clone()).collect();
+    assert_eq!(stored.len(), delivered.len(), "one row per delivery id");
+    assert!(tried.is_subset(&stored));
+    // Each delivered exactly once (one 200 per delivery id).
+    let oks: Vec<String> = hook
+        .deliveries()
+        .into_iter()
+        .filter(|(_, code)| *code == 200)
+        .map(|(d, _)| d)
+        .collect();
+    assert_eq!(oks.len(), stored.len(), "{oks:?}");
+    assert!(
+        store
+            .notifications(NotifyState::Pending, None, 10)
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        store
+            .notifications(NotifyState::Failed, None, 10)
+            .unwrap()
+            .is_empty()
+    );
+}

@@ -49,6 +49,10 @@ pub struct OpsConfig {
     /// `[console]`: the browser console; off when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub console: Option<crate::console::ConsoleConfig>,
+    /// `[notify]` and its `[[notify.webhook]]`s: outbound notifications;
+    /// none when absent.
+    #[serde(default)]
+    pub notify: crate::notify::NotifyConfig,
 }
 
 /// The `[mqtt]` table.
@@ -251,12 +255,14 @@ impl OpsConfig {
         {
             *dir = base.join(&*dir);
         }
+        self.notify.resolve_relative_to(base);
     }
 
     /// Checks values; returns the offending key and why.
     pub fn validate(&self) -> Result<(), (String, String)> {
         self.mqtt.brokers()?;
         self.retention.validate()?;
+        self.notify.validate()?;
         if let Some(g) = &self.mqtt.share_group
             && (g.is_empty() || g.contains(['/', '+', '#']))
         {

@@ -355,6 +355,14 @@ pub async fn forward(backend: PostgresBackend, job: Job, patience: Duration) {
         )));
         return;
     }
+    if let Job::Notify { reply, .. } = job {
+        // The sender runs on the leader only; a retry asked of a standby
+        // is asked again of the leading replica.
+        let _ = reply.send(Err(WorkflowError::Unavailable(
+            "notifications are retried on the leading replica; try again there".into(),
+        )));
+        return;
+    }
     let Some(req) = request(&job) else { return };
     let body = req.encode_to_vec();
     let target = req.target.clone();

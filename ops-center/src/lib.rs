@@ -35,6 +35,7 @@ pub mod ingest;
 pub mod metrics;
 pub mod report;
 pub mod schedule;
+pub mod notify;
 pub mod site;
 pub mod store;
 pub mod writer;
@@ -105,6 +106,8 @@ pub enum OpsError {
     },
     #[error("api: {0}")]
     Api(#[from] tonic::transport::Error),
+    #[error("{key}: {reason}")]
+    Notify { key: String, reason: String },
     #[error("console: cannot listen on {addr}: {source}")]
     ConsoleBind {
         addr: std::net::SocketAddr,
@@ -186,6 +189,9 @@ pub async fn run_with_api(
 ) -> Result<(), OpsError> {
     let client_config = Arc::new(tls.client_config()?);
     let server_config = tls.server_config()?;
+    // Secrets and CA files of the webhooks: a bad one stops the start.
+    let routes = notify::Routes::load(&config.notify)
+        .map_err(|(key, reason)| OpsError::Notify { key, reason })?;
     let client_id = tls.own_peer().identity.to_string();
     let store_location = format!("{} {}", store.backend.name(), store.backend.location());
     // The API reads through connections of its own; the writer's is busy
@@ -247,6 +253,17 @@ pub async fn run_with_api(
         metrics.retention.clone(),
         tasks.clone(),
     ));
+    tracker.spawn(notify::run(
+        routes.clone(),
+        readers.clone(),
+        jobs_tx.clone(),
+        metrics.clone(),
+        {
+            let metrics = metrics.clone();
+            move || metrics.leading.load(Relaxed)
+        },
+        tasks.clone(),
+    ));
     tracker.close();
     let ingest_config = ingest::IngestConfig {
         mqtt: config.mqtt.clone(),
@@ -257,13 +274,14 @@ pub async fn run_with_api(
     let (ingest_result, writer_result) = match store.writer {
         Some(store_writer) => {
             let (done_tx, done_rx) = mpsc::channel(writer::DONE_CAPACITY);
-            let writer = writer::spawn_publishing(
+            let writer = writer::spawn_notifying(
                 store_writer,
                 engine,
                 metrics.clone(),
                 jobs_rx,
                 done_tx,
                 publisher,
+                routes,
             );
             tracker.reopen();
             tracker.spawn(tick(jobs_tx.clone(), tasks.clone()));
@@ -303,6 +321,7 @@ pub async fn run_with_api(
                 metrics: metrics.clone(),
                 readers,
                 publisher,
+                routes,
             };
             let result = replica.run(jobs_rx, shutdown.clone()).await;
             tasks.cancel();
@@ -355,6 +374,7 @@ struct Replica {
     metrics: Arc<Metrics>,
     readers: Arc<Readers>,
     publisher: api::feed::FeedPublisher,
+    routes: Arc<notify::Routes>,
 }
 
 impl Replica {
@@ -484,13 +504,14 @@ impl Replica {
         let (store_writer, engine) = opened?;
         let (term_tx, term_rx) = mpsc::channel(writer::QUEUE_CAPACITY);
         let (done_tx, done_rx) = mpsc::channel(writer::DONE_CAPACITY);
-        let writer = writer::spawn_publishing(
+        let writer = writer::spawn_notifying(
             store_writer,
             engine,
             self.metrics.clone(),
             term_rx,
             done_tx,
             self.publisher.clone(),
+            self.routes.clone(),
         );
         self.metrics.leading.store(true, Relaxed);
         let term = shutdown.child_token();

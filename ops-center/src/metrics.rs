@@ -166,6 +166,15 @@ pub struct Metrics {
     /// Actions this replica received while standing by and had the leader
     /// carry out.
     pub actions_forwarded: AtomicU64,
+    /// Webhook notifications delivered (a 2xx answer).
+    pub notify_delivered: AtomicU64,
+    /// Webhook notifications given up (marked failed).
+    pub notify_failed: AtomicU64,
+    /// Failed attempts that were scheduled again.
+    pub notify_retried: AtomicU64,
+    /// Notifications waiting to be delivered (as last counted by the
+    /// sender, on the leading replica).
+    pub notify_pending: AtomicU64,
     /// Whether the store can write (the gRPC health service follows it).
     pub store_health: StoreHealth,
     /// What retention deleted and archived.
@@ -264,6 +273,10 @@ impl Metrics {
             store_healthy: self.store_health.is_healthy(),
             leading: self.leading.load(Relaxed),
             actions_forwarded: self.actions_forwarded.load(Relaxed),
+            notify_delivered: self.notify_delivered.load(Relaxed),
+            notify_failed: self.notify_failed.load(Relaxed),
+            notify_retried: self.notify_retried.load(Relaxed),
+            notify_pending: self.notify_pending.load(Relaxed),
         }
     }
 
@@ -392,6 +405,26 @@ impl MetricsSnapshot {
             self.actions_forwarded,
         );
         out.counter(
+            "vigil_ops_notify_sent_total",
+            "Webhook notifications delivered (answered 2xx).",
+            self.notify_delivered,
+        );
+        out.counter(
+            "vigil_ops_notify_failed_total",
+            "Webhook notifications given up and marked failed (see `vigil notify list --failed`).",
+            self.notify_failed,
+        );
+        out.counter(
+            "vigil_ops_notify_retried_total",
+            "Webhook delivery attempts that failed and were scheduled again.",
+            self.notify_retried,
+        );
+        out.gauge(
+            "vigil_ops_notify_queue_depth",
+            "Webhook notifications waiting to be delivered (counted by the leading replica).",
+            self.notify_pending as f64,
+        );
+        out.counter(
             "vigil_ops_budget_deferred_events_total",
             "Events over their post's budget: neither stored nor receipted; the gateway re-sends them.",
             self.budget_deferred_events,
@@ -443,6 +476,10 @@ pub struct MetricsSnapshot {
     pub store_healthy: bool,
     pub leading: bool,
     pub actions_forwarded: u64,
+    pub notify_delivered: u64,
+    pub notify_failed: u64,
+    pub notify_retried: u64,
+    pub notify_pending: u64,
 }
 
 #[cfg(test)]

@@ -41,8 +41,12 @@ use crate::{
     api::feed::{Feed, FeedPublisher},
     engine::{Action, Actor, Engine, WorkflowError},
     metrics::Metrics,
-    store::{Changes, Received, StoreError, StoreWriter},
+    notify::Routes,
+    store::{Changes, NotifyUpdate, Received, StoreError, StoreWriter},
 };
+
+/// Delivered notifications are pruned at most this often (on a timer tick).
+const NOTIFY_PRUNE_EVERY: Duration = Duration::from_secs(60);
 
 /// Failed commits: one log line per interval, with a count.
 static LOG_COMMIT_FAILED: vigil_telemetry::log_limit::LogLimiter =
@@ -121,6 +125,12 @@ pub enum Job {
     },
     /// Run the engine's timers.
     Tick { at: SystemTime },
+    /// Outcomes of webhook deliveries, or a failed notification put back
+    /// (see [`crate::notify`]); answered once committed.
+    Notify {
+        updates: Vec<NotifyUpdate>,
+        reply: oneshot::Sender<Result<(), WorkflowError>>,
+    },
     /// An action a standby replica forwarded through the request mailbox
     /// (a `Workflow` or `TestMode` job): claimed, applied and answered in
     /// one transaction (see [`crate::forward`]).
@@ -189,6 +199,20 @@ pub fn spawn_publishing(
     done: mpsc::Sender<Committed>,
     feed: FeedPublisher,
 ) -> WriterHandle {
+    spawn_notifying(store, engine, metrics, jobs, done, feed, Routes::none())
+}
+
+/// Like [`spawn_publishing`], and enqueues the notifications `routes` say
+/// each commit's changes cause, in the same transaction.
+pub fn spawn_notifying(
+    store: Box<dyn StoreWriter>,
+    engine: Engine,
+    metrics: Arc<Metrics>,
+    jobs: mpsc::Receiver<Job>,
+    done: mpsc::Sender<Committed>,
+    feed: FeedPublisher,
+    routes: Arc<Routes>,
+) -> WriterHandle {
     // The backlog as it stands on start; every commit that changes an
     // incident recounts it.
     metrics.backlog.set(engine.incidents());
@@ -197,6 +221,8 @@ pub fn spawn_publishing(
         engine,
         metrics,
         feed,
+        routes,
+        last_prune: None,
     };
     let thread = thread::Builder::new()
         .name("vigil-ops-writer".into())
@@ -210,6 +236,9 @@ struct Writer {
     engine: Engine,
     metrics: Arc<Metrics>,
     feed: FeedPublisher,
+    routes: Arc<Routes>,
+    /// When delivered notifications were last pruned.
+    last_prune: Option<Instant>,
 }
 
 enum Reply {
@@ -229,6 +258,7 @@ enum Reply {
         oneshot::Sender<Result<Option<EmergencyMode>, WorkflowError>>,
         Result<Option<EmergencyMode>, WorkflowError>,
     ),
+    Notify(oneshot::Sender<Result<(), WorkflowError>>),
 }
 
 impl Writer {
@@ -468,7 +498,7 @@ impl Writer {
                             crate::forward::site_answer(&Ok(lines.clone()))
                         }
                         // Never forwarded (see `forward::forward`).
-                        Some(Reply::Emergency(..)) | None => continue,
+                        Some(Reply::Emergency(..) | Reply::Notify(_)) | None => continue,
                     };
                     replies.extend(reply);
                     if let Err(e) = tx.answer_request(id, &answer) {
@@ -512,10 +542,23 @@ impl Writer {
                 }
                 Job::Tick { at } => {
                     self.engine.tick(at, &mut changes);
+                    if self
+                        .last_prune
+                        .is_none_or(|t| t.elapsed() >= NOTIFY_PRUNE_EVERY)
+                    {
+                        changes.notify_prune_before = at.checked_sub(self.routes.keep_delivered);
+                        self.last_prune = Some(Instant::now());
+                    }
                     kept.push(Job::Tick { at });
+                }
+                Job::Notify { updates, reply } => {
+                    changes.notify_updates.extend(updates);
+                    replies.push(Reply::Notify(reply));
                 }
             }
         }
+        // Notifications are committed with the changes that cause them.
+        self.routes.enqueue(&mut changes);
         let outcome = match failed {
             Some(e) => Err(e),
             None => tx
@@ -534,6 +577,7 @@ impl Writer {
                         Reply::TestMode(tx, _) => drop(tx.send(Err(why()))),
                         Reply::Site(tx, _) => drop(tx.send(Err(why()))),
                         Reply::Emergency(tx, _) => drop(tx.send(Err(why()))),
+                        Reply::Notify(tx) => drop(tx.send(Err(why()))),
                     }
                 }
                 kept.extend(unavailable(jobs.collect()));
@@ -552,6 +596,7 @@ impl Writer {
                 Reply::TestMode(tx, r) => drop(tx.send(r)),
                 Reply::Site(tx, lines) => drop(tx.send(Ok(lines))),
                 Reply::Emergency(tx, r) => drop(tx.send(r)),
+                Reply::Notify(tx) => drop(tx.send(Ok(()))),
             }
         }
         committed.receipts = result
@@ -702,6 +747,10 @@ fn unavailable(group: Vec<Job>) -> Vec<Job> {
                 None
             }
             Job::Emergency { reply, .. } => {
+                let _ = reply.send(Err(why()));
+                None
+            }
+            Job::Notify { reply, .. } => {
                 let _ = reply.send(Err(why()));
                 None
             }

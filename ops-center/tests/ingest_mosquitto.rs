@@ -130,6 +130,7 @@ fn ops_config(data_dir: PathBuf, pki: &Path, port: u16) -> OpsConfig {
         budget: Default::default(),
         store: Default::default(),
         retention: Default::default(),
+        notify: Default::default(),
     }
 }
 

@@ -140,6 +140,7 @@ fn migration_4_fills_event_kinds_of_a_store_that_had_none() {
              DROP TABLE site_posts, site_plans, post_timers, emergency;
              DROP INDEX incidents_post_opened, incidents_opened;
              ALTER TABLE incidents DROP COLUMN opened_at;
+             DROP TABLE notifications;
              UPDATE vigil_schema SET version = 3;",
         )
         .unwrap();
@@ -167,7 +168,7 @@ fn migration_4_fills_event_kinds_of_a_store_that_had_none() {
         .query_one("SELECT version FROM vigil_schema", &[])
         .unwrap()
         .get(0);
-    assert_eq!(version, 8);
+    assert_eq!(version, 9);
     let reader = backend.reader().unwrap();
     let health = SeqFilter {
         post_id: "p-1".into(),
@@ -213,7 +214,7 @@ fn migration_7_fills_when_incidents_opened() {
         .batch_execute(
             "DROP INDEX incidents_post_opened, incidents_opened;
              ALTER TABLE incidents DROP COLUMN opened_at;
-             DROP TABLE post_timers, emergency;
+             DROP TABLE post_timers, emergency, notifications;
              UPDATE vigil_schema SET version = 6;",
         )
         .unwrap();
@@ -504,6 +505,13 @@ fn a_sqlite_store_imports_into_postgresql_unchanged() {
             until: Some(t(3600)),
         });
         c.site = Some(vigil_ops::site::parse(SITE).unwrap());
+        c.notifications.push(vigil_ops::store::NewNotification {
+            delivery: "0123456789abcdef0123456789abcdef".into(),
+            webhook: "pager".into(),
+            event: "opened".into(),
+            incident: inc.clone(),
+            at: t(10),
+        });
         tx.apply(&c).unwrap();
         tx.commit().unwrap();
     }
@@ -517,6 +525,7 @@ fn a_sqlite_store_imports_into_postgresql_unchanged() {
     );
     // Two post records, two plans.
     assert_eq!(n.site_records, 4, "{n}");
+    assert_eq!(n.notifications, 1, "{n}");
     // Once is enough: a second import into a store that holds data is
     // refused, and so is a folder without a SQLite store.
     let again = postgres.import_sqlite(dir.path()).unwrap_err().to_string();
@@ -555,6 +564,14 @@ fn a_sqlite_store_imports_into_postgresql_unchanged() {
     );
     assert_eq!(a.site().unwrap(), b.site().unwrap());
     assert_eq!(b.site().unwrap().posts[1].post_id, "p-1");
+    {
+        use vigil_ops::store::NotifyState::Pending;
+        assert_eq!(
+            a.notifications(Pending, None, 10).unwrap(),
+            b.notifications(Pending, None, 10).unwrap()
+        );
+        assert_eq!(b.notifications_due("pager", t(10), 10).unwrap().len(), 1);
+    }
     same(
         "notes",
         format!("{:?}", a.notes(&inc.id).unwrap()),

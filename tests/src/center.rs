@@ -57,9 +57,17 @@ pub struct CenterBuilder {
     revoked: Vec<String>,
     data: Option<PathBuf>,
     replay: api::replay::Limits,
+    notify: Option<Arc<vigil_ops::notify::Routes>>,
 }
 
 impl CenterBuilder {
+    /// Webhooks: the writer enqueues what they select and a sender
+    /// delivers it (as on a leading replica).
+    pub fn notify(mut self, routes: Arc<vigil_ops::notify::Routes>) -> Self {
+        self.notify = Some(routes);
+        self
+    }
+
     /// The incident engine's settings (default: `EngineConfig::default()`).
     pub fn engine(mut self, engine: EngineConfig) -> Self {
         self.engine = engine;
@@ -122,6 +130,8 @@ pub struct Center {
     /// The browser console, once [`Center::start_console`] started it.
     console: Option<(CancellationToken, JoinHandle<()>)>,
     replay: api::replay::Limits,
+    /// The notification sender, if webhooks were given.
+    sender: Option<(CancellationToken, JoinHandle<()>)>,
 }
 
 fn issue(pki: &Path, role: Role, id: &str) {
@@ -173,14 +183,31 @@ impl Center {
         let metrics = Arc::new(Metrics::default());
         let (jobs, jobs_rx) = mpsc::channel(writer::QUEUE_CAPACITY);
         let (done_tx, mut done) = mpsc::channel(writer::DONE_CAPACITY);
-        let writer = writer::spawn_publishing(
+        let routes = options
+            .notify
+            .clone()
+            .unwrap_or_else(vigil_ops::notify::Routes::none);
+        let writer = writer::spawn_notifying(
             Box::new(store),
             engine,
             metrics.clone(),
             jobs_rx,
             done_tx,
             feed.publisher(),
+            routes.clone(),
         );
+        let sender = options.notify.is_some().then(|| {
+            let stop = CancellationToken::new();
+            let task = tokio::spawn(vigil_ops::notify::run(
+                routes,
+                readers.clone(),
+                jobs.clone(),
+                metrics.clone(),
+                || true,
+                stop.clone(),
+            ));
+            (stop, task)
+        });
         // Ingest's part: take every commit report, so the writer never
         // waits on a full channel, and remember which batches committed.
         let committed = Arc::new((Mutex::new(Committed::default()), Notify::new()));
@@ -217,6 +244,7 @@ impl Center {
             writer,
             console: None,
             replay: options.replay,
+            sender,
         };
         center.serve(listener);
         center
@@ -488,6 +516,18 @@ impl Center {
         .expect("batches committed in time");
     }
 
+    /// Runs the engine's timers now (escalation by the acknowledgment
+    /// deadline, test mode expiry), as the ops center's ticker does each
+    /// second.
+    pub async fn tick(&self) {
+        self.jobs
+            .send(Job::Tick {
+                at: SystemTime::now(),
+            })
+            .await
+            .unwrap();
+    }
+
     /// A reader of the store, as the test's own connection.
     pub fn store(&self) -> SqliteStore {
         SqliteStore::open_reader(&self.data).unwrap()
@@ -503,6 +543,13 @@ impl Center {
         }
         if self.api.is_some() {
             self.stop_api().await;
+        }
+        if let Some((stop, task)) = self.sender.take() {
+            stop.cancel();
+            tokio::time::timeout(WAIT, task)
+                .await
+                .expect("the notification sender stops in time")
+                .unwrap();
         }
         drop(self.jobs);
         let writer = self.writer;

@@ -1,6 +1,6 @@
 //! The gRPC client commands: `vigil watch | incidents | ack | assign |
 //! escalate | resolve | reopen | note | step | posts | test-mode | replay |
-//! site | history | report`.
+//! site | history | report | emergency | notify`.
 //!
 //! Each command connects to the operations center's `vigil.v1.OpsCenter`
 //! API over mutual TLS with the caller's own certificate (its OU is the role
@@ -23,9 +23,11 @@
 //! - [`views`]: `history` (one post's incidents and events), `report`
 //!   (per-post figures for a period).
 //! - [`emergency`]: `emergency [start|end]`: emergency mode.
+//! - [`notify`]: `notify list`, `notify retry`: outbound webhook notifications.
 
 pub(crate) mod connect;
 pub(crate) mod emergency;
+pub(crate) mod notify;
 pub(crate) mod query;
 pub(crate) mod render;
 pub(crate) mod replay;
@@ -78,6 +80,9 @@ pub(crate) enum ClientCommand {
     Site(site::SiteCommand),
     /// Emergency mode: show it, start it (--for, --reason, --posts) or end it.
     Emergency(emergency::EmergencyArgs),
+    /// Outbound webhook notifications: list them (--failed) or send a failed one again.
+    #[command(subcommand)]
+    Notify(notify::NotifyCommand),
 }
 
 /// Where the API is and who we are; each flag also comes from the
@@ -127,6 +132,7 @@ pub(crate) fn run(cmd: ClientCommand) -> Result<()> {
             ClientCommand::History(a) => views::history(a).await,
             ClientCommand::Report(a) => views::report(a).await,
             ClientCommand::Emergency(a) => emergency::run(a).await,
+            ClientCommand::Notify(c) => notify::run(c).await,
         }
     })
 }

@@ -39,17 +39,17 @@ use vigil_proto::v1::{
     GetIncidentPlanRequest, GetIncidentRequest,
     GetPostHistoryRequest, GetPostHistoryResponse, GetPostRecordRequest, GetReportRequest,
     ImportSiteRequest, ImportSiteResponse, Incident, IncidentDetail, IncidentPlan,
-    ListIncidentsRequest, ListIncidentsResponse, ListPostsRequest, ListPostsResponse,
-    MarkStepRequest, PostInfo, PostRecord, ReopenRequest, ReplayItem, ReplayRequest, Report,
-    ResolveRequest, SetEmergencyRequest, SetTestModeRequest, SiteDocument, StepOutcome,
-    StepProgress,
-    WatchIncidentsRequest,
+    ListIncidentsRequest, ListIncidentsResponse, ListNotificationsRequest,
+    ListNotificationsResponse, ListPostsRequest, ListPostsResponse, MarkStepRequest,
+    NotificationState, PostInfo, PostRecord, ReopenRequest, ReplayItem, ReplayRequest, Report,
+    ResolveRequest, RetryNotificationRequest, SetEmergencyRequest, SetTestModeRequest,
+    SiteDocument, StepOutcome, StepProgress, WatchIncidentsRequest, WebhookNotification,
     ops_center_server::{OpsCenter, OpsCenterServer},
 };
 
 use crate::{
     engine::{Action, Actor, WorkflowError},
-    store::{IncidentFilter, Store, StoreError, incident_number},
+    store::{IncidentFilter, NotifyState, Store, StoreError, incident_number},
     writer::Job,
 };
 use conn::ConnInfo;
@@ -91,6 +91,8 @@ pub enum Op {
     Report,
     /// Start or end emergency mode.
     SetEmergency,
+    /// List outbound notifications and retry failed ones.
+    Notifications,
 }
 
 /// The one place that says which role may do what.
@@ -414,6 +416,28 @@ fn op_name(op: Op) -> &'static str {
         Op::History => "read post histories",
         Op::Report => "read reports",
         Op::SetEmergency => "start or end emergency mode",
+        Op::Notifications => "list or retry notifications",
+    }
+}
+
+/// A stored notification as the API shows it.
+fn notification_message(n: &crate::store::Notification) -> WebhookNotification {
+    WebhookNotification {
+        id: n.id,
+        delivery: n.delivery.clone(),
+        webhook: n.webhook.clone(),
+        event: n.event.clone(),
+        incident_id: n.incident.id.clone(),
+        post_id: n.incident.post_id.clone(),
+        state: match n.state {
+            NotifyState::Pending => NotificationState::Pending,
+            NotifyState::Delivered => NotificationState::Delivered,
+            NotifyState::Failed => NotificationState::Failed,
+        } as i32,
+        attempts: n.attempts,
+        at: Some(n.at.into()),
+        next_at: Some(n.next_at.into()),
+        last_error: n.last_error.clone(),
     }
 }
 
@@ -847,6 +871,69 @@ impl OpsCenter for Api {
         Ok(Response::new(GetEmergencyResponse { emergency }))
     }
 
+    async fn list_notifications(
+        &self,
+        request: Request<ListNotificationsRequest>,
+    ) -> Result<Response<ListNotificationsResponse>, Status> {
+        authorize(&request, Op::Notifications)?;
+        let req = request.into_inner();
+        let limit = match req.limit {
+            0 => 100,
+            n => (n as usize).min(1000),
+        };
+        let mut states = Vec::new();
+        for s in &req.states {
+            let state = match NotificationState::try_from(*s) {
+                Ok(NotificationState::Pending) => NotifyState::Pending,
+                Ok(NotificationState::Delivered) => NotifyState::Delivered,
+                Ok(NotificationState::Failed) => NotifyState::Failed,
+                _ => {
+                    return Err(Status::invalid_argument(format!(
+                        "states: {s} is not a notification state"
+                    )));
+                }
+            };
+            if !states.contains(&state) {
+                states.push(state);
+            }
+        }
+        if states.is_empty() {
+            states = vec![
+                NotifyState::Pending,
+                NotifyState::Failed,
+                NotifyState::Delivered,
+            ];
+        }
+        let before = (req.before_id > 0).then_some(req.before_id);
+        // One index range per state, merged newest first.
+        let mut found = self
+            .read(move |s| {
+                let mut all = Vec::new();
+                for state in states {
+                    all.extend(s.notifications(state, before, limit)?);
+                }
+                Ok(all)
+            })
+            .await?;
+        found.sort_unstable_by_key(|n| std::cmp::Reverse(n.id));
+        found.truncate(limit);
+        Ok(Response::new(ListNotificationsResponse {
+            notifications: found.iter().map(notification_message).collect(),
+        }))
+    }
+
+    async fn retry_notification(
+        &self,
+        request: Request<RetryNotificationRequest>,
+    ) -> Result<Response<WebhookNotification>, Status> {
+        let peer = authorize(&request, Op::Notifications)?;
+        let id = request.into_inner().id;
+        self.check_store()?;
+        let n = crate::notify::retry(&self.reader, &self.jobs, id).await?;
+        tracing::info!(identity = %peer.identity, id, webhook = %n.webhook, "api: notification put back in the queue");
+        Ok(Response::new(notification_message(&n)))
+    }
+
     async fn export_site(
         &self,
         request: Request<ExportSiteRequest>,
@@ -1101,6 +1188,7 @@ mod tests {
             SeeSecrets,
             Report,
             SetEmergency,
+            Notifications,
         ];
         let all = [
             Watch,
@@ -1120,6 +1208,7 @@ mod tests {
             History,
             Report,
             SetEmergency,
+            Notifications,
         ];
         for op in all {
             assert_eq!(allowed(Role::Analyst, op), analyst.contains(&op), "{op:?}");

@@ -18,6 +18,7 @@
 pub mod archive;
 mod history;
 mod migrations;
+pub mod notify;
 pub mod postgres;
 pub mod retention;
 pub mod shapes;
@@ -42,6 +43,7 @@ use vigil_proto::v1::{
     SiteDocument, StoredEvent,
 };
 
+pub use notify::{NewNotification, Notification, NotifyState, NotifyUpdate};
 pub use postgres::PostgresBackend;
 pub use shapes::{HistoryFilter, OpenedFilter, SeqFilter, TimeKey};
 pub use sqlite::{SqliteBackend, SqliteStore};
@@ -127,6 +129,14 @@ pub struct Changes {
     pub timers: BTreeMap<String, PostTimers>,
     /// Emergency mode changed: `Some(None)` ends it.
     pub emergency: Option<Option<EmergencyMode>>,
+    /// Notifications to enqueue, caused by the changes above (see
+    /// [`notify`]).
+    pub notifications: Vec<NewNotification>,
+    /// Outcomes of delivery attempts, and failed notifications put back.
+    pub notify_updates: Vec<NotifyUpdate>,
+    /// Delivered notifications older than this are deleted (a bounded
+    /// number per commit).
+    pub notify_prune_before: Option<SystemTime>,
 }
 
 impl Changes {
@@ -166,6 +176,9 @@ impl Changes {
             && self.site.is_none()
             && self.timers.is_empty()
             && self.emergency.is_none()
+            && self.notifications.is_empty()
+            && self.notify_updates.is_empty()
+            && self.notify_prune_before.is_none()
     }
 }
 
@@ -390,6 +403,27 @@ pub trait Store: Send {
     fn emergency(&self) -> Result<Option<EmergencyMode>, StoreError>;
     /// One post's record, if the site document has one.
     fn post_record(&self, post_id: &str) -> Result<Option<PostRecord>, StoreError>;
+
+    /// Pending notifications of `webhook` due at `now`, oldest due first,
+    /// at most `limit`.
+    fn notifications_due(
+        &self,
+        webhook: &str,
+        now: SystemTime,
+        limit: usize,
+    ) -> Result<Vec<Notification>, StoreError>;
+    /// Notifications in `state` with an id below `before` (all when
+    /// `None`), newest first, at most `limit`.
+    fn notifications(
+        &self,
+        state: NotifyState,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<Notification>, StoreError>;
+    /// One notification.
+    fn notification(&self, id: u64) -> Result<Option<Notification>, StoreError>;
+    /// How many notifications are in `state`.
+    fn notification_count(&self, state: NotifyState) -> Result<u64, StoreError>;
 
     /// Position of the newest audit entry (0 = none). Audit positions only
     /// grow; the API's incident feed uses them as cursors.

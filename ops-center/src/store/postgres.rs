@@ -35,6 +35,7 @@ use super::{
     Backend, Changes, CommitResult, EngineSnapshot, HistoryFilter, IncidentFilter, OpenedFilter,
     Received, ReceivedFilter, ReceivedKey, SeqFilter, Store, StoreError, StoreTx, StoreWriter,
     TimeKey, incident_id, incident_number,
+    notify::{self, Notification, NotifyState},
     shapes::{self, Param, Query},
     sites,
     sqlite::{from_millis, millis},
@@ -124,6 +125,8 @@ CREATE INDEX requests_waiting ON requests (id) WHERE NOT answered;
     // 8: timer state per post and emergency mode (issue #17: schedules,
     // fail-to-test, `store::timers`).
     super::timers::POSTGRES_MIGRATION,
+    // 9: the outbound notification queue (issue #17, `store::notify`).
+    super::notify::POSTGRES_MIGRATION,
 ];
 
 /// The channel on which a standby announces a request it forwarded to the
@@ -952,6 +955,48 @@ impl Store for PostgresStore {
             .pop())
     }
 
+    fn notifications_due(
+        &self,
+        webhook: &str,
+        now: SystemTime,
+        limit: usize,
+    ) -> Result<Vec<Notification>, StoreError> {
+        notification_rows(&self.query(
+            notify::DUE,
+            &[
+                &(NotifyState::Pending as i64),
+                &webhook,
+                &millis(now),
+                &(limit as i64),
+            ],
+        )?)
+    }
+
+    fn notifications(
+        &self,
+        state: NotifyState,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<Notification>, StoreError> {
+        let before = before.map_or(i64::MAX, |b| b.min(i64::MAX as u64) as i64);
+        notification_rows(&self.query(
+            notify::BY_STATE,
+            &[&(state as i64), &before, &(limit as i64)],
+        )?)
+    }
+
+    fn notification(&self, id: u64) -> Result<Option<Notification>, StoreError> {
+        let Ok(id) = i64::try_from(id) else {
+            return Ok(None);
+        };
+        Ok(notification_rows(&self.query(notify::ONE, &[&id])?)?.pop())
+    }
+
+    fn notification_count(&self, state: NotifyState) -> Result<u64, StoreError> {
+        let n: i64 = self.query(notify::COUNT, &[&(state as i64)])?[0].get(0);
+        Ok(n as u64)
+    }
+
     fn last_audit_position(&self) -> Result<u64, StoreError> {
         let n: Option<i64> = self.query("SELECT max(id) FROM audit", &[])?[0].get(0);
         Ok(n.unwrap_or(0) as u64)
@@ -1325,6 +1370,49 @@ impl StoreTx for PostgresTx<'_> {
                 });
             }
         }
+        for n in &changes.notifications {
+            self.exec(
+                notify::INSERT,
+                &[
+                    &n.delivery,
+                    &n.webhook,
+                    &n.event,
+                    &n.incident.encode_to_vec(),
+                    &millis(n.at),
+                    &millis(n.at),
+                ],
+            )?;
+        }
+        for u in &changes.notify_updates {
+            self.exec(
+                notify::UPDATE,
+                &[
+                    &(u.state as i64),
+                    &i64::from(u.attempts),
+                    &millis(u.next_at),
+                    &u.last_error,
+                    &i64::try_from(u.id).unwrap_or(-1),
+                    &(u.only_if as i64),
+                ],
+            )?;
+        }
+        if let Some(before) = changes.notify_prune_before {
+            let ids: Vec<i64> = self
+                .rows(
+                    notify::PRUNABLE,
+                    &[
+                        &(NotifyState::Delivered as i64),
+                        &millis(before),
+                        &notify::PRUNE_BATCH,
+                    ],
+                )?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            for id in ids {
+                self.exec(notify::DELETE, &[&id])?;
+            }
+        }
         let mut positions = Vec::with_capacity(changes.audit.len());
         if !changes.audit.is_empty() {
             // Positions are taken from the sequence first (ascending, in
@@ -1489,6 +1577,8 @@ pub struct Imported {
     pub notes: u64,
     /// Post records and action plans (the site document).
     pub site_records: u64,
+    /// Outbound notifications, in whatever state.
+    pub notifications: u64,
 }
 
 impl std::fmt::Display for Imported {
@@ -1496,14 +1586,15 @@ impl std::fmt::Display for Imported {
         write!(
             f,
             "{} posts, {} events, {} incidents, {} event links, {} audit entries, {} notes, \
-             {} post records and plans",
+             {} post records and plans, {} notifications",
             self.posts,
             self.events,
             self.incidents,
             self.links,
             self.audit,
             self.notes,
-            self.site_records
+            self.site_records,
+            self.notifications
         )
     }
 }
@@ -1647,12 +1738,37 @@ impl PostgresBackend {
                  SELECT * FROM unnest($1::int8[], $2::text[], $3::text[], $4::bytea[])",
                 &[Col::Int, Col::Text, Col::Text, Col::OptBytes],
             )?;
-            // New positions and note ids continue after the imported ones.
+            let notifications = copy(
+                &src,
+                &mut tx,
+                "SELECT id, delivery, webhook, event, incident, at, state, attempts, next_at, last_error
+                 FROM notifications ORDER BY id",
+                "INSERT INTO notifications (id, delivery, webhook, event, incident, at, state, attempts,
+                   next_at, last_error) OVERRIDING SYSTEM VALUE
+                 SELECT * FROM unnest($1::int8[], $2::text[], $3::text[], $4::text[], $5::bytea[],
+                   $6::int8[], $7::int8[], $8::int8[], $9::int8[], $10::text[])",
+                &[
+                    Col::Int,
+                    Col::Text,
+                    Col::Text,
+                    Col::Text,
+                    Col::OptBytes,
+                    Col::Int,
+                    Col::Int,
+                    Col::Int,
+                    Col::Int,
+                    Col::Text,
+                ],
+            )?;
+            // New positions and note and notification ids continue after
+            // the imported ones.
             tx.batch_execute(
                 "SELECT setval(pg_get_serial_sequence('audit', 'id'),
                                coalesce((SELECT max(id) FROM audit), 0) + 1, false);
                  SELECT setval(pg_get_serial_sequence('notes', 'id'),
-                               coalesce((SELECT max(id) FROM notes), 0) + 1, false);",
+                               coalesce((SELECT max(id) FROM notes), 0) + 1, false);
+                 SELECT setval(pg_get_serial_sequence('notifications', 'id'),
+                               coalesce((SELECT max(id) FROM notifications), 0) + 1, false);",
             )?;
             tx.commit()?;
             Ok(Imported {
@@ -1663,6 +1779,7 @@ impl PostgresBackend {
                 audit,
                 notes,
                 site_records,
+                notifications,
             })
         })
     }
@@ -1745,4 +1862,26 @@ fn copy(
         tx.execute(&insert, &params)?;
         total += n as u64;
     }
+}
+
+/// Notifications from rows of [`notify::DUE`], [`notify::BY_STATE`] or
+/// [`notify::ONE`].
+fn notification_rows(rows: &[Row]) -> Result<Vec<Notification>, StoreError> {
+    rows.iter()
+        .map(|r| {
+            notify::Row {
+                id: r.get(0),
+                delivery: r.get(1),
+                webhook: r.get(2),
+                event: r.get(3),
+                incident: r.get(4),
+                at: r.get(5),
+                state: r.get(6),
+                attempts: r.get(7),
+                next_at: r.get(8),
+                last_error: r.get(9),
+            }
+            .decode()
+        })
+        .collect()
 }

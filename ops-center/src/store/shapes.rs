@@ -854,6 +854,40 @@ pub fn shapes() -> Vec<(&'static str, Shape)> {
             ),
         ),
         (
+            "notifications: due for one webhook",
+            Shape::Fixed(
+                super::notify::DUE,
+                vec![
+                    Param::Int(0),
+                    Param::Text("pager".into()),
+                    Param::Int(millis(t1)),
+                    Param::Int(64),
+                ],
+            ),
+        ),
+        (
+            "notifications: by state, next page",
+            Shape::Fixed(
+                super::notify::BY_STATE,
+                vec![Param::Int(2), Param::Int(1000), Param::Int(51)],
+            ),
+        ),
+        (
+            "notifications: one",
+            Shape::Fixed(super::notify::ONE, vec![Param::Int(7)]),
+        ),
+        (
+            "notifications: how many in a state",
+            Shape::Fixed(super::notify::COUNT, vec![Param::Int(0)]),
+        ),
+        (
+            "notifications: delivered before a time",
+            Shape::Fixed(
+                super::notify::PRUNABLE,
+                vec![Param::Int(1), Param::Int(millis(t0)), Param::Int(1000)],
+            ),
+        ),
+        (
             "retention: incidents resolved before a time",
             Shape::Fixed(
                 super::retention::RESOLVED_BEFORE,

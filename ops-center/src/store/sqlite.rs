@@ -32,6 +32,7 @@ use super::{
     Backend, Changes, CommitResult, EngineSnapshot, HistoryFilter, IncidentFilter, OpenedFilter,
     Received, ReceivedFilter, ReceivedKey, SeqFilter, Store, StoreError, StoreTx, StoreWriter,
     TimeKey, incident_id, incident_number,
+    notify::{self, Notification, NotifyState},
     shapes::{self, Param},
     sites,
     watermark::SeqWatermark,
@@ -101,8 +102,9 @@ pub const DB_FILE: &str = "ops.db";
 /// 2 the event kind and received-order time as indexed columns, 3 post
 /// records and action plans (`store::sites`), 4 when each incident opened
 /// as an indexed column (`store::history`), 5 timer state per post and
-/// emergency mode (`store::timers`).
-const SCHEMA_VERSION: i64 = 5;
+/// emergency mode (`store::timers`), 6 the outbound notification queue
+/// (`store::notify`).
+const SCHEMA_VERSION: i64 = 6;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS posts (
@@ -298,6 +300,12 @@ impl SqliteStore {
                 tx.pragma_update(None, "user_version", 5)?;
                 tx.commit()?;
             }
+            if found < 6 {
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                tx.execute_batch(super::notify::SQLITE_SCHEMA)?;
+                tx.pragma_update(None, "user_version", 6)?;
+                tx.commit()?;
+            }
         } else {
             conn.pragma_update(None, "query_only", true)?;
         }
@@ -396,6 +404,33 @@ impl SqliteStore {
         let mut out = Vec::new();
         for row in rows {
             out.push(to_stored(row?)?);
+        }
+        Ok(out)
+    }
+
+    fn notification_rows(
+        &self,
+        sql: &str,
+        params: impl rusqlite::Params,
+    ) -> Result<Vec<Notification>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(sql)?;
+        let rows = stmt.query_map(params, |r| {
+            Ok(notify::Row {
+                id: r.get(0)?,
+                delivery: r.get(1)?,
+                webhook: r.get(2)?,
+                event: r.get(3)?,
+                incident: r.get(4)?,
+                at: r.get(5)?,
+                state: r.get(6)?,
+                attempts: r.get(7)?,
+                next_at: r.get(8)?,
+                last_error: r.get(9)?,
+            })
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            out.push(row?.decode()?);
         }
         Ok(out)
     }
@@ -591,6 +626,51 @@ impl Store for SqliteStore {
         Ok(self
             .bodies(sites::sqlite::SELECT_POST, params![post_id])?
             .pop())
+    }
+
+    fn notifications_due(
+        &self,
+        webhook: &str,
+        now: SystemTime,
+        limit: usize,
+    ) -> Result<Vec<Notification>, StoreError> {
+        self.notification_rows(
+            notify::DUE,
+            params![
+                NotifyState::Pending as i64,
+                webhook,
+                millis(now),
+                limit as i64
+            ],
+        )
+    }
+
+    fn notifications(
+        &self,
+        state: NotifyState,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<Notification>, StoreError> {
+        let before = before.map_or(i64::MAX, |b| b.min(i64::MAX as u64) as i64);
+        self.notification_rows(
+            notify::BY_STATE,
+            params![state as i64, before, limit as i64],
+        )
+    }
+
+    fn notification(&self, id: u64) -> Result<Option<Notification>, StoreError> {
+        let Ok(id) = i64::try_from(id) else {
+            return Ok(None);
+        };
+        Ok(self.notification_rows(notify::ONE, params![id])?.pop())
+    }
+
+    fn notification_count(&self, state: NotifyState) -> Result<u64, StoreError> {
+        let n: i64 = self
+            .conn
+            .prepare_cached(notify::COUNT)?
+            .query_row(params![state as i64], |r| r.get(0))?;
+        Ok(n as u64)
     }
 
     fn last_audit_position(&self) -> Result<u64, StoreError> {
@@ -880,6 +960,48 @@ impl StoreTx for SqliteTx<'_> {
                 });
             }
         }
+        {
+            let mut stmt = self.tx.prepare_cached(notify::INSERT)?;
+            for n in &changes.notifications {
+                stmt.execute(params![
+                    n.delivery,
+                    n.webhook,
+                    n.event,
+                    n.incident.encode_to_vec(),
+                    millis(n.at),
+                    millis(n.at)
+                ])?;
+            }
+            let mut stmt = self.tx.prepare_cached(notify::UPDATE)?;
+            for u in &changes.notify_updates {
+                stmt.execute(params![
+                    u.state as i64,
+                    i64::from(u.attempts),
+                    millis(u.next_at),
+                    u.last_error,
+                    i64::try_from(u.id).unwrap_or(-1),
+                    u.only_if as i64
+                ])?;
+            }
+            if let Some(before) = changes.notify_prune_before {
+                let ids: Vec<i64> = self
+                    .tx
+                    .prepare_cached(notify::PRUNABLE)?
+                    .query_map(
+                        params![
+                            NotifyState::Delivered as i64,
+                            millis(before),
+                            notify::PRUNE_BATCH
+                        ],
+                        |r| r.get(0),
+                    )?
+                    .collect::<Result<_, _>>()?;
+                let mut stmt = self.tx.prepare_cached(notify::DELETE)?;
+                for id in ids {
+                    stmt.execute(params![id])?;
+                }
+            }
+        }
         let mut positions = Vec::with_capacity(changes.audit.len());
         {
             let mut stmt = self
@@ -1052,6 +1174,7 @@ mod tests {
         "ie",
         "l",
         "posts",
+        "notifications",
     ];
 
     #[test]

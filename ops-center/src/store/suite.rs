@@ -15,8 +15,9 @@ use vigil_proto::v1::{
 };
 
 use super::{
-    Backend, Changes, CommitResult, EventLink, IncidentFilter, PostTimers, Received,
-    ReceivedFilter, StoreError, StoreWriter, TestModeWrite, incident_id,
+    Backend, Changes, CommitResult, EventLink, IncidentFilter, NewNotification, NotifyState,
+    NotifyUpdate, PostTimers, Received, ReceivedFilter, StoreError, StoreWriter, TestModeWrite,
+    incident_id,
 };
 
 /// One case: a fresh, empty backend in, panics on a failed check.
@@ -80,6 +81,10 @@ pub const CASES: &[(&str, Case)] = &[
     (
         "timer_state_is_kept_per_post_and_read_at_start",
         timer_state_is_kept_per_post_and_read_at_start,
+    ),
+    (
+        "notifications_queue_update_conditionally_and_prune",
+        notifications_queue_update_conditionally_and_prune,
     ),
 ];
 
@@ -1373,4 +1378,140 @@ fn timer_state_is_kept_per_post_and_read_at_start(b: &dyn Backend) {
             m
         );
     }
+}
+
+fn notification(delivery: &str, webhook: &str, number: u64, at: SystemTime) -> NewNotification {
+    NewNotification {
+        delivery: delivery.into(),
+        webhook: webhook.into(),
+        event: "escalated".into(),
+        incident: Incident {
+            id: incident_id(number),
+            post_id: "p-1".into(),
+            escalation_level: 1,
+            ..Default::default()
+        },
+        at,
+    }
+}
+
+fn notifications_queue_update_conditionally_and_prune(b: &dyn Backend) {
+    use NotifyState::{Delivered, Failed, Pending};
+    let mut w = b.writer().unwrap();
+    let r = b.reader().unwrap();
+    assert!(r.notifications_due("pager", t(100), 10).unwrap().is_empty());
+
+    // Enqueued with the change; a transaction that does not commit leaves
+    // nothing.
+    {
+        let mut tx = w.begin().unwrap();
+        tx.apply(&Changes {
+            notifications: vec![notification("d-0", "pager", 9, t(10))],
+            ..Default::default()
+        })
+        .unwrap();
+    }
+    assert_eq!(r.notification_count(Pending).unwrap(), 0);
+    let mut tx = w.begin().unwrap();
+    tx.apply(&Changes {
+        notifications: vec![
+            notification("d-1", "pager", 1, t(10)),
+            notification("d-2", "sms", 2, t(11)),
+            notification("d-3", "pager", 3, t(12)),
+        ],
+        ..Default::default()
+    })
+    .unwrap();
+    tx.commit().unwrap();
+    assert_eq!(r.notification_count(Pending).unwrap(), 3);
+
+    // Due per webhook, oldest due first; not before its time.
+    let due = r.notifications_due("pager", t(100), 10).unwrap();
+    assert_eq!(
+        due.iter().map(|n| n.delivery.as_str()).collect::<Vec<_>>(),
+        ["d-1", "d-3"]
+    );
+    assert_eq!(due[0].incident.id, incident_id(1));
+    assert_eq!(due[0].incident.escalation_level, 1);
+    assert_eq!((due[0].state, due[0].attempts), (Pending, 0));
+    assert_eq!(due[0].at, t(10));
+    assert_eq!(r.notifications_due("pager", t(11), 10).unwrap().len(), 1);
+    assert_eq!(r.notifications_due("pager", t(100), 1).unwrap().len(), 1);
+    let (d1, d3) = (due[0].id, due[1].id);
+    assert!(d3 > d1);
+
+    // A retry later, one delivered, one failed.
+    let update = |id, only_if, state, attempts, at, error: &str| NotifyUpdate {
+        id,
+        only_if,
+        state,
+        attempts,
+        next_at: at,
+        last_error: error.into(),
+    };
+    let mut tx = w.begin().unwrap();
+    tx.apply(&Changes {
+        notify_updates: vec![
+            update(d1, Pending, Pending, 1, t(50), "HTTP 500"),
+            update(d3, Pending, Failed, 1, t(13), "HTTP 400"),
+        ],
+        ..Default::default()
+    })
+    .unwrap();
+    tx.commit().unwrap();
+    assert!(r.notifications_due("pager", t(49), 10).unwrap().is_empty());
+    let one = r.notification(d1).unwrap().unwrap();
+    assert_eq!((one.attempts, one.last_error.as_str()), (1, "HTTP 500"));
+    let failed = r.notifications(Failed, None, 10).unwrap();
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0].id, d3);
+    assert_eq!(failed[0].last_error, "HTTP 400");
+    assert_eq!(r.notification(u64::MAX).unwrap(), None);
+
+    // An update whose expected state no longer holds changes nothing.
+    let mut tx = w.begin().unwrap();
+    tx.apply(&Changes {
+        notify_updates: vec![update(d3, Pending, Delivered, 2, t(14), "")],
+        ..Default::default()
+    })
+    .unwrap();
+    tx.commit().unwrap();
+    assert_eq!(r.notification(d3).unwrap().unwrap().state, Failed);
+
+    // Listing by state pages newest first.
+    let pending = r.notifications(Pending, None, 10).unwrap();
+    assert_eq!(pending.len(), 2);
+    assert!(pending[0].id > pending[1].id);
+    let next = r.notifications(Pending, Some(pending[0].id), 10).unwrap();
+    assert_eq!(next.len(), 1);
+    assert_eq!(next[0].id, pending[1].id);
+
+    // Delivered rows older than the cut-off are pruned; others stay.
+    let mut tx = w.begin().unwrap();
+    tx.apply(&Changes {
+        notify_updates: vec![update(d1, Pending, Delivered, 2, t(60), "")],
+        ..Default::default()
+    })
+    .unwrap();
+    tx.commit().unwrap();
+    assert_eq!(r.notification_count(Delivered).unwrap(), 1);
+    let mut tx = w.begin().unwrap();
+    tx.apply(&Changes {
+        notify_prune_before: Some(t(60)),
+        ..Default::default()
+    })
+    .unwrap();
+    tx.commit().unwrap();
+    assert_eq!(r.notification_count(Delivered).unwrap(), 1, "not older");
+    let mut tx = w.begin().unwrap();
+    tx.apply(&Changes {
+        notify_prune_before: Some(t(61)),
+        ..Default::default()
+    })
+    .unwrap();
+    tx.commit().unwrap();
+    assert_eq!(r.notification_count(Delivered).unwrap(), 0);
+    assert_eq!(r.notification(d1).unwrap(), None);
+    assert_eq!(r.notification_count(Failed).unwrap(), 1);
+    assert_eq!(r.notification_count(Pending).unwrap(), 1);
 }
