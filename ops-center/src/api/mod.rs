@@ -36,14 +36,14 @@ use vigil_pki::{Peer, Role};
 use vigil_proto::v1::{
     AcknowledgeRequest, AddNoteRequest, AssignRequest, AuditAction, Disposition, EscalateRequest,
     EventCategory, ExportSiteRequest, FeedItem, GetEmergencyRequest, GetEmergencyResponse,
-    GetIncidentPlanRequest, GetIncidentRequest,
-    GetPostHistoryRequest, GetPostHistoryResponse, GetPostRecordRequest, GetReportRequest,
-    ImportSiteRequest, ImportSiteResponse, Incident, IncidentDetail, IncidentPlan,
-    ListIncidentsRequest, ListIncidentsResponse, ListNotificationsRequest,
-    ListNotificationsResponse, ListPostsRequest, ListPostsResponse, MarkStepRequest,
-    NotificationState, PostInfo, PostRecord, ReopenRequest, ReplayItem, ReplayRequest, Report,
-    ResolveRequest, RetryNotificationRequest, SetEmergencyRequest, SetTestModeRequest,
-    SiteDocument, StepOutcome, StepProgress, WatchIncidentsRequest, WebhookNotification,
+    GetIncidentPlanRequest, GetIncidentRequest, GetPostHistoryRequest, GetPostHistoryResponse,
+    GetPostRecordRequest, GetReportRequest, ImportSiteRequest, ImportSiteResponse, Incident,
+    IncidentDetail, IncidentPlan, ListIncidentsRequest, ListIncidentsResponse,
+    ListNotificationsRequest, ListNotificationsResponse, ListPostsRequest, ListPostsResponse,
+    MarkStepRequest, NotificationState, PostInfo, PostRecord, ReopenRequest, ReplayItem,
+    ReplayRequest, Report, ResolveRequest, RetryNotificationRequest, SetEmergencyRequest,
+    SetTestModeRequest, SiteDocument, StepOutcome, StepProgress, WatchIncidentsRequest,
+    WebhookNotification,
     ops_center_server::{OpsCenter, OpsCenterServer},
 };
 
