@@ -62,35 +62,34 @@ pub(crate) async fn incidents(args: IncidentsArgs) -> Result<()> {
         )
         .await
         .map_err(|e| fail(&s, &e))?;
-        // The action plan and the post's contacts; a server from before
-        // post records has neither.
-        let plan = match unary(
-            s.client.get_incident_plan(GetIncidentPlanRequest {
-                incident_id: detail
-                    .incident
-                    .as_ref()
-                    .map(|i| i.id.clone())
-                    .unwrap_or_default(),
-            }),
-        )
-        .await
-        {
-            Ok(plan) => Some(plan),
-            Err(e) if e.code() == tonic::Code::Unimplemented => None,
-            Err(e) => return Err(fail(&s, &e)),
-        };
-        if args.json {
-            // The detail's fields, and the plan under `plan`.
-            let mut v = render::json(&detail, "IncidentDetail");
-            if let (Some(plan), Some(fields)) = (&plan, v.as_object_mut()) {
-                fields.insert("plan".into(), render::json(plan, "IncidentPlan"));
+        let mut detail = detail;
+        // The action plan and the post's contacts come with the detail; a
+        // server from before that has them apart, and one from before post
+        // records has neither.
+        if detail.plan.is_none() {
+            let incident_id = detail
+                .incident
+                .as_ref()
+                .map(|i| i.id.clone())
+                .unwrap_or_default();
+            match unary(
+                s.client
+                    .get_incident_plan(GetIncidentPlanRequest { incident_id }),
+            )
+            .await
+            {
+                Ok(plan) => detail.plan = Some(plan),
+                Err(e) if e.code() == tonic::Code::Unimplemented => {}
+                Err(e) => return Err(fail(&s, &e)),
             }
-            println!("{v}");
+        }
+        if args.json {
+            println!("{}", render::json(&detail, "IncidentDetail"));
             return Ok(());
         }
         print!("{}", render::incident_detail(&detail));
-        if let Some(plan) = plan {
-            print!("{}", render::incident_plan(&plan));
+        if let Some(plan) = &detail.plan {
+            print!("{}", render::incident_plan(plan));
         }
         return Ok(());
     }

@@ -619,7 +619,7 @@ impl OpsCenter for Api {
         &self,
         request: Request<GetIncidentRequest>,
     ) -> Result<Response<IncidentDetail>, Status> {
-        authorize(&request, Op::Read)?;
+        let peer = authorize(&request, Op::Read)?;
         let id = request.into_inner().incident_id;
         let wanted = id.clone();
         let detail = self
@@ -627,11 +627,16 @@ impl OpsCenter for Api {
                 let Some(incident) = s.incident(&id)? else {
                     return Ok(None);
                 };
+                let post = s.post_record(&incident.post_id)?;
+                let plans = s.site()?.plans;
+                let audit = s.audit(&id)?;
+                let plan = incident_plan(&peer, &incident, &plans, post, &audit);
                 Ok(Some(IncidentDetail {
-                    incident: Some(incident),
                     events: s.incident_events(&id)?,
                     notes: s.notes(&id)?,
-                    audit: s.audit(&id)?,
+                    incident: Some(incident),
+                    audit,
+                    plan: Some(plan),
                 }))
             })
             .await?;
@@ -983,15 +988,9 @@ impl OpsCenter for Api {
             .await?;
         let (incident, plans, post, audit) =
             found.ok_or_else(|| Status::not_found(format!("no incident {wanted}")))?;
-        let category = crate::engine::category_name(incident.category());
-        let plan = crate::site::plan_for(&plans, &category, &incident.post_id).cloned();
-        Ok(Response::new(IncidentPlan {
-            incident_id: incident.id,
-            category,
-            progress: step_progress(&audit, plan.as_ref()),
-            plan,
-            post: post.map(|p| secrets_for(&peer, p)),
-        }))
+        Ok(Response::new(incident_plan(
+            &peer, &incident, &plans, post, &audit,
+        )))
     }
 
     async fn get_post_history(
@@ -1121,6 +1120,26 @@ impl OpsCenter for Api {
         };
         self.workflow(&peer, r.incident_id, r.expected_version, action)
             .await
+    }
+}
+
+/// The plan that applies to `incident` (of the site's `plans`), its
+/// post's record as `peer` may see it, and the marks so far (from `audit`).
+fn incident_plan(
+    peer: &Peer,
+    incident: &Incident,
+    plans: &[vigil_proto::v1::ActionPlan],
+    post: Option<PostRecord>,
+    audit: &[vigil_proto::v1::AuditEntry],
+) -> IncidentPlan {
+    let category = crate::engine::category_name(incident.category());
+    let plan = crate::site::plan_for(plans, &category, &incident.post_id).cloned();
+    IncidentPlan {
+        incident_id: incident.id.clone(),
+        category,
+        progress: step_progress(audit, plan.as_ref()),
+        plan,
+        post: post.map(|p| secrets_for(peer, p)),
     }
 }
 

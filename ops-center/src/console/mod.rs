@@ -75,10 +75,9 @@ use tonic::{Code, Status};
 use vigil_pki::Peer;
 use vigil_proto::v1::{
     AcknowledgeRequest, AddNoteRequest, AssignRequest, Disposition, EscalateRequest, EventKind,
-    GetIncidentPlanRequest, GetIncidentRequest, GetPostHistoryRequest, GetPostRecordRequest,
-    GetReportRequest, ListPostsRequest, MarkStepRequest, Pacing, ReopenRequest, ReplayRequest,
-    ResolveRequest, StepOutcome, WatchIncidentsRequest, feed_item::Item,
-    ops_center_server::OpsCenter,
+    GetIncidentRequest, GetPostHistoryRequest, GetPostRecordRequest, GetReportRequest,
+    ListPostsRequest, MarkStepRequest, Pacing, ReopenRequest, ReplayRequest, ResolveRequest,
+    StepOutcome, WatchIncidentsRequest, feed_item::Item, ops_center_server::OpsCenter,
 };
 
 use crate::api::{Api, ApiContext, Op, allowed, conn::ConnInfo, current_incident};
@@ -517,18 +516,8 @@ async fn incident(
             .unwrap_or(serde_json::Value::Null),
         Err(_) => serde_json::Value::Null,
     };
-    // The action plan and the post's record, secrets as the role allows.
-    let request = GetIncidentPlanRequest {
-        incident_id: detail
-            .incident
-            .as_ref()
-            .map(|i| i.id.clone())
-            .unwrap_or_default(),
-    };
-    body["plan"] = match api.get_incident_plan(call(&info, request)).await {
-        Ok(r) => to_json(r.get_ref(), "IncidentPlan"),
-        Err(_) => serde_json::Value::Null,
-    };
+    // The action plan and the post's record (secrets as the role allows)
+    // come with the detail, under `plan`.
     Json(body).into_response()
 }
 
