@@ -26,7 +26,7 @@ use std::{
 use prost::Message;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
-use vigil_proto::v1::{Disposition, Incident, SiteDocument};
+use vigil_proto::v1::{Disposition, EmergencyMode, Incident, SiteDocument};
 
 use crate::{
     engine::{Action, Actor, WorkflowError},
@@ -46,7 +46,7 @@ struct Request {
     #[prost(int64, tag = "3")]
     at_micros: i64,
     /// `acknowledge`, `assign`, `escalate`, `resolve`, `reopen`, `note`,
-    /// `step_done`, `step_skipped`, `test_mode` or `site`.
+    /// `step_done`, `step_skipped`, `test_mode`, `site` or `emergency`.
     #[prost(string, tag = "4")]
     action: String,
     /// The incident, or the post for `test_mode`.
@@ -70,6 +70,9 @@ struct Request {
     /// standby that took the call).
     #[prost(message, optional, tag = "12")]
     site: Option<SiteDocument>,
+    /// `emergency`: the posts (empty: the region).
+    #[prost(string, repeated, tag = "13")]
+    post_ids: Vec<String>,
 }
 
 /// What became of a forwarded action.
@@ -89,6 +92,9 @@ struct Answer {
     /// Site import: what changed, one line each.
     #[prost(string, repeated, tag = "5")]
     changes: Vec<String>,
+    /// Emergency mode: as it is now (unset: off).
+    #[prost(message, optional, tag = "6")]
+    emergency: Option<EmergencyMode>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, prost::Enumeration)]
@@ -122,7 +128,8 @@ fn request(job: &Job) -> Option<Request> {
     let (actor, at) = match job {
         Job::Workflow { actor, at, .. }
         | Job::TestMode { actor, at, .. }
-        | Job::Site { actor, at, .. } => (actor, *at),
+        | Job::Site { actor, at, .. }
+        | Job::Emergency { actor, at, .. } => (actor, *at),
         _ => return None,
     };
     let mut r = Request {
@@ -184,6 +191,17 @@ fn request(job: &Job) -> Option<Request> {
             r.action = "site".into();
             r.site = Some(site.clone());
         }
+        Job::Emergency {
+            duration,
+            post_ids,
+            reason,
+            ..
+        } => {
+            r.action = "emergency".into();
+            r.duration_ms = duration.as_millis() as u64;
+            r.post_ids.clone_from(post_ids);
+            r.text.clone_from(reason);
+        }
         _ => return None,
     }
     Some(r)
@@ -199,6 +217,16 @@ fn job(r: Request) -> Result<Job, String> {
             return Ok(Job::TestMode {
                 post_id: r.target,
                 duration: Duration::from_millis(r.duration_ms),
+                reason: r.text,
+                actor,
+                at,
+                reply: oneshot::channel().0,
+            });
+        }
+        "emergency" => {
+            return Ok(Job::Emergency {
+                duration: Duration::from_millis(r.duration_ms),
+                post_ids: r.post_ids,
                 reason: r.text,
                 actor,
                 at,
@@ -300,6 +328,19 @@ pub fn site_answer(result: &Result<Vec<String>, WorkflowError>) -> Vec<u8> {
     .encode_to_vec()
 }
 
+/// The answer to an emergency-mode request, as the writer commits it.
+pub fn emergency_answer(result: &Result<Option<EmergencyMode>, WorkflowError>) -> Vec<u8> {
+    match result {
+        Ok(mode) => Answer {
+            outcome: Outcome::Done as i32,
+            emergency: mode.clone(),
+            ..Answer::default()
+        },
+        Err(e) => refusal(e),
+    }
+    .encode_to_vec()
+}
+
 fn error(answer: Answer, target: &str) -> WorkflowError {
     match Outcome::try_from(answer.outcome) {
         Ok(Outcome::NotFound) => WorkflowError::NotFound(target.to_owned()),
@@ -349,12 +390,6 @@ pub fn patience(lease: Duration) -> Duration {
 /// `patience`, then gives up (UNAVAILABLE, nothing changed). Other jobs
 /// are dropped.
 pub async fn forward(backend: PostgresBackend, job: Job, patience: Duration) {
-    if let Job::Emergency { reply, .. } = job {
-        let _ = reply.send(Err(WorkflowError::Unavailable(
-            "emergency mode is set on the leading replica; try again there".into(),
-        )));
-        return;
-    }
     if let Job::Notify { reply, .. } = job {
         // The sender runs on the leader only; a retry asked of a standby
         // is asked again of the leading replica.
@@ -441,6 +476,16 @@ pub async fn forward(backend: PostgresBackend, job: Job, patience: Duration) {
                     Ok(a.changes)
                 } else {
                     Err(error(a, "site"))
+                }
+            });
+            let _ = reply.send(result);
+        }
+        Job::Emergency { reply, .. } => {
+            let result = result.and_then(|a| {
+                if a.outcome == Outcome::Done as i32 {
+                    Ok(a.emergency)
+                } else {
+                    Err(error(a, "emergency"))
                 }
             });
             let _ = reply.send(result);
@@ -650,6 +695,29 @@ mod tests {
                 assert_eq!((actor, back_at), (Actor::new("ada", "admin"), at));
             }
             other => panic!("not a site job: {other:?}"),
+        }
+        let emergency = Job::Emergency {
+            duration: Duration::from_secs(7200),
+            post_ids: vec!["p-1".into(), "p-2".into()],
+            reason: "storm".into(),
+            actor: Actor::new("sam", "supervisor"),
+            at,
+            reply: oneshot::channel().0,
+        };
+        match round_trip(&emergency) {
+            Job::Emergency {
+                duration,
+                post_ids,
+                reason,
+                actor,
+                ..
+            } => {
+                assert_eq!(duration, Duration::from_secs(7200));
+                assert_eq!(post_ids, ["p-1", "p-2"]);
+                assert_eq!(reason, "storm");
+                assert_eq!(actor, Actor::new("sam", "supervisor"));
+            }
+            other => panic!("not an emergency job: {other:?}"),
         }
     }
 

@@ -459,7 +459,7 @@ impl Writer {
                     committed.tokens.push(token);
                     kept.push(Job::Status { status, at, token });
                 }
-                job @ (Job::Workflow { .. } | Job::TestMode { .. }) => {
+                job @ (Job::Workflow { .. } | Job::TestMode { .. } | Job::Emergency { .. }) => {
                     if let Some(reply) = act(&mut self.engine, job, &mut stored, &mut changes) {
                         replies.push(reply);
                     }
@@ -497,8 +497,9 @@ impl Writer {
                         Some(Reply::Site(_, lines)) => {
                             crate::forward::site_answer(&Ok(lines.clone()))
                         }
-                        // Never forwarded (see `forward::forward`).
-                        Some(Reply::Emergency(..) | Reply::Notify(_)) | None => continue,
+                        Some(Reply::Emergency(_, r)) => crate::forward::emergency_answer(r),
+                        // Never forwarded (the leader's own sender).
+                        Some(Reply::Notify(_)) | None => continue,
                     };
                     replies.extend(reply);
                     if let Err(e) = tx.answer_request(id, &answer) {
@@ -521,24 +522,6 @@ impl Writer {
                         reply,
                         &mut changes,
                     ));
-                }
-                Job::Emergency {
-                    duration,
-                    post_ids,
-                    reason,
-                    actor,
-                    at,
-                    reply,
-                } => {
-                    let r = self.engine.set_emergency(
-                        duration,
-                        &post_ids,
-                        &reason,
-                        &actor,
-                        at,
-                        &mut changes,
-                    );
-                    replies.push(Reply::Emergency(reply, r));
                 }
                 Job::Tick { at } => {
                     self.engine.tick(at, &mut changes);
@@ -669,6 +652,17 @@ fn act(
         } => {
             let result = engine.set_test_mode(&post_id, duration, &reason, &actor, at, changes);
             Some(Reply::TestMode(reply, result))
+        }
+        Job::Emergency {
+            duration,
+            post_ids,
+            reason,
+            actor,
+            at,
+            reply,
+        } => {
+            let result = engine.set_emergency(duration, &post_ids, &reason, &actor, at, changes);
+            Some(Reply::Emergency(reply, result))
         }
         _ => None,
     }

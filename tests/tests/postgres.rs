@@ -543,7 +543,42 @@ async fn a_standby_takes_actions_through_the_leader() {
         .expect_err("an analyst may not import");
     assert_eq!(bad.code(), Code::PermissionDenied, "{bad:?}");
 
-    assert!(second.metrics.actions_forwarded.load(Relaxed) >= 7);
+    // Emergency mode started on the standby: the leader holds it (and says
+    // so), and a refusal of the leader's (no reason) comes back as such.
+    let started = supervisor
+        .set_emergency(vigil_proto::v1::SetEmergencyRequest {
+            duration_seconds: 3600,
+            post_ids: vec!["p-1".into()],
+            reason: "storm".into(),
+        })
+        .await
+        .expect("emergency mode on a standby")
+        .into_inner()
+        .emergency
+        .expect("on");
+    assert_eq!(
+        (started.post_ids.as_slice(), started.reason.as_str()),
+        (&["p-1".to_owned()][..], "storm")
+    );
+    assert_eq!(started.started_by, "sam");
+    let on_leader = leader_supervisor
+        .get_emergency(vigil_proto::v1::GetEmergencyRequest {})
+        .await
+        .expect("get on the leader")
+        .into_inner()
+        .emergency;
+    assert_eq!(on_leader, Some(started));
+    let refused = supervisor
+        .set_emergency(vigil_proto::v1::SetEmergencyRequest {
+            duration_seconds: 3600,
+            post_ids: vec![],
+            reason: " ".into(),
+        })
+        .await
+        .expect_err("a reason is required");
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+
+    assert!(second.metrics.actions_forwarded.load(Relaxed) >= 9);
     assert_eq!(
         second.metrics.commits.load(Relaxed),
         0,

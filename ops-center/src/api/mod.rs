@@ -854,10 +854,7 @@ impl OpsCenter for Api {
         };
         let gone = || Status::unavailable("operations center shutting down");
         self.jobs.send(job).await.map_err(|_| gone())?;
-        let emergency = rx.await.map_err(|_| gone())?.map_err(|e| match e {
-            WorkflowError::Unavailable(m) => Status::unavailable(m),
-            e => workflow_status(e),
-        })?;
+        let emergency = rx.await.map_err(|_| gone())?.map_err(workflow_status)?;
         tracing::info!(identity = %peer.identity, on = emergency.is_some(), "api: emergency mode set");
         Ok(Response::new(GetEmergencyResponse { emergency }))
     }
