@@ -467,6 +467,20 @@ impl Api {
 
     /// Refuses a change at once while the store cannot write. (A standby
     /// replica's store is fine: it forwards changes to the leader.)
+    /// Hands a change to the writer (through the standby's forwarding when
+    /// this replica stands by) and waits for its outcome: `job` is built
+    /// around the reply channel. The store's health is checked first.
+    async fn submit<T>(
+        &self,
+        job: impl FnOnce(oneshot::Sender<Result<T, WorkflowError>>) -> Job,
+    ) -> Result<T, Status> {
+        self.check_store()?;
+        let (reply, rx) = oneshot::channel();
+        let gone = || Status::unavailable("operations center shutting down");
+        self.jobs.send(job(reply)).await.map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())?.map_err(workflow_status)
+    }
+
     fn check_store(&self) -> Result<(), Status> {
         if *self.store_ok.borrow() {
             Ok(())
@@ -497,30 +511,18 @@ impl Api {
                 "expected_version is required: pass the version of the incident you saw",
             ));
         }
-        self.check_store()?;
-        let (reply, rx) = oneshot::channel();
-        let job = Job::Workflow {
-            incident_id,
-            expected_version,
-            action,
-            actor: actor(peer),
-            at: SystemTime::now(),
-            reply,
-        };
-        self.jobs
-            .send(job)
-            .await
-            .map_err(|_| Status::unavailable("operations center shutting down"))?;
-        let result = rx
-            .await
-            .map_err(|_| Status::unavailable("operations center shutting down"))?;
-        match result {
-            Ok(incident) => {
-                tracing::info!(identity = %peer.identity, incident = %incident.id, version = incident.version, "api: incident changed");
-                Ok(Response::new(incident))
-            }
-            Err(e) => Err(workflow_status(e)),
-        }
+        let incident = self
+            .submit(|reply| Job::Workflow {
+                incident_id,
+                expected_version,
+                action,
+                actor: actor(peer),
+                at: SystemTime::now(),
+                reply,
+            })
+            .await?;
+        tracing::info!(identity = %peer.identity, incident = %incident.id, version = incident.version, "api: incident changed");
+        Ok(Response::new(incident))
     }
 }
 
@@ -766,25 +768,22 @@ impl OpsCenter for Api {
     ) -> Result<Response<PostInfo>, Status> {
         let peer = authorize(&request, Op::SetTestMode)?;
         let r = request.into_inner();
-        self.check_store()?;
         // Only a post the operations center has heard from: a typo must not
         // create a phantom post.
         let id = r.post_id.clone();
         if self.read(move |s| s.post(&id)).await?.is_none() {
             return Err(Status::not_found(format!("no post {:?}", r.post_id)));
         }
-        let (reply, rx) = oneshot::channel();
-        let job = Job::TestMode {
-            post_id: r.post_id.clone(),
-            duration: Duration::from_secs(r.duration_seconds.into()),
-            reason: r.reason,
-            actor: actor(&peer),
-            at: SystemTime::now(),
-            reply,
-        };
-        let gone = || Status::unavailable("operations center shutting down");
-        self.jobs.send(job).await.map_err(|_| gone())?;
-        let until = rx.await.map_err(|_| gone())?.map_err(workflow_status)?;
+        let until = self
+            .submit(|reply| Job::TestMode {
+                post_id: r.post_id.clone(),
+                duration: Duration::from_secs(r.duration_seconds.into()),
+                reason: r.reason,
+                actor: actor(&peer),
+                at: SystemTime::now(),
+                reply,
+            })
+            .await?;
         let id = r.post_id.clone();
         let info = self.read(move |s| s.post(&id)).await?;
         let mut info = info.unwrap_or(PostInfo {
@@ -821,17 +820,14 @@ impl OpsCenter for Api {
                 crate::site::SiteErrors(problems).to_string(),
             ));
         }
-        self.check_store()?;
-        let (reply, rx) = oneshot::channel();
-        let job = Job::Site {
-            site,
-            actor: actor(&peer),
-            at: SystemTime::now(),
-            reply,
-        };
-        let gone = || Status::unavailable("operations center shutting down");
-        self.jobs.send(job).await.map_err(|_| gone())?;
-        let changes = rx.await.map_err(|_| gone())?.map_err(workflow_status)?;
+        let changes = self
+            .submit(|reply| Job::Site {
+                site,
+                actor: actor(&peer),
+                at: SystemTime::now(),
+                reply,
+            })
+            .await?;
         tracing::info!(identity = %peer.identity, changes = changes.len(), "api: site document imported");
         Ok(Response::new(ImportSiteResponse { changes }))
     }
@@ -842,19 +838,16 @@ impl OpsCenter for Api {
     ) -> Result<Response<GetEmergencyResponse>, Status> {
         let peer = authorize(&request, Op::SetEmergency)?;
         let r = request.into_inner();
-        self.check_store()?;
-        let (reply, rx) = oneshot::channel();
-        let job = Job::Emergency {
-            duration: Duration::from_secs(r.duration_seconds.into()),
-            post_ids: r.post_ids,
-            reason: r.reason,
-            actor: actor(&peer),
-            at: SystemTime::now(),
-            reply,
-        };
-        let gone = || Status::unavailable("operations center shutting down");
-        self.jobs.send(job).await.map_err(|_| gone())?;
-        let emergency = rx.await.map_err(|_| gone())?.map_err(workflow_status)?;
+        let emergency = self
+            .submit(|reply| Job::Emergency {
+                duration: Duration::from_secs(r.duration_seconds.into()),
+                post_ids: r.post_ids,
+                reason: r.reason,
+                actor: actor(&peer),
+                at: SystemTime::now(),
+                reply,
+            })
+            .await?;
         tracing::info!(identity = %peer.identity, on = emergency.is_some(), "api: emergency mode set");
         Ok(Response::new(GetEmergencyResponse { emergency }))
     }
