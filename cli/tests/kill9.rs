@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use vigil_ops::store::Store;
 use vigil_proto::v1::event;
 use vigil_sim::panel::{self as simulator, PanelConfig};
-use vigil_tests::{Region, WAIT, eventually, open_store};
+use vigil_tests::{Region, WAIT, eventually, open_store, webhook::Receiver};
 
 /// A free loopback port for TCP and UDP.
 async fn free_port() -> SocketAddr {
@@ -213,93 +213,12 @@ async fn kill_9_of_the_ops_center_mid_ingest_loses_and_duplicates_nothing() {
     assert_eq!(store.durable_through("p-1").unwrap(), last);
 }
 
-/// A webhook receiver on 127.0.0.1 speaking just enough HTTP/1.1: it
-/// records each request's `X-Vigil-Delivery` and answers `status` (one
-/// request per connection, as the sender makes them).
-struct Hook {
-    url: String,
-    deliveries: std::sync::Arc<std::sync::Mutex<Vec<(String, u16)>>>,
-    status: std::sync::Arc<std::sync::atomic::AtomicU16>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Hook {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl Hook {
-    async fn start(status: u16) -> Self {
-        use std::sync::{Arc, Mutex, atomic::AtomicU16};
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}/in", listener.local_addr().unwrap());
-        let deliveries: Arc<Mutex<Vec<(String, u16)>>> = Arc::default();
-        let status = Arc::new(AtomicU16::new(status));
-        let task = tokio::spawn({
-            let (deliveries, status) = (deliveries.clone(), status.clone());
-            async move {
-                while let Ok((mut tcp, _)) = listener.accept().await {
-                    let (deliveries, status) = (deliveries.clone(), status.clone());
-                    tokio::spawn(async move {
-                        let mut buf = Vec::new();
-                        let mut chunk = [0u8; 4096];
-                        // Headers, then as much body as they announce.
-                        let (head, body_len) = loop {
-                            let Ok(n) = tcp.read(&mut chunk).await else {
-                                return;
-                            };
-                            if n == 0 || buf.len() > 1 << 20 {
-                                return;
-                            }
-                            buf.extend_from_slice(&chunk[..n]);
-                            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                                let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
-                                let len = head
-                                    .lines()
-                                    .find_map(|l| l.strip_prefix("content-length:"))
-                                    .and_then(|v| v.trim().parse::<usize>().ok())
-                                    .unwrap_or(0);
-                                break (head, end + 4 + len);
-                            }
-                        };
-                        while buf.len() < body_len {
-                            let Ok(n) = tcp.read(&mut chunk).await else {
-                                return;
-                            };
-                            if n == 0 {
-                                return;
-                            }
-                            buf.extend_from_slice(&chunk[..n]);
-                        }
-                        let delivery = head
-                            .lines()
-                            .find_map(|l| l.strip_prefix("x-vigil-delivery:"))
-                            .unwrap_or_default()
-                            .trim()
-                            .to_owned();
-                        let code = status.load(std::sync::atomic::Ordering::SeqCst);
-                        deliveries.lock().unwrap().push((delivery, code));
-                        let answer = format!(
-                            "HTTP/1.1 {code} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
-                        );
-                        let _ = tcp.write_all(answer.as_bytes()).await;
-                    });
-                }
-            }
-        });
-        Self {
-            url,
-            deliveries,
-            status,
-            task,
-        }
-    }
-
-    fn deliveries(&self) -> Vec<(String, u16)> {
-        self.deliveries.lock().unwrap().clone()
-    }
+/// Each request's delivery id and the status it was answered with.
+fn deliveries(hook: &Receiver) -> Vec<(String, u16)> {
+    hook.got()
+        .into_iter()
+        .map(|g| (g.delivery, g.status))
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -307,7 +226,8 @@ async fn kill_9_with_a_notification_pending_delivers_it_after_the_restart() {
     let region = Region::new();
     let broker = region.start_broker("127.0.0.1:0".parse().unwrap()).await;
     let gateway = region.start_gateway("p-1", broker.addr(), "").await;
-    let hook = Hook::start(503).await;
+    let hook = Receiver::start(&[], false, None).await;
+    hook.answer(503);
     std::fs::write(region.path("hook.secret"), "kill-9-secret").unwrap();
     let notify = format!(
         "[[notify.webhook]]\nname = \"pager\"\nurl = \"{}\"\nsecret_file = \"hook.secret\"\n\
@@ -338,9 +258,9 @@ async fn kill_9_with_a_notification_pending_delivers_it_after_the_restart() {
         .await
         .expect("panel");
     assert_eq!(summary.counts.failed, 0, "{summary}");
-    eventually("a notification tried", || !hook.deliveries().is_empty()).await;
+    eventually("a notification tried", || !deliveries(&hook).is_empty()).await;
     drop(guard);
-    let before = hook.deliveries();
+    let before = deliveries(&hook);
     assert!(
         before.iter().all(|(d, code)| d.len() == 32 && *code == 503),
         "{before:?}"
@@ -349,11 +269,10 @@ async fn kill_9_with_a_notification_pending_delivers_it_after_the_restart() {
 
     // Restarted (in process), with the receiver taking them now: each one
     // tried before is delivered, once.
-    hook.status.store(200, std::sync::atomic::Ordering::SeqCst);
+    hook.answer(200);
     let ops = region.start_ops_with(broker.addr(), &notify).await;
     eventually("delivered after the restart", || {
-        let ok: BTreeSet<String> = hook
-            .deliveries()
+        let ok: BTreeSet<String> = deliveries(&hook)
             .into_iter()
             .filter(|(_, code)| *code == 200)
             .map(|(d, _)| d)
@@ -385,8 +304,7 @@ async fn kill_9_with_a_notification_pending_delivers_it_after_the_restart() {
     assert_eq!(stored.len(), delivered.len(), "one row per delivery id");
     assert!(tried.is_subset(&stored));
     // Each delivered exactly once (one 200 per delivery id).
-    let oks: Vec<String> = hook
-        .deliveries()
+    let oks: Vec<String> = deliveries(&hook)
         .into_iter()
         .filter(|(_, code)| *code == 200)
         .map(|(d, _)| d)

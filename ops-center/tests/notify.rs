@@ -4,16 +4,8 @@
 //! certificate of a test CA). The receivers record every request; the
 //! HMAC signatures are checked by Python's own `hmac` module.
 
-use std::{
-    collections::VecDeque,
-    path::Path,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{path::Path, sync::Arc, time::Duration};
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use tokio::net::TcpListener;
 use tonic::Code;
 use vigil_ops::{
     engine::{AckDeadlines, EngineConfig},
@@ -28,139 +20,8 @@ use vigil_proto::v1::{
 use vigil_tests::{
     WAIT,
     center::{Center, alarm, now_secs},
+    webhook::{Got, Receiver},
 };
-
-/// One request a receiver got.
-#[derive(Debug, Clone)]
-struct Got {
-    path: String,
-    delivery: String,
-    timestamp: String,
-    signature: String,
-    event: String,
-    body: Vec<u8>,
-}
-
-impl Got {
-    fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap()
-    }
-}
-
-/// A webhook receiver on 127.0.0.1: answers each request with the next
-/// status of `answers`, then 200; or (`hang`) accepts and never answers.
-struct Receiver {
-    url: String,
-    got: Arc<Mutex<Vec<Got>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Receiver {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl Receiver {
-    async fn start(answers: &[u16], hang: bool, tls: Option<tokio_rustls::TlsAcceptor>) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let url = match tls {
-            Some(_) => format!("https://localhost:{port}/hooks/in"),
-            None => format!("http://127.0.0.1:{port}/hooks/in"),
-        };
-        let got: Arc<Mutex<Vec<Got>>> = Arc::default();
-        let answers = Arc::new(Mutex::new(answers.iter().copied().collect::<VecDeque<_>>()));
-        let task = tokio::spawn({
-            let got = got.clone();
-            async move {
-                let mut held = Vec::new();
-                loop {
-                    let Ok((tcp, _)) = listener.accept().await else {
-                        return;
-                    };
-                    if hang {
-                        // Read nothing, answer nothing, keep it open.
-                        held.push(tcp);
-                        continue;
-                    }
-                    let (got, answers, tls) = (got.clone(), answers.clone(), tls.clone());
-                    tokio::spawn(async move {
-                        let service = hyper::service::service_fn(move |req| {
-                            let (got, answers) = (got.clone(), answers.clone());
-                            async move { record(req, &got, &answers).await }
-                        });
-                        let http = hyper::server::conn::http1::Builder::new();
-                        match tls {
-                            Some(tls) => {
-                                let Ok(stream) = tls.accept(tcp).await else {
-                                    return;
-                                };
-                                let io = hyper_util::rt::TokioIo::new(stream);
-                                let _ = http.serve_connection(io, service).await;
-                            }
-                            None => {
-                                let io = hyper_util::rt::TokioIo::new(tcp);
-                                let _ = http.serve_connection(io, service).await;
-                            }
-                        }
-                    });
-                }
-            }
-        });
-        Self { url, got, task }
-    }
-
-    fn got(&self) -> Vec<Got> {
-        self.got.lock().unwrap().clone()
-    }
-
-    /// Waits until `n` requests came (bounded).
-    async fn until(&self, n: usize) -> Vec<Got> {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            let got = self.got();
-            if got.len() >= n {
-                return got;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{} requests of {n} came",
-                got.len()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-async fn record(
-    req: hyper::Request<hyper::body::Incoming>,
-    got: &Mutex<Vec<Got>>,
-    answers: &Mutex<VecDeque<u16>>,
-) -> Result<hyper::Response<Full<Bytes>>, hyper::Error> {
-    let header = |name: &str| {
-        req.headers()
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_owned()
-    };
-    let g = Got {
-        path: req.uri().path().to_owned(),
-        delivery: header("x-vigil-delivery"),
-        timestamp: header("x-vigil-timestamp"),
-        signature: header("x-vigil-signature"),
-        event: header("x-vigil-event"),
-        body: Vec::new(),
-    };
-    let body = req.into_body().collect().await?.to_bytes().to_vec();
-    got.lock().unwrap().push(Got { body, ..g });
-    let status = answers.lock().unwrap().pop_front().unwrap_or(200);
-    Ok(hyper::Response::builder()
-        .status(status)
-        .body(Full::new(Bytes::from_static(b"{}")))
-        .unwrap())
-}
 
 /// Routes from a `[notify]` TOML text, with `SECRET` and `KEY` files
 /// written in `dir`.

@@ -19,6 +19,7 @@ pub mod center;
 pub mod faults;
 pub mod gateway;
 pub mod postgres;
+pub mod webhook;
 
 use std::{
     net::SocketAddr,
