@@ -51,10 +51,17 @@ struct Replicas {
 }
 
 async fn replicas() -> Option<Replicas> {
+    replicas_with("", |_| {}).await
+}
+
+/// [`replicas`], both with `more` in their ops config, after `prepare` had
+/// the region (e.g. to write files the config names).
+async fn replicas_with(more: &str, prepare: impl FnOnce(&Region)) -> Option<Replicas> {
     let pg = Postgres::start()?;
     let url = pg.create_db();
-    let extra = format!("[store]\nurl = \"{url}\"\nlease_secs = 2\n");
+    let extra = format!("[store]\nurl = \"{url}\"\nlease_secs = 2\n{more}");
     let region = Region::new();
+    prepare(&region);
     let broker = region.start_broker("127.0.0.1:0".parse().unwrap()).await;
     let first = region.start_ops_with(broker.addr(), &extra).await;
     // The first to start leads; the second stands by.
@@ -674,4 +681,101 @@ async fn a_standby_feed_misses_no_incident() {
     second.stop().await;
     first.stop().await;
     broker.stop().await;
+}
+
+/// Webhook notifications with two replicas: only the leader sends (the
+/// standby's counters stay at zero while it stands by); when the leader
+/// dies with notifications still failing at the receiver, the next leader
+/// takes them from the shared queue and delivers each, and the queue ends
+/// with one delivered row per delivery id and nothing pending. (The dead
+/// leader here is a task aborted in this process, whose sender may still
+/// get a request out before it notices: delivery is at least once, which
+/// the receiver's delivery ids make safe, so that is what is asserted.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notifications_survive_a_failover() {
+    use vigil_ops::store::{Backend, NotifyState, PostgresBackend};
+    use vigil_tests::webhook::Receiver;
+
+    let hook = Receiver::start(&[], false, None).await;
+    hook.answer(503);
+    let notify = format!(
+        "[[notify.webhook]]\nname = \"pager\"\nurl = \"{}\"\nsecret_file = \"hook.secret\"\n\
+         events = [\"opened\"]\nretry_initial_ms = 50\nretry_max_secs = 1\n",
+        hook.url
+    );
+    // The secret file is read when a replica starts, beside its config.
+    let Some(Replicas {
+        pg,
+        url,
+        region,
+        broker,
+        first,
+        second,
+        gw,
+    }) = replicas_with(&notify, |region| {
+        std::fs::write(region.path("hook.secret"), "failover-secret").unwrap();
+    })
+    .await
+    else {
+        return;
+    };
+    panel(gw.dc09, 4, 1, std::time::Duration::from_millis(5)).await;
+    eventually("everything receipted", || gw.all_receipted()).await;
+    eventually("notifications tried and refused", || {
+        hook.got().iter().any(|g| g.status == 503)
+    })
+    .await;
+    assert_eq!(
+        second.metrics.notify_retried.load(Relaxed) + second.metrics.notify_delivered.load(Relaxed),
+        0,
+        "a standby sends nothing"
+    );
+    let tried: BTreeSet<String> = hook.got().into_iter().map(|g| g.delivery).collect();
+
+    // The leader dies; the receiver takes them from now on.
+    first.task.abort();
+    let _ = first.task.await;
+    hook.answer(200);
+    eventually("the standby leads", || second.metrics.leading.load(Relaxed)).await;
+    eventually("each one tried before delivered", || {
+        let ok: BTreeSet<String> = hook
+            .got()
+            .into_iter()
+            .filter(|g| g.status == 200)
+            .map(|g| g.delivery)
+            .collect();
+        tried.is_subset(&ok)
+    })
+    .await;
+    // The queue as the database has it (the blocking client, off the
+    // runtime), once nothing is pending any more (bounded: 30 s).
+    let (pending, delivered) = tokio::task::spawn_blocking(move || {
+        let backend = PostgresBackend::open(&url).unwrap();
+        let reader = backend.reader().unwrap();
+        let mut pending = u64::MAX;
+        for _ in 0..600 {
+            pending = reader.notification_count(NotifyState::Pending).unwrap();
+            if pending == 0 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let delivered = reader
+            .notifications(NotifyState::Delivered, None, 1000)
+            .unwrap();
+        (pending, delivered)
+    })
+    .await
+    .unwrap();
+    assert_eq!(pending, 0, "nothing left pending");
+    let ids: BTreeSet<String> = delivered.iter().map(|n| n.delivery.clone()).collect();
+    assert_eq!(ids.len(), delivered.len(), "one row per delivery id");
+    assert!(tried.is_subset(&ids), "{tried:?} {ids:?}");
+    assert!(second.metrics.notify_delivered.load(Relaxed) >= 1);
+
+    drop(region);
+    gw.stop().await;
+    second.stop().await;
+    broker.stop().await;
+    drop(pg);
 }
