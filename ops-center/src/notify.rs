@@ -37,6 +37,7 @@ use tokio_util::sync::CancellationToken;
 use vigil_proto::v1::{AuditAction, Incident, PostRecord, Priority};
 
 use crate::{
+    engine::WorkflowError,
     metrics::Metrics,
     store::{Changes, NewNotification, Notification, NotifyState, NotifyUpdate, Readers},
     writer::Job,
@@ -932,30 +933,13 @@ async fn deliver(
     }
 }
 
-/// Puts failed notification `id` back in the queue, due now, with its
-/// attempts counted from zero again.
-pub async fn retry(
-    readers: &Arc<Readers>,
-    jobs: &mpsc::Sender<Job>,
-    id: u64,
-) -> Result<Notification, tonic::Status> {
-    let store_failed = |e: crate::store::StoreError| tonic::Status::unavailable(e.to_string());
-    let not_found = || tonic::Status::not_found(format!("no notification {id}"));
-    let n = readers
-        .read(move |s| s.notification(id))
-        .await
-        .map_err(store_failed)?
-        .ok_or_else(not_found)?;
-    if n.state != NotifyState::Failed {
-        return Err(tonic::Status::failed_precondition(format!(
-            "notification {id} is {}; only a failed one can be retried",
-            n.state.name()
-        )));
-    }
-    let (reply, answer) = oneshot::channel();
-    let job = Job::Notify {
+/// The writer's job that puts failed notification `n` back in the queue,
+/// due now, with its attempts counted from zero again (only if it is still
+/// failed when the writer gets to it).
+pub fn retry_job(n: &Notification, reply: oneshot::Sender<Result<(), WorkflowError>>) -> Job {
+    Job::Notify {
         updates: vec![NotifyUpdate {
-            id,
+            id: n.id,
             only_if: NotifyState::Failed,
             state: NotifyState::Pending,
             attempts: 0,
@@ -963,18 +947,7 @@ pub async fn retry(
             last_error: n.last_error.clone(),
         }],
         reply,
-    };
-    let gone = || tonic::Status::unavailable("operations center shutting down");
-    jobs.send(job).await.map_err(|_| gone())?;
-    answer
-        .await
-        .map_err(|_| gone())?
-        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-    readers
-        .read(move |s| s.notification(id))
-        .await
-        .map_err(store_failed)?
-        .ok_or_else(not_found)
+    }
 }
 
 /// Whether a webhook of this name is configured (listing shows rows of

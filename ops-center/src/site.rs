@@ -513,40 +513,27 @@ pub fn diff(old: &SiteDocument, new: &SiteDocument) -> Vec<SiteChange> {
                 format!("post {} added", post.post_id),
             )),
             Some(was) if was != post => {
-                let mut parts = Vec::new();
-                if was.name != post.name {
-                    parts.push("name");
-                }
-                if was.address != post.address {
-                    parts.push("address");
-                }
-                if was.timezone != post.timezone {
-                    parts.push("timezone");
-                }
-                if was.zones != post.zones {
-                    parts.push("zones");
-                }
-                if was.cameras != post.cameras {
-                    parts.push("cameras");
-                }
-                if was.contacts != post.contacts {
-                    parts.push("contacts");
-                }
-                if was.duress_words != post.duress_words {
-                    parts.push("duress words");
-                }
-                if was.passcodes != post.passcodes {
-                    parts.push("passcodes");
-                }
-                if was.schedules != post.schedules {
-                    parts.push("schedules");
-                }
-                if was.holidays != post.holidays {
-                    parts.push("holidays");
-                }
-                if was.test_interval_hours != post.test_interval_hours {
-                    parts.push("test interval");
-                }
+                // Which fields changed, by name (secrets named, not shown).
+                let fields = [
+                    ("name", was.name != post.name),
+                    ("address", was.address != post.address),
+                    ("timezone", was.timezone != post.timezone),
+                    ("zones", was.zones != post.zones),
+                    ("cameras", was.cameras != post.cameras),
+                    ("contacts", was.contacts != post.contacts),
+                    ("duress words", was.duress_words != post.duress_words),
+                    ("passcodes", was.passcodes != post.passcodes),
+                    ("schedules", was.schedules != post.schedules),
+                    ("holidays", was.holidays != post.holidays),
+                    (
+                        "test interval",
+                        was.test_interval_hours != post.test_interval_hours,
+                    ),
+                ];
+                let parts: Vec<&str> = fields
+                    .into_iter()
+                    .filter_map(|(name, changed)| changed.then_some(name))
+                    .collect();
                 out.push(change(
                     &post.post_id,
                     format!("post {} changed: {}", post.post_id, parts.join(", ")),

@@ -630,7 +630,7 @@ impl OpsCenter for Api {
                     return Ok(None);
                 };
                 let post = s.post_record(&incident.post_id)?;
-                let plans = s.site()?.plans;
+                let plans = s.plans()?;
                 let audit = s.audit(&id)?;
                 let plan = incident_plan(&peer, &incident, &plans, post, &audit);
                 Ok(Some(IncidentDetail {
@@ -923,8 +923,23 @@ impl OpsCenter for Api {
     ) -> Result<Response<WebhookNotification>, Status> {
         let peer = authorize(&request, Op::Notifications)?;
         let id = request.into_inner().id;
-        self.check_store()?;
-        let n = crate::notify::retry(&self.reader, &self.jobs, id).await?;
+        let not_found = || Status::not_found(format!("no notification {id}"));
+        let n = self
+            .read(move |s| s.notification(id))
+            .await?
+            .ok_or_else(not_found)?;
+        if n.state != NotifyState::Failed {
+            return Err(Status::failed_precondition(format!(
+                "notification {id} is {}; only a failed one can be retried",
+                n.state.name()
+            )));
+        }
+        self.submit(|reply| crate::notify::retry_job(&n, reply))
+            .await?;
+        let n = self
+            .read(move |s| s.notification(id))
+            .await?
+            .ok_or_else(not_found)?;
         tracing::info!(identity = %peer.identity, id, webhook = %n.webhook, "api: notification put back in the queue");
         Ok(Response::new(notification_message(&n)))
     }
@@ -973,7 +988,7 @@ impl OpsCenter for Api {
                 };
                 let post = s.post_record(&incident.post_id)?;
                 let audit = s.audit(&id)?;
-                Ok(Some((incident, s.site()?.plans, post, audit)))
+                Ok(Some((incident, s.plans()?, post, audit)))
             })
             .await?;
         let (incident, plans, post, audit) =
@@ -1073,7 +1088,7 @@ impl OpsCenter for Api {
                 let Some(incident) = s.incident(&id)? else {
                     return Ok(None);
                 };
-                Ok(Some((incident, s.site()?.plans)))
+                Ok(Some((incident, s.plans()?)))
             })
             .await?;
         let (incident, plans) =

@@ -39,7 +39,7 @@ use std::{
 use bytes::Bytes;
 use prost::Message;
 use vigil_proto::v1::{
-    AuditEntry, EmergencyMode, Event, Incident, Note, PostInfo, PostRecord, PostStatus,
+    ActionPlan, AuditEntry, EmergencyMode, Event, Incident, Note, PostInfo, PostRecord, PostStatus,
     SiteDocument, StoredEvent,
 };
 
@@ -399,6 +399,9 @@ pub trait Store: Send {
     /// The site document: every post record and action plan, in the order
     /// they were imported (empty before the first import).
     fn site(&self) -> Result<SiteDocument, StoreError>;
+    /// The site document's action plans alone (what an incident's plan is
+    /// chosen from), without reading every post record.
+    fn plans(&self) -> Result<Vec<ActionPlan>, StoreError>;
     /// Emergency mode as last set (it may have expired since).
     fn emergency(&self) -> Result<Option<EmergencyMode>, StoreError>;
     /// One post's record, if the site document has one.

@@ -27,8 +27,8 @@ use std::{
 use postgres::{Client, GenericClient, NoTls, Row, Statement, Transaction, config::Host};
 use prost::Message;
 use vigil_proto::v1::{
-    AuditEntry, EmergencyMode, Event, Incident, IncidentState, Note, PostInfo, PostRecord,
-    PostStatus, SiteDocument, StoredEvent,
+    ActionPlan, AuditEntry, EmergencyMode, Event, Incident, IncidentState, Note, PostInfo,
+    PostRecord, PostStatus, SiteDocument, StoredEvent,
 };
 
 use super::{
@@ -947,6 +947,10 @@ impl Store for PostgresStore {
             posts: self.bodies(sites::SELECT_POSTS, &[])?,
             plans: self.bodies(sites::SELECT_PLANS, &[])?,
         })
+    }
+
+    fn plans(&self) -> Result<Vec<ActionPlan>, StoreError> {
+        self.bodies(sites::SELECT_PLANS, &[])
     }
 
     fn post_record(&self, post_id: &str) -> Result<Option<PostRecord>, StoreError> {

@@ -24,8 +24,8 @@ use std::{
 use prost::Message;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use vigil_proto::v1::{
-    AuditEntry, EmergencyMode, Event, Incident, IncidentState, Note, PostInfo, PostRecord,
-    PostStatus, SiteDocument, StoredEvent,
+    ActionPlan, AuditEntry, EmergencyMode, Event, Incident, IncidentState, Note, PostInfo,
+    PostRecord, PostStatus, SiteDocument, StoredEvent,
 };
 
 use super::{
@@ -620,6 +620,10 @@ impl Store for SqliteStore {
             posts: self.bodies(sites::SELECT_POSTS, [])?,
             plans: self.bodies(sites::SELECT_PLANS, [])?,
         })
+    }
+
+    fn plans(&self) -> Result<Vec<ActionPlan>, StoreError> {
+        self.bodies(sites::SELECT_PLANS, [])
     }
 
     fn post_record(&self, post_id: &str) -> Result<Option<PostRecord>, StoreError> {

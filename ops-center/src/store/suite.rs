@@ -958,6 +958,7 @@ fn site_documents_replace_whole_in_order_and_roll_back(b: &dyn Backend) {
     assert_eq!(r.post_record("p-1").unwrap().unwrap().name, "One again");
     assert_eq!(w.site().unwrap(), second);
     assert_eq!(b.reader().unwrap().site().unwrap(), second);
+    assert_eq!(b.reader().unwrap().plans().unwrap(), second.plans);
 }
 
 /// One post's events and incidents at known times, another post beside
